@@ -1,0 +1,11 @@
+//! srbridge: a WebRTC-to-SIP media bridge.
+//!
+//! Browsers log in to the embedded signalling hub and call SIP extensions on the PBX;
+//! SIP phones reach browser users by dialling `0` + their id. See `README.md`.
+
+pub mod call;
+pub mod config;
+pub mod media;
+pub mod ops;
+pub mod signal;
+pub mod sip;
