@@ -1,1 +1,3 @@
-//! placeholder
+//! Media: the browser leg, the SIP (RTP) leg, codecs and the jitter buffer.
+
+pub mod jitter;
