@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds, and runs every test
-# (unit tests, and integration tests against a real Kamailio PBX, baresip and SIPp on loopback).
+# (unit tests, and integration tests against a real Kamailio PBX, baresip, SIPp and chromium).
+#
+# The tests run inside a private network namespace that has only `lo`: every test peer talks over
+# 127.0.0.0/8 and nothing else is reachable, and WebRTC in chromium offers 127.0.0.1 candidates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +14,16 @@ echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --locked --all-targets
+cargo test --locked --no-run
+
+threads="${TEST_THREADS:-2}"
+run_tests="cargo test --locked --offline -- --test-threads=$threads"
 echo "== tests"
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
+if [ "${SRBRIDGE_NO_NETNS:-}" != 1 ] && unshare --net true 2>/dev/null; then
+  unshare --net -- bash -c "ip link set lo up && $run_tests"
+else
+  echo "test.sh: no network namespace available; running tests in the host namespace (loopback only)"
+  $run_tests
+fi
