@@ -268,3 +268,68 @@ fn tone_analysis_finds_frequency_and_level_and_rejects_wrong_tones() {
         .is_err());
     }
 }
+
+#[tokio::test]
+async fn tcp_clients_register_and_call_through_the_same_port() {
+    let pbx = Pbx::start().await;
+    let reg = Sipp::new("register.xml")
+        .service("1006")
+        .auth("1006", PASSWORD)
+        .key("expires", "60")
+        .tcp()
+        .timeout(SHORT)
+        .run(Some(pbx.addr()))
+        .await;
+    reg.assert_success();
+    assert!(pbx.is_registered("1006").await);
+
+    // a TCP caller reaches a UDP phone; BYE goes back through the record-routed PBX
+    let phone = Baresip::start(
+        pbx.addr(),
+        "1007",
+        BaresipOptions {
+            auto_answer: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let call = Sipp::new("uac_invite.xml")
+        .service("1007")
+        .key("caller", "1006")
+        .auth("1006", PASSWORD)
+        .pause_ms(500)
+        .tcp()
+        .timeout(SHORT)
+        .run(Some(pbx.addr()))
+        .await;
+    call.assert_success();
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+    phone.wait_for("CALL_CLOSED", SHORT).await;
+}
+
+#[tokio::test]
+async fn manual_answer_rings_until_accepted() {
+    let pbx = Pbx::start().await;
+    let callee = Baresip::start(pbx.addr(), "1008", BaresipOptions::default()).await;
+    let caller = Baresip::start(pbx.addr(), "1010", BaresipOptions::default()).await;
+
+    caller.dial("1008").await;
+    let incoming = callee.wait_for("CALL_INCOMING", SHORT).await;
+    assert!(
+        incoming.peer_uri.contains("1010"),
+        "caller id shown: {incoming:?}"
+    );
+    caller.wait_for("CALL_RINGING", SHORT).await;
+    assert!(
+        caller
+            .try_wait_for("CALL_ESTABLISHED", Duration::from_millis(500))
+            .await
+            .is_none(),
+        "not answered before accept"
+    );
+    callee.accept().await;
+    caller.wait_for("CALL_ESTABLISHED", SHORT).await;
+    callee.hangup().await;
+    let closed = caller.wait_for("CALL_CLOSED", SHORT).await;
+    assert_eq!(closed.direction, "outgoing");
+}

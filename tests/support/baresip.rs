@@ -441,14 +441,17 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// aufile only plays 16-bit PCM; fail early with a clear message instead of a closed call.
+/// aufile only plays 16-bit PCM and the call runs at 8 kHz; fail early instead of a closed call.
 fn check_wav(path: &Path) {
     let reader =
         hound::WavReader::open(path).unwrap_or_else(|e| panic!("play_wav {}: {e}", path.display()));
     let spec = reader.spec();
     assert!(
-        spec.bits_per_sample == 16 && spec.sample_format == hound::SampleFormat::Int,
-        "play_wav {}: baresip's aufile needs 16-bit PCM, got {spec:?}",
+        spec.bits_per_sample == 16
+            && spec.sample_format == hound::SampleFormat::Int
+            && spec.channels == 1
+            && spec.sample_rate == 8000,
+        "play_wav {}: give baresip's aufile 16-bit PCM, mono, 8000 Hz (what PCMU carries), got {spec:?}",
         path.display()
     );
 }
