@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip sox iproute2 chromium procps curl)
+# Test harness (tests/support): kamailio (base package has every module kamailio.cfg loads), sip-tester
+# (sipp), baresip-core (g711, aufile, aubridge, sndfile, ctrl_tcp modules), sox (handy for WAV checks).
+APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip baresip-core sox iproute2 chromium procps curl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
