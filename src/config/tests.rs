@@ -1,0 +1,1 @@
+//! Loader tests: both shipped examples, and every error path in both forms.
