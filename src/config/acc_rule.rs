@@ -212,15 +212,15 @@ impl FromStr for AccRule {
     type Err = AccRuleError;
 
     fn from_str(rule: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = rule.split(';').map(str::trim).collect();
-        let last = parts.len() - 1;
+        // One trailing ';' is allowed; after removing it, every token must be non-empty.
+        let rule = rule.trim();
+        let rule = rule.strip_suffix(';').unwrap_or(rule);
+        if rule.trim().is_empty() {
+            return Ok(AccRule::default());
+        }
         let mut tokens = Vec::new();
-        for (i, part) in parts.iter().enumerate() {
+        for (i, part) in rule.split(';').map(str::trim).enumerate() {
             if part.is_empty() {
-                // A trailing ';' (or an entirely empty rule) is fine; other empty tokens are typos.
-                if i == last {
-                    continue;
-                }
                 return Err(AccRuleError {
                     token: String::new(),
                     reason: format!(
@@ -323,6 +323,8 @@ mod tests {
         assert!(rule("").is_empty());
         assert!(!rule("").allows(""));
         assert!(!rule("").allows("1005"));
+        assert!(rule(";").is_empty());
+        assert!(error(";;").reason.contains("empty token"));
     }
 
     #[test]
