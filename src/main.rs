@@ -1,7 +1,7 @@
 //! `srbridge` command line: run the bridge with a config (like `./SRProxy rtx.conf`), or
 //! check a config and print what it resolves to.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -43,7 +43,7 @@ enum Command {
 /// Exit code for an invalid config (like `nginx -t` style tools: distinct from runtime failure).
 const EXIT_BAD_CONFIG: u8 = 2;
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("srbridge: {e}");
         ExitCode::from(EXIT_BAD_CONFIG)
