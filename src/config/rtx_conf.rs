@@ -2,9 +2,9 @@
 //!
 //! Lines are `[section]`, `key=value`, or comments starting with `#` (also `;`). The value
 //! ends at the first space or tab, so trailing `## comments` work as in SRProxy; spaces
-//! around `=` are tolerated (see [`value_of`]). Section and key names are case-insensitive. A repeated
-//! section header continues the section; a key set twice is an error. A line that is none of
-//! these, or a key before any section, is an error.
+//! around `=` are tolerated (see [`value_of`]). Section and key names are case-insensitive.
+//! A repeated section header continues the section; a key set twice is an error. A line
+//! that is none of these, or a key before any section, is an error.
 
 use std::path::Path;
 
