@@ -3,6 +3,7 @@
 //! Browsers log in to the embedded signalling hub and call SIP extensions on the PBX;
 //! SIP phones reach browser users by dialling `0` + their id. See `README.md`.
 
+pub mod app;
 pub mod call;
 pub mod config;
 pub mod media;

@@ -1,0 +1,181 @@
+//! Human-readable dump of the resolved config for `srbridge check`: every setting with the
+//! value in effect (defaults included), secrets as `***`, then the warnings.
+
+use std::fmt::{self, Display, Formatter};
+use std::time::Duration;
+
+use super::model::*;
+
+fn row(f: &mut Formatter<'_>, key: &str, value: impl Display) -> fmt::Result {
+    writeln!(f, "  {key:<20} = {value}")
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+fn list<T: Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "(none)".to_string();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn opt<T: Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "(not set)".to_string(), ToString::to_string)
+}
+
+impl Display for Config {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        writeln!(f, "# {} ({})", self.source.display(), self.form)?;
+        writeln!(f, "[global]")?;
+        row(f, "appid", &self.global.appid)?;
+        row(f, "sip_svr", &self.global.sip_svr)?;
+        row(f, "sip_local_port", self.global.sip_local_port)?;
+
+        writeln!(f, "[rtm2sip]")?;
+        match &self.rtm2sip {
+            Some(r) => {
+                row(f, "on", 1)?;
+                row(f, "acc_rule", &r.acc_rule)?;
+            }
+            None => row(f, "on", "0 (browsers cannot call SIP numbers)")?,
+        }
+
+        writeln!(f, "[proxy]")?;
+        match &self.proxy {
+            Some(p) => {
+                row(f, "on", 1)?;
+                row(f, "sip_account", &p.sip_account)?;
+                row(f, "sip_pwd", &p.sip_pwd)?;
+                row(f, "rtm_account", &p.rtm_account)?;
+            }
+            None => row(f, "on", "0 (no SIP registration)")?,
+        }
+
+        writeln!(f, "[pstn]")?;
+        match &self.pstn {
+            Some(p) => {
+                row(f, "ip", &p.addr)?;
+                row(f, "prefix", &p.prefix)?;
+            }
+            None => row(f, "ip", "(not set: no PSTN gateway)")?,
+        }
+
+        writeln!(f, "[log]")?;
+        row(f, "level", self.log.level)?;
+        row(
+            f,
+            "file",
+            self.log
+                .file
+                .as_ref()
+                .map_or_else(|| "(stderr)".to_string(), |p| p.display().to_string()),
+        )?;
+        row(
+            f,
+            "max_file_size",
+            format!("{} MB", self.log.max_file_size_mb),
+        )?;
+
+        let sip = &self.sip;
+        writeln!(f, "[sip]")?;
+        row(f, "listen_ip", sip.listen_ip)?;
+        row(f, "transport", sip.transport)?;
+        row(f, "public_ip", opt(&sip.public_ip))?;
+        row(f, "register_expires", secs(sip.register_expires))?;
+        row(f, "options_interval", secs(sip.options_interval))?;
+        row(f, "dial_prefix", format!("{:?}", sip.dial_prefix))?;
+        row(f, "ring_timeout", secs(sip.ring_timeout))?;
+        row(f, "allowed_peers", list(&sip.allowed_peers))?;
+
+        let media = &self.media;
+        writeln!(f, "[media]")?;
+        row(
+            f,
+            "rtp_ports",
+            format!("{}-{}", media.rtp_port_min, media.rtp_port_max),
+        )?;
+        row(f, "public_ip", opt(&media.public_ip))?;
+        row(f, "codecs", list(&media.codecs))?;
+        for rule in &media.codec_rules {
+            row(
+                f,
+                "codec_rule",
+                format!("{} -> {}", rule.numbers, list(&rule.codecs)),
+            )?;
+        }
+        row(f, "stun_servers", list(&media.stun_servers))?;
+        for turn in &media.turn {
+            row(
+                f,
+                "turn",
+                format!(
+                    "{} (username {}, credential {})",
+                    turn.url, turn.username, turn.credential
+                ),
+            )?;
+        }
+        let rec = &media.recording;
+        if rec.enabled {
+            row(
+                f,
+                "recording",
+                format!("on, {} into {}", rec.mode, rec.dir.display()),
+            )?;
+        } else {
+            row(f, "recording", "off")?;
+        }
+        row(f, "dtmf_mode", media.dtmf_mode)?;
+
+        let http = &self.http;
+        writeln!(f, "[http]")?;
+        row(f, "listen", http.listen)?;
+        match &http.tls {
+            Some(tls) => row(
+                f,
+                "tls",
+                format!("cert {}, key {}", tls.cert.display(), tls.key.display()),
+            )?,
+            None => row(f, "tls", "off")?,
+        }
+        row(f, "admin_token", opt(&http.admin_token))?;
+        row(f, "status_listen", opt(&http.status_listen))?;
+
+        writeln!(f, "[auth]")?;
+        row(
+            f,
+            "token_secret",
+            self.auth
+                .token_secret
+                .as_ref()
+                .map_or("(not set: appid alone logs in)".to_string(), |s| {
+                    s.to_string()
+                }),
+        )?;
+
+        writeln!(f, "[limits]")?;
+        row(f, "max_calls", self.limits.max_calls)?;
+        row(f, "max_setups_per_sec", self.limits.max_setups_per_sec)?;
+        row(f, "max_ws_sessions", self.limits.max_ws_sessions)?;
+
+        writeln!(f, "[shutdown]")?;
+        row(f, "drain_timeout", secs(self.shutdown.drain_timeout))?;
+
+        if self.warnings.is_empty() {
+            writeln!(f, "warnings: none")?;
+        } else {
+            writeln!(f, "warnings:")?;
+            for warning in &self.warnings {
+                writeln!(f, "  - {warning}")?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1105 @@
+//! Loader tests: both shipped examples, and every error path in both forms.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const INI_BASE: &str = "[global]\nappid=app\nsip_svr=127.0.0.1:5060\n";
+const TOML_BASE: &str = "[global]\nappid = \"app\"\nsip_svr = \"127.0.0.1:5060\"\n";
+
+fn ini(text: &str) -> Result<Config, ConfigError> {
+    Config::from_rtx_conf_str(Path::new("rtx.conf"), text)
+}
+
+fn toml(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(Path::new("x.toml"), text)
+}
+
+fn ini_with(extra: &str) -> Result<Config, ConfigError> {
+    ini(&format!("{INI_BASE}{extra}"))
+}
+
+fn toml_with(extra: &str) -> Result<Config, ConfigError> {
+    toml(&format!("{TOML_BASE}{extra}"))
+}
+
+/// Asserts the error's line and key, that its message contains `needle`, and that it is one line.
+#[track_caller]
+fn assert_error(
+    result: Result<Config, ConfigError>,
+    line: Option<usize>,
+    key: Option<&str>,
+    needle: &str,
+) -> String {
+    let error = result.expect_err("config should be refused");
+    let text = error.to_string();
+    assert_eq!(error.line(), line, "line of: {text}");
+    assert_eq!(error.key(), key, "key of: {text}");
+    assert!(text.contains(needle), "{text:?} should contain {needle:?}");
+    assert!(!text.contains('\n'), "one line: {text:?}");
+    text
+}
+
+fn shipped(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+}
+
+// ---- shipped examples ----
+
+#[test]
+fn shipped_rtx_conf_loads() {
+    let config = Config::load(&shipped("rtx.conf")).expect("config/rtx.conf is valid");
+    assert_eq!(config.form, ConfigForm::RtxConf);
+    assert_eq!(config.global.sip_svr.to_string(), "127.0.0.1:5060");
+    assert_eq!(config.global.sip_local_port, 5086);
+    assert!(config.may_call("1005"));
+    assert!(config.may_call("1019"));
+    assert!(!config.may_call("1020"));
+    let proxy = config.proxy.as_ref().expect("proxy on");
+    assert_eq!(proxy.sip_account, "1000");
+    assert_eq!(proxy.sip_pwd.expose(), "1234");
+    assert!(config.pstn.is_none(), "empty [pstn] ip means no gateway");
+    assert_eq!(config.log.level, LogLevel::Info);
+    assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+    assert!(config.warnings[0].contains("[rtc]"));
+    assert!(config.warnings[1].contains("[rtm]"));
+}
+
+#[test]
+fn shipped_toml_loads_with_the_same_core_settings() {
+    let toml = Config::load(&shipped("srbridge.toml")).expect("config/srbridge.toml is valid");
+    let ini = Config::load(&shipped("rtx.conf")).expect("valid");
+    assert_eq!(toml.form, ConfigForm::Toml);
+    assert_eq!(toml.global.appid, ini.global.appid);
+    assert_eq!(toml.global.sip_svr, ini.global.sip_svr);
+    assert_eq!(
+        toml.rtm2sip.as_ref().map(|r| r.acc_rule.to_string()),
+        ini.rtm2sip.as_ref().map(|r| r.acc_rule.to_string())
+    );
+    assert_eq!(
+        toml.proxy.as_ref().map(|p| p.sip_pwd.clone()),
+        ini.proxy.as_ref().map(|p| p.sip_pwd.clone())
+    );
+    assert!(toml.warnings.is_empty(), "{:?}", toml.warnings);
+}
+
+#[test]
+fn secrets_never_appear_in_debug_or_check_output() {
+    let config = toml_with(
+        "[proxy]\non = true\nsip_account = \"1000\"\nsip_pwd = \"hunter2pw\"\nrtm_account = \"bridge\"\n\
+         [http]\nadmin_token = \"admintok77\"\n[auth]\ntoken_secret = \"hmacsecret99\"\n\
+         [[media.turn]]\nurl = \"turn:127.0.0.1:3478\"\nusername = \"u\"\ncredential = \"turncred55\"\n",
+    )
+    .expect("valid");
+    let shown = format!("{config}\n{config:?}");
+    for secret in ["hunter2pw", "admintok77", "hmacsecret99", "turncred55"] {
+        assert!(!shown.contains(secret), "{secret} leaked");
+    }
+    assert!(shown.contains("sip_pwd              = ***"));
+    assert_eq!(
+        config.auth.token_secret.as_ref().map(Secret::expose),
+        Some("hmacsecret99")
+    );
+}
+
+#[test]
+fn minimal_files_take_defaults() {
+    for config in [ini(INI_BASE).expect("ini"), toml(TOML_BASE).expect("toml")] {
+        assert!(config.rtm2sip.is_none());
+        assert!(config.proxy.is_none());
+        assert_eq!(config.global.sip_local_port, 5086);
+        assert_eq!(config.sip.dial_prefix, "0");
+        assert_eq!(config.sip.register_expires, Duration::from_secs(300));
+        assert_eq!(config.media.rtp_port_min, 20000);
+        assert_eq!(config.media.rtp_port_max, 30000);
+        assert_eq!(config.media.codecs, vec![Codec::Pcmu, Codec::Pcma]);
+        assert_eq!(config.http.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.limits.max_calls, 1000);
+        assert_eq!(config.limits.max_setups_per_sec, 50);
+        assert_eq!(config.limits.max_ws_sessions, 10000);
+        assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(30));
+        assert!(!config.may_call("1005"));
+    }
+}
+
+#[test]
+fn native_settings_are_read_from_toml() {
+    let config = toml_with(
+        "[sip]\nlisten_ip = \"127.0.0.1\"\ntransport = \"TCP\"\npublic_ip = \"127.0.0.9\"\n\
+         register_expires = 60\noptions_interval = 0\ndial_prefix = \"\"\nring_timeout = 20\n\
+         allowed_peers = [\"127.0.0.2\", \"::1\"]\n\
+         [media]\nrtp_port_min = 40000\nrtp_port_max = 40100\ncodecs = [\"pcma\"]\n\
+         stun_servers = [\"stun:127.0.0.1:3478\"]\ndtmf_mode = \"info\"\n\
+         [[media.codec_rules]]\nnumbers = \"9[00-99]\"\ncodecs = [\"PCMU\"]\n\
+         [media.recording]\nenabled = true\ndir = \"/tmp/rec\"\nmode = \"stereo\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"127.0.0.1:9999\"\n\
+         [limits]\nmax_calls = 5\n[shutdown]\ndrain_timeout = 0\n\
+         [log]\nlevel = \"debug\"\nfile = \"/tmp/x.log\"\nmax_file_size = 0\n",
+    )
+    .expect("valid");
+    assert_eq!(config.sip.transport, SipTransport::Tcp);
+    assert_eq!(
+        config.sip.public_ip.map(|ip| ip.to_string()).as_deref(),
+        Some("127.0.0.9")
+    );
+    assert_eq!(config.sip.options_interval, Duration::ZERO);
+    assert_eq!(config.sip.dial_prefix, "");
+    assert_eq!(config.sip.allowed_peers.len(), 2);
+    assert_eq!(config.media.codecs, vec![Codec::Pcma]);
+    assert_eq!(config.media.codecs_for("955"), &[Codec::Pcmu]);
+    assert_eq!(config.media.codecs_for("1005"), &[Codec::Pcma]);
+    assert_eq!(config.media.dtmf_mode, DtmfMode::Info);
+    assert!(config.media.recording.enabled);
+    assert_eq!(config.media.recording.mode, RecordingMode::Stereo);
+    assert_eq!(config.http.listen.port(), 0);
+    assert_eq!(config.limits.max_calls, 5);
+    assert_eq!(config.shutdown.drain_timeout, Duration::ZERO);
+    assert_eq!(config.log.level, LogLevel::Debug);
+    assert_eq!(config.log.max_file_size_mb, 0);
+}
+
+#[test]
+fn sip_svr_accepts_any_port_hostnames_and_ipv6() {
+    for (text, shown) in [
+        ("127.0.0.1:5080", "127.0.0.1:5080"),
+        ("PBX.example.org:5070", "pbx.example.org:5070"),
+        ("[::1]:5060", "[::1]:5060"),
+    ] {
+        let config = ini(&format!("[global]\nappid=a\nsip_svr={text}\n")).expect(text);
+        assert_eq!(config.global.sip_svr.to_string(), shown);
+    }
+}
+
+#[test]
+fn ini_booleans_accept_srproxy_and_word_forms() {
+    for on in ["1", "true", "YES", "on"] {
+        let config = ini_with(&format!("[rtm2sip]\non={on}\nacc_rule=1005\n")).expect(on);
+        assert!(config.may_call("1005"), "{on}");
+    }
+    for off in ["0", "false", "no", "off"] {
+        let config = ini_with(&format!("[rtm2sip]\non={off}\nacc_rule=1005\n")).expect(off);
+        assert!(!config.may_call("1005"), "{off}");
+    }
+}
+
+#[test]
+fn pstn_gateway_defaults_to_port_5060() {
+    let config = ini_with("[pstn]\nip=127.0.0.1\nprefix=9\n").expect("valid");
+    let pstn = config.pstn.expect("pstn set");
+    assert_eq!(pstn.addr.to_string(), "127.0.0.1:5060");
+    assert_eq!(pstn.prefix, "9");
+}
+
+#[test]
+fn proxy_off_ignores_its_account_keys() {
+    let config = ini_with("[proxy]\non=0\nsip_account=a@b\n").expect("valid");
+    assert!(config.proxy.is_none());
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn rtm2sip_without_proxy_is_a_warning() {
+    let config = ini_with("[rtm2sip]\non=1\nacc_rule=1005\n").expect("valid");
+    assert!(config.warnings.iter().any(|w| w.contains("[proxy] is off")));
+}
+
+// ---- warnings (rtx.conf) vs errors (TOML) for unknown things ----
+
+#[test]
+fn ini_unknown_keys_and_sections_are_warnings() {
+    let config = ini_with("bogus=1\n[extra]\nx=1\n[media]\nrtp_port_min=1\n").expect("valid");
+    assert_eq!(
+        config.warnings,
+        vec![
+            "rtx.conf:5: [extra]: unknown section, ignored",
+            "rtx.conf:7: [media]: is only read from the TOML config form; ignored",
+            "rtx.conf:4: [global] bogus: unknown key, ignored",
+        ]
+    );
+}
+
+#[test]
+fn toml_unknown_key_is_an_error() {
+    assert_error(
+        toml_with("[limits]\nmax_call = 5\n"),
+        Some(5),
+        Some("[limits] max_call"),
+        "unknown key (known keys: max_calls, max_setups_per_sec, max_ws_sessions)",
+    );
+}
+
+#[test]
+fn toml_unknown_section_is_an_error() {
+    assert_error(
+        toml_with("[globl]\nx = 1\n"),
+        Some(4),
+        Some("[globl]"),
+        "unknown section",
+    );
+}
+
+#[test]
+fn toml_rtc_and_rtm_are_ignored_with_a_warning() {
+    let config = toml_with("[rtc]\nip = \"1.2.3.4\"\n").expect("valid");
+    assert_eq!(config.warnings.len(), 1);
+}
+
+// ---- [global] ----
+
+#[test]
+fn missing_global_section() {
+    let text = assert_error(
+        ini("[log]\nlevel=2\n"),
+        None,
+        Some("[global] appid"),
+        "required (the file has no [global] section)",
+    );
+    assert_eq!(
+        text,
+        "rtx.conf: [global] appid: required (the file has no [global] section)"
+    );
+    assert_error(
+        toml("[log]\nlevel = 2\n"),
+        None,
+        Some("[global] appid"),
+        "no [global] section",
+    );
+}
+
+#[test]
+fn missing_appid_points_at_section() {
+    assert_error(
+        ini("# x\n[global]\nsip_svr=127.0.0.1:5060\n"),
+        Some(2),
+        Some("[global] appid"),
+        "required",
+    );
+    assert_error(
+        toml("[global]\nsip_svr = \"127.0.0.1:5060\"\n"),
+        Some(1),
+        Some("[global] appid"),
+        "required",
+    );
+}
+
+#[test]
+fn empty_appid() {
+    assert_error(
+        ini("[global]\nappid= ## none\nsip_svr=127.0.0.1:5060\n"),
+        Some(2),
+        Some("[global] appid"),
+        "is empty",
+    );
+    assert_error(
+        toml("[global]\nappid = \"\"\nsip_svr = \"127.0.0.1:5060\"\n"),
+        Some(2),
+        Some("[global] appid"),
+        "is empty",
+    );
+}
+
+#[test]
+fn appid_with_whitespace_or_too_long() {
+    assert_error(
+        toml("[global]\nappid = \"a b\"\nsip_svr = \"127.0.0.1:5060\"\n"),
+        Some(2),
+        Some("[global] appid"),
+        "whitespace",
+    );
+    let long = "a".repeat(129);
+    assert_error(
+        ini(&format!("[global]\nappid={long}\nsip_svr=127.0.0.1:5060\n")),
+        Some(2),
+        Some("[global] appid"),
+        "at most 128",
+    );
+}
+
+#[test]
+fn sip_svr_without_port() {
+    let text = assert_error(
+        ini("[global]\nappid=a\n\nsip_svr=10.0.0.1\n"),
+        Some(4),
+        Some("[global] sip_svr"),
+        "is not IP:port",
+    );
+    assert_eq!(
+        text,
+        "rtx.conf:4: [global] sip_svr: \"10.0.0.1\" is not IP:port or host:port"
+    );
+    assert_error(
+        toml("[global]\nappid = \"a\"\nsip_svr = \"10.0.0.1\"\n"),
+        Some(3),
+        Some("[global] sip_svr"),
+        "is not IP:port",
+    );
+    assert_error(
+        ini("[global]\nappid=a\nsip_svr=::1\n"),
+        Some(3),
+        Some("[global] sip_svr"),
+        "is not IP:port",
+    );
+    assert_error(
+        ini("[global]\nappid=a\nsip_svr=pbx.local\n"),
+        Some(3),
+        Some("[global] sip_svr"),
+        "is not IP:port",
+    );
+}
+
+#[test]
+fn sip_svr_bad_port() {
+    for (value, needle) in [
+        ("10.0.0.1:0", "port 0"),
+        ("10.0.0.1:70000", "is not a number 1-65535"),
+        ("10.0.0.1:abc", "is not a number 1-65535"),
+        ("10.0.0.1:", "is not a number 1-65535"),
+    ] {
+        assert_error(
+            ini(&format!("[global]\nappid=a\nsip_svr={value}\n")),
+            Some(3),
+            Some("[global] sip_svr"),
+            needle,
+        );
+    }
+}
+
+#[test]
+fn sip_svr_bad_host() {
+    assert_error(
+        ini("[global]\nappid=a\nsip_svr=10.0.0.256:5060\n"),
+        Some(3),
+        Some("[global] sip_svr"),
+        "\"10.0.0.256\" is not a valid IP address",
+    );
+    assert_error(
+        ini("[global]\nappid=a\nsip_svr=pbx_1:5060\n"),
+        Some(3),
+        Some("[global] sip_svr"),
+        "is not IP:port",
+    );
+    assert_error(
+        ini("[global]\nappid=a\nsip_svr=[::1:5060\n"),
+        Some(3),
+        Some("[global] sip_svr"),
+        "is not IP:port",
+    );
+}
+
+#[test]
+fn sip_svr_missing_or_empty() {
+    assert_error(
+        ini("[global]\nappid=a\n"),
+        Some(1),
+        Some("[global] sip_svr"),
+        "required",
+    );
+    assert_error(
+        ini("[global]\nappid=a\nsip_svr=\n"),
+        Some(3),
+        Some("[global] sip_svr"),
+        "is empty",
+    );
+}
+
+#[test]
+fn sip_local_port_out_of_range_or_not_a_number() {
+    assert_error(
+        ini_with("sip_local_port=70000\n"),
+        Some(4),
+        Some("[global] sip_local_port"),
+        "70000 is out of range (0-65535)",
+    );
+    assert_error(
+        ini_with("sip_local_port=50a\n"),
+        Some(4),
+        Some("[global] sip_local_port"),
+        "\"50a\" is not a whole number",
+    );
+    assert_error(
+        toml_with("sip_local_port = \"5086\"\n"),
+        Some(4),
+        Some("[global] sip_local_port"),
+        "expected a whole number, found \"5086\"",
+    );
+}
+
+// ---- [rtm2sip] ----
+
+#[test]
+fn rtm2sip_on_not_a_boolean() {
+    assert_error(
+        ini_with("[rtm2sip]\non=2\n"),
+        Some(5),
+        Some("[rtm2sip] on"),
+        "\"2\" is not a boolean",
+    );
+    assert_error(
+        toml_with("[rtm2sip]\non = 2\n"),
+        Some(5),
+        Some("[rtm2sip] on"),
+        "expected true or false, found integer 2",
+    );
+    assert_error(
+        toml_with("[rtm2sip]\non = \"yes\"\n"),
+        Some(5),
+        Some("[rtm2sip] on"),
+        "expected true or false",
+    );
+}
+
+#[test]
+fn rtm2sip_on_requires_acc_rule() {
+    let text = assert_error(
+        ini_with("[rtm2sip]\non=1\n"),
+        Some(5),
+        Some("[rtm2sip] acc_rule"),
+        "required when [rtm2sip] on=1",
+    );
+    assert_eq!(
+        text,
+        "rtx.conf:5: [rtm2sip] acc_rule: required when [rtm2sip] on=1"
+    );
+    assert_error(
+        toml_with("[rtm2sip]\non = true\n"),
+        Some(5),
+        Some("[rtm2sip] acc_rule"),
+        "required when",
+    );
+}
+
+#[test]
+fn rtm2sip_on_with_empty_acc_rule() {
+    for rule in ["", ";"] {
+        assert_error(
+            ini_with(&format!("[rtm2sip]\non=1\nacc_rule={rule}\n")),
+            Some(6),
+            Some("[rtm2sip] acc_rule"),
+            "is empty",
+        );
+    }
+    assert_error(
+        toml_with("[rtm2sip]\non = true\nacc_rule = \"\"\n"),
+        Some(6),
+        Some("[rtm2sip] acc_rule"),
+        "is empty",
+    );
+}
+
+#[test]
+fn invalid_acc_rule_token_is_an_error_even_when_off() {
+    let text = assert_error(
+        ini_with("[rtm2sip]\non=0\nacc_rule=1005;10[19-06]\n"),
+        Some(6),
+        Some("[rtm2sip] acc_rule"),
+        "invalid token \"10[19-06]\"",
+    );
+    assert_eq!(
+        text,
+        "rtx.conf:6: [rtm2sip] acc_rule: invalid token \"10[19-06]\": range start 19 is greater than end 06"
+    );
+    assert_error(
+        toml_with("[rtm2sip]\non = true\nacc_rule = \"10[0a-19]\"\n"),
+        Some(6),
+        Some("[rtm2sip] acc_rule"),
+        "invalid token \"10[0a-19]\"",
+    );
+}
+
+// ---- [proxy] ----
+
+#[test]
+fn proxy_on_requires_each_account_key() {
+    let full = [
+        ("sip_account", "sip_account=1000\n"),
+        ("sip_pwd", "sip_pwd=1234\n"),
+        ("rtm_account", "rtm_account=bridge\n"),
+    ];
+    for (missing, _) in full {
+        let body: String = full
+            .iter()
+            .filter(|(k, _)| *k != missing)
+            .map(|(_, line)| *line)
+            .collect();
+        assert_error(
+            ini_with(&format!("[proxy]\non=1\n{body}")),
+            Some(5),
+            Some(&format!("[proxy] {missing}")),
+            "required when [proxy] on=1",
+        );
+    }
+    assert_error(
+        toml_with("[proxy]\non = true\nsip_account = 1000\nrtm_account = \"b\"\n"),
+        Some(5),
+        Some("[proxy] sip_pwd"),
+        "required when [proxy] on=1",
+    );
+}
+
+#[test]
+fn proxy_empty_password() {
+    assert_error(
+        ini_with("[proxy]\non=1\nsip_account=1000\nsip_pwd=\nrtm_account=b\n"),
+        Some(7),
+        Some("[proxy] sip_pwd"),
+        "is empty",
+    );
+}
+
+#[test]
+fn proxy_bad_sip_account() {
+    assert_error(
+        ini_with("[proxy]\non=1\nsip_account=1000@pbx\nsip_pwd=1234\nrtm_account=b\n"),
+        Some(6),
+        Some("[proxy] sip_account"),
+        "contains '@'",
+    );
+}
+
+#[test]
+fn proxy_bad_rtm_account() {
+    assert_error(
+        toml_with(
+            "[proxy]\non = true\nsip_account = \"1000\"\nsip_pwd = \"1234\"\nrtm_account = \"a b\"\n",
+        ),
+        Some(8),
+        Some("[proxy] rtm_account"),
+        "whitespace",
+    );
+}
+
+#[test]
+fn toml_password_of_wrong_type_is_not_echoed() {
+    let text = assert_error(
+        toml_with("[proxy]\non = true\nsip_account = \"1000\"\nsip_pwd = 98765.5\n"),
+        Some(7),
+        Some("[proxy] sip_pwd"),
+        "expected a string, found float",
+    );
+    assert!(!text.contains("98765"), "{text}");
+}
+
+#[test]
+fn toml_integer_account_and_password_are_accepted() {
+    let config =
+        toml_with("[proxy]\non = 1\nsip_account = 1000\nsip_pwd = 1234\nrtm_account = 1000\n")
+            .expect("valid");
+    let proxy = config.proxy.expect("on");
+    assert_eq!(proxy.sip_account, "1000");
+    assert_eq!(proxy.sip_pwd.expose(), "1234");
+}
+
+// ---- [pstn] ----
+
+#[test]
+fn pstn_bad_ip() {
+    assert_error(
+        ini_with("[pstn]\nip=gateway!\n"),
+        Some(5),
+        Some("[pstn] ip"),
+        "is not IP, IP:port or host:port",
+    );
+}
+
+#[test]
+fn pstn_prefix_without_ip() {
+    assert_error(
+        ini_with("[pstn]\nip=\nprefix=9\n"),
+        Some(6),
+        Some("[pstn] prefix"),
+        "is set but [pstn] ip is not",
+    );
+}
+
+#[test]
+fn pstn_bad_prefix() {
+    assert_error(
+        toml_with("[pstn]\nip = \"127.0.0.1\"\nprefix = \"9 1\"\n"),
+        Some(6),
+        Some("[pstn] prefix"),
+        "contains ' '",
+    );
+}
+
+// ---- [log] ----
+
+#[test]
+fn log_level_out_of_range_or_unknown() {
+    assert_error(
+        ini_with("[log]\nlevel=9\n"),
+        Some(5),
+        Some("[log] level"),
+        "\"9\" is not a log level (0 SENSITIVE, 1 DEBUG, 2 INFO, 3 WARN, 4 ERROR, 5 NONE)",
+    );
+    assert_error(
+        toml_with("[log]\nlevel = \"loud\"\n"),
+        Some(5),
+        Some("[log] level"),
+        "is not a log level",
+    );
+    assert_error(
+        toml_with("[log]\nlevel = true\n"),
+        Some(5),
+        Some("[log] level"),
+        "expected a string, found boolean true",
+    );
+}
+
+#[test]
+fn log_every_srproxy_level_maps() {
+    for (n, level) in [
+        (0, LogLevel::Sensitive),
+        (1, LogLevel::Debug),
+        (2, LogLevel::Info),
+        (3, LogLevel::Warn),
+        (4, LogLevel::Error),
+        (5, LogLevel::None),
+    ] {
+        let config = ini_with(&format!("[log]\nlevel={n}\n")).expect("valid");
+        assert_eq!(config.log.level, level);
+        assert_eq!(config.log.level.number(), n);
+    }
+}
+
+#[test]
+fn log_max_file_size_bad() {
+    assert_error(
+        ini_with("[log]\nmax_file_size=-1\n"),
+        Some(5),
+        Some("[log] max_file_size"),
+        "-1 is out of range",
+    );
+    assert_error(
+        ini_with("[log]\nmax_file_size=10MB\n"),
+        Some(5),
+        Some("[log] max_file_size"),
+        "is not a whole number",
+    );
+}
+
+// ---- [sip] ----
+
+#[test]
+fn sip_bad_values() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "listen_ip = \"localhost\"",
+            "listen_ip",
+            "\"localhost\" is not an IP address",
+        ),
+        (
+            "transport = \"sctp\"",
+            "transport",
+            "\"sctp\" is not udp or tcp",
+        ),
+        (
+            "public_ip = \"0.0.0.0\"",
+            "public_ip",
+            "cannot be advertised",
+        ),
+        (
+            "register_expires = 5",
+            "register_expires",
+            "5 is out of range (10-86400)",
+        ),
+        ("options_interval = -1", "options_interval", "out of range"),
+        ("dial_prefix = \"0 \"", "dial_prefix", "contains ' '"),
+        (
+            "ring_timeout = 0",
+            "ring_timeout",
+            "0 is out of range (1-3600)",
+        ),
+        (
+            "allowed_peers = [\"127.0.0.1\", \"x\"]",
+            "allowed_peers",
+            "item 2: \"x\" is not an IP address",
+        ),
+        (
+            "allowed_peers = [\"127.0.0.1\", 5]",
+            "allowed_peers",
+            "item 2: expected a string, found integer 5",
+        ),
+        (
+            "allowed_peers = true",
+            "allowed_peers",
+            "expected an array of strings",
+        ),
+    ];
+    for (line, key, needle) in cases {
+        assert_error(
+            toml_with(&format!("[sip]\n{line}\n")),
+            Some(5),
+            Some(&format!("[sip] {key}")),
+            needle,
+        );
+    }
+}
+
+// ---- [media] ----
+
+#[test]
+fn media_bad_port_range() {
+    let cases: &[(&str, usize, &str, &str)] = &[
+        ("rtp_port_min = 20001", 5, "rtp_port_min", "20001 is odd"),
+        (
+            "rtp_port_min = 80",
+            5,
+            "rtp_port_min",
+            "80 is out of range (1024-65534)",
+        ),
+        ("rtp_port_max = 70000", 5, "rtp_port_max", "out of range"),
+        (
+            "rtp_port_min = 30000\nrtp_port_max = 30000",
+            6,
+            "rtp_port_max",
+            "range 30000-30000 is empty",
+        ),
+        (
+            "rtp_port_min = 40000",
+            5,
+            "rtp_port_min",
+            "range 40000-30000 is empty",
+        ),
+        (
+            "rtp_port_max = 10000",
+            5,
+            "rtp_port_max",
+            "range 20000-10000 is empty",
+        ),
+    ];
+    for (lines, line, key, needle) in cases {
+        assert_error(
+            toml_with(&format!("[media]\n{lines}\n")),
+            Some(*line),
+            Some(&format!("[media] {key}")),
+            needle,
+        );
+    }
+}
+
+#[test]
+fn media_bad_codecs() {
+    let cases: &[(&str, &str)] = &[
+        ("codecs = []", "is empty"),
+        (
+            "codecs = [\"PCMU\", \"G729\"]",
+            "item 2: \"G729\" is not a supported codec (PCMU, PCMA)",
+        ),
+        ("codecs = [\"PCMU\", \"pcmu\"]", "PCMU is listed twice"),
+        ("codecs = \"PCMU\"", "expected an array of strings"),
+    ];
+    for (line, needle) in cases {
+        assert_error(
+            toml_with(&format!("[media]\n{line}\n")),
+            Some(5),
+            Some("[media] codecs"),
+            needle,
+        );
+    }
+}
+
+#[test]
+fn media_bad_codec_rules() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("codecs = [\"PCMA\"]", "numbers", "required"),
+        (
+            "numbers = \"9[1-\"\ncodecs = [\"PCMA\"]",
+            "numbers",
+            "entry 1: invalid token \"9[1-\": missing ']'",
+        ),
+        ("numbers = \"9\"", "codecs", "required"),
+        (
+            "numbers = \"9\"\ncodecs = [\"X\"]",
+            "codecs",
+            "not a supported codec",
+        ),
+        (
+            "numbers = \"9\"\ncodecs = [\"PCMA\"]\nextra = 1",
+            "extra",
+            "unknown key",
+        ),
+    ];
+    for (body, key, needle) in cases {
+        assert_error(
+            toml_with(&format!("[[media.codec_rules]]\n{body}\n")),
+            Some(4),
+            Some(&format!("[media.codec_rules] {key}")),
+            needle,
+        );
+    }
+    assert_error(
+        toml_with("[media]\ncodec_rules = 5\n"),
+        Some(5),
+        Some("[media] codec_rules"),
+        "expected an array of tables",
+    );
+    assert_error(
+        toml_with("[media]\ncodec_rules = [1]\n"),
+        Some(5),
+        Some("[media] codec_rules"),
+        "entry 1: expected a table",
+    );
+}
+
+#[test]
+fn media_bad_stun_and_turn() {
+    assert_error(
+        toml_with("[media]\nstun_servers = [\"http://x\"]\n"),
+        Some(5),
+        Some("[media] stun_servers"),
+        "item 1: \"http://x\" is not a stun: or stuns: URL",
+    );
+    let turn_cases: &[(&str, &str, &str)] = &[
+        ("username = \"u\"\ncredential = \"c\"", "url", "required"),
+        (
+            "url = \"stun:x\"\nusername = \"u\"\ncredential = \"c\"",
+            "url",
+            "is not a turn: or turns: URL",
+        ),
+        (
+            "url = \"turn:x\"\ncredential = \"c\"",
+            "username",
+            "required",
+        ),
+        (
+            "url = \"turn:x\"\nusername = \"u\"",
+            "credential",
+            "required",
+        ),
+        (
+            "url = \"turn:x\"\nusername = \"u\"\ncredential = \"\"",
+            "credential",
+            "is empty",
+        ),
+    ];
+    for (body, key, needle) in turn_cases {
+        assert_error(
+            toml_with(&format!("[media]\n[[media.turn]]\nurl = \"turn:ok\"\nusername = \"u\"\ncredential = \"c\"\n[[media.turn]]\n{body}\n")),
+            Some(5),
+            Some(&format!("[media.turn] {key}")),
+            needle,
+        );
+    }
+    let text = assert_error(
+        toml_with(
+            "[[media.turn]]\nurl = \"turn:x\"\nusername = \"u\"\ncredential = \"c\"\nextra = 1\n",
+        ),
+        Some(4),
+        Some("[media.turn] extra"),
+        "entry 1: unknown key",
+    );
+    assert!(!text.contains("\"c\""));
+}
+
+#[test]
+fn media_bad_recording_and_dtmf() {
+    // Keys inside a nested table are reported on the table's header line.
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "[media.recording]\nmode = \"quad\"",
+            4,
+            "[media.recording] mode",
+            "\"quad\" is not mixed or stereo",
+        ),
+        (
+            "[media.recording]\ndir = \"\"",
+            4,
+            "[media.recording] dir",
+            "is empty",
+        ),
+        (
+            "[media.recording]\nenabled = \"y\"",
+            4,
+            "[media.recording] enabled",
+            "expected true or false",
+        ),
+        (
+            "[media.recording]\nformat = \"wav\"",
+            4,
+            "[media.recording] format",
+            "unknown key",
+        ),
+        (
+            "[media]\nrecording = true",
+            5,
+            "[media] recording",
+            "expected a table, found boolean true",
+        ),
+        (
+            "[media]\ndtmf_mode = \"inband\"",
+            5,
+            "[media] dtmf_mode",
+            "\"inband\" is not rfc4733 or info",
+        ),
+        (
+            "[media]\npublic_ip = \"::\"",
+            5,
+            "[media] public_ip",
+            "cannot be advertised",
+        ),
+    ];
+    for (body, line, key, needle) in cases {
+        assert_error(
+            toml_with(&format!("{body}\n")),
+            Some(*line),
+            Some(key),
+            needle,
+        );
+    }
+}
+
+// ---- [http], [auth], [limits], [shutdown] ----
+
+#[test]
+fn http_bad_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "x").expect("write");
+    let cert = cert.display().to_string();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "listen = \"8080\"".into(),
+            "listen",
+            "\"8080\" is not IP:port",
+        ),
+        (
+            format!("tls_cert = \"{cert}\""),
+            "tls_cert",
+            "is set without [http] tls_key (give both or neither)",
+        ),
+        (
+            format!("tls_key = \"{cert}\""),
+            "tls_key",
+            "is set without [http] tls_cert",
+        ),
+        (
+            "tls_cert = \"/nonexistent/cert.pem\"".into(),
+            "tls_cert",
+            "is not a readable file",
+        ),
+        ("admin_token = \"\"".into(), "admin_token", "is empty"),
+        (
+            "status_listen = \"0.0.0.0:8080\"".into(),
+            "status_listen",
+            "is the same as [http] listen",
+        ),
+        (
+            "status_listen = \"nowhere\"".into(),
+            "status_listen",
+            "is not IP:port",
+        ),
+    ];
+    for (line, key, needle) in &cases {
+        assert_error(
+            toml_with(&format!("[http]\n{line}\n")),
+            Some(5),
+            Some(&format!("[http] {key}")),
+            needle,
+        );
+    }
+    let config = toml_with(&format!(
+        "[http]\ntls_cert = \"{cert}\"\ntls_key = \"{cert}\"\n"
+    ))
+    .expect("both set");
+    assert!(config.http.tls.is_some());
+}
+
+#[test]
+fn auth_limits_shutdown_bad_values() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[auth]\ntoken_secret = \"\"",
+            "[auth] token_secret",
+            "is empty",
+        ),
+        (
+            "[limits]\nmax_calls = 0",
+            "[limits] max_calls",
+            "0 is out of range (1-1000000)",
+        ),
+        (
+            "[limits]\nmax_setups_per_sec = 0",
+            "[limits] max_setups_per_sec",
+            "out of range",
+        ),
+        (
+            "[limits]\nmax_ws_sessions = 1.5",
+            "[limits] max_ws_sessions",
+            "expected a whole number, found float 1.5",
+        ),
+        (
+            "[shutdown]\ndrain_timeout = -5",
+            "[shutdown] drain_timeout",
+            "-5 is out of range (0-86400)",
+        ),
+    ];
+    for (body, key, needle) in cases {
+        assert_error(toml_with(&format!("{body}\n")), Some(5), Some(key), needle);
+    }
+}
+
+// ---- file-level errors ----
+
+#[test]
+fn toml_syntax_error_has_a_line() {
+    assert_error(
+        toml_with("[limits]\nmax_calls = = 3\n"),
+        Some(5),
+        None,
+        "x.toml:5: ",
+    );
+}
+
+#[test]
+fn ini_malformed_lines_are_errors() {
+    assert_error(ini_with("just words\n"), Some(4), None, "is not key=value");
+    assert_error(
+        ini("appid=a\n[global]\n"),
+        Some(1),
+        Some("appid"),
+        "before any [section]",
+    );
+}
+
+#[test]
+fn load_reports_unreadable_file() {
+    let error = Config::load(Path::new("/nonexistent/dir/rtx.conf")).expect_err("missing");
+    let text = error.to_string();
+    assert!(
+        text.starts_with("/nonexistent/dir/rtx.conf: cannot read config file: "),
+        "{text}"
+    );
+    assert!(!text.contains('\n'));
+}
+
+#[test]
+fn load_reports_non_utf8_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rtx.conf");
+    std::fs::write(&path, b"[global]\nappid=\xff\xfe\n").expect("write");
+    let error = Config::load(&path).expect_err("binary");
+    assert_eq!(error.line(), Some(2));
+    assert!(error.to_string().contains("is not valid UTF-8"));
+}
+
+#[test]
+fn load_picks_the_form_by_extension_then_content() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let as_toml = Config::load(&write("a.toml", TOML_BASE)).expect("toml");
+    assert_eq!(as_toml.form, ConfigForm::Toml);
+    let sniffed_toml = Config::load(&write("bridge.cfg.txt", TOML_BASE)).expect("toml by content");
+    assert_eq!(sniffed_toml.form, ConfigForm::Toml);
+    let sniffed_ini = Config::load(&write("rtx", INI_BASE)).expect("ini by content");
+    assert_eq!(sniffed_ini.form, ConfigForm::RtxConf);
+    // An rtx.conf given a .toml name is read as TOML and refused clearly, not half-read.
+    let error = Config::load(&write("wrong.toml", INI_BASE)).expect_err("not toml");
+    assert_eq!(error.line(), Some(2));
+}

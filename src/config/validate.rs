@@ -1,0 +1,1094 @@
+//! Turns a [`RawDoc`] from either form into a validated [`Config`].
+//!
+//! One code path for both forms, so rtx.conf and TOML accept the same values and refuse
+//! them with the same messages. Unknown sections/keys are warnings in rtx.conf (files in the
+//! wild carry extras) and errors in TOML (a typo in the native form should not pass silently).
+
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::acc_rule::AccRule;
+use super::error::ConfigError;
+use super::model::*;
+use super::raw::{RawDoc, RawEntry, RawSection, RawValue};
+
+/// Sections SRProxy's rtx.conf knows.
+const RTX_SECTIONS: &[&str] = &["global", "rtm2sip", "proxy", "pstn", "log", "rtc", "rtm"];
+/// Sections only the native form has.
+const NATIVE_SECTIONS: &[&str] = &["sip", "media", "http", "auth", "limits", "shutdown"];
+
+/// File-wide context: where errors point and where warnings collect.
+struct Ctx<'a> {
+    file: &'a Path,
+    form: ConfigForm,
+    warnings: RefCell<Vec<String>>,
+}
+
+impl Ctx<'_> {
+    fn error(&self, line: Option<usize>, key: Option<String>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            key,
+            message: message.replace(['\n', '\r'], " "),
+        }
+    }
+
+    fn warn(&self, line: Option<usize>, key: Option<String>, message: String) {
+        let text = self.error(line, key, message).to_string();
+        self.warnings.borrow_mut().push(text);
+    }
+}
+
+/// A value plus the line it came from, so later cross-checks can point at it.
+struct Located<T> {
+    value: T,
+    line: usize,
+}
+
+/// One section (or nested TOML table) being read; remembers which keys were asked for so
+/// leftovers can be reported as unknown.
+struct Sec<'c> {
+    ctx: &'c Ctx<'c>,
+    name: String,
+    header_line: Option<usize>,
+    entries: Vec<RawEntry>,
+    known: RefCell<Vec<&'static str>>,
+    /// For entries of a TOML array of tables: "entry 2: ".
+    message_prefix: String,
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+fn toml_type(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "string",
+        toml::Value::Integer(_) => "integer",
+        toml::Value::Float(_) => "float",
+        toml::Value::Boolean(_) => "boolean",
+        toml::Value::Datetime(_) => "datetime",
+        toml::Value::Array(_) => "array",
+        toml::Value::Table(_) => "table",
+    }
+}
+
+fn describe(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Array(_) => "an array".to_string(),
+        toml::Value::Table(_) => "a table".to_string(),
+        other => format!("{} {other}", toml_type(other)),
+    }
+}
+
+impl<'c> Sec<'c> {
+    fn new(ctx: &'c Ctx<'c>, name: &str, raw: Option<&RawSection>) -> Self {
+        Sec {
+            ctx,
+            name: name.to_string(),
+            header_line: raw.and_then(|r| r.line),
+            entries: raw.map(|r| r.entries.clone()).unwrap_or_default(),
+            known: RefCell::new(Vec::new()),
+            message_prefix: String::new(),
+        }
+    }
+
+    fn key_name(&self, key: &str) -> String {
+        format!("[{}] {key}", self.name)
+    }
+
+    fn err(&self, line: Option<usize>, key: &str, message: impl Display) -> ConfigError {
+        self.ctx.error(
+            line,
+            Some(self.key_name(key)),
+            format!("{}{message}", self.message_prefix),
+        )
+    }
+
+    fn entry(&self, key: &'static str) -> Option<&RawEntry> {
+        self.known.borrow_mut().push(key);
+        self.entries.iter().find(|e| e.key == key)
+    }
+
+    /// Error for a required key that is absent: points at the condition that requires it,
+    /// else at the section header.
+    fn missing(&self, key: &str, condition: Option<(&str, usize)>) -> ConfigError {
+        match condition {
+            Some((why, line)) => self.err(Some(line), key, format!("required when {why}")),
+            None if self.header_line.is_some() => self.err(self.header_line, key, "required"),
+            None => self.err(
+                None,
+                key,
+                format!("required (the file has no [{}] section)", self.name),
+            ),
+        }
+    }
+
+    fn string_inner(&self, key: &'static str, secret: bool) -> Result<Option<Located<String>>> {
+        let Some(entry) = self.entry(key) else {
+            return Ok(None);
+        };
+        let value = match &entry.value {
+            RawValue::Text(text) => text.clone(),
+            RawValue::Toml(toml::Value::String(s)) => s.clone(),
+            RawValue::Toml(toml::Value::Integer(i)) => i.to_string(),
+            RawValue::Toml(other) => {
+                let found = if secret {
+                    toml_type(other).to_string()
+                } else {
+                    describe(other)
+                };
+                return Err(self.err(
+                    Some(entry.line),
+                    key,
+                    format!("expected a string, found {found}"),
+                ));
+            }
+        };
+        Ok(Some(Located {
+            value,
+            line: entry.line,
+        }))
+    }
+
+    /// A string value as written (may be empty).
+    fn string(&self, key: &'static str) -> Result<Option<Located<String>>> {
+        self.string_inner(key, false)
+    }
+
+    /// A string value; empty counts as not set.
+    fn optional(&self, key: &'static str) -> Result<Option<Located<String>>> {
+        Ok(self.string(key)?.filter(|s| !s.value.is_empty()))
+    }
+
+    /// A string that must be present and non-empty.
+    fn required(
+        &self,
+        key: &'static str,
+        condition: Option<(&str, usize)>,
+    ) -> Result<Located<String>> {
+        match self.string(key)? {
+            None => Err(self.missing(key, condition)),
+            Some(s) if s.value.is_empty() => Err(self.err(Some(s.line), key, "is empty")),
+            Some(s) => Ok(s),
+        }
+    }
+
+    /// A secret: never echoed in messages; empty is an error when set.
+    fn secret(&self, key: &'static str) -> Result<Option<Located<Secret>>> {
+        match self.string_inner(key, true)? {
+            None => Ok(None),
+            Some(s) if s.value.is_empty() => Err(self.err(Some(s.line), key, "is empty")),
+            Some(s) => Ok(Some(Located {
+                value: Secret::new(s.value),
+                line: s.line,
+            })),
+        }
+    }
+
+    /// A non-empty string converted by `parse`, whose error text completes the message.
+    fn parsed<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> std::result::Result<T, String>,
+    ) -> Result<Option<Located<T>>> {
+        match self.optional(key)? {
+            None => Ok(None),
+            Some(s) => match parse(&s.value) {
+                Ok(value) => Ok(Some(Located {
+                    value,
+                    line: s.line,
+                })),
+                Err(message) => Err(self.err(Some(s.line), key, message)),
+            },
+        }
+    }
+
+    fn bool(&self, key: &'static str) -> Result<Option<Located<bool>>> {
+        let Some(entry) = self.entry(key) else {
+            return Ok(None);
+        };
+        let value = match &entry.value {
+            RawValue::Text(text) => match text.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(self.err(
+                        Some(entry.line),
+                        key,
+                        format!("{text:?} is not a boolean (1/0, true/false, yes/no)"),
+                    ))
+                }
+            },
+            RawValue::Toml(toml::Value::Boolean(b)) => *b,
+            RawValue::Toml(toml::Value::Integer(1)) => true,
+            RawValue::Toml(toml::Value::Integer(0)) => false,
+            RawValue::Toml(other) => {
+                return Err(self.err(
+                    Some(entry.line),
+                    key,
+                    format!("expected true or false, found {}", describe(other)),
+                ))
+            }
+        };
+        Ok(Some(Located {
+            value,
+            line: entry.line,
+        }))
+    }
+
+    fn int(&self, key: &'static str, min: i64, max: i64) -> Result<Option<Located<i64>>> {
+        let Some(entry) = self.entry(key) else {
+            return Ok(None);
+        };
+        let value = match &entry.value {
+            RawValue::Text(text) => text.parse::<i64>().map_err(|_| {
+                self.err(
+                    Some(entry.line),
+                    key,
+                    format!("{text:?} is not a whole number"),
+                )
+            })?,
+            RawValue::Toml(toml::Value::Integer(i)) => *i,
+            RawValue::Toml(other) => {
+                return Err(self.err(
+                    Some(entry.line),
+                    key,
+                    format!("expected a whole number, found {}", describe(other)),
+                ))
+            }
+        };
+        if !(min..=max).contains(&value) {
+            return Err(self.err(
+                Some(entry.line),
+                key,
+                format!("{value} is out of range ({min}-{max})"),
+            ));
+        }
+        Ok(Some(Located {
+            value,
+            line: entry.line,
+        }))
+    }
+
+    fn port(&self, key: &'static str, default: u16) -> Result<u16> {
+        Ok(self.int(key, 0, 65535)?.map_or(default, |p| p.value as u16))
+    }
+
+    fn seconds(&self, key: &'static str, min: i64, max: i64, default: u64) -> Result<Duration> {
+        Ok(Duration::from_secs(
+            self.int(key, min, max)?.map_or(default, |v| v.value as u64),
+        ))
+    }
+
+    fn count(&self, key: &'static str, max: i64, default: u32) -> Result<u32> {
+        Ok(self.int(key, 1, max)?.map_or(default, |v| v.value as u32))
+    }
+
+    /// A list of strings (TOML array; in rtx.conf a comma-separated value).
+    fn list(&self, key: &'static str) -> Result<Option<Located<Vec<String>>>> {
+        let Some(entry) = self.entry(key) else {
+            return Ok(None);
+        };
+        let value = match &entry.value {
+            RawValue::Text(text) => text
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            RawValue::Toml(toml::Value::Array(items)) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        toml::Value::String(s) => out.push(s.clone()),
+                        other => {
+                            return Err(self.err(
+                                Some(entry.line),
+                                key,
+                                format!(
+                                    "item {}: expected a string, found {}",
+                                    i + 1,
+                                    describe(other)
+                                ),
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+            RawValue::Toml(other) => {
+                return Err(self.err(
+                    Some(entry.line),
+                    key,
+                    format!("expected an array of strings, found {}", describe(other)),
+                ))
+            }
+        };
+        Ok(Some(Located {
+            value,
+            line: entry.line,
+        }))
+    }
+
+    /// Each element of `list` converted by `parse`; errors name the item.
+    fn parsed_list<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> std::result::Result<T, String>,
+    ) -> Result<Option<Located<Vec<T>>>> {
+        let Some(list) = self.list(key)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for (i, item) in list.value.iter().enumerate() {
+            out.push(
+                parse(item)
+                    .map_err(|m| self.err(Some(list.line), key, format!("item {}: {m}", i + 1)))?,
+            );
+        }
+        Ok(Some(Located {
+            value: out,
+            line: list.line,
+        }))
+    }
+
+    fn nested(&self, key: &str, line: usize, table: &toml::Table, prefix: String) -> Sec<'c> {
+        Sec {
+            ctx: self.ctx,
+            name: format!("{}.{key}", self.name),
+            header_line: Some(line),
+            entries: table
+                .iter()
+                .map(|(k, v)| RawEntry {
+                    key: k.clone(),
+                    line,
+                    value: RawValue::Toml(v.clone()),
+                })
+                .collect(),
+            known: RefCell::new(Vec::new()),
+            message_prefix: prefix,
+        }
+    }
+
+    /// A nested TOML table such as `[media.recording]`.
+    fn table(&self, key: &'static str) -> Result<Option<Sec<'c>>> {
+        let Some(entry) = self.entry(key) else {
+            return Ok(None);
+        };
+        match &entry.value {
+            RawValue::Toml(toml::Value::Table(table)) => {
+                Ok(Some(self.nested(key, entry.line, table, String::new())))
+            }
+            RawValue::Toml(other) => Err(self.err(
+                Some(entry.line),
+                key,
+                format!("expected a table, found {}", describe(other)),
+            )),
+            RawValue::Text(_) => Err(self.err(Some(entry.line), key, "needs the TOML config form")),
+        }
+    }
+
+    /// A TOML array of tables such as `[[media.turn]]`.
+    fn tables(&self, key: &'static str) -> Result<Vec<Sec<'c>>> {
+        let Some(entry) = self.entry(key) else {
+            return Ok(Vec::new());
+        };
+        let items = match &entry.value {
+            RawValue::Toml(toml::Value::Array(items)) => items,
+            RawValue::Toml(other) => {
+                return Err(self.err(
+                    Some(entry.line),
+                    key,
+                    format!("expected an array of tables, found {}", describe(other)),
+                ))
+            }
+            RawValue::Text(_) => {
+                return Err(self.err(Some(entry.line), key, "needs the TOML config form"))
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let toml::Value::Table(table) = item else {
+                return Err(self.err(
+                    Some(entry.line),
+                    key,
+                    format!(
+                        "entry {}: expected a table, found {}",
+                        i + 1,
+                        describe(item)
+                    ),
+                ));
+            };
+            out.push(self.nested(key, entry.line, table, format!("entry {}: ", i + 1)));
+        }
+        Ok(out)
+    }
+
+    /// Reports keys nobody asked for: warnings in rtx.conf, errors in TOML.
+    fn finish(&self) -> Result<()> {
+        let known = self.known.borrow();
+        for entry in &self.entries {
+            if known.contains(&entry.key.as_str()) {
+                continue;
+            }
+            match self.ctx.form {
+                ConfigForm::RtxConf => self.ctx.warn(
+                    Some(entry.line),
+                    Some(self.key_name(&entry.key)),
+                    "unknown key, ignored".to_string(),
+                ),
+                ConfigForm::Toml => {
+                    return Err(self.err(
+                        Some(entry.line),
+                        &entry.key,
+                        format!("unknown key (known keys: {})", known.join(", ")),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- value parsers: each returns the end of a message that follows "[section] key: " ----
+
+fn parse_port(text: &str, whole: &str) -> std::result::Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("{whole:?}: port {text:?} is not a number 1-65535")),
+    }
+}
+
+fn is_hostname(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && !text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `IP:port`, `[v6]:port` or `host:port`; with `default_port`, the port may be left out.
+pub(crate) fn parse_host_port(
+    text: &str,
+    default_port: Option<u16>,
+) -> std::result::Result<HostPort, String> {
+    let shape = if default_port.is_some() {
+        "IP, IP:port or host:port"
+    } else {
+        "IP:port or host:port"
+    };
+    let bad = || format!("{text:?} is not {shape}");
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("{text:?}: port 0 is not a usable port"));
+        }
+        return Ok(HostPort {
+            host: Host::Ip(addr.ip()),
+            port: addr.port(),
+        });
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return match default_port {
+            Some(port) => Ok(HostPort {
+                host: Host::Ip(ip),
+                port,
+            }),
+            None => Err(bad()),
+        };
+    }
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        if let (Ok(ip), Some(port)) = (inner.parse::<IpAddr>(), default_port) {
+            return Ok(HostPort {
+                host: Host::Ip(ip),
+                port,
+            });
+        }
+        return Err(bad());
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(parse_port(port, text)?)),
+        None => (text, default_port),
+    };
+    if host.parse::<IpAddr>().is_ok() {
+        // Unreachable for valid v4 (SocketAddr parsed above) but keeps v6 honest.
+        return Err(bad());
+    }
+    if !is_hostname(host) {
+        if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(format!("{text:?}: {host:?} is not a valid IP address"));
+        }
+        return Err(bad());
+    }
+    match port {
+        Some(port) => Ok(HostPort {
+            host: Host::Name(host.to_ascii_lowercase()),
+            port,
+        }),
+        None => Err(bad()),
+    }
+}
+
+fn parse_ip(text: &str) -> std::result::Result<IpAddr, String> {
+    text.parse::<IpAddr>()
+        .map_err(|_| format!("{text:?} is not an IP address"))
+}
+
+fn parse_public_ip(text: &str) -> std::result::Result<IpAddr, String> {
+    let ip = parse_ip(text)?;
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{text:?} cannot be advertised to peers (give the address they should reach)"
+        ));
+    }
+    Ok(ip)
+}
+
+fn parse_socket_addr(text: &str) -> std::result::Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("{text:?} is not IP:port"))
+}
+
+/// Characters RFC 3261 allows in a SIP user part (unreserved + user-unreserved).
+fn is_sip_user_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/#".contains(c)
+}
+
+fn parse_sip_user(text: &str) -> std::result::Result<String, String> {
+    match text.chars().find(|c| !is_sip_user_char(*c)) {
+        Some(bad) => Err(format!(
+            "{text:?} contains '{bad}', not allowed in a SIP user name"
+        )),
+        None => Ok(text.to_string()),
+    }
+}
+
+fn parse_name(text: &str) -> std::result::Result<String, String> {
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{text:?} contains whitespace or control characters"
+        ));
+    }
+    if text.len() > 128 {
+        return Err(format!("is {} characters long (at most 128)", text.len()));
+    }
+    Ok(text.to_string())
+}
+
+fn parse_acc_rule(text: &str) -> std::result::Result<AccRule, String> {
+    text.parse::<AccRule>().map_err(|e| e.to_string())
+}
+
+fn parse_codec(text: &str) -> std::result::Result<Codec, String> {
+    Codec::from_name(text).ok_or_else(|| format!("{text:?} is not a supported codec (PCMU, PCMA)"))
+}
+
+fn parse_url(
+    schemes: &'static [&'static str],
+) -> impl Fn(&str) -> std::result::Result<String, String> {
+    move |text: &str| {
+        let rest = schemes.iter().find_map(|s| text.strip_prefix(s));
+        match rest {
+            Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
+                Ok(text.to_string())
+            }
+            _ => Err(format!("{text:?} is not a {} URL", schemes.join(" or "))),
+        }
+    }
+}
+
+fn codec_list(sec: &Sec, key: &'static str) -> Result<Option<Located<Vec<Codec>>>> {
+    let Some(list) = sec.parsed_list(key, parse_codec)? else {
+        return Ok(None);
+    };
+    if list.value.is_empty() {
+        return Err(sec.err(Some(list.line), key, "is empty (list at least one codec)"));
+    }
+    for (i, codec) in list.value.iter().enumerate() {
+        if list.value[..i].contains(codec) {
+            return Err(sec.err(Some(list.line), key, format!("{codec} is listed twice")));
+        }
+    }
+    Ok(Some(list))
+}
+
+// ---- sections ----
+
+fn global(s: &Sec) -> Result<GlobalConfig> {
+    let appid = s.required("appid", None)?;
+    let appid = parse_name(&appid.value).map_err(|m| s.err(Some(appid.line), "appid", m))?;
+    let sip_svr = match s.parsed("sip_svr", |t| parse_host_port(t, None))? {
+        Some(addr) => addr.value,
+        None => {
+            // Distinguish "absent" from "empty" for a precise message.
+            return Err(match s.string("sip_svr")? {
+                Some(empty) => s.err(
+                    Some(empty.line),
+                    "sip_svr",
+                    "is empty (give IP:port of the PBX)",
+                ),
+                None => s.missing("sip_svr", None),
+            });
+        }
+    };
+    let sip_local_port = s.port("sip_local_port", 5086)?;
+    s.finish()?;
+    Ok(GlobalConfig {
+        appid,
+        sip_svr,
+        sip_local_port,
+    })
+}
+
+fn rtm2sip(s: &Sec) -> Result<Option<Rtm2SipConfig>> {
+    let on = s.bool("on")?;
+    let rule = s.string("acc_rule")?;
+    let parsed = match &rule {
+        Some(r) if !r.value.is_empty() => {
+            Some(parse_acc_rule(&r.value).map_err(|m| s.err(Some(r.line), "acc_rule", m))?)
+        }
+        _ => None,
+    };
+    s.finish()?;
+    let Some(on) = on.filter(|on| on.value) else {
+        return Ok(None);
+    };
+    match (rule, parsed) {
+        (Some(_), Some(acc_rule)) if !acc_rule.is_empty() => Ok(Some(Rtm2SipConfig { acc_rule })),
+        (Some(r), _) => Err(s.err(
+            Some(r.line),
+            "acc_rule",
+            "is empty (with [rtm2sip] on=1 it must list the numbers browsers may call)",
+        )),
+        (None, _) => Err(s.missing("acc_rule", Some(("[rtm2sip] on=1", on.line)))),
+    }
+}
+
+fn proxy(s: &Sec) -> Result<Option<ProxyConfig>> {
+    let on = s.bool("on")?;
+    let Some(on) = on.filter(|on| on.value) else {
+        // Off: the account is not used; accept whatever is there without checking it.
+        for key in ["sip_account", "sip_pwd", "rtm_account"] {
+            s.entry(key);
+        }
+        s.finish()?;
+        return Ok(None);
+    };
+    let when = Some(("[proxy] on=1", on.line));
+    let account = s.required("sip_account", when)?;
+    let sip_account =
+        parse_sip_user(&account.value).map_err(|m| s.err(Some(account.line), "sip_account", m))?;
+    let sip_pwd = s
+        .secret("sip_pwd")?
+        .ok_or_else(|| s.missing("sip_pwd", when))?
+        .value;
+    let rtm = s.required("rtm_account", when)?;
+    let rtm_account =
+        parse_name(&rtm.value).map_err(|m| s.err(Some(rtm.line), "rtm_account", m))?;
+    s.finish()?;
+    Ok(Some(ProxyConfig {
+        sip_account,
+        sip_pwd,
+        rtm_account,
+    }))
+}
+
+fn pstn(s: &Sec) -> Result<Option<PstnConfig>> {
+    let addr = s.parsed("ip", |t| parse_host_port(t, Some(5060)))?;
+    let prefix = s.parsed("prefix", parse_sip_user)?;
+    s.finish()?;
+    match (addr, prefix) {
+        (Some(addr), prefix) => Ok(Some(PstnConfig {
+            addr: addr.value,
+            prefix: prefix.map(|p| p.value).unwrap_or_default(),
+        })),
+        (None, Some(prefix)) => Err(s.err(
+            Some(prefix.line),
+            "prefix",
+            "is set but [pstn] ip is not (give the gateway address)",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn log(s: &Sec) -> Result<LogConfig> {
+    let defaults = LogConfig::default();
+    let level = s
+        .parsed("level", |t| {
+            t.parse::<i64>()
+                .ok()
+                .and_then(LogLevel::from_number)
+                .or_else(|| LogLevel::from_name(t))
+                .ok_or_else(|| {
+                    format!(
+                        "{t:?} is not a log level (0 SENSITIVE, 1 DEBUG, 2 INFO, 3 WARN, 4 ERROR, 5 NONE)"
+                    )
+                })
+        })?
+        .map_or(defaults.level, |l| l.value);
+    let file = s.optional("file")?.map(|f| PathBuf::from(f.value));
+    let max_file_size_mb = s
+        .int("max_file_size", 0, 1_048_576)?
+        .map_or(defaults.max_file_size_mb, |v| v.value as u64);
+    s.finish()?;
+    Ok(LogConfig {
+        level,
+        file,
+        max_file_size_mb,
+    })
+}
+
+fn ignored_cloud_section(ctx: &Ctx, raw: &RawSection) {
+    let keys: Vec<&str> = raw.entries.iter().map(|e| e.key.as_str()).collect();
+    let listed = if keys.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", keys.join(", "))
+    };
+    ctx.warn(
+        raw.line,
+        Some(format!("[{}]", raw.name)),
+        format!("anyRTC private-cloud settings{listed} are not needed by srbridge; ignored"),
+    );
+}
+
+fn sip(s: &Sec) -> Result<SipConfig> {
+    let d = SipConfig::default();
+    let listen_ip = s
+        .parsed("listen_ip", parse_ip)?
+        .map_or(d.listen_ip, |v| v.value);
+    let transport = s
+        .parsed("transport", |t| match t.to_ascii_lowercase().as_str() {
+            "udp" => Ok(SipTransport::Udp),
+            "tcp" => Ok(SipTransport::Tcp),
+            _ => Err(format!("{t:?} is not udp or tcp")),
+        })?
+        .map_or(d.transport, |v| v.value);
+    let public_ip = s.parsed("public_ip", parse_public_ip)?.map(|v| v.value);
+    let register_expires = s.seconds("register_expires", 10, 86400, 300)?;
+    let options_interval = s.seconds("options_interval", 0, 3600, 30)?;
+    let dial_prefix = match s.string("dial_prefix")? {
+        Some(p) => parse_sip_user(&p.value).map_err(|m| s.err(Some(p.line), "dial_prefix", m))?,
+        None => d.dial_prefix,
+    };
+    let ring_timeout = s.seconds("ring_timeout", 1, 3600, 60)?;
+    let allowed_peers = s
+        .parsed_list("allowed_peers", parse_ip)?
+        .map_or_else(Vec::new, |v| v.value);
+    s.finish()?;
+    Ok(SipConfig {
+        listen_ip,
+        transport,
+        public_ip,
+        register_expires,
+        options_interval,
+        dial_prefix,
+        ring_timeout,
+        allowed_peers,
+    })
+}
+
+fn media(s: &Sec) -> Result<MediaConfig> {
+    let d = MediaConfig::default();
+    let min = s.int("rtp_port_min", 1024, 65534)?;
+    let max = s.int("rtp_port_max", 1025, 65535)?;
+    let rtp_port_min = min.as_ref().map_or(d.rtp_port_min, |v| v.value as u16);
+    let rtp_port_max = max.as_ref().map_or(d.rtp_port_max, |v| v.value as u16);
+    if rtp_port_min % 2 == 1 {
+        return Err(s.err(
+            min.map(|m| m.line),
+            "rtp_port_min",
+            format!("{rtp_port_min} is odd (RTP takes an even port, RTCP the next one)"),
+        ));
+    }
+    if rtp_port_max <= rtp_port_min {
+        let (line, key) = match (&max, &min) {
+            (Some(m), _) => (Some(m.line), "rtp_port_max"),
+            (None, m) => (m.as_ref().map(|m| m.line), "rtp_port_min"),
+        };
+        return Err(s.err(
+            line,
+            key,
+            format!("range {rtp_port_min}-{rtp_port_max} is empty (rtp_port_max must be greater than rtp_port_min)"),
+        ));
+    }
+    let public_ip = s.parsed("public_ip", parse_public_ip)?.map(|v| v.value);
+    let codecs = codec_list(s, "codecs")?.map_or(d.codecs, |v| v.value);
+    let mut codec_rules = Vec::new();
+    for rule in s.tables("codec_rules")? {
+        let numbers = rule.required("numbers", None)?;
+        let numbers = parse_acc_rule(&numbers.value)
+            .map_err(|m| rule.err(Some(numbers.line), "numbers", m))?;
+        let rule_codecs = codec_list(&rule, "codecs")?
+            .ok_or_else(|| rule.missing("codecs", None))?
+            .value;
+        rule.finish()?;
+        codec_rules.push(CodecRule {
+            numbers,
+            codecs: rule_codecs,
+        });
+    }
+    let stun_servers = s
+        .parsed_list("stun_servers", parse_url(&["stun:", "stuns:"]))?
+        .map_or_else(Vec::new, |v| v.value);
+    let mut turn = Vec::new();
+    for server in s.tables("turn")? {
+        let url = server
+            .parsed("url", parse_url(&["turn:", "turns:"]))?
+            .ok_or_else(|| server.missing("url", None))?
+            .value;
+        let username = server.required("username", None)?.value;
+        let credential = server
+            .secret("credential")?
+            .ok_or_else(|| server.missing("credential", None))?
+            .value;
+        server.finish()?;
+        turn.push(TurnServer {
+            url,
+            username,
+            credential,
+        });
+    }
+    let recording = match s.table("recording")? {
+        None => d.recording,
+        Some(r) => {
+            let rd = RecordingConfig::default();
+            let enabled = r.bool("enabled")?.is_some_and(|v| v.value);
+            let dir = match r.string("dir")? {
+                Some(dir) if dir.value.is_empty() => {
+                    return Err(r.err(Some(dir.line), "dir", "is empty"))
+                }
+                Some(dir) => PathBuf::from(dir.value),
+                None => rd.dir,
+            };
+            let mode = r
+                .parsed("mode", |t| match t.to_ascii_lowercase().as_str() {
+                    "mixed" => Ok(RecordingMode::Mixed),
+                    "stereo" => Ok(RecordingMode::Stereo),
+                    _ => Err(format!("{t:?} is not mixed or stereo")),
+                })?
+                .map_or(rd.mode, |v| v.value);
+            r.finish()?;
+            RecordingConfig { enabled, dir, mode }
+        }
+    };
+    let dtmf_mode = s
+        .parsed("dtmf_mode", |t| match t.to_ascii_lowercase().as_str() {
+            "rfc4733" | "rfc2833" => Ok(DtmfMode::Rfc4733),
+            "info" => Ok(DtmfMode::Info),
+            _ => Err(format!("{t:?} is not rfc4733 or info")),
+        })?
+        .map_or(d.dtmf_mode, |v| v.value);
+    s.finish()?;
+    Ok(MediaConfig {
+        rtp_port_min,
+        rtp_port_max,
+        public_ip,
+        codecs,
+        codec_rules,
+        stun_servers,
+        turn,
+        recording,
+        dtmf_mode,
+    })
+}
+
+fn existing_file(text: &str) -> std::result::Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{text:?} is not a readable file"))
+    }
+}
+
+fn http(s: &Sec) -> Result<HttpConfig> {
+    let d = HttpConfig::default();
+    let listen = s
+        .parsed("listen", parse_socket_addr)?
+        .map_or(d.listen, |v| v.value);
+    let cert = s.parsed("tls_cert", existing_file)?;
+    let key = s.parsed("tls_key", existing_file)?;
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            cert: cert.value,
+            key: key.value,
+        }),
+        (Some(cert), None) => {
+            return Err(s.err(
+                Some(cert.line),
+                "tls_cert",
+                "is set without [http] tls_key (give both or neither)",
+            ))
+        }
+        (None, Some(key)) => {
+            return Err(s.err(
+                Some(key.line),
+                "tls_key",
+                "is set without [http] tls_cert (give both or neither)",
+            ))
+        }
+        (None, None) => None,
+    };
+    let admin_token = s.secret("admin_token")?.map(|t| t.value);
+    let status_listen = s.parsed("status_listen", parse_socket_addr)?;
+    if let Some(status) = &status_listen {
+        if status.value == listen && listen.port() != 0 {
+            return Err(s.err(
+                Some(status.line),
+                "status_listen",
+                format!("{} is the same as [http] listen", status.value),
+            ));
+        }
+    }
+    s.finish()?;
+    Ok(HttpConfig {
+        listen,
+        tls,
+        admin_token,
+        status_listen: status_listen.map(|v| v.value),
+    })
+}
+
+fn auth(s: &Sec) -> Result<AuthConfig> {
+    let token_secret = s.secret("token_secret")?.map(|t| t.value);
+    s.finish()?;
+    Ok(AuthConfig { token_secret })
+}
+
+fn limits(s: &Sec) -> Result<LimitsConfig> {
+    let d = LimitsConfig::default();
+    let max_calls = s.count("max_calls", 1_000_000, d.max_calls)?;
+    let max_setups_per_sec = s.count("max_setups_per_sec", 100_000, d.max_setups_per_sec)?;
+    let max_ws_sessions = s.count("max_ws_sessions", 1_000_000, d.max_ws_sessions)?;
+    s.finish()?;
+    Ok(LimitsConfig {
+        max_calls,
+        max_setups_per_sec,
+        max_ws_sessions,
+    })
+}
+
+fn shutdown(s: &Sec) -> Result<ShutdownConfig> {
+    let drain_timeout = s.seconds("drain_timeout", 0, 86400, 30)?;
+    s.finish()?;
+    Ok(ShutdownConfig { drain_timeout })
+}
+
+/// Validates a document read from `file` in `form`.
+pub(crate) fn build(file: &Path, form: ConfigForm, doc: &RawDoc) -> Result<Config> {
+    let ctx = Ctx {
+        file,
+        form,
+        warnings: RefCell::new(Vec::new()),
+    };
+
+    // Section names first: a misspelt [globl] should be reported as such, not as "appid required".
+    for raw in &doc.sections {
+        let name = raw.name.as_str();
+        if name == "rtc" || name == "rtm" {
+            ignored_cloud_section(&ctx, raw);
+            continue;
+        }
+        if RTX_SECTIONS.contains(&name) {
+            continue;
+        }
+        match form {
+            ConfigForm::Toml if NATIVE_SECTIONS.contains(&name) => {}
+            ConfigForm::Toml => {
+                let known: Vec<&str> = RTX_SECTIONS
+                    .iter()
+                    .chain(NATIVE_SECTIONS)
+                    .copied()
+                    .collect();
+                return Err(ctx.error(
+                    raw.line,
+                    Some(format!("[{name}]")),
+                    format!("unknown section (known sections: {})", known.join(", ")),
+                ));
+            }
+            ConfigForm::RtxConf if NATIVE_SECTIONS.contains(&name) => ctx.warn(
+                raw.line,
+                Some(format!("[{name}]")),
+                "is only read from the TOML config form; ignored".to_string(),
+            ),
+            ConfigForm::RtxConf => ctx.warn(
+                raw.line,
+                Some(format!("[{name}]")),
+                "unknown section, ignored".to_string(),
+            ),
+        }
+    }
+
+    let sec = |name: &str| Sec::new(&ctx, name, doc.section(name));
+    let global = global(&sec("global"))?;
+    let rtm2sip = rtm2sip(&sec("rtm2sip"))?;
+    let proxy = proxy(&sec("proxy"))?;
+    let pstn = pstn(&sec("pstn"))?;
+    let log = log(&sec("log"))?;
+    let native = form == ConfigForm::Toml;
+    let sip = if native {
+        sip(&sec("sip"))?
+    } else {
+        SipConfig::default()
+    };
+    let media = if native {
+        media(&sec("media"))?
+    } else {
+        MediaConfig::default()
+    };
+    let http = if native {
+        http(&sec("http"))?
+    } else {
+        HttpConfig::default()
+    };
+    let auth = if native {
+        auth(&sec("auth"))?
+    } else {
+        AuthConfig::default()
+    };
+    let limits = if native {
+        limits(&sec("limits"))?
+    } else {
+        LimitsConfig::default()
+    };
+    let shutdown = if native {
+        shutdown(&sec("shutdown"))?
+    } else {
+        ShutdownConfig::default()
+    };
+
+    if rtm2sip.is_some() && proxy.is_none() {
+        ctx.warn(
+            None,
+            Some("[rtm2sip] on".to_string()),
+            "browsers may call SIP numbers but [proxy] is off: calls are placed without a registered SIP account".to_string(),
+        );
+    }
+
+    Ok(Config {
+        source: file.to_path_buf(),
+        form,
+        global,
+        rtm2sip,
+        proxy,
+        pstn,
+        log,
+        sip,
+        media,
+        http,
+        auth,
+        limits,
+        shutdown,
+        warnings: ctx.warnings.into_inner(),
+    })
+}
