@@ -1,0 +1,921 @@
+//! The calls in progress: creates a [`Call`] per invitation or INVITE, routes every later event to
+//! its call, runs each call as its own task, and forgets it when it ends.
+//!
+//! Each call task owns its state machine, its SIP dialog handle, its media and its timer, and
+//! carries out the machine's actions; nothing is shared between calls but the registry below (taken
+//! only when a call starts, changes phase or ends: never per packet).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::Instrument;
+
+use super::machine::{
+    Action, Call, CallPolicy, Direction, EndReason, Event, FailureReason, HubAction, LocalState,
+    Phase, SipAction,
+};
+use super::ports::{
+    BrowserSide, CallMedia, IncomingSipCall, MediaError, MediaEvent, MediaFactory,
+    OutgoingCallRequest, SipLeg, SipLegCommand, SipLegEvent, SipSide,
+};
+use crate::config::Config;
+
+/// What the browser side reports to the call layer (the hub's events for the bridge).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BrowserEvent {
+    /// A browser invites a SIP number (or the bridge's own id).
+    Invite {
+        /// The invitation's id, chosen by the browser.
+        call_id: String,
+        /// The caller's uid.
+        from_uid: String,
+        /// The number invited.
+        callee: String,
+        /// The invitation content (ARCall JSON or any string).
+        content: String,
+    },
+    /// The caller cancelled its invitation.
+    Cancel {
+        /// The invitation.
+        call_id: String,
+        /// Who cancelled.
+        from_uid: String,
+    },
+    /// The callee's browser has the remote invitation (`INVITATION_RECEIVED`).
+    InvitationReceived {
+        /// The invitation.
+        call_id: String,
+        /// The callee.
+        uid: String,
+    },
+    /// The callee accepted.
+    Accepted {
+        /// The invitation.
+        call_id: String,
+        /// The callee.
+        uid: String,
+        /// The response string.
+        response: String,
+    },
+    /// The callee refused.
+    Refused {
+        /// The invitation.
+        call_id: String,
+        /// The callee.
+        uid: String,
+        /// The response string ("decline" forms give 603).
+        response: String,
+    },
+    /// A peer message to a SIP number or the bridge (e.g. `{"Cmd":"EndCall"}`).
+    PeerMessage {
+        /// The sender.
+        from_uid: String,
+        /// The addressee.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// A media signalling message for a call.
+    Media {
+        /// The call.
+        call_id: String,
+        /// The sender.
+        from_uid: String,
+        /// The message.
+        payload: serde_json::Value,
+    },
+    /// The user's WebSocket closed, it logged out, or another login replaced it.
+    SessionClosed {
+        /// The user.
+        uid: String,
+    },
+}
+
+/// A call in progress, as the status API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallInfo {
+    /// The call id (the invitation id for browser calls).
+    pub id: String,
+    /// `web_to_sip` or `sip_to_web`.
+    pub direction: &'static str,
+    /// The web user.
+    pub uid: String,
+    /// The SIP party.
+    pub sip_number: String,
+    /// `setup`, `ringing`, `cancelling`, `established`.
+    pub state: &'static str,
+    /// Seconds since the call started.
+    pub duration_s: f64,
+    /// Seconds since it was answered, once it has been.
+    pub talk_s: Option<f64>,
+    #[serde(skip)]
+    started: Instant,
+    #[serde(skip)]
+    answered: Option<Instant>,
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Setup => "setup",
+        Phase::Ringing => "ringing",
+        Phase::Cancelling => "cancelling",
+        Phase::Established => "established",
+        Phase::Ended => "ended",
+    }
+}
+
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::WebToSip => "web_to_sip",
+        Direction::SipToWeb => "sip_to_web",
+    }
+}
+
+/// Input routed to one call's task.
+#[derive(Debug)]
+enum CallInput {
+    Machine(Event),
+    Media(serde_json::Value),
+}
+
+struct Slot {
+    info: CallInfo,
+    input: mpsc::UnboundedSender<CallInput>,
+}
+
+struct Inner<B, S, M> {
+    browser: B,
+    sip: S,
+    media: M,
+    config: watch::Receiver<Arc<Config>>,
+    calls: Mutex<HashMap<String, Slot>>,
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+/// The calls in progress and the rules for starting new ones. Cheap to clone.
+pub struct CallManager<B, S, M> {
+    inner: Arc<Inner<B, S, M>>,
+}
+
+impl<B, S, M> Clone for CallManager<B, S, M> {
+    fn clone(&self) -> Self {
+        CallManager {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// Why a new call was refused before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Draining,
+    TooManyCalls,
+    DuplicateId,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::Draining => "the bridge is shutting down",
+            Refusal::TooManyCalls => "too many calls in progress",
+            Refusal::DuplicateId => "duplicate call id",
+        }
+    }
+}
+
+impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
+    /// A manager with no calls. `config` is re-read at each call start, so a reload changes
+    /// `acc_rule`, limits and timeouts for new calls without touching those in progress.
+    pub fn new(browser: B, sip: S, media: M, config: watch::Receiver<Arc<Config>>) -> Self {
+        CallManager {
+            inner: Arc::new(Inner {
+                browser,
+                sip,
+                media,
+                config,
+                calls: Mutex::new(HashMap::new()),
+                draining: AtomicBool::new(false),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    fn calls(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The browser side's event for the bridge.
+    pub fn handle_browser(&self, event: BrowserEvent) {
+        match event {
+            BrowserEvent::Invite {
+                call_id,
+                from_uid,
+                callee,
+                content,
+            } => self.start_web_to_sip(call_id, from_uid, callee, content),
+            BrowserEvent::Cancel { call_id, from_uid } => self.route(
+                &call_id,
+                &from_uid,
+                CallInput::Machine(Event::BrowserCanceled),
+            ),
+            BrowserEvent::InvitationReceived { call_id, uid } => self.route(
+                &call_id,
+                &uid,
+                CallInput::Machine(Event::InvitationDelivered),
+            ),
+            BrowserEvent::Accepted { call_id, uid, .. } => {
+                self.route(&call_id, &uid, CallInput::Machine(Event::BrowserAccepted))
+            }
+            BrowserEvent::Refused {
+                call_id,
+                uid,
+                response,
+            } => self.route(
+                &call_id,
+                &uid,
+                CallInput::Machine(Event::BrowserRefused { response }),
+            ),
+            BrowserEvent::PeerMessage { from_uid, to, text } => {
+                self.peer_message(&from_uid, &to, &text)
+            }
+            BrowserEvent::Media {
+                call_id,
+                from_uid,
+                payload,
+            } => self.route(&call_id, &from_uid, CallInput::Media(payload)),
+            BrowserEvent::SessionClosed { uid } => {
+                let inputs: Vec<_> = self
+                    .calls()
+                    .values()
+                    .filter(|slot| slot.info.uid == uid)
+                    .map(|slot| slot.input.clone())
+                    .collect();
+                for input in inputs {
+                    let _ = input.send(CallInput::Machine(Event::BrowserGone));
+                }
+            }
+        }
+    }
+
+    /// Sends input to a call, if it exists and belongs to `uid` (a browser cannot touch
+    /// another user's call).
+    fn route(&self, call_id: &str, uid: &str, input: CallInput) {
+        let calls = self.calls();
+        match calls.get(call_id) {
+            Some(slot) if slot.info.uid == uid => {
+                let _ = slot.input.send(input);
+            }
+            Some(_) => tracing::warn!(call_id, uid, "event for another user's call ignored"),
+            None => tracing::debug!(call_id, uid, "event for an unknown or ended call ignored"),
+        }
+    }
+
+    /// `{"Cmd":"EndCall"}` from a browser ends its call with `to` (or its only call).
+    fn peer_message(&self, from_uid: &str, to: &str, text: &str) {
+        if !is_end_call(text) {
+            tracing::debug!(
+                from_uid,
+                to,
+                "peer message to the bridge ignored (not EndCall)"
+            );
+            return;
+        }
+        let input = {
+            let calls = self.calls();
+            let mine: Vec<&Slot> = calls
+                .values()
+                .filter(|slot| slot.info.uid == from_uid)
+                .collect();
+            let exact = mine.iter().find(|slot| slot.info.sip_number == to);
+            match (exact, mine.as_slice()) {
+                (Some(slot), _) => Some(slot.input.clone()),
+                (None, [only]) => Some(only.input.clone()),
+                _ => None,
+            }
+        };
+        match input {
+            Some(input) => {
+                let _ = input.send(CallInput::Machine(Event::BrowserHangup));
+            }
+            None => tracing::debug!(from_uid, to, "EndCall matches no call"),
+        }
+    }
+
+    fn admission(&self, call_id: &str) -> Result<(), Refusal> {
+        if self.inner.draining.load(Ordering::Acquire) {
+            return Err(Refusal::Draining);
+        }
+        let max = self.inner.config.borrow().limits.max_calls as usize;
+        let calls = self.calls();
+        if calls.contains_key(call_id) {
+            return Err(Refusal::DuplicateId);
+        }
+        if calls.len() >= max {
+            return Err(Refusal::TooManyCalls);
+        }
+        Ok(())
+    }
+
+    fn start_web_to_sip(&self, call_id: String, from_uid: String, callee: String, content: String) {
+        let span = tracing::info_span!("call", call_id = %call_id);
+        let _entered = span.enter();
+        tracing::info!(from = %from_uid, to = %callee, "browser invitation");
+        if let Err(refusal) = self.admission(&call_id) {
+            tracing::warn!(reason = refusal.reason(), "invitation refused");
+            self.inner.browser.local_state(
+                &from_uid,
+                &call_id,
+                LocalState::Failure,
+                Some(serde_json::json!({ "Reason": refusal.reason() }).to_string()),
+                Some(match refusal {
+                    Refusal::DuplicateId => FailureReason::InvalidArgument,
+                    _ => FailureReason::Other,
+                }),
+            );
+            return;
+        }
+        let config = Arc::clone(&self.inner.config.borrow());
+        let allowed = |number: &str| config.may_call(number);
+        let policy = CallPolicy {
+            number_allowed: &allowed,
+            pstn_prefix: config.pstn.as_ref().map(|p| p.prefix.as_str()),
+            ring_timeout: config.sip.ring_timeout,
+        };
+        let (call, actions) = Call::web_to_sip(&call_id, &from_uid, &callee, &content, &policy);
+        if call.phase() == Phase::Ended {
+            // Refused before anything was sent: no task, no media.
+            let mut task = CallTask::detached(self.clone(), call_id, call);
+            task.apply_sync(actions);
+            return;
+        }
+        let (media, media_events) =
+            match self
+                .inner
+                .media
+                .create(&call_id, Direction::WebToSip, call.sip_number())
+            {
+                Ok(media) => media,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no media for the call");
+                    self.inner.browser.local_state(
+                        &from_uid,
+                        &call_id,
+                        LocalState::Failure,
+                        Some(serde_json::json!({ "Reason": e.to_string() }).to_string()),
+                        Some(FailureReason::Other),
+                    );
+                    return;
+                }
+            };
+        let input = self.register(&call_id, &call);
+        let task = CallTask::new(self.clone(), call_id, call, media, media_events, input);
+        drop(_entered);
+        tokio::spawn(task.run(actions, None).instrument(span));
+    }
+
+    /// An INVITE arrived on the proxy account.
+    pub fn handle_incoming(&self, incoming: IncomingSipCall) {
+        let IncomingSipCall {
+            call_id,
+            target_uid,
+            caller_number,
+            caller_display,
+            sdp_offer,
+            leg,
+        } = incoming;
+        let span = tracing::info_span!("call", call_id = %call_id);
+        let _entered = span.enter();
+        tracing::info!(from = %caller_number, to = %target_uid, "incoming SIP call");
+        if let Err(refusal) = self.admission(&call_id) {
+            tracing::warn!(reason = refusal.reason(), "INVITE refused");
+            leg.send(SipLegCommand::Reject {
+                code: 503,
+                reason: "Service Unavailable".into(),
+            });
+            return;
+        }
+        let (mut media, media_events) =
+            match self
+                .inner
+                .media
+                .create(&call_id, Direction::SipToWeb, &caller_number)
+            {
+                Ok(media) => media,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no media for the call");
+                    leg.send(SipLegCommand::Reject {
+                        code: 503,
+                        reason: "Service Unavailable".into(),
+                    });
+                    return;
+                }
+            };
+        // Negotiate the SIP side first: an INVITE we cannot answer is refused with 488 before the
+        // browser ever rings.
+        let answer = match sdp_offer.as_deref() {
+            Some(offer) => media.sip_answer(offer),
+            None => media.sip_offer(),
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(error = %e, "INVITE refused: 488");
+                media.close();
+                leg.send(SipLegCommand::Reject {
+                    code: 488,
+                    reason: "Not Acceptable Here".into(),
+                });
+                return;
+            }
+        };
+        let config = Arc::clone(&self.inner.config.borrow());
+        let allowed = |number: &str| config.may_call(number);
+        let policy = CallPolicy {
+            number_allowed: &allowed,
+            pstn_prefix: None,
+            ring_timeout: config.sip.ring_timeout,
+        };
+        let (call, actions) = Call::sip_to_web(
+            &call_id,
+            &caller_number,
+            caller_display.as_deref(),
+            &target_uid,
+            &policy,
+        );
+        let input = self.register(&call_id, &call);
+        let mut task = CallTask::new(self.clone(), call_id, call, media, media_events, input);
+        task.sip_answer = Some(answer);
+        drop(_entered);
+        tokio::spawn(task.run(actions, Some(leg)).instrument(span));
+    }
+
+    fn register(&self, call_id: &str, call: &Call) -> mpsc::UnboundedReceiver<CallInput> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        self.calls().insert(
+            call_id.to_string(),
+            Slot {
+                info: CallInfo {
+                    id: call_id.to_string(),
+                    direction: direction_name(call.direction()),
+                    uid: call.uid().to_string(),
+                    sip_number: call.sip_number().to_string(),
+                    state: phase_name(call.phase()),
+                    duration_s: 0.0,
+                    talk_s: None,
+                    started: now,
+                    answered: None,
+                },
+                input: tx,
+            },
+        );
+        rx
+    }
+
+    fn update_phase(&self, call_id: &str, phase: Phase) {
+        if let Some(slot) = self.calls().get_mut(call_id) {
+            slot.info.state = phase_name(phase);
+            if phase == Phase::Established && slot.info.answered.is_none() {
+                slot.info.answered = Some(Instant::now());
+            }
+        }
+    }
+
+    fn forget(&self, call_id: &str) {
+        let empty = {
+            let mut calls = self.calls();
+            calls.remove(call_id);
+            calls.is_empty()
+        };
+        if empty {
+            self.inner.idle.notify_waiters();
+        }
+    }
+
+    /// The calls in progress, for the status API.
+    pub fn list(&self) -> Vec<CallInfo> {
+        let now = Instant::now();
+        let mut list: Vec<CallInfo> = self
+            .calls()
+            .values()
+            .map(|slot| with_durations(&slot.info, now))
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    /// One call in progress, for `GET /api/calls/{id}`.
+    pub fn get(&self, call_id: &str) -> Option<CallInfo> {
+        let now = Instant::now();
+        self.calls()
+            .get(call_id)
+            .map(|slot| with_durations(&slot.info, now))
+    }
+
+    /// How many calls are in progress.
+    pub fn active(&self) -> usize {
+        self.calls().len()
+    }
+
+    /// From now on, new calls are refused (SIGTERM drain); calls in progress go on.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether new calls are being refused.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Waits until no call is in progress, or `limit` passes; returns the calls still there.
+    pub async fn wait_idle(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.active() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.active();
+            }
+        }
+    }
+}
+
+fn with_durations(info: &CallInfo, now: Instant) -> CallInfo {
+    let mut info = info.clone();
+    info.duration_s = now.duration_since(info.started).as_secs_f64();
+    info.talk_s = info
+        .answered
+        .map(|answered| now.duration_since(answered).as_secs_f64());
+    info
+}
+
+/// Whether a peer message is ARCall's hang-up command.
+fn is_end_call(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("Cmd").and_then(|c| c.as_str()).map(str::to_owned))
+        .is_some_and(|cmd| cmd.eq_ignore_ascii_case("EndCall"))
+}
+
+/// One call's task: its machine, dialog, media and timer.
+struct CallTask<B, S, M: MediaFactory> {
+    manager: CallManager<B, S, M>,
+    call_id: String,
+    call: Call,
+    media: Option<M::Media>,
+    media_events: Option<mpsc::Receiver<MediaEvent>>,
+    input: Option<mpsc::UnboundedReceiver<CallInput>>,
+    leg: Option<SipLeg>,
+    /// SIP → web: the SDP answer sent with 200 OK.
+    sip_answer: Option<String>,
+    timer: Option<tokio::time::Instant>,
+    /// Events the task feeds itself (e.g. the browser turned out to be offline).
+    pending: Vec<Event>,
+}
+
+impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
+    fn new(
+        manager: CallManager<B, S, M>,
+        call_id: String,
+        call: Call,
+        media: M::Media,
+        media_events: mpsc::Receiver<MediaEvent>,
+        input: mpsc::UnboundedReceiver<CallInput>,
+    ) -> Self {
+        CallTask {
+            manager,
+            call_id,
+            call,
+            media: Some(media),
+            media_events: Some(media_events),
+            input: Some(input),
+            leg: None,
+            sip_answer: None,
+            timer: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// A call refused before it started: only its first actions are carried out.
+    fn detached(manager: CallManager<B, S, M>, call_id: String, call: Call) -> Self {
+        CallTask {
+            manager,
+            call_id,
+            call,
+            media: None,
+            media_events: None,
+            input: None,
+            leg: None,
+            sip_answer: None,
+            timer: None,
+            pending: Vec::new(),
+        }
+    }
+
+    fn browser(&self) -> &B {
+        &self.manager.inner.browser
+    }
+
+    fn apply_sync(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            self.apply(action);
+        }
+    }
+
+    fn apply(&mut self, action: Action) {
+        let uid = self.call.uid().to_string();
+        match action {
+            Action::Hub(hub) => match hub {
+                HubAction::LocalState {
+                    state,
+                    response,
+                    reason,
+                } => {
+                    tracing::info!(state = ?state, reason = ?reason, "invitation state");
+                    self.browser()
+                        .local_state(&uid, &self.call_id, state, response, reason);
+                }
+                HubAction::SendRemoteInvitation {
+                    to_uid,
+                    caller,
+                    content,
+                } => {
+                    if self
+                        .browser()
+                        .ring(&to_uid, &self.call_id, &caller, &content)
+                    {
+                        tracing::info!(to = %to_uid, "browser invited");
+                    } else {
+                        tracing::info!(to = %to_uid, "browser user offline");
+                        self.pending.push(Event::BrowserOffline);
+                    }
+                }
+                HubAction::CancelRemoteInvitation => {
+                    self.browser().cancel_remote(&uid, &self.call_id)
+                }
+                HubAction::ExpireRemoteInvitation => {
+                    self.browser().expire_remote(&uid, &self.call_id)
+                }
+                HubAction::EndCall => {
+                    let text = serde_json::json!({ "Cmd": "EndCall", "CallId": self.call_id });
+                    self.browser()
+                        .peer_message(self.call.sip_number(), &uid, &text.to_string());
+                }
+            },
+            Action::Sip(sip) => self.apply_sip(sip),
+            Action::ArmRingTimer(after) => {
+                self.timer = Some(tokio::time::Instant::now() + after);
+            }
+            Action::CancelRingTimer => self.timer = None,
+            Action::Ended(reason) => self.ended(reason),
+        }
+    }
+
+    fn apply_sip(&mut self, action: SipAction) {
+        match action {
+            SipAction::Invite {
+                callee,
+                caller_id,
+                headers,
+                via_pstn,
+            } => {
+                let offer = match self.media.as_mut().map(|m| m.sip_offer()) {
+                    Some(Ok(offer)) => offer,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "no SDP offer");
+                        self.pending.push(Event::SipFailed {
+                            code: 503,
+                            reason: e.to_string(),
+                        });
+                        return;
+                    }
+                    None => return,
+                };
+                tracing::info!(to = %callee, caller = %caller_id, pstn = via_pstn, "INVITE");
+                self.leg = Some(self.manager.inner.sip.place_call(OutgoingCallRequest {
+                    call_id: self.call_id.clone(),
+                    callee,
+                    caller_id,
+                    headers,
+                    via_pstn,
+                    sdp_offer: offer,
+                }));
+            }
+            SipAction::Cancel => self.send_leg(SipLegCommand::Cancel),
+            SipAction::Bye => self.send_leg(SipLegCommand::Bye),
+            SipAction::Ringing => self.send_leg(SipLegCommand::Ringing),
+            SipAction::Answer => {
+                let answer = self.sip_answer.clone().unwrap_or_default();
+                self.send_leg(SipLegCommand::Answer(answer));
+            }
+            SipAction::Reject { code, reason } => self.send_leg(SipLegCommand::Reject {
+                code,
+                reason: reason.to_string(),
+            }),
+        }
+    }
+
+    fn send_leg(&self, command: SipLegCommand) {
+        tracing::debug!(command = ?command, "to SIP");
+        if let Some(leg) = &self.leg {
+            leg.send(command);
+        }
+    }
+
+    fn ended(&mut self, reason: EndReason) {
+        tracing::info!(reason = ?reason, "call ended");
+        if let Some(media) = self.media.as_mut() {
+            media.close();
+        }
+    }
+
+    fn feed(&mut self, event: Event) {
+        let before = self.call.phase();
+        let actions = self.call.handle(event);
+        self.apply_sync(actions);
+        while let Some(next) = self.pending.pop() {
+            let actions = self.call.handle(next);
+            self.apply_sync(actions);
+        }
+        let after = self.call.phase();
+        if after != before {
+            self.manager.update_phase(&self.call_id, after);
+        }
+    }
+
+    async fn run(mut self, first: Vec<Action>, leg: Option<SipLeg>) {
+        if leg.is_some() {
+            self.leg = leg;
+        }
+        self.apply_sync(first);
+        while let Some(next) = self.pending.pop() {
+            let actions = self.call.handle(next);
+            self.apply_sync(actions);
+        }
+        self.manager.update_phase(&self.call_id, self.call.phase());
+        let mut input = self.input.take();
+        let mut media_events = self.media_events.take();
+        while self.call.phase() != Phase::Ended {
+            let timer = self.timer;
+            tokio::select! {
+                event = next_leg_event(&mut self.leg) => self.on_sip(event),
+                msg = recv_opt(&mut input) => match msg {
+                    Some(CallInput::Machine(event)) => self.feed(event),
+                    Some(CallInput::Media(payload)) => {
+                        if let Some(media) = self.media.as_mut() {
+                            media.browser_message(payload).await;
+                        }
+                    }
+                    None => input = None,
+                },
+                event = recv_opt(&mut media_events) => match event {
+                    Some(MediaEvent::ToBrowser(payload)) => {
+                        let uid = self.call.uid().to_string();
+                        self.browser().media(&uid, &self.call_id, payload);
+                    }
+                    Some(MediaEvent::Failed(why)) => {
+                        tracing::warn!(error = %why, "media failed");
+                        self.feed(Event::MediaFailed);
+                    }
+                    None => media_events = None,
+                },
+                _ = sleep_opt(timer) => {
+                    self.timer = None;
+                    self.feed(Event::RingTimeout);
+                }
+            }
+        }
+        if let Some(media) = self.media.as_mut() {
+            media.close();
+        }
+        self.manager.forget(&self.call_id);
+        // Dropping the leg tells the SIP adapter nothing more will be asked of the dialog.
+        drop(self.leg.take());
+    }
+
+    fn on_sip(&mut self, event: Option<SipLegEvent>) {
+        let Some(event) = event else {
+            // The dialog is gone without a word (adapter stopped): treat like a transport failure.
+            self.leg = None;
+            let event = match self.call.phase() {
+                Phase::Established => Event::SipHangup,
+                _ => Event::SipFailed {
+                    code: 503,
+                    reason: "SIP dialog lost".into(),
+                },
+            };
+            self.feed(event);
+            return;
+        };
+        match event {
+            SipLegEvent::Provisional { code, sdp } => {
+                tracing::info!(code, early_media = sdp.is_some(), "SIP progress");
+                if let Some(sdp) = sdp {
+                    self.remote_sdp(&sdp);
+                }
+                self.feed(Event::SipProgress { code });
+            }
+            SipLegEvent::Answered { sdp } => {
+                tracing::info!("SIP answered");
+                self.remote_sdp(&sdp);
+                self.feed(Event::SipAnswered);
+            }
+            SipLegEvent::Failed { code, reason } => {
+                tracing::info!(code, reason = %reason, "SIP failed");
+                self.feed(Event::SipFailed { code, reason });
+            }
+            SipLegEvent::Canceled => {
+                tracing::info!("SIP CANCEL");
+                self.feed(Event::SipCanceled);
+            }
+            SipLegEvent::RemoteBye => {
+                tracing::info!("SIP BYE");
+                self.feed(Event::SipHangup);
+            }
+            SipLegEvent::Reoffer { sdp, reply } => {
+                tracing::info!(with_sdp = sdp.is_some(), "SIP re-offer");
+                let answer = self
+                    .media
+                    .as_mut()
+                    .and_then(|m| m.sip_reoffer(sdp.as_deref()));
+                let _ = reply.send(answer);
+            }
+            SipLegEvent::Terminated => {
+                self.leg = None;
+                let event = match self.call.phase() {
+                    Phase::Established => Event::SipHangup,
+                    Phase::Cancelling => Event::SipFailed {
+                        code: 487,
+                        reason: "Request Terminated".into(),
+                    },
+                    _ => Event::SipFailed {
+                        code: 503,
+                        reason: "SIP dialog terminated".into(),
+                    },
+                };
+                self.feed(event);
+            }
+        }
+    }
+
+    fn remote_sdp(&mut self, sdp: &str) {
+        if let Some(media) = self.media.as_mut() {
+            if let Err(e) = media.sip_remote_answer(sdp) {
+                tracing::warn!(error = %e, "SIP side's SDP not usable");
+                if matches!(e, MediaError::NoCommonCodec(_) | MediaError::BadSdp(_)) {
+                    self.pending.push(Event::MediaFailed);
+                }
+            }
+        }
+    }
+}
+
+async fn next_leg_event(leg: &mut Option<SipLeg>) -> Option<SipLegEvent> {
+    match leg {
+        Some(leg) => leg.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<impl Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv_item().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Bounded and unbounded receivers, read the same way.
+trait Receiver<T> {
+    fn recv_item(&mut self) -> impl std::future::Future<Output = Option<T>> + Send;
+}
+
+impl<T: Send> Receiver<T> for mpsc::Receiver<T> {
+    fn recv_item(&mut self) -> impl std::future::Future<Output = Option<T>> + Send {
+        self.recv()
+    }
+}
+
+impl<T: Send> Receiver<T> for mpsc::UnboundedReceiver<T> {
+    fn recv_item(&mut self) -> impl std::future::Future<Output = Option<T>> + Send {
+        self.recv()
+    }
+}
