@@ -18,11 +18,13 @@ pub mod pbx;
 pub mod ports;
 mod process;
 pub mod sipp;
+pub mod ws;
 
 pub use audio::{assert_tone, assert_wav_tone, read_wav, write_tone_wav, ToneAnalysis};
 pub use baresip::{Baresip, BaresipEvent, BaresipOptions};
 pub use pbx::Pbx;
 pub use sipp::{Sipp, SippProcess, SippResult};
+pub use ws::WsClient;
 
 use std::path::PathBuf;
 
