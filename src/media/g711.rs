@@ -12,7 +12,11 @@ const ULAW_CLIP: i32 = 8159; // 14-bit magnitude limit
 const fn ulaw_decode_one(code: u8) -> i16 {
     let u = !code;
     let t = ((((u & 0x0F) as i32) << 3) + ULAW_BIAS) << ((u & 0x70) >> 4);
-    (if u & 0x80 != 0 { ULAW_BIAS - t } else { t - ULAW_BIAS }) as i16
+    (if u & 0x80 != 0 {
+        ULAW_BIAS - t
+    } else {
+        t - ULAW_BIAS
+    }) as i16
 }
 
 const fn alaw_decode_one(code: u8) -> i16 {
@@ -215,18 +219,34 @@ mod tests {
     #[test]
     fn full_decode_tables_match_the_itu_tables() {
         for code in 0..=255u8 {
-            assert_eq!(ulaw_decode_sample(code), ulaw_reference(code), "μ-law {code:#04x}");
-            assert_eq!(alaw_decode_sample(code), alaw_reference(code), "A-law {code:#04x}");
+            assert_eq!(
+                ulaw_decode_sample(code),
+                ulaw_reference(code),
+                "μ-law {code:#04x}"
+            );
+            assert_eq!(
+                alaw_decode_sample(code),
+                alaw_reference(code),
+                "A-law {code:#04x}"
+            );
         }
     }
 
     #[test]
     fn encode_of_decode_gives_back_every_code() {
         for code in 0..=255u8 {
-            assert_eq!(alaw_encode_sample(alaw_decode_sample(code)), code, "A-law {code:#04x}");
+            assert_eq!(
+                alaw_encode_sample(alaw_decode_sample(code)),
+                code,
+                "A-law {code:#04x}"
+            );
             // μ-law has two zeros (0xFF and 0x7F); zero encodes to the positive one.
             let expected = if code == 0x7F { 0xFF } else { code };
-            assert_eq!(ulaw_encode_sample(ulaw_decode_sample(code)), expected, "μ-law {code:#04x}");
+            assert_eq!(
+                ulaw_encode_sample(ulaw_decode_sample(code)),
+                expected,
+                "μ-law {code:#04x}"
+            );
         }
     }
 
@@ -246,10 +266,16 @@ mod tests {
             if mag < 32000 {
                 let mag_u = mag.max(i32::from(u).abs());
                 let step_u = 8 << segment((mag_u >> 2) + 33, 6).min(7);
-                assert!((i32::from(u) - i32::from(s)).abs() <= step_u, "μ-law {s} -> {u}");
+                assert!(
+                    (i32::from(u) - i32::from(s)).abs() <= step_u,
+                    "μ-law {s} -> {u}"
+                );
                 let mag_a = mag.max(i32::from(a).abs());
                 let step_a = 8 << segment(mag_a >> 3, 5).clamp(1, 7);
-                assert!((i32::from(a) - i32::from(s)).abs() <= step_a, "A-law {s} -> {a}");
+                assert!(
+                    (i32::from(a) - i32::from(s)).abs() <= step_a,
+                    "A-law {s} -> {a}"
+                );
             }
         }
     }
@@ -289,12 +315,18 @@ mod tests {
             let input: Vec<i16> = (0..8000)
                 .map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate).sin()) as i16)
                 .collect();
-            let output: Vec<f64> = input.iter().map(|s| f64::from(decode(encode(*s)))).collect();
+            let output: Vec<f64> = input
+                .iter()
+                .map(|s| f64::from(decode(encode(*s))))
+                .collect();
             let input_f: Vec<f64> = input.iter().map(|s| f64::from(*s)).collect();
             let p_in = goertzel_power(&input_f, freq, rate);
             let p_out = goertzel_power(&output, freq, rate);
             let level_db = 10.0 * (p_out / p_in).log10();
-            assert!(level_db.abs() < 0.2, "{freq} Hz level changed by {level_db} dB");
+            assert!(
+                level_db.abs() < 0.2,
+                "{freq} Hz level changed by {level_db} dB"
+            );
             // Everything that is not the tone is quantisation noise: G.711 gives ~38 dB SNR.
             let total: f64 = output.iter().map(|v| v * v).sum::<f64>() / output.len() as f64;
             let noise = total - p_out;

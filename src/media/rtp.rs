@@ -465,7 +465,10 @@ mod tests {
             RtpPacket::parse(&[0x80; 5]),
             Err(RtpError::TooShort { len: 5, need: 12 })
         );
-        assert_eq!(RtpPacket::parse(&[]), Err(RtpError::TooShort { len: 0, need: 12 }));
+        assert_eq!(
+            RtpPacket::parse(&[]),
+            Err(RtpError::TooShort { len: 0, need: 12 })
+        );
         // STUN binding request starts with 0x00 0x01.
         let mut stun = [0u8; 20];
         stun[1] = 1;
@@ -561,7 +564,14 @@ mod tests {
 
     #[test]
     fn dtmf_characters_map_both_ways() {
-        for (c, e) in [('0', 0), ('9', 9), ('*', 10), ('#', 11), ('A', 12), ('d', 15)] {
+        for (c, e) in [
+            ('0', 0),
+            ('9', 9),
+            ('*', 10),
+            ('#', 11),
+            ('A', 12),
+            ('d', 15),
+        ] {
             assert_eq!(dtmf_event(c), Some(e));
             assert_eq!(dtmf_char(e), Some(c.to_ascii_uppercase()));
         }
@@ -592,7 +602,10 @@ mod tests {
     fn jitter_in_send_time_does_not_move_timestamps() {
         let mut s = RtpSender::new(1, 0, 0, 8000);
         let times = [0, 27, 38, 61, 80, 100];
-        let ts: Vec<u32> = times.iter().map(|t| s.audio(ms(*t), 0, 160).timestamp).collect();
+        let ts: Vec<u32> = times
+            .iter()
+            .map(|t| s.audio(ms(*t), 0, 160).timestamp)
+            .collect();
         assert_eq!(ts, vec![0, 160, 320, 480, 640, 800]);
     }
 
