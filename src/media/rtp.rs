@@ -78,8 +78,12 @@ impl<'a> RtpPacket<'a> {
     /// RTCP multiplexed on the same port is reported as [`RtpError::Rtcp`] so callers can skip
     /// it without counting it as malformed.
     pub fn parse(buf: &'a [u8]) -> Result<Self, RtpError> {
+        // RFC 5761 §4: second byte 192..=223 is an RTCP packet type (SR 200, RR 201, ...);
+        // the smallest RTCP packet (an empty RR) is 8 bytes.
+        if buf.len() >= 8 && buf[0] >> 6 == 2 && (192..=223).contains(&buf[1]) {
+            return Err(RtpError::Rtcp(buf[1]));
+        }
         if buf.len() < RTP_HEADER_LEN {
-            // A short datagram may still be an RTCP packet's first word; it is malformed anyway.
             return Err(RtpError::TooShort {
                 len: buf.len(),
                 need: RTP_HEADER_LEN,
@@ -88,10 +92,6 @@ impl<'a> RtpPacket<'a> {
         let version = buf[0] >> 6;
         if version != 2 {
             return Err(RtpError::BadVersion(version));
-        }
-        // RFC 5761 §4: second byte 192..=223 is an RTCP packet type (SR 200, RR 201, ...).
-        if (192..=223).contains(&buf[1]) {
-            return Err(RtpError::Rtcp(buf[1]));
         }
         let padding = buf[0] & 0x20 != 0;
         let has_ext = buf[0] & 0x10 != 0;
@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn rtcp_on_the_rtp_port_is_recognised() {
         for pt in [200u8, 201, 202, 203, 204, 205, 206] {
-            let mut p = [0u8; 28];
+            let mut p = [0u8; 8];
             p[0] = 0x81;
             p[1] = pt;
             assert_eq!(RtpPacket::parse(&p), Err(RtpError::Rtcp(pt)));
