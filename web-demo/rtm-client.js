@@ -287,6 +287,8 @@ export class RtmClient extends Emitter {
         this._request('login', fields).then((ok) => {
           settled = true;
           this.uid = ok.uid;
+          // The hub's CONNECTED event follows; report it now so the state is right on resolve.
+          this._setState(CS.CONNECTED, CR.LOGIN_SUCCESS);
           this._keepalive = setInterval(() => this._sendRaw({ type: 'ping' }), KEEPALIVE_MS);
           resolve();
         }, (e) => {
@@ -349,7 +351,7 @@ export class RtmClient extends Emitter {
   }
 
   _setState(state, reason) {
-    if (this.connectionState === state && state !== RtmStatusCode.ConnectionState.CONNECTED) return;
+    if (this.connectionState === state) return;
     this.connectionState = state;
     this.emit('ConnectionStateChanged', state, reason);
   }
