@@ -1,0 +1,1413 @@
+//! The hub's logic without sockets: sessions, logins, invitations and routing.
+//!
+//! [`HubCore`] is fed frames, closes, clock ticks and bridge calls, and returns [`Output`]s (frames
+//! for sessions, sessions to close, events for the bridge). The WebSocket shell only carries them
+//! out, so every rule here is tested by feeding inputs and asserting outputs.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thiserror::Error;
+use tracing::debug;
+
+use super::protocol::{
+    parse_request, ConnectionChangeReason, ConnectionState, ErrorCode, FailureReason,
+    LocalInvitationState, PeerOnlineState, RemoteFailureReason, RemoteInvitationState, Request,
+    RequestId, ServerMsg, PROTOCOL_VERSION,
+};
+use super::token::{verify_token, TokenError};
+use crate::config::{Config, Secret};
+
+/// Largest text frame the hub reads; a larger one is answered with `FRAME_TOO_LARGE`.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Longest peer message text (RTM's limit).
+pub const MAX_TEXT: usize = 32 * 1024;
+/// Default longest invitation content/response (SPEC: 8 KB).
+pub const DEFAULT_MAX_CONTENT: usize = 8 * 1024;
+/// Most ids in one query and subscribed per session (RTM's limit).
+pub const MAX_IDS: usize = 512;
+/// Most pending outgoing invitations per session, so a client cannot fill the hub.
+pub const MAX_PENDING_INVITATIONS: usize = 16;
+/// Longest uid / call id.
+pub const MAX_ID_LEN: usize = 64;
+/// Web↔web: the callee must confirm an invitation within this time (RTM: 30 s).
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Web↔web: an invitation nobody acts on expires after this time (RTM: 60 s).
+pub const INVITATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many ended call ids each session remembers, to explain late accepts/cancels.
+const FINISHED_MEMORY: usize = 32;
+
+/// Identifies one WebSocket connection; assigned by the shell.
+pub type SessionId = u64;
+
+/// What the hub needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Browsers must present this appid (`[global] appid`).
+    pub appid: String,
+    /// When set, browsers must present a token minted with it (`[auth] token_secret`).
+    pub token_secret: Option<Secret>,
+    /// The bridge's own id on the hub (`[proxy] rtm_account`); no browser may log in with it.
+    pub bridge_uid: String,
+    /// Most WebSocket sessions at once (`[limits] max_ws_sessions`).
+    pub max_sessions: usize,
+    /// Longest invitation content/response in bytes.
+    pub max_content: usize,
+}
+
+impl HubSettings {
+    /// The bridge uid used when `[proxy]` is off.
+    pub const DEFAULT_BRIDGE_UID: &'static str = "srbridge";
+
+    /// Settings from a validated config.
+    pub fn from_config(config: &Config) -> HubSettings {
+        HubSettings {
+            appid: config.global.appid.clone(),
+            token_secret: config.auth.token_secret.clone(),
+            bridge_uid: config
+                .proxy
+                .as_ref()
+                .map_or(Self::DEFAULT_BRIDGE_UID.to_string(), |p| {
+                    p.rtm_account.clone()
+                }),
+            max_sessions: config.limits.max_ws_sessions as usize,
+            max_content: DEFAULT_MAX_CONTENT,
+        }
+    }
+}
+
+/// What a browser did that the bridge (the call layer) must handle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BridgeEvent {
+    /// A browser invites a SIP number (or anyone who is not a logged-in web user).
+    LocalInvitation {
+        /// Client-generated call id.
+        call_id: String,
+        /// The caller.
+        from_uid: String,
+        /// Who is called.
+        callee: String,
+        /// Invitation content (≤ max_content).
+        content: String,
+    },
+    /// The caller cancelled that invitation; answer with `local_invitation_state(CANCELED)`.
+    LocalInvitationCanceled {
+        /// The call id.
+        call_id: String,
+        /// The caller.
+        from_uid: String,
+    },
+    /// The callee's browser has the bridge's invitation (`INVITATION_RECEIVED`): send 180.
+    RemoteInvitationReceived {
+        /// The call id.
+        call_id: String,
+        /// The callee.
+        uid: String,
+    },
+    /// The callee accepted the bridge's invitation.
+    RemoteInvitationAccepted {
+        /// The call id.
+        call_id: String,
+        /// The callee.
+        uid: String,
+        /// The callee's response string.
+        response: String,
+    },
+    /// The callee refused the bridge's invitation.
+    RemoteInvitationRefused {
+        /// The call id.
+        call_id: String,
+        /// The callee.
+        uid: String,
+        /// The callee's response string.
+        response: String,
+    },
+    /// A peer message to someone who is not a logged-in web user, e.g. `{"Cmd":"EndCall"}`.
+    PeerMessage {
+        /// Sender.
+        from_uid: String,
+        /// Target (SIP number or the bridge uid).
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Media signalling for a call that is not web↔web; the bridge checks it is `from_uid`'s.
+    Media {
+        /// The call id.
+        call_id: String,
+        /// Sender.
+        from_uid: String,
+        /// Opaque JSON object.
+        payload: Value,
+    },
+    /// The user's session ended (socket closed, logout, or replaced): end their calls.
+    SessionClosed {
+        /// The user.
+        uid: String,
+    },
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send this message to that session.
+    Send(SessionId, ServerMsg),
+    /// Close that session's socket (after the frames already queued).
+    Close(SessionId),
+    /// Hand this to the bridge.
+    Bridge(BridgeEvent),
+}
+
+/// Why the bridge could not reach a browser.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DeliveryError {
+    /// The user is not logged in.
+    #[error("{0} is not logged in")]
+    NotOnline(String),
+    /// The call id is already in use by another invitation.
+    #[error("call id {0} is already in use")]
+    DuplicateCallId(String),
+}
+
+/// The hub's clock, passed in so the core stays testable.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// For invitation timers.
+    pub mono: Instant,
+    /// Unix seconds, for token expiry.
+    pub unix: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Party {
+    Web { uid: String, sid: SessionId },
+    Bridge(String),
+}
+
+impl Party {
+    fn sid(&self) -> Option<SessionId> {
+        match self {
+            Party::Web { sid, .. } => Some(*sid),
+            Party::Bridge(_) => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Invitation {
+    caller: Party,
+    callee: Party,
+    received: bool,
+    canceling: bool,
+    created: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Accepted,
+    Refused,
+    Canceled,
+    Failed,
+}
+
+impl Outcome {
+    fn describe(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "was already accepted",
+            Outcome::Refused => "was already refused",
+            Outcome::Canceled => "was cancelled",
+            Outcome::Failed => "has failed",
+        }
+    }
+
+    fn of_local(state: LocalInvitationState) -> Outcome {
+        match state {
+            LocalInvitationState::AcceptedByRemote => Outcome::Accepted,
+            LocalInvitationState::RefusedByRemote => Outcome::Refused,
+            LocalInvitationState::Canceled => Outcome::Canceled,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Finished {
+    call_id: String,
+    outcome: Outcome,
+    /// The other party when it is a web user (for media relay after accept).
+    web_peer: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    uid: Option<String>,
+    subscriptions: HashSet<String>,
+    finished: VecDeque<Finished>,
+}
+
+impl Session {
+    fn finished(&self, call_id: &str) -> Option<&Finished> {
+        self.finished.iter().find(|f| f.call_id == call_id)
+    }
+}
+
+/// The registry of sessions and invitations.
+#[derive(Debug)]
+pub struct HubCore {
+    settings: HubSettings,
+    accepting: bool,
+    bridge_up: bool,
+    sessions: HashMap<SessionId, Session>,
+    by_uid: HashMap<String, SessionId>,
+    watchers: HashMap<String, HashSet<SessionId>>,
+    invitations: HashMap<String, Invitation>,
+}
+
+/// Checks a uid or call id: non-empty, at most 64 characters, no control characters.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+}
+
+fn err(id: &RequestId, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+    ServerMsg::error(id.clone(), code, message)
+}
+
+fn ok_with(id: &RequestId, fields: Value) -> ServerMsg {
+    let fields = match fields {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    ServerMsg::Ok {
+        id: id.clone(),
+        fields,
+    }
+}
+
+impl HubCore {
+    /// An empty hub.
+    pub fn new(settings: HubSettings) -> HubCore {
+        HubCore {
+            settings,
+            accepting: true,
+            bridge_up: true,
+            sessions: HashMap::new(),
+            by_uid: HashMap::new(),
+            watchers: HashMap::new(),
+            invitations: HashMap::new(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// Registers a new WebSocket; over the session limit it is answered and closed instead.
+    pub fn open(&mut self, sid: SessionId) -> Result<(), Vec<Output>> {
+        if self.sessions.len() >= self.settings.max_sessions {
+            let msg = ServerMsg::error(
+                None,
+                ErrorCode::SessionLimit,
+                format!(
+                    "the hub already holds its limit of {} sessions; try again later",
+                    self.settings.max_sessions
+                ),
+            );
+            return Err(vec![Output::Send(sid, msg), Output::Close(sid)]);
+        }
+        self.sessions.insert(sid, Session::default());
+        Ok(())
+    }
+
+    /// The WebSocket closed: forget the session and end what it was part of.
+    pub fn close(&mut self, sid: SessionId) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.sessions.contains_key(&sid) {
+            self.end_login(sid, true, &mut out);
+            self.sessions.remove(&sid);
+        }
+        out
+    }
+
+    /// A binary frame arrived.
+    pub fn handle_binary(&mut self, sid: SessionId) -> Vec<Output> {
+        if !self.sessions.contains_key(&sid) {
+            return Vec::new();
+        }
+        vec![Output::Send(
+            sid,
+            ServerMsg::error(
+                None,
+                ErrorCode::BinaryFrame,
+                "binary frames are not part of the protocol; send JSON text frames",
+            ),
+        )]
+    }
+
+    /// A text frame arrived.
+    pub fn handle_text(&mut self, sid: SessionId, text: &str, now: Now) -> Vec<Output> {
+        if !self.sessions.contains_key(&sid) {
+            return Vec::new();
+        }
+        if text.len() > MAX_FRAME {
+            let msg = ServerMsg::error(
+                None,
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "frame of {} bytes exceeds the limit of {MAX_FRAME}",
+                    text.len()
+                ),
+            );
+            return vec![Output::Send(sid, msg)];
+        }
+        let (id, request) = match parse_request(text) {
+            Ok(parsed) => parsed,
+            Err(e) => return vec![Output::Send(sid, e.into_msg())],
+        };
+        let mut out = Vec::new();
+        let uid = self.sessions.get(&sid).and_then(|s| s.uid.clone());
+        match (request, uid) {
+            (
+                Request::Login {
+                    v,
+                    uid: new_uid,
+                    appid,
+                    token,
+                },
+                None,
+            ) => self.login(
+                sid,
+                &id,
+                v,
+                new_uid,
+                &appid,
+                token.as_deref(),
+                now,
+                &mut out,
+            ),
+            (Request::Login { .. }, Some(uid)) => out.push(Output::Send(
+                sid,
+                err(
+                    &id,
+                    ErrorCode::AlreadyLoggedIn,
+                    format!("this session is already logged in as {uid}; log out first"),
+                ),
+            )),
+            (Request::Ping, _) => out.push(Output::Send(sid, ServerMsg::ok(id))),
+            (_, None) => out.push(Output::Send(
+                sid,
+                err(&id, ErrorCode::NotLoggedIn, "log in first"),
+            )),
+            (request, Some(uid)) => self.logged_in_request(sid, &uid, &id, request, now, &mut out),
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn login(
+        &mut self,
+        sid: SessionId,
+        id: &RequestId,
+        v: Option<u64>,
+        uid: String,
+        appid: &str,
+        token: Option<&str>,
+        now: Now,
+        out: &mut Vec<Output>,
+    ) {
+        let fail = |code, message: String| Output::Send(sid, err(id, code, message));
+        if let Some(v) = v.filter(|&v| v != u64::from(PROTOCOL_VERSION)) {
+            out.push(fail(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {v} is not supported; this hub speaks v{PROTOCOL_VERSION}"
+                ),
+            ));
+            return;
+        }
+        if appid != self.settings.appid {
+            out.push(fail(
+                ErrorCode::WrongAppid,
+                "appid does not match this bridge's appid".to_string(),
+            ));
+            return;
+        }
+        if !valid_id(&uid) {
+            out.push(fail(
+                ErrorCode::InvalidUid,
+                format!("uid must be 1-{MAX_ID_LEN} characters without control characters"),
+            ));
+            return;
+        }
+        if uid == self.settings.bridge_uid {
+            out.push(fail(
+                ErrorCode::InvalidUid,
+                format!("uid {uid} is reserved for the bridge"),
+            ));
+            return;
+        }
+        if let Some(secret) = &self.settings.token_secret {
+            let Some(token) = token else {
+                out.push(fail(
+                    ErrorCode::TokenRequired,
+                    "this bridge requires a login token".to_string(),
+                ));
+                return;
+            };
+            match verify_token(secret.expose(), &uid, token, now.unix) {
+                Ok(()) => {}
+                Err(TokenError::Invalid) => {
+                    out.push(fail(
+                        ErrorCode::TokenInvalid,
+                        "token is not valid for this uid".to_string(),
+                    ));
+                    return;
+                }
+                Err(e @ TokenError::Expired { .. }) => {
+                    out.push(fail(ErrorCode::TokenExpired, e.to_string()));
+                    return;
+                }
+            }
+        }
+        let replaced = self.by_uid.get(&uid).copied();
+        if let Some(old) = replaced {
+            debug!(uid = %uid, "login replaces an existing session");
+            out.push(Output::Send(
+                old,
+                ServerMsg::ConnectionState {
+                    state: ConnectionState::Aborted,
+                    reason: ConnectionChangeReason::RemoteLogin,
+                },
+            ));
+            self.end_login(old, false, out);
+            self.sessions.remove(&old);
+            out.push(Output::Close(old));
+        }
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.uid = Some(uid.clone());
+        }
+        self.by_uid.insert(uid.clone(), sid);
+        out.push(Output::Send(
+            sid,
+            ok_with(id, json!({"v": PROTOCOL_VERSION, "uid": uid})),
+        ));
+        out.push(Output::Send(
+            sid,
+            ServerMsg::ConnectionState {
+                state: ConnectionState::Connected,
+                reason: ConnectionChangeReason::LoginSuccess,
+            },
+        ));
+        if replaced.is_none() {
+            self.notify_watchers(&uid, PeerOnlineState::Online, out);
+        }
+    }
+
+    /// Ends the session's login: its invitations end, watchers and the bridge are told.
+    fn end_login(&mut self, sid: SessionId, notify_offline: bool, out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(uid) = session.uid.take() else {
+            return;
+        };
+        session.finished.clear();
+        let subscriptions: Vec<String> = session.subscriptions.drain().collect();
+        for watched in subscriptions {
+            self.unwatch(&watched, sid);
+        }
+        if self.by_uid.get(&uid) == Some(&sid) {
+            self.by_uid.remove(&uid);
+        }
+        let mine: Vec<String> = self
+            .invitations
+            .iter()
+            .filter(|(_, inv)| inv.caller.sid() == Some(sid) || inv.callee.sid() == Some(sid))
+            .map(|(call_id, _)| call_id.clone())
+            .collect();
+        for call_id in mine {
+            let Some(inv) = self.invitations.remove(&call_id) else {
+                continue;
+            };
+            match (&inv.caller, &inv.callee) {
+                (Party::Web { sid: caller, .. }, Party::Web { sid: callee, .. })
+                    if *caller == sid =>
+                {
+                    out.push(Output::Send(
+                        *callee,
+                        ServerMsg::RemoteInvitationState {
+                            call_id: call_id.clone(),
+                            state: RemoteInvitationState::Canceled,
+                            reason: None,
+                        },
+                    ));
+                    self.remember(*callee, &call_id, Outcome::Canceled, None);
+                }
+                (Party::Web { sid: caller, .. }, Party::Web { .. }) => {
+                    out.push(Output::Send(
+                        *caller,
+                        ServerMsg::LocalInvitationState {
+                            call_id: call_id.clone(),
+                            state: LocalInvitationState::Failure,
+                            response: None,
+                            reason: Some(FailureReason::PeerOffline),
+                        },
+                    ));
+                    self.remember(*caller, &call_id, Outcome::Failed, None);
+                }
+                // Calls with the bridge end through SessionClosed.
+                _ => {}
+            }
+        }
+        if notify_offline {
+            self.notify_watchers(&uid, PeerOnlineState::Offline, out);
+        }
+        out.push(Output::Bridge(BridgeEvent::SessionClosed { uid }));
+    }
+
+    fn unwatch(&mut self, watched: &str, sid: SessionId) {
+        if let Some(set) = self.watchers.get_mut(watched) {
+            set.remove(&sid);
+            if set.is_empty() {
+                self.watchers.remove(watched);
+            }
+        }
+    }
+
+    fn notify_watchers(&self, uid: &str, state: PeerOnlineState, out: &mut Vec<Output>) {
+        let Some(set) = self.watchers.get(uid) else {
+            return;
+        };
+        let mut sids: Vec<SessionId> = set.iter().copied().collect();
+        sids.sort_unstable();
+        for watcher in sids {
+            out.push(Output::Send(
+                watcher,
+                ServerMsg::PeersStatus {
+                    status: BTreeMap::from([(uid.to_string(), state)]),
+                },
+            ));
+        }
+    }
+
+    fn remember(
+        &mut self,
+        sid: SessionId,
+        call_id: &str,
+        outcome: Outcome,
+        web_peer: Option<String>,
+    ) {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.finished.retain(|f| f.call_id != call_id);
+            if session.finished.len() >= FINISHED_MEMORY {
+                session.finished.pop_front();
+            }
+            session.finished.push_back(Finished {
+                call_id: call_id.to_string(),
+                outcome,
+                web_peer,
+            });
+        }
+    }
+
+    /// Whether this uid is a logged-in web user.
+    fn web_sid(&self, uid: &str) -> Option<SessionId> {
+        self.by_uid.get(uid).copied()
+    }
+
+    fn logged_in_request(
+        &mut self,
+        sid: SessionId,
+        uid: &str,
+        id: &RequestId,
+        request: Request,
+        now: Now,
+        out: &mut Vec<Output>,
+    ) {
+        let reply = |msg| Output::Send(sid, msg);
+        match request {
+            Request::Login { .. } | Request::Ping => {}
+            Request::Logout => {
+                self.end_login(sid, true, out);
+                out.push(reply(ServerMsg::ok(id.clone())));
+                out.push(reply(ServerMsg::ConnectionState {
+                    state: ConnectionState::Disconnected,
+                    reason: ConnectionChangeReason::Logout,
+                }));
+            }
+            Request::PeerMessage { to, text } => {
+                if !valid_id(&to) {
+                    out.push(reply(err(
+                        id,
+                        ErrorCode::InvalidArgument,
+                        "peer id must be 1-64 characters without control characters",
+                    )));
+                } else if text.len() > MAX_TEXT {
+                    out.push(reply(err(
+                        id,
+                        ErrorCode::TextTooLarge,
+                        format!(
+                            "message of {} bytes exceeds the limit of {MAX_TEXT}",
+                            text.len()
+                        ),
+                    )));
+                } else {
+                    match self.web_sid(&to) {
+                        Some(peer) => out.push(Output::Send(
+                            peer,
+                            ServerMsg::PeerMessage {
+                                from: uid.to_string(),
+                                text,
+                            },
+                        )),
+                        None => out.push(Output::Bridge(BridgeEvent::PeerMessage {
+                            from_uid: uid.to_string(),
+                            to,
+                            text,
+                        })),
+                    }
+                    out.push(reply(ok_with(id, json!({"hasPeerReceived": true}))));
+                }
+            }
+            Request::QueryOnline { uids } => {
+                if uids.len() > MAX_IDS {
+                    out.push(reply(err(
+                        id,
+                        ErrorCode::TooManyIds,
+                        format!("at most {MAX_IDS} ids per query"),
+                    )));
+                    return;
+                }
+                let online: serde_json::Map<String, Value> = uids
+                    .into_iter()
+                    .map(|u| {
+                        let on = self.by_uid.contains_key(&u) || u == self.settings.bridge_uid;
+                        (u, Value::Bool(on))
+                    })
+                    .collect();
+                out.push(reply(ok_with(id, json!({ "online": online }))));
+            }
+            Request::SubscribeOnline { uids } => self.subscribe(sid, id, uids, out),
+            Request::UnsubscribeOnline { uids } => {
+                for u in &uids {
+                    if let Some(session) = self.sessions.get_mut(&sid) {
+                        session.subscriptions.remove(u);
+                    }
+                    self.unwatch(u, sid);
+                }
+                out.push(reply(ServerMsg::ok(id.clone())));
+            }
+            Request::Invite {
+                call_id,
+                callee,
+                content,
+            } => self.invite(sid, uid, id, call_id, callee, content, now, out),
+            Request::Cancel { call_id } => self.cancel(sid, uid, id, &call_id, out),
+            Request::Received { call_id } => self.received(sid, uid, id, &call_id, out),
+            Request::Accept { call_id, response } => {
+                self.answer(sid, uid, id, &call_id, response, true, out)
+            }
+            Request::Refuse { call_id, response } => {
+                self.answer(sid, uid, id, &call_id, response, false, out)
+            }
+            Request::Media { call_id, payload } => self.media(sid, uid, id, call_id, payload, out),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        sid: SessionId,
+        id: &RequestId,
+        uids: Vec<String>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let new: HashSet<&String> = uids
+            .iter()
+            .filter(|u| !session.subscriptions.contains(*u))
+            .collect();
+        if session.subscriptions.len() + new.len() > MAX_IDS {
+            out.push(Output::Send(
+                sid,
+                err(
+                    id,
+                    ErrorCode::TooManyIds,
+                    format!("at most {MAX_IDS} ids may be subscribed per session"),
+                ),
+            ));
+            return;
+        }
+        let mut status = BTreeMap::new();
+        for u in &uids {
+            session.subscriptions.insert(u.clone());
+            self.watchers.entry(u.clone()).or_default().insert(sid);
+            let on = self.by_uid.contains_key(u) || *u == self.settings.bridge_uid;
+            status.insert(
+                u.clone(),
+                if on {
+                    PeerOnlineState::Online
+                } else {
+                    PeerOnlineState::Offline
+                },
+            );
+        }
+        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
+        if !status.is_empty() {
+            out.push(Output::Send(sid, ServerMsg::PeersStatus { status }));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn invite(
+        &mut self,
+        sid: SessionId,
+        uid: &str,
+        id: &RequestId,
+        call_id: String,
+        callee: String,
+        content: String,
+        now: Now,
+        out: &mut Vec<Output>,
+    ) {
+        let fail = |code, message: String| Output::Send(sid, err(id, code, message));
+        if !valid_id(&call_id) {
+            out.push(fail(
+                ErrorCode::InvalidArgument,
+                format!("callId must be 1-{MAX_ID_LEN} characters without control characters"),
+            ));
+            return;
+        }
+        if !valid_id(&callee) {
+            out.push(fail(
+                ErrorCode::InvalidArgument,
+                format!("callee must be 1-{MAX_ID_LEN} characters without control characters"),
+            ));
+            return;
+        }
+        if callee == uid {
+            out.push(fail(
+                ErrorCode::InvalidArgument,
+                "cannot invite yourself".to_string(),
+            ));
+            return;
+        }
+        if content.len() > self.settings.max_content {
+            out.push(fail(
+                ErrorCode::ContentTooLarge,
+                format!(
+                    "content of {} bytes exceeds the limit of {}",
+                    content.len(),
+                    self.settings.max_content
+                ),
+            ));
+            return;
+        }
+        if !self.accepting {
+            out.push(fail(
+                ErrorCode::Draining,
+                "the bridge is shutting down and takes no new calls".to_string(),
+            ));
+            return;
+        }
+        let seen = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.finished(&call_id).is_some());
+        if self.invitations.contains_key(&call_id) || seen {
+            out.push(fail(
+                ErrorCode::DuplicateCallId,
+                format!("callId {call_id} is already in use; generate a new UUID per call"),
+            ));
+            return;
+        }
+        let pending = self
+            .invitations
+            .values()
+            .filter(|inv| inv.caller.sid() == Some(sid))
+            .count();
+        if pending >= MAX_PENDING_INVITATIONS {
+            out.push(fail(
+                ErrorCode::TooManyInvitations,
+                format!("at most {MAX_PENDING_INVITATIONS} invitations may be pending at once"),
+            ));
+            return;
+        }
+        if !self.bridge_up && self.web_sid(&callee).is_none() {
+            out.push(fail(
+                ErrorCode::BridgeUnavailable,
+                "the bridge's call layer is not running; try again later".to_string(),
+            ));
+            return;
+        }
+        let caller = Party::Web {
+            uid: uid.to_string(),
+            sid,
+        };
+        debug!(call_id = %call_id, caller = %uid, callee = %callee, "invitation");
+        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
+        let callee_party = match self.web_sid(&callee) {
+            Some(callee_sid) => {
+                out.push(Output::Send(
+                    callee_sid,
+                    ServerMsg::RemoteInvitation {
+                        call_id: call_id.clone(),
+                        caller: uid.to_string(),
+                        content,
+                    },
+                ));
+                Party::Web {
+                    uid: callee,
+                    sid: callee_sid,
+                }
+            }
+            None => {
+                out.push(Output::Bridge(BridgeEvent::LocalInvitation {
+                    call_id: call_id.clone(),
+                    from_uid: uid.to_string(),
+                    callee: callee.clone(),
+                    content,
+                }));
+                Party::Bridge(callee)
+            }
+        };
+        self.invitations.insert(
+            call_id,
+            Invitation {
+                caller,
+                callee: callee_party,
+                received: false,
+                canceling: false,
+                created: now.mono,
+            },
+        );
+    }
+
+    /// The error for an invitation this session cannot act on.
+    fn not_actionable(&self, sid: SessionId, id: &RequestId, call_id: &str) -> ServerMsg {
+        match self.sessions.get(&sid).and_then(|s| s.finished(call_id)) {
+            Some(f) => err(
+                id,
+                ErrorCode::InvitationEnded,
+                format!("invitation {call_id} {}", f.outcome.describe()),
+            ),
+            None => err(
+                id,
+                ErrorCode::UnknownInvitation,
+                format!("no pending invitation {call_id} for this user"),
+            ),
+        }
+    }
+
+    fn cancel(
+        &mut self,
+        sid: SessionId,
+        uid: &str,
+        id: &RequestId,
+        call_id: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(inv) = self
+            .invitations
+            .get_mut(call_id)
+            .filter(|inv| inv.caller.sid() == Some(sid))
+        else {
+            out.push(Output::Send(sid, self.not_actionable(sid, id, call_id)));
+            return;
+        };
+        match inv.callee.clone() {
+            Party::Web {
+                uid: callee_uid,
+                sid: callee,
+            } => {
+                self.invitations.remove(call_id);
+                out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
+                out.push(Output::Send(
+                    sid,
+                    ServerMsg::LocalInvitationState {
+                        call_id: call_id.to_string(),
+                        state: LocalInvitationState::Canceled,
+                        response: None,
+                        reason: None,
+                    },
+                ));
+                out.push(Output::Send(
+                    callee,
+                    ServerMsg::RemoteInvitationState {
+                        call_id: call_id.to_string(),
+                        state: RemoteInvitationState::Canceled,
+                        reason: None,
+                    },
+                ));
+                self.remember(sid, call_id, Outcome::Canceled, Some(callee_uid));
+                self.remember(callee, call_id, Outcome::Canceled, Some(uid.to_string()));
+            }
+            Party::Bridge(_) => {
+                if inv.canceling {
+                    out.push(Output::Send(
+                        sid,
+                        err(
+                            id,
+                            ErrorCode::InvitationEnded,
+                            format!("invitation {call_id} is already being cancelled"),
+                        ),
+                    ));
+                    return;
+                }
+                inv.canceling = true;
+                out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
+                out.push(Output::Bridge(BridgeEvent::LocalInvitationCanceled {
+                    call_id: call_id.to_string(),
+                    from_uid: uid.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn received(
+        &mut self,
+        sid: SessionId,
+        uid: &str,
+        id: &RequestId,
+        call_id: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(inv) = self
+            .invitations
+            .get_mut(call_id)
+            .filter(|inv| inv.callee.sid() == Some(sid))
+        else {
+            out.push(Output::Send(sid, self.not_actionable(sid, id, call_id)));
+            return;
+        };
+        if !inv.received {
+            inv.received = true;
+            let caller = inv.caller.clone();
+            Self::announce_received(&caller, call_id, uid, out);
+        }
+        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
+    }
+
+    fn announce_received(caller: &Party, call_id: &str, uid: &str, out: &mut Vec<Output>) {
+        match caller {
+            Party::Web { sid, .. } => out.push(Output::Send(
+                *sid,
+                ServerMsg::LocalInvitationState {
+                    call_id: call_id.to_string(),
+                    state: LocalInvitationState::ReceivedByRemote,
+                    response: None,
+                    reason: None,
+                },
+            )),
+            Party::Bridge(_) => out.push(Output::Bridge(BridgeEvent::RemoteInvitationReceived {
+                call_id: call_id.to_string(),
+                uid: uid.to_string(),
+            })),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &mut self,
+        sid: SessionId,
+        uid: &str,
+        id: &RequestId,
+        call_id: &str,
+        response: String,
+        accept: bool,
+        out: &mut Vec<Output>,
+    ) {
+        if response.len() > self.settings.max_content {
+            out.push(Output::Send(
+                sid,
+                err(
+                    id,
+                    ErrorCode::ContentTooLarge,
+                    format!(
+                        "response of {} bytes exceeds the limit of {}",
+                        response.len(),
+                        self.settings.max_content
+                    ),
+                ),
+            ));
+            return;
+        }
+        let mine = self
+            .invitations
+            .get(call_id)
+            .is_some_and(|inv| inv.callee.sid() == Some(sid));
+        let Some(inv) = mine.then(|| self.invitations.remove(call_id)).flatten() else {
+            out.push(Output::Send(sid, self.not_actionable(sid, id, call_id)));
+            return;
+        };
+        debug!(call_id = %call_id, callee = %uid, accept, "invitation answered");
+        if !inv.received {
+            Self::announce_received(&inv.caller, call_id, uid, out);
+        }
+        let outcome = if accept {
+            Outcome::Accepted
+        } else {
+            Outcome::Refused
+        };
+        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
+        match &inv.caller {
+            Party::Web {
+                uid: caller_uid,
+                sid: caller,
+            } => {
+                out.push(Output::Send(
+                    *caller,
+                    ServerMsg::LocalInvitationState {
+                        call_id: call_id.to_string(),
+                        state: if accept {
+                            LocalInvitationState::AcceptedByRemote
+                        } else {
+                            LocalInvitationState::RefusedByRemote
+                        },
+                        response: Some(response),
+                        reason: None,
+                    },
+                ));
+                self.remember(*caller, call_id, outcome, Some(uid.to_string()));
+                self.remember(sid, call_id, outcome, Some(caller_uid.clone()));
+            }
+            Party::Bridge(_) => {
+                let call_id = call_id.to_string();
+                let uid = uid.to_string();
+                out.push(Output::Bridge(if accept {
+                    BridgeEvent::RemoteInvitationAccepted {
+                        call_id: call_id.clone(),
+                        uid,
+                        response,
+                    }
+                } else {
+                    BridgeEvent::RemoteInvitationRefused {
+                        call_id: call_id.clone(),
+                        uid,
+                        response,
+                    }
+                }));
+                self.remember(sid, &call_id, outcome, None);
+            }
+        }
+    }
+
+    fn media(
+        &mut self,
+        sid: SessionId,
+        uid: &str,
+        id: &RequestId,
+        call_id: String,
+        payload: Value,
+        out: &mut Vec<Output>,
+    ) {
+        if !payload.is_object() {
+            out.push(Output::Send(
+                sid,
+                err(
+                    id,
+                    ErrorCode::BadMessage,
+                    "media payload must be a JSON object",
+                ),
+            ));
+            return;
+        }
+        // A web↔web call (ringing, or accepted and remembered): relay to the other browser.
+        let web_peer = match self.invitations.get(&call_id) {
+            Some(inv) if inv.caller.sid() == Some(sid) => inv.callee.sid(),
+            Some(inv) if inv.callee.sid() == Some(sid) => inv.caller.sid(),
+            _ => self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.finished(&call_id))
+                .filter(|f| f.outcome == Outcome::Accepted)
+                .and_then(|f| f.web_peer.as_deref())
+                .and_then(|peer| self.web_sid(peer)),
+        };
+        match web_peer {
+            Some(peer) => out.push(Output::Send(
+                peer,
+                ServerMsg::Media {
+                    call_id,
+                    from: uid.to_string(),
+                    payload,
+                },
+            )),
+            None => out.push(Output::Bridge(BridgeEvent::Media {
+                call_id,
+                from_uid: uid.to_string(),
+                payload,
+            })),
+        }
+        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
+    }
+
+    /// Applies the web↔web invitation timers.
+    pub fn tick(&mut self, now: Now) -> Vec<Output> {
+        let mut out = Vec::new();
+        let expired: Vec<String> = self
+            .invitations
+            .iter()
+            .filter(|(_, inv)| {
+                matches!(
+                    (&inv.caller, &inv.callee),
+                    (Party::Web { .. }, Party::Web { .. })
+                )
+            })
+            .filter(|(_, inv)| {
+                let age = now.mono.saturating_duration_since(inv.created);
+                age >= INVITATION_TIMEOUT || (!inv.received && age >= RECEIVE_TIMEOUT)
+            })
+            .map(|(call_id, _)| call_id.clone())
+            .collect();
+        for call_id in expired {
+            let Some(inv) = self.invitations.remove(&call_id) else {
+                continue;
+            };
+            let reason = if inv.received {
+                FailureReason::InvitationExpire
+            } else {
+                FailureReason::PeerNoResponse
+            };
+            debug!(call_id = %call_id, reason = %reason, "invitation expired");
+            if let (Party::Web { sid: caller, .. }, Party::Web { sid: callee, .. }) =
+                (&inv.caller, &inv.callee)
+            {
+                out.push(Output::Send(
+                    *caller,
+                    ServerMsg::LocalInvitationState {
+                        call_id: call_id.clone(),
+                        state: LocalInvitationState::Failure,
+                        response: None,
+                        reason: Some(reason),
+                    },
+                ));
+                out.push(Output::Send(
+                    *callee,
+                    ServerMsg::RemoteInvitationState {
+                        call_id: call_id.clone(),
+                        state: RemoteInvitationState::Failure,
+                        reason: Some(RemoteFailureReason::InvitationExpire),
+                    },
+                ));
+                self.remember(*caller, &call_id, Outcome::Failed, None);
+                self.remember(*callee, &call_id, Outcome::Failed, None);
+            }
+        }
+        out
+    }
+
+    /// Bridge → caller: the SIP side moved `uid`'s invitation `call_id` to `state`.
+    pub fn local_invitation_state(
+        &mut self,
+        uid: &str,
+        call_id: &str,
+        state: LocalInvitationState,
+        response: Option<String>,
+        reason: Option<FailureReason>,
+    ) -> Vec<Output> {
+        let Some(inv) = self.invitations.get_mut(call_id).filter(|inv| {
+            matches!(inv.callee, Party::Bridge(_))
+                && matches!(&inv.caller, Party::Web { uid: u, .. } if u == uid)
+        }) else {
+            debug!(call_id = %call_id, uid = %uid, state = %state, "state for an unknown invitation dropped");
+            return Vec::new();
+        };
+        let Some(caller) = inv.caller.sid() else {
+            return Vec::new();
+        };
+        if state == LocalInvitationState::SentToRemote {
+            return Vec::new();
+        }
+        if state == LocalInvitationState::ReceivedByRemote {
+            inv.received = true;
+        }
+        let out = vec![Output::Send(
+            caller,
+            ServerMsg::LocalInvitationState {
+                call_id: call_id.to_string(),
+                state,
+                response,
+                reason: if state == LocalInvitationState::Failure {
+                    Some(reason.unwrap_or(FailureReason::Unknown))
+                } else {
+                    reason
+                },
+            },
+        )];
+        if state.is_final() {
+            self.invitations.remove(call_id);
+            self.remember(caller, call_id, Outcome::of_local(state), None);
+        }
+        out
+    }
+
+    /// Bridge → callee: ring web user `to_uid` on behalf of `caller` (a SIP number).
+    pub fn send_remote_invitation(
+        &mut self,
+        to_uid: &str,
+        call_id: &str,
+        caller: &str,
+        content: &str,
+        now: Now,
+    ) -> Result<Vec<Output>, DeliveryError> {
+        let sid = self
+            .web_sid(to_uid)
+            .ok_or_else(|| DeliveryError::NotOnline(to_uid.to_string()))?;
+        if self.invitations.contains_key(call_id) {
+            return Err(DeliveryError::DuplicateCallId(call_id.to_string()));
+        }
+        self.invitations.insert(
+            call_id.to_string(),
+            Invitation {
+                caller: Party::Bridge(caller.to_string()),
+                callee: Party::Web {
+                    uid: to_uid.to_string(),
+                    sid,
+                },
+                received: false,
+                canceling: false,
+                created: now.mono,
+            },
+        );
+        Ok(vec![Output::Send(
+            sid,
+            ServerMsg::RemoteInvitation {
+                call_id: call_id.to_string(),
+                caller: caller.to_string(),
+                content: content.to_string(),
+            },
+        )])
+    }
+
+    /// Finds the session of callee `uid` for a bridge invitation, removing it when pending.
+    fn take_bridge_remote(&mut self, uid: &str, call_id: &str) -> Option<(SessionId, bool)> {
+        let pending = self.invitations.get(call_id).is_some_and(|inv| {
+            matches!(inv.caller, Party::Bridge(_))
+                && matches!(&inv.callee, Party::Web { uid: u, .. } if u == uid)
+        });
+        if pending {
+            let inv = self.invitations.remove(call_id)?;
+            return inv.callee.sid().map(|sid| (sid, true));
+        }
+        let sid = self.web_sid(uid)?;
+        let accepted = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.finished(call_id))
+            .is_some_and(|f| f.outcome == Outcome::Accepted && f.web_peer.is_none());
+        accepted.then_some((sid, false))
+    }
+
+    /// Bridge → callee: the phone gave up; the invitation becomes `CANCELED`.
+    pub fn remote_invitation_canceled(&mut self, uid: &str, call_id: &str) -> Vec<Output> {
+        match self.take_bridge_remote(uid, call_id) {
+            Some((sid, true)) => {
+                self.remember(sid, call_id, Outcome::Canceled, None);
+                vec![Output::Send(
+                    sid,
+                    ServerMsg::RemoteInvitationState {
+                        call_id: call_id.to_string(),
+                        state: RemoteInvitationState::Canceled,
+                        reason: None,
+                    },
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Bridge → callee: the invitation failed (expired, or the accept did not go through).
+    pub fn remote_invitation_failed(
+        &mut self,
+        uid: &str,
+        call_id: &str,
+        reason: RemoteFailureReason,
+    ) -> Vec<Output> {
+        match self.take_bridge_remote(uid, call_id) {
+            Some((sid, _)) => {
+                self.remember(sid, call_id, Outcome::Failed, None);
+                vec![Output::Send(
+                    sid,
+                    ServerMsg::RemoteInvitationState {
+                        call_id: call_id.to_string(),
+                        state: RemoteInvitationState::Failure,
+                        reason: Some(reason),
+                    },
+                )]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Bridge → browser: a peer message (e.g. `{"Cmd":"EndCall"}` from a SIP number).
+    pub fn send_peer_message(
+        &self,
+        from: &str,
+        to_uid: &str,
+        text: &str,
+    ) -> Result<Vec<Output>, DeliveryError> {
+        let sid = self
+            .web_sid(to_uid)
+            .ok_or_else(|| DeliveryError::NotOnline(to_uid.to_string()))?;
+        Ok(vec![Output::Send(
+            sid,
+            ServerMsg::PeerMessage {
+                from: from.to_string(),
+                text: text.to_string(),
+            },
+        )])
+    }
+
+    /// Bridge → browser: media signalling for a call.
+    pub fn send_media(
+        &self,
+        uid: &str,
+        call_id: &str,
+        payload: Value,
+    ) -> Result<Vec<Output>, DeliveryError> {
+        let sid = self
+            .web_sid(uid)
+            .ok_or_else(|| DeliveryError::NotOnline(uid.to_string()))?;
+        Ok(vec![Output::Send(
+            sid,
+            ServerMsg::Media {
+                call_id: call_id.to_string(),
+                from: self.settings.bridge_uid.clone(),
+                payload,
+            },
+        )])
+    }
+
+    /// Whether `uid` is a logged-in web user.
+    pub fn is_online(&self, uid: &str) -> bool {
+        self.by_uid.contains_key(uid)
+    }
+
+    /// Open WebSocket sessions (logged in or not); what `max_sessions` limits.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Logged-in web users.
+    pub fn online_count(&self) -> usize {
+        self.by_uid.len()
+    }
+
+    /// Invitations in progress (for status and leak checks).
+    pub fn invitation_count(&self) -> usize {
+        self.invitations.len()
+    }
+
+    /// Whether the bridge's call layer takes events; while down, invitations to it are refused.
+    pub fn set_bridge_up(&mut self, up: bool) {
+        self.bridge_up = up;
+    }
+
+    /// Drain switch: while off, new invitations from browsers are refused with `DRAINING`.
+    pub fn set_accepting(&mut self, on: bool) {
+        self.accepting = on;
+    }
+}

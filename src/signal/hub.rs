@@ -1,0 +1,340 @@
+//! The tokio/axum shell around [`HubCore`]: WebSocket sessions, the clock, the bridge channel.
+//!
+//! One task per WebSocket reads frames into the core and writes what the core queued for it. The
+//! core sits behind a `std` mutex that is never held across an `.await`; each session has a
+//! bounded outbox, and a session that cannot keep up is closed instead of slowing the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::core::{
+    BridgeEvent, DeliveryError, HubCore, HubSettings, Now, Output, SessionId, MAX_FRAME,
+};
+use super::protocol::{FailureReason, LocalInvitationState, RemoteFailureReason};
+
+/// The JS client library browsers import from `/sdk/rtm-client.js`.
+pub const RTM_CLIENT_JS: &str = include_str!("../../web-demo/rtm-client.js");
+
+/// Frames queued per session before it counts as too slow and is closed.
+const OUTBOX_CAPACITY: usize = 256;
+/// Frames beyond this close the connection at the WebSocket layer (smaller ones get an error).
+const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// How often the invitation timers are checked.
+const TICK: Duration = Duration::from_secs(1);
+
+enum Outbound {
+    Text(String),
+    Close,
+}
+
+struct Shared {
+    core: HubCore,
+    outboxes: HashMap<SessionId, mpsc::Sender<Outbound>>,
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    bridge: mpsc::Sender<BridgeEvent>,
+    next_sid: AtomicU64,
+    ticker: AtomicBool,
+}
+
+/// The signalling hub; a cheap `Clone` handle shared by the HTTP server and the call layer.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+impl Hub {
+    /// A hub that hands browser events for the call layer to `bridge`.
+    pub fn new(settings: HubSettings, bridge: mpsc::Sender<BridgeEvent>) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                shared: Mutex::new(Shared {
+                    core: HubCore::new(settings),
+                    outboxes: HashMap::new(),
+                }),
+                bridge,
+                next_sid: AtomicU64::new(1),
+                ticker: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// `GET /ws` (the WebSocket) and `GET /sdk/rtm-client.js` (the JS client), to merge into the
+    /// bridge's HTTP router. Must be called inside a tokio runtime (it starts the timer task).
+    pub fn router(&self) -> Router {
+        self.start_ticker();
+        Router::new()
+            .route("/ws", get(ws_handler))
+            .route("/sdk/rtm-client.js", get(js_handler))
+            .with_state(self.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves consistent-enough state; keep serving.
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn start_ticker(&self) {
+        if self.inner.ticker.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.ticker.store(false, Ordering::SeqCst);
+            warn!("hub router built outside a tokio runtime: invitation timers are off");
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            loop {
+                interval.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let hub = Hub { inner };
+                hub.apply(|core| core.tick(now()));
+            }
+        });
+    }
+
+    /// Runs `f` on the core and carries out its outputs; bridge events are sent without waiting.
+    fn apply(&self, f: impl FnOnce(&mut HubCore) -> Vec<Output>) {
+        let events = self.apply_collect(f);
+        for event in events {
+            if let Err(e) = self.inner.bridge.try_send(event) {
+                warn!(error = %e, "bridge event dropped");
+            }
+        }
+    }
+
+    /// Runs `f` on the core, queues its frames and returns the events for the bridge.
+    fn apply_collect(&self, f: impl FnOnce(&mut HubCore) -> Vec<Output>) -> Vec<BridgeEvent> {
+        let mut shared = self.lock();
+        let outputs = f(&mut shared.core);
+        Self::dispatch(&mut shared, outputs)
+    }
+
+    fn dispatch(shared: &mut Shared, outputs: Vec<Output>) -> Vec<BridgeEvent> {
+        let mut events = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Send(sid, msg) => {
+                    let Some(outbox) = shared.outboxes.get(&sid) else {
+                        continue;
+                    };
+                    if outbox.try_send(Outbound::Text(msg.to_text())).is_err() {
+                        warn!(session = sid, "session cannot keep up; closing it");
+                        shared.outboxes.remove(&sid);
+                    }
+                }
+                Output::Close(sid) => {
+                    if let Some(outbox) = shared.outboxes.remove(&sid) {
+                        let _ = outbox.try_send(Outbound::Close);
+                    }
+                }
+                Output::Bridge(event) => events.push(event),
+            }
+        }
+        events
+    }
+
+    async fn to_bridge(&self, events: Vec<BridgeEvent>) {
+        for event in events {
+            if self.inner.bridge.send(event).await.is_err() {
+                warn!("bridge channel closed; event dropped");
+            }
+        }
+    }
+
+    async fn run_session(self, mut socket: WebSocket) {
+        let sid = self.inner.next_sid.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let opened = {
+            let mut shared = self.lock();
+            match shared.core.open(sid) {
+                Ok(()) => {
+                    shared.outboxes.insert(sid, tx);
+                    Ok(())
+                }
+                Err(outputs) => Err(outputs),
+            }
+        };
+        if let Err(outputs) = opened {
+            info!(session = sid, "session refused: limit reached");
+            for output in outputs {
+                if let Output::Send(_, msg) = output {
+                    let _ = socket.send(Message::Text(msg.to_text().into())).await;
+                }
+            }
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+        debug!(session = sid, "session opened");
+        loop {
+            tokio::select! {
+                queued = rx.recv() => match queued {
+                    Some(Outbound::Text(text)) => {
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Outbound::Close) | None => {
+                        let _ = socket.send(Message::Close(None)).await;
+                        break;
+                    }
+                },
+                frame = socket.recv() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let bridge_up = !self.inner.bridge.is_closed();
+                        let events = self.apply_collect(|core| {
+                            core.set_bridge_up(bridge_up);
+                            core.handle_text(sid, text.as_str(), now())
+                        });
+                        self.to_bridge(events).await;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        self.apply(|core| core.handle_binary(sid));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                },
+            }
+        }
+        let events = {
+            let mut shared = self.lock();
+            shared.outboxes.remove(&sid);
+            let outputs = shared.core.close(sid);
+            Self::dispatch(&mut shared, outputs)
+        };
+        self.to_bridge(events).await;
+        debug!(session = sid, "session closed");
+    }
+
+    /// Bridge → caller: the SIP side moved `uid`'s invitation `call_id` to `state`.
+    pub fn local_invitation_state(
+        &self,
+        uid: &str,
+        call_id: &str,
+        state: LocalInvitationState,
+        response: Option<String>,
+        reason: Option<FailureReason>,
+    ) {
+        self.apply(|core| core.local_invitation_state(uid, call_id, state, response, reason));
+    }
+
+    /// Bridge → callee: ring web user `to_uid` for a call from `caller` (a SIP number).
+    pub fn send_remote_invitation(
+        &self,
+        to_uid: &str,
+        call_id: &str,
+        caller: &str,
+        content: &str,
+    ) -> Result<(), DeliveryError> {
+        self.try_apply(|core| core.send_remote_invitation(to_uid, call_id, caller, content, now()))
+    }
+
+    /// Bridge → callee: the phone gave up; the browser's invitation becomes `CANCELED`.
+    pub fn remote_invitation_canceled(&self, uid: &str, call_id: &str) {
+        self.apply(|core| core.remote_invitation_canceled(uid, call_id));
+    }
+
+    /// Bridge → callee: the invitation failed (expired, accept failed).
+    pub fn remote_invitation_failed(&self, uid: &str, call_id: &str, reason: RemoteFailureReason) {
+        self.apply(|core| core.remote_invitation_failed(uid, call_id, reason));
+    }
+
+    /// Bridge → browser: a peer message from `from` (a SIP number or the bridge's uid).
+    pub fn send_peer_message(
+        &self,
+        from: &str,
+        to_uid: &str,
+        text: &str,
+    ) -> Result<(), DeliveryError> {
+        self.try_apply(|core| core.send_peer_message(from, to_uid, text))
+    }
+
+    /// Bridge → browser: media signalling (SDP, ICE, DTMF) for a call.
+    pub fn send_media(
+        &self,
+        uid: &str,
+        call_id: &str,
+        payload: Value,
+    ) -> Result<(), DeliveryError> {
+        self.try_apply(|core| core.send_media(uid, call_id, payload))
+    }
+
+    fn try_apply(
+        &self,
+        f: impl FnOnce(&mut HubCore) -> Result<Vec<Output>, DeliveryError>,
+    ) -> Result<(), DeliveryError> {
+        let mut result = Ok(());
+        self.apply(|core| match f(core) {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                result = Err(e);
+                Vec::new()
+            }
+        });
+        result
+    }
+
+    /// Whether `uid` is a logged-in web user.
+    pub fn is_online(&self, uid: &str) -> bool {
+        self.lock().core.is_online(uid)
+    }
+
+    /// Open WebSocket sessions (what `max_ws_sessions` limits).
+    pub fn session_count(&self) -> usize {
+        self.lock().core.session_count()
+    }
+
+    /// Logged-in web users (for status and metrics).
+    pub fn online_count(&self) -> usize {
+        self.lock().core.online_count()
+    }
+
+    /// Drain switch: while off, new invitations from browsers get `DRAINING`.
+    pub fn set_accepting(&self, on: bool) {
+        self.lock().core.set_accepting(on);
+    }
+}
+
+async fn ws_handler(State(hub): State<Hub>, ws: WebSocketUpgrade) -> impl IntoResponse {
+    ws.max_message_size(HARD_FRAME_LIMIT.max(MAX_FRAME))
+        .max_frame_size(HARD_FRAME_LIMIT.max(MAX_FRAME))
+        .on_upgrade(move |socket| hub.run_session(socket))
+}
+
+async fn js_handler() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        RTM_CLIENT_JS,
+    )
+}
