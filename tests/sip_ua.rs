@@ -143,7 +143,11 @@ async fn registers_the_proxy_account() {
     .await;
     assert_eq!(ua.ua.status().pbx_addr, pbx.addr().to_string());
     assert_eq!(ua.ua.local_addr().ip(), IpAddr::from([127, 0, 0, 1]));
-    assert_ne!(ua.ua.local_addr().port(), 0, "the OS-chosen port is exposed");
+    assert_ne!(
+        ua.ua.local_addr().port(),
+        0,
+        "the OS-chosen port is exposed"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +172,10 @@ async fn registers_again_as_soon_as_a_stopped_pbx_answers_again() {
     let ua = start(&config).await;
     pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
     pbx.stop();
-    wait_status(&ua.ua, "PBX down", |s| matches!(s.pbx, PbxState::Down { .. })).await;
+    wait_status(&ua.ua, "PBX down", |s| {
+        matches!(s.pbx, PbxState::Down { .. })
+    })
+    .await;
     pbx.restart().await;
     // the refresh is an hour away: the ping that sees the PBX back triggers the REGISTER
     pbx.wait_registered(PROXY_ACCOUNT, Duration::from_secs(5))
@@ -258,16 +265,25 @@ async fn pings_show_the_pbx_up_then_down() {
     let ua = start(&config(&pbx, PASSWORD, SipTransport::Udp)).await;
     wait_status(&ua.ua, "PBX up", |s| matches!(s.pbx, PbxState::Up { .. })).await;
     pbx.stop();
-    wait_status(&ua.ua, "PBX down", |s| matches!(s.pbx, PbxState::Down { .. })).await;
+    wait_status(&ua.ua, "PBX down", |s| {
+        matches!(s.pbx, PbxState::Down { .. })
+    })
+    .await;
 }
 
 /// Sends one SIP request over UDP from `bind_ip` and returns all responses (text) until a final one.
-async fn raw_request(bind_ip: [u8; 4], to: SocketAddr, build: impl Fn(SocketAddr) -> String) -> Vec<String> {
+async fn raw_request(
+    bind_ip: [u8; 4],
+    to: SocketAddr,
+    build: impl Fn(SocketAddr) -> String,
+) -> Vec<String> {
     let sock = UdpSocket::bind(SocketAddr::from((bind_ip, 0)))
         .await
         .expect("bind raw socket");
     let local = sock.local_addr().expect("local addr");
-    sock.send_to(build(local).as_bytes(), to).await.expect("send");
+    sock.send_to(build(local).as_bytes(), to)
+        .await
+        .expect("send");
     let mut buf = vec![0u8; 8192];
     let mut responses = Vec::new();
     loop {
@@ -326,9 +342,14 @@ async fn invite_from_a_stranger_is_refused_403_and_allowed_peers_get_through() {
     let mut ua = start(&config).await;
     let target = ua.ua.local_addr();
 
-    let responses = raw_request([127, 0, 0, 2], target, |local| raw_invite(target, local, "s1")).await;
+    let responses = raw_request([127, 0, 0, 2], target, |local| {
+        raw_invite(target, local, "s1")
+    })
+    .await;
     assert!(
-        responses.last().is_some_and(|r| r.starts_with("SIP/2.0 403")),
+        responses
+            .last()
+            .is_some_and(|r| r.starts_with("SIP/2.0 403")),
         "stranger refused: {responses:?}"
     );
     assert!(
@@ -339,7 +360,9 @@ async fn invite_from_a_stranger_is_refused_403_and_allowed_peers_get_through() {
     );
 
     // an allowed peer's INVITE becomes a call; dropping it refuses with 480
-    let sock = UdpSocket::bind("127.0.0.3:0").await.expect("bind 127.0.0.3");
+    let sock = UdpSocket::bind("127.0.0.3:0")
+        .await
+        .expect("bind 127.0.0.3");
     let local = sock.local_addr().expect("addr");
     sock.send_to(raw_invite(target, local, "a1").as_bytes(), target)
         .await
@@ -349,7 +372,10 @@ async fn invite_from_a_stranger_is_refused_403_and_allowed_peers_get_through() {
     assert_eq!(call.caller_number, "666");
     assert_eq!(call.caller_display.as_deref(), Some("Mallory"));
     assert_eq!(call.source, local);
-    assert!(call.sdp_offer.as_deref().is_some_and(|s| s.contains("PCMU")));
+    assert!(call
+        .sdp_offer
+        .as_deref()
+        .is_some_and(|s| s.contains("PCMU")));
     drop(call);
     let mut buf = vec![0u8; 8192];
     let final_code = loop {
@@ -381,7 +407,9 @@ async fn invite_without_a_usable_target_is_refused() {
     })
     .await;
     assert!(
-        responses.last().is_some_and(|r| r.starts_with("SIP/2.0 484")),
+        responses
+            .last()
+            .is_some_and(|r| r.starts_with("SIP/2.0 484")),
         "{responses:?}"
     );
     assert!(
@@ -401,7 +429,10 @@ async fn phone_dialling_0alice_reaches_the_ua_as_a_call_for_alice() {
     let call = incoming(&mut ua).await;
     assert_eq!(call.target_uid, "alice");
     assert_eq!(call.caller_number, "1001");
-    assert!(call.sdp_offer.as_deref().is_some_and(|s| s.contains("m=audio")));
+    assert!(call
+        .sdp_offer
+        .as_deref()
+        .is_some_and(|s| s.contains("m=audio")));
     assert_eq!(call.source.ip(), pbx.addr().ip());
     assert!(!call.call.log_id().is_empty());
 }
@@ -419,8 +450,14 @@ async fn answered_incoming_call_ends_with_the_phones_bye() {
     phone.wait_for("CALL_ESTABLISHED", SHORT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     phone.hangup().await;
-    assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::RemoteBye));
-    assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::Terminated));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::RemoteBye
+    ));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
     phone.wait_for("CALL_CLOSED", SHORT).await;
     wait_status(&ua.ua, "no calls", |s| s.active_calls == 0).await;
 }
@@ -436,7 +473,10 @@ async fn bye_from_the_ua_ends_the_phones_call() {
     phone.wait_for("CALL_ESTABLISHED", SHORT).await;
     call.bye().await.expect("BYE");
     phone.wait_for("CALL_CLOSED", SHORT).await;
-    assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::Terminated));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
 }
 
 #[tokio::test]
@@ -449,7 +489,10 @@ async fn rejecting_with_486_closes_the_phones_call_busy() {
     call.reject(486, "Busy Here").expect("486");
     let closed = phone.wait_for("CALL_CLOSED", SHORT).await;
     assert!(closed.param.starts_with("486"), "{:?}", closed.param);
-    assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::Terminated));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
     assert!(call.reject(700, "x").is_err(), "not a final error code");
 }
 
@@ -463,8 +506,14 @@ async fn phone_hanging_up_before_the_answer_cancels_the_call() {
     call.ringing().expect("180");
     phone.wait_for("CALL_RINGING", SHORT).await;
     phone.hangup().await;
-    assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::Canceled));
-    assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::Terminated));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Canceled
+    ));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
     assert!(call.answer(sdp(4000)).is_err(), "too late to answer");
 }
 
@@ -497,7 +546,10 @@ async fn outgoing_call_is_answered_and_bye_ends_it_at_the_phone() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     call.bye().await.expect("BYE");
     phone.wait_for("CALL_CLOSED", SHORT).await;
-    assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::Terminated));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
 }
 
 #[tokio::test]
@@ -517,7 +569,10 @@ async fn outgoing_call_cancelled_while_ringing() {
         SipCallEvent::Failed { code, .. } => assert_eq!(code, 487),
         other => panic!("expected Failed 487, got {other:?}"),
     }
-    assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::Terminated));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
 }
 
 #[tokio::test]
@@ -532,8 +587,14 @@ async fn outgoing_call_to_an_unregistered_or_unknown_extension_fails() {
             }
             other => panic!("{callee}: expected Failed, got {other:?}"),
         }
-        assert!(matches!(event(&mut call, SHORT).await, SipCallEvent::Terminated));
+        assert!(matches!(
+            event(&mut call, SHORT).await,
+            SipCallEvent::Terminated
+        ));
     }
     let bad = ua.ua.place_call(invite("10 01")).await;
-    assert!(bad.is_err(), "a callee with a space is refused before sending");
+    assert!(
+        bad.is_err(),
+        "a callee with a space is refused before sending"
+    );
 }

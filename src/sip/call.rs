@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle};
+use rsipstack::dialog::dialog::{
+    DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
+};
 use rsipstack::dialog::invitation::InviteAsyncResult;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, Method, Request, Response, StatusCode, StatusCodeKind};
@@ -120,7 +122,10 @@ impl CallShared {
     }
 
     fn sdp(&self) -> Option<String> {
-        self.last_sdp.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_sdp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -188,11 +193,13 @@ impl SipCall {
     pub fn reject(&self, code: u16, reason: &str) -> Result<(), SipError> {
         self.expect_incoming("reject")?;
         if !(300..700).contains(&code) {
-            return Err(SipError::Invalid(format!("reject code {code} is not a final error")));
+            return Err(SipError::Invalid(format!(
+                "reject code {code} is not a final error"
+            )));
         }
         self.shared.local_end.store(true, Ordering::SeqCst);
-        let reason = (!reason.is_empty())
-            .then(|| format!("SIP;cause={code};text=\"{}\"", sanitize(reason)));
+        let reason =
+            (!reason.is_empty()).then(|| format!("SIP;cause={code};text=\"{}\"", sanitize(reason)));
         self.dialog.reject(Some(StatusCode::from(code)), reason)?;
         info!(call_id = %self.log_id, code, "rejected");
         Ok(())
@@ -234,7 +241,11 @@ impl SipCall {
         SipError::InvalidState {
             call_id: self.log_id.clone(),
             action,
-            state: format!("{:?} call in state {}", self.direction, state_name(&self.dialog.state())),
+            state: format!(
+                "{:?} call in state {}",
+                self.direction,
+                state_name(&self.dialog.state())
+            ),
         }
     }
 }
@@ -326,7 +337,11 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         shared,
     };
     driver.ua.call_started();
-    tokio::spawn(driver.run(start.states, start.invite, stop).instrument(span));
+    tokio::spawn(
+        driver
+            .run(start.states, start.invite, stop)
+            .instrument(span),
+    );
     call
 }
 

@@ -120,24 +120,60 @@ mod tests {
 
     #[test]
     fn x_number_wins_over_the_request_uri() {
-        let s = screen_invite(&facts("10.0.0.1:5060", Some("alice"), Some("1000")), &peers(), "0");
-        assert_eq!(s, Screening::Accept { target_uid: "alice".into() });
+        let s = screen_invite(
+            &facts("10.0.0.1:5060", Some("alice"), Some("1000")),
+            &peers(),
+            "0",
+        );
+        assert_eq!(
+            s,
+            Screening::Accept {
+                target_uid: "alice".into()
+            }
+        );
     }
 
     #[test]
     fn request_uri_user_has_the_dial_prefix_stripped() {
         let s = screen_invite(&facts("10.0.0.1:5060", None, Some("0bob")), &peers(), "0");
-        assert_eq!(s, Screening::Accept { target_uid: "bob".into() });
-        let s = screen_invite(&facts("10.0.0.1:5060", Some("  "), Some("0bob")), &peers(), "0");
-        assert_eq!(s, Screening::Accept { target_uid: "bob".into() }, "blank X-Number ignored");
+        assert_eq!(
+            s,
+            Screening::Accept {
+                target_uid: "bob".into()
+            }
+        );
+        let s = screen_invite(
+            &facts("10.0.0.1:5060", Some("  "), Some("0bob")),
+            &peers(),
+            "0",
+        );
+        assert_eq!(
+            s,
+            Screening::Accept {
+                target_uid: "bob".into()
+            },
+            "blank X-Number ignored"
+        );
         let s = screen_invite(&facts("10.0.0.1:5060", None, Some("bob")), &peers(), "");
-        assert_eq!(s, Screening::Accept { target_uid: "bob".into() }, "no prefix configured");
+        assert_eq!(
+            s,
+            Screening::Accept {
+                target_uid: "bob".into()
+            },
+            "no prefix configured"
+        );
     }
 
     #[test]
     fn strangers_are_refused_and_allowed_peers_accepted() {
         let s = screen_invite(&facts("192.0.2.7:5060", Some("alice"), None), &peers(), "0");
-        assert_eq!(s, Screening::Refuse { code: 403, reason: "Forbidden" });
+        assert_eq!(
+            s,
+            Screening::Refuse {
+                code: 403,
+                reason: "Forbidden"
+            }
+        );
         let s = screen_invite(&facts("10.0.0.9:5099", Some("alice"), None), &peers(), "0");
         assert!(matches!(s, Screening::Accept { .. }));
     }
@@ -148,20 +184,32 @@ mod tests {
         let src = "10.0.0.1:5060";
         assert_eq!(
             screen_invite(&facts(src, None, None), &p, "0"),
-            Screening::Refuse { code: 484, reason: "Address Incomplete" }
+            Screening::Refuse {
+                code: 484,
+                reason: "Address Incomplete"
+            }
         );
         assert_eq!(
             screen_invite(&facts(src, None, Some("0")), &p, "0"),
-            Screening::Refuse { code: 484, reason: "Address Incomplete" }
+            Screening::Refuse {
+                code: 484,
+                reason: "Address Incomplete"
+            }
         );
         assert_eq!(
             screen_invite(&facts(src, None, Some("1234")), &p, "0"),
-            Screening::Refuse { code: 404, reason: "Not Found" },
+            Screening::Refuse {
+                code: 404,
+                reason: "Not Found"
+            },
             "not dialled with the prefix"
         );
         assert_eq!(
             screen_invite(&facts(src, Some("a b"), None), &p, "0"),
-            Screening::Refuse { code: 404, reason: "Not Found" },
+            Screening::Refuse {
+                code: 404,
+                reason: "Not Found"
+            },
             "not a possible user id"
         );
     }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use rsipstack::sip::{Method, SipMessage, StatusCodeKind};
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
-use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::make_tag;
+use rsipstack::transaction::transaction::Transaction;
 use tracing::{info, warn};
 
 use super::status::PbxInternal;
@@ -111,7 +111,9 @@ pub(crate) async fn run(ua: Arc<UaInner>, interval: Duration) {
 }
 
 async fn ping(ua: &UaInner, seq: u32, timeout: Duration) -> PingResult {
-    let request = match ua.out_of_dialog_request(Method::Options, seq, make_tag().to_string()).await
+    let request = match ua
+        .out_of_dialog_request(Method::Options, seq, make_tag().to_string())
+        .await
     {
         Ok(r) => r,
         Err(e) => return PingResult::Transport(e.to_string()),
@@ -153,12 +155,18 @@ mod tests {
         let mut m = PbxMonitor::new();
         let t0 = Instant::now();
         assert!(matches!(m.state(), PbxInternal::Unknown));
-        let ok = PingResult::Answered { code: 200, rtt: Duration::from_millis(12) };
+        let ok = PingResult::Answered {
+            code: 200,
+            rtt: Duration::from_millis(12),
+        };
         assert_eq!(m.on_ping(&ok, t0), Transition::None);
         assert!(matches!(m.state(), PbxInternal::Up { rtt_ms: 12 }));
         assert_eq!(m.on_ping(&PingResult::NoAnswer, t0), Transition::WentDown);
         let later = t0 + Duration::from_secs(5);
-        assert_eq!(m.on_ping(&PingResult::Transport("refused".into()), later), Transition::None);
+        assert_eq!(
+            m.on_ping(&PingResult::Transport("refused".into()), later),
+            Transition::None
+        );
         match m.state() {
             PbxInternal::Down { since, error } => {
                 assert_eq!(*since, t0, "down since the first failure");
@@ -173,9 +181,15 @@ mod tests {
     fn any_final_answer_but_408_and_503_is_alive() {
         let mut m = PbxMonitor::new();
         let now = Instant::now();
-        let code = |c| PingResult::Answered { code: c, rtt: Duration::from_millis(1) };
+        let code = |c| PingResult::Answered {
+            code: c,
+            rtt: Duration::from_millis(1),
+        };
         m.on_ping(&code(404), now);
-        assert!(matches!(m.state(), PbxInternal::Up { .. }), "404 still proves the PBX runs");
+        assert!(
+            matches!(m.state(), PbxInternal::Up { .. }),
+            "404 still proves the PBX runs"
+        );
         assert_eq!(m.on_ping(&code(503), now), Transition::WentDown);
         m.on_ping(&code(407), now);
         m.on_ping(&code(408), now);

@@ -47,12 +47,20 @@ mod tests {
             "v=0\r\no=- 42 8 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
         );
         let lf = "v=0\no=user 1 99 IN IP4 10.0.0.1\n";
-        assert_eq!(bump_origin_version(lf), "v=0\no=user 1 100 IN IP4 10.0.0.1\n");
+        assert_eq!(
+            bump_origin_version(lf),
+            "v=0\no=user 1 100 IN IP4 10.0.0.1\n"
+        );
     }
 
     #[test]
     fn malformed_origin_is_left_alone() {
-        for sdp in ["v=0\r\no=- x y\r\n", "v=0\r\ns=-\r\n", "", "o=- 1 notanumber IN IP4 1.2.3.4"] {
+        for sdp in [
+            "v=0\r\no=- x y\r\n",
+            "v=0\r\ns=-\r\n",
+            "",
+            "o=- 1 notanumber IN IP4 1.2.3.4",
+        ] {
             assert_eq!(bump_origin_version(sdp), sdp);
         }
         assert_eq!(

@@ -200,7 +200,9 @@ pub(crate) async fn run(ua: Arc<UaInner>, mut policy: RegisterPolicy) {
             Ok(Ok(resp)) if resp.status_code.kind() == StatusCodeKind::Successful => {
                 info!(account = %ua.account, "unregistered")
             }
-            Ok(Ok(resp)) => warn!(account = %ua.account, status = %resp.status_code, "unregister refused"),
+            Ok(Ok(resp)) => {
+                warn!(account = %ua.account, status = %resp.status_code, "unregister refused")
+            }
             Ok(Err(e)) => warn!(account = %ua.account, error = %e, "unregister failed"),
             Err(_) => warn!(account = %ua.account, "unregister timed out"),
         }
@@ -227,11 +229,21 @@ mod tests {
         let now = Instant::now();
         let (state, wait) = p.on_outcome(&RegisterOutcome::Accepted { granted_secs: 120 }, now);
         assert_eq!(wait, Duration::from_secs(90));
-        assert!(matches!(state, RegState::Registered { until } if until == now + Duration::from_secs(120)));
+        assert!(
+            matches!(state, RegState::Registered { until } if until == now + Duration::from_secs(120))
+        );
         let (_, wait) = p.on_outcome(&RegisterOutcome::Accepted { granted_secs: 0 }, now);
-        assert_eq!(wait, Duration::from_secs(225), "no granted value: the requested 300 s");
+        assert_eq!(
+            wait,
+            Duration::from_secs(225),
+            "no granted value: the requested 300 s"
+        );
         let (_, wait) = p.on_outcome(&RegisterOutcome::Accepted { granted_secs: 1 }, now);
-        assert_eq!(wait, Duration::from_secs(1), "never faster than once a second");
+        assert_eq!(
+            wait,
+            Duration::from_secs(1),
+            "never faster than once a second"
+        );
     }
 
     #[test]
@@ -251,18 +263,33 @@ mod tests {
     fn wrong_credentials_are_named_clearly() {
         let mut p = policy();
         let now = Instant::now();
-        let forbidden = RegisterOutcome::Refused { code: 403, reason: "Forbidden".into() };
+        let forbidden = RegisterOutcome::Refused {
+            code: 403,
+            reason: "Forbidden".into(),
+        };
         let (state, _) = p.on_outcome(&forbidden, now);
-        let RegState::Failed { error, .. } = state else { panic!("{state:?}") };
+        let RegState::Failed { error, .. } = state else {
+            panic!("{state:?}")
+        };
         assert!(error.starts_with("403 Forbidden"), "{error}");
         assert!(error.contains("wrong password"), "{error}");
-        let unauthorized = RegisterOutcome::Refused { code: 401, reason: "Unauthorized".into() };
+        let unauthorized = RegisterOutcome::Refused {
+            code: 401,
+            reason: "Unauthorized".into(),
+        };
         let (state, _) = p.on_outcome(&unauthorized, now);
-        let RegState::Failed { error, .. } = state else { panic!("{state:?}") };
+        let RegState::Failed { error, .. } = state else {
+            panic!("{state:?}")
+        };
         assert!(error.starts_with("401 Unauthorized"), "{error}");
         assert!(error.contains("wrong credentials"), "{error}");
         assert!(!error.contains("1234"), "never the password");
-        let (state, _) = p.on_outcome(&RegisterOutcome::Transport("connection refused".into()), now);
-        assert!(matches!(state, RegState::Failed { ref error, .. } if error.contains("connection refused")));
+        let (state, _) = p.on_outcome(
+            &RegisterOutcome::Transport("connection refused".into()),
+            now,
+        );
+        assert!(
+            matches!(state, RegState::Failed { ref error, .. } if error.contains("connection refused"))
+        );
     }
 }

@@ -141,11 +141,12 @@ impl SipUa {
         let transport_layer = TransportLayer::new(token.child_token());
         if sip.transport == SipTransport::Tcp {
             // same port for TCP; binding now catches "port in use" at start-up
-            let probe = std::net::TcpListener::bind(local_addr).map_err(|source| SipError::Bind {
-                transport: "tcp",
-                addr: local_addr,
-                source,
-            })?;
+            let probe =
+                std::net::TcpListener::bind(local_addr).map_err(|source| SipError::Bind {
+                    transport: "tcp",
+                    addr: local_addr,
+                    source,
+                })?;
             drop(probe);
             let listener = TcpListenerConnection::new(local_addr, external)
                 .await
@@ -159,13 +160,12 @@ impl SipUa {
                 addr: bind,
                 source,
             })?;
-        let socket = tokio::net::UdpSocket::from_std(std_socket).map_err(|source| {
-            SipError::Bind {
+        let socket =
+            tokio::net::UdpSocket::from_std(std_socket).map_err(|source| SipError::Bind {
                 transport: "udp",
                 addr: bind,
                 source,
-            }
-        })?;
+            })?;
         let udp = UdpConnection::attach(
             UdpInner {
                 conn: Arc::new(socket),
@@ -314,7 +314,10 @@ impl SipUa {
         let mut headers = Vec::new();
         if !caller_id.is_empty() {
             let identity = format!("\"{caller_id}\" <sip:{}@{}>", user_part(&caller_id), ua.pbx);
-            headers.push(Header::Other("P-Asserted-Identity".into(), identity.clone()));
+            headers.push(Header::Other(
+                "P-Asserted-Identity".into(),
+                identity.clone(),
+            ));
             headers.push(Header::Other(
                 "Remote-Party-ID".into(),
                 format!("{identity};party=calling;screen=yes;privacy=off"),
@@ -490,9 +493,7 @@ impl UaInner {
         request
             .headers
             .push(Header::Contact(self.contact_header(&self.account).into()));
-        request
-            .headers
-            .push(Header::ContentLength(0u32.into()));
+        request.headers.push(Header::ContentLength(0u32.into()));
         Ok(request)
     }
 }
