@@ -459,7 +459,10 @@ async fn answered_incoming_call_ends_with_the_phones_bye() {
         SipCallEvent::Terminated
     ));
     phone.wait_for("CALL_CLOSED", SHORT).await;
-    wait_status(&ua.ua, "no calls", |s| s.active_calls == 0).await;
+    wait_status(&ua.ua, "no calls", |s| {
+        s.active_calls == 0 && s.dialogs == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -592,9 +595,75 @@ async fn outgoing_call_to_an_unregistered_or_unknown_extension_fails() {
             SipCallEvent::Terminated
         ));
     }
+    wait_status(&ua.ua, "no calls", |s| {
+        s.active_calls == 0 && s.dialogs == 0
+    })
+    .await;
     let bad = ua.ua.place_call(invite("10 01")).await;
     assert!(
         bad.is_err(),
         "a callee with a space is refused before sending"
     );
+}
+
+#[tokio::test]
+async fn reinvite_from_the_phone_is_answered_through_the_call_layer() {
+    let pbx = Pbx::start().await;
+    let mut ua = registered_ua(&pbx).await;
+    let phone = Baresip::start(pbx.addr(), "1001", phone_options(false)).await;
+    phone.dial("0alice").await;
+    let mut call = incoming(&mut ua).await.call;
+    let answer = sdp(ports::free_port_pair());
+    call.answer(answer.clone()).expect("200");
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+
+    // hold: a re-INVITE with a=sendonly; the call layer keeps the previous SDP
+    phone.command("hold", "").await.expect("hold");
+    match event(&mut call, SHORT).await {
+        SipCallEvent::Reoffer { sdp, reply } => {
+            assert!(
+                sdp.as_deref().is_some_and(|s| s.contains("sendonly")),
+                "{sdp:?}"
+            );
+            reply.send(None).expect("driver waits for the reply");
+        }
+        other => panic!("expected Reoffer, got {other:?}"),
+    }
+    // resume: the reply is dropped, the last SDP is reused anyway
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    phone.command("resume", "").await.expect("resume");
+    match event(&mut call, SHORT).await {
+        SipCallEvent::Reoffer { reply, .. } => drop(reply),
+        other => panic!("expected Reoffer, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        phone
+            .try_wait_for("CALL_CLOSED", Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the call survives both re-INVITEs"
+    );
+    call.bye().await.expect("BYE");
+    phone.wait_for("CALL_CLOSED", SHORT).await;
+}
+
+#[tokio::test]
+async fn dropping_an_answered_call_hangs_up_and_frees_the_dialog() {
+    let pbx = Pbx::start().await;
+    let ua = registered_ua(&pbx).await;
+    let phone = Baresip::start(pbx.addr(), "1001", phone_options(true)).await;
+    let mut call = ua.ua.place_call(invite("1001")).await.expect("INVITE");
+    assert!(matches!(
+        after_provisionals(&mut call).await,
+        SipCallEvent::Answered { .. }
+    ));
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+    assert_eq!(ua.ua.status().active_calls, 1);
+    drop(call);
+    phone.wait_for("CALL_CLOSED", SHORT).await;
+    wait_status(&ua.ua, "no calls", |s| {
+        s.active_calls == 0 && s.dialogs == 0
+    })
+    .await;
 }

@@ -17,8 +17,10 @@ pub struct SipStatus {
     pub transport: String,
     /// The address we put in Contact/Via.
     pub contact_addr: String,
-    /// Calls (dialogs) the UA is handling right now.
+    /// Calls the UA is handling right now (one driver task each).
     pub active_calls: usize,
+    /// SIP dialogs rsipstack still holds (should follow `active_calls` back to 0).
+    pub dialogs: usize,
 }
 
 /// Registration of `proxy.sip_account` at the PBX.

@@ -286,6 +286,7 @@ impl SipUa {
             transport: self.inner.transport.to_string(),
             contact_addr: self.inner.contact_addr.to_string(),
             active_calls: self.inner.active_calls.load(Ordering::Relaxed),
+            dialogs: self.inner.dialogs.len(),
         }
     }
 
