@@ -1,3 +1,30 @@
-//! placeholder
+//! The SIP side of the bridge, built on rsipstack (transport, RFC 3261 transactions and timers,
+//! dialogs, digest auth): the proxy account's registration, PBX pings, and calls in both
+//! directions. rsipstack's types stay inside this module; the call layer sees [`SipUa`],
+//! [`SipCall`] and plain events.
 
+mod call;
+mod error;
+mod inbound;
+mod options;
+mod origin;
+mod register;
 pub mod sdp;
+mod status;
+mod ua;
+
+pub use call::{CallDirection, IncomingCall, OutgoingInvite, SipCall, SipCallEvent};
+pub use error::SipError;
+pub use status::{PbxState, RegistrationState, SipStatus};
+pub use ua::{SipUa, UaOptions};
+
+/// `tracing` filter directives for the SIP stack at `level`: rsipstack logs whole messages at INFO,
+/// so below SENSITIVE it is held to WARN (bodies only at trace level, as the log rules want).
+pub fn log_directives(level: crate::config::LogLevel) -> String {
+    use crate::config::LogLevel;
+    match level {
+        LogLevel::Sensitive => "rsipstack=trace".to_string(),
+        LogLevel::Error | LogLevel::None => format!("rsipstack={}", level.filter_directive()),
+        _ => "rsipstack=warn".to_string(),
+    }
+}

@@ -1,0 +1,593 @@
+//! One SIP call (either direction) as the call layer sees it: a handle with a few actions and a
+//! stream of events. A driver task per call turns rsipstack's dialog states into [`SipCallEvent`]s,
+//! answers in-dialog requests (re-INVITE/UPDATE through the call layer, INFO/OPTIONS with 200) and
+//! cleans up (BYE/CANCEL/reject, dialog removed) when the handle is dropped.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rsipstack::dialog::dialog::{
+    DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
+};
+use rsipstack::dialog::invitation::InviteAsyncResult;
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::{Header, Method, Request, Response, StatusCode, StatusCodeKind};
+use rsipstack::transaction::key::TransactionRole;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, trace, warn, Instrument};
+
+use super::error::SipError;
+use super::origin::bump_origin_version;
+use super::ua::UaInner;
+
+/// A call the bridge places toward the PBX (or a PSTN gateway).
+#[derive(Debug, Clone)]
+pub struct OutgoingInvite {
+    /// Our call id, carried by every log line of this call.
+    pub log_id: String,
+    /// Request-URI user (the dialled extension or number).
+    pub callee: String,
+    /// The web user calling: From display name, P-Asserted-Identity and Remote-Party-ID.
+    pub caller_id: String,
+    /// Extra headers (e.g. `X-ArInfo`); names and values must be single-line.
+    pub headers: Vec<(String, String)>,
+    /// Send to this gateway instead of the PBX (PSTN calls).
+    pub gateway: Option<SocketAddr>,
+    /// Our SDP offer.
+    pub sdp_offer: String,
+}
+
+/// A call arriving on the proxy account for a web user.
+#[derive(Debug)]
+pub struct IncomingCall {
+    /// The handle to ring/answer/reject it.
+    pub call: SipCall,
+    /// The web user it is for (`X-Number`, else the R-URI user without `dial_prefix`).
+    pub target_uid: String,
+    /// The calling number (From user).
+    pub caller_number: String,
+    /// The From display name, if any.
+    pub caller_display: Option<String>,
+    /// The SDP offer of the INVITE (None for a late-offer INVITE).
+    pub sdp_offer: Option<String>,
+    /// Where the INVITE came from.
+    pub source: SocketAddr,
+}
+
+/// What happens on a call, in order; `Terminated` is always last.
+#[derive(Debug)]
+pub enum SipCallEvent {
+    /// Outgoing: 180/183 (with early-media SDP if the callee sent one).
+    Provisional {
+        /// 180, 183, ...
+        code: u16,
+        /// SDP of a 183 (or 180 with body).
+        sdp: Option<String>,
+    },
+    /// Outgoing: 200 OK with the answer SDP (ACK already sent).
+    Answered {
+        /// The SDP answer (may be empty if the callee sent none).
+        sdp: String,
+    },
+    /// The call failed: a final error response, 408 on timeout, 503 on transport failure.
+    Failed {
+        /// SIP status code.
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+    },
+    /// Incoming: the caller gave up before the answer (CANCEL, answered 487).
+    Canceled,
+    /// The other side hung up (BYE, answered 200).
+    RemoteBye,
+    /// A re-INVITE or UPDATE with (or without) an offer: reply with the SDP answer, or `None` to
+    /// reuse the last SDP we sent. A dropped reply also reuses the last SDP.
+    Reoffer {
+        /// The new offer, if the request had a body.
+        sdp: Option<String>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Option<String>>,
+    },
+    /// The dialog is gone; nothing more will come.
+    Terminated,
+}
+
+/// Which side started the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallDirection {
+    /// From the PBX to a web user.
+    Incoming,
+    /// From a web user to the PBX.
+    Outgoing,
+}
+
+/// State shared by the handle and its driver.
+#[derive(Debug, Default)]
+struct CallShared {
+    /// The SDP we last sent (offer or answer), reused for reoffers answered with `None`.
+    last_sdp: Mutex<Option<String>>,
+    /// We ended the call ourselves (so a BYE-terminated dialog is not a RemoteBye).
+    local_end: AtomicBool,
+    /// We answered (incoming) / got an answer (outgoing).
+    answered: AtomicBool,
+}
+
+impl CallShared {
+    fn set_sdp(&self, sdp: &str) {
+        *self.last_sdp.lock().unwrap_or_else(|e| e.into_inner()) = Some(sdp.to_string());
+    }
+
+    fn sdp(&self) -> Option<String> {
+        self.last_sdp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Handle of one call; dropping it ends the call (BYE, CANCEL or 480) and frees the dialog.
+pub struct SipCall {
+    log_id: String,
+    direction: CallDirection,
+    dialog: InviteDialog,
+    events: mpsc::UnboundedReceiver<SipCallEvent>,
+    shared: Arc<CallShared>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for SipCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipCall")
+            .field("log_id", &self.log_id)
+            .field("direction", &self.direction)
+            .finish()
+    }
+}
+
+impl SipCall {
+    /// Our call id (for logs).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// Incoming or outgoing.
+    pub fn direction(&self) -> CallDirection {
+        self.direction
+    }
+
+    /// The SIP Call-ID of the dialog (for correlating with PBX logs).
+    pub fn sip_call_id(&self) -> String {
+        self.dialog.id().call_id
+    }
+
+    /// Incoming: send 180 Ringing.
+    pub fn ringing(&self) -> Result<(), SipError> {
+        self.expect_incoming("ringing")?;
+        self.dialog.ringing(None, None)?;
+        debug!(call_id = %self.log_id, "180 Ringing sent");
+        Ok(())
+    }
+
+    /// Incoming: answer with 200 OK carrying `sdp`.
+    pub fn answer(&self, sdp: String) -> Result<(), SipError> {
+        self.expect_incoming("answer")?;
+        if self.dialog.state().is_terminated_state() {
+            return Err(self.invalid("answer"));
+        }
+        trace!(call_id = %self.log_id, sdp = %sdp, "answer SDP");
+        self.shared.set_sdp(&sdp);
+        self.dialog.accept(
+            Some(vec![Header::ContentType("application/sdp".into())]),
+            Some(sdp.into_bytes()),
+        )?;
+        self.shared.answered.store(true, Ordering::SeqCst);
+        info!(call_id = %self.log_id, "answered (200 OK sent)");
+        Ok(())
+    }
+
+    /// Incoming: refuse with `code` (e.g. 486, 480, 603); `reason` goes in a Reason header.
+    pub fn reject(&self, code: u16, reason: &str) -> Result<(), SipError> {
+        self.expect_incoming("reject")?;
+        if !(300..700).contains(&code) {
+            return Err(SipError::Invalid(format!(
+                "reject code {code} is not a final error"
+            )));
+        }
+        self.shared.local_end.store(true, Ordering::SeqCst);
+        let reason =
+            (!reason.is_empty()).then(|| format!("SIP;cause={code};text=\"{}\"", sanitize(reason)));
+        self.dialog.reject(Some(StatusCode::from(code)), reason)?;
+        info!(call_id = %self.log_id, code, "rejected");
+        Ok(())
+    }
+
+    /// Outgoing: CANCEL the unanswered INVITE (a `Failed 487` and `Terminated` follow).
+    pub async fn cancel(&self) -> Result<(), SipError> {
+        if self.direction != CallDirection::Outgoing {
+            return Err(self.invalid("cancel"));
+        }
+        self.shared.local_end.store(true, Ordering::SeqCst);
+        info!(call_id = %self.log_id, "cancelling");
+        self.dialog.cancel().await?;
+        Ok(())
+    }
+
+    /// End an answered call with BYE (either direction).
+    pub async fn bye(&self) -> Result<(), SipError> {
+        self.shared.local_end.store(true, Ordering::SeqCst);
+        info!(call_id = %self.log_id, "sending BYE");
+        self.dialog.bye().await?;
+        Ok(())
+    }
+
+    /// The next event; `None` after `Terminated`.
+    pub async fn next_event(&mut self) -> Option<SipCallEvent> {
+        self.events.recv().await
+    }
+
+    fn expect_incoming(&self, action: &'static str) -> Result<(), SipError> {
+        if self.direction == CallDirection::Incoming {
+            Ok(())
+        } else {
+            Err(self.invalid(action))
+        }
+    }
+
+    fn invalid(&self, action: &'static str) -> SipError {
+        SipError::InvalidState {
+            call_id: self.log_id.clone(),
+            action,
+            state: format!(
+                "{:?} call in state {}",
+                self.direction,
+                state_name(&self.dialog.state())
+            ),
+        }
+    }
+}
+
+impl Drop for SipCall {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+trait StateExt {
+    fn is_terminated_state(&self) -> bool;
+}
+
+impl StateExt for DialogState {
+    fn is_terminated_state(&self) -> bool {
+        matches!(self, DialogState::Terminated(..))
+    }
+}
+
+fn state_name(state: &DialogState) -> &'static str {
+    match state {
+        DialogState::Calling(_) => "calling",
+        DialogState::Trying(_) => "trying",
+        DialogState::Early(..) => "early",
+        DialogState::WaitAck(..) => "waiting for ACK",
+        DialogState::Confirmed(..) => "confirmed",
+        DialogState::Terminated(..) => "terminated",
+        _ => "in-dialog request",
+    }
+}
+
+/// Strips what cannot go inside a quoted header value.
+pub(crate) fn sanitize(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+        .collect()
+}
+
+fn body_text(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(body).into_owned())
+    }
+}
+
+fn reason_of(resp: &Response) -> String {
+    resp.wire_reason
+        .clone()
+        .unwrap_or_else(|| resp.status_code.text().to_string())
+}
+
+/// Everything the driver needs.
+pub(crate) struct CallStart {
+    pub ua: Arc<UaInner>,
+    pub log_id: String,
+    pub direction: CallDirection,
+    pub dialog: InviteDialog,
+    pub states: DialogStateReceiver,
+    /// Outgoing: the INVITE transaction's outcome.
+    pub invite: Option<JoinHandle<InviteAsyncResult>>,
+    /// The SDP we sent in the INVITE (outgoing).
+    pub offer: Option<String>,
+}
+
+/// Starts the driver task and returns the handle.
+pub(crate) fn start(start: CallStart) -> SipCall {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let shared = Arc::new(CallShared::default());
+    if let Some(offer) = &start.offer {
+        shared.set_sdp(offer);
+    }
+    let stop = CancellationToken::new();
+    let call = SipCall {
+        log_id: start.log_id.clone(),
+        direction: start.direction,
+        dialog: start.dialog.clone(),
+        events,
+        shared: shared.clone(),
+        stop: stop.clone(),
+    };
+    let span = tracing::info_span!("sip_call", call_id = %start.log_id);
+    let driver = Driver {
+        ua: start.ua,
+        direction: start.direction,
+        dialog: start.dialog,
+        events: events_tx,
+        shared,
+    };
+    driver.ua.call_started();
+    tokio::spawn(
+        driver
+            .run(start.states, start.invite, stop)
+            .instrument(span),
+    );
+    call
+}
+
+struct Driver {
+    ua: Arc<UaInner>,
+    direction: CallDirection,
+    dialog: InviteDialog,
+    events: mpsc::UnboundedSender<SipCallEvent>,
+    shared: Arc<CallShared>,
+}
+
+/// Longest we wait for the call layer to answer a re-INVITE/UPDATE before reusing the last SDP.
+const REOFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Driver {
+    fn emit(&self, event: SipCallEvent) {
+        // the handle may be gone: cleanup continues regardless
+        let _ = self.events.send(event);
+    }
+
+    async fn run(
+        self,
+        mut states: DialogStateReceiver,
+        mut invite: Option<JoinHandle<InviteAsyncResult>>,
+        stop: CancellationToken,
+    ) {
+        let mut failed = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    self.cleanup_after_drop().await;
+                    break;
+                }
+                state = states.recv() => {
+                    let Some(state) = state else { break };
+                    if let DialogState::Terminated(_, reason) = state {
+                        if let Some(handle) = invite.take() {
+                            // the INVITE's final response says why
+                            if let Ok(r) = tokio::time::timeout(Duration::from_secs(5), handle).await {
+                                failed |= self.invite_outcome(r);
+                            }
+                        }
+                        self.terminated(reason, failed);
+                        break;
+                    }
+                    self.on_state(state);
+                }
+                r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
+                    invite = None;
+                    if self.invite_outcome(r) {
+                        // failed without a Terminated state (timeout, transport error)
+                        self.emit(SipCallEvent::Terminated);
+                        break;
+                    }
+                }
+            }
+        }
+        let id = self.dialog.id();
+        self.ua.dialogs.remove_dialog(&id);
+        self.ua.call_ended();
+        debug!("call driver done");
+    }
+
+    /// Handles the INVITE transaction's result; true if the call failed.
+    fn invite_outcome(&self, r: Result<InviteAsyncResult, tokio::task::JoinError>) -> bool {
+        let (code, reason) = match r {
+            Ok(Ok((_, Some(resp)))) if resp.status_code.kind() == StatusCodeKind::Successful => {
+                return false
+            }
+            Ok(Ok((_, Some(resp)))) => (resp.status_code.code(), reason_of(&resp)),
+            Ok(Ok((_, None))) => (408, "Request Timeout".to_string()),
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                if text.to_ascii_lowercase().contains("timeout") {
+                    (408, format!("Request Timeout ({text})"))
+                } else {
+                    (503, format!("Service Unavailable ({text})"))
+                }
+            }
+            Err(e) => (500, format!("Server Internal Error ({e})")),
+        };
+        info!(code, reason = %reason, "outgoing call failed");
+        self.emit(SipCallEvent::Failed { code, reason });
+        true
+    }
+
+    fn terminated(&self, reason: TerminatedReason, already_failed: bool) {
+        let role = self.dialog.role();
+        let local = self.shared.local_end.load(Ordering::SeqCst);
+        debug!(?reason, local, "dialog terminated");
+        match reason {
+            TerminatedReason::UacBye if role == TransactionRole::Server && !local => {
+                info!("remote BYE");
+                self.emit(SipCallEvent::RemoteBye);
+            }
+            TerminatedReason::UasBye if role == TransactionRole::Client && !local => {
+                info!("remote BYE");
+                self.emit(SipCallEvent::RemoteBye);
+            }
+            TerminatedReason::UacCancel if role == TransactionRole::Server => {
+                info!("caller cancelled (487 sent)");
+                self.emit(SipCallEvent::Canceled);
+            }
+            TerminatedReason::Timeout if !already_failed => {
+                warn!("no ACK for our 200 OK: call ended");
+                self.emit(SipCallEvent::Failed {
+                    code: 408,
+                    reason: "Request Timeout (no ACK)".into(),
+                });
+            }
+            TerminatedReason::UasOther(code) | TerminatedReason::UacOther(code)
+                if !already_failed && !local =>
+            {
+                self.emit(SipCallEvent::Failed {
+                    code: code.code(),
+                    reason: code.text().to_string(),
+                });
+            }
+            _ => {}
+        }
+        self.emit(SipCallEvent::Terminated);
+    }
+
+    fn on_state(&self, state: DialogState) {
+        match state {
+            DialogState::Early(_, resp) if self.direction == CallDirection::Outgoing => {
+                let sdp = body_text(&resp.body);
+                if let Some(sdp) = &sdp {
+                    trace!(sdp = %sdp, "early SDP");
+                }
+                info!(code = resp.status_code.code(), "provisional response");
+                self.emit(SipCallEvent::Provisional {
+                    code: resp.status_code.code(),
+                    sdp,
+                });
+            }
+            DialogState::Confirmed(_, resp) if self.direction == CallDirection::Outgoing => {
+                if !self.shared.answered.swap(true, Ordering::SeqCst) {
+                    let sdp = body_text(&resp.body).unwrap_or_default();
+                    trace!(sdp = %sdp, "answer SDP");
+                    info!("answered");
+                    self.emit(SipCallEvent::Answered { sdp });
+                }
+            }
+            DialogState::Confirmed(..) => debug!("dialog confirmed"),
+            DialogState::Updated(_, req, handle) => self.reoffer(req, handle),
+            DialogState::Info(_, req, handle) => {
+                debug!(content_type = ?req_content_type(&req), "INFO answered 200");
+                reply_ok(handle);
+            }
+            DialogState::Options(_, _, handle)
+            | DialogState::Notify(_, _, handle)
+            | DialogState::Message(_, _, handle) => reply_ok(handle),
+            DialogState::Refer(_, _, handle) => {
+                tokio::spawn(async move {
+                    let _ = handle.reply(StatusCode::Decline).await;
+                });
+            }
+            other => trace!(state = %other, "dialog state"),
+        }
+    }
+
+    /// A re-INVITE/UPDATE: ask the call layer, answer with its SDP or our last one.
+    fn reoffer(&self, req: Request, handle: TransactionHandle) {
+        let offer = body_text(&req.body);
+        let method = req.method;
+        info!(%method, with_offer = offer.is_some(), "re-offer from the remote side");
+        if let Some(sdp) = &offer {
+            trace!(sdp = %sdp, "re-offer SDP");
+        }
+        let (reply, answer) = oneshot::channel();
+        self.emit(SipCallEvent::Reoffer { sdp: offer, reply });
+        let shared = self.shared.clone();
+        tokio::spawn(
+            async move {
+                let chosen = match tokio::time::timeout(REOFFER_TIMEOUT, answer).await {
+                    Ok(Ok(Some(sdp))) => Some(sdp),
+                    _ => shared.sdp().map(|s| bump_origin_version(&s)),
+                };
+                let result = match chosen {
+                    Some(sdp) => {
+                        shared.set_sdp(&sdp);
+                        trace!(sdp = %sdp, "re-offer answer SDP");
+                        handle
+                            .respond(
+                                StatusCode::OK,
+                                Some(vec![Header::ContentType("application/sdp".into())]),
+                                Some(sdp.into_bytes()),
+                            )
+                            .await
+                    }
+                    None if method == Method::Update => handle.reply(StatusCode::OK).await,
+                    None => handle.reply(StatusCode::NotAcceptableHere).await,
+                };
+                if result.is_err() {
+                    debug!("re-offer transaction already gone");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// The handle was dropped: end the call in whatever way fits its state.
+    async fn cleanup_after_drop(&self) {
+        let state = self.dialog.state();
+        let result = match (&state, self.direction) {
+            (DialogState::Terminated(..), _) => Ok(()),
+            (DialogState::Confirmed(..) | DialogState::WaitAck(..), _) => {
+                info!("handle dropped: sending BYE");
+                timeout(self.dialog.bye()).await
+            }
+            (_, CallDirection::Outgoing) => {
+                info!("handle dropped: cancelling");
+                timeout(self.dialog.cancel()).await
+            }
+            (_, CallDirection::Incoming) => {
+                info!("handle dropped before answer: 480");
+                self.dialog
+                    .reject(Some(StatusCode::TemporarilyUnavailable), None)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "cleanup after drop");
+        }
+    }
+}
+
+async fn timeout<F>(f: F) -> Result<(), String>
+where
+    F: std::future::Future<Output = rsipstack::Result<()>>,
+{
+    match tokio::time::timeout(Duration::from_secs(5), f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn reply_ok(handle: TransactionHandle) {
+    tokio::spawn(async move {
+        let _ = handle.reply(StatusCode::OK).await;
+    });
+}
+
+fn req_content_type(req: &Request) -> Option<String> {
+    use rsipstack::sip::prelude::HeadersExt;
+    req.header_value("Content-Type")
+}

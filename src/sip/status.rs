@@ -1,0 +1,112 @@
+//! What the status API shows about SIP: registration and PBX reachability (like FreeSWITCH's
+//! `sofia status gateway` / `gwlist`).
+
+use serde::Serialize;
+use std::time::Instant;
+
+/// Snapshot of the UA for the status API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SipStatus {
+    /// Registration of the proxy account.
+    pub registration: RegistrationState,
+    /// Reachability of the PBX from the OPTIONS pings.
+    pub pbx: PbxState,
+    /// Where the PBX is (`ip:port`).
+    pub pbx_addr: String,
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// The address we put in Contact/Via.
+    pub contact_addr: String,
+    /// Calls the UA is handling right now (one driver task each).
+    pub active_calls: usize,
+    /// SIP dialogs rsipstack still holds (should follow `active_calls` back to 0).
+    pub dialogs: usize,
+}
+
+/// Registration of `proxy.sip_account` at the PBX.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RegistrationState {
+    /// `[proxy] on=0`: no account to register.
+    Disabled,
+    /// A REGISTER is in flight (first one, or after a failure).
+    Registering,
+    /// The PBX accepted the binding; it is refreshed before it expires.
+    Registered {
+        /// Seconds until the binding expires at the PBX.
+        expires_in: u64,
+    },
+    /// The last attempt failed; the next one comes after `retry_in` seconds.
+    Failed {
+        /// Human-readable reason, e.g. "403 Forbidden: ...".
+        last_error: String,
+        /// Seconds until the next attempt.
+        retry_in: u64,
+    },
+}
+
+/// Reachability of the PBX.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum PbxState {
+    /// No ping answered or failed yet (or pinging is off).
+    Unknown,
+    /// The last OPTIONS was answered.
+    Up {
+        /// Round-trip time of the last OPTIONS in ms.
+        rtt_ms: u64,
+    },
+    /// The last OPTIONS was not answered.
+    Down {
+        /// Seconds since the PBX stopped answering.
+        since_secs: u64,
+        /// Why the ping failed.
+        last_error: String,
+    },
+}
+
+/// Internal registration state with deadlines (converted to seconds when shown).
+#[derive(Debug, Clone)]
+pub(crate) enum RegState {
+    Disabled,
+    Registering,
+    Registered { until: Instant },
+    Failed { error: String, retry_at: Instant },
+}
+
+/// Internal PBX state with timestamps.
+#[derive(Debug, Clone)]
+pub(crate) enum PbxInternal {
+    Unknown,
+    Up { rtt_ms: u64 },
+    Down { since: Instant, error: String },
+}
+
+impl RegState {
+    pub(crate) fn show(&self, now: Instant) -> RegistrationState {
+        match self {
+            RegState::Disabled => RegistrationState::Disabled,
+            RegState::Registering => RegistrationState::Registering,
+            RegState::Registered { until } => RegistrationState::Registered {
+                expires_in: until.saturating_duration_since(now).as_secs(),
+            },
+            RegState::Failed { error, retry_at } => RegistrationState::Failed {
+                last_error: error.clone(),
+                retry_in: retry_at.saturating_duration_since(now).as_secs(),
+            },
+        }
+    }
+}
+
+impl PbxInternal {
+    pub(crate) fn show(&self, now: Instant) -> PbxState {
+        match self {
+            PbxInternal::Unknown => PbxState::Unknown,
+            PbxInternal::Up { rtt_ms } => PbxState::Up { rtt_ms: *rtt_ms },
+            PbxInternal::Down { since, error } => PbxState::Down {
+                since_secs: now.saturating_duration_since(*since).as_secs(),
+                last_error: error.clone(),
+            },
+        }
+    }
+}

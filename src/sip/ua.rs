@@ -1,0 +1,752 @@
+//! The SIP user agent: binds the transport, runs rsipstack's endpoint, registers the proxy
+//! account, pings the PBX, turns incoming INVITEs into [`IncomingCall`]s and places outgoing calls.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invitation::InviteOption;
+use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
+use rsipstack::sip::{Header, Method, Request, SipMessage, StatusCode, Transport, Uri};
+use rsipstack::transaction::endpoint::{EndpointInnerRef, MessageInspector};
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transaction::TransactionReceiver;
+use rsipstack::transport::udp::{UdpConnection, UdpInner};
+use rsipstack::transport::{SipAddr, SipConnection, TcpListenerConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use tokio::sync::{mpsc, Notify, OnceCell};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, trace, warn};
+
+use super::call::{self, CallDirection, CallStart, IncomingCall, OutgoingInvite, SipCall};
+use super::error::SipError;
+use super::inbound::{screen_invite, InviteFacts, PeerPolicy, Screening};
+use super::status::{PbxInternal, RegState, SipStatus};
+use super::{options, register};
+use crate::config::{Config, Host, SipConfig, SipTransport};
+
+/// Methods we handle; sent in Allow.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+/// User-Agent of every request and response.
+const USER_AGENT: &str = concat!("srbridge/", env!("CARGO_PKG_VERSION"));
+
+/// Tunables that are not in the config file (tests shorten them).
+#[derive(Debug, Clone)]
+pub struct UaOptions {
+    /// First retry delay after a failed REGISTER (doubles up to `register_backoff_max`).
+    pub register_backoff_min: Duration,
+    /// Longest delay between REGISTER retries.
+    pub register_backoff_max: Duration,
+    /// How long one REGISTER may take before it counts as unanswered.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for the unregister.
+    pub unregister_timeout: Duration,
+    /// Incoming calls queued for the call layer before new ones get 503.
+    pub incoming_queue: usize,
+}
+
+impl Default for UaOptions {
+    fn default() -> Self {
+        UaOptions {
+            register_backoff_min: Duration::from_secs(2),
+            register_backoff_max: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            unregister_timeout: Duration::from_secs(2),
+            incoming_queue: 64,
+        }
+    }
+}
+
+/// Cheap, cloneable handle to the running UA.
+#[derive(Clone)]
+pub struct SipUa {
+    inner: Arc<UaInner>,
+}
+
+/// Shared state of the UA (used by the registration, ping and call tasks).
+pub(crate) struct UaInner {
+    pub(crate) endpoint: EndpointInnerRef,
+    pub(crate) dialogs: Arc<DialogLayer>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) contact_addr: SocketAddr,
+    pub(crate) transport: SipTransport,
+    pub(crate) pbx: SocketAddr,
+    pub(crate) account: String,
+    pub(crate) credential: Option<Credential>,
+    pub(crate) opts: UaOptions,
+    sip: SipConfig,
+    peers: PeerPolicy,
+    reg_state: Mutex<RegState>,
+    pbx_state: Mutex<PbxInternal>,
+    active_calls: AtomicUsize,
+    /// Cancelled last: stops the endpoint, pings and dispatcher.
+    pub(crate) token: CancellationToken,
+    /// Cancelled first on shutdown: the registration task unregisters and ends.
+    pub(crate) stop_register: CancellationToken,
+    /// Poked when the PBX answers again after being down.
+    pub(crate) reregister: Notify,
+    register_task: Mutex<Option<JoinHandle<()>>>,
+    shutdown_done: OnceCell<()>,
+}
+
+impl std::fmt::Debug for SipUa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipUa")
+            .field("local_addr", &self.inner.local_addr)
+            .field("pbx", &self.inner.pbx)
+            .finish()
+    }
+}
+
+impl SipUa {
+    /// Starts the UA with default tunables; see [`SipUa::start_with`].
+    pub async fn start(
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> Result<(SipUa, mpsc::Receiver<IncomingCall>), SipError> {
+        SipUa::start_with(config, shutdown, UaOptions::default()).await
+    }
+
+    /// Binds `sip.listen_ip:global.sip_local_port` (UDP, plus TCP on the same port when
+    /// `sip.transport = tcp`), starts the endpoint, registration and pings. When `shutdown` is
+    /// cancelled the UA unregisters and stops, like [`SipUa::shutdown`].
+    pub async fn start_with(
+        config: &Config,
+        shutdown: CancellationToken,
+        opts: UaOptions,
+    ) -> Result<(SipUa, mpsc::Receiver<IncomingCall>), SipError> {
+        let pbx = resolve(&config.global.sip_svr.host, config.global.sip_svr.port).await?;
+        let sip = config.sip.clone();
+        let token = CancellationToken::new();
+
+        let bind = SocketAddr::new(sip.listen_ip, config.global.sip_local_port);
+        let std_socket = std::net::UdpSocket::bind(bind).map_err(|source| SipError::Bind {
+            transport: "udp",
+            addr: bind,
+            source,
+        })?;
+        let local_addr = std_socket.local_addr().map_err(|source| SipError::Bind {
+            transport: "udp",
+            addr: bind,
+            source,
+        })?;
+        let contact_ip = advertised_ip(sip.public_ip, local_addr.ip(), pbx);
+        let contact_addr = SocketAddr::new(contact_ip, local_addr.port());
+        let external = (contact_addr != local_addr).then_some(contact_addr);
+
+        let transport_layer = TransportLayer::new(token.child_token());
+        if sip.transport == SipTransport::Tcp {
+            // same port for TCP; binding now catches "port in use" at start-up
+            let probe =
+                std::net::TcpListener::bind(local_addr).map_err(|source| SipError::Bind {
+                    transport: "tcp",
+                    addr: local_addr,
+                    source,
+                })?;
+            drop(probe);
+            let listener = TcpListenerConnection::new(local_addr, external)
+                .await
+                .map_err(SipError::from)?;
+            transport_layer.add_transport(SipConnection::TcpListener(listener));
+        }
+        std_socket
+            .set_nonblocking(true)
+            .map_err(|source| SipError::Bind {
+                transport: "udp",
+                addr: bind,
+                source,
+            })?;
+        let socket =
+            tokio::net::UdpSocket::from_std(std_socket).map_err(|source| SipError::Bind {
+                transport: "udp",
+                addr: bind,
+                source,
+            })?;
+        let udp = UdpConnection::attach(
+            UdpInner {
+                conn: Arc::new(socket),
+                addr: SipAddr {
+                    r#type: Some(Transport::Udp),
+                    addr: local_addr.into(),
+                },
+            },
+            external,
+            Some(token.child_token()),
+        )
+        .await;
+        transport_layer.add_transport(udp.into());
+
+        let endpoint = EndpointBuilder::new()
+            .with_cancel_token(token.child_token())
+            .with_transport_layer(transport_layer)
+            .with_user_agent(USER_AGENT)
+            .with_allows(vec![
+                Method::Invite,
+                Method::Ack,
+                Method::Cancel,
+                Method::Bye,
+                Method::Options,
+                Method::Info,
+                Method::Update,
+            ])
+            .with_inspector(Box::new(TraceInspector))
+            .build();
+        let incoming = endpoint.incoming_transactions()?;
+        let endpoint_inner = endpoint.inner.clone();
+        tokio::spawn(async move { endpoint.serve().await });
+        let dialogs = Arc::new(DialogLayer::new(endpoint_inner.clone()));
+
+        let (account, credential) = match &config.proxy {
+            Some(proxy) => (
+                proxy.sip_account.clone(),
+                Some(Credential {
+                    username: proxy.sip_account.clone(),
+                    password: proxy.sip_pwd.expose().to_string(),
+                    realm: None,
+                    auth_username: None,
+                }),
+            ),
+            None => ("srbridge".to_string(), None),
+        };
+
+        let inner = Arc::new(UaInner {
+            endpoint: endpoint_inner,
+            dialogs,
+            local_addr,
+            contact_addr,
+            transport: sip.transport,
+            pbx,
+            account,
+            credential,
+            opts: opts.clone(),
+            peers: PeerPolicy {
+                pbx: pbx.ip(),
+                allowed: sip.allowed_peers.clone(),
+            },
+            sip,
+            reg_state: Mutex::new(RegState::Disabled),
+            pbx_state: Mutex::new(PbxInternal::Unknown),
+            active_calls: AtomicUsize::new(0),
+            token,
+            stop_register: CancellationToken::new(),
+            reregister: Notify::new(),
+            register_task: Mutex::new(None),
+            shutdown_done: OnceCell::new(),
+        });
+        info!(local = %local_addr, contact = %contact_addr, pbx = %pbx, transport = %inner.transport, "SIP user agent started");
+
+        let (calls_tx, calls_rx) = mpsc::channel(opts.incoming_queue.max(1));
+        tokio::spawn(dispatch(inner.clone(), incoming, calls_tx));
+        if inner.credential.is_some() {
+            let policy = register::RegisterPolicy::new(
+                &inner.account,
+                inner.sip.register_expires,
+                opts.register_backoff_min,
+                opts.register_backoff_max,
+            );
+            inner.set_reg_state(RegState::Registering);
+            let task = tokio::spawn(register::run(inner.clone(), policy));
+            *lock(&inner.register_task) = Some(task);
+        }
+        if !inner.sip.options_interval.is_zero() {
+            tokio::spawn(options::run(inner.clone(), inner.sip.options_interval));
+        }
+        let ua = SipUa { inner };
+        let watcher = ua.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => watcher.shutdown().await,
+                _ = watcher.inner.token.cancelled() => {}
+            }
+        });
+        Ok((ua, calls_rx))
+    }
+
+    /// The bound SIP address (UDP; TCP uses the same port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The address the PBX is told to reach us at (Contact/Via).
+    pub fn contact_addr(&self) -> SocketAddr {
+        self.inner.contact_addr
+    }
+
+    /// Registration, PBX reachability and call count for the status API.
+    pub fn status(&self) -> SipStatus {
+        let now = Instant::now();
+        SipStatus {
+            registration: lock(&self.inner.reg_state).show(now),
+            pbx: lock(&self.inner.pbx_state).show(now),
+            pbx_addr: self.inner.pbx.to_string(),
+            transport: self.inner.transport.to_string(),
+            contact_addr: self.inner.contact_addr.to_string(),
+            active_calls: self.inner.active_calls.load(Ordering::Relaxed),
+            dialogs: self.inner.dialogs.len(),
+        }
+    }
+
+    /// Sends an INVITE for `invite` (digest auth with the proxy credentials when challenged) and
+    /// returns its handle at once; progress comes as events.
+    pub async fn place_call(&self, invite: OutgoingInvite) -> Result<SipCall, SipError> {
+        let ua = &self.inner;
+        if ua.token.is_cancelled() || ua.stop_register.is_cancelled() {
+            return Err(SipError::Shutdown);
+        }
+        if invite.callee.is_empty()
+            || !invite
+                .callee
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/%#".contains(c))
+        {
+            return Err(SipError::Invalid(format!(
+                "callee {:?} is not a SIP user part",
+                invite.callee
+            )));
+        }
+        let target = invite.gateway.unwrap_or(ua.pbx);
+        let callee = ua.uri(Some(&invite.callee), target)?;
+        let caller = parse_uri(&format!("sip:{}@{}", ua.account, ua.pbx))?;
+        let caller_id = call::sanitize(&invite.caller_id);
+        let mut headers = Vec::new();
+        if !caller_id.is_empty() {
+            let identity = format!("\"{caller_id}\" <sip:{}@{}>", user_part(&caller_id), ua.pbx);
+            headers.push(Header::Other(
+                "P-Asserted-Identity".into(),
+                identity.clone(),
+            ));
+            headers.push(Header::Other(
+                "Remote-Party-ID".into(),
+                format!("{identity};party=calling;screen=yes;privacy=off"),
+            ));
+        }
+        for (name, value) in &invite.headers {
+            let bad_name = name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if bad_name || value.chars().any(|c| c == '\r' || c == '\n') {
+                return Err(SipError::Invalid(format!("header {name:?} cannot be sent")));
+            }
+            headers.push(Header::Other(name.clone(), value.clone()));
+        }
+        let option = InviteOption {
+            caller_display_name: (!caller_id.is_empty()).then_some(caller_id),
+            caller,
+            callee,
+            destination: Some(ua.sipaddr(target)),
+            content_type: Some("application/sdp".to_string()),
+            offer: Some(invite.sdp_offer.clone().into_bytes()),
+            contact: ua.contact_uri(&ua.account)?,
+            credential: ua.credential.clone(),
+            headers: Some(headers),
+            ..Default::default()
+        };
+        let (state_tx, states) = ua.dialogs.new_dialog_state_channel();
+        let (dialog, handle) = ua.dialogs.do_invite_async(option, state_tx)?;
+        info!(call_id = %invite.log_id, callee = %invite.callee, target = %target, sip_call_id = %dialog.id().call_id, "INVITE sent");
+        trace!(call_id = %invite.log_id, sdp = %invite.sdp_offer, "offer SDP");
+        Ok(call::start(CallStart {
+            ua: ua.clone(),
+            log_id: invite.log_id,
+            direction: CallDirection::Outgoing,
+            dialog,
+            states,
+            invite: Some(handle),
+            offer: Some(invite.sdp_offer),
+        }))
+    }
+
+    /// Unregisters (Expires: 0, bounded wait) and stops the endpoint; idempotent.
+    pub async fn shutdown(&self) {
+        let ua = self.inner.clone();
+        self.inner
+            .shutdown_done
+            .get_or_init(|| async move {
+                info!("SIP user agent shutting down");
+                ua.stop_register.cancel();
+                let task = lock(&ua.register_task).take();
+                if let Some(task) = task {
+                    let limit = ua.opts.unregister_timeout + Duration::from_secs(1);
+                    if tokio::time::timeout(limit, task).await.is_err() {
+                        warn!("registration task did not stop in time");
+                    }
+                }
+                ua.token.cancel();
+            })
+            .await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl UaInner {
+    pub(crate) fn set_reg_state(&self, state: RegState) {
+        *lock(&self.reg_state) = state;
+    }
+
+    pub(crate) fn set_pbx_state(&self, state: PbxInternal) {
+        *lock(&self.pbx_state) = state;
+    }
+
+    pub(crate) fn call_started(&self) {
+        self.active_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn call_ended(&self) {
+        self.active_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn rs_transport(&self) -> Transport {
+        match self.transport {
+            SipTransport::Udp => Transport::Udp,
+            SipTransport::Tcp => Transport::Tcp,
+        }
+    }
+
+    /// Where to send requests for `addr` with the configured transport.
+    pub(crate) fn sipaddr(&self, addr: SocketAddr) -> SipAddr {
+        SipAddr {
+            r#type: Some(self.rs_transport()),
+            addr: addr.into(),
+        }
+    }
+
+    pub(crate) fn pbx_sipaddr(&self) -> SipAddr {
+        self.sipaddr(self.pbx)
+    }
+
+    fn transport_param(&self) -> &'static str {
+        match self.transport {
+            SipTransport::Udp => "",
+            SipTransport::Tcp => ";transport=tcp",
+        }
+    }
+
+    /// `sip:[user@]addr[;transport=tcp]`; the port is always present (Kamailio needs it).
+    fn uri(&self, user: Option<&str>, addr: SocketAddr) -> Result<Uri, SipError> {
+        let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+        parse_uri(&format!("sip:{user}{addr}{}", self.transport_param()))
+    }
+
+    /// The REGISTER Request-URI: the PBX itself.
+    pub(crate) fn registrar_uri(&self) -> Result<Uri, SipError> {
+        self.uri(None, self.pbx)
+    }
+
+    /// Our Contact URI for `user`.
+    pub(crate) fn contact_uri(&self, user: &str) -> Result<Uri, SipError> {
+        self.uri(Some(user), self.contact_addr)
+    }
+
+    /// Our Contact header for `user` (registration).
+    pub(crate) fn contact_header(&self, user: &str) -> rsipstack::sip::typed::Contact {
+        let uri = self.contact_uri(user).unwrap_or_else(|_| Uri {
+            scheme: Some(rsipstack::sip::Scheme::Sip),
+            host_with_port: self.contact_addr.into(),
+            ..Default::default()
+        });
+        rsipstack::sip::typed::Contact {
+            display_name: None,
+            uri,
+            params: vec![],
+        }
+    }
+
+    /// An out-of-dialog request to the PBX (OPTIONS pings), with a Via for the connection it will
+    /// actually use.
+    pub(crate) async fn out_of_dialog_request(
+        &self,
+        method: Method,
+        seq: u32,
+        tag: String,
+    ) -> Result<Request, SipError> {
+        let target = self.pbx_sipaddr();
+        let via = match self.transport {
+            SipTransport::Udp => self.endpoint.get_via(None, None)?,
+            SipTransport::Tcp => {
+                let (connection, _) = self.endpoint.transport_layer.lookup(&target, None).await?;
+                self.endpoint
+                    .get_via(Some(connection.get_addr().clone()), None)?
+            }
+        };
+        let ruri = self.registrar_uri()?;
+        let from = rsipstack::sip::typed::From {
+            display_name: None,
+            uri: parse_uri(&format!("sip:{}@{}", self.account, self.pbx))?,
+            params: vec![],
+        }
+        .with_tag(tag.into());
+        let to = rsipstack::sip::typed::To {
+            display_name: None,
+            uri: ruri.clone(),
+            params: vec![],
+        };
+        let mut request = self
+            .endpoint
+            .make_request(method, ruri, via, from, to, seq, None);
+        request
+            .headers
+            .push(Header::Contact(self.contact_header(&self.account).into()));
+        request.headers.push(Header::ContentLength(0u32.into()));
+        Ok(request)
+    }
+}
+
+fn parse_uri(text: &str) -> Result<Uri, SipError> {
+    Uri::try_from(text).map_err(|e| SipError::Invalid(format!("URI {text}: {e}")))
+}
+
+/// A caller id made fit for the user part of a URI.
+fn user_part(caller_id: &str) -> String {
+    let user: String = caller_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.!~*'()".contains(*c))
+        .collect();
+    if user.is_empty() {
+        "anonymous".to_string()
+    } else {
+        user
+    }
+}
+
+/// The IP to put in Contact/Via: `public_ip`, else the bound IP, else (bound to 0.0.0.0) the local
+/// IP the OS uses toward the PBX.
+fn advertised_ip(public_ip: Option<IpAddr>, bound: IpAddr, pbx: SocketAddr) -> IpAddr {
+    if let Some(ip) = public_ip {
+        return ip;
+    }
+    if !bound.is_unspecified() {
+        return bound;
+    }
+    let any: SocketAddr = if pbx.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(pbx)
+    } else {
+        "[::]:0".parse().unwrap_or(pbx)
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| {
+            s.connect(pbx)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(bound)
+}
+
+async fn resolve(host: &Host, port: u16) -> Result<SocketAddr, SipError> {
+    match host {
+        Host::Ip(ip) => Ok(SocketAddr::new(*ip, port)),
+        Host::Name(name) => tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .map_err(|e| SipError::Resolve(name.clone(), e.to_string()))?
+            .next()
+            .ok_or_else(|| SipError::Resolve(name.clone(), "no address".into())),
+    }
+}
+
+/// Logs every SIP message at trace level only (bodies are SENSITIVE; passwords never appear:
+/// digest responses are hashes).
+struct TraceInspector;
+
+impl MessageInspector for TraceInspector {
+    fn before_send(&self, msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
+        trace!(dest = ?dest.map(|d| d.to_string()), message = %msg, "SIP send");
+        msg
+    }
+
+    fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
+        trace!(from = ?from.map(|d| d.to_string()), message = %msg, "SIP received");
+        msg
+    }
+}
+
+/// Routes every new server transaction: in-dialog requests to their dialog, OPTIONS answered,
+/// INVITEs screened and turned into calls.
+async fn dispatch(
+    ua: Arc<UaInner>,
+    mut incoming: TransactionReceiver,
+    calls: mpsc::Sender<IncomingCall>,
+) {
+    loop {
+        let tx = tokio::select! {
+            _ = ua.token.cancelled() => break,
+            tx = incoming.recv() => match tx {
+                Some(tx) => tx,
+                None => break,
+            },
+        };
+        let ua = ua.clone();
+        let calls = calls.clone();
+        tokio::spawn(async move { handle_request(ua, tx, calls).await });
+    }
+    debug!("SIP dispatcher stopped");
+}
+
+fn source_of(tx: &Transaction) -> Option<SocketAddr> {
+    tx.connection
+        .as_ref()
+        .and_then(|c| c.get_remote_addr())
+        .and_then(|a| a.get_socketaddr().ok())
+}
+
+async fn reply_logged(tx: &mut Transaction, code: StatusCode, headers: Vec<Header>) {
+    if let Err(e) = tx.reply_with(code, headers, None).await {
+        debug!(error = %e, "reply failed");
+    }
+}
+
+async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Sender<IncomingCall>) {
+    let method = tx.original.method;
+    let in_dialog = tx
+        .original
+        .to_header()
+        .ok()
+        .and_then(|t| t.tag().ok().flatten())
+        .is_some();
+    let source = source_of(&tx);
+    if in_dialog {
+        match ua.dialogs.match_dialog(&tx) {
+            Some(mut dialog) => {
+                if let Err(e) = dialog.handle(&mut tx).await {
+                    debug!(%method, error = %e, "in-dialog request");
+                }
+            }
+            None if method == Method::Ack => {}
+            None => {
+                debug!(%method, source = ?source, "request for an unknown dialog: 481");
+                reply_logged(&mut tx, StatusCode::CallTransactionDoesNotExist, vec![]).await;
+            }
+        }
+        return;
+    }
+    match method {
+        Method::Options => {
+            debug!(source = ?source, "OPTIONS answered 200");
+            reply_logged(
+                &mut tx,
+                StatusCode::OK,
+                vec![
+                    Header::Allow(ALLOW.into()),
+                    Header::Accept("application/sdp".into()),
+                ],
+            )
+            .await;
+        }
+        Method::Invite => incoming_invite(ua, tx, source, calls).await,
+        Method::Ack => {}
+        Method::Bye | Method::Cancel => {
+            reply_logged(&mut tx, StatusCode::CallTransactionDoesNotExist, vec![]).await
+        }
+        _ => {
+            reply_logged(
+                &mut tx,
+                StatusCode::MethodNotAllowed,
+                vec![Header::Allow(ALLOW.into())],
+            )
+            .await
+        }
+    }
+}
+
+async fn incoming_invite(
+    ua: Arc<UaInner>,
+    mut tx: Transaction,
+    source: Option<SocketAddr>,
+    calls: mpsc::Sender<IncomingCall>,
+) {
+    let Some(source) = source else {
+        warn!("INVITE without a source address: 400");
+        reply_logged(&mut tx, StatusCode::BadRequest, vec![]).await;
+        return;
+    };
+    let req = tx.original.clone();
+    let x_number = req.header_value("X-Number");
+    let ruri_user = req.uri.user().map(str::to_string);
+    let facts = InviteFacts {
+        source,
+        x_number: x_number.as_deref(),
+        ruri_user: ruri_user.as_deref(),
+    };
+    let target_uid = match screen_invite(&facts, &ua.peers, &ua.sip.dial_prefix) {
+        Screening::Accept { target_uid } => target_uid,
+        Screening::Refuse { code, reason } => {
+            info!(%source, code, reason, ruri = %req.uri, "incoming INVITE refused");
+            reply_logged(&mut tx, StatusCode::from(code), vec![]).await;
+            return;
+        }
+    };
+    if ua.token.is_cancelled() || ua.stop_register.is_cancelled() {
+        reply_logged(&mut tx, StatusCode::ServiceUnavailable, vec![]).await;
+        return;
+    }
+    let (caller_number, caller_display) = match req.from_header().and_then(|f| f.typed()) {
+        Ok(from) => (
+            from.uri.user().unwrap_or_default().to_string(),
+            from.display_name.filter(|d| !d.is_empty()),
+        ),
+        Err(_) => (String::new(), None),
+    };
+    let contact = match ua.contact_uri(&ua.account) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot build our Contact: 500");
+            reply_logged(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+            return;
+        }
+    };
+    let (state_tx, states) = ua.dialogs.new_dialog_state_channel();
+    let dialog = match ua
+        .dialogs
+        .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot create a dialog for the INVITE: 500");
+            reply_logged(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+            return;
+        }
+    };
+    let log_id = format!("in-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let sdp_offer = (!req.body.is_empty()).then(|| String::from_utf8_lossy(&req.body).into_owned());
+    info!(call_id = %log_id, %source, target_uid = %target_uid, caller = %caller_number, sip_call_id = %dialog.id().call_id, "incoming call");
+    if let Some(sdp) = &sdp_offer {
+        trace!(call_id = %log_id, sdp = %sdp, "offer SDP");
+    }
+    let call = call::start(CallStart {
+        ua: ua.clone(),
+        log_id: log_id.clone(),
+        direction: CallDirection::Incoming,
+        dialog: dialog.clone(),
+        states,
+        invite: None,
+        offer: None,
+    });
+    // drives the INVITE server transaction: 100 Trying now, then our answer, ACK or CANCEL
+    let mut server_dialog = dialog;
+    tokio::spawn(async move {
+        if let Err(e) = server_dialog.handle(&mut tx).await {
+            debug!(error = %e, "INVITE transaction");
+        }
+    });
+    let incoming = IncomingCall {
+        call,
+        target_uid,
+        caller_number,
+        caller_display,
+        sdp_offer,
+        source,
+    };
+    if let Err(e) = calls.try_send(incoming) {
+        let incoming = match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+        };
+        warn!(call_id = %log_id, "no room for the incoming call: 503");
+        let _ = incoming.call.reject(503, "Service Unavailable");
+    }
+}
