@@ -4,9 +4,11 @@
 //! SIP phones reach browser users by dialling `0` + their id. See `README.md`.
 
 pub mod app;
+pub mod bridge;
 pub mod call;
 pub mod config;
 pub mod media;
 pub mod ops;
 pub mod signal;
 pub mod sip;
+pub mod web;

@@ -4,3 +4,4 @@ pub mod g711;
 pub mod jitter;
 pub mod rtp;
 pub mod rtp_leg;
+pub mod session;

@@ -104,8 +104,10 @@ impl WsClient {
 
     /// Sends an invitation; returns the `ok`/`error` answer.
     pub async fn invite(&mut self, call_id: &str, callee: &str, content: &str) -> Value {
-        self.request(json!({"type": "invite", "callId": call_id, "callee": callee, "content": content}))
-            .await
+        self.request(
+            json!({"type": "invite", "callId": call_id, "callee": callee, "content": content}),
+        )
+        .await
     }
 
     /// Takes the first frame (in arrival order) matching `pred`, waiting up to `timeout`.
@@ -146,7 +148,9 @@ impl WsClient {
         let state = state.to_string();
         self.wait_for(
             move |v| {
-                v["type"] == "local_invitation_state" && v["callId"] == call_id && v["state"] == state
+                v["type"] == "local_invitation_state"
+                    && v["callId"] == call_id
+                    && v["state"] == state
             },
             timeout,
         )
@@ -165,7 +169,9 @@ impl WsClient {
         let state = state.to_string();
         self.wait_for(
             move |v| {
-                v["type"] == "remote_invitation_state" && v["callId"] == call_id && v["state"] == state
+                v["type"] == "remote_invitation_state"
+                    && v["callId"] == call_id
+                    && v["state"] == state
             },
             timeout,
         )
@@ -177,7 +183,8 @@ impl WsClient {
         let needle = needle.to_string();
         self.wait_for(
             move |v| {
-                v["type"] == "peer_message" && v["text"].as_str().is_some_and(|t| t.contains(&needle))
+                v["type"] == "peer_message"
+                    && v["text"].as_str().is_some_and(|t| t.contains(&needle))
             },
             timeout,
         )
