@@ -37,6 +37,15 @@ pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const INVITATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many ended call ids each session remembers, to explain late accepts/cancels.
 const FINISHED_MEMORY: usize = 32;
+/// A socket must log in within this time, so idle sockets cannot hold session slots.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A socket that sends nothing (not even `ping`) for this long is taken for dead and closed,
+/// which ends its calls; the JS client pings every 25 s.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Frames a session may send in a burst before it is throttled.
+pub const RATE_BURST: f64 = 200.0;
+/// Frames per second a session may send on average.
+pub const RATE_PER_SEC: f64 = 50.0;
 
 /// Identifies one WebSocket connection; assigned by the shell.
 pub type SessionId = u64;
@@ -239,14 +248,43 @@ struct Finished {
     web_peer: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Session {
     uid: Option<String>,
     subscriptions: HashSet<String>,
     finished: VecDeque<Finished>,
+    opened: Instant,
+    last_seen: Instant,
+    tokens: f64,
+    tokens_at: Instant,
 }
 
 impl Session {
+    fn new(now: Instant) -> Session {
+        Session {
+            uid: None,
+            subscriptions: HashSet::new(),
+            finished: VecDeque::new(),
+            opened: now,
+            last_seen: now,
+            tokens: RATE_BURST,
+            tokens_at: now,
+        }
+    }
+
+    /// Records a frame; false when the session exceeds its rate.
+    fn admit(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
+        self.tokens_at = self.tokens_at.max(now);
+        self.last_seen = self.last_seen.max(now);
+        self.tokens = (self.tokens + elapsed * RATE_PER_SEC).min(RATE_BURST);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
     fn finished(&self, call_id: &str) -> Option<&Finished> {
         self.finished.iter().find(|f| f.call_id == call_id)
     }
@@ -304,7 +342,7 @@ impl HubCore {
     }
 
     /// Registers a new WebSocket; over the session limit it is answered and closed instead.
-    pub fn open(&mut self, sid: SessionId) -> Result<(), Vec<Output>> {
+    pub fn open(&mut self, sid: SessionId, now: Now) -> Result<(), Vec<Output>> {
         if self.sessions.len() >= self.settings.max_sessions {
             let msg = ServerMsg::error(
                 None,
@@ -316,7 +354,7 @@ impl HubCore {
             );
             return Err(vec![Output::Send(sid, msg), Output::Close(sid)]);
         }
-        self.sessions.insert(sid, Session::default());
+        self.sessions.insert(sid, Session::new(now.mono));
         Ok(())
     }
 
@@ -330,10 +368,37 @@ impl HubCore {
         out
     }
 
+    /// `None` when the frame may be handled; otherwise what to answer instead (nothing for
+    /// unknown sessions, `RATE_LIMITED` for a session over its rate).
+    fn admit(&mut self, sid: SessionId, now: Now) -> Option<Vec<Output>> {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return Some(Vec::new());
+        };
+        if session.admit(now.mono) {
+            return None;
+        }
+        Some(vec![Output::Send(
+            sid,
+            ServerMsg::error(
+                None,
+                ErrorCode::RateLimited,
+                format!("more than {RATE_PER_SEC} frames per second; frame dropped"),
+            ),
+        )])
+    }
+
+    /// A WebSocket-level ping/pong arrived: the peer is alive.
+    pub fn touch(&mut self, sid: SessionId, now: Now) -> Vec<Output> {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.last_seen = session.last_seen.max(now.mono);
+        }
+        Vec::new()
+    }
+
     /// A binary frame arrived.
-    pub fn handle_binary(&mut self, sid: SessionId) -> Vec<Output> {
-        if !self.sessions.contains_key(&sid) {
-            return Vec::new();
+    pub fn handle_binary(&mut self, sid: SessionId, now: Now) -> Vec<Output> {
+        if let Some(throttled) = self.admit(sid, now) {
+            return throttled;
         }
         vec![Output::Send(
             sid,
@@ -347,8 +412,8 @@ impl HubCore {
 
     /// A text frame arrived.
     pub fn handle_text(&mut self, sid: SessionId, text: &str, now: Now) -> Vec<Output> {
-        if !self.sessions.contains_key(&sid) {
-            return Vec::new();
+        if let Some(throttled) = self.admit(sid, now) {
+            return throttled;
         }
         if text.len() > MAX_FRAME {
             let msg = ServerMsg::error(
@@ -1144,9 +1209,45 @@ impl HubCore {
         out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
     }
 
-    /// Applies the web↔web invitation timers.
+    /// Applies the timers: login and idle timeouts, web↔web invitation expiry.
     pub fn tick(&mut self, now: Now) -> Vec<Output> {
         let mut out = Vec::new();
+        let mut stale: Vec<(SessionId, bool)> = self
+            .sessions
+            .iter()
+            .filter_map(|(sid, s)| {
+                if s.uid.is_none() && now.mono.saturating_duration_since(s.opened) >= LOGIN_TIMEOUT
+                {
+                    Some((*sid, true))
+                } else if now.mono.saturating_duration_since(s.last_seen) >= IDLE_TIMEOUT {
+                    Some((*sid, false))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        stale.sort_unstable();
+        for (sid, never_logged_in) in stale {
+            let (code, message) = if never_logged_in {
+                (
+                    ErrorCode::LoginTimeout,
+                    format!("no login within {} s", LOGIN_TIMEOUT.as_secs()),
+                )
+            } else {
+                (
+                    ErrorCode::IdleTimeout,
+                    format!(
+                        "nothing received for {} s; send ping to keep the session",
+                        IDLE_TIMEOUT.as_secs()
+                    ),
+                )
+            };
+            debug!(session = sid, code = %code, "session timed out");
+            out.push(Output::Send(sid, ServerMsg::error(None, code, message)));
+            self.end_login(sid, true, &mut out);
+            self.sessions.remove(&sid);
+            out.push(Output::Close(sid));
+        }
         let expired: Vec<String> = self
             .invitations
             .iter()

@@ -175,7 +175,7 @@ impl Hub {
         let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
         let opened = {
             let mut shared = self.lock();
-            match shared.core.open(sid) {
+            match shared.core.open(sid, now()) {
                 Ok(()) => {
                     shared.outboxes.insert(sid, tx);
                     Ok(())
@@ -217,9 +217,12 @@ impl Hub {
                         self.to_bridge(events).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        self.apply(|core| core.handle_binary(sid));
+                        self.apply(|core| core.handle_binary(sid, now()));
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        // WebSocket-level keepalive counts as activity too.
+                        self.apply(|core| core.touch(sid, now()));
+                    }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 },
             }
