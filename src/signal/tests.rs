@@ -1229,3 +1229,32 @@ fn state_names_are_rtms() {
     assert!(LocalInvitationState::Canceled.is_final());
     assert!(!LocalInvitationState::ReceivedByRemote.is_final());
 }
+
+#[test]
+fn settings_come_from_the_config() {
+    use crate::config::Config;
+    use std::path::Path;
+    let rtx = std::fs::read_to_string("config/rtx.conf").unwrap();
+    let config = Config::from_rtx_conf_str(Path::new("rtx.conf"), &rtx).unwrap();
+    let s = HubSettings::from_config(&config);
+    assert_eq!(s.appid, "srbridge-demo");
+    assert_eq!(s.bridge_uid, "1000");
+    assert!(s.token_secret.is_none());
+    assert_eq!(s.max_content, 8192);
+
+    let toml = r#"
+[global]
+appid = "a1"
+sip_svr = "127.0.0.1:5060"
+[auth]
+token_secret = "k"
+[limits]
+max_ws_sessions = 7
+"#;
+    let config = Config::from_toml_str(Path::new("x.toml"), toml).unwrap();
+    let s = HubSettings::from_config(&config);
+    assert_eq!(s.appid, "a1");
+    assert_eq!(s.bridge_uid, HubSettings::DEFAULT_BRIDGE_UID);
+    assert_eq!(s.token_secret.as_ref().map(Secret::expose), Some("k"));
+    assert_eq!(s.max_sessions, 7);
+}
