@@ -34,6 +34,8 @@ pub const RTM_CLIENT_JS: &str = include_str!("../../web-demo/rtm-client.js");
 const OUTBOX_CAPACITY: usize = 256;
 /// Frames beyond this close the connection at the WebSocket layer (smaller ones get an error).
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// A peer that does not take a frame within this time is dropped (its TCP window stays full).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the invitation timers are checked.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -206,7 +208,9 @@ impl Hub {
             tokio::select! {
                 queued = rx.recv() => match queued {
                     Some(Outbound::Text(text)) => {
-                        if socket.send(Message::Text(text.into())).await.is_err() {
+                        let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into())));
+                        if !matches!(sent.await, Ok(Ok(()))) {
+                            debug!(session = sid, "socket write failed or stalled; closing");
                             break;
                         }
                     }
