@@ -647,3 +647,17 @@ async fn the_js_client_is_served() {
     assert!(body.contains("content-type: text/javascript"));
     assert!(body.contains("export function createInstance"));
 }
+
+#[tokio::test]
+async fn nothing_works_before_login() {
+    let s = Served::start(settings()).await;
+    let mut c = Client::connect(&s.url).await;
+    let answer = c.invite("early", "1005").await;
+    assert_eq!(code(&answer), "NOT_LOGGED_IN");
+    let answer = c
+        .request(json!({"type":"peer_message","to":"bob","text":"hi"}))
+        .await;
+    assert_eq!(code(&answer), "NOT_LOGGED_IN");
+    assert_eq!(c.login("alice", None).await["type"], "ok");
+    assert_eq!(c.invite("later", "1005").await["type"], "ok");
+}

@@ -109,6 +109,16 @@ function uuid() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+/** The RTM failure reason for a refused `invite` (the RtmError with the hub's code goes along). */
+function failureReason(code) {
+  switch (code) {
+    case 'NOT_LOGGED_IN': return 'NOT_LOGGEDIN';
+    case 'INVALID_ARGUMENT': case 'CONTENT_TOO_LARGE': case 'DUPLICATE_CALL_ID': case 'BAD_MESSAGE':
+      return 'INVALID_ARGUMENT';
+    default: return 'UNKNOWN';
+  }
+}
+
 /** Returns `p` with a no-op rejection handler attached, so fire-and-forget calls stay quiet. */
 function quiet(p) { p.catch(() => {}); return p; }
 
@@ -170,7 +180,7 @@ export class LocalInvitation extends InvitationBase {
     }).then(() => undefined, (e) => {
       this._client._invitations.delete(this.callId);
       this.state = LS.FAILURE;
-      this.emit('LocalInvitationFailure', e.code);
+      this.emit('LocalInvitationFailure', failureReason(e.code), e);
       throw e;
     }));
   }

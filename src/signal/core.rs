@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use thiserror::Error;
 use tracing::debug;
 
+use super::invitation::{Finished, Invitation};
 use super::protocol::{
-    parse_request, ConnectionChangeReason, ConnectionState, ErrorCode, FailureReason,
-    LocalInvitationState, PeerOnlineState, RemoteFailureReason, RemoteInvitationState, Request,
+    parse_request, ConnectionChangeReason, ConnectionState, ErrorCode, PeerOnlineState, Request,
     RequestId, ServerMsg, PROTOCOL_VERSION,
 };
 use super::token::{verify_token, TokenError};
@@ -36,7 +36,16 @@ pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Web↔web: an invitation nobody acts on expires after this time (RTM: 60 s).
 pub const INVITATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many ended call ids each session remembers, to explain late accepts/cancels.
-const FINISHED_MEMORY: usize = 32;
+pub(super) const FINISHED_MEMORY: usize = 32;
+/// A socket must log in within this time, so idle sockets cannot hold session slots.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A socket that sends nothing (not even `ping`) for this long is taken for dead and closed,
+/// which ends its calls; the JS client pings every 25 s.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Frames a session may send in a burst before it is throttled.
+pub const RATE_BURST: f64 = 200.0;
+/// Frames per second a session may send on average.
+pub const RATE_PER_SEC: f64 = 50.0;
 
 /// Identifies one WebSocket connection; assigned by the shell.
 pub type SessionId = u64;
@@ -179,75 +188,44 @@ pub struct Now {
     pub unix: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Party {
-    Web { uid: String, sid: SessionId },
-    Bridge(String),
-}
-
-impl Party {
-    fn sid(&self) -> Option<SessionId> {
-        match self {
-            Party::Web { sid, .. } => Some(*sid),
-            Party::Bridge(_) => None,
-        }
-    }
-}
-
 #[derive(Debug)]
-struct Invitation {
-    caller: Party,
-    callee: Party,
-    received: bool,
-    canceling: bool,
-    created: Instant,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Accepted,
-    Refused,
-    Canceled,
-    Failed,
-}
-
-impl Outcome {
-    fn describe(self) -> &'static str {
-        match self {
-            Outcome::Accepted => "was already accepted",
-            Outcome::Refused => "was already refused",
-            Outcome::Canceled => "was cancelled",
-            Outcome::Failed => "has failed",
-        }
-    }
-
-    fn of_local(state: LocalInvitationState) -> Outcome {
-        match state {
-            LocalInvitationState::AcceptedByRemote => Outcome::Accepted,
-            LocalInvitationState::RefusedByRemote => Outcome::Refused,
-            LocalInvitationState::Canceled => Outcome::Canceled,
-            _ => Outcome::Failed,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Finished {
-    call_id: String,
-    outcome: Outcome,
-    /// The other party when it is a web user (for media relay after accept).
-    web_peer: Option<String>,
-}
-
-#[derive(Debug, Default)]
-struct Session {
-    uid: Option<String>,
-    subscriptions: HashSet<String>,
-    finished: VecDeque<Finished>,
+pub(super) struct Session {
+    pub(super) uid: Option<String>,
+    pub(super) subscriptions: HashSet<String>,
+    pub(super) finished: VecDeque<Finished>,
+    pub(super) opened: Instant,
+    pub(super) last_seen: Instant,
+    pub(super) tokens: f64,
+    pub(super) tokens_at: Instant,
 }
 
 impl Session {
-    fn finished(&self, call_id: &str) -> Option<&Finished> {
+    fn new(now: Instant) -> Session {
+        Session {
+            uid: None,
+            subscriptions: HashSet::new(),
+            finished: VecDeque::new(),
+            opened: now,
+            last_seen: now,
+            tokens: RATE_BURST,
+            tokens_at: now,
+        }
+    }
+
+    /// Records a frame; false when the session exceeds its rate.
+    fn admit(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
+        self.tokens_at = self.tokens_at.max(now);
+        self.last_seen = self.last_seen.max(now);
+        self.tokens = (self.tokens + elapsed * RATE_PER_SEC).min(RATE_BURST);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    pub(super) fn finished(&self, call_id: &str) -> Option<&Finished> {
         self.finished.iter().find(|f| f.call_id == call_id)
     }
 }
@@ -255,13 +233,13 @@ impl Session {
 /// The registry of sessions and invitations.
 #[derive(Debug)]
 pub struct HubCore {
-    settings: HubSettings,
-    accepting: bool,
-    bridge_up: bool,
-    sessions: HashMap<SessionId, Session>,
-    by_uid: HashMap<String, SessionId>,
-    watchers: HashMap<String, HashSet<SessionId>>,
-    invitations: HashMap<String, Invitation>,
+    pub(super) settings: HubSettings,
+    pub(super) accepting: bool,
+    pub(super) bridge_up: bool,
+    pub(super) sessions: HashMap<SessionId, Session>,
+    pub(super) by_uid: HashMap<String, SessionId>,
+    pub(super) watchers: HashMap<String, HashSet<SessionId>>,
+    pub(super) invitations: HashMap<String, Invitation>,
 }
 
 /// Checks a uid or call id: non-empty, at most 64 characters, no control characters.
@@ -269,11 +247,11 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.chars().count() <= MAX_ID_LEN && !id.chars().any(char::is_control)
 }
 
-fn err(id: &RequestId, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+pub(super) fn err(id: &RequestId, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
     ServerMsg::error(id.clone(), code, message)
 }
 
-fn ok_with(id: &RequestId, fields: Value) -> ServerMsg {
+pub(super) fn ok_with(id: &RequestId, fields: Value) -> ServerMsg {
     let fields = match fields {
         Value::Object(map) => map,
         _ => serde_json::Map::new(),
@@ -304,7 +282,7 @@ impl HubCore {
     }
 
     /// Registers a new WebSocket; over the session limit it is answered and closed instead.
-    pub fn open(&mut self, sid: SessionId) -> Result<(), Vec<Output>> {
+    pub fn open(&mut self, sid: SessionId, now: Now) -> Result<(), Vec<Output>> {
         if self.sessions.len() >= self.settings.max_sessions {
             let msg = ServerMsg::error(
                 None,
@@ -316,7 +294,7 @@ impl HubCore {
             );
             return Err(vec![Output::Send(sid, msg), Output::Close(sid)]);
         }
-        self.sessions.insert(sid, Session::default());
+        self.sessions.insert(sid, Session::new(now.mono));
         Ok(())
     }
 
@@ -330,10 +308,37 @@ impl HubCore {
         out
     }
 
+    /// `None` when the frame may be handled; otherwise what to answer instead (nothing for
+    /// unknown sessions, `RATE_LIMITED` for a session over its rate).
+    fn admit(&mut self, sid: SessionId, now: Now) -> Option<Vec<Output>> {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return Some(Vec::new());
+        };
+        if session.admit(now.mono) {
+            return None;
+        }
+        Some(vec![Output::Send(
+            sid,
+            ServerMsg::error(
+                None,
+                ErrorCode::RateLimited,
+                format!("more than {RATE_PER_SEC} frames per second; frame dropped"),
+            ),
+        )])
+    }
+
+    /// A WebSocket-level ping/pong arrived: the peer is alive.
+    pub fn touch(&mut self, sid: SessionId, now: Now) -> Vec<Output> {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.last_seen = session.last_seen.max(now.mono);
+        }
+        Vec::new()
+    }
+
     /// A binary frame arrived.
-    pub fn handle_binary(&mut self, sid: SessionId) -> Vec<Output> {
-        if !self.sessions.contains_key(&sid) {
-            return Vec::new();
+    pub fn handle_binary(&mut self, sid: SessionId, now: Now) -> Vec<Output> {
+        if let Some(throttled) = self.admit(sid, now) {
+            return throttled;
         }
         vec![Output::Send(
             sid,
@@ -347,8 +352,8 @@ impl HubCore {
 
     /// A text frame arrived.
     pub fn handle_text(&mut self, sid: SessionId, text: &str, now: Now) -> Vec<Output> {
-        if !self.sessions.contains_key(&sid) {
-            return Vec::new();
+        if let Some(throttled) = self.admit(sid, now) {
+            return throttled;
         }
         if text.len() > MAX_FRAME {
             let msg = ServerMsg::error(
@@ -520,46 +525,7 @@ impl HubCore {
         if self.by_uid.get(&uid) == Some(&sid) {
             self.by_uid.remove(&uid);
         }
-        let mine: Vec<String> = self
-            .invitations
-            .iter()
-            .filter(|(_, inv)| inv.caller.sid() == Some(sid) || inv.callee.sid() == Some(sid))
-            .map(|(call_id, _)| call_id.clone())
-            .collect();
-        for call_id in mine {
-            let Some(inv) = self.invitations.remove(&call_id) else {
-                continue;
-            };
-            match (&inv.caller, &inv.callee) {
-                (Party::Web { sid: caller, .. }, Party::Web { sid: callee, .. })
-                    if *caller == sid =>
-                {
-                    out.push(Output::Send(
-                        *callee,
-                        ServerMsg::RemoteInvitationState {
-                            call_id: call_id.clone(),
-                            state: RemoteInvitationState::Canceled,
-                            reason: None,
-                        },
-                    ));
-                    self.remember(*callee, &call_id, Outcome::Canceled, None);
-                }
-                (Party::Web { sid: caller, .. }, Party::Web { .. }) => {
-                    out.push(Output::Send(
-                        *caller,
-                        ServerMsg::LocalInvitationState {
-                            call_id: call_id.clone(),
-                            state: LocalInvitationState::Failure,
-                            response: None,
-                            reason: Some(FailureReason::PeerOffline),
-                        },
-                    ));
-                    self.remember(*caller, &call_id, Outcome::Failed, None);
-                }
-                // Calls with the bridge end through SessionClosed.
-                _ => {}
-            }
-        }
+        self.end_invitations_of(sid, out);
         if notify_offline {
             self.notify_watchers(&uid, PeerOnlineState::Offline, out);
         }
@@ -591,28 +557,8 @@ impl HubCore {
         }
     }
 
-    fn remember(
-        &mut self,
-        sid: SessionId,
-        call_id: &str,
-        outcome: Outcome,
-        web_peer: Option<String>,
-    ) {
-        if let Some(session) = self.sessions.get_mut(&sid) {
-            session.finished.retain(|f| f.call_id != call_id);
-            if session.finished.len() >= FINISHED_MEMORY {
-                session.finished.pop_front();
-            }
-            session.finished.push_back(Finished {
-                call_id: call_id.to_string(),
-                outcome,
-                web_peer,
-            });
-        }
-    }
-
     /// Whether this uid is a logged-in web user.
-    fn web_sid(&self, uid: &str) -> Option<SessionId> {
+    pub(super) fn web_sid(&self, uid: &str) -> Option<SessionId> {
         self.by_uid.get(uid).copied()
     }
 
@@ -760,586 +706,47 @@ impl HubCore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn invite(
-        &mut self,
-        sid: SessionId,
-        uid: &str,
-        id: &RequestId,
-        call_id: String,
-        callee: String,
-        content: String,
-        now: Now,
-        out: &mut Vec<Output>,
-    ) {
-        let fail = |code, message: String| Output::Send(sid, err(id, code, message));
-        if !valid_id(&call_id) {
-            out.push(fail(
-                ErrorCode::InvalidArgument,
-                format!("callId must be 1-{MAX_ID_LEN} characters without control characters"),
-            ));
-            return;
-        }
-        if !valid_id(&callee) {
-            out.push(fail(
-                ErrorCode::InvalidArgument,
-                format!("callee must be 1-{MAX_ID_LEN} characters without control characters"),
-            ));
-            return;
-        }
-        if callee == uid {
-            out.push(fail(
-                ErrorCode::InvalidArgument,
-                "cannot invite yourself".to_string(),
-            ));
-            return;
-        }
-        if content.len() > self.settings.max_content {
-            out.push(fail(
-                ErrorCode::ContentTooLarge,
-                format!(
-                    "content of {} bytes exceeds the limit of {}",
-                    content.len(),
-                    self.settings.max_content
-                ),
-            ));
-            return;
-        }
-        if !self.accepting {
-            out.push(fail(
-                ErrorCode::Draining,
-                "the bridge is shutting down and takes no new calls".to_string(),
-            ));
-            return;
-        }
-        let seen = self
-            .sessions
-            .get(&sid)
-            .is_some_and(|s| s.finished(&call_id).is_some());
-        if self.invitations.contains_key(&call_id) || seen {
-            out.push(fail(
-                ErrorCode::DuplicateCallId,
-                format!("callId {call_id} is already in use; generate a new UUID per call"),
-            ));
-            return;
-        }
-        let pending = self
-            .invitations
-            .values()
-            .filter(|inv| inv.caller.sid() == Some(sid))
-            .count();
-        if pending >= MAX_PENDING_INVITATIONS {
-            out.push(fail(
-                ErrorCode::TooManyInvitations,
-                format!("at most {MAX_PENDING_INVITATIONS} invitations may be pending at once"),
-            ));
-            return;
-        }
-        if !self.bridge_up && self.web_sid(&callee).is_none() {
-            out.push(fail(
-                ErrorCode::BridgeUnavailable,
-                "the bridge's call layer is not running; try again later".to_string(),
-            ));
-            return;
-        }
-        let caller = Party::Web {
-            uid: uid.to_string(),
-            sid,
-        };
-        debug!(call_id = %call_id, caller = %uid, callee = %callee, "invitation");
-        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
-        let callee_party = match self.web_sid(&callee) {
-            Some(callee_sid) => {
-                out.push(Output::Send(
-                    callee_sid,
-                    ServerMsg::RemoteInvitation {
-                        call_id: call_id.clone(),
-                        caller: uid.to_string(),
-                        content,
-                    },
-                ));
-                Party::Web {
-                    uid: callee,
-                    sid: callee_sid,
-                }
-            }
-            None => {
-                out.push(Output::Bridge(BridgeEvent::LocalInvitation {
-                    call_id: call_id.clone(),
-                    from_uid: uid.to_string(),
-                    callee: callee.clone(),
-                    content,
-                }));
-                Party::Bridge(callee)
-            }
-        };
-        self.invitations.insert(
-            call_id,
-            Invitation {
-                caller,
-                callee: callee_party,
-                received: false,
-                canceling: false,
-                created: now.mono,
-            },
-        );
-    }
-
-    /// The error for an invitation this session cannot act on.
-    fn not_actionable(&self, sid: SessionId, id: &RequestId, call_id: &str) -> ServerMsg {
-        match self.sessions.get(&sid).and_then(|s| s.finished(call_id)) {
-            Some(f) => err(
-                id,
-                ErrorCode::InvitationEnded,
-                format!("invitation {call_id} {}", f.outcome.describe()),
-            ),
-            None => err(
-                id,
-                ErrorCode::UnknownInvitation,
-                format!("no pending invitation {call_id} for this user"),
-            ),
-        }
-    }
-
-    fn cancel(
-        &mut self,
-        sid: SessionId,
-        uid: &str,
-        id: &RequestId,
-        call_id: &str,
-        out: &mut Vec<Output>,
-    ) {
-        let Some(inv) = self
-            .invitations
-            .get_mut(call_id)
-            .filter(|inv| inv.caller.sid() == Some(sid))
-        else {
-            out.push(Output::Send(sid, self.not_actionable(sid, id, call_id)));
-            return;
-        };
-        match inv.callee.clone() {
-            Party::Web {
-                uid: callee_uid,
-                sid: callee,
-            } => {
-                self.invitations.remove(call_id);
-                out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
-                out.push(Output::Send(
-                    sid,
-                    ServerMsg::LocalInvitationState {
-                        call_id: call_id.to_string(),
-                        state: LocalInvitationState::Canceled,
-                        response: None,
-                        reason: None,
-                    },
-                ));
-                out.push(Output::Send(
-                    callee,
-                    ServerMsg::RemoteInvitationState {
-                        call_id: call_id.to_string(),
-                        state: RemoteInvitationState::Canceled,
-                        reason: None,
-                    },
-                ));
-                self.remember(sid, call_id, Outcome::Canceled, Some(callee_uid));
-                self.remember(callee, call_id, Outcome::Canceled, Some(uid.to_string()));
-            }
-            Party::Bridge(_) => {
-                if inv.canceling {
-                    out.push(Output::Send(
-                        sid,
-                        err(
-                            id,
-                            ErrorCode::InvitationEnded,
-                            format!("invitation {call_id} is already being cancelled"),
-                        ),
-                    ));
-                    return;
-                }
-                inv.canceling = true;
-                out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
-                out.push(Output::Bridge(BridgeEvent::LocalInvitationCanceled {
-                    call_id: call_id.to_string(),
-                    from_uid: uid.to_string(),
-                }));
-            }
-        }
-    }
-
-    fn received(
-        &mut self,
-        sid: SessionId,
-        uid: &str,
-        id: &RequestId,
-        call_id: &str,
-        out: &mut Vec<Output>,
-    ) {
-        let Some(inv) = self
-            .invitations
-            .get_mut(call_id)
-            .filter(|inv| inv.callee.sid() == Some(sid))
-        else {
-            out.push(Output::Send(sid, self.not_actionable(sid, id, call_id)));
-            return;
-        };
-        if !inv.received {
-            inv.received = true;
-            let caller = inv.caller.clone();
-            Self::announce_received(&caller, call_id, uid, out);
-        }
-        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
-    }
-
-    fn announce_received(caller: &Party, call_id: &str, uid: &str, out: &mut Vec<Output>) {
-        match caller {
-            Party::Web { sid, .. } => out.push(Output::Send(
-                *sid,
-                ServerMsg::LocalInvitationState {
-                    call_id: call_id.to_string(),
-                    state: LocalInvitationState::ReceivedByRemote,
-                    response: None,
-                    reason: None,
-                },
-            )),
-            Party::Bridge(_) => out.push(Output::Bridge(BridgeEvent::RemoteInvitationReceived {
-                call_id: call_id.to_string(),
-                uid: uid.to_string(),
-            })),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &mut self,
-        sid: SessionId,
-        uid: &str,
-        id: &RequestId,
-        call_id: &str,
-        response: String,
-        accept: bool,
-        out: &mut Vec<Output>,
-    ) {
-        if response.len() > self.settings.max_content {
-            out.push(Output::Send(
-                sid,
-                err(
-                    id,
-                    ErrorCode::ContentTooLarge,
-                    format!(
-                        "response of {} bytes exceeds the limit of {}",
-                        response.len(),
-                        self.settings.max_content
-                    ),
-                ),
-            ));
-            return;
-        }
-        let mine = self
-            .invitations
-            .get(call_id)
-            .is_some_and(|inv| inv.callee.sid() == Some(sid));
-        let Some(inv) = mine.then(|| self.invitations.remove(call_id)).flatten() else {
-            out.push(Output::Send(sid, self.not_actionable(sid, id, call_id)));
-            return;
-        };
-        debug!(call_id = %call_id, callee = %uid, accept, "invitation answered");
-        if !inv.received {
-            Self::announce_received(&inv.caller, call_id, uid, out);
-        }
-        let outcome = if accept {
-            Outcome::Accepted
-        } else {
-            Outcome::Refused
-        };
-        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
-        match &inv.caller {
-            Party::Web {
-                uid: caller_uid,
-                sid: caller,
-            } => {
-                out.push(Output::Send(
-                    *caller,
-                    ServerMsg::LocalInvitationState {
-                        call_id: call_id.to_string(),
-                        state: if accept {
-                            LocalInvitationState::AcceptedByRemote
-                        } else {
-                            LocalInvitationState::RefusedByRemote
-                        },
-                        response: Some(response),
-                        reason: None,
-                    },
-                ));
-                self.remember(*caller, call_id, outcome, Some(uid.to_string()));
-                self.remember(sid, call_id, outcome, Some(caller_uid.clone()));
-            }
-            Party::Bridge(_) => {
-                let call_id = call_id.to_string();
-                let uid = uid.to_string();
-                out.push(Output::Bridge(if accept {
-                    BridgeEvent::RemoteInvitationAccepted {
-                        call_id: call_id.clone(),
-                        uid,
-                        response,
-                    }
-                } else {
-                    BridgeEvent::RemoteInvitationRefused {
-                        call_id: call_id.clone(),
-                        uid,
-                        response,
-                    }
-                }));
-                self.remember(sid, &call_id, outcome, None);
-            }
-        }
-    }
-
-    fn media(
-        &mut self,
-        sid: SessionId,
-        uid: &str,
-        id: &RequestId,
-        call_id: String,
-        payload: Value,
-        out: &mut Vec<Output>,
-    ) {
-        if !payload.is_object() {
-            out.push(Output::Send(
-                sid,
-                err(
-                    id,
-                    ErrorCode::BadMessage,
-                    "media payload must be a JSON object",
-                ),
-            ));
-            return;
-        }
-        // A web↔web call (ringing, or accepted and remembered): relay to the other browser.
-        let web_peer = match self.invitations.get(&call_id) {
-            Some(inv) if inv.caller.sid() == Some(sid) => inv.callee.sid(),
-            Some(inv) if inv.callee.sid() == Some(sid) => inv.caller.sid(),
-            _ => self
-                .sessions
-                .get(&sid)
-                .and_then(|s| s.finished(&call_id))
-                .filter(|f| f.outcome == Outcome::Accepted)
-                .and_then(|f| f.web_peer.as_deref())
-                .and_then(|peer| self.web_sid(peer)),
-        };
-        match web_peer {
-            Some(peer) => out.push(Output::Send(
-                peer,
-                ServerMsg::Media {
-                    call_id,
-                    from: uid.to_string(),
-                    payload,
-                },
-            )),
-            None => out.push(Output::Bridge(BridgeEvent::Media {
-                call_id,
-                from_uid: uid.to_string(),
-                payload,
-            })),
-        }
-        out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
-    }
-
-    /// Applies the web↔web invitation timers.
+    /// Applies the timers: login and idle timeouts, web↔web invitation expiry.
     pub fn tick(&mut self, now: Now) -> Vec<Output> {
         let mut out = Vec::new();
-        let expired: Vec<String> = self
-            .invitations
-            .iter()
-            .filter(|(_, inv)| {
-                matches!(
-                    (&inv.caller, &inv.callee),
-                    (Party::Web { .. }, Party::Web { .. })
-                )
-            })
-            .filter(|(_, inv)| {
-                let age = now.mono.saturating_duration_since(inv.created);
-                age >= INVITATION_TIMEOUT || (!inv.received && age >= RECEIVE_TIMEOUT)
-            })
-            .map(|(call_id, _)| call_id.clone())
-            .collect();
-        for call_id in expired {
-            let Some(inv) = self.invitations.remove(&call_id) else {
-                continue;
-            };
-            let reason = if inv.received {
-                FailureReason::InvitationExpire
-            } else {
-                FailureReason::PeerNoResponse
-            };
-            debug!(call_id = %call_id, reason = %reason, "invitation expired");
-            if let (Party::Web { sid: caller, .. }, Party::Web { sid: callee, .. }) =
-                (&inv.caller, &inv.callee)
-            {
-                out.push(Output::Send(
-                    *caller,
-                    ServerMsg::LocalInvitationState {
-                        call_id: call_id.clone(),
-                        state: LocalInvitationState::Failure,
-                        response: None,
-                        reason: Some(reason),
-                    },
-                ));
-                out.push(Output::Send(
-                    *callee,
-                    ServerMsg::RemoteInvitationState {
-                        call_id: call_id.clone(),
-                        state: RemoteInvitationState::Failure,
-                        reason: Some(RemoteFailureReason::InvitationExpire),
-                    },
-                ));
-                self.remember(*caller, &call_id, Outcome::Failed, None);
-                self.remember(*callee, &call_id, Outcome::Failed, None);
-            }
-        }
-        out
-    }
-
-    /// Bridge → caller: the SIP side moved `uid`'s invitation `call_id` to `state`.
-    pub fn local_invitation_state(
-        &mut self,
-        uid: &str,
-        call_id: &str,
-        state: LocalInvitationState,
-        response: Option<String>,
-        reason: Option<FailureReason>,
-    ) -> Vec<Output> {
-        let Some(inv) = self.invitations.get_mut(call_id).filter(|inv| {
-            matches!(inv.callee, Party::Bridge(_))
-                && matches!(&inv.caller, Party::Web { uid: u, .. } if u == uid)
-        }) else {
-            debug!(call_id = %call_id, uid = %uid, state = %state, "state for an unknown invitation dropped");
-            return Vec::new();
-        };
-        let Some(caller) = inv.caller.sid() else {
-            return Vec::new();
-        };
-        if state == LocalInvitationState::SentToRemote {
-            return Vec::new();
-        }
-        if state == LocalInvitationState::ReceivedByRemote {
-            inv.received = true;
-        }
-        let out = vec![Output::Send(
-            caller,
-            ServerMsg::LocalInvitationState {
-                call_id: call_id.to_string(),
-                state,
-                response,
-                reason: if state == LocalInvitationState::Failure {
-                    Some(reason.unwrap_or(FailureReason::Unknown))
-                } else {
-                    reason
-                },
-            },
-        )];
-        if state.is_final() {
-            self.invitations.remove(call_id);
-            self.remember(caller, call_id, Outcome::of_local(state), None);
-        }
-        out
-    }
-
-    /// Bridge → callee: ring web user `to_uid` on behalf of `caller` (a SIP number).
-    pub fn send_remote_invitation(
-        &mut self,
-        to_uid: &str,
-        call_id: &str,
-        caller: &str,
-        content: &str,
-        now: Now,
-    ) -> Result<Vec<Output>, DeliveryError> {
-        let sid = self
-            .web_sid(to_uid)
-            .ok_or_else(|| DeliveryError::NotOnline(to_uid.to_string()))?;
-        if self.invitations.contains_key(call_id) {
-            return Err(DeliveryError::DuplicateCallId(call_id.to_string()));
-        }
-        self.invitations.insert(
-            call_id.to_string(),
-            Invitation {
-                caller: Party::Bridge(caller.to_string()),
-                callee: Party::Web {
-                    uid: to_uid.to_string(),
-                    sid,
-                },
-                received: false,
-                canceling: false,
-                created: now.mono,
-            },
-        );
-        Ok(vec![Output::Send(
-            sid,
-            ServerMsg::RemoteInvitation {
-                call_id: call_id.to_string(),
-                caller: caller.to_string(),
-                content: content.to_string(),
-            },
-        )])
-    }
-
-    /// Finds the session of callee `uid` for a bridge invitation, removing it when pending.
-    fn take_bridge_remote(&mut self, uid: &str, call_id: &str) -> Option<(SessionId, bool)> {
-        let pending = self.invitations.get(call_id).is_some_and(|inv| {
-            matches!(inv.caller, Party::Bridge(_))
-                && matches!(&inv.callee, Party::Web { uid: u, .. } if u == uid)
-        });
-        if pending {
-            let inv = self.invitations.remove(call_id)?;
-            return inv.callee.sid().map(|sid| (sid, true));
-        }
-        let sid = self.web_sid(uid)?;
-        let accepted = self
+        let mut stale: Vec<(SessionId, bool)> = self
             .sessions
-            .get(&sid)
-            .and_then(|s| s.finished(call_id))
-            .is_some_and(|f| f.outcome == Outcome::Accepted && f.web_peer.is_none());
-        accepted.then_some((sid, false))
-    }
-
-    /// Bridge → callee: the phone gave up; the invitation becomes `CANCELED`.
-    pub fn remote_invitation_canceled(&mut self, uid: &str, call_id: &str) -> Vec<Output> {
-        match self.take_bridge_remote(uid, call_id) {
-            Some((sid, true)) => {
-                self.remember(sid, call_id, Outcome::Canceled, None);
-                vec![Output::Send(
-                    sid,
-                    ServerMsg::RemoteInvitationState {
-                        call_id: call_id.to_string(),
-                        state: RemoteInvitationState::Canceled,
-                        reason: None,
-                    },
-                )]
-            }
-            _ => Vec::new(),
+            .iter()
+            .filter_map(|(sid, s)| {
+                if s.uid.is_none() && now.mono.saturating_duration_since(s.opened) >= LOGIN_TIMEOUT
+                {
+                    Some((*sid, true))
+                } else if now.mono.saturating_duration_since(s.last_seen) >= IDLE_TIMEOUT {
+                    Some((*sid, false))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        stale.sort_unstable();
+        for (sid, never_logged_in) in stale {
+            let (code, message) = if never_logged_in {
+                (
+                    ErrorCode::LoginTimeout,
+                    format!("no login within {} s", LOGIN_TIMEOUT.as_secs()),
+                )
+            } else {
+                (
+                    ErrorCode::IdleTimeout,
+                    format!(
+                        "nothing received for {} s; send ping to keep the session",
+                        IDLE_TIMEOUT.as_secs()
+                    ),
+                )
+            };
+            debug!(session = sid, code = %code, "session timed out");
+            out.push(Output::Send(sid, ServerMsg::error(None, code, message)));
+            self.end_login(sid, true, &mut out);
+            self.sessions.remove(&sid);
+            out.push(Output::Close(sid));
         }
-    }
-
-    /// Bridge → callee: the invitation failed (expired, or the accept did not go through).
-    pub fn remote_invitation_failed(
-        &mut self,
-        uid: &str,
-        call_id: &str,
-        reason: RemoteFailureReason,
-    ) -> Vec<Output> {
-        match self.take_bridge_remote(uid, call_id) {
-            Some((sid, _)) => {
-                self.remember(sid, call_id, Outcome::Failed, None);
-                vec![Output::Send(
-                    sid,
-                    ServerMsg::RemoteInvitationState {
-                        call_id: call_id.to_string(),
-                        state: RemoteInvitationState::Failure,
-                        reason: Some(reason),
-                    },
-                )]
-            }
-            None => Vec::new(),
-        }
+        self.expire_invitations(now, &mut out);
+        out
     }
 
     /// Bridge → browser: a peer message (e.g. `{"Cmd":"EndCall"}` from a SIP number).

@@ -3,6 +3,9 @@
 //! One task per WebSocket reads frames into the core and writes what the core queued for it. The
 //! core sits behind a `std` mutex that is never held across an `.await`; each session has a
 //! bounded outbox, and a session that cannot keep up is closed instead of slowing the others.
+//! Events for the bridge are queued under the same lock, so the call layer sees them in exactly
+//! the order the core produced them (a logout never overtakes the next login's invitation), and
+//! one forwarder task hands them to the bridge channel without ever dropping one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +34,8 @@ pub const RTM_CLIENT_JS: &str = include_str!("../../web-demo/rtm-client.js");
 const OUTBOX_CAPACITY: usize = 256;
 /// Frames beyond this close the connection at the WebSocket layer (smaller ones get an error).
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// A peer that does not take a frame within this time is dropped (its TCP window stays full).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the invitation timers are checked.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -47,8 +52,10 @@ struct Shared {
 struct Inner {
     shared: Mutex<Shared>,
     bridge: mpsc::Sender<BridgeEvent>,
+    queue: mpsc::UnboundedSender<BridgeEvent>,
+    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<BridgeEvent>>>,
     next_sid: AtomicU64,
-    ticker: AtomicBool,
+    started: AtomicBool,
 }
 
 /// The signalling hub; a cheap `Clone` handle shared by the HTTP server and the call layer.
@@ -69,6 +76,7 @@ fn now() -> Now {
 impl Hub {
     /// A hub that hands browser events for the call layer to `bridge`.
     pub fn new(settings: HubSettings, bridge: mpsc::Sender<BridgeEvent>) -> Hub {
+        let (queue, queue_rx) = mpsc::unbounded_channel();
         Hub {
             inner: Arc::new(Inner {
                 shared: Mutex::new(Shared {
@@ -76,16 +84,19 @@ impl Hub {
                     outboxes: HashMap::new(),
                 }),
                 bridge,
+                queue,
+                queue_rx: Mutex::new(Some(queue_rx)),
                 next_sid: AtomicU64::new(1),
-                ticker: AtomicBool::new(false),
+                started: AtomicBool::new(false),
             }),
         }
     }
 
     /// `GET /ws` (the WebSocket) and `GET /sdk/rtm-client.js` (the JS client), to merge into the
-    /// bridge's HTTP router. Must be called inside a tokio runtime (it starts the timer task).
+    /// bridge's HTTP router. Must be called inside a tokio runtime (it starts the timer and
+    /// bridge-forwarding tasks).
     pub fn router(&self) -> Router {
-        self.start_ticker();
+        self.start_background();
         Router::new()
             .route("/ws", get(ws_handler))
             .route("/sdk/rtm-client.js", get(js_handler))
@@ -100,46 +111,51 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn start_ticker(&self) {
-        if self.inner.ticker.swap(true, Ordering::SeqCst) {
+    fn start_background(&self) {
+        if self.inner.started.swap(true, Ordering::SeqCst) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.inner.ticker.store(false, Ordering::SeqCst);
-            warn!("hub router built outside a tokio runtime: invitation timers are off");
+            self.inner.started.store(false, Ordering::SeqCst);
+            warn!("hub router built outside a tokio runtime: timers and bridge events are off");
             return;
         };
+        let rx = self
+            .inner
+            .queue_rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(mut rx) = rx {
+            let bridge = self.inner.bridge.clone();
+            runtime.spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    if bridge.send(event).await.is_err() {
+                        warn!("bridge channel closed; event dropped");
+                    }
+                }
+            });
+        }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
             let mut interval = tokio::time::interval(TICK);
             loop {
                 interval.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
-                let hub = Hub { inner };
-                hub.apply(|core| core.tick(now()));
+                Hub { inner }.apply(|core| (core.tick(now()), ()));
             }
         });
     }
 
-    /// Runs `f` on the core and carries out its outputs; bridge events are sent without waiting.
-    fn apply(&self, f: impl FnOnce(&mut HubCore) -> Vec<Output>) {
-        let events = self.apply_collect(f);
-        for event in events {
-            if let Err(e) = self.inner.bridge.try_send(event) {
-                warn!(error = %e, "bridge event dropped");
-            }
-        }
-    }
-
-    /// Runs `f` on the core, queues its frames and returns the events for the bridge.
-    fn apply_collect(&self, f: impl FnOnce(&mut HubCore) -> Vec<Output>) -> Vec<BridgeEvent> {
+    /// Runs `f` on the core and carries out its outputs, under the lock so order is kept.
+    fn apply<R>(&self, f: impl FnOnce(&mut HubCore) -> (Vec<Output>, R)) -> R {
         let mut shared = self.lock();
-        let outputs = f(&mut shared.core);
-        Self::dispatch(&mut shared, outputs)
+        let (outputs, result) = f(&mut shared.core);
+        self.dispatch(&mut shared, outputs);
+        result
     }
 
-    fn dispatch(shared: &mut Shared, outputs: Vec<Output>) -> Vec<BridgeEvent> {
-        let mut events = Vec::new();
+    fn dispatch(&self, shared: &mut Shared, outputs: Vec<Output>) {
         for output in outputs {
             match output {
                 Output::Send(sid, msg) => {
@@ -156,16 +172,10 @@ impl Hub {
                         let _ = outbox.try_send(Outbound::Close);
                     }
                 }
-                Output::Bridge(event) => events.push(event),
-            }
-        }
-        events
-    }
-
-    async fn to_bridge(&self, events: Vec<BridgeEvent>) {
-        for event in events {
-            if self.inner.bridge.send(event).await.is_err() {
-                warn!("bridge channel closed; event dropped");
+                Output::Bridge(event) => {
+                    // Only fails once the hub is being dropped.
+                    let _ = self.inner.queue.send(event);
+                }
             }
         }
     }
@@ -175,7 +185,7 @@ impl Hub {
         let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
         let opened = {
             let mut shared = self.lock();
-            match shared.core.open(sid) {
+            match shared.core.open(sid, now()) {
                 Ok(()) => {
                     shared.outboxes.insert(sid, tx);
                     Ok(())
@@ -198,7 +208,9 @@ impl Hub {
             tokio::select! {
                 queued = rx.recv() => match queued {
                     Some(Outbound::Text(text)) => {
-                        if socket.send(Message::Text(text.into())).await.is_err() {
+                        let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into())));
+                        if !matches!(sent.await, Ok(Ok(()))) {
+                            debug!(session = sid, "socket write failed or stalled; closing");
                             break;
                         }
                     }
@@ -210,27 +222,28 @@ impl Hub {
                 frame = socket.recv() => match frame {
                     Some(Ok(Message::Text(text))) => {
                         let bridge_up = !self.inner.bridge.is_closed();
-                        let events = self.apply_collect(|core| {
+                        self.apply(|core| {
                             core.set_bridge_up(bridge_up);
-                            core.handle_text(sid, text.as_str(), now())
+                            (core.handle_text(sid, text.as_str(), now()), ())
                         });
-                        self.to_bridge(events).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        self.apply(|core| core.handle_binary(sid));
+                        self.apply(|core| (core.handle_binary(sid, now()), ()));
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        // WebSocket-level keepalive counts as activity too.
+                        self.apply(|core| (core.touch(sid, now()), ()));
+                    }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 },
             }
         }
-        let events = {
+        {
             let mut shared = self.lock();
             shared.outboxes.remove(&sid);
             let outputs = shared.core.close(sid);
-            Self::dispatch(&mut shared, outputs)
-        };
-        self.to_bridge(events).await;
+            self.dispatch(&mut shared, outputs);
+        }
         debug!(session = sid, "session closed");
     }
 
@@ -243,7 +256,10 @@ impl Hub {
         response: Option<String>,
         reason: Option<FailureReason>,
     ) {
-        self.apply(|core| core.local_invitation_state(uid, call_id, state, response, reason));
+        self.apply(|core| {
+            let out = core.local_invitation_state(uid, call_id, state, response, reason);
+            (out, ())
+        });
     }
 
     /// Bridge → callee: ring web user `to_uid` for a call from `caller` (a SIP number).
@@ -259,12 +275,12 @@ impl Hub {
 
     /// Bridge → callee: the phone gave up; the browser's invitation becomes `CANCELED`.
     pub fn remote_invitation_canceled(&self, uid: &str, call_id: &str) {
-        self.apply(|core| core.remote_invitation_canceled(uid, call_id));
+        self.apply(|core| (core.remote_invitation_canceled(uid, call_id), ()));
     }
 
     /// Bridge → callee: the invitation failed (expired, accept failed).
     pub fn remote_invitation_failed(&self, uid: &str, call_id: &str, reason: RemoteFailureReason) {
-        self.apply(|core| core.remote_invitation_failed(uid, call_id, reason));
+        self.apply(|core| (core.remote_invitation_failed(uid, call_id, reason), ()));
     }
 
     /// Bridge → browser: a peer message from `from` (a SIP number or the bridge's uid).
@@ -291,15 +307,10 @@ impl Hub {
         &self,
         f: impl FnOnce(&mut HubCore) -> Result<Vec<Output>, DeliveryError>,
     ) -> Result<(), DeliveryError> {
-        let mut result = Ok(());
         self.apply(|core| match f(core) {
-            Ok(outputs) => outputs,
-            Err(e) => {
-                result = Err(e);
-                Vec::new()
-            }
-        });
-        result
+            Ok(outputs) => (outputs, Ok(())),
+            Err(e) => (Vec::new(), Err(e)),
+        })
     }
 
     /// Whether `uid` is a logged-in web user.
@@ -315,6 +326,16 @@ impl Hub {
     /// Logged-in web users (for status and metrics).
     pub fn online_count(&self) -> usize {
         self.lock().core.online_count()
+    }
+
+    /// Invitations ringing or being set up (for status and leak checks).
+    pub fn invitation_count(&self) -> usize {
+        self.lock().core.invitation_count()
+    }
+
+    /// The bridge's own id on the hub (`[proxy] rtm_account`).
+    pub fn bridge_uid(&self) -> String {
+        self.lock().core.settings().bridge_uid.clone()
     }
 
     /// Drain switch: while off, new invitations from browsers get `DRAINING`.

@@ -7,6 +7,7 @@
 
 pub mod core;
 pub mod hub;
+mod invitation;
 pub mod protocol;
 pub mod token;
 

@@ -196,6 +196,12 @@ rtm_enum!(
         Draining => "DRAINING",
         /// The bridge side cannot take the request.
         BridgeUnavailable => "BRIDGE_UNAVAILABLE",
+        /// The session sends frames faster than allowed; the frame was dropped.
+        RateLimited => "RATE_LIMITED",
+        /// The socket did not log in in time and is closed.
+        LoginTimeout => "LOGIN_TIMEOUT",
+        /// The socket sent nothing for too long and is closed.
+        IdleTimeout => "IDLE_TIMEOUT",
     }
 );
 

@@ -48,7 +48,8 @@ impl T {
     }
 
     fn open(&mut self, sid: SessionId) {
-        self.core.open(sid).unwrap();
+        let now = self.now();
+        self.core.open(sid, now).unwrap();
     }
 
     fn send(&mut self, sid: SessionId, msg: Value) -> Vec<Output> {
@@ -330,14 +331,15 @@ fn session_limit_refuses_and_closes_the_extra_socket() {
     for sid in 1..=4 {
         t.open(sid);
     }
-    let out = t.core.open(5).unwrap_err();
+    let now = t.now();
+    let out = t.core.open(5, now).unwrap_err();
     assert_eq!(error_code(&out, 5), ErrorCode::SessionLimit);
     assert_eq!(closed(&out), vec![5]);
     assert_eq!(t.core.session_count(), 4);
     // Others are unaffected; once one leaves, a new one fits.
     assert!(is_ok(&t.send(1, login_msg("alice", "app", None)), 1));
     t.core.close(2);
-    assert!(t.core.open(5).is_ok());
+    assert!(t.core.open(5, now).is_ok());
 }
 
 #[test]
@@ -370,6 +372,70 @@ fn closing_a_logged_out_socket_tells_nobody() {
     t.open(1);
     assert!(t.core.close(1).is_empty());
     assert_eq!(t.core.session_count(), 0);
+}
+
+#[test]
+fn sockets_that_never_log_in_are_closed_after_30s() {
+    let mut t = T::new();
+    t.open(1);
+    t.user(2, "alice");
+    assert!(t.tick(Duration::from_secs(29)).is_empty());
+    let out = t.tick(Duration::from_secs(1));
+    assert_eq!(error_code(&out, 1), ErrorCode::LoginTimeout);
+    assert_eq!(closed(&out), vec![1]);
+    assert_eq!(t.core.session_count(), 1);
+    assert!(t.core.is_online("alice"));
+}
+
+#[test]
+fn silent_sessions_are_taken_for_dead_and_their_calls_end() {
+    let mut t = T::new();
+    t.user(1, "alice");
+    t.user(2, "bob");
+    t.send(2, json!({"type":"subscribe_online","uids":["alice"]}));
+    t.invite(1, "c1", "1005");
+    // alice's last sign of life is a WebSocket ping at 50 s; bob keeps pinging.
+    t.tick(Duration::from_secs(50));
+    t.send(2, json!({"type":"ping"}));
+    assert!(t.core.touch(1, t.now()).is_empty());
+    assert!(t.tick(Duration::from_secs(50)).is_empty());
+    t.send(2, json!({"type":"ping"}));
+    assert!(t.tick(Duration::from_secs(24)).is_empty());
+    let out = t.tick(Duration::from_secs(1));
+    assert_eq!(error_code(&out, 1), ErrorCode::IdleTimeout);
+    assert_eq!(closed(&out), vec![1]);
+    assert_eq!(
+        bridge(&out),
+        vec![BridgeEvent::SessionClosed {
+            uid: "alice".into()
+        }]
+    );
+    assert_eq!(
+        to(&out, 2)[0].to_text(),
+        r#"{"type":"peers_status","status":{"alice":"OFFLINE"}}"#
+    );
+    assert_eq!(t.core.invitation_count(), 0);
+}
+
+#[test]
+fn floods_are_throttled_per_session() {
+    let mut t = T::new();
+    t.user(1, "alice");
+    t.user(2, "bob");
+    // The login used one frame of alice's burst.
+    for _ in 0..199 {
+        assert!(is_ok(&t.send(1, json!({"type":"ping","id":1})), 1));
+    }
+    let out = t.send(
+        1,
+        json!({"type":"peer_message","id":1,"to":"bob","text":"x"}),
+    );
+    assert_eq!(error_code(&out, 1), ErrorCode::RateLimited);
+    assert!(to(&out, 2).is_empty(), "the throttled frame was dropped");
+    // bob is unaffected; alice recovers as time passes.
+    assert!(is_ok(&t.send(2, json!({"type":"ping","id":1})), 2));
+    t.elapsed += Duration::from_millis(100);
+    assert!(is_ok(&t.send(1, json!({"type":"ping","id":1})), 1));
 }
 
 // ---- bad input ----
@@ -427,7 +493,7 @@ fn oversized_and_binary_frames_are_answered() {
     );
     assert_eq!(error_code(&t.raw(1, &big), 1), ErrorCode::FrameTooLarge);
     assert_eq!(
-        error_code(&t.core.handle_binary(1), 1),
+        error_code(&t.core.handle_binary(1, t.now()), 1),
         ErrorCode::BinaryFrame
     );
     assert!(t.core.is_online("alice"));
@@ -437,7 +503,7 @@ fn oversized_and_binary_frames_are_answered() {
 fn frames_for_unknown_sessions_do_nothing() {
     let mut t = T::new();
     assert!(t.raw(9, "{\"type\":\"ping\"}").is_empty());
-    assert!(t.core.handle_binary(9).is_empty());
+    assert!(t.core.handle_binary(9, t.now()).is_empty());
 }
 
 #[test]
@@ -1073,7 +1139,10 @@ fn sip_invitations_are_not_expired_by_the_hub() {
         .send_remote_invitation("alice", "s1", "1000", "{}", now)
         .unwrap();
     t.invite(1, "c1", "1005");
-    assert!(t.tick(Duration::from_secs(120)).is_empty());
+    for _ in 0..4 {
+        assert!(t.tick(Duration::from_secs(30)).is_empty());
+        t.send(1, json!({"type":"ping"}));
+    }
     assert_eq!(t.core.invitation_count(), 2);
 }
 
@@ -1159,4 +1228,33 @@ fn state_names_are_rtms() {
     assert_eq!(ConnectionChangeReason::RemoteLogin.as_str(), "REMOTE_LOGIN");
     assert!(LocalInvitationState::Canceled.is_final());
     assert!(!LocalInvitationState::ReceivedByRemote.is_final());
+}
+
+#[test]
+fn settings_come_from_the_config() {
+    use crate::config::Config;
+    use std::path::Path;
+    let rtx = std::fs::read_to_string("config/rtx.conf").unwrap();
+    let config = Config::from_rtx_conf_str(Path::new("rtx.conf"), &rtx).unwrap();
+    let s = HubSettings::from_config(&config);
+    assert_eq!(s.appid, "srbridge-demo");
+    assert_eq!(s.bridge_uid, "1000");
+    assert!(s.token_secret.is_none());
+    assert_eq!(s.max_content, 8192);
+
+    let toml = r#"
+[global]
+appid = "a1"
+sip_svr = "127.0.0.1:5060"
+[auth]
+token_secret = "k"
+[limits]
+max_ws_sessions = 7
+"#;
+    let config = Config::from_toml_str(Path::new("x.toml"), toml).unwrap();
+    let s = HubSettings::from_config(&config);
+    assert_eq!(s.appid, "a1");
+    assert_eq!(s.bridge_uid, HubSettings::DEFAULT_BRIDGE_UID);
+    assert_eq!(s.token_secret.as_ref().map(Secret::expose), Some("k"));
+    assert_eq!(s.max_sessions, 7);
 }
