@@ -186,11 +186,6 @@ impl PcmFifo {
         }
         n
     }
-
-    fn clear(&mut self) {
-        self.start = 0;
-        self.end = 0;
-    }
 }
 
 /// Applies a linear gain ramp from `from` to `to` over `pcm`.
