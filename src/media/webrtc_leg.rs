@@ -11,6 +11,7 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rtc::media_stream::MediaStreamTrack;
@@ -135,6 +136,12 @@ pub struct WebRtcSettings {
     /// Resolve browsers' `.local` (mDNS) candidates; needs multicast on the host. Without it ICE
     /// still connects through peer-reflexive candidates once the browser's checks arrive.
     pub resolve_mdns: bool,
+    /// Silence on the ICE path (no consent/keepalive answers) before [`LegState::Disconnected`].
+    /// A peer that went away without a word (or only with a DTLS close_notify, which webrtc-rs
+    /// does not surface) is noticed this way.
+    pub ice_disconnected_timeout: Duration,
+    /// Further time after Disconnected before [`LegState::Failed`]: end the call then.
+    pub ice_failed_timeout: Duration,
 }
 
 impl Default for WebRtcSettings {
@@ -145,6 +152,8 @@ impl Default for WebRtcSettings {
             ice_servers: vec![],
             codecs: LegCodec::ALL.to_vec(),
             resolve_mdns: false,
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -606,6 +615,11 @@ impl WebRtcLeg {
             })
             // RFC 8842 §5: the answerer should take the DTLS client role.
             .with_answering_dtls_role(RTCDtlsRole::Client)
+            .with_ice_timeouts(
+                Some(settings.ice_disconnected_timeout),
+                Some(settings.ice_failed_timeout),
+                Some(Duration::from_secs(2)),
+            )
             .with_include_loopback_candidate(
                 settings.bind_ips.iter().any(|ip| ip.is_loopback()),
             )
@@ -658,7 +672,8 @@ impl WebRtcLeg {
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec: codecs[0].parameters().rtp_codec,
+                // No codec here: one would become the transceiver's only codec preference and
+                // our offers would list nothing else. The payload type of each packet decides.
                 ..Default::default()
             }],
         )));
@@ -797,8 +812,9 @@ impl WebRtcLeg {
     }
 
     /// Sends one RTP packet to the browser (Opus, PCMU, PCMA or telephone-event). The caller owns
-    /// sequence numbers and timestamps (see `transcode::RtpClock`); the payload is copied once
-    /// into the packet the stack takes ownership of.
+    /// sequence numbers and timestamps (see `transcode::RtpClock`): telephone-event packets go
+    /// on the same SSRC, so they must continue the audio's sequence numbers (SRTP's replay check
+    /// drops anything else). The payload is copied once into the packet the stack takes.
     pub async fn send_rtp(
         &self,
         payload_type: u8,
