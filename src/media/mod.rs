@@ -2,6 +2,9 @@
 
 pub mod g711;
 pub mod jitter;
+pub mod opus;
 pub mod rtp;
 pub mod rtp_leg;
 pub mod session;
+pub mod transcode;
+pub mod webrtc_leg;
