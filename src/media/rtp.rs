@@ -267,8 +267,7 @@ pub fn dtmf_event(digit: char) -> Option<u8> {
     })
 }
 
-/// Packets of one outgoing telephone-event (RFC 4733 §2.5), one call of [`DtmfEvent::next`] per
-/// packet interval: the duration grows each packet, and the final one is sent three times with
+/// Packets of one outgoing telephone-event (RFC 4733 §2.5), one item per packet interval: the duration grows each packet, and the final one is sent three times with
 /// the end bit so a lost packet does not leave the key pressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DtmfEvent {
@@ -297,9 +296,13 @@ impl DtmfEvent {
             end_sent: 0,
         }
     }
+}
 
-    /// The next payload and whether it is the event's first packet (marker bit); `None` when done.
-    pub fn next(&mut self) -> Option<(TelephoneEvent, bool)> {
+/// Yields each packet's payload and whether it is the event's first packet (marker bit).
+impl Iterator for DtmfEvent {
+    type Item = (TelephoneEvent, bool);
+
+    fn next(&mut self) -> Option<(TelephoneEvent, bool)> {
         let first = self.sent == 0 && self.end_sent == 0;
         if self.sent < self.total {
             self.sent = self.sent.saturating_add(self.step).min(self.total);
@@ -733,7 +736,7 @@ mod tests {
     #[test]
     fn dtmf_event_packets_grow_then_end_three_times() {
         let mut e = DtmfEvent::new(5, 10, 800, 160);
-        let packets: Vec<(TelephoneEvent, bool)> = std::iter::from_fn(|| e.next()).collect();
+        let packets: Vec<(TelephoneEvent, bool)> = e.by_ref().collect();
         let durations: Vec<u16> = packets.iter().map(|(p, _)| p.duration).collect();
         assert_eq!(durations, vec![160, 320, 480, 640, 800, 800, 800]);
         let ends: Vec<bool> = packets.iter().map(|(p, _)| p.end).collect();
@@ -756,7 +759,7 @@ mod tests {
         for (i, key) in ['1', '#', '1'].into_iter().enumerate() {
             let ts = 1000u32.wrapping_add(i as u32 * 4000).wrapping_sub(2000);
             let mut e = DtmfEvent::new(dtmf_event(key).unwrap(), 10, 800, 160);
-            while let Some((p, _)) = e.next() {
+            for (p, _) in e.by_ref() {
                 seen.extend(d.on_packet(ts, &TelephoneEvent::parse(&p.to_bytes()).unwrap()));
             }
             sent.push(key);
