@@ -6,6 +6,8 @@
 //! at compile time; encoding is a few integer operations. Slices in, slices out: nothing allocates,
 //! so it is safe on the per-packet path.
 
+use crate::config::Codec;
+
 const ULAW_BIAS: i32 = 0x84;
 const ULAW_CLIP: i32 = 8159; // 14-bit magnitude limit
 
@@ -144,6 +146,30 @@ pub fn alaw_decode(codes: &[u8], out: &mut [i16]) -> usize {
         *o = ALAW_TABLE[usize::from(*c)];
     }
     n
+}
+
+/// Encodes with the negotiated codec (the SIP leg's [`Codec`]); returns codes written.
+pub fn encode(codec: Codec, pcm: &[i16], out: &mut [u8]) -> usize {
+    match codec {
+        Codec::Pcmu => ulaw_encode(pcm, out),
+        Codec::Pcma => alaw_encode(pcm, out),
+    }
+}
+
+/// Decodes with the negotiated codec; returns samples written.
+pub fn decode(codec: Codec, codes: &[u8], out: &mut [i16]) -> usize {
+    match codec {
+        Codec::Pcmu => ulaw_decode(codes, out),
+        Codec::Pcma => alaw_decode(codes, out),
+    }
+}
+
+/// The code to send for silence in `codec`.
+pub fn silence(codec: Codec) -> u8 {
+    match codec {
+        Codec::Pcmu => ULAW_SILENCE,
+        Codec::Pcma => ALAW_SILENCE,
+    }
 }
 
 /// The G.711 code of digital silence, used to fill gaps without encoding zeros.
@@ -346,5 +372,24 @@ mod tests {
     #[test]
     fn alaw_tone_keeps_frequency_and_level() {
         tone_round_trip(alaw_encode_sample, alaw_decode_sample);
+    }
+
+    #[test]
+    fn codec_dispatch_matches_the_specific_functions() {
+        let pcm = [0i16, 100, -100, 20000, -20000];
+        let (mut a, mut b) = ([0u8; 5], [0u8; 5]);
+        encode(Codec::Pcma, &pcm, &mut a);
+        alaw_encode(&pcm, &mut b);
+        assert_eq!(a, b);
+        encode(Codec::Pcmu, &pcm, &mut a);
+        ulaw_encode(&pcm, &mut b);
+        assert_eq!(a, b);
+        let mut out = [0i16; 5];
+        assert_eq!(decode(Codec::Pcmu, &a, &mut out), 5);
+        assert_eq!(out[3], ulaw_decode_sample(a[3]));
+        decode(Codec::Pcma, &[silence(Codec::Pcma)], &mut out);
+        assert_eq!(out[0], 8);
+        decode(Codec::Pcmu, &[silence(Codec::Pcmu)], &mut out);
+        assert_eq!(out[0], 0);
     }
 }

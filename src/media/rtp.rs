@@ -267,6 +267,87 @@ pub fn dtmf_event(digit: char) -> Option<u8> {
     })
 }
 
+/// Packets of one outgoing telephone-event (RFC 4733 §2.5), one item per packet interval: the duration grows each packet, and the final one is sent three times with
+/// the end bit so a lost packet does not leave the key pressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtmfEvent {
+    event: u8,
+    volume: u8,
+    step: u16,
+    total: u16,
+    sent: u16,
+    end_sent: u8,
+}
+
+impl DtmfEvent {
+    /// How often the final packet is repeated.
+    pub const END_REPEATS: u8 = 3;
+
+    /// An event of `duration_samples` (e.g. 800 = 100 ms at 8 kHz) sent every `step_samples`
+    /// (160 = 20 ms); `volume` in -dBm0 (10 is usual).
+    pub fn new(event: u8, volume: u8, duration_samples: u16, step_samples: u16) -> Self {
+        let step = step_samples.max(1);
+        DtmfEvent {
+            event,
+            volume: volume.min(63),
+            step,
+            total: duration_samples.max(step),
+            sent: 0,
+            end_sent: 0,
+        }
+    }
+}
+
+/// Yields each packet's payload and whether it is the event's first packet (marker bit).
+impl Iterator for DtmfEvent {
+    type Item = (TelephoneEvent, bool);
+
+    fn next(&mut self) -> Option<(TelephoneEvent, bool)> {
+        let first = self.sent == 0 && self.end_sent == 0;
+        if self.sent < self.total {
+            self.sent = self.sent.saturating_add(self.step).min(self.total);
+        }
+        let end = self.sent >= self.total;
+        if end {
+            if self.end_sent >= Self::END_REPEATS {
+                return None;
+            }
+            self.end_sent += 1;
+        }
+        Some((
+            TelephoneEvent {
+                event: self.event,
+                end,
+                volume: self.volume,
+                duration: self.sent,
+            },
+            first,
+        ))
+    }
+}
+
+/// Turns received telephone-event packets into key presses, each reported once although its
+/// packets repeat (growing duration, triple end packets) and may arrive out of order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DtmfDetector {
+    /// RTP timestamp of the last event reported.
+    last: Option<u32>,
+}
+
+impl DtmfDetector {
+    /// Feeds one telephone-event packet; returns the key when this packet starts a new event.
+    pub fn on_packet(&mut self, timestamp: u32, event: &TelephoneEvent) -> Option<char> {
+        if let Some(last) = self.last {
+            // Same event, or a straggler from an earlier one (timestamp not ahead of it).
+            if timestamp == last || (timestamp.wrapping_sub(last) as i32) < 0 {
+                return None;
+            }
+        }
+        self.last = Some(timestamp);
+        event.digit()
+    }
+}
+
 /// One outgoing RTP stream's header state.
 ///
 /// Sequence numbers increase by one per packet sent, whatever is sent. Audio timestamps increase
@@ -650,5 +731,48 @@ mod tests {
         let h = s.audio(ms(20), 0, 160);
         assert!(h.marker);
         assert_eq!(h.timestamp, 160);
+    }
+
+    #[test]
+    fn dtmf_event_packets_grow_then_end_three_times() {
+        let mut e = DtmfEvent::new(5, 10, 800, 160);
+        let packets: Vec<(TelephoneEvent, bool)> = e.by_ref().collect();
+        let durations: Vec<u16> = packets.iter().map(|(p, _)| p.duration).collect();
+        assert_eq!(durations, vec![160, 320, 480, 640, 800, 800, 800]);
+        let ends: Vec<bool> = packets.iter().map(|(p, _)| p.end).collect();
+        assert_eq!(ends, vec![false, false, false, false, true, true, true]);
+        let firsts: Vec<bool> = packets.iter().map(|(_, f)| *f).collect();
+        assert_eq!(firsts, vec![true, false, false, false, false, false, false]);
+        assert!(packets.iter().all(|(p, _)| p.event == 5 && p.volume == 10));
+        assert_eq!(e.next(), None);
+        // A duration shorter than one step still sends one (ending) step.
+        let mut short = DtmfEvent::new(1, 99, 0, 160);
+        let (p, first) = short.next().unwrap();
+        assert!(first && p.end && p.duration == 160 && p.volume == 63);
+    }
+
+    #[test]
+    fn dtmf_detector_reports_each_key_once() {
+        let mut d = DtmfDetector::default();
+        let mut sent = Vec::new();
+        let mut seen = Vec::new();
+        for (i, key) in ['1', '#', '1'].into_iter().enumerate() {
+            let ts = 1000u32.wrapping_add(i as u32 * 4000).wrapping_sub(2000);
+            let mut e = DtmfEvent::new(dtmf_event(key).unwrap(), 10, 800, 160);
+            for (p, _) in e.by_ref() {
+                seen.extend(d.on_packet(ts, &TelephoneEvent::parse(&p.to_bytes()).unwrap()));
+            }
+            sent.push(key);
+        }
+        assert_eq!(seen, sent);
+        // A late packet of an earlier event is not a new key.
+        let old = TelephoneEvent {
+            event: 3,
+            end: true,
+            volume: 10,
+            duration: 800,
+        };
+        assert_eq!(d.on_packet(0, &old), None);
+        assert_eq!(d.on_packet(9000, &old), Some('3'));
     }
 }

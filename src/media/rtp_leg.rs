@@ -620,4 +620,33 @@ mod tests {
         ));
         assert_eq!(alloc.in_use(), 0);
     }
+
+    #[test]
+    fn addr_cell_reads_are_never_torn() {
+        let a = Some(addr("[2001:db8::1]:1111"));
+        let b = Some(addr("10.9.8.7:2222"));
+        let cell = Arc::new(AddrCell::default());
+        cell.store(a);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (cell, stop) = (Arc::clone(&cell), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !stop.load(Ordering::Relaxed) || reads < 1000 {
+                        let v = cell.load();
+                        assert!(v == a || v == b, "torn read {v:?}");
+                        reads += 1;
+                    }
+                })
+            })
+            .collect();
+        for i in 0..200_000 {
+            cell.store(if i % 2 == 0 { b } else { a });
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+    }
 }

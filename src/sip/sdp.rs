@@ -151,6 +151,13 @@ pub struct Negotiated {
     pub on_hold: bool,
 }
 
+impl Negotiated {
+    /// Samples in one packet at the peer's ptime (8 kHz clock): 160 for 20 ms.
+    pub fn samples_per_packet(&self) -> u32 {
+        self.ptime_ms * (CLOCK_RATE / 1000)
+    }
+}
+
 /// Why an SDP body cannot be used; the SIP layer answers 488 (or 400 for garbage).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdpError {
@@ -781,6 +788,7 @@ mod tests {
              a=ptime:20\r\n\
              a=sendrecv\r\n"
         );
+        assert_eq!(n.samples_per_packet(), 160);
         let (_, n) = answer_offer(FS_OFFER, &local(&[Codec::Pcma, Codec::Pcmu])).unwrap();
         assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
     }
