@@ -14,7 +14,7 @@ use srbridge::sip::{
     UaOptions,
 };
 use support::pbx::{PASSWORD, PROXY_ACCOUNT};
-use support::{ports, Baresip, BaresipOptions, Pbx};
+use support::{ports, Baresip, BaresipOptions, Pbx, Sipp};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::Receiver;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,18 @@ struct Ua {
     _token: CancellationToken,
 }
 
+/// `RUST_LOG=...` shows the UA's logs when debugging a test.
+fn debug_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 async fn start(config: &Config) -> Ua {
+    debug_logs();
     let token = CancellationToken::new();
     let (ua, calls) = SipUa::start_with(config, token.clone(), options())
         .await
@@ -712,4 +723,212 @@ async fn the_password_never_reaches_the_logs_even_at_trace_level() {
         "the failure is logged"
     );
     assert!(!text.contains("s3cr3t-pw"), "password leaked into the logs");
+}
+
+#[tokio::test]
+async fn info_in_the_dialog_gets_200_and_the_peers_bye_ends_the_call() {
+    let pbx = Pbx::start().await;
+    let mut ua = registered_ua(&pbx).await;
+    let mut sipp = Sipp::new("uac_info.xml")
+        .service(PROXY_ACCOUNT)
+        .timeout(SHORT)
+        .spawn(Some(ua.ua.local_addr()));
+    let incoming = incoming(&mut ua).await;
+    assert_eq!(incoming.target_uid, "alice");
+    let mut call = incoming.call;
+    call.answer(sdp(ports::free_port_pair())).expect("200");
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::RemoteBye
+    ));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+    let result = sipp.wait(SHORT).await;
+    result.assert_success();
+    assert_eq!(
+        result
+            .received_status_codes()
+            .iter()
+            .filter(|c| **c == 200)
+            .count(),
+        3,
+        "200 for INVITE, INFO and BYE: {:?}",
+        result.received_status_codes()
+    );
+}
+
+#[tokio::test]
+async fn pstn_calls_go_straight_to_the_gateway() {
+    let pbx = Pbx::start().await;
+    let ua = registered_ua(&pbx).await;
+    let gateway_port = ports::free_port();
+    let mut gateway = Sipp::new("uas_answer.xml")
+        .service("gw")
+        .local_port(gateway_port)
+        .timeout(SHORT)
+        .spawn(None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway_addr = SocketAddr::from(([127, 0, 0, 1], gateway_port));
+    let mut call = ua
+        .ua
+        .place_call(OutgoingInvite {
+            gateway: Some(gateway_addr),
+            ..invite("008613800000000")
+        })
+        .await
+        .expect("INVITE");
+    match after_provisionals(&mut call).await {
+        SipCallEvent::Answered { sdp } => assert!(sdp.contains("PCMU"), "{sdp}"),
+        other => panic!("expected Answered, got {other:?}"),
+    }
+    call.bye().await.expect("BYE");
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+    let result = gateway.wait(SHORT).await;
+    result.assert_success();
+    assert!(
+        result
+            .logs
+            .contains(&format!("RURI=sip:008613800000000@{gateway_addr}")),
+        "R-URI names the gateway: {}",
+        result.logs
+    );
+}
+
+fn fast_timers() -> UaOptions {
+    UaOptions {
+        t1: Duration::from_millis(50),
+        ..options()
+    }
+}
+
+#[tokio::test]
+async fn acks_cross_the_record_routed_pbx_so_answered_calls_stay_up() {
+    let pbx = Pbx::start().await;
+    let token = CancellationToken::new();
+    // T1 = 50 ms: a missing ACK would end the call after 64*T1 = 3.2 s
+    let (ua, mut calls) = SipUa::start_with(
+        &config(&pbx, PASSWORD, SipTransport::Udp),
+        token.clone(),
+        fast_timers(),
+    )
+    .await
+    .expect("UA starts");
+    pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
+    let phone = Baresip::start(pbx.addr(), "1001", phone_options(false)).await;
+    let outgoing_phone = Baresip::start(pbx.addr(), "1002", phone_options(true)).await;
+
+    phone.dial("0alice").await;
+    let mut incoming = tokio::time::timeout(SHORT, calls.recv())
+        .await
+        .expect("call")
+        .expect("call")
+        .call;
+    incoming.answer(sdp(ports::free_port_pair())).expect("200");
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+
+    let mut outgoing = ua.place_call(invite("1002")).await.expect("INVITE");
+    assert!(matches!(
+        after_provisionals(&mut outgoing).await,
+        SipCallEvent::Answered { .. }
+    ));
+    outgoing_phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    phone.hangup().await;
+    assert!(
+        matches!(event(&mut incoming, SHORT).await, SipCallEvent::RemoteBye),
+        "the incoming call was still up after 5 s"
+    );
+    outgoing_phone.hangup().await;
+    assert!(
+        matches!(event(&mut outgoing, SHORT).await, SipCallEvent::RemoteBye),
+        "the outgoing call was still up after 5 s"
+    );
+}
+
+#[tokio::test]
+async fn outgoing_call_to_a_dead_pbx_fails_408_over_udp() {
+    let mut pbx = Pbx::start().await;
+    let token = CancellationToken::new();
+    let (ua, _calls) = SipUa::start_with(
+        &config(&pbx, PASSWORD, SipTransport::Udp),
+        token,
+        fast_timers(),
+    )
+    .await
+    .expect("UA starts");
+    pbx.stop();
+    let mut call = ua.place_call(invite("1001")).await.expect("INVITE");
+    match after_provisionals(&mut call).await {
+        SipCallEvent::Failed { code, reason } => assert_eq!(code, 408, "{reason}"),
+        other => panic!("expected Failed 408, got {other:?}"),
+    }
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+}
+
+#[tokio::test]
+async fn outgoing_call_to_a_dead_pbx_fails_503_over_tcp() {
+    let mut pbx = Pbx::start().await;
+    let ua = start(&config(&pbx, PASSWORD, SipTransport::Tcp)).await;
+    pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
+    pbx.stop();
+    // once the pings saw the connection go, a new one is refused at once
+    wait_status(&ua.ua, "PBX down", |s| {
+        matches!(s.pbx, PbxState::Down { .. })
+    })
+    .await;
+    let mut call = ua.ua.place_call(invite("1001")).await.expect("INVITE");
+    match after_provisionals(&mut call).await {
+        SipCallEvent::Failed { code, reason } => assert_eq!(code, 503, "{reason}"),
+        other => panic!("expected Failed 503, got {other:?}"),
+    }
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+}
+
+#[tokio::test]
+async fn calls_work_both_ways_over_tcp() {
+    let pbx = Pbx::start().await;
+    let mut ua = start(&config(&pbx, PASSWORD, SipTransport::Tcp)).await;
+    pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
+    let phone = Baresip::start(pbx.addr(), "1001", phone_options(true)).await;
+
+    phone.dial("0alice").await;
+    let incoming = incoming(&mut ua).await;
+    assert_eq!(incoming.target_uid, "alice");
+    let mut call = incoming.call;
+    call.answer(sdp(ports::free_port_pair())).expect("200");
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+    call.bye().await.expect("BYE");
+    phone.wait_for("CALL_CLOSED", SHORT).await;
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+
+    let mut call = ua.ua.place_call(invite("1001")).await.expect("INVITE");
+    assert!(matches!(
+        after_provisionals(&mut call).await,
+        SipCallEvent::Answered { .. }
+    ));
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+    phone.hangup().await;
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::RemoteBye
+    ));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
 }

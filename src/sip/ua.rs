@@ -11,7 +11,7 @@ use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{Header, Method, Request, SipMessage, StatusCode, Transport, Uri};
-use rsipstack::transaction::endpoint::{EndpointInnerRef, MessageInspector};
+use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption, MessageInspector};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::udp::{UdpConnection, UdpInner};
@@ -47,6 +47,9 @@ pub struct UaOptions {
     pub unregister_timeout: Duration,
     /// Incoming calls queued for the call layer before new ones get 503.
     pub incoming_queue: usize,
+    /// RFC 3261 T1 (RTT estimate, default 500 ms); all transaction timers scale with it
+    /// (64*T1 is the INVITE timeout and the wait for an ACK). Tests shorten it.
+    pub t1: Duration,
 }
 
 impl Default for UaOptions {
@@ -57,6 +60,7 @@ impl Default for UaOptions {
             request_timeout: Duration::from_secs(10),
             unregister_timeout: Duration::from_secs(2),
             incoming_queue: 64,
+            t1: Duration::from_millis(500),
         }
     }
 }
@@ -180,7 +184,13 @@ impl SipUa {
         .await;
         transport_layer.add_transport(udp.into());
 
+        let t1 = opts.t1.max(Duration::from_millis(10));
         let endpoint = EndpointBuilder::new()
+            .with_option(EndpointOption {
+                t1,
+                t1x64: t1 * 64,
+                ..EndpointOption::default()
+            })
             .with_cancel_token(token.child_token())
             .with_transport_layer(transport_layer)
             .with_user_agent(USER_AGENT)
@@ -239,6 +249,13 @@ impl SipUa {
         });
         info!(local = %local_addr, contact = %contact_addr, pbx = %pbx, transport = %inner.transport, "SIP user agent started");
 
+        if inner.transport == SipTransport::Tcp {
+            // one connection to the PBX, opened before registration and pings race to open two
+            let target = inner.pbx_sipaddr();
+            if let Err(e) = inner.endpoint.transport_layer.lookup(&target, None).await {
+                warn!(pbx = %pbx, error = %e, "cannot connect to the PBX over TCP yet");
+            }
+        }
         let (calls_tx, calls_rx) = mpsc::channel(opts.incoming_queue.max(1));
         tokio::spawn(dispatch(inner.clone(), incoming, calls_tx));
         if inner.credential.is_some() {
@@ -347,8 +364,26 @@ impl SipUa {
             ..Default::default()
         };
         let (state_tx, states) = ua.dialogs.new_dialog_state_channel();
-        let (dialog, handle) = ua.dialogs.do_invite_async(option, state_tx)?;
-        info!(call_id = %invite.log_id, callee = %invite.callee, target = %target, sip_call_id = %dialog.id().call_id, "INVITE sent");
+        // rsipstack keeps retrying a refused TCP connect until Timer B (64*T1): check first, so
+        // an unreachable PBX fails the call at once with 503
+        let unreachable = match ua.transport {
+            SipTransport::Tcp => ua
+                .endpoint
+                .transport_layer
+                .lookup(&ua.sipaddr(target), None)
+                .await
+                .err(),
+            SipTransport::Udp => None,
+        };
+        let (dialog, handle) = match unreachable {
+            None => ua.dialogs.do_invite_async(option, state_tx)?,
+            Some(e) => {
+                warn!(call_id = %invite.log_id, target = %target, error = %e, "cannot connect");
+                let (dialog, _unsent) = ua.dialogs.create_client_invite_dialog(option, state_tx)?;
+                (dialog, tokio::spawn(async move { Err(e) }))
+            }
+        };
+        info!(call_id = %invite.log_id, callee = %invite.callee, target = %target, sip_call_id = %dialog.id().call_id, "outgoing call");
         trace!(call_id = %invite.log_id, sdp = %invite.sdp_offer, "offer SDP");
         Ok(call::start(CallStart {
             ua: ua.clone(),
