@@ -641,7 +641,8 @@ async fn reinvite_from_the_phone_is_answered_through_the_call_layer() {
         other => panic!("expected Reoffer, got {other:?}"),
     }
     // resume: the reply is dropped, the last SDP is reused anyway
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // let the hold transaction finish before the next re-INVITE
+    tokio::time::sleep(Duration::from_secs(1)).await;
     phone.command("resume", "").await.expect("resume");
     match event(&mut call, SHORT).await {
         SipCallEvent::Reoffer { reply, .. } => drop(reply),

@@ -648,6 +648,9 @@ async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Send
     if in_dialog {
         match ua.dialogs.match_dialog(&tx) {
             Some(mut dialog) => {
+                if matches!(method, Method::Invite | Method::Update) {
+                    await_ack(&dialog).await;
+                }
                 if let Err(e) = dialog.handle(&mut tx).await {
                     debug!(%method, error = %e, "in-dialog request");
                 }
@@ -686,6 +689,16 @@ async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Send
             )
             .await
         }
+    }
+}
+
+/// A re-INVITE can overtake the ACK of our 200 (both cross the PBX): let the ACK land first so
+/// the dialog treats it as a re-offer, not as a second initial INVITE.
+async fn await_ack(dialog: &rsipstack::dialog::dialog::Dialog) {
+    use rsipstack::dialog::dialog::DialogState;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(dialog.state(), DialogState::WaitAck(..)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
