@@ -22,13 +22,17 @@ use tokio_util::sync::CancellationToken;
 const SHORT: Duration = Duration::from_secs(10);
 
 fn config(pbx: &Pbx, password: &str, transport: SipTransport) -> Config {
+    config_for(pbx.addr(), password, transport)
+}
+
+fn config_for(pbx: SocketAddr, password: &str, transport: SipTransport) -> Config {
     let mut config = Config::from_rtx_conf_str(
         Path::new("rtx.conf"),
         "[global]\nappid=app\nsip_svr=127.0.0.1:5060\n",
     )
     .expect("base config");
     config.global.sip_svr = HostPort {
-        host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
+        host: Host::Ip(pbx.ip()),
         port: pbx.port(),
     };
     config.global.sip_local_port = 0;
@@ -719,7 +723,7 @@ async fn pstn_calls_go_straight_to_the_gateway() {
     let pbx = Pbx::start().await;
     let ua = registered_ua(&pbx).await;
     let gateway_port = ports::free_port();
-    let mut gateway = Sipp::new("uas_answer.xml")
+    let mut gateway = Sipp::new("uas_log_headers.xml")
         .service("gw")
         .local_port(gateway_port)
         .timeout(SHORT)
@@ -752,6 +756,29 @@ async fn pstn_calls_go_straight_to_the_gateway() {
         "R-URI names the gateway: {}",
         result.logs
     );
+    let line = |name: &str| {
+        result
+            .logs
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} in {}", result.logs))
+    };
+    let from = line("From");
+    assert!(
+        from.starts_with("\"alice\" <sip:1000@"),
+        "From: web user as display name, proxy account as user: {from}"
+    );
+    assert!(
+        line("PAI").contains("\"alice\" <sip:alice@"),
+        "{}",
+        line("PAI")
+    );
+    let rpid = line("RPID");
+    assert!(
+        rpid.contains("<sip:alice@") && rpid.contains("party=calling"),
+        "{rpid}"
+    );
+    assert_eq!(line("X-ArInfo"), "test");
 }
 
 fn fast_timers() -> UaOptions {
@@ -886,4 +913,71 @@ async fn calls_work_both_ways_over_tcp() {
         event(&mut call, SHORT).await,
         SipCallEvent::Terminated
     ));
+}
+
+/// Reads datagrams on `sock` until one starts with `method`; returns it.
+async fn recv_request(sock: &UdpSocket, method: &str) -> String {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let (n, _) = tokio::time::timeout(SHORT, sock.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {method} arrived"))
+            .expect("recv");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with(method) {
+            return text;
+        }
+    }
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .unwrap_or_else(|| panic!("no {name} header in {msg}"))
+}
+
+#[tokio::test]
+async fn public_ip_goes_into_contact_and_via_and_the_request_uri_keeps_the_port() {
+    // a silent fake PBX: we only look at what the UA sends
+    let fake = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let fake_addr = fake.local_addr().expect("addr");
+    let mut config = config_for(fake_addr, PASSWORD, SipTransport::Udp);
+    config.sip.public_ip = Some(IpAddr::from([127, 0, 0, 9]));
+    config.sip.options_interval = Duration::ZERO;
+    let ua = start(&config).await;
+    let public = format!("127.0.0.9:{}", ua.ua.local_addr().port());
+    assert_eq!(ua.ua.contact_addr().to_string(), public);
+
+    let register = recv_request(&fake, "REGISTER").await;
+    assert!(
+        register.starts_with(&format!("REGISTER sip:{fake_addr} SIP/2.0")),
+        "{register}"
+    );
+    let via = header(&register, "Via");
+    assert!(via.contains(&public) && via.contains("rport"), "{via}");
+    assert!(
+        header(&register, "Contact").contains(&format!("sip:1000@{public}")),
+        "{register}"
+    );
+    assert_eq!(header(&register, "Expires"), "60");
+
+    let _call = ua.ua.place_call(invite("1001")).await.expect("INVITE");
+    let invite = recv_request(&fake, "INVITE").await;
+    assert!(
+        invite.starts_with(&format!("INVITE sip:1001@{fake_addr} SIP/2.0")),
+        "the R-URI carries the PBX port: {invite}"
+    );
+    assert!(header(&invite, "Via").contains(&public), "{invite}");
+    assert!(
+        header(&invite, "Contact").contains(&format!("sip:1000@{public}")),
+        "{invite}"
+    );
+    assert!(
+        header(&invite, "From").contains(&format!("sip:1000@{fake_addr}")),
+        "From is the proxy account at the PBX: {invite}"
+    );
+    assert!(!invite.contains("0.0.0.0"), "{invite}");
 }

@@ -65,7 +65,8 @@ impl Default for UaOptions {
     }
 }
 
-/// Cheap, cloneable handle to the running UA.
+/// Cheap, cloneable handle to the running UA. It runs (endpoint, registration, pings, dispatcher)
+/// until [`SipUa::shutdown`] or the start-up token is cancelled, not until the last handle drops.
 #[derive(Clone)]
 pub struct SipUa {
     inner: Arc<UaInner>,
@@ -396,7 +397,8 @@ impl SipUa {
         }))
     }
 
-    /// Unregisters (Expires: 0, bounded wait) and stops the endpoint; idempotent.
+    /// Unregisters (Expires: 0, bounded wait) and stops the endpoint; idempotent. Calls still up
+    /// are not hung up first: drain them (BYE) before calling this.
     pub async fn shutdown(&self) {
         let ua = self.inner.clone();
         self.inner
@@ -796,5 +798,30 @@ async fn incoming_invite(
         };
         warn!(call_id = %log_id, "no room for the incoming call: 503");
         let _ = incoming.call.reject(503, "Service Unavailable");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_ip_is_public_then_bound_then_the_route_to_the_pbx() {
+        let pbx: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let public: IpAddr = "203.0.113.7".parse().unwrap();
+        let bound: IpAddr = "127.0.0.1".parse().unwrap();
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        assert_eq!(advertised_ip(Some(public), bound, pbx), public);
+        assert_eq!(advertised_ip(None, bound, pbx), bound);
+        let picked = advertised_ip(None, any, pbx);
+        assert!(!picked.is_unspecified(), "never 0.0.0.0 in headers");
+        assert_eq!(picked, bound, "the address used toward a loopback PBX");
+    }
+
+    #[test]
+    fn caller_ids_become_valid_uri_users() {
+        assert_eq!(user_part("alice"), "alice");
+        assert_eq!(user_part("al ice<>@"), "alice");
+        assert_eq!(user_part("张三"), "anonymous");
     }
 }
