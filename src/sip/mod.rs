@@ -27,3 +27,19 @@ pub fn log_directives(level: crate::config::LogLevel) -> String {
         _ => "rsipstack=warn".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+    use crate::config::LogLevel;
+
+    #[test]
+    fn rsipstack_message_dumps_only_at_sensitive_level() {
+        assert_eq!(log_directives(LogLevel::Sensitive), "rsipstack=trace");
+        for level in [LogLevel::Debug, LogLevel::Info, LogLevel::Warn] {
+            assert_eq!(log_directives(level), "rsipstack=warn", "{level}");
+        }
+        assert_eq!(log_directives(LogLevel::Error), "rsipstack=error");
+        assert_eq!(log_directives(LogLevel::None), "rsipstack=off");
+    }
+}

@@ -20,7 +20,7 @@ use rsipstack::EndpointBuilder;
 use tokio::sync::{mpsc, Notify, OnceCell};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info, trace, warn, Instrument};
 
 use super::call::{self, CallDirection, CallStart, IncomingCall, OutgoingInvite, SipCall};
 use super::error::SipError;
@@ -779,11 +779,15 @@ async fn incoming_invite(
     });
     // drives the INVITE server transaction: 100 Trying now, then our answer, ACK or CANCEL
     let mut server_dialog = dialog;
-    tokio::spawn(async move {
-        if let Err(e) = server_dialog.handle(&mut tx).await {
-            debug!(error = %e, "INVITE transaction");
+    let span = tracing::info_span!("sip_invite", call_id = %log_id);
+    tokio::spawn(
+        async move {
+            if let Err(e) = server_dialog.handle(&mut tx).await {
+                debug!(error = %e, "INVITE transaction");
+            }
         }
-    });
+        .instrument(span),
+    );
     let incoming = IncomingCall {
         call,
         target_uid,
