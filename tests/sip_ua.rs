@@ -619,6 +619,37 @@ async fn outgoing_call_to_an_unregistered_or_unknown_extension_fails() {
         bad.is_err(),
         "a callee with a space is refused before sending"
     );
+    for (name, value) in [("X-Bad\r\nVia", "x"), ("X-Ok", "a\r\nVia: evil"), ("", "x")] {
+        let mut injected = invite("1001");
+        injected.headers = vec![(name.to_string(), value.to_string())];
+        assert!(
+            ua.ua.place_call(injected).await.is_err(),
+            "header {name:?}: {value:?} must be refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn incoming_calls_get_503_when_the_call_layer_is_gone() {
+    let pbx = Pbx::start().await;
+    let Ua { ua, calls, _token } = start(&config(&pbx, PASSWORD, SipTransport::Udp)).await;
+    drop(calls);
+    let target = ua.local_addr();
+    let responses = raw_request([127, 0, 0, 1], target, |local| {
+        raw_invite(target, local, "g1")
+    })
+    .await;
+    assert!(
+        responses
+            .last()
+            .is_some_and(|r| r.starts_with("SIP/2.0 503")),
+        "{responses:?}"
+    );
+    assert!(
+        responses[0].starts_with("SIP/2.0 100"),
+        "100 Trying first: {responses:?}"
+    );
+    wait_status(&ua, "no calls", |s| s.active_calls == 0 && s.dialogs == 0).await;
 }
 
 #[tokio::test]

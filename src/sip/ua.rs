@@ -735,6 +735,10 @@ async fn incoming_invite(
         reply_logged(&mut tx, StatusCode::ServiceUnavailable, vec![]).await;
         return;
     }
+    // at once, before anything can delay us: the PBX stops retransmitting
+    if let Err(e) = tx.send_trying().await {
+        debug!(error = %e, "100 Trying not sent");
+    }
     let (caller_number, caller_display) = match req.from_header().and_then(|f| f.typed()) {
         Ok(from) => (
             from.uri.user().unwrap_or_default().to_string(),
