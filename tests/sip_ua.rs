@@ -272,6 +272,13 @@ async fn registers_over_tcp() {
     let ua = start(&config(&pbx, PASSWORD, SipTransport::Tcp)).await;
     pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
     assert_eq!(ua.ua.status().transport, "tcp");
+    wait_status(&ua.ua, "PBX up over TCP", |s| {
+        matches!(s.pbx, PbxState::Up { .. })
+    })
+    .await;
+    ua.ua.shutdown().await;
+    pbx.wait_unregistered(PROXY_ACCOUNT, Duration::from_secs(3))
+        .await;
 }
 
 #[tokio::test]
@@ -675,21 +682,35 @@ async fn reinvite_from_the_phone_is_answered_through_the_call_layer() {
         }
         other => panic!("expected Reoffer, got {other:?}"),
     }
-    // resume: the reply is dropped, the last SDP is reused anyway
-    // let the hold transaction finish before the next re-INVITE
+    // resume: the call layer answers with a new SDP
     tokio::time::sleep(Duration::from_secs(1)).await;
     phone.command("resume", "").await.expect("resume");
+    match event(&mut call, SHORT).await {
+        SipCallEvent::Reoffer { sdp, reply } => {
+            assert!(
+                sdp.as_deref().is_some_and(|s| s.contains("sendrecv")),
+                "{sdp:?}"
+            );
+            let new_answer = answer.replace("o=srbridge 1 1", "o=srbridge 1 2");
+            reply.send(Some(new_answer)).expect("driver waits");
+        }
+        other => panic!("expected Reoffer, got {other:?}"),
+    }
+    // hold again: the reply is dropped, the last SDP is reused anyway
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    phone.command("hold", "").await.expect("hold");
     match event(&mut call, SHORT).await {
         SipCallEvent::Reoffer { reply, .. } => drop(reply),
         other => panic!("expected Reoffer, got {other:?}"),
     }
+
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         phone
             .try_wait_for("CALL_CLOSED", Duration::from_millis(200))
             .await
             .is_none(),
-        "the call survives both re-INVITEs"
+        "the call survives the re-INVITEs"
     );
     call.bye().await.expect("BYE");
     phone.wait_for("CALL_CLOSED", SHORT).await;
