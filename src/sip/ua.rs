@@ -385,7 +385,7 @@ impl SipUa {
             }
         };
         info!(call_id = %invite.log_id, callee = %invite.callee, target = %target, sip_call_id = %dialog.id().call_id, "outgoing call");
-        trace!(call_id = %invite.log_id, sdp = %invite.sdp_offer, "offer SDP");
+        trace!(call_id = %invite.log_id, sdp = ?invite.sdp_offer, "offer SDP");
         Ok(call::start(CallStart {
             ua: ua.clone(),
             log_id: invite.log_id,
@@ -593,12 +593,12 @@ struct TraceInspector;
 
 impl MessageInspector for TraceInspector {
     fn before_send(&self, msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
-        trace!(dest = ?dest.map(|d| d.to_string()), message = %msg, "SIP send");
+        trace!(dest = ?dest.map(|d| d.to_string()), message = ?msg.to_string(), "SIP send");
         msg
     }
 
     fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
-        trace!(from = ?from.map(|d| d.to_string()), message = %msg, "SIP received");
+        trace!(from = ?from.map(|d| d.to_string()), message = ?msg.to_string(), "SIP received");
         msg
     }
 }
@@ -770,7 +770,7 @@ async fn incoming_invite(
     let sdp_offer = (!req.body.is_empty()).then(|| String::from_utf8_lossy(&req.body).into_owned());
     info!(call_id = %log_id, %source, target_uid = %target_uid, caller = %caller_number, sip_call_id = %dialog.id().call_id, "incoming call");
     if let Some(sdp) = &sdp_offer {
-        trace!(call_id = %log_id, sdp = %sdp, "offer SDP");
+        trace!(call_id = %log_id, sdp = ?sdp, "offer SDP");
     }
     let call = call::start(CallStart {
         ua: ua.clone(),
