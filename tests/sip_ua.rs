@@ -14,7 +14,7 @@ use srbridge::sip::{
     UaOptions,
 };
 use support::pbx::{PASSWORD, PROXY_ACCOUNT};
-use support::{ports, Baresip, BaresipOptions, Pbx};
+use support::{ports, Baresip, BaresipOptions, Pbx, Sipp};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::Receiver;
 use tokio_util::sync::CancellationToken;
@@ -22,13 +22,17 @@ use tokio_util::sync::CancellationToken;
 const SHORT: Duration = Duration::from_secs(10);
 
 fn config(pbx: &Pbx, password: &str, transport: SipTransport) -> Config {
+    config_for(pbx.addr(), password, transport)
+}
+
+fn config_for(pbx: SocketAddr, password: &str, transport: SipTransport) -> Config {
     let mut config = Config::from_rtx_conf_str(
         Path::new("rtx.conf"),
         "[global]\nappid=app\nsip_svr=127.0.0.1:5060\n",
     )
     .expect("base config");
     config.global.sip_svr = HostPort {
-        host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
+        host: Host::Ip(pbx.ip()),
         port: pbx.port(),
     };
     config.global.sip_local_port = 0;
@@ -59,7 +63,18 @@ struct Ua {
     _token: CancellationToken,
 }
 
+/// `RUST_LOG=...` shows the UA's logs when debugging a test.
+fn debug_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 async fn start(config: &Config) -> Ua {
+    debug_logs();
     let token = CancellationToken::new();
     let (ua, calls) = SipUa::start_with(config, token.clone(), options())
         .await
@@ -257,6 +272,13 @@ async fn registers_over_tcp() {
     let ua = start(&config(&pbx, PASSWORD, SipTransport::Tcp)).await;
     pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
     assert_eq!(ua.ua.status().transport, "tcp");
+    wait_status(&ua.ua, "PBX up over TCP", |s| {
+        matches!(s.pbx, PbxState::Up { .. })
+    })
+    .await;
+    ua.ua.shutdown().await;
+    pbx.wait_unregistered(PROXY_ACCOUNT, Duration::from_secs(3))
+        .await;
 }
 
 #[tokio::test]
@@ -604,6 +626,37 @@ async fn outgoing_call_to_an_unregistered_or_unknown_extension_fails() {
         bad.is_err(),
         "a callee with a space is refused before sending"
     );
+    for (name, value) in [("X-Bad\r\nVia", "x"), ("X-Ok", "a\r\nVia: evil"), ("", "x")] {
+        let mut injected = invite("1001");
+        injected.headers = vec![(name.to_string(), value.to_string())];
+        assert!(
+            ua.ua.place_call(injected).await.is_err(),
+            "header {name:?}: {value:?} must be refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn incoming_calls_get_503_when_the_call_layer_is_gone() {
+    let pbx = Pbx::start().await;
+    let Ua { ua, calls, _token } = start(&config(&pbx, PASSWORD, SipTransport::Udp)).await;
+    drop(calls);
+    let target = ua.local_addr();
+    let responses = raw_request([127, 0, 0, 1], target, |local| {
+        raw_invite(target, local, "g1")
+    })
+    .await;
+    assert!(
+        responses
+            .last()
+            .is_some_and(|r| r.starts_with("SIP/2.0 503")),
+        "{responses:?}"
+    );
+    assert!(
+        responses[0].starts_with("SIP/2.0 100"),
+        "100 Trying first: {responses:?}"
+    );
+    wait_status(&ua, "no calls", |s| s.active_calls == 0 && s.dialogs == 0).await;
 }
 
 #[tokio::test]
@@ -629,20 +682,35 @@ async fn reinvite_from_the_phone_is_answered_through_the_call_layer() {
         }
         other => panic!("expected Reoffer, got {other:?}"),
     }
-    // resume: the reply is dropped, the last SDP is reused anyway
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // resume: the call layer answers with a new SDP
+    tokio::time::sleep(Duration::from_secs(1)).await;
     phone.command("resume", "").await.expect("resume");
+    match event(&mut call, SHORT).await {
+        SipCallEvent::Reoffer { sdp, reply } => {
+            assert!(
+                sdp.as_deref().is_some_and(|s| s.contains("sendrecv")),
+                "{sdp:?}"
+            );
+            let new_answer = answer.replace("o=srbridge 1 1", "o=srbridge 1 2");
+            reply.send(Some(new_answer)).expect("driver waits");
+        }
+        other => panic!("expected Reoffer, got {other:?}"),
+    }
+    // hold again: the reply is dropped, the last SDP is reused anyway
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    phone.command("hold", "").await.expect("hold");
     match event(&mut call, SHORT).await {
         SipCallEvent::Reoffer { reply, .. } => drop(reply),
         other => panic!("expected Reoffer, got {other:?}"),
     }
+
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         phone
             .try_wait_for("CALL_CLOSED", Duration::from_millis(200))
             .await
             .is_none(),
-        "the call survives both re-INVITEs"
+        "the call survives the re-INVITEs"
     );
     call.bye().await.expect("BYE");
     phone.wait_for("CALL_CLOSED", SHORT).await;
@@ -668,48 +736,300 @@ async fn dropping_an_answered_call_hangs_up_and_frees_the_dialog() {
     .await;
 }
 
-/// Collects everything logged on this thread (the test runtime is single-threaded).
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+#[tokio::test]
+async fn info_in_the_dialog_gets_200_and_the_peers_bye_ends_the_call() {
+    let pbx = Pbx::start().await;
+    let mut ua = registered_ua(&pbx).await;
+    let mut sipp = Sipp::new("uac_info.xml")
+        .service(PROXY_ACCOUNT)
+        .timeout(SHORT)
+        .spawn(Some(ua.ua.local_addr()));
+    let incoming = incoming(&mut ua).await;
+    assert_eq!(incoming.target_uid, "alice");
+    let mut call = incoming.call;
+    call.answer(sdp(ports::free_port_pair())).expect("200");
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::RemoteBye
+    ));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+    let result = sipp.wait(SHORT).await;
+    result.assert_success();
+    assert_eq!(
+        result
+            .received_status_codes()
+            .iter()
+            .filter(|c| **c == 200)
+            .count(),
+        3,
+        "200 for INVITE, INFO and BYE: {:?}",
+        result.received_status_codes()
+    );
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+#[tokio::test]
+async fn pstn_calls_go_straight_to_the_gateway() {
+    let pbx = Pbx::start().await;
+    let ua = registered_ua(&pbx).await;
+    let gateway_port = ports::free_port();
+    let mut gateway = Sipp::new("uas_log_headers.xml")
+        .service("gw")
+        .local_port(gateway_port)
+        .timeout(SHORT)
+        .spawn(None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway_addr = SocketAddr::from(([127, 0, 0, 1], gateway_port));
+    let mut call = ua
+        .ua
+        .place_call(OutgoingInvite {
+            gateway: Some(gateway_addr),
+            ..invite("008613800000000")
+        })
+        .await
+        .expect("INVITE");
+    match after_provisionals(&mut call).await {
+        SipCallEvent::Answered { sdp } => assert!(sdp.contains("PCMU"), "{sdp}"),
+        other => panic!("expected Answered, got {other:?}"),
+    }
+    call.bye().await.expect("BYE");
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+    let result = gateway.wait(SHORT).await;
+    result.assert_success();
+    assert!(
+        result
+            .logs
+            .contains(&format!("RURI=sip:008613800000000@{gateway_addr}")),
+        "R-URI names the gateway: {}",
+        result.logs
+    );
+    let line = |name: &str| {
+        result
+            .logs
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} in {}", result.logs))
+    };
+    let from = line("From");
+    assert!(
+        from.starts_with("\"alice\" <sip:1000@"),
+        "From: web user as display name, proxy account as user: {from}"
+    );
+    assert!(
+        line("PAI").contains("\"alice\" <sip:alice@"),
+        "{}",
+        line("PAI")
+    );
+    let rpid = line("RPID");
+    assert!(
+        rpid.contains("<sip:alice@") && rpid.contains("party=calling"),
+        "{rpid}"
+    );
+    assert_eq!(line("X-ArInfo"), "test");
+}
+
+fn fast_timers() -> UaOptions {
+    UaOptions {
+        t1: Duration::from_millis(50),
+        ..options()
     }
 }
 
 #[tokio::test]
-async fn the_password_never_reaches_the_logs_even_at_trace_level() {
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+async fn acks_cross_the_record_routed_pbx_so_answered_calls_stay_up() {
     let pbx = Pbx::start().await;
-    let ua = start(&config(&pbx, "s3cr3t-pw", SipTransport::Udp)).await;
-    wait_status(&ua.ua, "failed", |s| {
-        matches!(&s.registration, RegistrationState::Failed { .. })
+    let token = CancellationToken::new();
+    // T1 = 50 ms: a missing ACK would end the call after 64*T1 = 3.2 s
+    let (ua, mut calls) = SipUa::start_with(
+        &config(&pbx, PASSWORD, SipTransport::Udp),
+        token.clone(),
+        fast_timers(),
+    )
+    .await
+    .expect("UA starts");
+    pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
+    let phone = Baresip::start(pbx.addr(), "1001", phone_options(false)).await;
+    let outgoing_phone = Baresip::start(pbx.addr(), "1002", phone_options(true)).await;
+
+    phone.dial("0alice").await;
+    let mut incoming = tokio::time::timeout(SHORT, calls.recv())
+        .await
+        .expect("call")
+        .expect("call")
+        .call;
+    incoming.answer(sdp(ports::free_port_pair())).expect("200");
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+
+    let mut outgoing = ua.place_call(invite("1002")).await.expect("INVITE");
+    assert!(matches!(
+        after_provisionals(&mut outgoing).await,
+        SipCallEvent::Answered { .. }
+    ));
+    outgoing_phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    phone.hangup().await;
+    assert!(
+        matches!(event(&mut incoming, SHORT).await, SipCallEvent::RemoteBye),
+        "the incoming call was still up after 5 s"
+    );
+    outgoing_phone.hangup().await;
+    assert!(
+        matches!(event(&mut outgoing, SHORT).await, SipCallEvent::RemoteBye),
+        "the outgoing call was still up after 5 s"
+    );
+}
+
+#[tokio::test]
+async fn outgoing_call_to_a_dead_pbx_fails_408_over_udp() {
+    let mut pbx = Pbx::start().await;
+    let token = CancellationToken::new();
+    let (ua, _calls) = SipUa::start_with(
+        &config(&pbx, PASSWORD, SipTransport::Udp),
+        token,
+        fast_timers(),
+    )
+    .await
+    .expect("UA starts");
+    pbx.stop();
+    let mut call = ua.place_call(invite("1001")).await.expect("INVITE");
+    match after_provisionals(&mut call).await {
+        SipCallEvent::Failed { code, reason } => assert_eq!(code, 408, "{reason}"),
+        other => panic!("expected Failed 408, got {other:?}"),
+    }
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+}
+
+#[tokio::test]
+async fn outgoing_call_to_a_dead_pbx_fails_503_over_tcp() {
+    let mut pbx = Pbx::start().await;
+    let ua = start(&config(&pbx, PASSWORD, SipTransport::Tcp)).await;
+    pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
+    pbx.stop();
+    // once the pings saw the connection go, a new one is refused at once
+    wait_status(&ua.ua, "PBX down", |s| {
+        matches!(s.pbx, PbxState::Down { .. })
     })
     .await;
-    ua.ua.shutdown().await;
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    assert!(text.contains("REGISTER sip:"), "SIP messages are traced");
+    let mut call = ua.ua.place_call(invite("1001")).await.expect("INVITE");
+    match after_provisionals(&mut call).await {
+        SipCallEvent::Failed { code, reason } => assert_eq!(code, 503, "{reason}"),
+        other => panic!("expected Failed 503, got {other:?}"),
+    }
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+}
+
+#[tokio::test]
+async fn calls_work_both_ways_over_tcp() {
+    let pbx = Pbx::start().await;
+    let mut ua = start(&config(&pbx, PASSWORD, SipTransport::Tcp)).await;
+    pbx.wait_registered(PROXY_ACCOUNT, SHORT).await;
+    let phone = Baresip::start(pbx.addr(), "1001", phone_options(true)).await;
+
+    phone.dial("0alice").await;
+    let incoming = incoming(&mut ua).await;
+    assert_eq!(incoming.target_uid, "alice");
+    let mut call = incoming.call;
+    call.answer(sdp(ports::free_port_pair())).expect("200");
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+    call.bye().await.expect("BYE");
+    phone.wait_for("CALL_CLOSED", SHORT).await;
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+
+    let mut call = ua.ua.place_call(invite("1001")).await.expect("INVITE");
+    assert!(matches!(
+        after_provisionals(&mut call).await,
+        SipCallEvent::Answered { .. }
+    ));
+    phone.wait_for("CALL_ESTABLISHED", SHORT).await;
+    phone.hangup().await;
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::RemoteBye
+    ));
+    assert!(matches!(
+        event(&mut call, SHORT).await,
+        SipCallEvent::Terminated
+    ));
+}
+
+/// Reads datagrams on `sock` until one starts with `method`; returns it.
+async fn recv_request(sock: &UdpSocket, method: &str) -> String {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let (n, _) = tokio::time::timeout(SHORT, sock.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {method} arrived"))
+            .expect("recv");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with(method) {
+            return text;
+        }
+    }
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .unwrap_or_else(|| panic!("no {name} header in {msg}"))
+}
+
+#[tokio::test]
+async fn public_ip_goes_into_contact_and_via_and_the_request_uri_keeps_the_port() {
+    // a silent fake PBX: we only look at what the UA sends
+    let fake = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let fake_addr = fake.local_addr().expect("addr");
+    let mut config = config_for(fake_addr, PASSWORD, SipTransport::Udp);
+    config.sip.public_ip = Some(IpAddr::from([127, 0, 0, 9]));
+    config.sip.options_interval = Duration::ZERO;
+    let ua = start(&config).await;
+    let public = format!("127.0.0.9:{}", ua.ua.local_addr().port());
+    assert_eq!(ua.ua.contact_addr().to_string(), public);
+
+    let register = recv_request(&fake, "REGISTER").await;
     assert!(
-        text.contains("registration failed"),
-        "the failure is logged"
+        register.starts_with(&format!("REGISTER sip:{fake_addr} SIP/2.0")),
+        "{register}"
     );
-    assert!(!text.contains("s3cr3t-pw"), "password leaked into the logs");
+    let via = header(&register, "Via");
+    assert!(via.contains(&public) && via.contains("rport"), "{via}");
+    assert!(
+        header(&register, "Contact").contains(&format!("sip:1000@{public}")),
+        "{register}"
+    );
+    assert_eq!(header(&register, "Expires"), "60");
+
+    let _call = ua.ua.place_call(invite("1001")).await.expect("INVITE");
+    let invite = recv_request(&fake, "INVITE").await;
+    assert!(
+        invite.starts_with(&format!("INVITE sip:1001@{fake_addr} SIP/2.0")),
+        "the R-URI carries the PBX port: {invite}"
+    );
+    assert!(header(&invite, "Via").contains(&public), "{invite}");
+    assert!(
+        header(&invite, "Contact").contains(&format!("sip:1000@{public}")),
+        "{invite}"
+    );
+    assert!(
+        header(&invite, "From").contains(&format!("sip:1000@{fake_addr}")),
+        "From is the proxy account at the PBX: {invite}"
+    );
+    assert!(!invite.contains("0.0.0.0"), "{invite}");
 }

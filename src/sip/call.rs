@@ -178,7 +178,7 @@ impl SipCall {
         if self.dialog.state().is_terminated_state() {
             return Err(self.invalid("answer"));
         }
-        trace!(call_id = %self.log_id, sdp = %sdp, "answer SDP");
+        trace!(call_id = %self.log_id, sdp = ?sdp, "answer SDP");
         self.shared.set_sdp(&sdp);
         self.dialog.accept(
             Some(vec![Header::ContentType("application/sdp".into())]),
@@ -471,7 +471,7 @@ impl Driver {
             DialogState::Early(_, resp) if self.direction == CallDirection::Outgoing => {
                 let sdp = body_text(&resp.body);
                 if let Some(sdp) = &sdp {
-                    trace!(sdp = %sdp, "early SDP");
+                    trace!(sdp = ?sdp, "early SDP");
                 }
                 info!(code = resp.status_code.code(), "provisional response");
                 self.emit(SipCallEvent::Provisional {
@@ -482,7 +482,7 @@ impl Driver {
             DialogState::Confirmed(_, resp) if self.direction == CallDirection::Outgoing => {
                 if !self.shared.answered.swap(true, Ordering::SeqCst) {
                     let sdp = body_text(&resp.body).unwrap_or_default();
-                    trace!(sdp = %sdp, "answer SDP");
+                    trace!(sdp = ?sdp, "answer SDP");
                     info!("answered");
                     self.emit(SipCallEvent::Answered { sdp });
                 }
@@ -511,7 +511,7 @@ impl Driver {
         let method = req.method;
         info!(%method, with_offer = offer.is_some(), "re-offer from the remote side");
         if let Some(sdp) = &offer {
-            trace!(sdp = %sdp, "re-offer SDP");
+            trace!(sdp = ?sdp, "re-offer SDP");
         }
         let (reply, answer) = oneshot::channel();
         self.emit(SipCallEvent::Reoffer { sdp: offer, reply });
@@ -525,7 +525,7 @@ impl Driver {
                 let result = match chosen {
                     Some(sdp) => {
                         shared.set_sdp(&sdp);
-                        trace!(sdp = %sdp, "re-offer answer SDP");
+                        trace!(sdp = ?sdp, "re-offer answer SDP");
                         handle
                             .respond(
                                 StatusCode::OK,

@@ -2,6 +2,15 @@
 //! dialogs, digest auth): the proxy account's registration, PBX pings, and calls in both
 //! directions. rsipstack's types stay inside this module; the call layer sees [`SipUa`],
 //! [`SipCall`] and plain events.
+//!
+//! From rsipstack: UDP/TCP transport, transactions with retransmissions and timers, dialogs
+//! (route sets from Record-Route, ACK for 2xx, CANCEL, BYE, in-dialog request matching), digest
+//! auth on 401/407, the REGISTER transaction. Ours: the registration policy (refresh, back-off,
+//! re-register when the PBX returns, unregister on shutdown), OPTIONS pings and PBX state,
+//! screening of incoming INVITEs (peers, X-Number/dial prefix), Contact/Via address choice
+//! (`public_ip`, never 0.0.0.0), caller-identity headers, the per-call event driver (re-offers
+//! through the call layer, `o=` version bump, cleanup on drop), immediate 503 for an unreachable
+//! TCP PBX, and trace-only message logging.
 
 mod call;
 mod error;
@@ -26,5 +35,21 @@ pub fn log_directives(level: crate::config::LogLevel) -> String {
         LogLevel::Sensitive => "rsipstack=trace".to_string(),
         LogLevel::Error | LogLevel::None => format!("rsipstack={}", level.filter_directive()),
         _ => "rsipstack=warn".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+    use crate::config::LogLevel;
+
+    #[test]
+    fn rsipstack_message_dumps_only_at_sensitive_level() {
+        assert_eq!(log_directives(LogLevel::Sensitive), "rsipstack=trace");
+        for level in [LogLevel::Debug, LogLevel::Info, LogLevel::Warn] {
+            assert_eq!(log_directives(level), "rsipstack=warn", "{level}");
+        }
+        assert_eq!(log_directives(LogLevel::Error), "rsipstack=error");
+        assert_eq!(log_directives(LogLevel::None), "rsipstack=off");
     }
 }

@@ -11,7 +11,7 @@ use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{Header, Method, Request, SipMessage, StatusCode, Transport, Uri};
-use rsipstack::transaction::endpoint::{EndpointInnerRef, MessageInspector};
+use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption, MessageInspector};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::udp::{UdpConnection, UdpInner};
@@ -20,7 +20,7 @@ use rsipstack::EndpointBuilder;
 use tokio::sync::{mpsc, Notify, OnceCell};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info, trace, warn, Instrument};
 
 use super::call::{self, CallDirection, CallStart, IncomingCall, OutgoingInvite, SipCall};
 use super::error::SipError;
@@ -47,6 +47,9 @@ pub struct UaOptions {
     pub unregister_timeout: Duration,
     /// Incoming calls queued for the call layer before new ones get 503.
     pub incoming_queue: usize,
+    /// RFC 3261 T1 (RTT estimate, default 500 ms); all transaction timers scale with it
+    /// (64*T1 is the INVITE timeout and the wait for an ACK). Tests shorten it.
+    pub t1: Duration,
 }
 
 impl Default for UaOptions {
@@ -57,11 +60,13 @@ impl Default for UaOptions {
             request_timeout: Duration::from_secs(10),
             unregister_timeout: Duration::from_secs(2),
             incoming_queue: 64,
+            t1: Duration::from_millis(500),
         }
     }
 }
 
-/// Cheap, cloneable handle to the running UA.
+/// Cheap, cloneable handle to the running UA. It runs (endpoint, registration, pings, dispatcher)
+/// until [`SipUa::shutdown`] or the start-up token is cancelled, not until the last handle drops.
 #[derive(Clone)]
 pub struct SipUa {
     inner: Arc<UaInner>,
@@ -180,7 +185,13 @@ impl SipUa {
         .await;
         transport_layer.add_transport(udp.into());
 
+        let t1 = opts.t1.max(Duration::from_millis(10));
         let endpoint = EndpointBuilder::new()
+            .with_option(EndpointOption {
+                t1,
+                t1x64: t1 * 64,
+                ..EndpointOption::default()
+            })
             .with_cancel_token(token.child_token())
             .with_transport_layer(transport_layer)
             .with_user_agent(USER_AGENT)
@@ -239,6 +250,13 @@ impl SipUa {
         });
         info!(local = %local_addr, contact = %contact_addr, pbx = %pbx, transport = %inner.transport, "SIP user agent started");
 
+        if inner.transport == SipTransport::Tcp {
+            // one connection to the PBX, opened before registration and pings race to open two
+            let target = inner.pbx_sipaddr();
+            if let Err(e) = inner.endpoint.transport_layer.lookup(&target, None).await {
+                warn!(pbx = %pbx, error = %e, "cannot connect to the PBX over TCP yet");
+            }
+        }
         let (calls_tx, calls_rx) = mpsc::channel(opts.incoming_queue.max(1));
         tokio::spawn(dispatch(inner.clone(), incoming, calls_tx));
         if inner.credential.is_some() {
@@ -347,9 +365,27 @@ impl SipUa {
             ..Default::default()
         };
         let (state_tx, states) = ua.dialogs.new_dialog_state_channel();
-        let (dialog, handle) = ua.dialogs.do_invite_async(option, state_tx)?;
-        info!(call_id = %invite.log_id, callee = %invite.callee, target = %target, sip_call_id = %dialog.id().call_id, "INVITE sent");
-        trace!(call_id = %invite.log_id, sdp = %invite.sdp_offer, "offer SDP");
+        // rsipstack keeps retrying a refused TCP connect until Timer B (64*T1): check first, so
+        // an unreachable PBX fails the call at once with 503
+        let unreachable = match ua.transport {
+            SipTransport::Tcp => ua
+                .endpoint
+                .transport_layer
+                .lookup(&ua.sipaddr(target), None)
+                .await
+                .err(),
+            SipTransport::Udp => None,
+        };
+        let (dialog, handle) = match unreachable {
+            None => ua.dialogs.do_invite_async(option, state_tx)?,
+            Some(e) => {
+                warn!(call_id = %invite.log_id, target = %target, error = %e, "cannot connect");
+                let (dialog, _unsent) = ua.dialogs.create_client_invite_dialog(option, state_tx)?;
+                (dialog, tokio::spawn(async move { Err(e) }))
+            }
+        };
+        info!(call_id = %invite.log_id, callee = %invite.callee, target = %target, sip_call_id = %dialog.id().call_id, "outgoing call");
+        trace!(call_id = %invite.log_id, sdp = ?invite.sdp_offer, "offer SDP");
         Ok(call::start(CallStart {
             ua: ua.clone(),
             log_id: invite.log_id,
@@ -361,7 +397,8 @@ impl SipUa {
         }))
     }
 
-    /// Unregisters (Expires: 0, bounded wait) and stops the endpoint; idempotent.
+    /// Unregisters (Expires: 0, bounded wait) and stops the endpoint; idempotent. Calls still up
+    /// are not hung up first: drain them (BYE) before calling this.
     pub async fn shutdown(&self) {
         let ua = self.inner.clone();
         self.inner
@@ -556,12 +593,12 @@ struct TraceInspector;
 
 impl MessageInspector for TraceInspector {
     fn before_send(&self, msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
-        trace!(dest = ?dest.map(|d| d.to_string()), message = %msg, "SIP send");
+        trace!(dest = ?dest.map(|d| d.to_string()), message = ?msg.to_string(), "SIP send");
         msg
     }
 
     fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
-        trace!(from = ?from.map(|d| d.to_string()), message = %msg, "SIP received");
+        trace!(from = ?from.map(|d| d.to_string()), message = ?msg.to_string(), "SIP received");
         msg
     }
 }
@@ -613,6 +650,9 @@ async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Send
     if in_dialog {
         match ua.dialogs.match_dialog(&tx) {
             Some(mut dialog) => {
+                if matches!(method, Method::Invite | Method::Update) {
+                    await_ack(&dialog).await;
+                }
                 if let Err(e) = dialog.handle(&mut tx).await {
                     debug!(%method, error = %e, "in-dialog request");
                 }
@@ -654,6 +694,16 @@ async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Send
     }
 }
 
+/// A re-INVITE can overtake the ACK of our 200 (both cross the PBX): let the ACK land first so
+/// the dialog treats it as a re-offer, not as a second initial INVITE.
+async fn await_ack(dialog: &rsipstack::dialog::dialog::Dialog) {
+    use rsipstack::dialog::dialog::DialogState;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(dialog.state(), DialogState::WaitAck(..)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn incoming_invite(
     ua: Arc<UaInner>,
     mut tx: Transaction,
@@ -684,6 +734,10 @@ async fn incoming_invite(
     if ua.token.is_cancelled() || ua.stop_register.is_cancelled() {
         reply_logged(&mut tx, StatusCode::ServiceUnavailable, vec![]).await;
         return;
+    }
+    // at once, before anything can delay us: the PBX stops retransmitting
+    if let Err(e) = tx.send_trying().await {
+        debug!(error = %e, "100 Trying not sent");
     }
     let (caller_number, caller_display) = match req.from_header().and_then(|f| f.typed()) {
         Ok(from) => (
@@ -716,7 +770,7 @@ async fn incoming_invite(
     let sdp_offer = (!req.body.is_empty()).then(|| String::from_utf8_lossy(&req.body).into_owned());
     info!(call_id = %log_id, %source, target_uid = %target_uid, caller = %caller_number, sip_call_id = %dialog.id().call_id, "incoming call");
     if let Some(sdp) = &sdp_offer {
-        trace!(call_id = %log_id, sdp = %sdp, "offer SDP");
+        trace!(call_id = %log_id, sdp = ?sdp, "offer SDP");
     }
     let call = call::start(CallStart {
         ua: ua.clone(),
@@ -729,11 +783,15 @@ async fn incoming_invite(
     });
     // drives the INVITE server transaction: 100 Trying now, then our answer, ACK or CANCEL
     let mut server_dialog = dialog;
-    tokio::spawn(async move {
-        if let Err(e) = server_dialog.handle(&mut tx).await {
-            debug!(error = %e, "INVITE transaction");
+    let span = tracing::info_span!("sip_invite", call_id = %log_id);
+    tokio::spawn(
+        async move {
+            if let Err(e) = server_dialog.handle(&mut tx).await {
+                debug!(error = %e, "INVITE transaction");
+            }
         }
-    });
+        .instrument(span),
+    );
     let incoming = IncomingCall {
         call,
         target_uid,
@@ -748,5 +806,30 @@ async fn incoming_invite(
         };
         warn!(call_id = %log_id, "no room for the incoming call: 503");
         let _ = incoming.call.reject(503, "Service Unavailable");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_ip_is_public_then_bound_then_the_route_to_the_pbx() {
+        let pbx: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let public: IpAddr = "203.0.113.7".parse().unwrap();
+        let bound: IpAddr = "127.0.0.1".parse().unwrap();
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        assert_eq!(advertised_ip(Some(public), bound, pbx), public);
+        assert_eq!(advertised_ip(None, bound, pbx), bound);
+        let picked = advertised_ip(None, any, pbx);
+        assert!(!picked.is_unspecified(), "never 0.0.0.0 in headers");
+        assert_eq!(picked, bound, "the address used toward a loopback PBX");
+    }
+
+    #[test]
+    fn caller_ids_become_valid_uri_users() {
+        assert_eq!(user_part("alice"), "alice");
+        assert_eq!(user_part("al ice<>@"), "alice");
+        assert_eq!(user_part("张三"), "anonymous");
     }
 }
