@@ -81,7 +81,7 @@ async fn log_request(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     tracing::debug!(
         %method,
-        path = uri.path(),
+        path = %uri.path(),
         status = response.status().as_u16(),
         us = start.elapsed().as_micros() as u64,
         "http"
