@@ -3,7 +3,6 @@
 //! mode and `--loop`), stop (pid file and process gone), no restart after a deliberate stop.
 
 mod ops_support;
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -2,7 +2,6 @@
 //! text), admin token, SIGHUP reload (good and broken config), SIGTERM drain, bind errors.
 
 mod ops_support;
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::path::Path;

@@ -3,7 +3,6 @@
 //! request headers and URIs (with credentials in them) are logged at that level.
 
 mod ops_support;
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use ops_support::*;

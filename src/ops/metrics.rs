@@ -316,30 +316,29 @@ impl Default for Metrics {
 impl Metrics {
     /// An empty registry (the process uses [`metrics()`]; tests make their own).
     pub const fn new() -> Self {
-        const C: Counter = Counter::new();
         Metrics {
             calls_started: PerDirection {
-                web_to_sip: C,
-                sip_to_web: C,
+                web_to_sip: Counter::new(),
+                sip_to_web: Counter::new(),
             },
             calls_answered: PerDirection {
-                web_to_sip: C,
-                sip_to_web: C,
+                web_to_sip: Counter::new(),
+                sip_to_web: Counter::new(),
             },
-            calls_failed: [C; CODE_SLOTS],
+            calls_failed: [const { Counter::new() }; CODE_SLOTS],
             calls_active: Gauge::new(),
             call_setup: Histogram::new(SETUP_BOUNDS),
             rtp_packets: PerDirection {
-                web_to_sip: C,
-                sip_to_web: C,
+                web_to_sip: Counter::new(),
+                sip_to_web: Counter::new(),
             },
             rtp_bytes: PerDirection {
-                web_to_sip: C,
-                sip_to_web: C,
+                web_to_sip: Counter::new(),
+                sip_to_web: Counter::new(),
             },
             rtp_lost: PerDirection {
-                web_to_sip: C,
-                sip_to_web: C,
+                web_to_sip: Counter::new(),
+                sip_to_web: Counter::new(),
             },
             rtp_jitter: PerDirection {
                 web_to_sip: Histogram::new(JITTER_BOUNDS),
@@ -350,15 +349,15 @@ impl Metrics {
                 sip_to_web: Histogram::new(TRANSCODE_BOUNDS),
             },
             registration: AtomicI64::new(RegistrationState::Disabled as i64),
-            registration_attempts: C,
-            registration_failures: C,
+            registration_attempts: Counter::new(),
+            registration_failures: Counter::new(),
             pbx_up: Gauge::new(),
             pbx_rtt_us: Gauge::new(),
             ws_sessions: Gauge::new(),
-            ws_sessions_total: C,
+            ws_sessions_total: Counter::new(),
             users_logged_in: Gauge::new(),
-            errors: [C; ERROR_KINDS],
-            limits: [C; LIMITS],
+            errors: [const { Counter::new() }; ERROR_KINDS],
+            limits: [const { Counter::new() }; LIMITS],
         }
     }
 
