@@ -123,15 +123,16 @@ curl_get() { # path -> body on stdout; fails on HTTP errors
     command -v curl >/dev/null 2>&1 || return 1
     [ -f "$URL_FILE" ] || return 1
     url=$(cat "$URL_FILE")
+    # -k: our own loopback listener, often with a certificate for the public name only.
     if [ -n "${SRBRIDGE_ADMIN_TOKEN:-}" ]; then
-        curl -fsS -m 3 -H "Authorization: Bearer $SRBRIDGE_ADMIN_TOKEN" "$url$1"
+        curl -kfsS -m 3 -H "Authorization: Bearer $SRBRIDGE_ADMIN_TOKEN" "$url$1"
     else
-        curl -fsS -m 3 "$url$1"
+        curl -kfsS -m 3 "$url$1"
     fi
 }
 
 cmd_start() {
-    local config summary listen status_listen pid waited limit
+    local config summary listen status_listen scheme pid waited limit
     [ -n "$BIN" ] || die "no srbridge binary found: build it (cargo build --release) or set SRBRIDGE_BIN"
     [ -x "$BIN" ] || die "$BIN is not an executable"
     if pid=$(running_pid); then
@@ -149,7 +150,9 @@ cmd_start() {
     if [ -n "${SRBRIDGE_HTTP_LISTEN:-}" ]; then listen=$SRBRIDGE_HTTP_LISTEN; fi
     case "$status_listen" in "" | "(not set)") ;; *) listen=$status_listen ;; esac
     echo "$config" >"$CONFIG_FILE"
-    echo "http://$(local_addr "$listen")" >"$URL_FILE"
+    scheme=http
+    [ "$(setting "$summary" tls)" = "off" ] || scheme=https
+    echo "$scheme://$(local_addr "$listen")" >"$URL_FILE"
     rm -f "$STOPPED"
     echo "$(date -u '+%Y-%m-%dT%H:%M:%SZ') rtx.sh: starting $BIN $config" >>"$LOG_FILE"
     # setsid: no controlling terminal, so a closing terminal sends no SIGHUP/SIGINT.

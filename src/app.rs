@@ -11,11 +11,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use axum::Router;
 use futures::future::OptionFuture;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::ops::http::{build_router, health_router, router, with_request_log, OpsContext};
@@ -59,12 +60,6 @@ impl App {
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
-        if config.http.tls.is_some() {
-            bail!(
-                "[http] tls_cert/tls_key: HTTPS is not built in yet; remove them and terminate \
-                 TLS in a reverse proxy"
-            );
-        }
         let http_listen = http_listen_override().map_err(anyhow::Error::msg)?;
         if let Some(addr) = http_listen {
             tracing::info!("{HTTP_LISTEN_ENV}={addr} overrides [http] listen");
@@ -106,16 +101,21 @@ impl App {
         let config = self.config();
         let ctx = self.context();
         let (failed_tx, mut failed_rx) = mpsc::channel::<anyhow::Error>(2);
+        let tls = match &config.http.tls {
+            Some(tls) => Some(crate::ops::tls::acceptor(tls)?),
+            None => None,
+        };
+        let tls = tls.as_ref();
         match config.http.status_listen {
             Some(status_addr) => {
                 let public = with_request_log(extra.merge(health_router(ctx.clone())));
-                spawn_server("listen", config.http.listen, public, &failed_tx).await?;
+                spawn_server("listen", config.http.listen, public, tls, &failed_tx).await?;
                 let ops = with_request_log(router(status, ctx));
-                spawn_server("status_listen", status_addr, ops, &failed_tx).await?;
+                spawn_server("status_listen", status_addr, ops, tls, &failed_tx).await?;
             }
             None => {
                 let all = build_router(extra, status, ctx);
-                spawn_server("listen", config.http.listen, all, &failed_tx).await?;
+                spawn_server("listen", config.http.listen, all, tls, &failed_tx).await?;
             }
         }
         tracing::info!("running; SIGTERM drains and stops, SIGHUP reloads the config");
@@ -187,25 +187,39 @@ impl App {
 }
 
 /// Binds `addr` now (so a taken port fails start-up with a clear message) and serves
-/// `router` in a task; a server that stops later reports on `failed`.
+/// `router` (over TLS when `tls` is given) in a task; a server that stops later reports
+/// on `failed`.
 async fn spawn_server(
     key: &str,
     addr: SocketAddr,
     router: Router,
+    tls: Option<&TlsAcceptor>,
     failed: &mpsc::Sender<anyhow::Error>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on [http] {key} {addr}"))?;
     let local = listener.local_addr().unwrap_or(addr);
-    tracing::info!("http: [http] {key} on {local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("{scheme}: [http] {key} on {local}");
     let failed = failed.clone();
     let key = key.to_string();
+    let tls = tls.cloned();
     tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let error = match axum::serve(listener, service).await {
-            Ok(()) => anyhow::anyhow!("http server on {local} ([http] {key}) stopped"),
-            Err(e) => anyhow::Error::new(e).context(format!("http server on {local} failed")),
+        let error = match tls {
+            Some(acceptor) => {
+                let e = crate::ops::tls::serve(listener, acceptor, router).await;
+                anyhow::Error::new(e).context(format!("https server on {local} failed"))
+            }
+            None => {
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                match axum::serve(listener, service).await {
+                    Ok(()) => anyhow::anyhow!("http server on {local} ([http] {key}) stopped"),
+                    Err(e) => {
+                        anyhow::Error::new(e).context(format!("http server on {local} failed"))
+                    }
+                }
+            }
         };
         let _ = failed.send(error).await;
     });

@@ -271,3 +271,94 @@ fn bad_http_listen_env_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("SRBRIDGE_HTTP_LISTEN"), "{stderr}");
 }
+
+fn openssl_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (scripts/deps.sh installs it)");
+    assert!(status.status.success(), "{status:?}");
+    (cert, key)
+}
+
+#[test]
+fn https_when_tls_cert_and_key_are_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = openssl_cert(dir.path());
+    let port = free_port();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let config = write_config(dir.path(), "c.toml", port, 2, &tls);
+    let log = dir.path().join("srbridge.log");
+    let _bridge = Bridge::start(&config, &log, port);
+    assert!(read_log(&log).contains(&format!("https: [http] listen on 127.0.0.1:{port}")));
+    let curl = |path: &str| {
+        let o = Command::new("curl")
+            .args(["-sS", "-m", "10", "--cacert"])
+            .arg(&cert)
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl runs");
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(curl("/healthz").trim(), "ok");
+    let status: serde_json::Value = serde_json::from_str(&curl("/api/status")).unwrap();
+    assert_eq!(
+        status["version"],
+        env!("CARGO_PKG_VERSION"),
+        "loopback peer seen over TLS"
+    );
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let plain = Command::new("curl")
+        .args(["-sS", "-m", "5"])
+        .arg(format!("http://127.0.0.1:{port}/healthz"))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("ok"),
+        "{plain:?}"
+    );
+}
+
+#[test]
+fn unusable_tls_key_stops_start_up_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = openssl_cert(dir.path());
+    let bad_key = dir.path().join("bad-key.pem");
+    std::fs::write(&bad_key, "not a key\n").unwrap();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        bad_key.display()
+    );
+    let config = write_config(dir.path(), "c.toml", free_port(), 2, &tls);
+    let output = Command::new(env!("CARGO_BIN_EXE_srbridge"))
+        .arg(&config)
+        .env_remove("SRBRIDGE_HTTP_LISTEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tls_key") && stderr.contains("bad-key.pem"),
+        "{stderr}"
+    );
+}

@@ -5,6 +5,7 @@
 //! * [`metrics`]: the process-wide Prometheus registry (`metrics::metrics()`).
 //! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
 //! * [`http`]: `/api/status`, `/api/calls/{id}`, `/metrics`, `/healthz` (admin auth).
+//! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.
 //! * [`lifecycle`]: drain on SIGTERM ([`lifecycle::Lifecycle`]) and config reload on SIGHUP
 //!   ([`lifecycle::ConfigReloader`], published as a [`lifecycle::ConfigWatch`]).
 
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod redact;
 pub mod status;
+pub mod tls;
 
 use serde::Serialize;
 
