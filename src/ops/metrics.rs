@@ -10,7 +10,7 @@
 //!
 //! let m = metrics();
 //! m.calls_started.get(Direction::WebToSip).inc();
-//! let _active = m.calls_active.guard();           // +1 now, -1 when the call ends (drop)
+//! // calls_active is kept by lifecycle::CallGuard (Lifecycle::try_start_call): don't touch it
 //! m.call_setup.observe(Duration::from_millis(350)); // INVITE sent → 200 OK
 //! m.calls_answered.get(Direction::WebToSip).inc();
 //! m.call_failed(486);                               // final SIP code; 0 = none (timeout, transport)
@@ -266,7 +266,7 @@ pub struct Metrics {
     /// `srbridge_calls_answered_total{direction}`.
     pub calls_answered: PerDirection<Counter>,
     calls_failed: [Counter; CODE_SLOTS],
-    /// `srbridge_calls_active`: use [`Gauge::guard`] per call.
+    /// `srbridge_calls_active`: kept by `lifecycle::CallGuard`; do not update it elsewhere.
     pub calls_active: Gauge,
     /// `srbridge_call_setup_seconds`: call start → answer.
     pub call_setup: Histogram,

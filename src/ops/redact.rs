@@ -194,6 +194,18 @@ mod tests {
     }
 
     #[test]
+    fn sdp_ice_password_masked() {
+        let sdp = "v=0\r\na=ice-ufrag:F7gI\r\na=ice-pwd:x9cml/YzichV2+XlhiMu8g\r\na=fingerprint:sha-256 AB:CD\r\n";
+        let out = r(sdp);
+        assert!(!out.contains("x9cml"), "{out}");
+        assert!(out.contains("a=ice-pwd:***\r\n"), "{out}");
+        assert!(
+            out.contains("a=ice-ufrag:F7gI") && out.contains("sha-256 AB:CD"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn fields_queries_and_bearer_masked() {
         assert_eq!(r("login token=abc user=bob"), "login token=*** user=bob");
         assert_eq!(
