@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Test harness (tests/support): kamailio (base package has every module kamailio.cfg loads), sip-tester
 # (sipp), baresip-core (g711, aufile, aubridge, sndfile, ctrl_tcp modules), sox (handy for WAV checks).
-APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip baresip-core sox iproute2 chromium procps curl)
+APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip baresip-core sox iproute2 chromium procps curl openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
