@@ -24,16 +24,16 @@ use crate::ops::lifecycle::{
     http_listen_override, ConfigReloader, ConfigWatch, Lifecycle, HTTP_LISTEN_ENV,
 };
 use crate::ops::logging;
-use crate::ops::status::{ConfigStatus, StatusSource};
+use crate::ops::status::StatusSource;
 
 /// Runs the bridge until SIGTERM/SIGINT and the drain, then returns `Ok` (exit code 0).
 /// Errors (log file, bind) are returned for `main` to print and exit non-zero.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = App::start(config)?;
-    // Seam for the lead: start SIP/hub/calls here with app.config_watch() and
-    // app.lifecycle(), then pass their Router and StatusSource to serve().
-    let status: Arc<dyn StatusSource> = Arc::new(ConfigStatus::new(&app.config()));
-    app.serve(Router::new(), status).await
+    let bridge = crate::bridge::Bridge::start_parts(app.config_watch(), app.lifecycle()).await?;
+    let result = app.serve(bridge.router(), bridge.status()).await;
+    bridge.shutdown().await;
+    result
 }
 
 /// A started bridge process: logging on, config published, signal handlers installed.

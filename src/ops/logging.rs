@@ -137,7 +137,16 @@ pub fn open_log_file(config: &LogConfig, path: &Path) -> Result<Box<dyn Write + 
 fn filter_for(level: LogLevel) -> (EnvFilter, bool) {
     match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, true),
-        Err(_) => (EnvFilter::new(level.filter_directive()), false),
+        // rsipstack logs whole SIP messages (bodies included) at INFO: held to WARN below
+        // SENSITIVE so SIP/SDP bodies only appear at level 0.
+        Err(_) => (
+            EnvFilter::new(format!(
+                "{},{}",
+                level.filter_directive(),
+                crate::sip::log_directives(level)
+            )),
+            false,
+        ),
     }
 }
 
