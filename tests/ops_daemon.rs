@@ -52,6 +52,15 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(&self.run_dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    eprintln!("---- {} ----\n{text}", path.display());
+                }
+            }
+        }
         // Never leave a daemon behind, whatever failed.
         if let Ok(text) = std::fs::read_to_string(self.pid_file()) {
             if let Ok(pid) = text.trim().parse::<i32>() {
@@ -165,11 +174,14 @@ fn rtx_sh_manages_the_daemon_and_the_watchdog_restarts_it_after_a_crash() {
             .unwrap(),
     );
     signal(second, libc::SIGKILL);
+    // Healthy, not merely alive: a restart can still fail while the killed copy's sockets go
+    // away, and then the watchdog tries again.
     wait_until("loop watchdog restart", || {
         std::fs::read_to_string(d.pid_file())
             .ok()
             .and_then(|t| t.trim().parse::<u32>().ok())
             .is_some_and(|pid| pid != second && alive(pid))
+            && stdout(&d.rtx(&["status"])).contains("\"version\"")
     });
     let third = d.pid();
 
