@@ -50,14 +50,24 @@ fn status_json_metrics_and_health_without_token_on_loopback() {
     assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
     assert!(json["uptime_s"].is_u64(), "{json}");
     assert_eq!(json["draining"], false);
-    assert_eq!(json["registration"]["state"], "unregistered");
+    // Nothing answers at the PBX address: the bridge keeps trying to register.
+    assert!(
+        matches!(
+            json["registration"]["state"].as_str(),
+            Some("registering" | "failed")
+        ),
+        "{json}"
+    );
     assert_eq!(json["registration"]["account"], "1000");
     assert!(json["registration"].get("last_error").is_some(), "{json}");
     assert!(json["pbx"]["address"]
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1:"));
-    assert_eq!(json["pbx"]["reachable"], "unknown");
+    assert!(
+        matches!(json["pbx"]["reachable"].as_str(), Some("unknown" | "down")),
+        "{json}"
+    );
     assert!(json["pbx"].get("rtt_ms").is_some(), "{json}");
     assert_eq!(json["calls"], serde_json::json!([]));
     assert_eq!(json["users_logged_in"], 0);
