@@ -11,25 +11,14 @@ use std::time::Duration;
 use serde_json::Value;
 use srbridge::bridge::Bridge;
 use srbridge::config::Config;
-use support::{ports, Baresip, BaresipOptions, Pbx};
+use support::{ports, Baresip, Pbx};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const T: Duration = Duration::from_secs(15);
 
 async fn phone(pbx: &Pbx, account: &str, auto_answer: bool) -> Baresip {
-    let phone = Baresip::start(
-        pbx.addr(),
-        account,
-        BaresipOptions {
-            auto_answer,
-            play_wav: None,
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
-    phone
+    support::baresip::silent_phone(pbx, account, auto_answer).await
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ops_support::{http_get, read_log, signal, Bridge};
 use serde_json::{json, Value};
-use support::{ports, Baresip, BaresipOptions, Pbx, WsClient};
+use support::{ports, Baresip, Pbx, WsClient};
 
 const APPID: &str = "ops-calls";
 const T: Duration = Duration::from_secs(15);
@@ -36,18 +36,7 @@ fn write_config(dir: &Path, pbx: &Pbx, http_port: u16, acc_rule: &str) -> std::p
 }
 
 async fn phone(pbx: &Pbx, account: &str, auto_answer: bool) -> Baresip {
-    let phone = Baresip::start(
-        pbx.addr(),
-        account,
-        BaresipOptions {
-            auto_answer,
-            play_wav: None,
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
-    phone
+    support::baresip::silent_phone(pbx, account, auto_answer).await
 }
 
 async fn status(port: u16) -> Value {
