@@ -276,6 +276,7 @@ pub struct Bridge {
     config: watch::Sender<Arc<Config>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    media_ports: Arc<crate::media::rtp_leg::PortAllocator>,
 }
 
 /// The address the PBX reaches us on, for SDP: the configured public IP, else the SIP contact's.
@@ -309,6 +310,7 @@ impl Bridge {
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let media = SessionFactory::new(config_rx.clone(), bind_ip, sdp_ip)
             .map_err(|e| anyhow::anyhow!("media: {e}"))?;
+        let media_ports = media.port_allocator();
         let calls = CallManager::new(
             HubBrowser(hub.clone()),
             UaSip {
@@ -356,6 +358,7 @@ impl Bridge {
             config: config_tx,
             stop,
             tasks,
+            media_ports,
         })
     }
 
@@ -382,6 +385,11 @@ impl Bridge {
     /// One call in progress.
     pub fn call(&self, id: &str) -> Option<CallInfo> {
         self.calls.get(id)
+    }
+
+    /// SIP-side RTP port pairs held by calls (0 when every call released its media).
+    pub fn media_ports_in_use(&self) -> usize {
+        self.media_ports.in_use()
     }
 
     /// The signalling hub.
