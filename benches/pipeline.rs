@@ -80,7 +80,9 @@ fn report_memory() {
         let bytes = ALLOCATED.load(Ordering::Relaxed) - before;
         let n = ALLOCATIONS.load(Ordering::Relaxed) - count;
         let stack = std::mem::size_of_val(&p);
-        println!("memory per call, {name}: {bytes} bytes heap in {n} allocations + {stack} bytes inline");
+        println!(
+            "memory per call, {name}: {bytes} bytes heap in {n} allocations + {stack} bytes inline"
+        );
         drop(p);
     }
     // The hot path allocates nothing: count allocations over one call-second.

@@ -61,7 +61,12 @@ listen = "127.0.0.1:0"
 }
 
 /// A phone playing `hz` (12 s: baresip hangs up when its file ends).
-async fn phone(pbx: &Pbx, account: &str, auto_answer: bool, hz: f64) -> (Baresip, tempfile::TempDir) {
+async fn phone(
+    pbx: &Pbx,
+    account: &str,
+    auto_answer: bool,
+    hz: f64,
+) -> (Baresip, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("tone.wav");
     support::write_tone_wav(&wav, hz, 0.5, Duration::from_secs(12), 8000);
@@ -159,8 +164,12 @@ async fn sip_to_web_opus_tone_both_ways() {
         let ws = Arc::clone(&bob_ws);
         let call_id = call_id.clone();
         tokio::spawn(async move {
-            BrowserPeer::offer(ws, &call_id, vec![LegCodec::Opus, LegCodec::TelephoneEvent48k])
-                .await
+            BrowserPeer::offer(
+                ws,
+                &call_id,
+                vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+            )
+            .await
         })
     };
     // Give the offer a head start, then accept.
@@ -217,7 +226,11 @@ async fn dtmf_both_ways() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(*peer.dtmf.lock().unwrap(), vec!["5", "9"], "each key once, in order");
+    assert_eq!(
+        *peer.dtmf.lock().unwrap(),
+        vec!["5", "9"],
+        "each key once, in order"
+    );
     let _ = digits;
     end_call(&alice, "1003");
     phone.wait_for("CALL_CLOSED", T).await;
@@ -294,8 +307,17 @@ async fn stereo_recording_holds_the_browser_left_and_the_phone_right() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let left: Vec<f32> = samples.iter().step_by(2).map(|s| f32::from(*s) / 32768.0).collect();
-    let right: Vec<f32> = samples.iter().skip(1).step_by(2).map(|s| f32::from(*s) / 32768.0).collect();
+    let left: Vec<f32> = samples
+        .iter()
+        .step_by(2)
+        .map(|s| f32::from(*s) / 32768.0)
+        .collect();
+    let right: Vec<f32> = samples
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|s| f32::from(*s) / 32768.0)
+        .collect();
     assert_tone(&left, 8000, 1000.0, 15.0, -20.0);
     assert_tone(&right, 8000, 440.0, 15.0, -20.0);
 }
@@ -306,7 +328,11 @@ async fn garbage_offer_ends_the_call_with_a_clear_error() {
     let (_phone, _dir) = phone(&rig.pbx, "1006", false, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     alice.invite("g1", "1006", "").await;
-    send_media(&alice, "g1", json!({"kind": "offer", "sdp": "this is not SDP"}));
+    send_media(
+        &alice,
+        "g1",
+        json!({"kind": "offer", "sdp": "this is not SDP"}),
+    );
     let error = wait_media(&alice, "g1", "error", T).await;
     assert!(
         error["message"].as_str().unwrap().contains("offer"),
@@ -342,7 +368,11 @@ async fn stray_media_messages_leave_a_running_call_unaffected() {
     // A candidate for a call that does not exist, and nonsense for ours.
     let bogus = json!({"kind": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0}});
     send_media(&alice, "no-such-call", bogus);
-    send_media(&alice, "s1", json!({"kind": "candidate", "candidate": {"candidate": "garbage"}}));
+    send_media(
+        &alice,
+        "s1",
+        json!({"kind": "candidate", "candidate": {"candidate": "garbage"}}),
+    );
     send_media(&alice, "s1", json!({"kind": "bogus"}));
     send_media(&alice, "s1", json!({"kind": "dtmf", "digit": "xyz"}));
     peer.play(Some(1000.0));
@@ -351,7 +381,10 @@ async fn stray_media_messages_leave_a_running_call_unaffected() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_tone(&peer.take_received(), 8000, 440.0, 15.0, -20.0);
     let errors = peer.errors.lock().unwrap().clone();
-    assert!(errors.len() >= 3, "each bad message is answered: {errors:?}");
+    assert!(
+        errors.len() >= 3,
+        "each bad message is answered: {errors:?}"
+    );
     assert_eq!(rig.bridge.calls().len(), 1);
     end_call(&alice, "1008");
     phone.wait_for("CALL_CLOSED", T).await;
@@ -411,7 +444,10 @@ async fn reinvite_hold_then_new_port_and_codec_via_sipp_echo() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let on_hold = peer.take_received();
     let level = support::audio::rms_dbfs(&on_hold);
-    assert!(level < -40.0, "the bridge kept sending on hold: {level:.1} dBFS");
+    assert!(
+        level < -40.0,
+        "the bridge kept sending on hold: {level:.1} dBFS"
+    );
 
     wait_log("phase=moved").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -419,7 +455,11 @@ async fn reinvite_hold_then_new_port_and_codec_via_sipp_echo() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_tone(&peer.take_received(), 8000, 1000.0, 15.0, -20.0);
     // o= versions: 1 in the first answer, bumped once per changed answer.
-    assert!(uas.logs_so_far().contains("o_version=3"), "{}", uas.logs_so_far());
+    assert!(
+        uas.logs_so_far().contains("o_version=3"),
+        "{}",
+        uas.logs_so_far()
+    );
 
     end_call(&alice, "1009");
     uas.wait(T).await.assert_success();

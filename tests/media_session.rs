@@ -36,7 +36,9 @@ fn factory() -> (SessionFactory, u16) {
 }
 
 fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
 }
 
 /// The fake PBX's answer for an RTP socket at `port`.
@@ -148,7 +150,10 @@ async fn bad_browser_messages_get_an_error_and_only_a_bad_offer_ends_the_call() 
         .create("s2", CallDirection::WebToSip, "1001")
         .expect("media");
     for (message, needle) in [
-        (json!({"kind": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}}), "before the offer"),
+        (
+            json!({"kind": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}}),
+            "before the offer",
+        ),
         (json!({"kind": "dtmf", "digit": "55"}), "one \"digit\""),
         (json!({"kind": "dtmf", "digit": "x"}), "not a DTMF digit"),
         (json!({"kind": "dtmf", "digit": "5"}), "before the offer"),
@@ -164,7 +169,10 @@ async fn bad_browser_messages_get_an_error_and_only_a_bad_offer_ends_the_call() 
         );
     }
     assert!(events.try_recv().is_err(), "the call goes on");
-    for offer in [json!({"kind": "offer"}), json!({"kind": "offer", "sdp": "garbage"})] {
+    for offer in [
+        json!({"kind": "offer"}),
+        json!({"kind": "offer", "sdp": "garbage"}),
+    ] {
         let (mut session, mut events) = factory
             .create("s3", CallDirection::WebToSip, "1001")
             .expect("media");

@@ -179,7 +179,11 @@ impl BrowserPeer {
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false);
-        assert!(ok, "browser leg did not connect: {:?}", *self.state.borrow());
+        assert!(
+            ok,
+            "browser leg did not connect: {:?}",
+            *self.state.borrow()
+        );
     }
 
     /// The current connection state.

@@ -48,7 +48,13 @@ fn counters() -> Arc<PipelineCounters> {
 /// Owned copy of a packet's header fields and payload.
 fn parse(packet: &[u8]) -> (u8, u16, u32, bool, Vec<u8>) {
     let p = RtpPacket::parse(packet).unwrap();
-    (p.payload_type, p.sequence, p.timestamp, p.marker, p.payload.to_vec())
+    (
+        p.payload_type,
+        p.sequence,
+        p.timestamp,
+        p.marker,
+        p.payload.to_vec(),
+    )
 }
 
 #[test]
@@ -63,7 +69,14 @@ fn opus_from_the_browser_becomes_a_pcmu_tone_with_continuous_headers() {
     for f in 0..50u16 {
         sine(1000.0, usize::from(f) * FRAME, &mut pcm);
         let n = enc.encode(&pcm, &mut out).unwrap();
-        up.push(OPUS_PT, f, u32::from(f) * 960, 9, &out[..n], u64::from(f) * 20);
+        up.push(
+            OPUS_PT,
+            f,
+            u32::from(f) * 960,
+            9,
+            &out[..n],
+            u64::from(f) * 20,
+        );
         let packet = up.tick().packet.expect("a packet every tick").to_vec();
         let (pt, seq, ts, marker, payload) = parse(&packet);
         assert_eq!(pt, 0);
@@ -103,7 +116,14 @@ fn same_law_is_relayed_byte_for_byte_and_the_other_law_is_recoded() {
             sine(440.0, usize::from(f) * FRAME, &mut pcm);
             g711::ulaw_encode(&pcm, &mut codes);
             sent.extend_from_slice(&codes);
-            up.push(0, f + 1000, u32::from(f) * 160, 5, &codes, u64::from(f) * 20);
+            up.push(
+                0,
+                f + 1000,
+                u32::from(f) * 160,
+                5,
+                &codes,
+                u64::from(f) * 20,
+            );
             let (pt, _, _, _, payload) = parse(up.tick().packet.unwrap());
             assert_eq!(pt, sip_codec.payload_type());
             got.extend(payload);
@@ -127,7 +147,10 @@ fn nothing_from_the_browser_is_comfort_silence_not_garbage() {
     up.set_sip(sip(Codec::Pcmu));
     for _ in 0..10 {
         let (_, _, _, _, payload) = parse(up.tick().packet.unwrap());
-        assert!(payload.iter().all(|c| *c == g711::ULAW_SILENCE), "{payload:?}");
+        assert!(
+            payload.iter().all(|c| *c == g711::ULAW_SILENCE),
+            "{payload:?}"
+        );
     }
     let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), true, counters()).unwrap();
     let mut dec = OpusDecoder::new().unwrap();
@@ -156,7 +179,11 @@ fn hold_stops_sending_and_resume_continues_the_timeline_with_a_marker() {
     let (pt, seq, ts, marker, _) = parse(up.tick().packet.unwrap());
     assert_eq!(pt, 8, "codec changed by the re-INVITE");
     assert_eq!(seq, seq0.wrapping_add(1), "no sequence gap");
-    assert_eq!(ts, ts0.wrapping_add(11 * 160), "timestamps follow the time on hold");
+    assert_eq!(
+        ts,
+        ts0.wrapping_add(11 * 160),
+        "timestamps follow the time on hold"
+    );
     assert!(marker, "talkspurt after resume");
 }
 
@@ -177,9 +204,15 @@ fn browser_telephone_events_become_one_rfc4733_key_on_the_sip_clock() {
     up.set_sip(sip(Codec::Pcmu));
     let (_, _, audio_ts, _, _) = parse(up.tick().packet.unwrap());
     // Chrome: telephone-event/48000, one timestamp per key, growing duration, 3 end packets.
-    for (i, (end, d)) in [(false, 960), (false, 1920), (true, 4800), (true, 4800), (true, 4800)]
-        .into_iter()
-        .enumerate()
+    for (i, (end, d)) in [
+        (false, 960),
+        (false, 1920),
+        (true, 4800),
+        (true, 4800),
+        (true, 4800),
+    ]
+    .into_iter()
+    .enumerate()
     {
         up.push(TE48, 100 + i as u16, 48_000, 9, &te_payload(5, end, d), 0);
     }
@@ -231,7 +264,8 @@ fn g711_packet(pt: u8, ssrc: u32, seq: u16, ts: u32, payload: &[u8], buf: &mut [
 #[test]
 fn sip_g711_becomes_opus_with_a_timeline_immune_to_ssrc_changes_and_codec_switches() {
     let c = counters();
-    let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), false, Arc::clone(&c)).unwrap();
+    let mut down =
+        Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), false, Arc::clone(&c)).unwrap();
     down.set_sip(sip(Codec::Pcmu));
     let mut dec = OpusDecoder::new().unwrap();
     let (mut pcm, mut codes, mut buf) = ([0i16; FRAME], [0u8; FRAME], [0u8; 200]);
@@ -252,7 +286,10 @@ fn sip_g711_becomes_opus_with_a_timeline_immune_to_ssrc_changes_and_codec_switch
             g711::alaw_encode(&pcm, &mut codes);
         }
         let n = g711_packet(pt, ssrc, seq, ts, &codes, &mut buf);
-        assert_eq!(down.push(&RtpPacket::parse(&buf[..n]).unwrap(), u64::from(f) * 20), None);
+        assert_eq!(
+            down.push(&RtpPacket::parse(&buf[..n]).unwrap(), u64::from(f) * 20),
+            None
+        );
         let frame = down.tick().unwrap();
         assert_eq!(frame.payload_type, OPUS_PT);
         stamps.push(frame.stamp);
@@ -281,9 +318,16 @@ fn a_sip_key_is_reported_once_and_unknown_payloads_are_counted() {
     down.set_sip(sip(Codec::Pcmu));
     let mut buf = [0u8; 64];
     let mut keys = Vec::new();
-    for (i, (ev, ts, end)) in [(1, 800, false), (1, 800, false), (1, 800, true), (1, 800, true), (11, 2400, false), (11, 2400, true)]
-        .into_iter()
-        .enumerate()
+    for (i, (ev, ts, end)) in [
+        (1, 800, false),
+        (1, 800, false),
+        (1, 800, true),
+        (1, 800, true),
+        (11, 2400, false),
+        (11, 2400, true),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let n = g711_packet(101, 7, i as u16, ts, &te_payload(ev, end, 320), &mut buf);
         keys.extend(down.push(&RtpPacket::parse(&buf[..n]).unwrap(), 0));
@@ -294,7 +338,11 @@ fn a_sip_key_is_reported_once_and_unknown_payloads_are_counted() {
     assert_eq!(down.push(&RtpPacket::parse(&buf[..n]).unwrap(), 0), None);
     assert_eq!(PipelineCounters::get(&c.unknown_payload), 1);
     let n = g711_packet(101, 7, 11, 9999, &[1], &mut buf);
-    assert_eq!(down.push(&RtpPacket::parse(&buf[..n]).unwrap(), 0), None, "short event");
+    assert_eq!(
+        down.push(&RtpPacket::parse(&buf[..n]).unwrap(), 0),
+        None,
+        "short event"
+    );
 }
 
 #[test]
@@ -302,7 +350,14 @@ fn corrupt_opus_is_concealed_not_a_crash() {
     let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), true, counters()).unwrap();
     up.set_sip(sip(Codec::Pcma));
     for f in 0..20u16 {
-        up.push(OPUS_PT, f, u32::from(f) * 960, 1, &[0xFF; 7], u64::from(f) * 20);
+        up.push(
+            OPUS_PT,
+            f,
+            u32::from(f) * 960,
+            1,
+            &[0xFF; 7],
+            u64::from(f) * 20,
+        );
         up.push(99, f, 0, 1, &[1, 2, 3], 0);
         assert!(up.tick().packet.is_some());
     }
