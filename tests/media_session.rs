@@ -187,3 +187,41 @@ async fn bad_browser_messages_get_an_error_and_only_a_bad_offer_ends_the_call() 
     }
     session.close();
 }
+
+fn origin_version(sdp: &str) -> u64 {
+    let o = sdp.lines().find(|l| l.starts_with("o=")).expect("o= line");
+    o.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn reoffers_answer_hold_and_bump_the_origin_version_only_on_change() {
+    let (factory, _) = factory();
+    let (mut session, _events) = factory
+        .create("s4", CallDirection::SipToWeb, "1001")
+        .expect("media");
+    let offer = pbx_answer(40_000);
+    let first = session.sip_answer(&offer).expect("answer");
+    let v1 = origin_version(&first);
+    let same = session.sip_reoffer(Some(&offer)).expect("answer");
+    assert_eq!(
+        origin_version(&same),
+        v1,
+        "unchanged answer keeps its version"
+    );
+    let hold = offer.replace("a=sendrecv", "a=sendonly");
+    let held = session.sip_reoffer(Some(&hold)).expect("answer");
+    assert!(held.contains("a=recvonly"), "{held}");
+    assert_eq!(origin_version(&held), v1 + 1);
+    let moved = session
+        .sip_reoffer(Some(&pbx_answer(40_100)))
+        .expect("answer");
+    assert!(moved.contains("a=sendrecv"), "{moved}");
+    assert_eq!(origin_version(&moved), v1 + 2);
+    assert_eq!(
+        session.sip_reoffer(Some("garbage")),
+        None,
+        "a bad re-offer keeps the media"
+    );
+    assert_eq!(session.sip_reoffer(None), None);
+    session.close();
+}
