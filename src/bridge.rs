@@ -336,7 +336,7 @@ impl Bridge {
                 }
             }));
         }
-        let router = crate::web::router(hub.router());
+        let router = crate::web::router(hub.router(), config_tx.subscribe());
         {
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
