@@ -3,6 +3,8 @@
 pub mod g711;
 pub mod jitter;
 pub mod opus;
+pub mod pipeline;
+pub mod recording;
 pub mod rtp;
 pub mod rtp_leg;
 pub mod session;

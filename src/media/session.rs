@@ -1,17 +1,35 @@
 //! One call's media as the call layer sees it ([`crate::call::ports::CallMedia`]): the SIP leg's
-//! RTP socket and SDP offer/answer, and (with the browser leg) the pipeline between them.
+//! RTP socket and SDP offer/answer, the browser's WebRTC leg (offer/answer, trickled candidates,
+//! DTMF) and the pipeline between them (`media::pipeline`), driven here by two tasks, one per
+//! direction, each with its own 20 ms ticker.
+//!
+//! Media signalling with the browser is `docs/protocol.md` "Media": the browser always offers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::call::machine::Direction as CallDirection;
 use crate::call::ports::{CallMedia, MediaError, MediaEvent, MediaFactory};
-use crate::config::{Codec, Config};
+use crate::config::{Codec, Config, RecordingMode};
+use crate::media::pipeline::{
+    BrowserParams, Downlink, PipelineCounters, SipParams, Uplink,
+};
+use crate::media::recording::{self, RecorderTap, Side};
+use crate::media::rtp::RtpPacket;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg};
+use crate::media::webrtc_leg::{
+    IceServer, InboundRtp, LegEvent, LegState, WebRtcLeg, WebRtcSettings,
+};
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
+
+/// The pipeline's tick: one 20 ms frame per direction.
+const TICK: Duration = Duration::from_millis(20);
 
 /// Creates each call's media from the configuration in force when the call starts.
 pub struct SessionFactory {
@@ -43,6 +61,42 @@ impl SessionFactory {
     pub fn ports_in_use(&self) -> usize {
         self.ports.in_use()
     }
+
+    /// The allocator, shared: lets the bridge report ports in use after the factory moved into
+    /// the call manager.
+    pub fn port_allocator(&self) -> Arc<PortAllocator> {
+        Arc::clone(&self.ports)
+    }
+}
+
+/// How the browser leg is built from the configuration: host candidates on `media.public_ip`,
+/// else `sip.listen_ip` when it is a specific address, else 127.0.0.1; STUN/TURN as configured.
+pub fn webrtc_settings(config: &Config) -> WebRtcSettings {
+    let listen = config.sip.listen_ip;
+    let ip = config
+        .media
+        .public_ip
+        .or((!listen.is_unspecified()).then_some(listen))
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let mut ice_servers: Vec<IceServer> = config
+        .media
+        .stun_servers
+        .iter()
+        .map(|url| IceServer {
+            urls: vec![url.clone()],
+            ..IceServer::default()
+        })
+        .collect();
+    ice_servers.extend(config.media.turn.iter().map(|t| IceServer {
+        urls: vec![t.url.clone()],
+        username: t.username.clone(),
+        credential: t.credential.expose().to_owned(),
+    }));
+    WebRtcSettings {
+        bind_ips: vec![ip],
+        ice_servers,
+        ..WebRtcSettings::default()
+    }
 }
 
 impl MediaFactory for SessionFactory {
@@ -57,20 +111,33 @@ impl MediaFactory for SessionFactory {
         let leg = RtpLeg::bind(self.bind_ip, &self.ports)
             .map_err(|e| MediaError::Resources(e.to_string()))?;
         let leg = Arc::new(leg);
-        let codecs = self.config.borrow().media.codecs_for(sip_number).to_vec();
+        let config = Arc::clone(&self.config.borrow());
+        let codecs = config.media.codecs_for(sip_number).to_vec();
+        let recording = config
+            .media
+            .recording
+            .enabled
+            .then(|| (recording::path_for(&config.media.recording.dir, call_id), config.media.recording.mode));
         let (events_tx, events) = mpsc::channel(64);
-        let receiver = tokio::spawn(drain_rtp(Arc::clone(&leg)));
+        let drain = tokio::spawn(drain_rtp(Arc::clone(&leg)));
         tracing::debug!(call_id, rtp = %leg.local_addr(), "SIP-side RTP leg bound");
         Ok((
             Session {
+                call_id: call_id.to_owned(),
                 leg,
                 codecs,
                 sdp_ip: self.sdp_ip,
                 session_id: sdp::new_session_id(),
                 version: 1,
+                last_answer: None,
                 negotiated: None,
-                _events: events_tx,
-                tasks: vec![receiver],
+                events: events_tx,
+                settings: webrtc_settings(&config),
+                recording,
+                browser: None,
+                drain: Some(drain),
+                tasks: Vec::new(),
+                counters: Arc::new(PipelineCounters::default()),
             },
             events,
         ))
@@ -84,27 +151,56 @@ async fn drain_rtp(leg: Arc<RtpLeg>) {
     while leg.recv(&mut buf).await.is_ok() {}
 }
 
+/// Control messages to the browser→SIP task.
+#[derive(Debug)]
+enum UpControl {
+    Sip(SipParams),
+    Digit(char),
+}
+
+/// The browser leg and the handles of its pipeline tasks.
+struct BrowserSide {
+    leg: Arc<WebRtcLeg>,
+    up: mpsc::UnboundedSender<UpControl>,
+    down: mpsc::UnboundedSender<SipParams>,
+}
+
 /// One call's media.
 pub struct Session {
+    call_id: String,
     leg: Arc<RtpLeg>,
     codecs: Vec<Codec>,
     sdp_ip: IpAddr,
     session_id: u64,
     version: u64,
+    /// Our last SDP without its `o=` line: an unchanged answer keeps the version (RFC 3264 §8).
+    last_answer: Option<String>,
     negotiated: Option<Negotiated>,
-    _events: mpsc::Sender<MediaEvent>,
+    events: mpsc::Sender<MediaEvent>,
+    settings: WebRtcSettings,
+    recording: Option<(std::path::PathBuf, RecordingMode)>,
+    browser: Option<BrowserSide>,
+    drain: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    counters: Arc<PipelineCounters>,
+}
+
+fn without_origin(sdp: &str) -> String {
+    sdp.lines()
+        .filter(|l| !l.starts_with("o="))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Session {
-    fn local(&self) -> LocalMedia<'_> {
+    fn local(&self, version: u64) -> LocalMedia<'_> {
         LocalMedia {
             ip: self.sdp_ip,
             port: self.leg.local_addr().port(),
             codecs: &self.codecs,
             dtmf_pt: DEFAULT_DTMF_PT,
             session_id: self.session_id,
-            version: self.version,
+            version,
             direction: Direction::SendRecv,
         }
     }
@@ -114,17 +210,175 @@ impl Session {
             self.leg.set_remote(negotiated.remote);
         }
         tracing::info!(
+            call_id = %self.call_id,
             codec = negotiated.codec.name(),
             remote = %negotiated.remote,
             on_hold = negotiated.on_hold,
+            direction = negotiated.direction.attribute(),
             "SIP media negotiated"
         );
+        let params = SipParams::from_negotiated(&negotiated);
+        if let Some(b) = &self.browser {
+            let _ = b.up.send(UpControl::Sip(params));
+            let _ = b.down.send(params);
+        }
         self.negotiated = Some(negotiated);
     }
 
     /// Our RTP address toward the PBX.
     pub fn sip_rtp_addr(&self) -> SocketAddr {
         self.leg.local_addr()
+    }
+
+    /// The call's media counters.
+    pub fn counters(&self) -> &Arc<PipelineCounters> {
+        &self.counters
+    }
+
+    fn to_browser(&self, payload: Value) {
+        if self.events.try_send(MediaEvent::ToBrowser(payload)).is_err() {
+            tracing::warn!(call_id = %self.call_id, "media message to the browser dropped (queue full)");
+        }
+    }
+
+    /// Tells the browser what went wrong and ends the call.
+    fn fail(&self, message: String) {
+        tracing::warn!(call_id = %self.call_id, error = %message, "browser media failed");
+        self.to_browser(json!({"kind": "error", "message": message}));
+        let _ = self.events.try_send(MediaEvent::Failed(message));
+    }
+
+    /// A problem the call survives: the browser hears about it.
+    fn complain(&self, message: String) {
+        tracing::info!(call_id = %self.call_id, error = %message, "browser media message refused");
+        self.to_browser(json!({"kind": "error", "message": message}));
+    }
+
+    async fn on_offer(&mut self, sdp: Option<&str>) {
+        if self.browser.is_some() {
+            self.complain("a second offer (renegotiation) is not supported".into());
+            return;
+        }
+        let Some(sdp) = sdp.filter(|s| !s.trim().is_empty()) else {
+            self.fail("offer without \"sdp\"".into());
+            return;
+        };
+        let (leg, channels) = match WebRtcLeg::new(&self.settings).await {
+            Ok(leg) => leg,
+            Err(e) => {
+                self.fail(format!("cannot create the WebRTC leg: {e}"));
+                return;
+            }
+        };
+        let answer = match leg.accept_offer(sdp).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let _ = leg.close().await;
+                self.fail(format!("offer refused: {e}"));
+                return;
+            }
+        };
+        let Some(params) = leg.negotiated().as_ref().and_then(BrowserParams::from_negotiated)
+        else {
+            let _ = leg.close().await;
+            self.fail("offer refused: no common audio codec".into());
+            return;
+        };
+        let tap = self.recording.as_ref().and_then(|(path, mode)| {
+            match recording::start(path, *mode) {
+                Ok(tap) => Some(tap),
+                Err(e) => {
+                    tracing::warn!(call_id = %self.call_id, error = %e, "call not recorded");
+                    None
+                }
+            }
+        });
+        let record = tap.is_some();
+        let (mut up, mut down) = match (
+            Uplink::new(params, record, Arc::clone(&self.counters)),
+            Downlink::new(params, record, Arc::clone(&self.counters)),
+        ) {
+            (Ok(up), Ok(down)) => (up, down),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = leg.close().await;
+                self.fail(format!("codec setup failed: {e}"));
+                return;
+            }
+        };
+        if let Some(n) = &self.negotiated {
+            let p = SipParams::from_negotiated(n);
+            up.set_sip(p);
+            down.set_sip(p);
+        }
+        self.to_browser(json!({"kind": "answer", "sdp": answer}));
+        tracing::info!(call_id = %self.call_id, browser_codec = ?params.codec, "browser media leg answered");
+
+        let leg = Arc::new(leg);
+        if let Some(drain) = self.drain.take() {
+            drain.abort();
+        }
+        let (up_tx, up_rx) = mpsc::unbounded_channel();
+        let (down_tx, down_rx) = mpsc::unbounded_channel();
+        self.tasks.push(tokio::spawn(leg_events(
+            channels.events,
+            self.events.clone(),
+            self.call_id.clone(),
+        )));
+        self.tasks.push(tokio::spawn(uplink_task(
+            channels.rtp,
+            Arc::clone(&self.leg),
+            up,
+            up_rx,
+            tap.clone(),
+        )));
+        self.tasks.push(tokio::spawn(downlink_task(
+            Arc::clone(&self.leg),
+            Arc::clone(&leg),
+            down,
+            down_rx,
+            self.events.clone(),
+            tap,
+        )));
+        self.browser = Some(BrowserSide {
+            leg,
+            up: up_tx,
+            down: down_tx,
+        });
+    }
+
+    async fn on_candidate(&mut self, candidate: &Value) {
+        let Some(browser) = &self.browser else {
+            self.complain("candidate before the offer".into());
+            return;
+        };
+        if candidate.is_null() {
+            return; // End of candidates: nothing to do for a full-ICE agent.
+        }
+        if !candidate.is_object() {
+            self.complain("candidate must be an RTCIceCandidateInit object or null".into());
+            return;
+        }
+        if let Err(e) = browser.leg.add_remote_candidate(&candidate.to_string()).await {
+            self.complain(format!("candidate refused: {e}"));
+        }
+    }
+
+    fn on_dtmf(&mut self, digit: Option<&str>) {
+        let mut chars = digit.unwrap_or("").chars();
+        let (Some(d), None) = (chars.next(), chars.next()) else {
+            self.complain("dtmf needs one \"digit\" of 0-9 * # A-D".into());
+            return;
+        };
+        if crate::media::rtp::dtmf_event(d).is_none() {
+            self.complain(format!("not a DTMF digit: {d:?}"));
+            return;
+        }
+        match &self.browser {
+            Some(b) => {
+                let _ = b.up.send(UpControl::Digit(d));
+            }
+            None => self.complain("dtmf before the offer".into()),
+        }
     }
 }
 
@@ -135,13 +389,149 @@ fn sdp_error(e: SdpError) -> MediaError {
     }
 }
 
+/// Candidates and state changes of the browser leg, turned into media events.
+async fn leg_events(
+    mut events: mpsc::UnboundedReceiver<LegEvent>,
+    out: mpsc::Sender<MediaEvent>,
+    call_id: String,
+) {
+    while let Some(event) = events.recv().await {
+        let message = match event {
+            LegEvent::LocalCandidate(c) => match serde_json::from_str::<Value>(&c) {
+                Ok(c) => MediaEvent::ToBrowser(json!({"kind": "candidate", "candidate": c})),
+                Err(_) => continue,
+            },
+            LegEvent::GatheringComplete => {
+                MediaEvent::ToBrowser(json!({"kind": "candidate", "candidate": null}))
+            }
+            LegEvent::State(state) => {
+                tracing::debug!(call_id = %call_id, ?state, "browser leg state");
+                match state {
+                    LegState::Failed => MediaEvent::Failed("browser media: ICE/DTLS failed".into()),
+                    LegState::Closed => MediaEvent::Failed("browser media: connection closed".into()),
+                    _ => continue,
+                }
+            }
+        };
+        let last = matches!(message, MediaEvent::Failed(_));
+        if out.send(message).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn ticker() -> tokio::time::Interval {
+    let mut t = tokio::time::interval(TICK);
+    // Catch up after a stall: 50 frames a second, always, so sample counts follow wall time.
+    t.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    t
+}
+
+/// Browser → SIP: packets in as they come, one frame out per tick.
+async fn uplink_task(
+    mut rtp: mpsc::Receiver<InboundRtp>,
+    sip: Arc<RtpLeg>,
+    mut up: Uplink,
+    mut control: mpsc::UnboundedReceiver<UpControl>,
+    tap: Option<RecorderTap>,
+) {
+    let start = Instant::now();
+    let mut tick = ticker();
+    let mut rtp_open = true;
+    loop {
+        tokio::select! {
+            c = control.recv() => match c {
+                Some(UpControl::Sip(p)) => up.set_sip(p),
+                Some(UpControl::Digit(d)) => { up.queue_digit(d); }
+                None => return,
+            },
+            p = rtp.recv(), if rtp_open => match p {
+                Some(p) => up.push(
+                    p.payload_type,
+                    p.seq,
+                    p.timestamp,
+                    p.ssrc,
+                    &p.payload,
+                    start.elapsed().as_millis() as u64,
+                ),
+                None => rtp_open = false,
+            },
+            _ = tick.tick() => {
+                let frame = up.tick();
+                if let Some(tap) = &tap {
+                    tap.record(Side::Browser, frame.pcm);
+                }
+                if let Some(packet) = frame.packet {
+                    // No remote yet, or a transient socket error: the next tick tries again.
+                    let _ = sip.send(packet).await;
+                }
+            }
+        }
+    }
+}
+
+/// SIP → browser: the SIP socket read as packets come, one frame to the browser per tick.
+async fn downlink_task(
+    sip: Arc<RtpLeg>,
+    browser: Arc<WebRtcLeg>,
+    mut down: Downlink,
+    mut control: mpsc::UnboundedReceiver<SipParams>,
+    events: mpsc::Sender<MediaEvent>,
+    tap: Option<RecorderTap>,
+) {
+    let start = Instant::now();
+    let mut tick = ticker();
+    let mut buf = [0u8; 1500];
+    loop {
+        tokio::select! {
+            c = control.recv() => match c {
+                Some(p) => down.set_sip(p),
+                None => return,
+            },
+            r = sip.recv(&mut buf) => match r {
+                Ok((n, _)) => {
+                    let Ok(packet) = RtpPacket::parse(&buf[..n]) else { continue };
+                    let at = start.elapsed().as_millis() as u64;
+                    if let Some(digit) = down.push(&packet, at) {
+                        let _ = events.try_send(MediaEvent::ToBrowser(
+                            json!({"kind": "dtmf", "digit": digit.to_string()}),
+                        ));
+                    }
+                }
+                Err(_) => tokio::time::sleep(TICK).await,
+            },
+            _ = tick.tick() => {
+                if let Ok(frame) = down.tick() {
+                    if let Some(tap) = &tap {
+                        tap.record(Side::Sip, frame.pcm);
+                    }
+                    // Before ICE connects, or after it failed (reported separately): skip.
+                    let _ = browser
+                        .send_rtp(
+                            frame.payload_type,
+                            frame.stamp.seq,
+                            frame.stamp.timestamp,
+                            frame.stamp.marker,
+                            frame.payload,
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+}
+
 impl CallMedia for Session {
     fn sip_offer(&mut self) -> Result<String, MediaError> {
-        Ok(sdp::build_offer(&self.local()))
+        let offer = sdp::build_offer(&self.local(self.version));
+        self.last_answer = Some(without_origin(&offer));
+        Ok(offer)
     }
 
     fn sip_answer(&mut self, offer: &str) -> Result<String, MediaError> {
-        let (answer, negotiated) = sdp::answer_offer(offer, &self.local()).map_err(sdp_error)?;
+        let (answer, negotiated) =
+            sdp::answer_offer(offer, &self.local(self.version)).map_err(sdp_error)?;
+        self.last_answer = Some(without_origin(&answer));
         self.use_negotiated(negotiated);
         Ok(answer)
     }
@@ -154,27 +544,49 @@ impl CallMedia for Session {
 
     fn sip_reoffer(&mut self, offer: Option<&str>) -> Option<String> {
         let offer = offer?;
-        self.version += 1;
-        match sdp::answer_offer(offer, &self.local()) {
-            Ok((answer, negotiated)) => {
-                self.use_negotiated(negotiated);
-                Some(answer)
-            }
+        // Answer with the current version first: if nothing changed, that is the answer.
+        let (mut answer, negotiated) = match sdp::answer_offer(offer, &self.local(self.version)) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "re-offer not usable; keeping the current media");
-                self.version -= 1;
-                None
+                tracing::warn!(call_id = %self.call_id, error = %e, "re-offer not usable; keeping the current media");
+                return None;
             }
+        };
+        let body = without_origin(&answer);
+        if self.last_answer.as_deref() != Some(body.as_str()) {
+            self.version += 1;
+            if let Ok((a, _)) = sdp::answer_offer(offer, &self.local(self.version)) {
+                answer = a;
+            }
+            self.last_answer = Some(body);
+        }
+        self.use_negotiated(negotiated);
+        Some(answer)
+    }
+
+    async fn browser_message(&mut self, payload: Value) {
+        match payload["kind"].as_str() {
+            Some("offer") => self.on_offer(payload["sdp"].as_str()).await,
+            Some("candidate") => self.on_candidate(&payload["candidate"]).await,
+            Some("dtmf") => self.on_dtmf(payload["digit"].as_str()),
+            Some("answer") => self.complain("the browser offers, the bridge answers".into()),
+            _ => self.complain("unknown media message kind (offer, candidate, dtmf)".into()),
         }
     }
 
-    async fn browser_message(&mut self, payload: serde_json::Value) {
-        tracing::debug!(kind = %payload["kind"], "browser media message (no browser leg yet)");
-    }
-
     fn close(&mut self) {
+        if let Some(drain) = self.drain.take() {
+            drain.abort();
+        }
         for task in self.tasks.drain(..) {
             task.abort();
+        }
+        if let Some(browser) = self.browser.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = browser.leg.close().await;
+                });
+            }
         }
     }
 }

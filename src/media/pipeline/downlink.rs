@@ -1,0 +1,163 @@
+//! SIP → browser. See the parent module.
+
+use std::sync::Arc;
+
+use super::{
+    fill_g711, recode, BrowserCodec, BrowserParams, ByteFifo, PipelineCounters, SipParams, FRAME,
+    MAX_PAYLOAD,
+};
+use crate::config::Codec;
+use crate::media::g711;
+use crate::media::jitter::{JitterBuffer, JitterConfig};
+use crate::media::opus::{
+    OpusEncoder, OpusEncoderConfig, OpusError, MAX_OPUS_PACKET, OPUS_TICKS_PER_SAMPLE, PCM_RATE,
+};
+use crate::media::rtp::{DtmfDetector, RtpPacket, TelephoneEvent};
+use crate::media::transcode::{RtpClock, RtpStamp};
+
+/// What one tick produced for the browser.
+#[derive(Debug)]
+pub struct DownlinkFrame<'a> {
+    /// Payload type on the browser leg.
+    pub payload_type: u8,
+    /// Sequence number, timestamp, marker.
+    pub stamp: RtpStamp,
+    /// The payload (Opus packet or 160 G.711 codes).
+    pub payload: &'a [u8],
+    /// This tick's SIP-side audio at 8 kHz (for recording; only filled when asked for).
+    pub pcm: &'a [i16; FRAME],
+}
+
+/// SIP → browser pipeline state of one call.
+pub struct Downlink {
+    jitter: JitterBuffer,
+    fifo: ByteFifo,
+    /// The law of what is buffered: from the payload type of the packets (0 or 8).
+    sip_codec: Codec,
+    dtmf_pt: Option<u8>,
+    detector: DtmfDetector,
+    browser: BrowserParams,
+    encoder: Option<OpusEncoder>,
+    need_pcm: bool,
+    clock: RtpClock,
+    payload: Box<[u8]>,
+    codes: [u8; FRAME],
+    pcm: [i16; FRAME],
+    out: Box<[u8]>,
+    counters: Arc<PipelineCounters>,
+}
+
+impl Downlink {
+    /// A pipeline sending to a browser that negotiated `browser`.
+    pub fn new(
+        browser: BrowserParams,
+        need_pcm: bool,
+        counters: Arc<PipelineCounters>,
+    ) -> Result<Downlink, OpusError> {
+        let (encoder, ticks) = match browser.codec {
+            BrowserCodec::Opus => (
+                Some(OpusEncoder::new(OpusEncoderConfig::default())?),
+                OPUS_TICKS_PER_SAMPLE,
+            ),
+            BrowserCodec::G711(_) => (None, 1),
+        };
+        Ok(Downlink {
+            jitter: JitterBuffer::new(JitterConfig::audio(PCM_RATE)),
+            fifo: ByteFifo::new(),
+            sip_codec: Codec::Pcmu,
+            dtmf_pt: None,
+            detector: DtmfDetector::default(),
+            browser,
+            encoder,
+            need_pcm,
+            clock: RtpClock::random(ticks),
+            payload: vec![0u8; MAX_PAYLOAD].into_boxed_slice(),
+            codes: [0; FRAME],
+            pcm: [0; FRAME],
+            out: vec![0u8; MAX_OPUS_PACKET].into_boxed_slice(),
+            counters,
+        })
+    }
+
+    /// The SIP side's (re)negotiated parameters.
+    pub fn set_sip(&mut self, params: SipParams) {
+        self.sip_codec = params.codec;
+        self.dtmf_pt = params.dtmf_pt;
+    }
+
+    /// SSRC of the stream to the browser.
+    pub fn ssrc(&self) -> u32 {
+        self.clock.ssrc
+    }
+
+    /// One RTP packet from the SIP side; returns a DTMF key when this packet starts one.
+    pub fn push(&mut self, packet: &RtpPacket<'_>, arrival_ms: u64) -> Option<char> {
+        if self.dtmf_pt == Some(packet.payload_type) {
+            let event = TelephoneEvent::parse(packet.payload).ok()?;
+            let digit = self.detector.on_packet(packet.timestamp, &event)?;
+            PipelineCounters::bump(&self.counters.dtmf_from_sip);
+            return Some(digit);
+        }
+        let codec = match packet.payload_type {
+            0 => Codec::Pcmu,
+            8 => Codec::Pcma,
+            _ => {
+                PipelineCounters::bump(&self.counters.unknown_payload);
+                return None;
+            }
+        };
+        if codec != self.sip_codec {
+            // A codec change (re-INVITE): what is buffered in the old law is dropped.
+            self.fifo.clear();
+            self.sip_codec = codec;
+        }
+        self.jitter.push(
+            packet.ssrc,
+            packet.sequence,
+            packet.timestamp,
+            packet.payload,
+            arrival_ms,
+        );
+        None
+    }
+
+    /// The next 20 ms for the browser: call once per tick.
+    pub fn tick(&mut self) -> Result<DownlinkFrame<'_>, OpusError> {
+        let from = self.sip_codec;
+        let got = fill_g711(
+            &mut self.jitter,
+            &mut self.fifo,
+            &mut self.payload,
+            &mut self.codes,
+            g711::silence(from),
+        );
+        if !got {
+            PipelineCounters::bump(&self.counters.silent_ticks);
+        }
+        let len = match (self.browser.codec, self.encoder.as_mut()) {
+            (BrowserCodec::Opus, Some(encoder)) => {
+                g711::decode(from, &self.codes, &mut self.pcm);
+                encoder.encode(&self.pcm, &mut self.out)?
+            }
+            (BrowserCodec::G711(to), _) => {
+                if self.need_pcm {
+                    g711::decode(from, &self.codes, &mut self.pcm);
+                }
+                if to == from {
+                    PipelineCounters::bump(&self.counters.relayed);
+                }
+                recode(from, to, &mut self.codes);
+                self.out[..FRAME].copy_from_slice(&self.codes);
+                FRAME
+            }
+            (BrowserCodec::Opus, None) => 0,
+        };
+        PipelineCounters::bump(&self.counters.to_browser);
+        Ok(DownlinkFrame {
+            payload_type: self.browser.payload_type,
+            stamp: self.clock.stamp(FRAME as u32),
+            payload: &self.out[..len],
+            pcm: &self.pcm,
+        })
+    }
+}
