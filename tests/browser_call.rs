@@ -218,3 +218,52 @@ async fn phone_rings_the_page_which_accepts_and_both_hear_each_other() {
     assert_eq!(page.page_errors().await, json!([]));
     page.close().await;
 }
+
+#[tokio::test]
+async fn page_explains_calls_that_cannot_go_through() {
+    let rig = rig().await;
+    let mut page = tone_page(&rig).await;
+    page.login("dave", APPID).await;
+
+    // Outside the bridge's acc_rule: refused without a SIP call.
+    page.cmd(json!({"cmd": "dial", "number": "2000"})).await;
+    let s = page.wait_banner().await;
+    let banner = s["banner"].as_str().unwrap();
+    assert!(banner.contains("2000") && banner.contains("not allowed"), "{s:#}");
+    let s = page.wait_phase("idle").await;
+    assert!(rig.bridge.calls().is_empty(), "{s:#}");
+
+    // Nobody registered as 1009: offline.
+    page.cmd(json!({"cmd": "dialTyped", "number": "1009"})).await;
+    let s = page
+        .cmd(json!({"cmd": "waitBanner", "timeoutMs": 20000}))
+        .await;
+    let banner = s["banner"].as_str().unwrap();
+    assert!(banner.contains("1009") && banner.contains("offline"), "{s:#}");
+    page.wait_phase("idle").await;
+
+    // 1003 answers 486 Busy Here.
+    let mut uas =
+        support::sipp::registered_uas(rig.pbx.addr(), "1003", "uas_busy.xml", 1, T).await;
+    page.cmd(json!({"cmd": "dialTyped", "number": "1003"})).await;
+    let s = page.wait_banner().await;
+    let banner = s["banner"].as_str().unwrap();
+    assert!(banner.contains("1003 is busy"), "{s:#}");
+    page.wait_phase("idle").await;
+    uas.wait(T).await.assert_success();
+    no_calls_left(&rig.bridge).await;
+
+    // A hub that cannot be reached: the login says so.
+    let dead = format!("ws://127.0.0.1:{}/ws", ports::free_port());
+    page.goto(&format!("{}/?ws={dead}", rig.base)).await;
+    let s = page.login("dave", APPID).await;
+    assert_eq!(s["phase"], "logged-out", "{s:#}");
+    let banner = s["banner"].as_str().unwrap();
+    assert!(banner.contains("Cannot reach the bridge"), "{s:#}");
+
+    // A wrong app id.
+    page.goto(&rig.base).await;
+    let s = page.login("dave", "not-the-app").await;
+    assert!(s["banner"].as_str().unwrap().contains("app id"), "{s:#}");
+    page.close().await;
+}

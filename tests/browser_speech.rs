@@ -21,11 +21,10 @@ use support::{ports, Baresip, BaresipOptions, Pbx};
 
 const APPID: &str = "speech-test";
 const T: Duration = Duration::from_secs(20);
-/// MOS-LQO both directions must reach. Measured on this rig: see the test's printed scores
-/// (about 4.0-4.4 both ways with Opus ⇄ PCMU); the margin absorbs jitter-buffer warm-up and
-/// scheduling noise on a loaded machine, while a broken resampler, wrong codec clock or gappy
-/// path scores well below it.
-const MIN_MOS: f64 = 3.0;
+/// MOS-LQO both directions must reach. Measured on this rig (two runs): browser -> SIP 3.76 and
+/// 3.82, SIP -> browser 3.35 and 3.38 (Opus ⇄ PCMU); the margin absorbs jitter-buffer warm-up and
+/// scheduling noise on a loaded machine (2 cores shared by parallel tests).
+const MIN_MOS: f64 = 2.8;
 
 const TEXT: &str = "The birch canoe slid on the smooth planks. \
                     Glue the sheet to the dark blue background. \
