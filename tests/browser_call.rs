@@ -267,3 +267,22 @@ async fn page_explains_calls_that_cannot_go_through() {
     assert!(s["banner"].as_str().unwrap().contains("app id"), "{s:#}");
     page.close().await;
 }
+
+#[tokio::test]
+async fn page_says_when_the_microphone_is_denied() {
+    let rig = rig().await;
+    let mic = rig.dir.path().join("mic.wav");
+    write_tone_wav(&mic, 1000.0, 0.5, Duration::from_secs(5), 48000);
+    let mut page = Page::launch_denying_microphone(&mic).await;
+    page.goto(&rig.base).await;
+    page.login("erin", APPID).await;
+    page.cmd(json!({"cmd": "dial", "number": "1001"})).await;
+    let s = page.wait_banner().await;
+    assert!(
+        s["banner"].as_str().unwrap().contains("Microphone access was denied"),
+        "{s:#}"
+    );
+    assert_eq!(s["phase"], "idle", "no call without a microphone: {s:#}");
+    assert!(rig.bridge.calls().is_empty());
+    page.close().await;
+}

@@ -43,6 +43,15 @@ pub struct Page {
 impl Page {
     /// Starts Chromium whose fake microphone loops `mic_wav` (16-bit PCM WAV).
     pub async fn launch(mic_wav: &Path) -> Page {
+        Page::start(mic_wav, false).await
+    }
+
+    /// Starts Chromium where the user refuses the microphone.
+    pub async fn launch_denying_microphone(mic_wav: &Path) -> Page {
+        Page::start(mic_wav, true).await
+    }
+
+    async fn start(mic_wav: &Path, deny_mic: bool) -> Page {
         check_prerequisites();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
@@ -50,6 +59,7 @@ impl Page {
         let mut child = Command::new("node")
             .arg(root.join("tests/browser/softphone.mjs"))
             .arg(mic_wav)
+            .args(deny_mic.then_some("deny-mic"))
             .current_dir(root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,5 +1,5 @@
 // Drives the web-demo softphone page in headless Chromium for the Rust tests (tests/browser_*.rs).
-// Usage: node tests/browser/softphone.mjs <fake-mic.wav>
+// Usage: node tests/browser/softphone.mjs <fake-mic.wav> [deny-mic]
 // Reads one JSON command per line on stdin, answers each with one JSON line on stdout
 // ({"ok":true,...} or {"ok":false,"error":"..."}). The fake microphone plays the WAV in a loop.
 import { chromium } from 'playwright-core';
@@ -12,17 +12,20 @@ if (!micWav) {
   process.exit(2);
 }
 
+// deny-mic: the user refuses the microphone prompt.
+const denyMic = process.argv[3] === 'deny-mic';
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
   args: [
     '--headless', '--no-sandbox', '--disable-gpu',
-    '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+    ...(denyMic ? [] : ['--use-fake-ui-for-media-stream']), '--use-fake-device-for-media-stream',
     `--use-file-for-fake-audio-capture=${micWav}`,
     '--disable-background-networking', '--allow-loopback-in-peer-connection',
     '--autoplay-policy=no-user-gesture-required',
   ],
 });
 const context = await browser.newContext({ viewport: { width: 420, height: 900 }, deviceScaleFactor: 2 });
+if (denyMic) await context.clearPermissions();
 const page = await context.newPage();
 const pageErrors = [];
 page.on('pageerror', (e) => pageErrors.push(e.message));
