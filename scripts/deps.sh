@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 
 # Test harness (tests/support): kamailio (base package has every module kamailio.cfg loads), sip-tester
 # (sipp), baresip-core (g711, aufile, aubridge, sndfile, ctrl_tcp modules), sox (WAV conversion),
-# chromium + nodejs (web-demo browser tests; npm comes with nodejs from nodesource, else apt-get install npm), espeak-ng (speech for the PESQ test), python3-pip,
-# python3-dev and gcc (PyPI `pesq` is built from C sources on install).
+# chromium + nodejs (web-demo browser tests; npm comes with nodesource's nodejs, else apt-get install
+# npm), espeak-ng (speech for the PESQ test), python3-pip, python3-dev and gcc (PyPI `pesq` is built
+# from C sources on install), openssl (TLS test certificates).
 APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip baresip-core sox iproute2 chromium procps curl
-  nodejs espeak-ng python3 python3-pip python3-dev gcc)
+  nodejs espeak-ng python3 python3-pip python3-dev gcc openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

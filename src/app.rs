@@ -1,70 +1,254 @@
-//! The running bridge. For now: logging set up from the config, warnings reported, and a
-//! clean exit on Ctrl-C / SIGTERM. The SIP, media and signalling parts plug in here.
+//! The running bridge: logging from `[log]`, the HTTP server(s), and signals (SIGTERM/SIGINT
+//! drain then exit 0, a second one exits at once; SIGHUP reloads the config).
+//!
+//! [`run`] is what `main` calls. The SIP stack, signalling hub and call registry plug in
+//! between [`App::start`] and [`App::serve`]: they take [`App::config_watch`] and
+//! [`App::lifecycle`], and hand back a `Router` (the hub's `/ws`, the web-demo) to merge
+//! and a [`StatusSource`] for `/api/status`.
 
-use std::io::IsTerminal;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
+use axum::Router;
+use futures::future::OptionFuture;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::ops::http::{build_router, health_router, router, with_request_log, OpsContext};
+use crate::ops::lifecycle::{
+    http_listen_override, ConfigReloader, ConfigWatch, Lifecycle, HTTP_LISTEN_ENV,
+};
+use crate::ops::logging;
+use crate::ops::status::StatusSource;
 
-/// Runs the bridge until Ctrl-C or SIGTERM, then returns `Ok` (exit code 0).
+/// Runs the bridge until SIGTERM/SIGINT and the drain, then returns `Ok` (exit code 0).
+/// Errors (log file, bind) are returned for `main` to print and exit non-zero.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    init_logging(&config);
-    tracing::info!(
-        config = %config.source.display(),
-        form = %config.form,
-        pbx = %config.global.sip_svr,
-        "srbridge {} starting",
-        env!("CARGO_PKG_VERSION")
-    );
-    for warning in &config.warnings {
-        tracing::warn!("config: {warning}");
+    let app = App::start(config)?;
+    let bridge = crate::bridge::Bridge::start_parts(app.config_watch(), app.lifecycle()).await?;
+    let result = app.serve(bridge.router(), bridge.status()).await;
+    bridge.shutdown().await;
+    result
+}
+
+/// A started bridge process: logging on, config published, signal handlers installed.
+pub struct App {
+    reloader: ConfigReloader,
+    lifecycle: Lifecycle,
+    signals: Signals,
+}
+
+impl App {
+    /// Sets up logging (file or stderr, redacted), logs the start and the config warnings,
+    /// and installs the signal handlers (before anything reports itself running, so an
+    /// early signal is never missed).
+    pub fn start(config: Config) -> anyhow::Result<App> {
+        let log = logging::init(&config.log)?;
+        tracing::info!(
+            config = %config.source.display(),
+            form = %config.form,
+            pbx = %config.global.sip_svr,
+            log_level = %config.log.level,
+            "srbridge {} starting",
+            env!("CARGO_PKG_VERSION")
+        );
+        for warning in &config.warnings {
+            tracing::warn!("config: {warning}");
+        }
+        let http_listen = http_listen_override().map_err(anyhow::Error::msg)?;
+        if let Some(addr) = http_listen {
+            tracing::info!("{HTTP_LISTEN_ENV}={addr} overrides [http] listen");
+        }
+        Ok(App {
+            reloader: ConfigReloader::new(config, log, http_listen),
+            lifecycle: Lifecycle::new(),
+            signals: Signals::install()?,
+        })
     }
-    let shutdown = ShutdownSignal::install()?;
-    tracing::info!("running; Ctrl-C or SIGTERM stops");
-    shutdown.wait().await;
-    tracing::info!("shutdown signal received, stopping");
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.reloader.current()
+    }
+
+    /// A receiver of the live config (a new `Arc<Config>` after each good SIGHUP).
+    pub fn config_watch(&self) -> ConfigWatch {
+        self.reloader.subscribe()
+    }
+
+    /// Drain state and the calls-in-progress count.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
+    }
+
+    /// What the ops endpoints need.
+    pub fn context(&self) -> OpsContext {
+        OpsContext {
+            config: self.config_watch(),
+            lifecycle: self.lifecycle(),
+        }
+    }
+
+    /// Binds `[http] listen` (serving `extra` plus the ops endpoints, or only `/healthz`
+    /// beside `extra` when `status_listen` is set) and `status_listen`, then handles
+    /// signals until the process should exit.
+    pub async fn serve(self, extra: Router, status: Arc<dyn StatusSource>) -> anyhow::Result<()> {
+        let config = self.config();
+        let ctx = self.context();
+        let (failed_tx, mut failed_rx) = mpsc::channel::<anyhow::Error>(2);
+        let tls = match &config.http.tls {
+            Some(tls) => Some(crate::ops::tls::acceptor(tls)?),
+            None => None,
+        };
+        let tls = tls.as_ref();
+        match config.http.status_listen {
+            Some(status_addr) => {
+                let public = with_request_log(extra.merge(health_router(ctx.clone())));
+                spawn_server("listen", config.http.listen, public, tls, &failed_tx).await?;
+                let ops = with_request_log(router(status, ctx));
+                spawn_server("status_listen", status_addr, ops, tls, &failed_tx).await?;
+            }
+            None => {
+                let all = build_router(extra, status, ctx);
+                spawn_server("listen", config.http.listen, all, tls, &failed_tx).await?;
+            }
+        }
+        tracing::info!("running; SIGTERM drains and stops, SIGHUP reloads the config");
+        self.handle_signals(&mut failed_rx).await
+    }
+
+    async fn handle_signals(
+        mut self,
+        failed: &mut mpsc::Receiver<anyhow::Error>,
+    ) -> anyhow::Result<()> {
+        let mut drain: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
+        loop {
+            tokio::select! {
+                name = stop_signal(&mut self.signals.terminate, &mut self.signals.interrupt) => {
+                    let calls = self.lifecycle.calls_in_progress();
+                    if drain.is_some() {
+                        tracing::warn!("second stop signal ({name}): exiting now, {calls} calls in progress dropped");
+                        return Ok(());
+                    }
+                    let timeout = self.config().shutdown.drain_timeout;
+                    self.lifecycle.start_drain();
+                    tracing::info!(
+                        "{name}: draining, new calls refused; {calls} calls in progress, waiting up to {}s (send again to exit now)",
+                        timeout.as_secs()
+                    );
+                    let lifecycle = self.lifecycle.clone();
+                    drain = Some(Box::pin(async move { lifecycle.wait_calls_done(timeout).await }));
+                }
+                _ = self.signals.hangup.recv() => self.reload(),
+                Some(done) = OptionFuture::from(drain.as_mut()) => {
+                    if done {
+                        tracing::info!("drain complete, no calls in progress; exiting");
+                    } else {
+                        tracing::warn!(
+                            "drain timeout: {} calls still in progress, ending them; exiting",
+                            self.lifecycle.calls_in_progress()
+                        );
+                    }
+                    return Ok(());
+                }
+                Some(error) = failed.recv() => return Err(error),
+            }
+        }
+    }
+
+    fn reload(&self) {
+        let path = self.config().source.clone();
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+        match self.reloader.reload() {
+            Ok(outcome) => {
+                let config = self.config();
+                for warning in &config.warnings {
+                    tracing::warn!("config: {warning}");
+                }
+                for setting in &outcome.restart_required {
+                    tracing::warn!("config reload: {setting} changed; restart to apply it");
+                }
+                tracing::info!(
+                    log_level = %config.log.level,
+                    level_applied = outcome.level_changed,
+                    "config reloaded"
+                );
+            }
+            Err(e) => {
+                tracing::error!("config reload failed, keeping the running config: {e}");
+            }
+        }
+    }
+}
+
+/// Binds `addr` now (so a taken port fails start-up with a clear message) and serves
+/// `router` (over TLS when `tls` is given) in a task; a server that stops later reports
+/// on `failed`.
+async fn spawn_server(
+    key: &str,
+    addr: SocketAddr,
+    router: Router,
+    tls: Option<&TlsAcceptor>,
+    failed: &mpsc::Sender<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on [http] {key} {addr}"))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("{scheme}: [http] {key} on {local}");
+    let failed = failed.clone();
+    let key = key.to_string();
+    let tls = tls.cloned();
+    tokio::spawn(async move {
+        let error = match tls {
+            Some(acceptor) => {
+                let e = crate::ops::tls::serve(listener, acceptor, router).await;
+                anyhow::Error::new(e).context(format!("https server on {local} failed"))
+            }
+            None => {
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                match axum::serve(listener, service).await {
+                    Ok(()) => anyhow::anyhow!("http server on {local} ([http] {key}) stopped"),
+                    Err(e) => {
+                        anyhow::Error::new(e).context(format!("http server on {local} failed"))
+                    }
+                }
+            }
+        };
+        let _ = failed.send(error).await;
+    });
     Ok(())
 }
 
-/// Installs a stderr subscriber at the configured level; `RUST_LOG` overrides it.
-/// Does nothing if a subscriber is already set (e.g. in tests).
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(config.log.level.filter_directive()));
-    // No colour codes in redirected output; a closed stderr (daemon, dropped pipe) must not
-    // turn a failed log write into a panic.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .log_internal_errors(false)
-        .try_init();
+/// SIGTERM/SIGINT/SIGHUP listeners.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
 }
 
-/// SIGTERM/Ctrl-C listeners, installed before the bridge reports itself running so a
-/// signal sent right after that message is never missed.
-struct ShutdownSignal {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignal {
+impl Signals {
     fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(ShutdownSignal {
+        Ok(Signals {
             terminate: signal(SignalKind::terminate())
                 .context("cannot install the SIGTERM handler")?,
             interrupt: signal(SignalKind::interrupt())
                 .context("cannot install the SIGINT handler")?,
+            hangup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
         })
     }
+}
 
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
+/// Next SIGTERM or SIGINT; returns its name for the log.
+async fn stop_signal(terminate: &mut Signal, interrupt: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
     }
 }

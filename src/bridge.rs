@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,8 +22,19 @@ use crate::call::ports::{
 };
 use crate::config::Config;
 use crate::media::session::SessionFactory;
+use crate::ops::http::{build_router, OpsContext};
+use crate::ops::lifecycle::{ConfigWatch, Lifecycle};
+use crate::ops::metrics::metrics;
+use crate::ops::status::{
+    CallStatus, PbxStatus, Reachability, RegistrationState as OpsRegistration, RegistrationStatus,
+    StatusSnapshot, StatusSource,
+};
+use crate::ops::Direction as OpsDirection;
 use crate::signal::{self, BridgeEvent, Hub, HubSettings};
-use crate::sip::{IncomingCall, OutgoingInvite, SipCall, SipCallEvent, SipStatus, SipUa};
+use crate::sip::{
+    IncomingCall, OutgoingInvite, PbxState, RegistrationState, SipCall, SipCallEvent, SipStatus,
+    SipUa,
+};
 
 /// The browser side of calls: the hub.
 #[derive(Clone)]
@@ -267,13 +279,17 @@ fn browser_event(event: BridgeEvent) -> BrowserEvent {
 /// The call manager with the real ports.
 pub type Calls = CallManager<HubBrowser, UaSip, SessionFactory>;
 
-/// A running bridge.
+/// A running bridge: SIP, hub, calls and media. [`Bridge::start`] also serves HTTP (for tests and
+/// embedding); the daemon (`app::run`) uses [`Bridge::start_parts`] and serves HTTP itself.
 pub struct Bridge {
-    http_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     sip: SipUa,
     hub: Hub,
     calls: Calls,
-    config: watch::Sender<Arc<Config>>,
+    config: ConfigWatch,
+    /// Set when this bridge owns its config (started with [`Bridge::start`]).
+    config_tx: Option<watch::Sender<Arc<Config>>>,
+    lifecycle: Lifecycle,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -288,26 +304,53 @@ fn sdp_address(config: &Config, contact: SocketAddr) -> IpAddr {
 }
 
 impl Bridge {
-    /// Binds the SIP and HTTP sockets, registers to the PBX and starts serving. Fails (and
-    /// leaves nothing running) when a socket cannot be bound.
+    /// Starts everything, HTTP included (`[http] listen`, with the ops endpoints), with a
+    /// config of its own ([`Bridge::reload`] replaces it). Fails, leaving nothing running,
+    /// when a socket cannot be bound.
     pub async fn start(config: Config) -> anyhow::Result<Bridge> {
+        let listen = config.http.listen;
+        let (config_tx, config_rx) = watch::channel(Arc::new(config));
+        let lifecycle = Lifecycle::new();
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on [http] listen {listen}"))?;
+        let http_addr = listener.local_addr().context("HTTP listener address")?;
+        let mut bridge = Bridge::start_parts(config_rx.clone(), lifecycle.clone()).await?;
+        let ctx = OpsContext {
+            config: config_rx,
+            lifecycle,
+        };
+        let router = build_router(bridge.router(), bridge.status(), ctx)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let stop = bridge.stop.clone();
+        bridge.tasks.push(tokio::spawn(async move {
+            let server = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+        bridge.http_addr = Some(http_addr);
+        bridge.config_tx = Some(config_tx);
+        Ok(bridge)
+    }
+
+    /// Starts the SIP user agent, the hub and the call manager, following `config` (reloads
+    /// apply to new calls) and `lifecycle` (the drain). HTTP is the caller's: serve
+    /// [`Bridge::router`] and [`Bridge::status`].
+    pub async fn start_parts(config: ConfigWatch, lifecycle: Lifecycle) -> anyhow::Result<Bridge> {
+        let current = Arc::clone(&config.borrow());
         let stop = CancellationToken::new();
-        let (sip, mut incoming) = SipUa::start(&config, stop.child_token())
+        let (sip, mut incoming) = SipUa::start(&current, stop.child_token())
             .await
             .context("SIP user agent")?;
         let (bridge_tx, mut bridge_rx) = mpsc::channel(1024);
-        let hub = Hub::new(HubSettings::from_config(&config), bridge_tx);
+        let hub = Hub::new(HubSettings::from_config(&current), bridge_tx);
 
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-        let http_addr = listener.local_addr().context("HTTP listener address")?;
-
-        let bind_ip = config.sip.listen_ip;
-        let sdp_ip = sdp_address(&config, sip.contact_addr());
-        let pstn = config.pstn.as_ref().and_then(|p| p.addr.socket_addr());
-        let (config_tx, config_rx) = watch::channel(Arc::new(config));
-        let media = SessionFactory::new(config_rx.clone(), bind_ip, sdp_ip)
+        let bind_ip = current.sip.listen_ip;
+        let sdp_ip = sdp_address(&current, sip.contact_addr());
+        let pstn = current.pstn.as_ref().and_then(|p| p.addr.socket_addr());
+        let media = SessionFactory::new(config.clone(), bind_ip, sdp_ip)
             .map_err(|e| anyhow::anyhow!("media: {e}"))?;
         let calls = CallManager::new(
             HubBrowser(hub.clone()),
@@ -316,7 +359,8 @@ impl Bridge {
                 pstn,
             },
             media,
-            config_rx,
+            config.clone(),
+            lifecycle.clone(),
         );
 
         let mut tasks = Vec::new();
@@ -336,32 +380,58 @@ impl Bridge {
                 }
             }));
         }
-        let router = crate::web::router(hub.router(), config_tx.subscribe());
         {
-            let stop = stop.clone();
+            // The drain (SIGTERM) closes the doors everywhere new calls come in.
+            let (hub, sip, lifecycle) = (hub.clone(), sip.clone(), lifecycle.clone());
             tasks.push(tokio::spawn(async move {
-                let server = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
+                lifecycle.draining().await;
+                hub.set_accepting(false);
+                sip.set_accepting(false);
+                tracing::info!("draining: new invitations and INVITEs are refused");
             }));
         }
-        tracing::info!(http = %http_addr, sip = %sip.local_addr(), "bridge started");
+        {
+            let (hub, sip) = (hub.clone(), sip.clone());
+            tasks.push(tokio::spawn(publish_gauges(hub, sip)));
+        }
+        tracing::info!(sip = %sip.local_addr(), "bridge started");
         Ok(Bridge {
-            http_addr,
+            http_addr: None,
             sip,
             hub,
             calls,
-            config: config_tx,
+            config,
+            config_tx: None,
+            lifecycle,
             stop,
             tasks,
         })
     }
 
-    /// Where browsers connect (`ws://…/ws`, the web-demo at `/`).
+    /// The browser-facing routes: the hub's WebSocket and JS client, and the web-demo.
+    pub fn router(&self) -> Router {
+        crate::web::router(self.hub.router(), self.config.clone())
+    }
+
+    /// What `/api/status` and `/api/calls/{id}` show.
+    pub fn status(&self) -> Arc<dyn StatusSource> {
+        Arc::new(BridgeStatus {
+            sip: self.sip.clone(),
+            hub: self.hub.clone(),
+            calls: self.calls.clone(),
+            account: self
+                .config
+                .borrow()
+                .proxy
+                .as_ref()
+                .map(|p| p.sip_account.clone()),
+        })
+    }
+
+    /// Where browsers connect (`ws://…/ws`, the web-demo at `/`), when this bridge serves HTTP.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The SIP socket's address.
@@ -389,25 +459,117 @@ impl Bridge {
         &self.hub
     }
 
-    /// Applies a re-read configuration to new calls (`acc_rule`, limits, timeouts, codecs).
+    /// Applies a re-read configuration to new calls (`acc_rule`, limits, timeouts, codecs), for
+    /// a bridge started with [`Bridge::start`] (the daemon reloads through its own watch).
     pub fn reload(&self, config: Config) {
-        self.config.send_replace(Arc::new(config));
+        if let Some(tx) = &self.config_tx {
+            tx.send_replace(Arc::new(config));
+        }
     }
 
     /// Refuses new calls from now on (SIP 503, invitations `DRAINING`) and waits up to `limit`
     /// for the calls in progress; returns how many were still there.
     pub async fn drain(&self, limit: Duration) -> usize {
-        self.calls.start_draining();
+        self.lifecycle.start_drain();
         self.hub.set_accepting(false);
+        self.sip.set_accepting(false);
         self.calls.wait_idle(limit).await
     }
 
-    /// Stops everything: unregisters, closes the HTTP server and the tasks.
+    /// Ends the calls still in progress (BYE/CANCEL/480 as their state needs), unregisters,
+    /// and stops the HTTP server and the tasks.
     pub async fn shutdown(self) {
+        let left = self.calls.end_all(Duration::from_secs(3)).await;
+        if left > 0 {
+            tracing::warn!(calls = left, "calls did not end in time");
+        }
         self.sip.shutdown().await;
         self.stop.cancel();
         for task in self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Keeps the registration, PBX and session gauges of `/metrics` current.
+async fn publish_gauges(hub: Hub, sip: SipUa) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let status = sip.status();
+        let m = metrics();
+        m.set_registration(registration_state(&status.registration));
+        m.set_pbx_ping(match status.pbx {
+            PbxState::Up { rtt_ms } => Some(Duration::from_millis(rtt_ms)),
+            _ => None,
+        });
+        m.ws_sessions.set(hub.session_count() as i64);
+        m.users_logged_in.set(hub.online_count() as i64);
+    }
+}
+
+fn registration_state(state: &RegistrationState) -> OpsRegistration {
+    match state {
+        RegistrationState::Disabled => OpsRegistration::Disabled,
+        RegistrationState::Registering => OpsRegistration::Registering,
+        RegistrationState::Registered { .. } => OpsRegistration::Registered,
+        RegistrationState::Failed { .. } => OpsRegistration::Failed,
+    }
+}
+
+/// The status API's view of the bridge.
+struct BridgeStatus {
+    sip: SipUa,
+    hub: Hub,
+    calls: Calls,
+    account: Option<String>,
+}
+
+fn call_status(info: CallInfo) -> CallStatus {
+    CallStatus {
+        direction: if info.direction == "web_to_sip" {
+            OpsDirection::WebToSip
+        } else {
+            OpsDirection::SipToWeb
+        },
+        id: info.id,
+        web_user: info.uid,
+        sip_number: info.sip_number,
+        state: info.state.to_string(),
+        duration_s: info.duration_s,
+        sip_call_id: None,
+    }
+}
+
+impl StatusSource for BridgeStatus {
+    fn snapshot(&self) -> StatusSnapshot {
+        let sip = self.sip.status();
+        let last_error = match &sip.registration {
+            RegistrationState::Failed { last_error, .. } => Some(last_error.clone()),
+            _ => None,
+        };
+        let (reachable, rtt_ms) = match &sip.pbx {
+            PbxState::Up { rtt_ms } => (Reachability::Up, Some(*rtt_ms as f64)),
+            PbxState::Down { .. } => (Reachability::Down, None),
+            PbxState::Unknown => (Reachability::Unknown, None),
+        };
+        StatusSnapshot {
+            registration: RegistrationStatus {
+                state: registration_state(&sip.registration),
+                account: self.account.clone(),
+                last_error,
+            },
+            pbx: PbxStatus {
+                address: sip.pbx_addr.clone(),
+                reachable,
+                rtt_ms,
+            },
+            calls: self.calls.list().into_iter().map(call_status).collect(),
+            users_logged_in: self.hub.online_count(),
+        }
+    }
+
+    fn call(&self, id: &str) -> Option<CallStatus> {
+        self.calls.get(id).map(call_status)
     }
 }

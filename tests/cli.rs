@@ -207,6 +207,8 @@ fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
 fn run_then_sigterm(args: &[&str]) -> (String, std::process::ExitStatus) {
     let mut child = srbridge()
         .args(args)
+        // The shipped configs listen on 0.0.0.0:8080; tests stay on loopback, any port.
+        .env("SRBRIDGE_HTTP_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -222,7 +224,16 @@ fn run_then_sigterm(args: &[&str]) -> (String, std::process::ExitStatus) {
 
 #[test]
 fn run_exits_cleanly_on_sigterm() {
-    let (log, status) = run_then_sigterm(&["config/rtx.conf"]);
+    // The shipped rtx.conf logs to ./logs/srbridge.log: run a copy that logs to stderr.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shipped = std::fs::read_to_string("config/rtx.conf").expect("shipped rtx.conf");
+    let to_stderr: String = shipped
+        .lines()
+        .filter(|line| !line.starts_with("file="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let rtx = write(dir.path(), "rtx.conf", &to_stderr);
+    let (log, status) = run_then_sigterm(&[rtx.to_str().expect("utf-8 path")]);
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(
         log.contains("[rtc]: anyRTC private-cloud settings"),

@@ -249,12 +249,18 @@ async fn a_chrome_offer_gets_an_answer_chrome_accepts() {
 async fn bad_offers_and_candidates_are_clear_errors() {
     let (leg, _c) = WebRtcLeg::new(&settings()).await.unwrap();
     let err = leg.accept_offer("this is not SDP").await.unwrap_err();
-    assert!(matches!(err, WebRtcLegError::BadSdp { what: "offer", .. }), "{err}");
+    assert!(
+        matches!(err, WebRtcLegError::BadSdp { what: "offer", .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("bad SDP offer"), "{err}");
 
     let (leg, _c) = WebRtcLeg::new(&settings()).await.unwrap();
     let video_only = chrome_offer()
-        .replace("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126", "m=video 9 UDP/TLS/RTP/SAVPF 96")
+        .replace(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        )
         .replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:96 VP8/90000");
     let err = leg.accept_offer(&video_only).await.unwrap_err();
     assert!(matches!(err, WebRtcLegError::BadSdp { .. }), "{err}");
@@ -269,9 +275,15 @@ async fn bad_offers_and_candidates_are_clear_errors() {
 
     let (leg, _c) = WebRtcLeg::new(&settings()).await.unwrap();
     leg.accept_offer(&chrome_offer()).await.unwrap();
-    for bad in ["not json", r#"{"candidate":"candidate:garbage","sdpMid":"0","sdpMLineIndex":0}"#] {
+    for bad in [
+        "not json",
+        r#"{"candidate":"candidate:garbage","sdpMid":"0","sdpMLineIndex":0}"#,
+    ] {
         let err = leg.add_remote_candidate(bad).await.unwrap_err();
-        assert!(matches!(err, WebRtcLegError::BadCandidate(_)), "{bad}: {err}");
+        assert!(
+            matches!(err, WebRtcLegError::BadCandidate(_)),
+            "{bad}: {err}"
+        );
     }
     // Sending a payload type that was not negotiated is refused.
     assert!(matches!(
@@ -305,7 +317,11 @@ async fn candidates_use_the_configured_port_range() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[4], "127.0.0.1", "{line}");
     let port: u16 = fields[5].parse().unwrap();
-    assert!((base..=base + 9).contains(&port), "port {port} outside {base}-{}", base + 9);
+    assert!(
+        (base..=base + 9).contains(&port),
+        "port {port} outside {base}-{}",
+        base + 9
+    );
     leg.close().await.unwrap();
 }
 
@@ -338,7 +354,10 @@ fn ulaw_decode(b: u8) -> i16 {
 fn the_test_ulaw_codec_round_trips() {
     for s in [0i16, 100, -100, 1000, -1000, 30000, -30000] {
         let back = ulaw_decode(ulaw_encode(s));
-        assert!((i32::from(back) - i32::from(s)).abs() <= i32::from(s).abs() / 16 + 8, "{s} -> {back}");
+        assert!(
+            (i32::from(back) - i32::from(s)).abs() <= i32::from(s).abs() / 16 + 8,
+            "{s} -> {back}"
+        );
     }
 }
 
@@ -358,7 +377,9 @@ async fn pcmu_audio_and_telephone_events_pass_through() {
                 *d = ulaw_encode((s * 32767.0) as i16);
             }
             let st = clock.stamp(FRAME_SAMPLES as u32);
-            a.send_rtp(pcmu, st.seq, st.timestamp, st.marker, &payload).await.unwrap();
+            a.send_rtp(pcmu, st.seq, st.timestamp, st.marker, &payload)
+                .await
+                .unwrap();
         }
         // DTMF "5": RFC 4733 event 5, end bit on the last packet. Same SSRC, so it continues the
         // audio's sequence numbers (SRTP drops what looks like a replay); one timestamp per event.
@@ -369,7 +390,9 @@ async fn pcmu_audio_and_telephone_events_pass_through() {
             let duration = (i as u16 + 1) * 960;
             let [d0, d1] = duration.to_be_bytes();
             let flags = if end { 0x80 | 10 } else { 10 };
-            a.send_rtp(te, st.seq, event_ts, i == 0, &[5, flags, d0, d1]).await.unwrap();
+            a.send_rtp(te, st.seq, event_ts, i == 0, &[5, flags, d0, d1])
+                .await
+                .unwrap();
         }
         a
     });
@@ -377,7 +400,11 @@ async fn pcmu_audio_and_telephone_events_pass_through() {
     let mut events = Vec::new();
     while let Ok(Some(p)) = timeout(Duration::from_secs(1), cb.rtp.recv()).await {
         if p.payload_type == pcmu {
-            audio.extend(p.payload.iter().map(|b| f32::from(ulaw_decode(*b)) / 32768.0));
+            audio.extend(
+                p.payload
+                    .iter()
+                    .map(|b| f32::from(ulaw_decode(*b)) / 32768.0),
+            );
         } else if p.payload_type == te {
             events.push(p);
         }
@@ -388,7 +415,10 @@ async fn pcmu_audio_and_telephone_events_pass_through() {
     assert!(events[0].marker);
     assert_eq!(events[0].payload[0], 5, "the digit");
     assert_ne!(events[2].payload[1] & 0x80, 0, "end bit");
-    assert_eq!(b.negotiated().unwrap().codec(te), Some(LegCodec::TelephoneEvent48k));
+    assert_eq!(
+        b.negotiated().unwrap().codec(te),
+        Some(LegCodec::TelephoneEvent48k)
+    );
     a.close().await.unwrap();
     b.close().await.unwrap();
 }

@@ -6,7 +6,6 @@
 //! only when a call starts, changes phase or ends: never per packet).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,8 @@ use super::ports::{
     OutgoingCallRequest, SipLeg, SipLegCommand, SipLegEvent, SipSide,
 };
 use crate::config::Config;
+use crate::ops::lifecycle::{CallGuard, Lifecycle};
+use crate::ops::metrics::{metrics, Limit};
 
 /// What the browser side reports to the call layer (the hub's events for the bridge).
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +146,14 @@ enum CallInput {
 struct Slot {
     info: CallInfo,
     input: mpsc::UnboundedSender<CallInput>,
+    /// Counts the call for the drain and `srbridge_calls_active` until the call is forgotten.
+    _guard: CallGuard,
+}
+
+/// Token bucket for `limits.max_setups_per_sec`.
+struct SetupRate {
+    tokens: f64,
+    at: Instant,
 }
 
 struct Inner<B, S, M> {
@@ -153,7 +162,8 @@ struct Inner<B, S, M> {
     media: M,
     config: watch::Receiver<Arc<Config>>,
     calls: Mutex<HashMap<String, Slot>>,
-    draining: AtomicBool,
+    lifecycle: Lifecycle,
+    setups: Mutex<SetupRate>,
     idle: Notify,
 }
 
@@ -175,6 +185,7 @@ impl<B, S, M> Clone for CallManager<B, S, M> {
 enum Refusal {
     Draining,
     TooManyCalls,
+    TooManySetups,
     DuplicateId,
 }
 
@@ -183,15 +194,34 @@ impl Refusal {
         match self {
             Refusal::Draining => "the bridge is shutting down",
             Refusal::TooManyCalls => "too many calls in progress",
+            Refusal::TooManySetups => "too many new calls per second",
             Refusal::DuplicateId => "duplicate call id",
         }
+    }
+
+    fn count(self) {
+        let limit = match self {
+            Refusal::Draining => Limit::Draining,
+            Refusal::TooManyCalls => Limit::MaxCalls,
+            Refusal::TooManySetups => Limit::MaxSetupsPerSec,
+            Refusal::DuplicateId => return,
+        };
+        metrics().limit_hit(limit);
     }
 }
 
 impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
     /// A manager with no calls. `config` is re-read at each call start, so a reload changes
     /// `acc_rule`, limits and timeouts for new calls without touching those in progress.
-    pub fn new(browser: B, sip: S, media: M, config: watch::Receiver<Arc<Config>>) -> Self {
+    /// `lifecycle` is the process's drain state: while it drains, new calls are refused.
+    pub fn new(
+        browser: B,
+        sip: S,
+        media: M,
+        config: watch::Receiver<Arc<Config>>,
+        lifecycle: Lifecycle,
+    ) -> Self {
+        let burst = f64::from(config.borrow().limits.max_setups_per_sec);
         CallManager {
             inner: Arc::new(Inner {
                 browser,
@@ -199,7 +229,11 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 media,
                 config,
                 calls: Mutex::new(HashMap::new()),
-                draining: AtomicBool::new(false),
+                lifecycle,
+                setups: Mutex::new(SetupRate {
+                    tokens: burst,
+                    at: Instant::now(),
+                }),
                 idle: Notify::new(),
             }),
         }
@@ -312,17 +346,46 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
     }
 
     fn admission(&self, call_id: &str) -> Result<(), Refusal> {
-        if self.inner.draining.load(Ordering::Acquire) {
+        let result = self.check_admission(call_id);
+        if let Err(refusal) = result {
+            refusal.count();
+        }
+        result
+    }
+
+    fn check_admission(&self, call_id: &str) -> Result<(), Refusal> {
+        if self.inner.lifecycle.is_draining() {
             return Err(Refusal::Draining);
         }
-        let max = self.inner.config.borrow().limits.max_calls as usize;
-        let calls = self.calls();
-        if calls.contains_key(call_id) {
-            return Err(Refusal::DuplicateId);
+        let (max_calls, per_sec) = {
+            let config = self.inner.config.borrow();
+            (
+                config.limits.max_calls as usize,
+                f64::from(config.limits.max_setups_per_sec),
+            )
+        };
+        {
+            let calls = self.calls();
+            if calls.contains_key(call_id) {
+                return Err(Refusal::DuplicateId);
+            }
+            if calls.len() >= max_calls {
+                return Err(Refusal::TooManyCalls);
+            }
         }
-        if calls.len() >= max {
-            return Err(Refusal::TooManyCalls);
+        let mut rate = self
+            .inner
+            .setups
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(rate.at).as_secs_f64() * per_sec;
+        rate.tokens = (rate.tokens + refill).min(per_sec.max(1.0));
+        rate.at = now;
+        if rate.tokens < 1.0 {
+            return Err(Refusal::TooManySetups);
         }
+        rate.tokens -= 1.0;
         Ok(())
     }
 
@@ -330,20 +393,29 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         let span = tracing::info_span!("call", call_id = %call_id);
         let _entered = span.enter();
         tracing::info!(from = %from_uid, to = %callee, "browser invitation");
-        if let Err(refusal) = self.admission(&call_id) {
-            tracing::warn!(reason = refusal.reason(), "invitation refused");
-            self.inner.browser.local_state(
-                &from_uid,
-                &call_id,
-                LocalState::Failure,
-                Some(serde_json::json!({ "Reason": refusal.reason() }).to_string()),
-                Some(match refusal {
-                    Refusal::DuplicateId => FailureReason::InvalidArgument,
-                    _ => FailureReason::Other,
-                }),
-            );
-            return;
-        }
+        let admitted = self.admission(&call_id).and_then(|()| {
+            self.inner
+                .lifecycle
+                .try_start_call()
+                .ok_or(Refusal::Draining)
+        });
+        let guard = match admitted {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                tracing::warn!(reason = refusal.reason(), "invitation refused");
+                self.inner.browser.local_state(
+                    &from_uid,
+                    &call_id,
+                    LocalState::Failure,
+                    Some(serde_json::json!({ "Reason": refusal.reason() }).to_string()),
+                    Some(match refusal {
+                        Refusal::DuplicateId => FailureReason::InvalidArgument,
+                        _ => FailureReason::Other,
+                    }),
+                );
+                return;
+            }
+        };
         let config = Arc::clone(&self.inner.config.borrow());
         let allowed = |number: &str| config.may_call(number);
         let policy = CallPolicy {
@@ -377,7 +449,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                     return;
                 }
             };
-        let input = self.register(&call_id, &call);
+        let input = self.register(&call_id, &call, guard);
         let task = CallTask::new(self.clone(), call_id, call, media, media_events, input);
         drop(_entered);
         tokio::spawn(task.run(actions, None).instrument(span));
@@ -396,14 +468,23 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         let span = tracing::info_span!("call", call_id = %call_id);
         let _entered = span.enter();
         tracing::info!(from = %caller_number, to = %target_uid, "incoming SIP call");
-        if let Err(refusal) = self.admission(&call_id) {
-            tracing::warn!(reason = refusal.reason(), "INVITE refused");
-            leg.send(SipLegCommand::Reject {
-                code: 503,
-                reason: "Service Unavailable".into(),
-            });
-            return;
-        }
+        let admitted = self.admission(&call_id).and_then(|()| {
+            self.inner
+                .lifecycle
+                .try_start_call()
+                .ok_or(Refusal::Draining)
+        });
+        let guard = match admitted {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                tracing::warn!(reason = refusal.reason(), "INVITE refused");
+                leg.send(SipLegCommand::Reject {
+                    code: 503,
+                    reason: "Service Unavailable".into(),
+                });
+                return;
+            }
+        };
         let (mut media, media_events) =
             match self
                 .inner
@@ -452,14 +533,19 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
             &target_uid,
             &policy,
         );
-        let input = self.register(&call_id, &call);
+        let input = self.register(&call_id, &call, guard);
         let mut task = CallTask::new(self.clone(), call_id, call, media, media_events, input);
         task.sip_answer = Some(answer);
         drop(_entered);
         tokio::spawn(task.run(actions, Some(leg)).instrument(span));
     }
 
-    fn register(&self, call_id: &str, call: &Call) -> mpsc::UnboundedReceiver<CallInput> {
+    fn register(
+        &self,
+        call_id: &str,
+        call: &Call,
+        guard: CallGuard,
+    ) -> mpsc::UnboundedReceiver<CallInput> {
         let (tx, rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         self.calls().insert(
@@ -477,8 +563,13 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                     answered: None,
                 },
                 input: tx,
+                _guard: guard,
             },
         );
+        metrics()
+            .calls_started
+            .get(ops_direction(call.direction()))
+            .inc();
         rx
     }
 
@@ -486,7 +577,17 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         if let Some(slot) = self.calls().get_mut(call_id) {
             slot.info.state = phase_name(phase);
             if phase == Phase::Established && slot.info.answered.is_none() {
-                slot.info.answered = Some(Instant::now());
+                let now = Instant::now();
+                slot.info.answered = Some(now);
+                let m = metrics();
+                m.calls_answered
+                    .get(if slot.info.direction == "web_to_sip" {
+                        crate::ops::Direction::WebToSip
+                    } else {
+                        crate::ops::Direction::SipToWeb
+                    })
+                    .inc();
+                m.call_setup.observe(now.duration_since(slot.info.started));
             }
         }
     }
@@ -529,12 +630,22 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
 
     /// From now on, new calls are refused (SIGTERM drain); calls in progress go on.
     pub fn start_draining(&self) {
-        self.inner.draining.store(true, Ordering::Release);
+        self.inner.lifecycle.start_drain();
     }
 
     /// Whether new calls are being refused.
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Acquire)
+        self.inner.lifecycle.is_draining()
+    }
+
+    /// Hangs up every call in progress (as if each browser went away: BYE, CANCEL or 480 as the
+    /// call's state needs) and waits up to `limit` for them to end; returns how many remain.
+    pub async fn end_all(&self, limit: Duration) -> usize {
+        let inputs: Vec<_> = self.calls().values().map(|s| s.input.clone()).collect();
+        for input in inputs {
+            let _ = input.send(CallInput::Machine(Event::BrowserGone));
+        }
+        self.wait_idle(limit).await
     }
 
     /// Waits until no call is in progress, or `limit` passes; returns the calls still there.
@@ -549,6 +660,13 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 return self.active();
             }
         }
+    }
+}
+
+fn ops_direction(direction: Direction) -> crate::ops::Direction {
+    match direction {
+        Direction::WebToSip => crate::ops::Direction::WebToSip,
+        Direction::SipToWeb => crate::ops::Direction::SipToWeb,
     }
 }
 
@@ -736,6 +854,17 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
 
     fn ended(&mut self, reason: EndReason) {
         tracing::info!(reason = ?reason, "call ended");
+        let failed_code = match &reason {
+            EndReason::SipFailed(code) => Some(*code),
+            EndReason::Rejected(_) => Some(0),
+            EndReason::NoAnswer => Some(408),
+            EndReason::BrowserOffline => Some(480),
+            EndReason::BrowserRefused => Some(486),
+            _ => None,
+        };
+        if let Some(code) = failed_code {
+            metrics().call_failed(code);
+        }
         if let Some(media) = self.media.as_mut() {
             media.close();
         }

@@ -174,6 +174,7 @@ fn rig_with(extra: &str, media: FakeMedia) -> Rig {
         FakeSip { placed: placed_tx },
         media.clone(),
         config_rx,
+        crate::ops::lifecycle::Lifecycle::new(),
     );
     Rig {
         manager,

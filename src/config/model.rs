@@ -264,6 +264,9 @@ pub struct LogConfig {
     pub file: Option<PathBuf>,
     /// Rotate the file when it reaches this many MB; 0 never rotates.
     pub max_file_size_mb: u64,
+    /// Rotated files kept beside the live one (`file.1` newest … `file.N`), so disk use
+    /// stays bounded at about `(max_files + 1) * max_file_size`.
+    pub max_files: usize,
 }
 
 impl Default for LogConfig {
@@ -272,6 +275,7 @@ impl Default for LogConfig {
             level: LogLevel::Info,
             file: None,
             max_file_size_mb: 100,
+            max_files: 5,
         }
     }
 }

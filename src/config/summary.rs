@@ -83,6 +83,7 @@ impl Display for Config {
             "max_file_size",
             format!("{} MB", self.log.max_file_size_mb),
         )?;
+        row(f, "max_files", self.log.max_files)?;
 
         let sip = &self.sip;
         writeln!(f, "[sip]")?;

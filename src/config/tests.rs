@@ -159,6 +159,7 @@ fn native_settings_are_read_from_toml() {
     assert_eq!(config.shutdown.drain_timeout, Duration::ZERO);
     assert_eq!(config.log.level, LogLevel::Debug);
     assert_eq!(config.log.max_file_size_mb, 0);
+    assert_eq!(config.log.max_files, 5, "default");
 }
 
 #[test]
@@ -678,6 +679,22 @@ fn log_max_file_size_bad() {
         Some("[log] max_file_size"),
         "is not a whole number",
     );
+}
+
+#[test]
+fn log_max_files_read_and_bounded() {
+    let config = ini_with("[log]\nmax_files=2\n").expect("valid");
+    assert_eq!(config.log.max_files, 2);
+    let config = toml_with("[log]\nmax_files = 1000\n").expect("valid");
+    assert_eq!(config.log.max_files, 1000);
+    for bad in ["0", "1001", "-3"] {
+        assert_error(
+            toml_with(&format!("[log]\nmax_files = {bad}\n")),
+            Some(5),
+            Some("[log] max_files"),
+            "is out of range",
+        );
+    }
 }
 
 // ---- [sip] ----

@@ -739,11 +739,15 @@ fn log(s: &Sec) -> Result<LogConfig> {
     let max_file_size_mb = s
         .int("max_file_size", 0, 1_048_576)?
         .map_or(defaults.max_file_size_mb, |v| v.value as u64);
+    let max_files = s
+        .int("max_files", 1, 1000)?
+        .map_or(defaults.max_files, |v| v.value as usize);
     s.finish()?;
     Ok(LogConfig {
         level,
         file,
         max_file_size_mb,
+        max_files,
     })
 }
 

@@ -175,10 +175,7 @@ mod tests {
 
     /// Frequency by counting zero crossings (good enough for a clean tone).
     pub(crate) fn zero_crossing_hz(pcm: &[i16]) -> f64 {
-        let crossings = pcm
-            .windows(2)
-            .filter(|w| (w[0] < 0) != (w[1] < 0))
-            .count();
+        let crossings = pcm.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
         crossings as f64 / 2.0 / (pcm.len() as f64 / f64::from(PCM_RATE))
     }
 
@@ -223,10 +220,16 @@ mod tests {
             // Skip the codec's start-up (look-ahead and ramp).
             let steady = &pcm[1600..];
             let hz = zero_crossing_hz(steady);
-            assert!((hz - freq).abs() < freq * 0.03, "{freq} Hz came out as {hz}");
+            assert!(
+                (hz - freq).abs() < freq * 0.03,
+                "{freq} Hz came out as {hz}"
+            );
             let input_rms = 0.5 * 32767.0 / 2f64.sqrt();
             let ratio_db = 20.0 * (rms(steady) / input_rms).log10();
-            assert!(ratio_db.abs() < 2.0, "{freq} Hz level changed by {ratio_db:.1} dB");
+            assert!(
+                ratio_db.abs() < 2.0,
+                "{freq} Hz level changed by {ratio_db:.1} dB"
+            );
         }
     }
 

@@ -120,7 +120,12 @@ impl RtpClock {
 
     /// A clock with random SSRC, sequence and timestamp (RFC 3550 §5.1).
     pub fn random(ticks_per_sample: u32) -> Self {
-        Self::new(rand::random(), rand::random(), rand::random(), ticks_per_sample)
+        Self::new(
+            rand::random(),
+            rand::random(),
+            rand::random(),
+            ticks_per_sample,
+        )
     }
 
     /// Stamps a packet carrying `samples` 8 kHz samples and advances the clock past it.

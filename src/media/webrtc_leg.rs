@@ -29,9 +29,9 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     configure_rtcp_reports, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, SettingEngineBuilder,
 };
 
 /// A STUN or TURN server for ICE.
@@ -620,9 +620,7 @@ impl WebRtcLeg {
                 Some(settings.ice_failed_timeout),
                 Some(Duration::from_secs(2)),
             )
-            .with_include_loopback_candidate(
-                settings.bind_ips.iter().any(|ip| ip.is_loopback()),
-            )
+            .with_include_loopback_candidate(settings.bind_ips.iter().any(|ip| ip.is_loopback()))
             .build();
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(
@@ -873,15 +871,22 @@ mod tests {
                    a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:110 telephone-event/48000\r\n\
                    a=rtpmap:126 telephone-event/8000\r\na=fmtp:126 0-15\r\n";
         let tagged = tag_event_rates(sdp);
-        assert!(tagged.contains("a=fmtp:110 srbridge-rate=48000\r\n"), "{tagged}");
-        assert!(tagged.contains("a=fmtp:126 0-15;srbridge-rate=8000\r\n"), "{tagged}");
+        assert!(
+            tagged.contains("a=fmtp:110 srbridge-rate=48000\r\n"),
+            "{tagged}"
+        );
+        assert!(
+            tagged.contains("a=fmtp:126 0-15;srbridge-rate=8000\r\n"),
+            "{tagged}"
+        );
         assert!(tagged.contains("a=fmtp:111 minptime=10;useinbandfec=1\r\n"));
         assert_eq!(untag_event_rates(&tagged), sdp);
     }
 
     #[test]
     fn finds_the_audio_mid() {
-        let sdp = "v=0\r\nm=video 9 UDP 96\r\na=mid:v\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
+        let sdp =
+            "v=0\r\nm=video 9 UDP 96\r\na=mid:v\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
         assert_eq!(audio_mid(sdp), Some("1".to_owned()));
         assert_eq!(audio_mid("v=0\r\n"), None);
     }

@@ -1,1 +1,40 @@
-//! placeholder
+//! Operations: what an operator sees and controls (SPEC §5).
+//!
+//! * [`logging`] + [`redact`]: the `tracing` subscriber from `[log]` (levels 0-5, file with
+//!   size rotation, SIGHUP level change) that never writes a password or token.
+//! * [`metrics`]: the process-wide Prometheus registry (`metrics::metrics()`).
+//! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
+//! * [`http`]: `/api/status`, `/api/calls/{id}`, `/metrics`, `/healthz` (admin auth).
+//! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.
+//! * [`lifecycle`]: drain on SIGTERM ([`lifecycle::Lifecycle`]) and config reload on SIGHUP
+//!   ([`lifecycle::ConfigReloader`], published as a [`lifecycle::ConfigWatch`]).
+
+pub mod http;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod redact;
+pub mod status;
+pub mod tls;
+
+use serde::Serialize;
+
+/// Which way a call (or its media) goes; a label in metrics and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Browser → SIP (the browser called / browser audio toward the PBX).
+    WebToSip,
+    /// SIP → browser (a phone called / PBX audio toward the browser).
+    SipToWeb,
+}
+
+impl Direction {
+    /// The label used in JSON and Prometheus.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::WebToSip => "web_to_sip",
+            Direction::SipToWeb => "sip_to_web",
+        }
+    }
+}

@@ -753,7 +753,10 @@ mod tests {
         assert_eq!(n.codec, Codec::Pcma);
         assert_eq!(n.payload_type, 8);
         assert_eq!(n.dtmf_pt, Some(101));
-        assert_eq!(n.remote, "192.0.2.10:20000".parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            n.remote,
+            "192.0.2.10:20000".parse::<std::net::SocketAddr>().unwrap()
+        );
         let back = parse_answer(&answer, BOTH).unwrap();
         assert_eq!(back.codec, Codec::Pcma);
         assert_eq!(back.direction, Direction::SendRecv);
@@ -890,7 +893,12 @@ mod tests {
     fn media_level_connection_overrides_session_level_and_ipv6_works() {
         let offer = offer_with("m=audio 4000 RTP/AVP 0\r\nc=IN IP6 2001:db8::5\r\n");
         let (_, n) = answer_offer(&offer, &local(BOTH)).unwrap();
-        assert_eq!(n.remote, "[2001:db8::5]:4000".parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            n.remote,
+            "[2001:db8::5]:4000"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+        );
         // Only media-level c=.
         let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4002 RTP/AVP 8\r\nc=IN IP4 10.0.0.9\r\n";
         assert_eq!(

@@ -2,7 +2,7 @@
 //! account, pings the PBX, turns incoming INVITEs into [`IncomingCall`]s and places outgoing calls.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,9 @@ use crate::config::{Config, Host, SipConfig, SipTransport};
 /// Methods we handle; sent in Allow.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 /// User-Agent of every request and response.
+/// Retry-After (seconds) on the 503 sent to new INVITEs while draining.
+const DRAIN_RETRY_AFTER: &str = "60";
+
 const USER_AGENT: &str = concat!("srbridge/", env!("CARGO_PKG_VERSION"));
 
 /// Tunables that are not in the config file (tests shorten them).
@@ -88,6 +91,8 @@ pub(crate) struct UaInner {
     reg_state: Mutex<RegState>,
     pbx_state: Mutex<PbxInternal>,
     active_calls: AtomicUsize,
+    /// Off while the bridge drains: new INVITEs get 503 with Retry-After.
+    accepting: AtomicBool,
     /// Cancelled last: stops the endpoint, pings and dispatcher.
     pub(crate) token: CancellationToken,
     /// Cancelled first on shutdown: the registration task unregisters and ends.
@@ -242,6 +247,7 @@ impl SipUa {
             reg_state: Mutex::new(RegState::Disabled),
             pbx_state: Mutex::new(PbxInternal::Unknown),
             active_calls: AtomicUsize::new(0),
+            accepting: AtomicBool::new(true),
             token,
             stop_register: CancellationToken::new(),
             reregister: Notify::new(),
@@ -306,6 +312,12 @@ impl SipUa {
             active_calls: self.inner.active_calls.load(Ordering::Relaxed),
             dialogs: self.inner.dialogs.len(),
         }
+    }
+
+    /// While off (the bridge drains for shutdown), new INVITEs are answered 503 with
+    /// Retry-After and outgoing calls still in progress go on.
+    pub fn set_accepting(&self, on: bool) {
+        self.inner.accepting.store(on, Ordering::Release);
     }
 
     /// Sends an INVITE for `invite` (digest auth with the proxy credentials when challenged) and
@@ -733,6 +745,19 @@ async fn incoming_invite(
     };
     if ua.token.is_cancelled() || ua.stop_register.is_cancelled() {
         reply_logged(&mut tx, StatusCode::ServiceUnavailable, vec![]).await;
+        return;
+    }
+    if !ua.accepting.load(Ordering::Acquire) {
+        info!(%source, "incoming INVITE refused while draining: 503");
+        reply_logged(
+            &mut tx,
+            StatusCode::ServiceUnavailable,
+            vec![Header::Other(
+                "Retry-After".into(),
+                DRAIN_RETRY_AFTER.into(),
+            )],
+        )
+        .await;
         return;
     }
     // at once, before anything can delay us: the PBX stops retransmitting

@@ -11,10 +11,7 @@ fn sine(freq: f64, amp: f64, start: usize, out: &mut [i16]) {
 }
 
 fn zero_crossing_hz(pcm: &[i16]) -> f64 {
-    let crossings = pcm
-        .windows(2)
-        .filter(|w| (w[0] < 0) != (w[1] < 0))
-        .count();
+    let crossings = pcm.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
     crossings as f64 / 2.0 / (pcm.len() as f64 / f64::from(PCM_RATE))
 }
 
@@ -112,7 +109,13 @@ fn browser_pairs(packets: &[Vec<u8>], swap: bool, lost: &[usize]) -> (Vec<i16>, 
             if lost.contains(&i) {
                 continue;
             }
-            t.push(3, i as u16, i as u32 * OPUS_FRAME_TS, &packets[i], pair as u64 * 40);
+            t.push(
+                3,
+                i as u16,
+                i as u32 * OPUS_FRAME_TS,
+                &packets[i],
+                pair as u64 * 40,
+            );
         }
         for _ in 0..2 {
             sources.push(t.pull(&mut frame));
@@ -128,7 +131,10 @@ fn reordered_packets_play_exactly_as_in_order_ones() {
     let (a, _) = browser_pairs(&packets, false, &[]);
     let (b, sources) = browser_pairs(&packets, true, &[]);
     assert_eq!(a, b, "reordering changed the audio");
-    assert!(sources.iter().all(|s| *s == FrameSource::Decoded), "{sources:?}");
+    assert!(
+        sources.iter().all(|s| *s == FrameSource::Decoded),
+        "{sources:?}"
+    );
     assert!(rms(&a[10 * FRAME_SAMPLES..]) > 8000.0);
 }
 
@@ -140,8 +146,14 @@ fn lost_packets_are_recovered_by_fec_when_the_next_one_is_buffered() {
     let (pcm, sources) = browser_pairs(&packets, false, &[30, 50]);
     let normal = max_step(&clean[10 * FRAME_SAMPLES..]);
     let worst = max_step(&pcm[10 * FRAME_SAMPLES..]);
-    assert!(worst <= normal * 3 / 2, "max step {worst}, normally {normal}");
-    assert!(sources.contains(&FrameSource::Fec), "FEC unused: {sources:?}");
+    assert!(
+        worst <= normal * 3 / 2,
+        "max step {worst}, normally {normal}"
+    );
+    assert!(
+        sources.contains(&FrameSource::Fec),
+        "FEC unused: {sources:?}"
+    );
     // The tone goes on at its level through the losses.
     for w in pcm[10 * FRAME_SAMPLES..].chunks(FRAME_SAMPLES) {
         assert!(rms(w) > 4000.0, "a dip to rms {} in {sources:?}", rms(w));
@@ -159,7 +171,10 @@ fn packets_missing_at_playout_time_are_concealed_without_clicks() {
     let normal = max_step(&clean[10 * FRAME_SAMPLES..]);
     let worst = max_step(&pcm[10 * FRAME_SAMPLES..]);
     // A click jumps by up to the full amplitude, about 3x the tone's largest step.
-    assert!(worst <= normal * 3 / 2, "max step {worst}, normally {normal}");
+    assert!(
+        worst <= normal * 3 / 2,
+        "max step {worst}, normally {normal}"
+    );
     for lost in [30usize, 50] {
         let around = &pcm[lost * FRAME_SAMPLES..(lost + 4) * FRAME_SAMPLES];
         assert!(rms(around) > 4000.0, "gap of silence at packet {lost}");
@@ -191,7 +206,9 @@ fn a_stream_that_stops_fades_to_silence_without_a_click() {
     let normal = max_step(&pcm[10 * FRAME_SAMPLES..30 * FRAME_SAMPLES]);
     assert!(max_step(&pcm[30 * FRAME_SAMPLES..]) <= normal);
     // A second of silence at the end, after a short fade.
-    assert!(pcm[pcm.len() - 40 * FRAME_SAMPLES..].iter().all(|s| *s == 0));
+    assert!(pcm[pcm.len() - 40 * FRAME_SAMPLES..]
+        .iter()
+        .all(|s| *s == 0));
     assert_eq!(sources.last(), Some(&FrameSource::Silence));
 }
 
@@ -227,7 +244,13 @@ fn garbage_payloads_are_concealed_not_fatal() {
         // A TOC byte for a 120 ms (code 3, 48 frames) packet with no data is invalid.
         let bad = [0xFFu8, 0xFF];
         let payload: &[u8] = if i == 20 { &bad } else { p };
-        t.push(9, i as u16, i as u32 * OPUS_FRAME_TS, payload, i as u64 * 20);
+        t.push(
+            9,
+            i as u16,
+            i as u32 * OPUS_FRAME_TS,
+            payload,
+            i as u64 * 20,
+        );
         t.pull(&mut frame);
     }
     assert_eq!(t.decode_errors(), 1);
@@ -330,7 +353,11 @@ fn sip_pauses_and_ssrc_changes_do_not_break_browser_timestamps() {
         assert_eq!(w[1].stamp.timestamp, w[0].stamp.timestamp.wrapping_add(960));
     }
     let hold = &audio[60 * FRAME_SAMPLES..85 * FRAME_SAMPLES];
-    assert!(rms(hold) < 100.0, "hold should be silent, rms {}", rms(hold));
+    assert!(
+        rms(hold) < 100.0,
+        "hold should be silent, rms {}",
+        rms(hold)
+    );
     let after = &audio[110 * FRAME_SAMPLES..];
     assert!((zero_crossing_hz(after) - 1000.0).abs() < 20.0);
 }

@@ -1,0 +1,185 @@
+//! What `GET /api/status` and `GET /api/calls/{id}` report, and the [`StatusSource`] seam
+//! through which the SIP and call parts supply it (the HTTP side only reads).
+
+use serde::Serialize;
+
+use super::Direction;
+use crate::config::Config;
+
+/// Implemented by whatever knows the live state (the SIP stack and call registry). Called
+/// once per status request, off the media path; keep it cheap (copy out, no I/O).
+pub trait StatusSource: Send + Sync + 'static {
+    /// Registration, reachability, calls and users right now.
+    fn snapshot(&self) -> StatusSnapshot;
+    /// One call by its id (the same id logs carry as `call_id`).
+    fn call(&self, id: &str) -> Option<CallStatus>;
+}
+
+/// PBX registration state of the bridge's own account (`[proxy]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationState {
+    /// `[proxy] on=0`: the bridge does not register.
+    Disabled,
+    /// Not registered (not tried yet, or expired).
+    Unregistered,
+    /// REGISTER sent, waiting for the answer.
+    Registering,
+    /// The PBX accepted the registration.
+    Registered,
+    /// The PBX refused or did not answer; see `last_error`.
+    Failed,
+}
+
+impl RegistrationState {
+    /// Every state, in label order.
+    pub const ALL: &'static [RegistrationState] = &[
+        RegistrationState::Disabled,
+        RegistrationState::Unregistered,
+        RegistrationState::Registering,
+        RegistrationState::Registered,
+        RegistrationState::Failed,
+    ];
+
+    /// The JSON/Prometheus label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RegistrationState::Disabled => "disabled",
+            RegistrationState::Unregistered => "unregistered",
+            RegistrationState::Registering => "registering",
+            RegistrationState::Registered => "registered",
+            RegistrationState::Failed => "failed",
+        }
+    }
+
+    pub(crate) fn from_index(i: i64) -> RegistrationState {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+            .unwrap_or(RegistrationState::Unregistered)
+    }
+}
+
+/// Registration part of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistrationStatus {
+    /// Current state.
+    pub state: RegistrationState,
+    /// SIP account registered (`[proxy] sip_account`), if any.
+    pub account: Option<String>,
+    /// Why the last attempt failed (e.g. `"403 Forbidden"`, `"no answer"`).
+    pub last_error: Option<String>,
+}
+
+/// PBX reachability from OPTIONS pings (like FreeSWITCH `gwlist up/down`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reachability {
+    /// The last ping was answered.
+    Up,
+    /// The last ping got no answer.
+    Down,
+    /// No ping done yet (or pinging disabled).
+    Unknown,
+}
+
+/// PBX part of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct PbxStatus {
+    /// `[global] sip_svr`.
+    pub address: String,
+    /// Up/down/unknown.
+    pub reachable: Reachability,
+    /// Last OPTIONS round trip in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// One call in progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallStatus {
+    /// Call id (as in logs).
+    pub id: String,
+    /// Who called whom.
+    pub direction: Direction,
+    /// The browser user's id.
+    pub web_user: String,
+    /// The SIP number (callee for web→SIP, caller for SIP→web).
+    pub sip_number: String,
+    /// Call state, e.g. `"ringing"`, `"answered"`, `"ending"`.
+    pub state: String,
+    /// Seconds since the call started.
+    pub duration_s: f64,
+    /// SIP Call-ID of the PBX leg, when there is one.
+    pub sip_call_id: Option<String>,
+}
+
+/// Everything a [`StatusSource`] reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSnapshot {
+    /// Registration of `[proxy]`.
+    pub registration: RegistrationStatus,
+    /// PBX reachability.
+    pub pbx: PbxStatus,
+    /// Calls in progress.
+    pub calls: Vec<CallStatus>,
+    /// Browser users logged in to the hub.
+    pub users_logged_in: usize,
+}
+
+/// The `/api/status` body: the snapshot plus process facts the ops layer owns.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusResponse {
+    /// Crate version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// True after SIGTERM while calls finish.
+    pub draining: bool,
+    /// The rest.
+    #[serde(flatten)]
+    pub snapshot: StatusSnapshot,
+}
+
+/// Status from the config alone: used until the SIP and call parts supply a real source,
+/// and as a sensible shape for their tests.
+pub struct ConfigStatus {
+    registration: RegistrationStatus,
+    pbx: PbxStatus,
+}
+
+impl ConfigStatus {
+    /// Unregistered (or disabled), PBX reachability unknown, no calls, no users.
+    pub fn new(config: &Config) -> Self {
+        ConfigStatus {
+            registration: RegistrationStatus {
+                state: if config.proxy.is_some() {
+                    RegistrationState::Unregistered
+                } else {
+                    RegistrationState::Disabled
+                },
+                account: config.proxy.as_ref().map(|p| p.sip_account.clone()),
+                last_error: None,
+            },
+            pbx: PbxStatus {
+                address: config.global.sip_svr.to_string(),
+                reachable: Reachability::Unknown,
+                rtt_ms: None,
+            },
+        }
+    }
+}
+
+impl StatusSource for ConfigStatus {
+    fn snapshot(&self) -> StatusSnapshot {
+        StatusSnapshot {
+            registration: self.registration.clone(),
+            pbx: self.pbx.clone(),
+            calls: Vec::new(),
+            users_logged_in: 0,
+        }
+    }
+
+    fn call(&self, _id: &str) -> Option<CallStatus> {
+        None
+    }
+}
