@@ -2,10 +2,10 @@
 //! baresip phones on the Kamailio PBX and back: audio by content both ways, DTMF both ways, the
 //! incoming-call panel, and the README screenshot (`docs/web-demo.png`).
 
-mod support;
 #[allow(dead_code)]
 #[path = "browser/driver.rs"]
 mod driver;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -130,7 +130,10 @@ async fn page_calls_a_phone_hears_it_sends_dtmf_both_ways_and_hangs_up() {
     let heard = rig.dir.path().join("page-heard.wav");
     page.record(&heard, 3000).await;
     let a = assert_wav_tone(&heard, 440.0, 10.0, -30.0);
-    println!("page heard {:.1} Hz at {:.1} dBFS", a.frequency_hz, a.rms_dbfs);
+    println!(
+        "page heard {:.1} Hz at {:.1} dBFS",
+        a.frequency_hz, a.rms_dbfs
+    );
 
     // Both level meters move.
     let meters = page.cmd(json!({"cmd": "meters"})).await;
@@ -169,7 +172,10 @@ async fn page_calls_a_phone_hears_it_sends_dtmf_both_ways_and_hangs_up() {
     // The phone heard the page's microphone: 1 kHz.
     let wav = phone.received_wav().expect("the phone recorded the call");
     let a = assert_wav_tone(&wav, 1000.0, 10.0, -30.0);
-    println!("phone heard {:.1} Hz at {:.1} dBFS", a.frequency_hz, a.rms_dbfs);
+    println!(
+        "phone heard {:.1} Hz at {:.1} dBFS",
+        a.frequency_hz, a.rms_dbfs
+    );
 
     assert_eq!(page.page_errors().await, json!([]));
     page.close().await;
@@ -202,7 +208,10 @@ async fn phone_rings_the_page_which_accepts_and_both_hear_each_other() {
     let heard = rig.dir.path().join("page-heard.wav");
     page.record(&heard, 3000).await;
     let a = assert_wav_tone(&heard, 440.0, 10.0, -30.0);
-    println!("page heard {:.1} Hz at {:.1} dBFS", a.frequency_hz, a.rms_dbfs);
+    println!(
+        "page heard {:.1} Hz at {:.1} dBFS",
+        a.frequency_hz, a.rms_dbfs
+    );
 
     // The phone hangs up: the page's call ends by itself.
     phone.hangup().await;
@@ -213,7 +222,10 @@ async fn phone_rings_the_page_which_accepts_and_both_hear_each_other() {
 
     let wav = phone.received_wav().expect("the phone recorded the call");
     let a = assert_wav_tone(&wav, 1000.0, 10.0, -30.0);
-    println!("phone heard {:.1} Hz at {:.1} dBFS", a.frequency_hz, a.rms_dbfs);
+    println!(
+        "phone heard {:.1} Hz at {:.1} dBFS",
+        a.frequency_hz, a.rms_dbfs
+    );
 
     assert_eq!(page.page_errors().await, json!([]));
     page.close().await;
@@ -229,23 +241,30 @@ async fn page_explains_calls_that_cannot_go_through() {
     page.cmd(json!({"cmd": "dial", "number": "2000"})).await;
     let s = page.wait_banner().await;
     let banner = s["banner"].as_str().unwrap();
-    assert!(banner.contains("2000") && banner.contains("not allowed"), "{s:#}");
+    assert!(
+        banner.contains("2000") && banner.contains("not allowed"),
+        "{s:#}"
+    );
     let s = page.wait_phase("idle").await;
     assert!(rig.bridge.calls().is_empty(), "{s:#}");
 
     // Nobody registered as 1009: offline.
-    page.cmd(json!({"cmd": "dialTyped", "number": "1009"})).await;
+    page.cmd(json!({"cmd": "dialTyped", "number": "1009"}))
+        .await;
     let s = page
         .cmd(json!({"cmd": "waitBanner", "timeoutMs": 20000}))
         .await;
     let banner = s["banner"].as_str().unwrap();
-    assert!(banner.contains("1009") && banner.contains("offline"), "{s:#}");
+    assert!(
+        banner.contains("1009") && banner.contains("offline"),
+        "{s:#}"
+    );
     page.wait_phase("idle").await;
 
     // 1003 answers 486 Busy Here.
-    let mut uas =
-        support::sipp::registered_uas(rig.pbx.addr(), "1003", "uas_busy.xml", 1, T).await;
-    page.cmd(json!({"cmd": "dialTyped", "number": "1003"})).await;
+    let mut uas = support::sipp::registered_uas(rig.pbx.addr(), "1003", "uas_busy.xml", 1, T).await;
+    page.cmd(json!({"cmd": "dialTyped", "number": "1003"}))
+        .await;
     let s = page.wait_banner().await;
     let banner = s["banner"].as_str().unwrap();
     assert!(banner.contains("1003 is busy"), "{s:#}");
@@ -279,7 +298,10 @@ async fn page_says_when_the_microphone_is_denied() {
     page.cmd(json!({"cmd": "dial", "number": "1001"})).await;
     let s = page.wait_banner().await;
     assert!(
-        s["banner"].as_str().unwrap().contains("Microphone access was denied"),
+        s["banner"]
+            .as_str()
+            .unwrap()
+            .contains("Microphone access was denied"),
         "{s:#}"
     );
     assert_eq!(s["phase"], "idle", "no call without a microphone: {s:#}");

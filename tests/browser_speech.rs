@@ -4,10 +4,10 @@
 //! against the speech the other side sent.
 //! Needs espeak-ng, sox and python3 with `pesq numpy scipy` (scripts/deps.sh installs them).
 
-mod support;
 #[allow(dead_code)]
 #[path = "browser/driver.rs"]
 mod driver;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,7 +106,10 @@ fn pesq(reference: &Path, recording: &Path) -> Value {
         !stderr.contains("No module named"),
         "python3 lacks pesq/numpy/scipy: run scripts/deps.sh\n{stderr}"
     );
-    assert!(out.status.success(), "PESQ scoring failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "PESQ scoring failed:\n{stdout}\n{stderr}"
+    );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
@@ -169,10 +172,7 @@ async fn speech_through_the_bridge_scores_pesq_both_ways() {
     println!("PESQ MOS-LQO SIP -> browser: {to_web}");
     for (way, score) in [("browser -> SIP", &to_sip), ("SIP -> browser", &to_web)] {
         let mos = score["mos"].as_f64().unwrap_or(0.0);
-        assert!(
-            mos >= MIN_MOS,
-            "{way}: MOS-LQO {mos} < {MIN_MOS} ({score})"
-        );
+        assert!(mos >= MIN_MOS, "{way}: MOS-LQO {mos} < {MIN_MOS} ({score})");
     }
     assert_eq!(page.page_errors().await, json!([]));
     page.close().await;

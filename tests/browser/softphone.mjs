@@ -24,7 +24,7 @@ const browser = await chromium.launch({
     '--autoplay-policy=no-user-gesture-required',
   ],
 });
-const context = await browser.newContext({ viewport: { width: 420, height: 900 }, deviceScaleFactor: 2 });
+const context = await browser.newContext({ viewport: { width: 400, height: 800 }, deviceScaleFactor: 2 });
 if (denyMic) await context.clearPermissions();
 const page = await context.newPage();
 const pageErrors = [];
@@ -180,6 +180,7 @@ const commands = {
   },
   record({ path, ms }) { return record(path, ms); },
   async screenshot({ path }) {
+    await page.mouse.move(0, 0); // no hover highlight in the picture
     await page.screenshot({ path, fullPage: true });
     return {};
   },
