@@ -292,6 +292,7 @@ pub struct Bridge {
     lifecycle: Lifecycle,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    media_ports: Arc<crate::media::rtp_leg::PortAllocator>,
 }
 
 /// The address the PBX reaches us on, for SDP: the configured public IP, else the SIP contact's.
@@ -352,6 +353,7 @@ impl Bridge {
         let pstn = current.pstn.as_ref().and_then(|p| p.addr.socket_addr());
         let media = SessionFactory::new(config.clone(), bind_ip, sdp_ip)
             .map_err(|e| anyhow::anyhow!("media: {e}"))?;
+        let media_ports = media.port_allocator();
         let calls = CallManager::new(
             HubBrowser(hub.clone()),
             UaSip {
@@ -405,6 +407,7 @@ impl Bridge {
             lifecycle,
             stop,
             tasks,
+            media_ports,
         })
     }
 
@@ -452,6 +455,11 @@ impl Bridge {
     /// One call in progress.
     pub fn call(&self, id: &str) -> Option<CallInfo> {
         self.calls.get(id)
+    }
+
+    /// SIP-side RTP port pairs held by calls (0 when every call released its media).
+    pub fn media_ports_in_use(&self) -> usize {
+        self.media_ports.in_use()
     }
 
     /// The signalling hub.

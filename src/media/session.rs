@@ -17,9 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::call::machine::Direction as CallDirection;
 use crate::call::ports::{CallMedia, MediaError, MediaEvent, MediaFactory};
 use crate::config::{Codec, Config, RecordingMode};
-use crate::media::pipeline::{
-    BrowserParams, Downlink, PipelineCounters, SipParams, Uplink,
-};
+use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParams, Uplink};
 use crate::media::recording::{self, RecorderTap, Side};
 use crate::media::rtp::RtpPacket;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg};
@@ -113,11 +111,12 @@ impl MediaFactory for SessionFactory {
         let leg = Arc::new(leg);
         let config = Arc::clone(&self.config.borrow());
         let codecs = config.media.codecs_for(sip_number).to_vec();
-        let recording = config
-            .media
-            .recording
-            .enabled
-            .then(|| (recording::path_for(&config.media.recording.dir, call_id), config.media.recording.mode));
+        let recording = config.media.recording.enabled.then(|| {
+            (
+                recording::path_for(&config.media.recording.dir, call_id),
+                config.media.recording.mode,
+            )
+        });
         let (events_tx, events) = mpsc::channel(64);
         let drain = tokio::spawn(drain_rtp(Arc::clone(&leg)));
         tracing::debug!(call_id, rtp = %leg.local_addr(), "SIP-side RTP leg bound");
@@ -236,7 +235,11 @@ impl Session {
     }
 
     fn to_browser(&self, payload: Value) {
-        if self.events.try_send(MediaEvent::ToBrowser(payload)).is_err() {
+        if self
+            .events
+            .try_send(MediaEvent::ToBrowser(payload))
+            .is_err()
+        {
             tracing::warn!(call_id = %self.call_id, "media message to the browser dropped (queue full)");
         }
     }
@@ -278,21 +281,25 @@ impl Session {
                 return;
             }
         };
-        let Some(params) = leg.negotiated().as_ref().and_then(BrowserParams::from_negotiated)
+        let Some(params) = leg
+            .negotiated()
+            .as_ref()
+            .and_then(BrowserParams::from_negotiated)
         else {
             let _ = leg.close().await;
             self.fail("offer refused: no common audio codec".into());
             return;
         };
-        let tap = self.recording.as_ref().and_then(|(path, mode)| {
-            match recording::start(path, *mode) {
-                Ok(tap) => Some(tap),
-                Err(e) => {
-                    tracing::warn!(call_id = %self.call_id, error = %e, "call not recorded");
-                    None
-                }
-            }
-        });
+        let tap =
+            self.recording
+                .as_ref()
+                .and_then(|(path, mode)| match recording::start(path, *mode) {
+                    Ok(tap) => Some(tap),
+                    Err(e) => {
+                        tracing::warn!(call_id = %self.call_id, error = %e, "call not recorded");
+                        None
+                    }
+                });
         let record = tap.is_some();
         let (mut up, mut down) = match (
             Uplink::new(params, record, Arc::clone(&self.counters)),
@@ -358,7 +365,11 @@ impl Session {
             self.complain("candidate must be an RTCIceCandidateInit object or null".into());
             return;
         }
-        if let Err(e) = browser.leg.add_remote_candidate(&candidate.to_string()).await {
+        if let Err(e) = browser
+            .leg
+            .add_remote_candidate(&candidate.to_string())
+            .await
+        {
             self.complain(format!("candidate refused: {e}"));
         }
     }
@@ -408,7 +419,9 @@ async fn leg_events(
                 tracing::debug!(call_id = %call_id, ?state, "browser leg state");
                 match state {
                     LegState::Failed => MediaEvent::Failed("browser media: ICE/DTLS failed".into()),
-                    LegState::Closed => MediaEvent::Failed("browser media: connection closed".into()),
+                    LegState::Closed => {
+                        MediaEvent::Failed("browser media: connection closed".into())
+                    }
                     _ => continue,
                 }
             }

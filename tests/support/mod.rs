@@ -18,6 +18,7 @@ pub mod pbx;
 pub mod ports;
 mod process;
 pub mod sipp;
+pub mod webrtc_peer;
 pub mod ws;
 
 pub use audio::{assert_tone, assert_wav_tone, read_wav, write_tone_wav, ToneAnalysis};

@@ -1,0 +1,393 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::media::opus::{OpusDecoder, OpusEncoder, OpusEncoderConfig, MAX_OPUS_PACKET};
+use crate::media::rtp::{RtpHeader, RtpPacket, TelephoneEvent};
+
+const OPUS_PT: u8 = 111;
+const TE48: u8 = 110;
+const TE8: u8 = 126;
+
+fn sine(freq: f64, start: usize, out: &mut [i16]) {
+    for (i, s) in out.iter_mut().enumerate() {
+        let t = (start + i) as f64 / 8000.0;
+        *s = (0.5 * 32767.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16;
+    }
+}
+
+fn zero_crossing_hz(pcm: &[i16]) -> f64 {
+    let c = pcm.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    c as f64 / 2.0 / (pcm.len() as f64 / 8000.0)
+}
+
+fn rms(pcm: &[i16]) -> f64 {
+    (pcm.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / pcm.len().max(1) as f64).sqrt()
+}
+
+fn browser(codec: BrowserCodec, pt: u8) -> BrowserParams {
+    BrowserParams {
+        codec,
+        payload_type: pt,
+        dtmf_pts: [Some(TE48), Some(TE8)],
+    }
+}
+
+fn sip(codec: Codec) -> SipParams {
+    SipParams {
+        codec,
+        payload_type: codec.payload_type(),
+        dtmf_pt: Some(101),
+        send: true,
+    }
+}
+
+fn counters() -> Arc<PipelineCounters> {
+    Arc::new(PipelineCounters::default())
+}
+
+/// Owned copy of a packet's header fields and payload.
+fn parse(packet: &[u8]) -> (u8, u16, u32, bool, Vec<u8>) {
+    let p = RtpPacket::parse(packet).unwrap();
+    (
+        p.payload_type,
+        p.sequence,
+        p.timestamp,
+        p.marker,
+        p.payload.to_vec(),
+    )
+}
+
+#[test]
+fn opus_from_the_browser_becomes_a_pcmu_tone_with_continuous_headers() {
+    let c = counters();
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, Arc::clone(&c)).unwrap();
+    up.set_sip(sip(Codec::Pcmu));
+    let mut enc = OpusEncoder::new(OpusEncoderConfig::default()).unwrap();
+    let (mut pcm, mut out) = ([0i16; FRAME], [0u8; MAX_OPUS_PACKET]);
+    let mut got = Vec::new();
+    let mut headers = Vec::new();
+    for f in 0..50u16 {
+        sine(1000.0, usize::from(f) * FRAME, &mut pcm);
+        let n = enc.encode(&pcm, &mut out).unwrap();
+        up.push(
+            OPUS_PT,
+            f,
+            u32::from(f) * 960,
+            9,
+            &out[..n],
+            u64::from(f) * 20,
+        );
+        let packet = up.tick().packet.expect("a packet every tick").to_vec();
+        let (pt, seq, ts, marker, payload) = parse(&packet);
+        assert_eq!(pt, 0);
+        headers.push((seq, ts, marker));
+        let mut dec = [0i16; FRAME];
+        g711::ulaw_decode(&payload, &mut dec);
+        got.extend_from_slice(&dec);
+    }
+    for w in headers.windows(2) {
+        assert_eq!(w[1].0, w[0].0.wrapping_add(1));
+        assert_eq!(w[1].1, w[0].1.wrapping_add(160));
+        assert!(!w[1].2);
+    }
+    assert!(headers[0].2, "marker on the first packet");
+    let steady = &got[20 * FRAME..];
+    assert!((zero_crossing_hz(steady) - 1000.0).abs() < 30.0);
+    assert!(rms(steady) > 8000.0);
+    assert_eq!(PipelineCounters::get(&c.to_sip), 50);
+}
+
+#[test]
+fn same_law_is_relayed_byte_for_byte_and_the_other_law_is_recoded() {
+    for (sip_codec, expect_relay) in [(Codec::Pcmu, true), (Codec::Pcma, false)] {
+        let c = counters();
+        let mut up = Uplink::new(
+            browser(BrowserCodec::G711(Codec::Pcmu), 0),
+            false,
+            Arc::clone(&c),
+        )
+        .unwrap();
+        up.set_sip(sip(sip_codec));
+        let mut sent = Vec::new();
+        let mut got = Vec::new();
+        let mut pcm = [0i16; FRAME];
+        let mut codes = [0u8; FRAME];
+        for f in 0..20u16 {
+            sine(440.0, usize::from(f) * FRAME, &mut pcm);
+            g711::ulaw_encode(&pcm, &mut codes);
+            sent.extend_from_slice(&codes);
+            up.push(
+                0,
+                f + 1000,
+                u32::from(f) * 160,
+                5,
+                &codes,
+                u64::from(f) * 20,
+            );
+            let (pt, _, _, _, payload) = parse(up.tick().packet.unwrap());
+            assert_eq!(pt, sip_codec.payload_type());
+            got.extend(payload);
+        }
+        // The jitter buffer starts playing once 20 ms are held: no delay at this pace.
+        if expect_relay {
+            assert_eq!(got, sent, "relayed unchanged");
+            assert_eq!(PipelineCounters::get(&c.relayed), 20);
+        } else {
+            let mut back = vec![0i16; got.len()];
+            g711::alaw_decode(&got, &mut back);
+            assert!((zero_crossing_hz(&back) - 440.0).abs() < 15.0);
+            assert_eq!(PipelineCounters::get(&c.relayed), 0);
+        }
+    }
+}
+
+#[test]
+fn nothing_from_the_browser_is_comfort_silence_not_garbage() {
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, counters()).unwrap();
+    up.set_sip(sip(Codec::Pcmu));
+    for _ in 0..10 {
+        let (_, _, _, _, payload) = parse(up.tick().packet.unwrap());
+        assert!(
+            payload.iter().all(|c| *c == g711::ULAW_SILENCE),
+            "{payload:?}"
+        );
+    }
+    let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), true, counters()).unwrap();
+    let mut dec = OpusDecoder::new().unwrap();
+    let mut pcm = [0i16; 960];
+    for _ in 0..10 {
+        let frame = down.tick().unwrap();
+        assert!(frame.pcm.iter().all(|s| *s == 0));
+        let n = dec.decode(frame.payload, &mut pcm).unwrap();
+        assert!(rms(&pcm[..n]) < 50.0);
+    }
+}
+
+#[test]
+fn hold_stops_sending_and_resume_continues_the_timeline_with_a_marker() {
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, counters()).unwrap();
+    up.set_sip(sip(Codec::Pcmu));
+    let (_, seq0, ts0, _, _) = parse(up.tick().packet.unwrap());
+    up.set_sip(SipParams {
+        send: false,
+        ..sip(Codec::Pcmu)
+    });
+    for _ in 0..10 {
+        assert!(up.tick().packet.is_none(), "nothing sent on hold");
+    }
+    up.set_sip(sip(Codec::Pcma));
+    let (pt, seq, ts, marker, _) = parse(up.tick().packet.unwrap());
+    assert_eq!(pt, 8, "codec changed by the re-INVITE");
+    assert_eq!(seq, seq0.wrapping_add(1), "no sequence gap");
+    assert_eq!(
+        ts,
+        ts0.wrapping_add(11 * 160),
+        "timestamps follow the time on hold"
+    );
+    assert!(marker, "talkspurt after resume");
+}
+
+fn te_payload(event: u8, end: bool, duration: u16) -> [u8; 4] {
+    TelephoneEvent {
+        event,
+        end,
+        volume: 10,
+        duration,
+    }
+    .to_bytes()
+}
+
+#[test]
+fn browser_telephone_events_become_one_rfc4733_key_on_the_sip_clock() {
+    let c = counters();
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, Arc::clone(&c)).unwrap();
+    up.set_sip(sip(Codec::Pcmu));
+    let (_, _, audio_ts, _, _) = parse(up.tick().packet.unwrap());
+    // Chrome: telephone-event/48000, one timestamp per key, growing duration, 3 end packets.
+    for (i, (end, d)) in [
+        (false, 960),
+        (false, 1920),
+        (true, 4800),
+        (true, 4800),
+        (true, 4800),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        up.push(TE48, 100 + i as u16, 48_000, 9, &te_payload(5, end, d), 0);
+    }
+    up.push(TE48, 200, 48_000 + 20_000, 9, &[1, 2], 0); // short: ignored
+    let mut events = Vec::new();
+    let mut audio_after = None;
+    for _ in 0..10 {
+        let (pt, _, ts, marker, payload) = parse(up.tick().packet.unwrap());
+        if pt == 101 {
+            events.push((ts, marker, TelephoneEvent::parse(&payload).unwrap()));
+        } else if !events.is_empty() && audio_after.is_none() {
+            audio_after = Some(ts);
+        }
+    }
+    assert_eq!(events.len(), 7, "{events:?}");
+    let start = events[0].0;
+    assert_eq!(start, audio_ts.wrapping_add(160));
+    assert!(events.iter().all(|e| e.0 == start && e.2.event == 5));
+    assert!(events[0].1 && events[1..].iter().all(|e| !e.1));
+    let durations: Vec<u16> = events.iter().map(|e| e.2.duration).collect();
+    assert_eq!(durations, [160, 320, 480, 640, 800, 800, 800]);
+    assert_eq!(events.iter().filter(|e| e.2.end).count(), 3);
+    assert_eq!(audio_after, Some(start.wrapping_add(7 * 160)));
+    assert_eq!(PipelineCounters::get(&c.dtmf_to_sip), 1);
+    // The JSON fallback and a key without telephone-event on the SIP side.
+    assert!(up.queue_digit('#'));
+    assert!(!up.queue_digit('x'));
+    up.set_sip(SipParams {
+        dtmf_pt: None,
+        ..sip(Codec::Pcmu)
+    });
+    let (pt, ..) = parse(up.tick().packet.unwrap());
+    assert_eq!(pt, 0);
+    assert_eq!(PipelineCounters::get(&c.dtmf_dropped), 1);
+}
+
+fn g711_packet(pt: u8, ssrc: u32, seq: u16, ts: u32, payload: &[u8], buf: &mut [u8]) -> usize {
+    RtpHeader {
+        marker: false,
+        payload_type: pt,
+        sequence: seq,
+        timestamp: ts,
+        ssrc,
+    }
+    .write(payload, buf)
+    .unwrap()
+}
+
+#[test]
+fn sip_g711_becomes_opus_with_a_timeline_immune_to_ssrc_changes_and_codec_switches() {
+    let c = counters();
+    let mut down =
+        Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), false, Arc::clone(&c)).unwrap();
+    down.set_sip(sip(Codec::Pcmu));
+    let mut dec = OpusDecoder::new().unwrap();
+    let (mut pcm, mut codes, mut buf) = ([0i16; FRAME], [0u8; FRAME], [0u8; 200]);
+    let mut out = [0i16; 960];
+    let mut got = Vec::new();
+    let mut stamps = Vec::new();
+    for f in 0..60u32 {
+        sine(440.0, f as usize * FRAME, &mut pcm);
+        // After 30 frames: a re-INVITE to PCMA with a new SSRC and a new timestamp base.
+        let (pt, ssrc, ts, seq) = if f < 30 {
+            (0, 1, f * 160, f as u16)
+        } else {
+            (8, 2, 90_000 + f * 160, 20_000 + f as u16)
+        };
+        if pt == 0 {
+            g711::ulaw_encode(&pcm, &mut codes);
+        } else {
+            g711::alaw_encode(&pcm, &mut codes);
+        }
+        let n = g711_packet(pt, ssrc, seq, ts, &codes, &mut buf);
+        assert_eq!(
+            down.push(&RtpPacket::parse(&buf[..n]).unwrap(), u64::from(f) * 20),
+            None
+        );
+        let frame = down.tick().unwrap();
+        assert_eq!(frame.payload_type, OPUS_PT);
+        stamps.push(frame.stamp);
+        let m = dec.decode(frame.payload, &mut out).unwrap();
+        got.extend_from_slice(&out[..m]);
+    }
+    for w in stamps.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
+        assert_eq!(w[1].timestamp, w[0].timestamp.wrapping_add(960));
+    }
+    let after_switch = &got[40 * FRAME..];
+    assert!((zero_crossing_hz(after_switch) - 440.0).abs() < 15.0);
+    assert!(rms(after_switch) > 8000.0);
+    assert!((zero_crossing_hz(&got[10 * FRAME..28 * FRAME]) - 440.0).abs() < 15.0);
+}
+
+#[test]
+fn a_sip_key_is_reported_once_and_unknown_payloads_are_counted() {
+    let c = counters();
+    let mut down = Downlink::new(
+        browser(BrowserCodec::G711(Codec::Pcmu), 0),
+        false,
+        Arc::clone(&c),
+    )
+    .unwrap();
+    down.set_sip(sip(Codec::Pcmu));
+    let mut buf = [0u8; 64];
+    let mut keys = Vec::new();
+    for (i, (ev, ts, end)) in [
+        (1, 800, false),
+        (1, 800, false),
+        (1, 800, true),
+        (1, 800, true),
+        (11, 2400, false),
+        (11, 2400, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = g711_packet(101, 7, i as u16, ts, &te_payload(ev, end, 320), &mut buf);
+        keys.extend(down.push(&RtpPacket::parse(&buf[..n]).unwrap(), 0));
+    }
+    assert_eq!(keys, ['1', '#']);
+    assert_eq!(PipelineCounters::get(&c.dtmf_from_sip), 2);
+    let n = g711_packet(18, 7, 10, 0, &[0; 20], &mut buf);
+    assert_eq!(down.push(&RtpPacket::parse(&buf[..n]).unwrap(), 0), None);
+    assert_eq!(PipelineCounters::get(&c.unknown_payload), 1);
+    let n = g711_packet(101, 7, 11, 9999, &[1], &mut buf);
+    assert_eq!(
+        down.push(&RtpPacket::parse(&buf[..n]).unwrap(), 0),
+        None,
+        "short event"
+    );
+}
+
+#[test]
+fn corrupt_opus_is_concealed_not_a_crash() {
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), true, counters()).unwrap();
+    up.set_sip(sip(Codec::Pcma));
+    for f in 0..20u16 {
+        up.push(
+            OPUS_PT,
+            f,
+            u32::from(f) * 960,
+            1,
+            &[0xFF; 7],
+            u64::from(f) * 20,
+        );
+        up.push(99, f, 0, 1, &[1, 2, 3], 0);
+        assert!(up.tick().packet.is_some());
+    }
+}
+
+#[test]
+fn relayed_g711_to_the_browser_keeps_the_bytes() {
+    let c = counters();
+    let mut down = Downlink::new(
+        browser(BrowserCodec::G711(Codec::Pcma), 8),
+        true,
+        Arc::clone(&c),
+    )
+    .unwrap();
+    down.set_sip(sip(Codec::Pcma));
+    let mut buf = [0u8; 200];
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    let mut pcm = [0i16; FRAME];
+    let mut codes = [0u8; FRAME];
+    for f in 0..10u16 {
+        sine(700.0, usize::from(f) * FRAME, &mut pcm);
+        g711::alaw_encode(&pcm, &mut codes);
+        sent.extend_from_slice(&codes);
+        let n = g711_packet(8, 3, f, u32::from(f) * 160, &codes, &mut buf);
+        down.push(&RtpPacket::parse(&buf[..n]).unwrap(), u64::from(f) * 20);
+        let frame = down.tick().unwrap();
+        assert_eq!(frame.payload_type, 8);
+        got.extend_from_slice(frame.payload);
+    }
+    assert_eq!(got, sent);
+    assert_eq!(PipelineCounters::get(&c.relayed), 10);
+}

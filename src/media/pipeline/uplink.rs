@@ -201,7 +201,8 @@ impl Uplink {
         if self.event.is_none() {
             if let Some(dtmf_pt) = sip.dtmf_pt {
                 if let Some(event) = self.digits.pop() {
-                    let ev = DtmfEvent::new(event, DTMF_VOLUME, DTMF_DURATION_SAMPLES, FRAME as u16);
+                    let ev =
+                        DtmfEvent::new(event, DTMF_VOLUME, DTMF_DURATION_SAMPLES, FRAME as u16);
                     self.event = Some((ev, timestamp, dtmf_pt));
                     PipelineCounters::bump(&self.counters.dtmf_to_sip);
                 }
@@ -221,9 +222,7 @@ impl Uplink {
                     ssrc: self.ssrc,
                 };
                 self.seq = self.seq.wrapping_add(1);
-                let len = header
-                    .write(&te.to_bytes(), &mut self.packet)
-                    .unwrap_or(0);
+                let len = header.write(&te.to_bytes(), &mut self.packet).unwrap_or(0);
                 return UplinkFrame {
                     packet: (len > 0).then_some(&self.packet[..len]),
                     pcm: &self.pcm,

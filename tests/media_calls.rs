@@ -1,0 +1,468 @@
+//! The media path end to end (issue #4): a Rust "browser" (`support::webrtc_peer`, a WebRTC
+//! offerer signalled over the hub) and baresip phones on the Kamailio PBX, through the bridge
+//! started in-process. Audio is checked by content (frequency and level) at both ends.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use srbridge::bridge::Bridge;
+use srbridge::config::Config;
+use srbridge::media::webrtc_leg::LegCodec;
+use support::webrtc_peer::{send_media, wait_media, BrowserPeer};
+use support::{assert_tone, assert_wav_tone, ports, Baresip, BaresipOptions, Pbx, WsClient};
+
+const APPID: &str = "media-test";
+const T: Duration = Duration::from_secs(15);
+
+struct Rig {
+    pbx: Pbx,
+    bridge: Bridge,
+    url: String,
+}
+
+async fn rig_with(media_extra: &str) -> Rig {
+    let pbx = Pbx::start().await;
+    let rtp = ports::free_port_range(20);
+    let text = format!(
+        r#"
+[global]
+appid = "{APPID}"
+sip_svr = "{pbx}"
+sip_local_port = 0
+[rtm2sip]
+on = true
+acc_rule = "10[01-19]"
+[proxy]
+on = true
+sip_account = "1000"
+sip_pwd = "1234"
+rtm_account = "bridge"
+[sip]
+listen_ip = "127.0.0.1"
+options_interval = 0
+[media]
+rtp_port_min = {rtp}
+rtp_port_max = {rtp_max}
+{media_extra}
+[http]
+listen = "127.0.0.1:0"
+"#,
+        pbx = pbx.addr(),
+        rtp_max = rtp + 19,
+    );
+    let config = Config::from_toml_str(std::path::Path::new("media.toml"), &text).expect("config");
+    let bridge = Bridge::start(config).await.expect("bridge starts");
+    pbx.wait_registered("1000", T).await;
+    let url = format!("ws://{}/ws", bridge.http_addr());
+    Rig { pbx, bridge, url }
+}
+
+/// A phone playing `hz` (12 s: baresip hangs up when its file ends).
+async fn phone(
+    pbx: &Pbx,
+    account: &str,
+    auto_answer: bool,
+    hz: f64,
+) -> (Baresip, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    support::write_tone_wav(&wav, hz, 0.5, Duration::from_secs(12), 8000);
+    let phone = Baresip::start(
+        pbx.addr(),
+        account,
+        BaresipOptions {
+            auto_answer,
+            play_wav: Some(wav),
+            record_dir: None,
+        },
+    )
+    .await;
+    phone.wait_registered(T).await;
+    (phone, dir)
+}
+
+/// Waits until the bridge has no call and no RTP port. (Task counts are checked per session in
+/// `tests/media_session.rs`: here the SIP stack keeps BYE transactions for 32 s, timer J.)
+async fn everything_released(bridge: &Bridge) {
+    for _ in 0..100 {
+        if bridge.calls().is_empty() && bridge.media_ports_in_use() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "left behind: calls {:?}, RTP ports {}",
+        bridge.calls(),
+        bridge.media_ports_in_use(),
+    );
+}
+
+fn end_call(ws: &WsClient, to: &str) {
+    ws.send_raw(
+        &json!({"type": "peer_message", "id": 900, "to": to, "text": "{\"Cmd\":\"EndCall\"}"})
+            .to_string(),
+    );
+}
+
+/// Browser calls 1001 with `codecs`; both ends hear each other. Returns what the phone recorded.
+async fn web_to_sip_call(rig: &Rig, call_id: &str, codecs: Vec<LegCodec>) {
+    let (phone, _dir) = phone(&rig.pbx, "1001", true, 440.0).await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    let ok = alice.invite(call_id, "1001", "").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let alice = Arc::new(alice);
+    let mut peer = BrowserPeer::offer(Arc::clone(&alice), call_id, codecs).await;
+    alice
+        .wait_local_state(call_id, "ACCEPTED_BY_REMOTE", T)
+        .await;
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    peer.wait_connected().await;
+    peer.play(Some(1000.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    peer.take_received();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let heard = peer.take_received();
+    assert_tone(&heard, 8000, 440.0, 15.0, -20.0);
+    end_call(&alice, "1001");
+    phone.wait_for("CALL_CLOSED", T).await;
+    peer.close().await;
+    let recording = phone.received_wav().expect("baresip recorded the call");
+    assert_wav_tone(&recording, 1000.0, 15.0, -20.0);
+    everything_released(&rig.bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_to_sip_opus_tone_both_ways_and_everything_released() {
+    let rig = rig_with("").await;
+    web_to_sip_call(
+        &rig,
+        "m1",
+        vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_codec_relay_when_the_browser_offers_pcmu_only() {
+    let rig = rig_with("").await;
+    web_to_sip_call(&rig, "m2", vec![LegCodec::Pcmu, LegCodec::TelephoneEvent8k]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_to_web_opus_tone_both_ways() {
+    let rig = rig_with("").await;
+    let (phone, _dir) = phone(&rig.pbx, "1002", true, 440.0).await;
+    let bob_ws = Arc::new(WsClient::login(&rig.url, APPID, "bob").await);
+    phone.dial("0bob").await;
+    let invitation = bob_ws.wait_remote_invitation(T).await;
+    let call_id = invitation["callId"].as_str().unwrap().to_string();
+    // The offer goes just before accept.
+    let offer_task = {
+        let ws = Arc::clone(&bob_ws);
+        let call_id = call_id.clone();
+        tokio::spawn(async move {
+            BrowserPeer::offer(
+                ws,
+                &call_id,
+                vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+            )
+            .await
+        })
+    };
+    // Give the offer a head start, then accept.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bob_ws.send_raw(
+        &json!({"type": "accept", "id": 77, "callId": call_id, "response": ""}).to_string(),
+    );
+    let mut peer = offer_task.await.unwrap();
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    peer.wait_connected().await;
+    peer.play(Some(1000.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    peer.take_received();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_tone(&peer.take_received(), 8000, 440.0, 15.0, -20.0);
+    phone.hangup().await;
+    phone.wait_for("CALL_CLOSED", T).await;
+    peer.close().await;
+    let recording = phone.received_wav().expect("baresip recorded the call");
+    assert_wav_tone(&recording, 1000.0, 15.0, -20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_both_ways() {
+    let rig = rig_with("").await;
+    let (phone, _dir) = phone(&rig.pbx, "1003", true, 440.0).await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    alice.invite("d1", "1003", "").await;
+    let alice = Arc::new(alice);
+    let mut peer = BrowserPeer::offer(
+        Arc::clone(&alice),
+        "d1",
+        vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+    )
+    .await;
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    peer.wait_connected().await;
+    // RTCDTMFSender-style telephone-events, then the JSON fallback.
+    peer.press("1#");
+    let first = phone.wait_for("CALL_DTMF_START", T).await;
+    let second = phone.wait_for("CALL_DTMF_START", T).await;
+    assert_eq!((first.param.as_str(), second.param.as_str()), ("1", "#"));
+    send_media(&alice, "d1", json!({"kind": "dtmf", "digit": "7"}));
+    assert_eq!(phone.wait_for("CALL_DTMF_START", T).await.param, "7");
+    // The phone presses keys: the browser gets each once.
+    phone.command("sndcode", "5").await.expect("sndcode");
+    phone.command("sndcode", "9").await.expect("sndcode");
+    let mut digits = Vec::new();
+    for _ in 0..50 {
+        digits = peer.dtmf.lock().unwrap().clone();
+        if digits.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *peer.dtmf.lock().unwrap(),
+        vec!["5", "9"],
+        "each key once, in order"
+    );
+    let _ = digits;
+    end_call(&alice, "1003");
+    phone.wait_for("CALL_CLOSED", T).await;
+    peer.close().await;
+}
+
+/// Opus call to `account`, connected and flowing.
+async fn connected_call(
+    rig: &Rig,
+    account: &str,
+    call_id: &str,
+) -> (Baresip, tempfile::TempDir, Arc<WsClient>, BrowserPeer) {
+    let (phone, dir) = phone(&rig.pbx, account, true, 440.0).await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    let ok = alice.invite(call_id, account, "").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let alice = Arc::new(alice);
+    let mut peer = BrowserPeer::offer(
+        Arc::clone(&alice),
+        call_id,
+        vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+    )
+    .await;
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    peer.wait_connected().await;
+    (phone, dir, alice, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_and_resume_from_the_phone_keeps_the_call_and_the_phone_is_heard_again() {
+    let rig = rig_with("").await;
+    let (phone, _dir, alice, peer) = connected_call(&rig, "1004", "h1").await;
+    // (baresip 1.0 stops its recorder on hold, so the direction toward the phone after resume is
+    // checked with SIPp's echo in `reinvite_hold_then_new_port_and_codec_via_sipp_echo`.)
+    phone.command("hold", "").await.expect("hold");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    phone.command("resume", "").await.expect("resume");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    peer.take_received();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_tone(&peer.take_received(), 8000, 440.0, 15.0, -20.0);
+    assert_eq!(rig.bridge.calls().len(), 1, "the call survives hold/resume");
+    end_call(&alice, "1004");
+    phone.wait_for("CALL_CLOSED", T).await;
+    peer.close().await;
+    everything_released(&rig.bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stereo_recording_holds_the_browser_left_and_the_phone_right() {
+    let rec = tempfile::tempdir().unwrap();
+    let rig = rig_with(&format!(
+        "[media.recording]\nenabled = true\ndir = \"{}\"\nmode = \"stereo\"",
+        rec.path().display()
+    ))
+    .await;
+    let (phone, _dir, alice, peer) = connected_call(&rig, "1005", "rec-1").await;
+    peer.play(Some(1000.0));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    end_call(&alice, "1005");
+    phone.wait_for("CALL_CLOSED", T).await;
+    peer.close().await;
+    everything_released(&rig.bridge).await;
+    let path = rec.path().join("rec-1.wav");
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        if let Ok(r) = hound::WavReader::open(&path) {
+            assert_eq!(r.spec().channels, 2);
+            assert_eq!(r.spec().sample_rate, 8000);
+            samples = r.into_samples::<i16>().map(|s| s.unwrap()).collect();
+            if samples.len() > 2 * 8000 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<f32> = samples
+        .iter()
+        .step_by(2)
+        .map(|s| f32::from(*s) / 32768.0)
+        .collect();
+    let right: Vec<f32> = samples
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|s| f32::from(*s) / 32768.0)
+        .collect();
+    assert_tone(&left, 8000, 1000.0, 15.0, -20.0);
+    assert_tone(&right, 8000, 440.0, 15.0, -20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_offer_ends_the_call_with_a_clear_error() {
+    let rig = rig_with("").await;
+    let (_phone, _dir) = phone(&rig.pbx, "1006", false, 440.0).await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    alice.invite("g1", "1006", "").await;
+    send_media(
+        &alice,
+        "g1",
+        json!({"kind": "offer", "sdp": "this is not SDP"}),
+    );
+    let error = wait_media(&alice, "g1", "error", T).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("offer"),
+        "{error}"
+    );
+    everything_released(&rig.bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offer_without_audio_is_refused() {
+    let rig = rig_with("").await;
+    let (_phone, _dir) = phone(&rig.pbx, "1007", false, 440.0).await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    alice.invite("g2", "1007", "").await;
+    let video_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+        a=rtpmap:96 VP8/90000\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\na=sendrecv\r\n";
+    send_media(&alice, "g2", json!({"kind": "offer", "sdp": video_only}));
+    let error = wait_media(&alice, "g2", "error", T).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("audio"),
+        "{error}"
+    );
+    everything_released(&rig.bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_media_messages_leave_a_running_call_unaffected() {
+    let rig = rig_with("").await;
+    let (phone, _dir, alice, peer) = connected_call(&rig, "1008", "s1").await;
+    // A candidate for a call that does not exist, and nonsense for ours.
+    let bogus = json!({"kind": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0}});
+    send_media(&alice, "no-such-call", bogus);
+    send_media(
+        &alice,
+        "s1",
+        json!({"kind": "candidate", "candidate": {"candidate": "garbage"}}),
+    );
+    send_media(&alice, "s1", json!({"kind": "bogus"}));
+    send_media(&alice, "s1", json!({"kind": "dtmf", "digit": "xyz"}));
+    peer.play(Some(1000.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    peer.take_received();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_tone(&peer.take_received(), 8000, 440.0, 15.0, -20.0);
+    let errors = peer.errors.lock().unwrap().clone();
+    assert!(
+        errors.len() >= 3,
+        "each bad message is answered: {errors:?}"
+    );
+    assert_eq!(rig.bridge.calls().len(), 1);
+    end_call(&alice, "1008");
+    phone.wait_for("CALL_CLOSED", T).await;
+    peer.close().await;
+    let recording = phone.received_wav().expect("baresip recorded the call");
+    assert_wav_tone(&recording, 1000.0, 15.0, -20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_hold_then_new_port_and_codec_via_sipp_echo() {
+    let rig = rig_with("codecs = [\"PCMU\", \"PCMA\"]").await;
+    let port = ports::free_port();
+    support::sipp::register(rig.pbx.addr(), "1009", "1234", port, 300)
+        .await
+        .assert_success();
+    let mut uas = support::Sipp::new("uas_reinvite_echo.xml")
+        .service("1009")
+        .local_port(port)
+        .calls(1)
+        .timeout(Duration::from_secs(40))
+        .arg("-rtp_echo")
+        .spawn(None);
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    let ok = alice.invite("r1", "1009", "").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let alice = Arc::new(alice);
+    let mut peer = BrowserPeer::offer(
+        Arc::clone(&alice),
+        "r1",
+        vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+    )
+    .await;
+    alice.wait_local_state("r1", "ACCEPTED_BY_REMOTE", T).await;
+    peer.wait_connected().await;
+    // The echo returns the browser's own tone through both directions of the pipeline.
+    peer.play(Some(1000.0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    peer.take_received();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_tone(&peer.take_received(), 8000, 1000.0, 15.0, -20.0);
+
+    let wait_log = |needle: &'static str| {
+        let uas = &uas;
+        async move {
+            for _ in 0..200 {
+                if uas.logs_so_far().contains(needle) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("SIPp never logged {needle}: {}", uas.logs_so_far());
+        }
+    };
+    wait_log("phase=held").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    peer.take_received();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let on_hold = peer.take_received();
+    let level = support::audio::rms_dbfs(&on_hold);
+    assert!(
+        level < -40.0,
+        "the bridge kept sending on hold: {level:.1} dBFS"
+    );
+
+    wait_log("phase=moved").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    peer.take_received();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_tone(&peer.take_received(), 8000, 1000.0, 15.0, -20.0);
+    // o= versions: 1 in the first answer, bumped once per changed answer.
+    assert!(
+        uas.logs_so_far().contains("o_version=3"),
+        "{}",
+        uas.logs_so_far()
+    );
+
+    end_call(&alice, "1009");
+    uas.wait(T).await.assert_success();
+    peer.close().await;
+    everything_released(&rig.bridge).await;
+}
