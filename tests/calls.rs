@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use srbridge::bridge::Bridge;
 use srbridge::config::Config;
 use support::sipp;
-use support::{ports, Baresip, BaresipOptions, Pbx, WsClient};
+use support::{ports, Baresip, Pbx, WsClient};
 
 const APPID: &str = "calls-test";
 const T: Duration = Duration::from_secs(15);
@@ -62,18 +62,7 @@ async fn rig() -> Rig {
 }
 
 async fn phone(pbx: &Pbx, account: &str, auto_answer: bool) -> Baresip {
-    let phone = Baresip::start(
-        pbx.addr(),
-        account,
-        BaresipOptions {
-            auto_answer,
-            play_wav: None,
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
-    phone
+    support::baresip::silent_phone(pbx, account, auto_answer).await
 }
 
 fn response(v: &Value) -> Value {

@@ -53,7 +53,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for entry in std::fs::read_dir(&self.run_dir).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(&self.run_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let path = entry.path();
                 if path.extension().is_some_and(|e| e == "log") {
                     let text = std::fs::read_to_string(&path).unwrap_or_default();

@@ -345,9 +345,16 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         }
     }
 
-    fn admission(&self, call_id: &str) -> Result<(), Refusal> {
-        let result = self.check_admission(call_id);
-        if let Err(refusal) = result {
+    /// Checks the limits and the drain; on success the call counts as in progress until the
+    /// guard is dropped.
+    fn admit(&self, call_id: &str) -> Result<CallGuard, Refusal> {
+        let result = self.check_admission(call_id).and_then(|()| {
+            self.inner
+                .lifecycle
+                .try_start_call()
+                .ok_or(Refusal::Draining)
+        });
+        if let Err(refusal) = &result {
             refusal.count();
         }
         result
@@ -393,13 +400,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         let span = tracing::info_span!("call", call_id = %call_id);
         let _entered = span.enter();
         tracing::info!(from = %from_uid, to = %callee, "browser invitation");
-        let admitted = self.admission(&call_id).and_then(|()| {
-            self.inner
-                .lifecycle
-                .try_start_call()
-                .ok_or(Refusal::Draining)
-        });
-        let guard = match admitted {
+        let guard = match self.admit(&call_id) {
             Ok(guard) => guard,
             Err(refusal) => {
                 tracing::warn!(reason = refusal.reason(), "invitation refused");
@@ -468,13 +469,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         let span = tracing::info_span!("call", call_id = %call_id);
         let _entered = span.enter();
         tracing::info!(from = %caller_number, to = %target_uid, "incoming SIP call");
-        let admitted = self.admission(&call_id).and_then(|()| {
-            self.inner
-                .lifecycle
-                .try_start_call()
-                .ok_or(Refusal::Draining)
-        });
-        let guard = match admitted {
+        let guard = match self.admit(&call_id) {
             Ok(guard) => guard,
             Err(refusal) => {
                 tracing::warn!(reason = refusal.reason(), "INVITE refused");

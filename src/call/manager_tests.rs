@@ -579,3 +579,24 @@ async fn a_dialog_that_vanishes_mid_call_ends_the_call() {
         .iter()
         .any(|s| matches!(s, Seen::Peer(_, _, text) if text.contains("EndCall"))));
 }
+
+#[tokio::test]
+async fn call_setups_over_the_per_second_limit_are_refused() {
+    let mut rig = rig_with("[limits]\nmax_setups_per_sec = 2\n", FakeMedia::default());
+    for (id, uid) in [("r1", "u1"), ("r2", "u2"), ("r3", "u3")] {
+        rig.manager.handle_browser(invite(id, uid, "1005"));
+    }
+    settle().await;
+    let mut placed = 0;
+    while rig.placed.try_recv().is_ok() {
+        placed += 1;
+    }
+    assert_eq!(placed, 2, "a burst of max_setups_per_sec is let through");
+    let refused: Vec<_> = rig
+        .browser
+        .seen()
+        .into_iter()
+        .filter(|s| matches!(s, Seen::Local(uid, LocalState::Failure, _, Some(r)) if uid == "u3" && r.contains("per second")))
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", rig.browser.seen());
+}

@@ -295,9 +295,33 @@ pub enum ServerMsg {
     },
 }
 
+/// Every error answer is counted in `/metrics` by kind (bad input, oversize, auth, limits).
+fn count_error(code: ErrorCode) {
+    use crate::ops::metrics::{metrics, ErrorKind, Limit};
+    let m = metrics();
+    match code {
+        ErrorCode::BadJson
+        | ErrorCode::BadMessage
+        | ErrorCode::UnknownType
+        | ErrorCode::BinaryFrame
+        | ErrorCode::UnsupportedVersion => m.error(ErrorKind::Json),
+        ErrorCode::FrameTooLarge | ErrorCode::ContentTooLarge | ErrorCode::TextTooLarge => {
+            m.error(ErrorKind::Oversize)
+        }
+        ErrorCode::WrongAppid
+        | ErrorCode::TokenRequired
+        | ErrorCode::TokenInvalid
+        | ErrorCode::TokenExpired => m.error(ErrorKind::Auth),
+        ErrorCode::SessionLimit => m.limit_hit(Limit::MaxWsSessions),
+        ErrorCode::Draining => m.limit_hit(Limit::Draining),
+        _ => {}
+    }
+}
+
 impl ServerMsg {
     /// An `error` answer.
     pub fn error(id: RequestId, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+        count_error(code);
         ServerMsg::Error {
             id,
             code,

@@ -168,6 +168,11 @@ pub(crate) async fn run(ua: Arc<UaInner>, mut policy: RegisterPolicy) {
                     .unwrap_or_else(|| resp.status_code.text().to_string()),
             },
         };
+        let m = crate::ops::metrics::metrics();
+        m.registration_attempts.inc();
+        if !matches!(outcome, RegisterOutcome::Accepted { .. }) {
+            m.registration_failures.inc();
+        }
         let (state, wait) = policy.on_outcome(&outcome, Instant::now());
         match &state {
             RegState::Registered { .. } => {

@@ -465,3 +465,20 @@ fn check_wav(path: &Path) {
         path.display()
     );
 }
+
+/// A baresip phone registered as `account` that plays silence (so RTP flows both ways), answering
+/// at once when `auto_answer`; waits until the PBX has its registration.
+pub async fn silent_phone(pbx: &super::Pbx, account: &str, auto_answer: bool) -> Baresip {
+    let phone = Baresip::start(
+        pbx.addr(),
+        account,
+        BaresipOptions {
+            auto_answer,
+            play_wav: None,
+            record_dir: None,
+        },
+    )
+    .await;
+    phone.wait_registered(Duration::from_secs(15)).await;
+    phone
+}
