@@ -14,7 +14,9 @@ use driver::Page;
 use serde_json::json;
 use srbridge::bridge::Bridge;
 use srbridge::config::Config;
-use support::{assert_wav_tone, ports, write_tone_wav, Baresip, BaresipOptions, Pbx};
+use support::{
+    assert_wav_tone, audio, ports, read_wav, write_tone_wav, Baresip, BaresipOptions, Pbx,
+};
 
 const APPID: &str = "browser-test";
 const T: Duration = Duration::from_secs(20);
@@ -213,6 +215,13 @@ async fn phone_rings_the_page_which_accepts_and_both_hear_each_other() {
         a.frequency_hz, a.rms_dbfs
     );
 
+    // Mute: the phone hears silence from then on (the last second before its hang-up).
+    let muted = page
+        .cmd(json!({"cmd": "click", "selector": "#mute-btn"}))
+        .await;
+    assert_eq!(muted["muted"], true, "{muted:#}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
     // The phone hangs up: the page's call ends by itself.
     phone.hangup().await;
     phone.wait_for("CALL_CLOSED", T).await;
@@ -225,6 +234,13 @@ async fn phone_rings_the_page_which_accepts_and_both_hear_each_other() {
     println!(
         "phone heard {:.1} Hz at {:.1} dBFS",
         a.frequency_hz, a.rms_dbfs
+    );
+    let (samples, rate) = read_wav(&wav);
+    let tail = &samples[samples.len().saturating_sub(rate as usize)..];
+    let level = audio::rms_dbfs(tail);
+    assert!(
+        level < -50.0,
+        "muted, the phone still heard {level:.1} dBFS"
     );
 
     assert_eq!(page.page_errors().await, json!([]));

@@ -51,6 +51,7 @@ async function state() {
       incomingNumber: text('incoming-number'),
       connection: document.getElementById('conn-pill').dataset.state,
       hasRemoteStream: Boolean(d?.remoteStream),
+      muted: Boolean(d?.call?.muted),
     };
   });
 }
