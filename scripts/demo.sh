@@ -47,21 +47,22 @@ kamailio -f "$dir/kamailio/kamailio.cfg" -DD -E -m 32 -M 8 -Y "$dir/kamailio/run
   >"$dir/kamailio.log" 2>&1 &
 pids+=($!)
 
-echo "== starting the test phone 1001 (baresip, answers and echoes) "
+# aubridge joins a player and a source of the same device name: what the phone receives is what
+# it sends back, so a caller hears themselves.
+echo "== starting the test phone 1001 (baresip, answers and echoes)"
 cat >"$dir/phone/config" <<EOF
 poll_method epoll
 net_interface 127.0.0.1
 sip_listen 127.0.0.1:$phone_port
 sip_trans_def udp
-audio_player aubridge,play
-audio_source aubridge,src
+audio_player aubridge,echo
+audio_source aubridge,echo
 rtp_ports 31000-31099
 module_path /usr/lib/baresip/modules
 module g711.so
 module aubridge.so
 module_app account.so
 module_app menu.so
-module_app echo.so
 EOF
 echo "<sip:1001@127.0.0.1:$sip_port>;auth_pass=1234;answermode=auto;regint=300;ptime=20;audio_codecs=PCMU,PCMA" >"$dir/phone/accounts"
 : >"$dir/phone/contacts"
@@ -108,8 +109,8 @@ done
 
 echo
 echo "srbridge is running and registered on the PBX as 1000 (logs: tmp/demo/*.log)."
-echo "  web-demo:  http://127.0.0.1:$http_port/   (log in with any user id, app id srbridge-demo)"
-echo "  call 1001: a phone that echoes your voice back"
+echo "  web-demo:  http://127.0.0.1:$http_port/   (log in with any user id; the app id is filled in)"
+echo "  call 1001: a phone that echoes your voice back (allow the microphone; use headphones)"
 echo "  a phone on the PBX reaches you by dialling 0<your user id>"
 echo "  status:    curl http://127.0.0.1:$http_port/api/status"
 echo "Ctrl-C stops the demo."

@@ -5,8 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Test harness (tests/support): kamailio (base package has every module kamailio.cfg loads), sip-tester
-# (sipp), baresip-core (g711, aufile, aubridge, sndfile, ctrl_tcp modules), sox (handy for WAV checks).
-APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip baresip-core sox iproute2 chromium procps curl openssl)
+# (sipp), baresip-core (g711, aufile, aubridge, sndfile, ctrl_tcp modules), sox (WAV conversion),
+# chromium + nodejs (web-demo browser tests; npm comes with nodesource's nodejs, else apt-get install
+# npm), espeak-ng (speech for the PESQ test), python3-pip, python3-dev and gcc (PyPI `pesq` is built
+# from C sources on install), openssl (TLS test certificates).
+APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip baresip-core sox iproute2 chromium procps curl
+  nodejs espeak-ng python3 python3-pip python3-dev gcc openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -23,5 +27,13 @@ fi
 if [ -f package.json ] && [ ! -d node_modules/playwright-core ]; then
   echo "deps: installing npm packages"
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent
+fi
+# PESQ (ITU-T P.862) scorer for tests/browser_speech.rs.
+if ! python3 -c "import pesq, numpy, scipy" 2>/dev/null; then
+  echo "deps: installing the Python PESQ scorer (pip: pesq numpy scipy)"
+  pip_args=(--quiet --disable-pip-version-check --no-input)
+  # A Debian system python refuses plain pip installs (PEP 668): fall back to the user site.
+  python3 -m pip install "${pip_args[@]}" numpy scipy pesq 2>/dev/null \
+    || python3 -m pip install "${pip_args[@]}" --user --break-system-packages numpy scipy pesq
 fi
 echo "deps: ok"

@@ -413,7 +413,7 @@ impl Bridge {
 
     /// The browser-facing routes: the hub's WebSocket and JS client, and the web-demo.
     pub fn router(&self) -> Router {
-        crate::web::router(self.hub.router())
+        crate::web::router(self.hub.router(), self.config.clone())
     }
 
     /// What `/api/status` and `/api/calls/{id}` show.

@@ -12,6 +12,14 @@
 //   inv.on('LocalInvitationAccepted', (response) => …);
 //   inv.send();
 //
+// Calls through the bridge also carry audio: the client owns the RTCPeerConnection.
+//
+//   const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+//   const call = client.createLocalInvitation('1001');
+//   call.on('RemoteStream', (stream) => { audioElement.srcObject = stream; });
+//   call.send({ media: mic });                        // remote.accept({ media: mic }) for incoming calls
+//   call.sendDtmf('123#'); call.setMuted(true); call.hangup();
+//
 // Differences from RTM: state/reason names are the same strings, promises reject with an
 // `RtmError` whose `code` is the hub's error code string (e.g. 'WRONG_APPID'), and the client does
 // not reconnect by itself (a lost socket gives ConnectionStateChanged('ABORTED', 'INTERRUPTED')).
@@ -23,6 +31,10 @@ export const PROTOCOL_VERSION = 1;
 const REQUEST_TIMEOUT_MS = 10000;
 const KEEPALIVE_MS = 25000;
 const MEDIA_BUFFER_LIMIT = 64;
+const ICE_FETCH_TIMEOUT_MS = 3000;
+const DTMF_DURATION_MS = 100;
+const DTMF_GAP_MS = 70;
+const END_CALL = '{"Cmd":"EndCall"}';
 
 /** RTM's status code strings, for apps that compare against `RtmStatusCode.*`. */
 export const RtmStatusCode = Object.freeze({
@@ -119,6 +131,11 @@ function failureReason(code) {
   }
 }
 
+/** Whether a peer message is the `{"Cmd":"EndCall"}` that ends an accepted call. */
+function isEndCall(text) {
+  try { return JSON.parse(text)?.Cmd === 'EndCall'; } catch { return false; }
+}
+
 /** Returns `p` with a no-op rejection handler attached, so fire-and-forget calls stay quiet. */
 function quiet(p) { p.catch(() => {}); return p; }
 
@@ -154,6 +171,146 @@ class InvitationBase extends Emitter {
       try { fn(payload, from); } catch (e) { setTimeout(() => { throw e; }); }
     }
   }
+
+  /** The peer of this call: the callee for local invitations, the caller for remote ones. */
+  get peerId() { return this instanceof LocalInvitation ? this.calleeId : this.callerId; }
+
+  /**
+   * Sends DTMF digits (0-9, *, #, A-D; ',' pauses). In RTP (RFC 4733) through RTCDTMFSender when
+   * the browser has it, else as hub `media` messages. Returns false when there is no call media.
+   */
+  sendDtmf(digits) {
+    const tones = String(digits ?? '').toUpperCase();
+    if (!/^[0-9A-D*#,]+$/.test(tones)) throw new RangeError(`not DTMF digits: ${digits}`);
+    if (!this._pc || this._pc.signalingState === 'closed') return false;
+    const dtmf = this._sender?.dtmf;
+    if (dtmf && dtmf.canInsertDTMF !== false) {
+      dtmf.insertDTMF(dtmf.toneBuffer + tones, DTMF_DURATION_MS, DTMF_GAP_MS);
+    } else {
+      for (const digit of tones.replace(/,/g, '')) quiet(this.sendMedia({ kind: 'dtmf', digit }));
+    }
+    return true;
+  }
+
+  /** Mutes or unmutes the microphone sent in this call (the tracks stay, they send silence). */
+  setMuted(muted) {
+    this.muted = Boolean(muted);
+    for (const track of this._localStream?.getAudioTracks() ?? []) track.enabled = !this.muted;
+  }
+
+  /** The state of the call's audio: RTCPeerConnection.connectionState, or 'none' before media. */
+  get mediaState() { return this._mediaState ?? 'none'; }
+
+  /**
+   * Ends the call whatever its state: cancels a ringing outgoing call, refuses a ringing incoming
+   * one, sends {"Cmd":"EndCall"} to the peer of an accepted call; closes the peer connection.
+   */
+  hangup() {
+    const ringing = !this._isAccepted() && this._client._invitations.has(this.callId);
+    const ended = this._hangupSignal();
+    this._endCall('LOCAL_HANGUP', ringing);
+    return quiet(ended);
+  }
+
+  async _openMedia(stream) {
+    this.muted = false;
+    this._localStream = stream ?? null;
+    this._pendingCandidates = [];
+    this._remoteDescribed = false;
+    this._setMediaState('new');
+    const iceServers = await this._client._iceServers();
+    if (this._ended) return;
+    const pc = new RTCPeerConnection({ iceServers, bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    this._pc = pc;
+    const tracks = stream?.getAudioTracks() ?? [];
+    if (tracks.length > 0) {
+      this._sender = pc.addTrack(tracks[0], stream);
+    } else {
+      this._sender = pc.addTransceiver('audio', { direction: 'recvonly' }).sender;
+    }
+    pc.onicecandidate = (ev) => {
+      const c = ev.candidate;
+      const candidate = c && c.candidate
+        ? { candidate: c.candidate, sdpMid: c.sdpMid ?? '0', sdpMLineIndex: c.sdpMLineIndex ?? 0 }
+        : null;
+      // Chromium reports the end twice (empty candidate, then null): send one end marker.
+      if (candidate === null) {
+        if (this._sentEndOfCandidates) return;
+        this._sentEndOfCandidates = true;
+      }
+      quiet(this.sendMedia({ kind: 'candidate', candidate }));
+    };
+    pc.ontrack = (ev) => {
+      const remote = ev.streams[0] ?? new MediaStream([ev.track]);
+      this.remoteStream = remote;
+      this.emit('RemoteStream', remote);
+    };
+    pc.onconnectionstatechange = () => this._setMediaState(pc.connectionState);
+    this.onMedia((payload) => this._onMediaMessage(payload));
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    if (this._ended) return;
+    await this.sendMedia({ kind: 'offer', sdp: pc.localDescription.sdp });
+  }
+
+  async _onMediaMessage(payload) {
+    const pc = this._pc;
+    if (!pc || pc.signalingState === 'closed' || !payload || typeof payload !== 'object') return;
+    try {
+      switch (payload.kind) {
+        case 'answer':
+          await pc.setRemoteDescription({ type: 'answer', sdp: String(payload.sdp ?? '') });
+          this._remoteDescribed = true;
+          for (const c of this._pendingCandidates.splice(0)) await this._addCandidate(c);
+          return;
+        case 'candidate':
+          if (this._remoteDescribed) await this._addCandidate(payload.candidate ?? null);
+          else this._pendingCandidates.push(payload.candidate ?? null);
+          return;
+        case 'dtmf':
+          if (typeof payload.digit === 'string') this.emit('DtmfReceived', payload.digit);
+          return;
+        case 'error':
+          this._setMediaState('failed', String(payload.message ?? 'the bridge refused the media'));
+          return;
+        default:
+      }
+    } catch (e) {
+      this._setMediaState('failed', `bad ${payload.kind} from the bridge: ${e.message ?? e}`);
+    }
+  }
+
+  async _addCandidate(candidate) {
+    if (candidate && candidate.candidate) await this._pc.addIceCandidate(candidate);
+    else await this._pc.addIceCandidate();
+  }
+
+  _setMediaState(state, detail) {
+    if (this._mediaState === state) return;
+    this._mediaState = state;
+    this.emit('MediaStateChanged', state, detail);
+  }
+
+  _startMediaQuietly(stream) {
+    this._openMedia(stream).catch((e) => this._setMediaState('failed', e.message ?? String(e)));
+  }
+
+  /** Closes the media once, for whatever reason the call ended; emits CallEnded(reason). */
+  _endCall(reason, keepRegistered = false) {
+    // A ringing call that is hung up stays registered until the hub confirms its end.
+    if (!keepRegistered) this._client._invitations.delete(this.callId);
+    if (this._ended) return;
+    this._ended = true;
+    const pc = this._pc;
+    if (pc) {
+      pc.onicecandidate = null;
+      pc.ontrack = null;
+      pc.onconnectionstatechange = null;
+      pc.close();
+      this._setMediaState('closed');
+    }
+    this.emit('CallEnded', reason);
+  }
 }
 
 /** An invitation this user sends (RTM LocalInvitation). */
@@ -167,8 +324,12 @@ export class LocalInvitation extends InvitationBase {
     this.state = RtmStatusCode.LocalInvitationState.IDLE;
   }
 
-  /** Rings the callee; resolves when the hub took it, rejects (and emits Failure) otherwise. */
-  send() {
+  /**
+   * Rings the callee; resolves when the hub took it, rejects (and emits Failure) otherwise.
+   * With `{ media: MediaStream }` (or `{ media: null }` to only listen) the call carries audio:
+   * the WebRTC offer goes out as soon as the hub took the invitation, so ringback is heard.
+   */
+  send(options = {}) {
     const LS = RtmStatusCode.LocalInvitationState;
     if (this.state !== LS.IDLE) {
       return quiet(Promise.reject(new RtmError('INVALID_STATE', `invitation is ${this.state}`)));
@@ -177,7 +338,9 @@ export class LocalInvitation extends InvitationBase {
     this._client._invitations.set(this.callId, this);
     return quiet(this._client._request('invite', {
       callId: this.callId, callee: this.calleeId, content: String(this.content ?? ''),
-    }).then(() => undefined, (e) => {
+    }).then(() => {
+      if (options && 'media' in options) this._startMediaQuietly(options.media);
+    }, (e) => {
       this._client._invitations.delete(this.callId);
       this.state = LS.FAILURE;
       this.emit('LocalInvitationFailure', failureReason(e.code), e);
@@ -203,7 +366,18 @@ export class LocalInvitation extends InvitationBase {
       default: return;
     }
     // Accepted calls keep their media channel; the others are over.
-    if (msg.state !== LS.ACCEPTED_BY_REMOTE) this._client._invitations.delete(this.callId);
+    if (msg.state !== LS.ACCEPTED_BY_REMOTE) this._endCall(msg.state);
+  }
+
+  _isAccepted() { return this.state === RtmStatusCode.LocalInvitationState.ACCEPTED_BY_REMOTE; }
+
+  _hangupSignal() {
+    const LS = RtmStatusCode.LocalInvitationState;
+    if (this.state === LS.SENT_TO_REMOTE || this.state === LS.RECEIVED_BY_REMOTE) return this.cancel();
+    if (this.state === LS.ACCEPTED_BY_REMOTE && !this._ended) {
+      return this._client.sendMessageToPeer({ text: END_CALL }, this.calleeId);
+    }
+    return Promise.resolve();
   }
 }
 
@@ -218,8 +392,17 @@ export class RemoteInvitation extends InvitationBase {
     this.state = RtmStatusCode.RemoteInvitationState.INVITATION_RECEIVED;
   }
 
-  /** Accepts with `this.response`; RemoteInvitationAccepted follows. */
-  accept() { return this._answer('accept'); }
+  /**
+   * Accepts with `this.response`; RemoteInvitationAccepted follows. With `{ media: MediaStream }`
+   * (or `{ media: null }` to only listen) the WebRTC offer is sent just before the accept.
+   */
+  accept(options = {}) {
+    if (!options || !('media' in options)) return this._answer('accept');
+    return quiet(this._openMedia(options.media).then(() => this._answer('accept'), (e) => {
+      this._setMediaState('failed', e.message ?? String(e));
+      throw e;
+    }));
+  }
 
   /** Refuses with `this.response`; RemoteInvitationRefused follows. */
   refuse() { return this._answer('refuse'); }
@@ -234,21 +417,32 @@ export class RemoteInvitation extends InvitationBase {
         this.emit('RemoteInvitationAccepted');
       } else {
         this.state = RS.REFUSED;
-        this._client._invitations.delete(this.callId);
         this.emit('RemoteInvitationRefused');
+        this._endCall('REFUSED');
       }
     }));
+  }
+
+  _isAccepted() { return this.state === RtmStatusCode.RemoteInvitationState.ACCEPTED; }
+
+  _hangupSignal() {
+    const RS = RtmStatusCode.RemoteInvitationState;
+    if (this.state === RS.INVITATION_RECEIVED) return this.refuse();
+    if (this.state === RS.ACCEPTED && !this._ended) {
+      return this._client.sendMessageToPeer({ text: END_CALL }, this.callerId);
+    }
+    return Promise.resolve();
   }
 
   _state(msg) {
     const RS = RtmStatusCode.RemoteInvitationState;
     this.state = msg.state;
     if (msg.state === RS.CANCELED) {
-      this._client._invitations.delete(this.callId);
       this.emit('RemoteInvitationCanceled');
+      this._endCall('CANCELED');
     } else if (msg.state === RS.FAILURE) {
-      this._client._invitations.delete(this.callId);
       this.emit('RemoteInvitationFailure', msg.reason ?? 'UNKNOWN');
+      this._endCall('FAILURE');
     }
   }
 }
@@ -266,6 +460,34 @@ export class RtmClient extends Emitter {
     this._pending = new Map();
     this._invitations = new Map();
     this._keepalive = null;
+    this._iceServersOption = options.iceServers;
+  }
+
+  /**
+   * What `GET /api/webrtc` on the bridge says (`{ iceServers, appid }`), or null when the bridge
+   * cannot be asked. `url` defaults to the client's hub URL.
+   */
+  async fetchWebRtcSettings() {
+    const u = new URL(this.url);
+    u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+    u.pathname = '/api/webrtc';
+    u.search = '';
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), ICE_FETCH_TIMEOUT_MS);
+    try {
+      const res = await fetch(u.href, { signal: abort.signal, cache: 'no-store' });
+      return res.ok ? await res.json() : null;
+    } catch {
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async _iceServers() {
+    if (Array.isArray(this._iceServersOption)) return this._iceServersOption;
+    const settings = await this.fetchWebRtcSettings();
+    return Array.isArray(settings?.iceServers) ? settings.iceServers : [];
   }
 
   static _defaultUrl() {
@@ -411,6 +633,7 @@ export class RtmClient extends Emitter {
         inv.state = 'FAILURE';
         inv.emit('RemoteInvitationFailure', 'PEER_OFFLINE');
       }
+      inv._endCall('CONNECTION_LOST');
     }
   }
 
@@ -441,6 +664,11 @@ export class RtmClient extends Emitter {
         return;
       case 'peer_message':
         this.emit('MessageFromPeer', { text: msg.text, messageType: 'TEXT' }, msg.from, {});
+        if (isEndCall(msg.text)) {
+          for (const inv of [...this._invitations.values()]) {
+            if (inv.peerId === msg.from && inv._isAccepted()) inv._endCall('REMOTE_HANGUP');
+          }
+        }
         return;
       case 'peers_status':
         this.emit('PeersOnlineStatusChanged', msg.status ?? {});

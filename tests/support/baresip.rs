@@ -282,6 +282,16 @@ impl Baresip {
         }
     }
 
+    /// Sends DTMF digits in the current call (`sndcode`: RFC 4733 telephone-events when the call
+    /// negotiated them). The far end sees them; this phone reports received ones as
+    /// `CALL_DTMF_START` events with the digit as `param`.
+    pub async fn send_dtmf(&self, digits: &str) {
+        if let Err(e) = self.command("sndcode", digits).await {
+            self.print_log();
+            panic!("baresip {} sndcode {digits} failed: {e}", self.account);
+        }
+    }
+
     /// Answers the ringing incoming call.
     pub async fn accept(&self) {
         if let Err(e) = self.command("accept", "").await {

@@ -1,0 +1,209 @@
+// Drives the web-demo softphone page in headless Chromium for the Rust tests (tests/browser_*.rs).
+// Usage: node tests/browser/softphone.mjs <fake-mic.wav> [deny-mic]
+// Reads one JSON command per line on stdin, answers each with one JSON line on stdout
+// ({"ok":true,...} or {"ok":false,"error":"..."}). The fake microphone plays the WAV in a loop.
+import { chromium } from 'playwright-core';
+import { createInterface } from 'node:readline';
+import { writeFileSync } from 'node:fs';
+
+const micWav = process.argv[2];
+if (!micWav) {
+  console.error('usage: softphone.mjs <fake-mic.wav>');
+  process.exit(2);
+}
+
+// deny-mic: the user refuses the microphone prompt.
+const denyMic = process.argv[3] === 'deny-mic';
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu',
+    ...(denyMic ? [] : ['--use-fake-ui-for-media-stream']), '--use-fake-device-for-media-stream',
+    `--use-file-for-fake-audio-capture=${micWav}`,
+    '--disable-background-networking', '--allow-loopback-in-peer-connection',
+    '--autoplay-policy=no-user-gesture-required',
+  ],
+});
+const context = await browser.newContext({ viewport: { width: 400, height: 800 }, deviceScaleFactor: 2 });
+if (denyMic) await context.clearPermissions();
+const page = await context.newPage();
+const pageErrors = [];
+page.on('pageerror', (e) => pageErrors.push(e.message));
+page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`); });
+
+const visible = (sel) => page.locator(sel).isVisible();
+
+async function state() {
+  return page.evaluate(() => {
+    const d = window.srbridgeDemo;
+    const text = (id) => document.getElementById(id)?.textContent ?? '';
+    return {
+      phase: d?.phase,
+      lastError: d?.lastError,
+      banner: document.getElementById('error-banner').hidden ? '' : text('error-text'),
+      mediaState: d?.call?.mediaState ?? null,
+      lastEnd: d?.lastEnd ?? null,
+      dtmfReceived: d?.dtmfReceived ?? '',
+      dtmfSent: d?.dtmfSent ?? '',
+      peer: text('call-peer'),
+      callState: text('call-state'),
+      timer: text('call-timer'),
+      incomingNumber: text('incoming-number'),
+      connection: document.getElementById('conn-pill').dataset.state,
+      hasRemoteStream: Boolean(d?.remoteStream),
+      muted: Boolean(d?.call?.muted),
+    };
+  });
+}
+
+async function waitUntil(pred, timeoutMs, what) {
+  const deadline = Date.now() + (timeoutMs ?? 15000);
+  let s = await state();
+  while (!pred(s)) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(s)}`);
+    await new Promise((r) => setTimeout(r, 100));
+    s = await state();
+  }
+  return s;
+}
+
+// Records the remote stream (what the speaker plays) for `ms` and writes a 16-bit mono WAV.
+async function record(path, ms) {
+  const { rate, b64 } = await page.evaluate(async (ms) => {
+    const stream = window.srbridgeDemo.remoteStream;
+    if (!stream) throw new Error('no remote stream');
+    const ctx = new AudioContext({ sampleRate: 48000 });
+    await ctx.resume();
+    const src = ctx.createMediaStreamSource(stream);
+    const proc = ctx.createScriptProcessor(4096, 1, 1);
+    const mute = ctx.createGain();
+    mute.gain.value = 0;
+    const chunks = [];
+    proc.onaudioprocess = (ev) => chunks.push(new Float32Array(ev.inputBuffer.getChannelData(0)));
+    src.connect(proc);
+    proc.connect(mute);
+    mute.connect(ctx.destination);
+    await new Promise((r) => setTimeout(r, ms));
+    proc.disconnect();
+    src.disconnect();
+    await ctx.close();
+    const n = chunks.reduce((a, c) => a + c.length, 0);
+    const pcm = new Int16Array(n);
+    let i = 0;
+    for (const c of chunks) for (const v of c) pcm[i++] = Math.max(-32768, Math.min(32767, Math.round(v * 32767)));
+    const bytes = new Uint8Array(pcm.buffer);
+    let bin = '';
+    for (let j = 0; j < bytes.length; j += 0x8000) bin += String.fromCharCode(...bytes.subarray(j, j + 0x8000));
+    return { rate: ctx.sampleRate, b64: btoa(bin) };
+  }, ms);
+  const data = Buffer.from(b64, 'base64');
+  const header = Buffer.alloc(44);
+  header.write('RIFF', 0);
+  header.writeUInt32LE(36 + data.length, 4);
+  header.write('WAVE', 8);
+  header.write('fmt ', 12);
+  header.writeUInt32LE(16, 16);
+  header.writeUInt16LE(1, 20); // PCM
+  header.writeUInt16LE(1, 22); // mono
+  header.writeUInt32LE(rate, 24);
+  header.writeUInt32LE(rate * 2, 28);
+  header.writeUInt16LE(2, 32);
+  header.writeUInt16LE(16, 34);
+  header.write('data', 36);
+  header.writeUInt32LE(data.length, 40);
+  writeFileSync(path, Buffer.concat([header, data]));
+  return { rate, seconds: data.length / 2 / rate };
+}
+
+const commands = {
+  async goto({ url }) {
+    await page.goto(url);
+    await page.waitForFunction(() => window.srbridgeDemoReady === true);
+    return {};
+  },
+  async login({ uid, appid }) {
+    await page.fill('#uid', uid);
+    if (appid !== undefined) await page.fill('#appid', appid);
+    await page.click('#login-btn');
+    return waitUntil((s) => s.phase !== 'logged-out' || s.banner, 15000, 'login');
+  },
+  async dial({ number }) {
+    // Type it on the dial pad, as a user would.
+    for (const key of number) await page.click(`.key[data-key="${key}"]`);
+    await page.click('#call-btn');
+    return state();
+  },
+  async dialTyped({ number }) {
+    await page.fill('#number', number);
+    await page.press('#number', 'Enter');
+    return state();
+  },
+  async key({ key }) {
+    await page.click(`.key[data-key="${key}"]`);
+    return state();
+  },
+  async click({ selector }) {
+    await page.click(selector);
+    return state();
+  },
+  async waitPhase({ phase, timeoutMs }) {
+    return waitUntil((s) => s.phase === phase, timeoutMs, `phase ${phase}`);
+  },
+  async waitMedia({ mediaState, timeoutMs }) {
+    return waitUntil((s) => s.mediaState === mediaState, timeoutMs, `media ${mediaState}`);
+  },
+  async waitBanner({ timeoutMs }) {
+    return waitUntil((s) => s.banner !== '', timeoutMs, 'an error message');
+  },
+  async waitDtmf({ digits, timeoutMs }) {
+    return waitUntil((s) => s.dtmfReceived.includes(digits), timeoutMs, `DTMF ${digits}`);
+  },
+  async incoming({ timeoutMs }) {
+    await page.locator('#incoming').waitFor({ state: 'visible', timeout: timeoutMs ?? 15000 });
+    return state();
+  },
+  async visible({ selector }) {
+    return { visible: await visible(selector) };
+  },
+  async meters() {
+    // Percent widths of the two level meters, sampled over a second (max).
+    let mic = 0; let spk = 0;
+    for (let i = 0; i < 10; i++) {
+      const w = await page.evaluate(() => [
+        parseFloat(document.getElementById('mic-level').style.width) || 0,
+        parseFloat(document.getElementById('spk-level').style.width) || 0,
+      ]);
+      mic = Math.max(mic, w[0]);
+      spk = Math.max(spk, w[1]);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return { mic, spk };
+  },
+  record({ path, ms }) { return record(path, ms); },
+  async screenshot({ path }) {
+    await page.mouse.move(0, 0); // no hover highlight in the picture
+    await page.screenshot({ path, fullPage: true });
+    return {};
+  },
+  state() { return state(); },
+  errors() { return { pageErrors }; },
+};
+
+const rl = createInterface({ input: process.stdin });
+for await (const line of rl) {
+  if (!line.trim()) continue;
+  let msg;
+  try { msg = JSON.parse(line); } catch { console.log(JSON.stringify({ ok: false, error: `bad JSON: ${line}` })); continue; }
+  if (msg.cmd === 'close') break;
+  const fn = commands[msg.cmd];
+  try {
+    if (!fn) throw new Error(`unknown command ${msg.cmd}`);
+    const result = await fn(msg);
+    console.log(JSON.stringify({ ok: true, ...result }));
+  } catch (e) {
+    let s = null;
+    try { s = await state(); } catch { /* page gone */ }
+    console.log(JSON.stringify({ ok: false, error: String(e.message ?? e), state: s, pageErrors }));
+  }
+}
+await browser.close();
