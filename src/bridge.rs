@@ -196,6 +196,7 @@ async fn drive_dialog(mut call: SipCall, mut remote: SipLegRemote) {
                     SipLegCommand::Reject { code, reason } => call.reject(code, &reason),
                     SipLegCommand::Cancel => call.cancel().await,
                     SipLegCommand::Bye => call.bye().await,
+                    SipLegCommand::Dtmf(digit) => call.send_dtmf_info(digit).await,
                 };
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "SIP command not carried out");

@@ -237,6 +237,34 @@ async fn dtmf_both_ways() {
     peer.close().await;
 }
 
+#[tokio::test]
+async fn dtmf_as_sip_info_when_configured() {
+    let rig = rig_with("dtmf_mode = \"info\"").await;
+    let (phone, _dir) = phone(&rig.pbx, "1008", true, 440.0).await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    alice.invite("i1", "1008", "").await;
+    let alice = Arc::new(alice);
+    let mut peer = BrowserPeer::offer(
+        Arc::clone(&alice),
+        "i1",
+        vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+    )
+    .await;
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    peer.wait_connected().await;
+    // The browser's telephone-events and the JSON fallback leave as INFO requests only (no
+    // RFC 4733 is sent in this mode), and the phone reads each key.
+    peer.press("3*");
+    let first = phone.wait_for("CALL_DTMF_START", T).await;
+    let second = phone.wait_for("CALL_DTMF_START", T).await;
+    assert_eq!((first.param.as_str(), second.param.as_str()), ("3", "*"));
+    send_media(&alice, "i1", json!({"kind": "dtmf", "digit": "8"}));
+    assert_eq!(phone.wait_for("CALL_DTMF_START", T).await.param, "8");
+    end_call(&alice, "1008");
+    phone.wait_for("CALL_CLOSED", T).await;
+    peer.close().await;
+}
+
 /// Opus call to `account`, connected and flowing.
 async fn connected_call(
     rig: &Rig,

@@ -909,6 +909,9 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
                         let uid = self.call.uid().to_string();
                         self.browser().media(&uid, &self.call_id, payload);
                     }
+                    Some(MediaEvent::SipDtmf(digit)) => {
+                        self.send_leg(SipLegCommand::Dtmf(digit));
+                    }
                     Some(MediaEvent::Failed(why)) => {
                         tracing::warn!(error = %why, "media failed");
                         self.feed(Event::MediaFailed);

@@ -105,6 +105,8 @@ pub enum SipLegCommand {
     Cancel,
     /// BYE the dialog.
     Bye,
+    /// Send a DTMF key as SIP INFO (`application/dtmf-relay`).
+    Dtmf(char),
 }
 
 /// A SIP dialog as the call layer drives it: events in, commands out.
@@ -195,6 +197,8 @@ pub enum MediaEvent {
     ToBrowser(serde_json::Value),
     /// The media path died (ICE failed, DTLS closed, RTP timeout): the call ends.
     Failed(String),
+    /// A browser key to send to the SIP side as an INFO request (`media.dtmf_mode = "info"`).
+    SipDtmf(char),
 }
 
 /// One call's media: SDP for the SIP leg, signalling for the browser leg, and the pipeline between.

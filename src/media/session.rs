@@ -133,6 +133,7 @@ impl MediaFactory for SessionFactory {
                 events: events_tx,
                 settings: webrtc_settings(&config),
                 recording,
+                dtmf_info: config.media.dtmf_mode == crate::config::DtmfMode::Info,
                 browser: None,
                 drain: Some(drain),
                 tasks: Vec::new(),
@@ -176,6 +177,8 @@ pub struct Session {
     last_answer: Option<String>,
     negotiated: Option<Negotiated>,
     events: mpsc::Sender<MediaEvent>,
+    /// `media.dtmf_mode = "info"`: browser keys go to the SIP side as INFO requests.
+    dtmf_info: bool,
     settings: WebRtcSettings,
     recording: Option<(std::path::PathBuf, RecordingMode)>,
     browser: Option<BrowserSide>,
@@ -312,6 +315,7 @@ impl Session {
                 return;
             }
         };
+        up.send_digits_as_info(self.dtmf_info);
         if let Some(n) = &self.negotiated {
             let p = SipParams::from_negotiated(n);
             up.set_sip(p);
@@ -337,6 +341,7 @@ impl Session {
             up,
             up_rx,
             tap.clone(),
+            self.events.clone(),
         )));
         self.tasks.push(tokio::spawn(downlink_task(
             Arc::clone(&self.leg),
@@ -447,6 +452,7 @@ async fn uplink_task(
     mut up: Uplink,
     mut control: mpsc::UnboundedReceiver<UpControl>,
     tap: Option<RecorderTap>,
+    events: mpsc::Sender<MediaEvent>,
 ) {
     let start = Instant::now();
     let mut tick = ticker();
@@ -477,6 +483,10 @@ async fn uplink_task(
                 if let Some(packet) = frame.packet {
                     // No remote yet, or a transient socket error: the next tick tries again.
                     let _ = sip.send(packet).await;
+                }
+                if let Some(digit) = up.take_info_digit() {
+                    // At most one key per tick; a full queue drops it (counted by the call).
+                    let _ = events.try_send(MediaEvent::SipDtmf(digit));
                 }
             }
         }

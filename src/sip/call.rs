@@ -205,6 +205,23 @@ impl SipCall {
         Ok(())
     }
 
+    /// Sends one DTMF key as an INFO request with an `application/dtmf-relay` body (the form
+    /// FreeSWITCH and most phones read), 160 ms long. Only in an established dialog.
+    pub async fn send_dtmf_info(&self, digit: char) -> Result<(), SipError> {
+        if !self.shared.answered.load(Ordering::SeqCst) {
+            return Err(self.invalid("dtmf"));
+        }
+        let body = format!("Signal={digit}\r\nDuration=160\r\n");
+        let headers = vec![Header::ContentType("application/dtmf-relay".into())];
+        let response = self
+            .dialog
+            .info(Some(headers), Some(body.into_bytes()))
+            .await
+            .map_err(|e| SipError::Stack(e.to_string()))?;
+        info!(call_id = %self.log_id, %digit, code = ?response.map(|r| r.status_code.code()), "DTMF sent as INFO");
+        Ok(())
+    }
+
     /// Outgoing: CANCEL the unanswered INVITE (a `Failed 487` and `Terminated` follow).
     pub async fn cancel(&self) -> Result<(), SipError> {
         if self.direction != CallDirection::Outgoing {

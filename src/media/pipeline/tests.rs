@@ -391,3 +391,25 @@ fn relayed_g711_to_the_browser_keeps_the_bytes() {
     assert_eq!(got, sent);
     assert_eq!(PipelineCounters::get(&c.relayed), 10);
 }
+
+#[test]
+fn in_info_mode_keys_are_handed_out_once_and_never_sent_as_rfc4733() {
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, counters()).unwrap();
+    up.set_sip(sip(Codec::Pcmu));
+    up.send_digits_as_info(true);
+    for (i, end) in [false, true, true, true].into_iter().enumerate() {
+        up.push(TE48, 100 + i as u16, 48_000, 9, &te_payload(4, end, 960), 0);
+    }
+    assert!(up.queue_digit('#'));
+    let mut keys = Vec::new();
+    for _ in 0..10 {
+        let (pt, ..) = parse(up.tick().packet.unwrap());
+        assert_eq!(pt, 0, "only audio goes out in RTP");
+        keys.extend(up.take_info_digit());
+    }
+    assert_eq!(keys, ['4', '#']);
+    // RFC 4733 mode hands nothing out.
+    up.send_digits_as_info(false);
+    assert!(up.queue_digit('1'));
+    assert_eq!(up.take_info_digit(), None);
+}

@@ -45,6 +45,8 @@ pub struct Uplink {
     timestamp: u32,
     marker: bool,
     digits: DigitQueue,
+    /// `media.dtmf_mode = "info"`: keys leave through [`Uplink::take_info_digit`], not RTP.
+    info_digits: bool,
     event: Option<(DtmfEvent, u32, u8)>,
     payload: Box<[u8]>,
     pcm: [i16; FRAME],
@@ -80,6 +82,7 @@ impl Uplink {
             timestamp: rand::random(),
             marker: true,
             digits: DigitQueue::default(),
+            info_digits: false,
             event: None,
             payload: vec![0u8; MAX_PAYLOAD].into_boxed_slice(),
             pcm: [0; FRAME],
@@ -103,6 +106,20 @@ impl Uplink {
     /// The SSRC of the stream toward the PBX.
     pub fn ssrc(&self) -> u32 {
         self.ssrc
+    }
+
+    /// Sends keys as SIP INFO instead of RFC 4733: the caller takes them with
+    /// [`Uplink::take_info_digit`] after each tick.
+    pub fn send_digits_as_info(&mut self, on: bool) {
+        self.info_digits = on;
+    }
+
+    /// The next key for a SIP INFO, when keys go that way.
+    pub fn take_info_digit(&mut self) -> Option<char> {
+        if !self.info_digits {
+            return None;
+        }
+        self.digits.pop().and_then(crate::media::rtp::dtmf_char)
     }
 
     /// Queues a DTMF key (`0-9*#A-D`) to send toward SIP; false for anything else or when the
@@ -198,7 +215,7 @@ impl Uplink {
                 pcm: &self.pcm,
             };
         };
-        if self.event.is_none() {
+        if self.event.is_none() && !self.info_digits {
             if let Some(dtmf_pt) = sip.dtmf_pt {
                 if let Some(event) = self.digits.pop() {
                     let ev =
