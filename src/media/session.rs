@@ -6,6 +6,7 @@
 //! Media signalling with the browser is `docs/protocol.md` "Media": the browser always offers.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg};
 use crate::media::webrtc_leg::{
     IceServer, InboundRtp, LegEvent, LegState, WebRtcLeg, WebRtcSettings,
 };
+use crate::ops::metrics::{metrics, ErrorKind};
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
 
 /// The pipeline's tick: one 20 ms frame per direction.
@@ -119,6 +121,11 @@ impl MediaFactory for SessionFactory {
         });
         let (events_tx, events) = mpsc::channel(64);
         let drain = tokio::spawn(drain_rtp(Arc::clone(&leg)));
+        let published = Arc::new(PublishedRtp::default());
+        let stats = tokio::spawn(publish_rtp_every_second(
+            Arc::clone(&leg),
+            Arc::clone(&published),
+        ));
         tracing::debug!(call_id, rtp = %leg.local_addr(), "SIP-side RTP leg bound");
         Ok((
             Session {
@@ -136,7 +143,8 @@ impl MediaFactory for SessionFactory {
                 dtmf_info: config.media.dtmf_mode == crate::config::DtmfMode::Info,
                 browser: None,
                 drain: Some(drain),
-                tasks: Vec::new(),
+                tasks: vec![stats],
+                published,
                 counters: Arc::new(PipelineCounters::default()),
             },
             events,
@@ -177,6 +185,8 @@ pub struct Session {
     last_answer: Option<String>,
     negotiated: Option<Negotiated>,
     events: mpsc::Sender<MediaEvent>,
+    /// What of the SIP leg's counters `/metrics` already has.
+    published: Arc<PublishedRtp>,
     /// `media.dtmf_mode = "info"`: browser keys go to the SIP side as INFO requests.
     dtmf_info: bool,
     settings: WebRtcSettings,
@@ -438,6 +448,51 @@ async fn leg_events(
     }
 }
 
+/// The SIP leg's counters as last added to the process metrics, so each packet counts once.
+#[derive(Debug, Default)]
+struct PublishedRtp {
+    packets_in: AtomicU64,
+    bytes_in: AtomicU64,
+    packets_out: AtomicU64,
+    bytes_out: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// Adds what the SIP leg counted since the last call to `/metrics` (packets and bytes per
+/// direction: sent to the PBX is web→SIP, received from it SIP→web; malformed datagrams as
+/// `errors{kind="rtp"}`).
+fn publish_rtp(leg: &RtpLeg, published: &PublishedRtp) {
+    let c = leg.counters();
+    let delta = |now: &AtomicU64, seen: &AtomicU64| {
+        let now = now.load(Ordering::Relaxed);
+        now.saturating_sub(seen.swap(now, Ordering::Relaxed))
+    };
+    let m = metrics();
+    m.rtp_packets
+        .web_to_sip
+        .add(delta(&c.packets_out, &published.packets_out));
+    m.rtp_bytes
+        .web_to_sip
+        .add(delta(&c.bytes_out, &published.bytes_out));
+    m.rtp_packets
+        .sip_to_web
+        .add(delta(&c.packets_in, &published.packets_in));
+    m.rtp_bytes
+        .sip_to_web
+        .add(delta(&c.bytes_in, &published.bytes_in));
+    for _ in 0..delta(&c.dropped_malformed, &published.malformed) {
+        m.error(ErrorKind::Rtp);
+    }
+}
+
+async fn publish_rtp_every_second(leg: Arc<RtpLeg>, published: Arc<PublishedRtp>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        publish_rtp(&leg, &published);
+    }
+}
+
 fn ticker() -> tokio::time::Interval {
     let mut t = tokio::time::interval(TICK);
     // Catch up after a stall: 50 frames a second, always, so sample counts follow wall time.
@@ -476,7 +531,9 @@ async fn uplink_task(
                 None => rtp_open = false,
             },
             _ = tick.tick() => {
+                let started = std::time::Instant::now();
                 let frame = up.tick();
+                metrics().transcode.web_to_sip.observe(started.elapsed());
                 if let Some(tap) = &tap {
                     tap.record(Side::Browser, frame.pcm);
                 }
@@ -524,7 +581,10 @@ async fn downlink_task(
                 Err(_) => tokio::time::sleep(TICK).await,
             },
             _ = tick.tick() => {
-                if let Ok(frame) = down.tick() {
+                let started = std::time::Instant::now();
+                let frame = down.tick();
+                metrics().transcode.sip_to_web.observe(started.elapsed());
+                if let Ok(frame) = frame {
                     if let Some(tap) = &tap {
                         tap.record(Side::Sip, frame.pcm);
                     }
@@ -598,6 +658,7 @@ impl CallMedia for Session {
     }
 
     fn close(&mut self) {
+        publish_rtp(&self.leg, &self.published);
         if let Some(drain) = self.drain.take() {
             drain.abort();
         }
