@@ -151,6 +151,8 @@ async fn web_to_sip_opus_tone_both_ways_and_everything_released() {
         ("srbridge_rtp_bytes_total", "web_to_sip"),
         ("srbridge_transcode_seconds_count", "web_to_sip"),
         ("srbridge_transcode_seconds_count", "sip_to_web"),
+        ("srbridge_rtp_jitter_seconds_count", "web_to_sip"),
+        ("srbridge_rtp_jitter_seconds_count", "sip_to_web"),
     ] {
         let value = metric_value(&metrics, name, direction);
         assert!(

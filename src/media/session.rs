@@ -26,6 +26,7 @@ use crate::media::webrtc_leg::{
     IceServer, InboundRtp, LegEvent, LegState, WebRtcLeg, WebRtcSettings,
 };
 use crate::ops::metrics::{metrics, ErrorKind};
+use crate::ops::Direction as OpsDirection;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
 
 /// The pipeline's tick: one 20 ms frame per direction.
@@ -448,6 +449,32 @@ async fn leg_events(
     }
 }
 
+/// Feeds `srbridge_rtp_lost_total` and `srbridge_rtp_jitter_seconds` from a pipeline's jitter
+/// buffer once a second (every 50 ticks), so the hot path only counts.
+#[derive(Debug, Default)]
+struct JitterReport {
+    ticks: u32,
+    lost: u64,
+}
+
+impl JitterReport {
+    fn tick(&mut self, (lost, jitter_ms): (u64, u32), direction: OpsDirection) {
+        self.ticks += 1;
+        if self.ticks < 50 {
+            return;
+        }
+        self.ticks = 0;
+        let m = metrics();
+        m.rtp_lost
+            .get(direction)
+            .add(lost.saturating_sub(self.lost));
+        self.lost = lost;
+        m.rtp_jitter
+            .get(direction)
+            .observe(Duration::from_millis(u64::from(jitter_ms)));
+    }
+}
+
 /// The SIP leg's counters as last added to the process metrics, so each packet counts once.
 #[derive(Debug, Default)]
 struct PublishedRtp {
@@ -511,6 +538,7 @@ async fn uplink_task(
 ) {
     let start = Instant::now();
     let mut tick = ticker();
+    let mut report = JitterReport::default();
     let mut rtp_open = true;
     loop {
         tokio::select! {
@@ -531,6 +559,7 @@ async fn uplink_task(
                 None => rtp_open = false,
             },
             _ = tick.tick() => {
+                report.tick(up.jitter_report(), OpsDirection::WebToSip);
                 let started = std::time::Instant::now();
                 let frame = up.tick();
                 metrics().transcode.web_to_sip.observe(started.elapsed());
@@ -561,6 +590,7 @@ async fn downlink_task(
 ) {
     let start = Instant::now();
     let mut tick = ticker();
+    let mut report = JitterReport::default();
     let mut buf = [0u8; 1500];
     loop {
         tokio::select! {
@@ -581,6 +611,7 @@ async fn downlink_task(
                 Err(_) => tokio::time::sleep(TICK).await,
             },
             _ = tick.tick() => {
+                report.tick(down.jitter_report(), OpsDirection::SipToWeb);
                 let started = std::time::Instant::now();
                 let frame = down.tick();
                 metrics().transcode.sip_to_web.observe(started.elapsed());

@@ -380,6 +380,11 @@ impl BrowserToSip {
         self.jitter.stats()
     }
 
+    /// The incoming stream's inter-arrival jitter estimate, in milliseconds.
+    pub fn jitter_ms(&self) -> u32 {
+        self.jitter.jitter_ms()
+    }
+
     /// Packets libopus could not decode (concealed instead).
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors

@@ -85,6 +85,11 @@ impl Downlink {
         self.dtmf_pt = params.dtmf_pt;
     }
 
+    /// Packets from the PBX the jitter buffer gave up on, and its inter-arrival jitter (ms).
+    pub fn jitter_report(&self) -> (u64, u32) {
+        (self.jitter.stats().lost, self.jitter.jitter_ms())
+    }
+
     /// SSRC of the stream to the browser.
     pub fn ssrc(&self) -> u32 {
         self.clock.ssrc

@@ -103,6 +103,14 @@ impl Uplink {
         self.sip = Some(params);
     }
 
+    /// Packets from the browser the jitter buffer gave up on, and its inter-arrival jitter (ms).
+    pub fn jitter_report(&self) -> (u64, u32) {
+        match &self.decode {
+            Decode::Opus(t) => (t.jitter_stats().lost, t.jitter_ms()),
+            Decode::G711 { jitter, .. } => (jitter.stats().lost, jitter.jitter_ms()),
+        }
+    }
+
     /// The SSRC of the stream toward the PBX.
     pub fn ssrc(&self) -> u32 {
         self.ssrc
