@@ -13,7 +13,6 @@ use std::time::Duration;
 use driver::Page;
 use serde_json::json;
 use srbridge::bridge::Bridge;
-use srbridge::config::Config;
 use support::{
     assert_wav_tone, audio, ports, read_wav, write_tone_wav, Baresip, BaresipOptions, Pbx,
 };
@@ -29,38 +28,9 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
-    let pbx = Pbx::start().await;
-    let rtp = ports::free_port_range(40);
-    let text = format!(
-        r#"
-[global]
-appid = "{APPID}"
-sip_svr = "{pbx}"
-sip_local_port = 0
-[rtm2sip]
-on = true
-acc_rule = "10[01-19]"
-[proxy]
-on = true
-sip_account = "1000"
-sip_pwd = "1234"
-rtm_account = "bridge"
-[sip]
-listen_ip = "127.0.0.1"
-options_interval = 0
-[media]
-rtp_port_min = {rtp}
-rtp_port_max = {rtp_max}
-[http]
-listen = "127.0.0.1:0"
-"#,
-        pbx = pbx.addr(),
-        rtp_max = rtp + 39,
-    );
-    let config = Config::from_toml_str(Path::new("browser.toml"), &text).expect("config");
-    let bridge = Bridge::start(config).await.expect("bridge starts");
-    pbx.wait_registered("1000", T).await;
-    let base = format!("http://{}", bridge.http_addr());
+    let support::rig::BridgeRig {
+        pbx, bridge, base, ..
+    } = support::rig::start_bridge(APPID, "", "", 40).await;
     Rig {
         pbx,
         bridge,

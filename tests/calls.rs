@@ -7,54 +7,16 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use srbridge::bridge::Bridge;
-use srbridge::config::Config;
 use support::sipp;
-use support::{ports, Baresip, Pbx, WsClient};
+use support::{Baresip, Pbx, WsClient};
 
 const APPID: &str = "calls-test";
 const T: Duration = Duration::from_secs(15);
 
-struct Rig {
-    pbx: Pbx,
-    bridge: Bridge,
-    url: String,
-}
+type Rig = support::rig::BridgeRig;
 
-async fn rig_with(extra: &str) -> Rig {
-    let pbx = Pbx::start().await;
-    let rtp = ports::free_port_range(40);
-    let text = format!(
-        r#"
-[global]
-appid = "{APPID}"
-sip_svr = "{pbx}"
-sip_local_port = 0
-[rtm2sip]
-on = true
-acc_rule = "10[01-19]"
-[proxy]
-on = true
-sip_account = "1000"
-sip_pwd = "1234"
-rtm_account = "bridge"
-[sip]
-listen_ip = "127.0.0.1"
-options_interval = 0
-{extra}
-[media]
-rtp_port_min = {rtp}
-rtp_port_max = {rtp_max}
-[http]
-listen = "127.0.0.1:0"
-"#,
-        pbx = pbx.addr(),
-        rtp_max = rtp + 39,
-    );
-    let config = Config::from_toml_str(std::path::Path::new("calls.toml"), &text).expect("config");
-    let bridge = Bridge::start(config).await.expect("bridge starts");
-    pbx.wait_registered("1000", T).await;
-    let url = format!("ws://{}/ws", bridge.http_addr());
-    Rig { pbx, bridge, url }
+async fn rig_with(sip_extra: &str) -> Rig {
+    support::rig::start_bridge(APPID, sip_extra, "", 40).await
 }
 
 async fn rig() -> Rig {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use srbridge::bridge::Bridge;
-use srbridge::config::Config;
 use srbridge::media::webrtc_leg::LegCodec;
 use support::webrtc_peer::{send_media, wait_media, BrowserPeer};
 use support::{assert_tone, assert_wav_tone, ports, Baresip, BaresipOptions, Pbx, WsClient};
@@ -17,47 +16,10 @@ use support::{assert_tone, assert_wav_tone, ports, Baresip, BaresipOptions, Pbx,
 const APPID: &str = "media-test";
 const T: Duration = Duration::from_secs(15);
 
-struct Rig {
-    pbx: Pbx,
-    bridge: Bridge,
-    url: String,
-}
+type Rig = support::rig::BridgeRig;
 
 async fn rig_with(media_extra: &str) -> Rig {
-    let pbx = Pbx::start().await;
-    let rtp = ports::free_port_range(20);
-    let text = format!(
-        r#"
-[global]
-appid = "{APPID}"
-sip_svr = "{pbx}"
-sip_local_port = 0
-[rtm2sip]
-on = true
-acc_rule = "10[01-19]"
-[proxy]
-on = true
-sip_account = "1000"
-sip_pwd = "1234"
-rtm_account = "bridge"
-[sip]
-listen_ip = "127.0.0.1"
-options_interval = 0
-[media]
-rtp_port_min = {rtp}
-rtp_port_max = {rtp_max}
-{media_extra}
-[http]
-listen = "127.0.0.1:0"
-"#,
-        pbx = pbx.addr(),
-        rtp_max = rtp + 19,
-    );
-    let config = Config::from_toml_str(std::path::Path::new("media.toml"), &text).expect("config");
-    let bridge = Bridge::start(config).await.expect("bridge starts");
-    pbx.wait_registered("1000", T).await;
-    let url = format!("ws://{}/ws", bridge.http_addr());
-    Rig { pbx, bridge, url }
+    support::rig::start_bridge(APPID, "", media_extra, 20).await
 }
 
 /// A phone playing `hz` (12 s: baresip hangs up when its file ends).

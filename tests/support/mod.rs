@@ -17,6 +17,7 @@ pub mod baresip;
 pub mod pbx;
 pub mod ports;
 mod process;
+pub mod rig;
 pub mod sipp;
 pub mod webrtc_peer;
 pub mod ws;
