@@ -290,7 +290,6 @@ pub struct Bridge {
     config: ConfigWatch,
     /// Set when this bridge owns its config (started with [`Bridge::start`]).
     config_tx: Option<watch::Sender<Arc<Config>>>,
-    lifecycle: Lifecycle,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     media_ports: Arc<crate::media::rtp_leg::PortAllocator>,
@@ -405,7 +404,6 @@ impl Bridge {
             calls,
             config,
             config_tx: None,
-            lifecycle,
             stop,
             tasks,
             media_ports,
@@ -474,15 +472,6 @@ impl Bridge {
         if let Some(tx) = &self.config_tx {
             tx.send_replace(Arc::new(config));
         }
-    }
-
-    /// Refuses new calls from now on (SIP 503, invitations `DRAINING`) and waits up to `limit`
-    /// for the calls in progress; returns how many were still there.
-    pub async fn drain(&self, limit: Duration) -> usize {
-        self.lifecycle.start_drain();
-        self.hub.set_accepting(false);
-        self.sip.set_accepting(false);
-        self.calls.wait_idle(limit).await
     }
 
     /// Ends the calls still in progress (BYE/CANCEL/480 as their state needs), unregisters,

@@ -628,11 +628,6 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         self.inner.lifecycle.start_drain();
     }
 
-    /// Whether new calls are being refused.
-    pub fn is_draining(&self) -> bool {
-        self.inner.lifecycle.is_draining()
-    }
-
     /// Hangs up every call in progress (as if each browser went away: BYE, CANCEL or 480 as the
     /// call's state needs) and waits up to `limit` for them to end; returns how many remain.
     pub async fn end_all(&self, limit: Duration) -> usize {

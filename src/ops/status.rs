@@ -4,7 +4,6 @@
 use serde::Serialize;
 
 use super::Direction;
-use crate::config::Config;
 
 /// Implemented by whatever knows the live state (the SIP stack and call registry). Called
 /// once per status request, off the media path; keep it cheap (copy out, no I/O).
@@ -138,48 +137,4 @@ pub struct StatusResponse {
     /// The rest.
     #[serde(flatten)]
     pub snapshot: StatusSnapshot,
-}
-
-/// Status from the config alone: used until the SIP and call parts supply a real source,
-/// and as a sensible shape for their tests.
-pub struct ConfigStatus {
-    registration: RegistrationStatus,
-    pbx: PbxStatus,
-}
-
-impl ConfigStatus {
-    /// Unregistered (or disabled), PBX reachability unknown, no calls, no users.
-    pub fn new(config: &Config) -> Self {
-        ConfigStatus {
-            registration: RegistrationStatus {
-                state: if config.proxy.is_some() {
-                    RegistrationState::Unregistered
-                } else {
-                    RegistrationState::Disabled
-                },
-                account: config.proxy.as_ref().map(|p| p.sip_account.clone()),
-                last_error: None,
-            },
-            pbx: PbxStatus {
-                address: config.global.sip_svr.to_string(),
-                reachable: Reachability::Unknown,
-                rtt_ms: None,
-            },
-        }
-    }
-}
-
-impl StatusSource for ConfigStatus {
-    fn snapshot(&self) -> StatusSnapshot {
-        StatusSnapshot {
-            registration: self.registration.clone(),
-            pbx: self.pbx.clone(),
-            calls: Vec::new(),
-            users_logged_in: 0,
-        }
-    }
-
-    fn call(&self, _id: &str) -> Option<CallStatus> {
-        None
-    }
 }
