@@ -456,7 +456,8 @@ impl Bridge {
         self.calls.get(id)
     }
 
-    /// SIP-side RTP port pairs held by calls (0 when every call released its media).
+    /// RTP port pairs held by calls: SIP legs, and browser legs when they share the RTP range
+    /// (no `[media] webrtc_port_min/max`). 0 when every call released its media.
     pub fn media_ports_in_use(&self) -> usize {
         self.media_ports.in_use()
     }

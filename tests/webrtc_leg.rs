@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use srbridge::media::jitter::JitterConfig;
 use srbridge::media::opus::{OpusEncoderConfig, FRAME_SAMPLES, MAX_OPUS_PACKET, PCM_RATE};
+use srbridge::media::rtp_leg::{PortAllocator, PortRange};
 use srbridge::media::transcode::{BrowserToSip, Linear16, RtpClock, SampleCodec, SipToBrowser};
 use srbridge::media::webrtc_leg::{
     LegChannels, LegCodec, LegEvent, LegState, WebRtcLeg, WebRtcLegError, WebRtcSettings,
@@ -296,7 +297,7 @@ async fn bad_offers_and_candidates_are_clear_errors() {
 async fn candidates_use_the_configured_port_range() {
     let base = support::ports::free_port_range(10);
     let settings = WebRtcSettings {
-        udp_port_range: Some((base, base + 9)),
+        ports: Some(PortAllocator::new(PortRange::new(base, base + 9).unwrap())),
         ..settings()
     };
     let (leg, mut c) = WebRtcLeg::new(&settings).await.unwrap();

@@ -311,8 +311,11 @@ pub struct SipConfig {
     pub register_expires: Duration,
     /// OPTIONS ping interval for PBX reachability; zero disables pinging.
     pub options_interval: Duration,
-    /// Stripped from the Request-URI user of incoming calls without `X-Number`.
+    /// Stripped from the Request-URI (or To) user of incoming calls without a target header.
     pub dial_prefix: String,
+    /// Header naming the web user of an incoming call (SRProxy's FreeSWITCH dialplan sets
+    /// `X-Number: <sip:user@domain>`); bare users, URIs and name-addrs are understood.
+    pub target_header: String,
     /// How long a browser may ring before the call is given up.
     pub ring_timeout: Duration,
     /// Addresses besides the PBX that may send SIP to the bridge.
@@ -328,6 +331,7 @@ impl Default for SipConfig {
             register_expires: Duration::from_secs(300),
             options_interval: Duration::from_secs(30),
             dial_prefix: "0".to_string(),
+            target_header: "X-Number".to_string(),
             ring_timeout: Duration::from_secs(60),
             allowed_peers: Vec::new(),
         }
@@ -459,6 +463,9 @@ pub struct MediaConfig {
     pub rtp_port_min: u16,
     /// Last RTP port.
     pub rtp_port_max: u16,
+    /// UDP ports of the browsers' ICE candidates (`webrtc_port_min..=webrtc_port_max`); `None`:
+    /// the browser legs take their ports from the RTP range, through the same allocator.
+    pub webrtc_port_range: Option<(u16, u16)>,
     /// Address put in SDP `c=` when behind NAT (FreeSWITCH `ext-rtp-ip`).
     pub public_ip: Option<IpAddr>,
     /// Default codec preference order.
@@ -490,6 +497,7 @@ impl Default for MediaConfig {
         MediaConfig {
             rtp_port_min: 20000,
             rtp_port_max: 30000,
+            webrtc_port_range: None,
             public_ip: None,
             codecs: vec![Codec::Pcmu, Codec::Pcma],
             codec_rules: Vec::new(),

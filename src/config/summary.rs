@@ -93,6 +93,7 @@ impl Display for Config {
         row(f, "register_expires", secs(sip.register_expires))?;
         row(f, "options_interval", secs(sip.options_interval))?;
         row(f, "dial_prefix", format!("{:?}", sip.dial_prefix))?;
+        row(f, "target_header", &sip.target_header)?;
         row(f, "ring_timeout", secs(sip.ring_timeout))?;
         row(f, "allowed_peers", list(&sip.allowed_peers))?;
 
@@ -102,6 +103,14 @@ impl Display for Config {
             f,
             "rtp_ports",
             format!("{}-{}", media.rtp_port_min, media.rtp_port_max),
+        )?;
+        row(
+            f,
+            "webrtc_ports",
+            match media.webrtc_port_range {
+                Some((min, max)) => format!("{min}-{max}"),
+                None => "the RTP range (shared)".to_string(),
+            },
         )?;
         row(f, "public_ip", opt(&media.public_ip))?;
         row(f, "codecs", list(&media.codecs))?;

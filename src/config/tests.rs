@@ -724,6 +724,22 @@ fn sip_bad_values() {
         ),
         ("options_interval = -1", "options_interval", "out of range"),
         ("dial_prefix = \"0 \"", "dial_prefix", "contains ' '"),
+        ("target_header = \"\"", "target_header", "is empty"),
+        (
+            "target_header = \"X Number\"",
+            "target_header",
+            "contains ' ', not allowed in a SIP header name",
+        ),
+        (
+            "target_header = \"X-Number:\"",
+            "target_header",
+            "contains ':', not allowed",
+        ),
+        (
+            "target_header = \"X-Num\\r\\nVia\"",
+            "target_header",
+            "contains '\\r', not allowed",
+        ),
         (
             "ring_timeout = 0",
             "ring_timeout",
@@ -785,6 +801,72 @@ fn media_bad_port_range() {
             5,
             "rtp_port_max",
             "range 20000-10000 is empty",
+        ),
+    ];
+    for (lines, line, key, needle) in cases {
+        assert_error(
+            toml_with(&format!("[media]\n{lines}\n")),
+            Some(*line),
+            Some(&format!("[media] {key}")),
+            needle,
+        );
+    }
+}
+
+#[test]
+fn webrtc_ports_share_the_rtp_range_unless_set_apart() {
+    let config = toml_with("[media]\n").expect("valid");
+    assert_eq!(config.media.webrtc_port_range, None);
+    let config =
+        toml_with("[media]\nwebrtc_port_min = 40000\nwebrtc_port_max = 40999\n").expect("valid");
+    assert_eq!(config.media.webrtc_port_range, Some((40000, 40999)));
+    let config = toml_with("[sip]\ntarget_header = \"X-Target\"\n").expect("valid");
+    assert_eq!(config.sip.target_header, "X-Target");
+    assert_eq!(
+        toml_with("").expect("valid").sip.target_header,
+        "X-Number",
+        "SRProxy's header by default"
+    );
+}
+
+#[test]
+fn media_bad_webrtc_port_range() {
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "webrtc_port_min = 40000",
+            5,
+            "webrtc_port_min",
+            "without [media] webrtc_port_max",
+        ),
+        (
+            "webrtc_port_max = 40000",
+            5,
+            "webrtc_port_max",
+            "without [media] webrtc_port_min",
+        ),
+        (
+            "webrtc_port_min = 40001\nwebrtc_port_max = 40001",
+            6,
+            "webrtc_port_max",
+            "range 40001-40001 holds no even/odd port pair",
+        ),
+        (
+            "webrtc_port_min = 40000\nwebrtc_port_max = 39000",
+            6,
+            "webrtc_port_max",
+            "range 40000-39000 holds no even/odd port pair",
+        ),
+        (
+            "webrtc_port_min = 29000\nwebrtc_port_max = 31000",
+            5,
+            "webrtc_port_min",
+            "overlaps the RTP range 20000-30000",
+        ),
+        (
+            "webrtc_port_min = 80\nwebrtc_port_max = 90",
+            5,
+            "webrtc_port_min",
+            "out of range",
         ),
     ];
     for (lines, line, key, needle) in cases {

@@ -572,6 +572,27 @@ fn parse_sip_user(text: &str) -> std::result::Result<String, String> {
     }
 }
 
+/// A SIP header name (RFC 3261 `token`), e.g. `X-Number`.
+fn parse_header_name(text: &str) -> std::result::Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() {
+        return Err("is empty (give a header name such as \"X-Number\")".to_string());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(*c)))
+    {
+        return Err(format!(
+            "{name:?} contains '{}', not allowed in a SIP header name",
+            bad.escape_default()
+        ));
+    }
+    if name.len() > 64 {
+        return Err(format!("is {} characters long (at most 64)", name.len()));
+    }
+    Ok(name.to_string())
+}
+
 fn parse_name(text: &str) -> std::result::Result<String, String> {
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
@@ -784,6 +805,12 @@ fn sip(s: &Sec) -> Result<SipConfig> {
         Some(p) => parse_sip_user(&p.value).map_err(|m| s.err(Some(p.line), "dial_prefix", m))?,
         None => d.dial_prefix,
     };
+    let target_header = match s.string("target_header")? {
+        Some(h) => {
+            parse_header_name(&h.value).map_err(|m| s.err(Some(h.line), "target_header", m))?
+        }
+        None => d.target_header,
+    };
     let ring_timeout = s.seconds("ring_timeout", 1, 3600, 60)?;
     let allowed_peers = s
         .parsed_list("allowed_peers", parse_ip)?
@@ -796,6 +823,7 @@ fn sip(s: &Sec) -> Result<SipConfig> {
         register_expires,
         options_interval,
         dial_prefix,
+        target_header,
         ring_timeout,
         allowed_peers,
     })
@@ -825,6 +853,7 @@ fn media(s: &Sec) -> Result<MediaConfig> {
             format!("range {rtp_port_min}-{rtp_port_max} is empty (rtp_port_max must be greater than rtp_port_min)"),
         ));
     }
+    let webrtc_port_range = webrtc_ports(s, (rtp_port_min, rtp_port_max))?;
     let public_ip = s.parsed("public_ip", parse_public_ip)?.map(|v| v.value);
     let codecs = codec_list(s, "codecs")?.map_or(d.codecs, |v| v.value);
     let mut codec_rules = Vec::new();
@@ -896,6 +925,7 @@ fn media(s: &Sec) -> Result<MediaConfig> {
     Ok(MediaConfig {
         rtp_port_min,
         rtp_port_max,
+        webrtc_port_range,
         public_ip,
         codecs,
         codec_rules,
@@ -904,6 +934,50 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         recording,
         dtmf_mode,
     })
+}
+
+/// `[media] webrtc_port_min/max`: both or neither, holding an even/odd pair (a browser leg holds
+/// a pair and uses its even port), apart from the RTP range (the two allocators would collide).
+fn webrtc_ports(s: &Sec, (rtp_min, rtp_max): (u16, u16)) -> Result<Option<(u16, u16)>> {
+    let min = s.int("webrtc_port_min", 1024, 65534)?;
+    let max = s.int("webrtc_port_max", 1025, 65535)?;
+    let (min, max) = match (min, max) {
+        (None, None) => return Ok(None),
+        (Some(min), Some(max)) => (min, max),
+        (Some(min), None) => {
+            return Err(s.err(
+                Some(min.line),
+                "webrtc_port_min",
+                "is set without [media] webrtc_port_max (give both or neither)",
+            ))
+        }
+        (None, Some(max)) => {
+            return Err(s.err(
+                Some(max.line),
+                "webrtc_port_max",
+                "is set without [media] webrtc_port_min (give both or neither)",
+            ))
+        }
+    };
+    let (lo, hi) = (min.value as u16, max.value as u16);
+    let first_even = u32::from(lo) + u32::from(lo) % 2;
+    if first_even + 1 > u32::from(hi) {
+        return Err(s.err(
+            Some(max.line),
+            "webrtc_port_max",
+            format!("range {lo}-{hi} holds no even/odd port pair (each browser call holds one)"),
+        ));
+    }
+    if lo <= rtp_max && rtp_min <= hi {
+        return Err(s.err(
+            Some(min.line),
+            "webrtc_port_min",
+            format!(
+                "range {lo}-{hi} overlaps the RTP range {rtp_min}-{rtp_max} (leave webrtc_port_min/max out to share the RTP range)"
+            ),
+        ));
+    }
+    Ok(Some((lo, hi)))
 }
 
 fn existing_file(text: &str) -> std::result::Result<PathBuf, String> {

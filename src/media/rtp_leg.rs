@@ -141,6 +141,11 @@ impl PortAllocator {
         self.lock().in_use
     }
 
+    /// Whether `other` hands out from the same pool (a clone of this allocator).
+    pub fn same_as(&self, other: &PortAllocator) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     /// The range handed out.
     pub fn range(&self) -> PortRange {
         self.lock().range

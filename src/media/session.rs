@@ -35,6 +35,9 @@ const TICK: Duration = Duration::from_millis(20);
 /// Creates each call's media from the configuration in force when the call starts.
 pub struct SessionFactory {
     ports: Arc<PortAllocator>,
+    /// The browser legs' ports: the RTP allocator itself unless `[media] webrtc_port_min/max`
+    /// sets a range apart.
+    webrtc_ports: PortAllocator,
     bind_ip: IpAddr,
     sdp_ip: IpAddr,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
@@ -48,19 +51,34 @@ impl SessionFactory {
         bind_ip: IpAddr,
         sdp_ip: IpAddr,
     ) -> Result<SessionFactory, MediaError> {
-        let range = PortRange::from_config(&config.borrow().media)
-            .map_err(|e| MediaError::Resources(e.to_string()))?;
+        let media = config.borrow().media.clone();
+        let range =
+            PortRange::from_config(&media).map_err(|e| MediaError::Resources(e.to_string()))?;
+        let ports = PortAllocator::new(range);
+        let webrtc_ports = match media.webrtc_port_range {
+            Some((min, max)) => PortAllocator::new(
+                PortRange::new(min, max).map_err(|e| MediaError::Resources(e.to_string()))?,
+            ),
+            None => ports.clone(),
+        };
         Ok(SessionFactory {
-            ports: Arc::new(PortAllocator::new(range)),
+            ports: Arc::new(ports),
+            webrtc_ports,
             bind_ip,
             sdp_ip,
             config,
         })
     }
 
-    /// RTP port pairs in use (for status and leak checks).
+    /// Port pairs held by this factory's legs, SIP (RTP) and browser (ICE): for status and leak
+    /// checks.
     pub fn ports_in_use(&self) -> usize {
-        self.ports.in_use()
+        let webrtc = if self.webrtc_ports.same_as(&self.ports) {
+            0
+        } else {
+            self.webrtc_ports.in_use()
+        };
+        self.ports.in_use() + webrtc
     }
 
     /// The allocator, shared: lets the bridge report ports in use after the factory moved into
@@ -139,7 +157,10 @@ impl MediaFactory for SessionFactory {
                 last_answer: None,
                 negotiated: None,
                 events: events_tx,
-                settings: webrtc_settings(&config),
+                settings: WebRtcSettings {
+                    ports: Some(self.webrtc_ports.clone()),
+                    ..webrtc_settings(&config)
+                },
                 recording,
                 dtmf_info: config.media.dtmf_mode == crate::config::DtmfMode::Info,
                 browser: None,

@@ -8,7 +8,7 @@
 //! registered with Chrome's payload types (Opus 111, PCMU 0, PCMA 8, telephone-event 110/48000 and
 //! 126/8000); when answering, the offerer's payload types are used.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,8 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use tokio::sync::mpsc;
+
+use super::rtp_leg::{PortAllocator, PortLease, PortPair, RtpLegError};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -123,12 +125,15 @@ impl LegCodec {
 }
 
 /// How a leg is built; one value is shared by every call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WebRtcSettings {
     /// Local addresses to bind: each gives a host candidate (configured local/public addresses).
     pub bind_ips: Vec<IpAddr>,
-    /// Inclusive UDP port range for the media sockets; `None` for ephemeral ports.
-    pub udp_port_range: Option<(u16, u16)>,
+    /// Where the media sockets' UDP ports come from (one even/odd pair per bind address is held
+    /// while the leg lives; its even port carries ICE, DTLS and RTP/RTCP-mux); `None` for
+    /// ephemeral ports. The bridge shares the RTP legs' allocator unless
+    /// `[media] webrtc_port_min/max` sets a range apart, so no two legs get the same port.
+    pub ports: Option<PortAllocator>,
     /// STUN/TURN servers (server-reflexive and relay candidates).
     pub ice_servers: Vec<IceServer>,
     /// Codecs offered/accepted, in preference order.
@@ -148,7 +153,7 @@ impl Default for WebRtcSettings {
     fn default() -> Self {
         Self {
             bind_ips: vec![IpAddr::from([127, 0, 0, 1])],
-            udp_port_range: None,
+            ports: None,
             ice_servers: vec![],
             codecs: LegCodec::ALL.to_vec(),
             resolve_mdns: false,
@@ -176,8 +181,8 @@ pub enum WebRtcLegError {
     #[error("bad ICE candidate: {0}")]
     BadCandidate(String),
     /// No UDP port was free in the configured range.
-    #[error("no free UDP port in {0}-{1} on {2}")]
-    NoFreePort(u16, u16, IpAddr),
+    #[error("no port for the browser leg: {0}")]
+    NoFreePort(#[from] RtpLegError),
     /// Sending before negotiation, or with a payload type not negotiated.
     #[error("payload type {0} is not negotiated on this leg")]
     NotNegotiated(u8),
@@ -413,6 +418,8 @@ pub struct WebRtcLeg {
     shared: Arc<Shared>,
     negotiated: Mutex<Option<NegotiatedCodecs>>,
     closed: AtomicBool,
+    /// The UDP ports the stack bound, reserved until the leg is dropped.
+    _ports: Vec<PortLease>,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -423,20 +430,14 @@ impl std::fmt::Debug for WebRtcLeg {
     }
 }
 
-/// Picks a free UDP port in `range` on `ip`, starting at a random point so that calls spread out.
-fn pick_port(ip: IpAddr, (lo, hi): (u16, u16)) -> Result<u16, WebRtcLegError> {
-    let (lo, hi) = (lo.min(hi), lo.max(hi));
-    let span = u32::from(hi - lo) + 1;
-    let start = rand::random::<u32>() % span;
-    for k in 0..span {
-        let port = lo + ((start + k) % span) as u16;
-        if UdpSocket::bind(SocketAddr::new(ip, port)).is_ok() {
-            // Released again for the stack to bind; a race with another process is possible but
-            // only costs that address (the stack skips addresses it cannot bind).
-            return Ok(port);
-        }
-    }
-    Err(WebRtcLegError::NoFreePort(lo, hi, ip))
+/// Takes a port pair from `ports` on `ip` and lets its sockets go, keeping the lease: the stack
+/// binds the even port itself (it only takes addresses), and no other leg of ours is handed the
+/// pair meanwhile.
+fn reserve_port(ports: &PortAllocator, ip: IpAddr) -> Result<(u16, PortLease), WebRtcLegError> {
+    let PortPair { rtp, rtcp, lease } = ports.allocate(ip)?;
+    let port = rtp.local_addr().map_err(RtpLegError::Io)?.port();
+    drop((rtp, rtcp));
+    Ok((port, lease))
 }
 
 /// The fmtp key that tells the two telephone-event codecs apart.
@@ -596,9 +597,14 @@ impl WebRtcLeg {
         let registry = configure_rtcp_reports(Registry::new());
 
         let mut bind = Vec::new();
+        let mut leases = Vec::new();
         for ip in &settings.bind_ips {
-            let port = match settings.udp_port_range {
-                Some(range) => pick_port(*ip, range)?,
+            let port = match &settings.ports {
+                Some(ports) => {
+                    let (port, lease) = reserve_port(ports, *ip)?;
+                    leases.push(lease);
+                    port
+                }
                 None => 0,
             };
             bind.push(SocketAddr::new(*ip, port).to_string());
@@ -686,6 +692,7 @@ impl WebRtcLeg {
                 shared,
                 negotiated: Mutex::new(None),
                 closed: AtomicBool::new(false),
+                _ports: leases,
             },
             LegChannels {
                 events: events_rx,
@@ -908,16 +915,47 @@ mod tests {
     }
 
     #[test]
-    fn a_port_is_picked_inside_the_range() {
+    fn reserved_ports_are_inside_the_range_and_held_until_the_lease_goes() {
+        use super::super::rtp_leg::PortRange;
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let port = pick_port(ip, (40_000, 40_100)).unwrap();
-        assert!((40_000..=40_100).contains(&port));
-        // A range whose only port is taken has no free port.
-        let taken = UdpSocket::bind((ip, 0)).unwrap();
-        let p = taken.local_addr().unwrap().port();
-        assert!(matches!(
-            pick_port(ip, (p, p)),
-            Err(WebRtcLegError::NoFreePort(..))
-        ));
+        let base = {
+            let probe = std::net::UdpSocket::bind((ip, 0)).unwrap();
+            probe.local_addr().unwrap().port().saturating_sub(20) & !1
+        };
+        let ports = PortAllocator::new(PortRange::new(base, base + 9).unwrap());
+        let mut held = Vec::new();
+        loop {
+            match reserve_port(&ports, ip) {
+                Ok((port, lease)) => {
+                    assert!((base..=base + 9).contains(&port), "{port} outside {base}-");
+                    assert_eq!(port % 2, 0, "the even port of a pair");
+                    // the stack can bind it: our sockets are gone
+                    drop(std::net::UdpSocket::bind((ip, port)).unwrap());
+                    assert!(
+                        !held.iter().any(|(p, _)| *p == port),
+                        "{port} handed out twice"
+                    );
+                    held.push((port, lease));
+                }
+                Err(e) => {
+                    assert!(
+                        matches!(e, WebRtcLegError::NoFreePort(RtpLegError::Exhausted { .. })),
+                        "{e}"
+                    );
+                    break;
+                }
+            }
+            assert!(held.len() <= 5, "a 10-port range holds 5 pairs");
+        }
+        assert!(
+            !held.is_empty(),
+            "some pair of {base}-{} was free",
+            base + 9
+        );
+        held.clear();
+        assert!(
+            reserve_port(&ports, ip).is_ok(),
+            "leases give the ports back"
+        );
     }
 }

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::target::{self, TargetSources};
+
 /// What to do with a new INVITE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Screening {
@@ -17,10 +19,8 @@ pub(crate) enum Screening {
 pub(crate) struct InviteFacts<'a> {
     /// Where the INVITE came from (UDP source / TCP peer).
     pub source: SocketAddr,
-    /// `X-Number` header, if any (set by the PBX dialplan: `0<id>` -> `X-Number: <id>`).
-    pub x_number: Option<&'a str>,
-    /// Request-URI user.
-    pub ruri_user: Option<&'a str>,
+    /// Where the target web user can be read from (target header, Request-URI, To).
+    pub target: TargetSources<'a>,
 }
 
 /// Who may send us calls: the PBX and `sip.allowed_peers`.
@@ -49,54 +49,13 @@ pub(crate) fn screen_invite(
             reason: "Forbidden",
         };
     }
-    let from_header = facts.x_number.map(str::trim).filter(|s| !s.is_empty());
-    let target = match from_header {
-        Some(number) => number.to_string(),
-        None => match facts.ruri_user.map(str::trim) {
-            None | Some("") => {
-                return Screening::Refuse {
-                    code: 484,
-                    reason: "Address Incomplete",
-                }
-            }
-            Some(user) => {
-                let stripped = if dial_prefix.is_empty() {
-                    Some(user)
-                } else {
-                    user.strip_prefix(dial_prefix)
-                };
-                match stripped.map(str::trim) {
-                    Some(uid) if !uid.is_empty() => uid.to_string(),
-                    // the prefix alone: the number is incomplete
-                    Some(_) => {
-                        return Screening::Refuse {
-                            code: 484,
-                            reason: "Address Incomplete",
-                        }
-                    }
-                    // not our prefix: nobody here by that name
-                    None => {
-                        return Screening::Refuse {
-                            code: 404,
-                            reason: "Not Found",
-                        }
-                    }
-                }
-            }
-        },
-    };
-    if !valid_uid(&target) {
-        return Screening::Refuse {
-            code: 404,
-            reason: "Not Found",
-        };
+    match target::resolve(&facts.target, dial_prefix) {
+        Ok(target_uid) => Screening::Accept { target_uid },
+        Err(why) => {
+            let (code, reason) = why.status();
+            Screening::Refuse { code, reason }
+        }
     }
-    Screening::Accept { target_uid: target }
-}
-
-/// Web user ids are printable and short; anything else cannot be a user of the hub.
-fn valid_uid(uid: &str) -> bool {
-    uid.len() <= 128 && uid.chars().all(|c| !c.is_control() && !c.is_whitespace())
 }
 
 #[cfg(test)]
@@ -113,8 +72,11 @@ mod tests {
     fn facts<'a>(src: &str, x: Option<&'a str>, user: Option<&'a str>) -> InviteFacts<'a> {
         InviteFacts {
             source: src.parse().unwrap(),
-            x_number: x,
-            ruri_user: user,
+            target: TargetSources {
+                header: x,
+                ruri_user: user,
+                to_user: None,
+            },
         }
     }
 
@@ -162,6 +124,40 @@ mod tests {
             },
             "no prefix configured"
         );
+    }
+
+    #[test]
+    fn freeswitch_name_addr_and_to_user_are_understood() {
+        let mut f = facts("10.0.0.1:5060", Some("<sip:alice@10.0.0.1>"), Some("1000"));
+        f.target.to_user = Some("1000");
+        assert_eq!(
+            screen_invite(&f, &peers(), "0"),
+            Screening::Accept {
+                target_uid: "alice".into()
+            }
+        );
+        f.target.header = Some("<sip:@10.0.0.1>");
+        assert_eq!(
+            screen_invite(&f, &peers(), "0"),
+            Screening::Refuse {
+                code: 484,
+                reason: "Address Incomplete"
+            }
+        );
+        f.target.header = None;
+        assert_eq!(
+            screen_invite(&f, &peers(), "0"),
+            Screening::Refuse {
+                code: 404,
+                reason: "Not Found"
+            },
+            "R-URI and To rewritten to the proxy account: nothing dialled is left"
+        );
+        f.target.to_user = Some("0alice");
+        assert!(matches!(
+            screen_invite(&f, &peers(), "0"),
+            Screening::Accept { .. }
+        ));
     }
 
     #[test]

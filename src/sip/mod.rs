@@ -7,7 +7,7 @@
 //! (route sets from Record-Route, ACK for 2xx, CANCEL, BYE, in-dialog request matching), digest
 //! auth on 401/407, the REGISTER transaction. Ours: the registration policy (refresh, back-off,
 //! re-register when the PBX returns, unregister on shutdown), OPTIONS pings and PBX state,
-//! screening of incoming INVITEs (peers, X-Number/dial prefix), Contact/Via address choice
+//! screening of incoming INVITEs (peers, the target header/dial prefix, in every form a PBX sends), Contact/Via address choice
 //! (`public_ip`, never 0.0.0.0), caller-identity headers, the per-call event driver (re-offers
 //! through the call layer, `o=` version bump, cleanup on drop), immediate 503 for an unreachable
 //! TCP PBX, and trace-only message logging.
@@ -20,6 +20,7 @@ mod origin;
 mod register;
 pub mod sdp;
 mod status;
+mod target;
 mod ua;
 
 pub use call::{CallDirection, IncomingCall, OutgoingInvite, SipCall, SipCallEvent};

@@ -26,6 +26,7 @@ use super::call::{self, CallDirection, CallStart, IncomingCall, OutgoingInvite, 
 use super::error::SipError;
 use super::inbound::{screen_invite, InviteFacts, PeerPolicy, Screening};
 use super::status::{PbxInternal, RegState, SipStatus};
+use super::target::TargetSources;
 use super::{options, register};
 use crate::config::{Config, Host, SipConfig, SipTransport};
 
@@ -728,17 +729,24 @@ async fn incoming_invite(
         return;
     };
     let req = tx.original.clone();
-    let x_number = req.header_value("X-Number");
-    let ruri_user = req.uri.user().map(str::to_string);
+    let target_header = req.header_value(&ua.sip.target_header);
+    let to_user = req
+        .to_header()
+        .ok()
+        .and_then(|t| t.uri().ok())
+        .and_then(|uri| uri.user().map(str::to_string));
     let facts = InviteFacts {
         source,
-        x_number: x_number.as_deref(),
-        ruri_user: ruri_user.as_deref(),
+        target: TargetSources {
+            header: target_header.as_deref(),
+            ruri_user: req.uri.user(),
+            to_user: to_user.as_deref(),
+        },
     };
     let target_uid = match screen_invite(&facts, &ua.peers, &ua.sip.dial_prefix) {
         Screening::Accept { target_uid } => target_uid,
         Screening::Refuse { code, reason } => {
-            info!(%source, code, reason, ruri = %req.uri, "incoming INVITE refused");
+            info!(%source, code, reason, ruri = %req.uri, target_header = ?target_header, "incoming INVITE refused");
             reply_logged(&mut tx, StatusCode::from(code), vec![]).await;
             return;
         }
