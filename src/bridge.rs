@@ -293,6 +293,8 @@ pub struct Bridge {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     media_ports: Arc<crate::media::rtp_leg::PortAllocator>,
+    /// The browser legs' ports when set apart from the RTP range.
+    webrtc_ports: Option<crate::media::rtp_leg::PortAllocator>,
 }
 
 /// The address the PBX reaches us on, for SDP: the configured public IP, else the SIP contact's.
@@ -354,6 +356,7 @@ impl Bridge {
         let media = SessionFactory::new(config.clone(), bind_ip, sdp_ip)
             .map_err(|e| anyhow::anyhow!("media: {e}"))?;
         let media_ports = media.port_allocator();
+        let webrtc_ports = media.webrtc_port_allocator();
         let calls = CallManager::new(
             HubBrowser(hub.clone()),
             UaSip {
@@ -407,6 +410,7 @@ impl Bridge {
             stop,
             tasks,
             media_ports,
+            webrtc_ports,
         })
     }
 
@@ -456,10 +460,10 @@ impl Bridge {
         self.calls.get(id)
     }
 
-    /// RTP port pairs held by calls: SIP legs, and browser legs when they share the RTP range
-    /// (no `[media] webrtc_port_min/max`). 0 when every call released its media.
+    /// Port pairs held by calls' SIP (RTP) and browser (ICE) legs; 0 when every call released
+    /// its media.
     pub fn media_ports_in_use(&self) -> usize {
-        self.media_ports.in_use()
+        self.media_ports.in_use() + self.webrtc_ports.as_ref().map_or(0, |p| p.in_use())
     }
 
     /// The signalling hub.

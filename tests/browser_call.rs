@@ -28,9 +28,13 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_on(Pbx::start().await).await
+}
+
+async fn rig_on(pbx: Pbx) -> Rig {
     let support::rig::BridgeRig {
         pbx, bridge, base, ..
-    } = support::rig::start_bridge(APPID, "", "", 40).await;
+    } = support::rig::start_bridge_on(pbx, APPID, "", "", 40).await;
     Rig {
         pbx,
         bridge,
@@ -215,6 +219,90 @@ async fn phone_rings_the_page_which_accepts_and_both_hear_each_other() {
 
     assert_eq!(page.page_errors().await, json!([]));
     page.close().await;
+}
+
+/// Who ends a call.
+#[derive(Debug, Clone, Copy)]
+enum HangsUp {
+    Phone,
+    Page,
+}
+
+/// Phone 1002 dials `0alice`; the page (alice) rings with caller 1002, accepts, hears the phone's
+/// 440 Hz, the phone hears the page's 1 kHz, and `who` hangs up.
+async fn phone_calls_alice(rig: &Rig, page: &mut Page, phone: &Baresip, who: HangsUp) {
+    phone.dial("0alice").await;
+    let ringing = page
+        .cmd(json!({"cmd": "incoming", "timeoutMs": 20000}))
+        .await;
+    assert_eq!(ringing["incomingNumber"], "1002", "{ringing:#}");
+    phone.wait_for("CALL_RINGING", T).await;
+    page.cmd(json!({"cmd": "click", "selector": "#accept-btn"}))
+        .await;
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    let in_call = page.wait_phase("in-call").await;
+    assert_eq!(in_call["peer"], "1002", "{in_call:#}");
+    page.cmd(json!({"cmd": "waitMedia", "mediaState": "connected", "timeoutMs": 20000}))
+        .await;
+
+    let heard = rig.dir.path().join(format!("page-heard-{who:?}.wav"));
+    page.record(&heard, 2000).await;
+    let a = assert_wav_tone(&heard, 440.0, 10.0, -30.0);
+    println!(
+        "{who:?} hangs up: page heard {:.1} Hz at {:.1} dBFS",
+        a.frequency_hz, a.rms_dbfs
+    );
+
+    match who {
+        HangsUp::Phone => {
+            phone.hangup().await;
+            phone.wait_for("CALL_CLOSED", T).await;
+            let idle = page.wait_phase("idle").await;
+            assert_eq!(idle["lastEnd"], "REMOTE_HANGUP", "{idle:#}");
+        }
+        HangsUp::Page => {
+            page.cmd(json!({"cmd": "click", "selector": "#hangup-btn"}))
+                .await;
+            phone.wait_for("CALL_CLOSED", T).await;
+            let idle = page.wait_phase("idle").await;
+            assert_eq!(idle["banner"], "", "no error after a normal call: {idle:#}");
+        }
+    }
+    no_calls_left(&rig.bridge).await;
+    let wav = phone.received_wav().expect("the phone recorded the call");
+    let a = assert_wav_tone(&wav, 1000.0, 10.0, -30.0);
+    println!(
+        "{who:?} hangs up: phone heard {:.1} Hz at {:.1} dBFS",
+        a.frequency_hz, a.rms_dbfs
+    );
+}
+
+/// Both hang-ups of a phone → alice call through `pbx`.
+async fn phone_reaches_alice_through(pbx: Pbx) {
+    let rig = rig_on(pbx).await;
+    let mut page = tone_page(&rig).await;
+    let logged_in = page.login("alice", APPID).await;
+    assert_eq!(logged_in["phase"], "idle", "{logged_in:#}");
+    let phone = tone_phone(&rig, "1002", false).await;
+    phone_calls_alice(&rig, &mut page, &phone, HangsUp::Phone).await;
+    // a new second for baresip's recording file names
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    phone_calls_alice(&rig, &mut page, &phone, HangsUp::Page).await;
+    assert_eq!(page.page_errors().await, json!([]));
+    page.close().await;
+}
+
+/// Issue 9: FreeSWITCH with SRProxy's dialplan sends R-URI and To rewritten to 1000's contact and
+/// `X-Number: <sip:alice@DOMAIN>` (the test PBX's default).
+#[tokio::test]
+async fn phone_dials_0alice_through_the_freeswitch_shaped_pbx_and_both_hang_ups_work() {
+    phone_reaches_alice_through(Pbx::start().await).await;
+}
+
+/// The other way PBXs reach the bridge: R-URI `0alice`, no X-Number.
+#[tokio::test]
+async fn phone_dials_0alice_with_the_number_in_the_request_uri_and_both_hang_ups_work() {
+    phone_reaches_alice_through(Pbx::start_with_defines(&[("DIALPLAN_RURI", "1")]).await).await;
 }
 
 #[tokio::test]

@@ -69,8 +69,13 @@ fn end_call(ws: &WsClient, to: &str) {
     );
 }
 
-/// Browser calls 1001 with `codecs`; both ends hear each other. Returns what the phone recorded.
-async fn web_to_sip_call(rig: &Rig, call_id: &str, codecs: Vec<LegCodec>) {
+/// Browser calls 1001 with `codecs`; both ends hear each other. Returns every frame the browser
+/// got from the hub.
+async fn web_to_sip_call(
+    rig: &Rig,
+    call_id: &str,
+    codecs: Vec<LegCodec>,
+) -> Vec<serde_json::Value> {
     let (phone, _dir) = phone(&rig.pbx, "1001", true, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite(call_id, "1001", "").await;
@@ -94,6 +99,89 @@ async fn web_to_sip_call(rig: &Rig, call_id: &str, codecs: Vec<LegCodec>) {
     let recording = phone.received_wav().expect("baresip recorded the call");
     assert_wav_tone(&recording, 1000.0, 15.0, -20.0);
     everything_released(&rig.bridge).await;
+    alice.frames()
+}
+
+/// The ports of every ICE candidate the bridge gave the browser for `call_id`: the `a=candidate`
+/// lines of its answer and the trickled candidates (plus the answer's m= port unless it is the
+/// placeholder 9).
+fn bridge_ice_ports(frames: &[serde_json::Value], call_id: &str) -> Vec<u16> {
+    let port_of = |candidate: &str| -> u16 {
+        let fields: Vec<&str> = candidate.split_whitespace().collect();
+        fields
+            .get(5)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in candidate {candidate:?}"))
+    };
+    let mut ports = Vec::new();
+    for f in frames
+        .iter()
+        .filter(|f| f["type"] == "media" && f["callId"] == call_id)
+    {
+        let p = &f["payload"];
+        match p["kind"].as_str() {
+            Some("answer") => {
+                for line in p["sdp"].as_str().unwrap_or("").lines() {
+                    if let Some(c) = line.strip_prefix("a=candidate:") {
+                        ports.push(port_of(c));
+                    }
+                    if let Some(m) = line.strip_prefix("m=audio ") {
+                        let port: u16 = m.split(' ').next().unwrap().parse().unwrap();
+                        if port != 9 {
+                            ports.push(port);
+                        }
+                    }
+                }
+            }
+            Some("candidate") if !p["candidate"].is_null() => {
+                let line = p["candidate"]["candidate"].as_str().unwrap_or("");
+                if !line.is_empty() {
+                    ports.push(port_of(line));
+                }
+            }
+            _ => {}
+        }
+    }
+    ports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_ice_candidates_lie_in_the_configured_port_range() {
+    // by default the browser legs share the RTP range
+    let rig = rig_with("").await;
+    let frames = web_to_sip_call(&rig, "ice1", vec![LegCodec::Pcmu]).await;
+    let ports = bridge_ice_ports(&frames, "ice1");
+    let (min, max) = rig.rtp_ports;
+    assert!(
+        !ports.is_empty(),
+        "the bridge offered candidates: {frames:#?}"
+    );
+    for port in &ports {
+        assert!(
+            (min..=max).contains(port),
+            "ICE port {port} outside the RTP range {min}-{max}"
+        );
+    }
+    println!("shared range {min}-{max}: candidate ports {ports:?}");
+    drop(rig);
+
+    // a range apart: `[media] webrtc_port_min/max`
+    let lo = ports::free_port_range(10);
+    let hi = lo + 9;
+    let rig = rig_with(&format!("webrtc_port_min = {lo}\nwebrtc_port_max = {hi}")).await;
+    let frames = web_to_sip_call(&rig, "ice2", vec![LegCodec::Pcmu]).await;
+    let ports = bridge_ice_ports(&frames, "ice2");
+    assert!(
+        !ports.is_empty(),
+        "the bridge offered candidates: {frames:#?}"
+    );
+    for port in &ports {
+        assert!(
+            (lo..=hi).contains(port),
+            "ICE port {port} outside webrtc_port_min/max {lo}-{hi}"
+        );
+    }
+    println!("webrtc range {lo}-{hi}: candidate ports {ports:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,7 @@ async fn next_to_browser(events: &mut mpsc::Receiver<MediaEvent>) -> Value {
 async fn close_gives_back_every_task_socket_and_port() {
     let baseline = alive_tasks();
     let (factory, first_port) = factory();
+    let in_range = |port: u16| (first_port..first_port + 8).contains(&port);
     let (mut session, mut events) = factory
         .create("s1", CallDirection::WebToSip, "1001")
         .expect("media");
@@ -83,6 +84,22 @@ async fn close_gives_back_every_task_socket_and_port() {
         .await;
     let answer = next_to_browser(&mut events).await;
     assert_eq!(answer["kind"], "answer", "{answer}");
+    // The browser leg's ICE port comes from the same range (and pool) as the RTP legs'.
+    for line in answer["sdp"].as_str().unwrap().lines() {
+        if let Some(c) = line.strip_prefix("a=candidate:") {
+            let port: u16 = c.split_whitespace().nth(5).unwrap().parse().unwrap();
+            assert!(
+                in_range(port),
+                "{line} outside {first_port}-{}",
+                first_port + 7
+            );
+        }
+    }
+    assert_eq!(
+        factory.ports_in_use(),
+        2,
+        "the SIP leg's pair and the browser leg's"
+    );
     browser
         .set_answer(answer["sdp"].as_str().unwrap())
         .await
@@ -106,6 +123,9 @@ async fn close_gives_back_every_task_socket_and_port() {
             Some(m) = events.recv() => match m {
                 MediaEvent::ToBrowser(v) if v["kind"] == "candidate" => {
                     if !v["candidate"].is_null() {
+                        let line = v["candidate"]["candidate"].as_str().unwrap();
+                        let port: u16 = line.split_whitespace().nth(5).unwrap().parse().unwrap();
+                        assert!(in_range(port), "{line} outside {first_port}-{}", first_port + 7);
                         browser.add_remote_candidate(&v["candidate"].to_string()).await.unwrap();
                     }
                 }
@@ -131,7 +151,7 @@ async fn close_gives_back_every_task_socket_and_port() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(factory.ports_in_use(), 0, "RTP port pair released");
+    assert_eq!(factory.ports_in_use(), 0, "RTP and ICE port pairs released");
     assert!(
         alive_tasks() <= baseline,
         "tasks left: {} (baseline {baseline})",

@@ -107,9 +107,9 @@ async fn phone_to_phone_call_carries_the_tone() {
     );
 }
 
-#[tokio::test]
-async fn dialling_0alice_reaches_the_proxy_account_with_x_number() {
-    let pbx = Pbx::start().await;
+/// A phone (account `caller`) dials `0alice` on `pbx`; returns the `<log>` of the UAS registered
+/// as the proxy account 1000 (what the bridge would get) and that UAS's port.
+async fn dial_0alice_to_the_proxy_account(pbx: &Pbx, caller: &str) -> (String, u16) {
     let mut uas = sipp::registered_uas(
         pbx.addr(),
         "1000",
@@ -119,7 +119,7 @@ async fn dialling_0alice_reaches_the_proxy_account_with_x_number() {
     )
     .await;
     pbx.wait_registered("1000", SHORT).await;
-    let phone = Baresip::start(pbx.addr(), "1003", BaresipOptions::default()).await;
+    let phone = Baresip::start(pbx.addr(), caller, BaresipOptions::default()).await;
 
     phone.dial("0alice").await;
     phone.wait_for("CALL_ESTABLISHED", SHORT).await;
@@ -128,17 +128,54 @@ async fn dialling_0alice_reaches_the_proxy_account_with_x_number() {
 
     let result = uas.wait(SHORT).await;
     result.assert_success();
+    (result.logs, uas.local_port())
+}
+
+#[tokio::test]
+async fn dialling_0alice_reaches_the_proxy_account_as_freeswitch_sends_it() {
+    let pbx = Pbx::start().await;
+    let (logs, port) = dial_0alice_to_the_proxy_account(&pbx, "1003").await;
+    // SRProxy's `sip_h_X-Number=<sip:$1@${domain_name}>`: a name-addr
     assert!(
-        result.logs.contains("X-Number=alice\n"),
-        "X-Number header: {}",
-        result.logs
+        logs.contains("X-Number=<sip:alice@127.0.0.1>\n"),
+        "X-Number header: {logs}"
     );
-    let ruri = format!("RURI=sip:1000@127.0.0.1:{}", uas.local_port());
+    let contact = format!("sip:1000@127.0.0.1:{port}");
     assert!(
-        result.logs.contains(&ruri),
-        "R-URI rewritten to 1000's contact: {}",
-        result.logs
+        logs.contains(&format!("RURI={contact}")),
+        "R-URI rewritten to 1000's contact: {logs}"
     );
+    assert!(
+        logs.contains(&format!("TO=<{contact}")),
+        "To rewritten to 1000's contact: {logs}"
+    );
+    assert!(
+        !logs.contains("0alice"),
+        "nothing dialled is left in the request: {logs}"
+    );
+    assert!(
+        logs.contains(
+            "RPID=\"Extension 1003\" <sip:1003@127.0.0.1>;party=calling;screen=yes;privacy=off"
+        ),
+        "Remote-Party-ID for the caller: {logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("FROM=") && l.contains("sip:1003@")),
+        "the caller's From keeps its number: {logs}"
+    );
+}
+
+#[tokio::test]
+async fn in_r_uri_mode_dialling_0alice_keeps_the_number_in_the_request_uri() {
+    let pbx = Pbx::start_with_defines(&[("DIALPLAN_RURI", "1")]).await;
+    let (logs, port) = dial_0alice_to_the_proxy_account(&pbx, "1003").await;
+    assert!(
+        logs.contains(&format!("RURI=sip:0alice@127.0.0.1:{port}")),
+        "R-URI keeps 0alice, sent to 1000's contact: {logs}"
+    );
+    assert!(logs.contains("X-Number=\n"), "no X-Number: {logs}");
+    assert!(logs.contains("RPID=\n"), "no Remote-Party-ID: {logs}");
 }
 
 #[tokio::test]

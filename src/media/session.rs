@@ -81,6 +81,12 @@ impl SessionFactory {
         self.ports.in_use() + webrtc
     }
 
+    /// The browser legs' allocator when `[media] webrtc_port_min/max` sets a range apart (else
+    /// they share [`SessionFactory::port_allocator`]).
+    pub fn webrtc_port_allocator(&self) -> Option<PortAllocator> {
+        (!self.webrtc_ports.same_as(&self.ports)).then(|| self.webrtc_ports.clone())
+    }
+
     /// The allocator, shared: lets the bridge report ports in use after the factory moved into
     /// the call manager.
     pub fn port_allocator(&self) -> Arc<PortAllocator> {

@@ -19,6 +19,8 @@ pub struct BridgeRig {
     pub url: String,
     /// `http://…`, the web-demo and the ops endpoints.
     pub base: String,
+    /// `[media] rtp_port_min..=rtp_port_max` of the bridge.
+    pub rtp_ports: (u16, u16),
 }
 
 /// Starts a PBX and a bridge with `appid`, `acc_rule = "10[01-19]"`, `rtp_ports` RTP ports, and
@@ -29,7 +31,17 @@ pub async fn start_bridge(
     media_extra: &str,
     rtp_ports: u16,
 ) -> BridgeRig {
-    let pbx = Pbx::start().await;
+    start_bridge_on(Pbx::start().await, appid, sip_extra, media_extra, rtp_ports).await
+}
+
+/// Like [`start_bridge`] on a PBX already started (e.g. with `DIALPLAN_RURI` defined).
+pub async fn start_bridge_on(
+    pbx: Pbx,
+    appid: &str,
+    sip_extra: &str,
+    media_extra: &str,
+    rtp_ports: u16,
+) -> BridgeRig {
     let rtp = ports::free_port_range(rtp_ports);
     let text = format!(
         r#"
@@ -69,5 +81,6 @@ listen = "127.0.0.1:0"
         bridge,
         url,
         base,
+        rtp_ports: (rtp, rtp + rtp_ports - 1),
     }
 }
