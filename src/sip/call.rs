@@ -46,7 +46,8 @@ pub struct OutgoingInvite {
 pub struct IncomingCall {
     /// The handle to ring/answer/reject it.
     pub call: SipCall,
-    /// The web user it is for (`X-Number`, else the R-URI user without `dial_prefix`).
+    /// The web user it is for (`[sip] target_header`, else the R-URI or To user without
+    /// `dial_prefix`).
     pub target_uid: String,
     /// The calling number (From user).
     pub caller_number: String,

@@ -1,5 +1,8 @@
 //! The test PBX: Kamailio 5.6 with `config/kamailio/kamailio.cfg` (accounts 1000-1019, password 1234,
-//! `0<id>` routed to 1000 with `X-Number`). See that file for the dialplan.
+//! `0<id>` routed to 1000's contact as FreeSWITCH with SRProxy's dialplan sends it: R-URI and To
+//! rewritten to the contact, `X-Number: <sip:<id>@127.0.0.1>`, Remote-Party-ID). Started with
+//! `start_with_defines(&[("DIALPLAN_RURI", "1")])` it keeps `0<id>` in the R-URI and adds no header.
+//! See that file for the dialplan.
 //!
 //! Each [`Pbx`] has its own port (UDP and TCP on 127.0.0.1, same number), its own temp dir with the
 //! config copy, runtime dir, pid file and log (`kamailio.log`), and runs as a foreground child
