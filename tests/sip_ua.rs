@@ -436,12 +436,69 @@ async fn invite_without_a_usable_target_is_refused() {
             .is_some_and(|r| r.starts_with("SIP/2.0 484")),
         "{responses:?}"
     );
+    // target headers that name nobody: 484 for an empty user, 404 for an impossible one
+    let long = "a".repeat(300);
+    for (i, (value, code)) in [
+        ("<sip:@127.0.0.1>".to_string(), "484"),
+        ("\"Alice\" <sip:%20@127.0.0.1>;x=y".to_string(), "484"),
+        ("<sip:al%00ice@127.0.0.1>".to_string(), "404"),
+        ("<sip:al%zzice@127.0.0.1>".to_string(), "404"),
+        (format!("<sip:{long}@127.0.0.1>"), "404"),
+        ("<http://127.0.0.1/alice>".to_string(), "404"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let responses = raw_request([127, 0, 0, 4], target, |local| {
+            raw_invite(target, local, &format!("b{i}"))
+                .replace("X-Number: alice\r\n", &format!("X-Number: {value}\r\n"))
+        })
+        .await;
+        assert!(
+            responses
+                .last()
+                .is_some_and(|r| r.starts_with(&format!("SIP/2.0 {code}"))),
+            "X-Number: {value} -> {responses:?}"
+        );
+    }
     assert!(
         tokio::time::timeout(Duration::from_millis(300), ua.calls.recv())
             .await
             .is_err(),
         "no call"
     );
+
+    // still serving: FreeSWITCH's form (R-URI and To are 1000's contact) is a call for alice
+    let sock = UdpSocket::bind("127.0.0.4:0").await.expect("bind");
+    let local = sock.local_addr().expect("addr");
+    let invite = raw_invite(target, local, "fs1").replace(
+        "X-Number: alice\r\n",
+        "X-Number: <sip:alice@127.0.0.1>\r\n\
+         Remote-Party-ID: \"Extension 1002\" <sip:1002@127.0.0.1>;party=calling;screen=yes;privacy=off\r\n",
+    );
+    sock.send_to(invite.as_bytes(), target).await.expect("send");
+    let call = incoming(&mut ua).await;
+    assert_eq!(call.target_uid, "alice");
+}
+
+#[tokio::test]
+async fn the_target_header_is_configurable() {
+    let pbx = Pbx::start().await;
+    let mut config = config(&pbx, PASSWORD, SipTransport::Udp);
+    config.sip.allowed_peers = vec![IpAddr::from([127, 0, 0, 5])];
+    config.sip.target_header = "X-Target".to_string();
+    let mut ua = start(&config).await;
+    let target = ua.ua.local_addr();
+    let sock = UdpSocket::bind("127.0.0.5:0").await.expect("bind");
+    let local = sock.local_addr().expect("addr");
+    // X-Number is just another header now
+    let invite = raw_invite(target, local, "t1").replace(
+        "X-Number: alice\r\n",
+        "X-Number: alice\r\nx-target: \"Bob\" <sip:bob@127.0.0.1;user=phone>\r\n",
+    );
+    sock.send_to(invite.as_bytes(), target).await.expect("send");
+    let call = incoming(&mut ua).await;
+    assert_eq!(call.target_uid, "bob", "header names are case-insensitive");
 }
 
 #[tokio::test]
