@@ -24,11 +24,16 @@ const T: Duration = Duration::from_secs(10);
 const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn factory() -> (SessionFactory, u16) {
-    let rtp = ports::free_port_range(8);
+    factory_with_ports(8)
+}
+
+/// A factory whose RTP range (shared with the browser legs) has `count` ports.
+fn factory_with_ports(count: u16) -> (SessionFactory, u16) {
+    let rtp = ports::free_port_range(count);
     let text = format!(
         "[global]\nappid = \"a\"\nsip_svr = \"127.0.0.1:5060\"\n[sip]\nlisten_ip = \"127.0.0.1\"\n\
          [media]\nrtp_port_min = {rtp}\nrtp_port_max = {}\n",
-        rtp + 7
+        rtp + count - 1
     );
     let config = Config::from_toml_str(std::path::Path::new("s.toml"), &text).expect("config");
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config));
@@ -206,6 +211,33 @@ async fn bad_browser_messages_get_an_error_and_only_a_bad_offer_ends_the_call() 
         session.close();
     }
     session.close();
+}
+
+#[tokio::test]
+async fn a_browser_leg_without_a_free_port_ends_the_call_with_a_clear_error() {
+    // one RTP/RTCP pair: the SIP leg takes it, nothing is left for the browser's ICE socket
+    let (factory, first_port) = factory_with_ports(2);
+    let (mut session, mut events) = factory
+        .create("s5", CallDirection::WebToSip, "1001")
+        .expect("media");
+    let (browser, _channels) = WebRtcLeg::new(&WebRtcSettings::default()).await.unwrap();
+    let offer = browser.create_offer().await.unwrap();
+    session
+        .browser_message(json!({"kind": "offer", "sdp": offer}))
+        .await;
+    let reply = next_to_browser(&mut events).await;
+    assert_eq!(reply["kind"], "error", "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains("no free RTP port pair") && message.contains(&first_port.to_string()),
+        "{reply}"
+    );
+    match tokio::time::timeout(T, events.recv()).await {
+        Ok(Some(MediaEvent::Failed(why))) => assert!(why.contains("WebRTC leg"), "{why}"),
+        other => panic!("expected the call to fail, got {other:?}"),
+    }
+    session.close();
+    browser.close().await.unwrap();
 }
 
 fn origin_version(sdp: &str) -> u64 {
