@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use srbridge::config::LogConfig;
 use srbridge::media::g711;
 use srbridge::media::rtp::RtpHeader;
 use srbridge::media::webrtc_leg::LegCodec;
@@ -201,6 +202,14 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_spraying_every_media_port_is_heard_by_nobody() {
+    // The bridge's own logging at its default level, into a file this test reads.
+    let logs = tempfile::tempdir().unwrap();
+    let log_file = logs.path().join("bridge.log");
+    srbridge::ops::logging::init(&LogConfig {
+        file: Some(log_file.clone()),
+        ..LogConfig::default()
+    })
+    .expect("logging");
     let rig = support::rig::start_bridge(APPID, "", "", 20).await;
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("tone.wav");
@@ -250,7 +259,17 @@ async fn a_stranger_spraying_every_media_port_is_heard_by_nobody() {
         !webrtc_targets.is_empty(),
         "the bridge trickled no UDP candidate"
     );
+    let lines_before = std::fs::read_to_string(&log_file).unwrap().lines().count();
     let sent = spray(rtp_targets, webrtc_targets.clone()).await;
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let spray_lines: Vec<&str> = log.lines().skip(lines_before).collect();
+    // Counted, never logged one line each.
+    assert!(
+        spray_lines.len() < 20,
+        "{} log lines during the spray, e.g.\n{}",
+        spray_lines.len(),
+        spray_lines[..spray_lines.len().min(10)].join("\n")
+    );
     assert!(sent > 1000, "only {sent} datagrams sprayed");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let heard = peer.take_received();
