@@ -359,8 +359,11 @@ fn sip_sdp() {
     fuzz("sip_sdp", SDP_DICT, 8192, |data| {
         let text = String::from_utf8_lossy(data);
         let offered = answer_offer(&text, &local);
-        if let Ok((answer, _)) = &offered {
-            // Our own answer must parse as an answer.
+        if let Ok((answer, negotiated)) = &offered {
+            // Whatever we answer, we could parse ourselves, with the same outcome.
+            let back = parse_answer(answer, &codecs)
+                .unwrap_or_else(|e| panic!("our answer does not parse ({e}):\n{answer}"));
+            assert_eq!(back.codec, negotiated.codec, "{answer}");
             let _ = bump_origin_version(answer);
         }
         let answered = parse_answer(&text, &codecs);
