@@ -169,7 +169,7 @@ fn replace_number(rng: &mut Rng, out: &mut Vec<u8>) {
 }
 
 /// What one target's run did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Report {
     executions: u64,
     accepted: u64,
@@ -261,19 +261,24 @@ fn fuzz(target: &str, dict: &[&str], max_len: usize, mut run: impl FnMut(&[u8]) 
         slowest: Duration::ZERO,
     };
     let started = Instant::now();
-    let mut exec = |input: &[u8], report: &mut Report| -> bool {
+    let mut slowest_input = Vec::new();
+    let mut exec = |input: &[u8], report: &mut Report, slowest_input: &mut Vec<u8>| -> bool {
         let t = Instant::now();
         let accepted = match catch_unwind(AssertUnwindSafe(|| run(input))) {
             Ok(accepted) => accepted,
             Err(payload) => crashed(target, input, &panic_message(payload.as_ref())),
         };
-        report.slowest = report.slowest.max(t.elapsed());
+        let took = t.elapsed();
+        if took > report.slowest {
+            report.slowest = took;
+            *slowest_input = input.to_vec();
+        }
         report.executions += 1;
         report.accepted += u64::from(accepted);
         accepted
     };
     for seed in &seeds {
-        exec(seed, &mut report);
+        exec(seed, &mut report, &mut slowest_input);
     }
     while started.elapsed() < budget {
         // A quarter of the mutants start from a seed, so valid shapes stay in play.
@@ -283,7 +288,7 @@ fn fuzz(target: &str, dict: &[&str], max_len: usize, mut run: impl FnMut(&[u8]) 
             &corpus[rng.below(corpus.len())]
         };
         let input = mutate(&mut rng, base, &corpus, dict, max_len);
-        if exec(&input, &mut report) && rng.chance(4) {
+        if exec(&input, &mut report, &mut slowest_input) && rng.chance(4) {
             if corpus.len() < MAX_KEPT {
                 corpus.push(input);
             } else {
@@ -297,14 +302,26 @@ fn fuzz(target: &str, dict: &[&str], max_len: usize, mut run: impl FnMut(&[u8]) 
     }
     report.corpus = corpus.len();
     let secs = started.elapsed().as_secs_f64();
+    // The slowest input again, best of three: a machine busy with other work shows up as a slow
+    // first run only; an input that is slow by itself (quadratic parsing) stays slow.
+    let retimed = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            exec(&slowest_input, &mut Report::default(), &mut Vec::new());
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default();
     eprintln!(
-        "fuzz {target}: {} executions in {secs:.1} s ({:.0}/s), {} accepted, corpus {} (seeds {}), slowest {:?}",
+        "fuzz {target}: {} executions in {secs:.1} s ({:.0}/s), {} accepted, corpus {} (seeds {}), slowest {:?} ({} bytes, re-timed {:?})",
         report.executions,
         report.executions as f64 / secs,
         report.accepted,
         report.corpus,
         seeds.len(),
-        report.slowest
+        report.slowest,
+        slowest_input.len(),
+        retimed
     );
     assert!(
         report.executions > seeds.len() as u64,
