@@ -89,6 +89,10 @@ fn assert_only(samples: &[f32], rate: u32, expected: f64, who: &str) {
     let all: Vec<f32> = heard.iter().flat_map(|w| w.iter().copied()).collect();
     let stranger = tone_share_db(&all, rate, STRANGER_HZ);
     let wanted = tone_share_db(&all, rate, expected);
+    eprintln!(
+        "{who}: {} windows, {good} at {expected} Hz; {expected} Hz {wanted:.1} dB, stranger's {STRANGER_HZ} Hz {stranger:.1} dB of the signal",
+        heard.len()
+    );
     assert!(
         stranger < -35.0 && wanted > -3.0,
         "{who}: stranger's {STRANGER_HZ} Hz at {stranger:.1} dB, {expected} Hz at {wanted:.1} dB of the signal"
@@ -271,6 +275,11 @@ async fn a_stranger_spraying_every_media_port_is_heard_by_nobody() {
         spray_lines[..spray_lines.len().min(10)].join("\n")
     );
     assert!(sent > 1000, "only {sent} datagrams sprayed");
+    eprintln!(
+        "stranger sent {sent} datagrams to {} RTP and {} WebRTC ports",
+        rig.rtp_ports.len(),
+        webrtc_targets.len()
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let heard = peer.take_received();
     let metrics = metrics_text(rig.bridge.http_addr()).await;
@@ -293,6 +302,7 @@ async fn a_stranger_spraying_every_media_port_is_heard_by_nobody() {
     // process's only bridge).
     for kind in ["rtp_source", "stun", "dtls"] {
         let series = format!("srbridge_errors_total{{kind=\"{kind}\"}}");
+        eprintln!("{series} {}", metric(&metrics, &series));
         assert!(metric(&metrics, &series) >= 10.0, "{series}\n{metrics}");
     }
     // Nobody's target moved: no new source was ever learned.
