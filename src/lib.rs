@@ -12,3 +12,6 @@ pub mod ops;
 pub mod signal;
 pub mod sip;
 pub mod web;
+
+#[cfg(test)]
+mod fuzz;

@@ -151,7 +151,7 @@ async fn browser_ice_candidates_lie_in_the_configured_port_range() {
     let rig = rig_with("").await;
     let frames = web_to_sip_call(&rig, "ice1", vec![LegCodec::Pcmu]).await;
     let ports = bridge_ice_ports(&frames, "ice1");
-    let (min, max) = rig.rtp_ports;
+    let (min, max) = (*rig.rtp_ports.start(), *rig.rtp_ports.end());
     assert!(
         !ports.is_empty(),
         "the bridge offered candidates: {frames:#?}"

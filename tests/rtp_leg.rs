@@ -43,6 +43,19 @@ async fn peer() -> UdpSocket {
     UdpSocket::bind((LOOPBACK, 0)).await.unwrap()
 }
 
+/// A socket on another loopback address than the SDP peers' 127.0.0.1: a different host.
+async fn stranger() -> UdpSocket {
+    UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 66), 0))
+        .await
+        .unwrap()
+}
+
+fn rtp_from(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = rtp_packet(seq, payload);
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
 async fn recv_on(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = [0u8; 1500];
     let (n, from) = timeout(HANG, sock.recv_from(&mut buf))
@@ -188,7 +201,10 @@ async fn malformed_datagrams_are_counted_dropped_and_never_latched() {
     let mut bad_padding = rtp_packet(1, b"ab");
     bad_padding[0] |= 0x20;
     *bad_padding.last_mut().unwrap() = 200;
-    for d in [&b"hi"[..], &stun, &rtcp, &bad_padding, &[0u8; 0]] {
+    let mut dtls = [0u8; 13];
+    dtls[0] = 22; // DTLS handshake record
+    dtls[1..3].copy_from_slice(&[0xFE, 0xFD]);
+    for d in [&b"hi"[..], &stun, &dtls, &rtcp, &bad_padding, &[0u8; 0]] {
         attacker.send_to(d, leg.local_addr()).await.unwrap();
     }
     // Larger than the receive buffer: possibly truncated, dropped.
@@ -208,7 +224,9 @@ async fn malformed_datagrams_are_counted_dropped_and_never_latched() {
     assert_eq!(RtpPacket::parse(&buf[..n]).unwrap().payload, b"real");
     assert_eq!(leg.remote(), Some(phone.local_addr().unwrap()));
     let stats = leg.counters().snapshot();
-    assert_eq!(stats.dropped_malformed, 5);
+    assert_eq!(stats.dropped_malformed, 4);
+    assert_eq!(stats.stun_in, 1);
+    assert_eq!(stats.dtls_in, 1);
     assert_eq!(stats.rtcp_in, 1);
     assert_eq!(stats.packets_in, 1);
     assert_eq!(stats.bytes_in, n as u64);
@@ -275,4 +293,64 @@ async fn a_ulaw_tone_crosses_two_legs_in_both_directions() {
     assert_tone(&heard, 8000, 440.0, 5.0, -12.0);
     assert_eq!(bridge.counters().snapshot().packets_in, 50);
     assert_eq!(phone.counters().snapshot().bytes_in, 50 * 172);
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_take_over_while_the_phone_talks() {
+    let (alloc, _) = allocator(1);
+    let leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
+    let phone = peer().await;
+    leg.set_remote(phone.local_addr().unwrap());
+    let attacker = stranger().await;
+
+    // The stranger sends a perfect stream (one SSRC, consecutive sequence numbers) in between
+    // the phone's packets; every packet the leg hands out is the phone's.
+    for seq in 0..40u16 {
+        attacker
+            .send_to(&rtp_from(0xBAD, seq, b"evil"), leg.local_addr())
+            .await
+            .unwrap();
+        phone
+            .send_to(&rtp_from(0xCAFE, seq, b"real"), leg.local_addr())
+            .await
+            .unwrap();
+        let (got, from) = leg_recv(&leg).await;
+        assert_eq!(from, phone.local_addr().unwrap());
+        assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"real");
+    }
+    // Our media still goes to the phone, not to the stranger.
+    assert_eq!(leg.remote(), Some(phone.local_addr().unwrap()));
+    leg.send(&rtp_packet(1, b"to-phone")).await.unwrap();
+    let (got, _) = recv_on(&phone).await;
+    assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"to-phone");
+    let stats = leg.counters().snapshot();
+    assert_eq!(stats.packets_in, 40);
+    assert_eq!(stats.relatched, 0);
+    // The last stranger packet may still be queued; all before it were counted.
+    assert!(stats.dropped_source >= 39, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_phone_behind_nat_is_learned_after_probation_and_media_follows() {
+    let (alloc, _) = allocator(1);
+    let leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
+    // The SDP names a private address nobody listens on; RTP comes from the NAT's address.
+    leg.set_remote("127.0.0.1:9".parse().unwrap());
+    let nat = stranger().await;
+    for seq in 100..105u16 {
+        nat.send_to(&rtp_from(0x5EED, seq, b"hi"), leg.local_addr())
+            .await
+            .unwrap();
+    }
+    // The first four are probation; the fifth is handed out and moves the target.
+    let (got, from) = leg_recv(&leg).await;
+    assert_eq!(from, nat.local_addr().unwrap());
+    assert_eq!(RtpPacket::parse(&got).unwrap().sequence, 104);
+    assert_eq!(leg.remote(), Some(nat.local_addr().unwrap()));
+    leg.send(&rtp_packet(1, b"to-nat")).await.unwrap();
+    let (got, _) = recv_on(&nat).await;
+    assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"to-nat");
+    let stats = leg.counters().snapshot();
+    assert_eq!(stats.dropped_source, 4);
+    assert_eq!(stats.relatched, 1);
 }

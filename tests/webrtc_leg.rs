@@ -423,3 +423,94 @@ async fn pcmu_audio_and_telephone_events_pass_through() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A stranger's datagrams for a WebRTC port: plain RTP on the negotiated payload type with its
+/// own SSRC, SRTP-looking noise, a STUN Binding request with a made-up username, a fatal DTLS
+/// alert and a DTLS ClientHello at epoch 0.
+fn stranger_datagrams(i: u16, pt: u8) -> Vec<Vec<u8>> {
+    let mut rtp = vec![0x80, pt];
+    rtp.extend_from_slice(&i.to_be_bytes());
+    rtp.extend_from_slice(&(u32::from(i) * 960).to_be_bytes());
+    rtp.extend_from_slice(&0x0BAD_5EEDu32.to_be_bytes());
+    rtp.extend_from_slice(b"EVIL-EVIL-EVIL");
+    let noise: Vec<u8> = [0x90, pt]
+        .into_iter()
+        .chain((0..100u16).map(|k| (k.wrapping_mul(37) ^ i) as u8))
+        .collect();
+    let mut stun = vec![0x00, 0x01, 0x00, 0x0C, 0x21, 0x12, 0xA4, 0x42];
+    stun.extend_from_slice(&[i as u8; 12]);
+    stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x08]);
+    stun.extend_from_slice(b"evil:bad");
+    let alert = vec![21, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 2, 10];
+    let mut hello = vec![22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 1, 0, 16, 1, 0, 0, 12];
+    hello.extend_from_slice(&[0xAB; 12]);
+    vec![rtp, noise, stun, alert, hello]
+}
+
+/// webrtc-rs passes any non-STUN datagram to DTLS/SRTP once ICE has a selected pair, whatever
+/// its source (rtc 0.21.1 `IceHandler::handle_read`): what keeps strangers out is SRTP's
+/// authentication and DTLS ignoring records outside its session. This shows it: during a
+/// stranger's spray at every port of the leg's range, only the peer's packets come out, in
+/// full, and the connection stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_datagrams_never_reach_the_call() {
+    let base = support::ports::free_port_range(10);
+    let ranged = WebRtcSettings {
+        udp_port_range: Some((base, base + 9)),
+        ..settings()
+    };
+    let (a, mut ca) = WebRtcLeg::new(&settings()).await.unwrap();
+    let (b, mut cb) = WebRtcLeg::new(&ranged).await.unwrap();
+    let offer = a.create_offer().await.unwrap();
+    let answer = b.accept_offer(&offer).await.unwrap();
+    a.set_answer(&answer).await.unwrap();
+    connect(&a, &mut ca, &b, &mut cb).await;
+    let pt = a.negotiated().unwrap().opus.unwrap();
+
+    let stranger = tokio::net::UdpSocket::bind(("127.0.0.66", 0))
+        .await
+        .unwrap();
+    let spray = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for i in 0..400u16 {
+            tick.tick().await;
+            for d in stranger_datagrams(i, pt) {
+                for port in base..=base + 9 {
+                    let _ = stranger.send_to(&d, ("127.0.0.1", port)).await;
+                }
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for seq in 0..100u16 {
+        tick.tick().await;
+        a.send_rtp(pt, seq, u32::from(seq) * 960, false, b"peer")
+            .await
+            .unwrap();
+    }
+    spray.await.unwrap();
+
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = timeout(Duration::from_secs(1), cb.rtp.recv()).await {
+        assert_eq!(p.ssrc, a.ssrc(), "a packet from someone else came out");
+        assert_eq!(&p.payload[..], b"peer");
+        got.push(p.seq);
+    }
+    assert!(
+        got.len() >= 95,
+        "only {} of 100 peer packets arrived",
+        got.len()
+    );
+    while let Ok(e) = cb.events.try_recv() {
+        assert!(
+            !matches!(e, LegEvent::State(LegState::Failed | LegState::Closed)),
+            "the spray hurt the connection: {e:?}"
+        );
+    }
+    // Still connected: the next packet arrives.
+    a.send_rtp(pt, 100, 96_000, false, b"peer").await.unwrap();
+    let p = timeout(WAIT, cb.rtp.recv()).await.unwrap().unwrap();
+    assert_eq!(p.seq, 100);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -1,5 +1,6 @@
 //! Media: the browser leg, the SIP (RTP) leg, codecs and the jitter buffer.
 
+pub mod demux;
 pub mod g711;
 pub mod jitter;
 pub mod opus;
@@ -7,6 +8,7 @@ pub mod pipeline;
 pub mod recording;
 pub mod rtp;
 pub mod rtp_leg;
+pub mod rtp_source;
 pub mod session;
 pub mod transcode;
 pub mod webrtc_leg;

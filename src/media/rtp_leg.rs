@@ -2,12 +2,12 @@
 //!
 //! [`PortAllocator`] hands out even RTP ports with the odd RTCP port above them, both bound, from
 //! `media.rtp_port_min..=rtp_port_max`; ports busy in another process are skipped and ports come
-//! back when the [`RtpLeg`] is dropped. [`RtpLeg`] sends to the SDP address until valid RTP
-//! arrives, then to wherever that RTP comes from (symmetric RTP, RFC 4961; re-latching when the
-//! source changes, as rtpengine does for NAT rebinding and re-INVITEs), so phones behind NAT work.
-//! The latching rules are the sans-IO [`SymmetricRtp`]; the socket shell shares its result with
-//! the sending task through a lock-free cell, so the per-packet path takes no lock and allocates
-//! nothing.
+//! back when the [`RtpLeg`] is dropped. [`RtpLeg`] sends to the SDP address until a source is
+//! learned, then to that source (symmetric RTP, RFC 4961, so phones behind NAT work), and accepts
+//! packets only from it: the strict-source rule of [`StrictSource`] decides, so a stranger's
+//! packets are dropped and counted, never played or latched onto. The socket shell shares the
+//! send target with the sending task through a lock-free cell, so the send path takes no lock;
+//! the receive path takes one uncontended lock per packet; neither allocates.
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket as StdUdpSocket};
@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::net::UdpSocket;
 
+use super::demux::{classify, DatagramKind};
 use super::rtp::{RtpError, RtpPacket};
+use super::rtp_source::{RtpArrival, SourceVerdict, StrictSource};
 use crate::config::MediaConfig;
 
 /// Why the RTP leg cannot be set up or used.
@@ -226,51 +228,6 @@ pub struct PortPair {
     pub lease: PortLease,
 }
 
-/// Symmetric RTP latching rules, sans-IO.
-///
-/// Before any RTP arrives, media goes to the address from SDP. Each valid RTP packet's source
-/// becomes the target when it differs from the current one (the first packet latches, a NAT
-/// rebinding or a moved peer re-latches). A new SDP address replaces the latch, so after a
-/// re-INVITE to a new IP/port media goes there until its RTP arrives; an unchanged SDP address
-/// keeps the latch (a phone behind NAT on hold still gets our media). An unspecified address or
-/// port 0 (hold, rejected stream) is no target.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SymmetricRtp {
-    signalled: Option<SocketAddr>,
-    latched: Option<SocketAddr>,
-}
-
-impl SymmetricRtp {
-    /// The address from the latest SDP.
-    pub fn set_signalled(&mut self, addr: SocketAddr) {
-        let addr = (!addr.ip().is_unspecified() && addr.port() != 0).then_some(addr);
-        if addr != self.signalled {
-            self.signalled = addr;
-            self.latched = None;
-        }
-    }
-
-    /// A valid RTP packet arrived from `source`; true when the target changed.
-    pub fn on_rtp(&mut self, source: SocketAddr) -> bool {
-        if self.latched == Some(source) {
-            return false;
-        }
-        let before = self.target();
-        self.latched = Some(source);
-        before != Some(source)
-    }
-
-    /// Where to send now.
-    pub fn target(&self) -> Option<SocketAddr> {
-        self.latched.or(self.signalled)
-    }
-
-    /// The source latched onto, if any RTP has arrived since the last SDP change.
-    pub fn latched(&self) -> Option<SocketAddr> {
-        self.latched
-    }
-}
-
 /// An `Option<SocketAddr>` readable without a lock (seqlock; writers serialise elsewhere).
 #[derive(Debug, Default)]
 struct AddrCell {
@@ -362,6 +319,12 @@ pub struct RtpCounters {
     pub bytes_out: AtomicU64,
     /// Datagrams dropped as not RTP (garbage, truncated, wrong version).
     pub dropped_malformed: AtomicU64,
+    /// Valid RTP dropped because it came from a source the strict-source rule does not accept.
+    pub dropped_source: AtomicU64,
+    /// STUN datagrams (this port does no ICE: a probe or garbage), dropped.
+    pub stun_in: AtomicU64,
+    /// DTLS datagrams (this port does no DTLS: a probe or garbage), dropped.
+    pub dtls_in: AtomicU64,
     /// RTCP packets arriving multiplexed on the RTP port (skipped).
     pub rtcp_in: AtomicU64,
     /// Times the send target moved to a new RTP source.
@@ -381,6 +344,12 @@ pub struct RtpStats {
     pub bytes_out: u64,
     /// See [`RtpCounters::dropped_malformed`].
     pub dropped_malformed: u64,
+    /// See [`RtpCounters::dropped_source`].
+    pub dropped_source: u64,
+    /// See [`RtpCounters::stun_in`].
+    pub stun_in: u64,
+    /// See [`RtpCounters::dtls_in`].
+    pub dtls_in: u64,
     /// See [`RtpCounters::rtcp_in`].
     pub rtcp_in: u64,
     /// See [`RtpCounters::relatched`].
@@ -397,6 +366,9 @@ impl RtpCounters {
             packets_out: r(&self.packets_out),
             bytes_out: r(&self.bytes_out),
             dropped_malformed: r(&self.dropped_malformed),
+            dropped_source: r(&self.dropped_source),
+            stun_in: r(&self.stun_in),
+            dtls_in: r(&self.dtls_in),
             rtcp_in: r(&self.rtcp_in),
             relatched: r(&self.relatched),
         }
@@ -415,11 +387,9 @@ pub struct RtpLeg {
     /// Held so the odd port stays ours (RTCP is not interpreted).
     rtcp: StdUdpSocket,
     local: SocketAddr,
-    latch: Mutex<SymmetricRtp>,
-    /// Mirrors `latch.target()` for the send path.
+    source: Mutex<StrictSource>,
+    /// Mirrors `source.target()` for the send path.
     target: AddrCell,
-    /// Mirrors `latch.latched()` for the receive path.
-    latched: AddrCell,
     counters: Arc<RtpCounters>,
     _lease: PortLease,
 }
@@ -439,9 +409,8 @@ impl RtpLeg {
             socket,
             rtcp: pair.rtcp,
             local,
-            latch: Mutex::new(SymmetricRtp::default()),
+            source: Mutex::new(StrictSource::default()),
             target: AddrCell::default(),
-            latched: AddrCell::default(),
             counters: Arc::new(RtpCounters::default()),
             _lease: pair.lease,
         })
@@ -457,20 +426,21 @@ impl RtpLeg {
         self.rtcp.local_addr()
     }
 
-    fn update(&self, f: impl FnOnce(&mut SymmetricRtp) -> bool) -> bool {
-        let mut latch = self.latch.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = f(&mut latch);
-        self.target.store(latch.target());
-        self.latched.store(latch.latched());
-        changed
+    fn update<T>(&self, f: impl FnOnce(&mut StrictSource) -> T) -> T {
+        let mut source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        let before = source.target();
+        let result = f(&mut source);
+        let after = source.target();
+        if after != before {
+            self.target.store(after);
+        }
+        result
     }
 
-    /// The peer's address from SDP (answer, or a re-INVITE's offer).
+    /// The peer's address from SDP (answer, or a re-INVITE's/UPDATE's offer): media goes there
+    /// and the source rule starts over when it changed.
     pub fn set_remote(&self, addr: SocketAddr) {
-        self.update(|l| {
-            l.set_signalled(addr);
-            false
-        });
+        self.update(|s| s.set_signalled(addr));
     }
 
     /// Where `send` goes now.
@@ -487,9 +457,11 @@ impl RtpLeg {
         Ok(n)
     }
 
-    /// Receives the next valid RTP packet into `buf`; returns its length and source.
+    /// Receives the next valid RTP packet from the accepted source into `buf`; returns its length
+    /// and source.
     ///
-    /// Malformed datagrams and multiplexed RTCP are counted and skipped. `buf` must be larger
+    /// Malformed datagrams, STUN, DTLS, multiplexed RTCP and RTP from a source the strict-source
+    /// rule refuses are counted and skipped. `buf` must be larger
     /// than any packet (1500 bytes is plenty): a datagram that fills it may be truncated and is
     /// dropped as malformed.
     pub async fn recv(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), RtpLegError> {
@@ -511,22 +483,37 @@ impl RtpLeg {
                 bump(&self.counters.dropped_malformed, 1);
                 continue;
             }
-            match RtpPacket::parse(&buf[..n]) {
-                Ok(_) => {}
+            let arrival = match RtpPacket::parse(&buf[..n]) {
+                Ok(p) => RtpArrival {
+                    source,
+                    ssrc: p.ssrc,
+                    sequence: p.sequence,
+                    at: std::time::Instant::now(),
+                },
                 Err(RtpError::Rtcp(_)) => {
                     bump(&self.counters.rtcp_in, 1);
                     continue;
                 }
                 Err(_) => {
-                    bump(&self.counters.dropped_malformed, 1);
+                    let counter = match classify(&buf[..n]) {
+                        DatagramKind::Stun => &self.counters.stun_in,
+                        DatagramKind::Dtls => &self.counters.dtls_in,
+                        _ => &self.counters.dropped_malformed,
+                    };
+                    bump(counter, 1);
                     continue;
                 }
+            };
+            match self.update(|s| s.on_packet(arrival)) {
+                SourceVerdict::Drop => {
+                    bump(&self.counters.dropped_source, 1);
+                    continue;
+                }
+                SourceVerdict::Moved => bump(&self.counters.relatched, 1),
+                SourceVerdict::Accept => {}
             }
             bump(&self.counters.packets_in, 1);
             bump(&self.counters.bytes_in, n as u64);
-            if self.latched.load() != Some(source) && self.update(|l| l.on_rtp(source)) {
-                bump(&self.counters.relatched, 1);
-            }
             return Ok((n, source));
         }
     }
@@ -566,36 +553,6 @@ mod tests {
             PortRange::from_config(&MediaConfig::default()).unwrap(),
             PortRange::new(20000, 30000).unwrap()
         );
-    }
-
-    #[test]
-    fn latch_follows_sdp_then_rtp_sources() {
-        let mut l = SymmetricRtp::default();
-        assert_eq!(l.target(), None);
-        l.set_signalled(addr("10.0.0.1:4000"));
-        assert_eq!(l.target(), Some(addr("10.0.0.1:4000")));
-        // NAT: the packets come from the public address.
-        assert!(l.on_rtp(addr("203.0.113.5:61000")));
-        assert!(!l.on_rtp(addr("203.0.113.5:61000")));
-        assert_eq!(l.target(), Some(addr("203.0.113.5:61000")));
-        // NAT rebinding.
-        assert!(l.on_rtp(addr("203.0.113.5:61002")));
-        assert_eq!(l.target(), Some(addr("203.0.113.5:61002")));
-        // Same SDP again (hold/unhold re-INVITE) keeps the latch.
-        l.set_signalled(addr("10.0.0.1:4000"));
-        assert_eq!(l.target(), Some(addr("203.0.113.5:61002")));
-        // A new SDP address wins until its RTP arrives.
-        l.set_signalled(addr("10.0.0.2:5000"));
-        assert_eq!(l.target(), Some(addr("10.0.0.2:5000")));
-        assert_eq!(l.latched(), None);
-        // RTP from where we already send is no change of target.
-        assert!(!l.on_rtp(addr("10.0.0.2:5000")));
-        assert_eq!(l.latched(), Some(addr("10.0.0.2:5000")));
-        // Hold with c=0.0.0.0: nothing to send to.
-        l.set_signalled(addr("0.0.0.0:5000"));
-        assert_eq!(l.target(), None);
-        l.set_signalled(addr("10.0.0.2:0"));
-        assert_eq!(l.target(), None);
     }
 
     #[test]

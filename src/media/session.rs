@@ -180,7 +180,7 @@ impl MediaFactory for SessionFactory {
     }
 }
 
-/// Reads the SIP leg's socket so symmetric RTP latches and counters move, until the browser leg
+/// Reads the SIP leg's socket so the strict-source rule learns the peer and counters move, until the browser leg
 /// takes over the packets.
 async fn drain_rtp(leg: Arc<RtpLeg>) {
     let mut buf = [0u8; 1500];
@@ -510,11 +510,14 @@ struct PublishedRtp {
     packets_out: AtomicU64,
     bytes_out: AtomicU64,
     malformed: AtomicU64,
+    stranger: AtomicU64,
+    stun: AtomicU64,
+    dtls: AtomicU64,
 }
 
 /// Adds what the SIP leg counted since the last call to `/metrics` (packets and bytes per
 /// direction: sent to the PBX is web→SIP, received from it SIP→web; malformed datagrams as
-/// `errors{kind="rtp"}`).
+/// `errors{kind="rtp"}`, strangers' RTP as `rtp_source`, STUN/DTLS probes as `stun`/`dtls`).
 fn publish_rtp(leg: &RtpLeg, published: &PublishedRtp) {
     let c = leg.counters();
     let delta = |now: &AtomicU64, seen: &AtomicU64| {
@@ -534,9 +537,16 @@ fn publish_rtp(leg: &RtpLeg, published: &PublishedRtp) {
     m.rtp_bytes
         .sip_to_web
         .add(delta(&c.bytes_in, &published.bytes_in));
-    for _ in 0..delta(&c.dropped_malformed, &published.malformed) {
-        m.error(ErrorKind::Rtp);
-    }
+    m.errors_add(
+        ErrorKind::Rtp,
+        delta(&c.dropped_malformed, &published.malformed),
+    );
+    m.errors_add(
+        ErrorKind::RtpSource,
+        delta(&c.dropped_source, &published.stranger),
+    );
+    m.errors_add(ErrorKind::Stun, delta(&c.stun_in, &published.stun));
+    m.errors_add(ErrorKind::Dtls, delta(&c.dtls_in, &published.dtls));
 }
 
 async fn publish_rtp_every_second(leg: Arc<RtpLeg>, published: Arc<PublishedRtp>) {

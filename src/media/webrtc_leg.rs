@@ -36,6 +36,28 @@ use webrtc::peer_connection::{
     Registry, SettingEngineBuilder,
 };
 
+/// `tracing` filter directives for webrtc-rs at `level`.
+///
+/// webrtc-rs logs a WARN for every datagram it refuses (SRTP that fails authentication, STUN
+/// with a wrong username, DTLS from nobody): a stranger spraying the browser leg's ports would
+/// write one line per packet. Below DEBUG only its errors are kept; what matters to an operator
+/// (the connection failing) the leg reports itself as a state change.
+pub fn log_directives(level: crate::config::LogLevel) -> String {
+    use crate::config::LogLevel;
+    let quiet = match level {
+        LogLevel::Sensitive | LogLevel::Debug => level.filter_directive(),
+        LogLevel::Info | LogLevel::Warn | LogLevel::Error => "error",
+        LogLevel::None => "off",
+    };
+    [
+        "webrtc", "rtc", "rtc_ice", "rtc_dtls", "rtc_srtp", "rtc_sctp", "rtc_turn", "rtc_stun",
+    ]
+    .iter()
+    .map(|target| format!("{target}={quiet}"))
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
 /// A STUN or TURN server for ICE.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IceServer {
@@ -871,6 +893,16 @@ impl WebRtcLeg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webrtc_rs_per_packet_warnings_are_off_below_debug() {
+        use crate::config::LogLevel;
+        assert!(log_directives(LogLevel::Info).contains("rtc=error"));
+        assert!(log_directives(LogLevel::Info).contains("rtc_ice=error"));
+        assert!(log_directives(LogLevel::Warn).contains("webrtc=error"));
+        assert!(log_directives(LogLevel::Debug).contains("rtc_srtp=debug"));
+        assert!(log_directives(LogLevel::None).contains("rtc=off"));
+    }
 
     #[test]
     fn telephone_event_rates_are_tagged_and_untagged() {

@@ -138,12 +138,14 @@ fn filter_for(level: LogLevel) -> (EnvFilter, bool) {
     match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, true),
         // rsipstack logs whole SIP messages (bodies included) at INFO: held to WARN below
-        // SENSITIVE so SIP/SDP bodies only appear at level 0.
+        // SENSITIVE so SIP/SDP bodies only appear at level 0. webrtc-rs warns once per refused
+        // datagram: held to ERROR below DEBUG.
         Err(_) => (
             EnvFilter::new(format!(
-                "{},{}",
+                "{},{},{}",
                 level.filter_directive(),
-                crate::sip::log_directives(level)
+                crate::sip::log_directives(level),
+                crate::media::webrtc_leg::log_directives(level)
             )),
             false,
         ),

@@ -184,6 +184,8 @@ labelled_enum!(
         Json = "json",
         /// Invalid RTP/RTCP packet.
         Rtp = "rtp",
+        /// RTP from a source the strict-source rule does not accept (a stranger), dropped.
+        RtpSource = "rtp_source",
         /// Invalid STUN/ICE packet.
         Stun = "stun",
         /// DTLS/SRTP failure.
@@ -382,6 +384,11 @@ impl Metrics {
     /// Counts one error of `kind`.
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].inc();
+    }
+
+    /// Counts `n` errors of `kind` at once (a media leg's tally since the last publish).
+    pub fn errors_add(&self, kind: ErrorKind, n: u64) {
+        self.errors[kind as usize].add(n);
     }
 
     /// Errors of `kind` so far.

@@ -14,9 +14,9 @@
 
 mod call;
 mod error;
-mod inbound;
+pub(crate) mod inbound;
 mod options;
-mod origin;
+pub(crate) mod origin;
 mod register;
 pub mod sdp;
 mod status;

@@ -134,7 +134,7 @@ pub fn new_session_id() -> u64 {
 /// The outcome of offer/answer: where to send what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
-    /// The peer's RTP address from `c=`/`m=` (symmetric RTP may later override it). Unspecified
+    /// The peer's RTP address from `c=`/`m=` (the strict-source rule may later learn another). Unspecified
     /// (`0.0.0.0`) when the peer put the call on hold the RFC 2543 way.
     pub remote: SocketAddr,
     /// The codec both sides use.

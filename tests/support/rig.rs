@@ -19,8 +19,8 @@ pub struct BridgeRig {
     pub url: String,
     /// `http://…`, the web-demo and the ops endpoints.
     pub base: String,
-    /// `[media] rtp_port_min..=rtp_port_max` of the bridge.
-    pub rtp_ports: (u16, u16),
+    /// The bridge's `[media] rtp_port_min..=rtp_port_max`.
+    pub rtp_ports: std::ops::RangeInclusive<u16>,
 }
 
 /// Starts a PBX and a bridge with `appid`, `acc_rule = "10[01-19]"`, `rtp_ports` RTP ports, and
@@ -81,6 +81,6 @@ listen = "127.0.0.1:0"
         bridge,
         url,
         base,
-        rtp_ports: (rtp, rtp + rtp_ports - 1),
+        rtp_ports: rtp..=rtp + rtp_ports - 1,
     }
 }

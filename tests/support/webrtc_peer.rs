@@ -35,6 +35,8 @@ pub struct BrowserPeer {
     pub dtmf: Arc<Mutex<Vec<String>>>,
     /// `error` messages the bridge sent.
     pub errors: Arc<Mutex<Vec<String>>>,
+    /// The bridge's ICE candidates as it trickled them (`candidate:…` lines).
+    pub bridge_candidates: Arc<Mutex<Vec<String>>>,
     state: watch::Receiver<LegState>,
     tone: Arc<Mutex<Option<f64>>>,
     digits: mpsc::UnboundedSender<char>,
@@ -101,9 +103,11 @@ impl BrowserPeer {
         }
         let dtmf = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let bridge_candidates = Arc::new(Mutex::new(Vec::new()));
         {
             let (ws, leg) = (Arc::clone(&ws), Arc::clone(&leg));
             let (dtmf, errors) = (Arc::clone(&dtmf), Arc::clone(&errors));
+            let candidates = Arc::clone(&bridge_candidates);
             let call_id = call_id.to_string();
             tasks.push(tokio::spawn(async move {
                 let pred = |v: &Value| v["type"] == "media" && v["callId"] == call_id.as_str();
@@ -114,6 +118,12 @@ impl BrowserPeer {
                     let p = &m["payload"];
                     match p["kind"].as_str() {
                         Some("candidate") if !p["candidate"].is_null() => {
+                            candidates.lock().unwrap().push(
+                                p["candidate"]["candidate"]
+                                    .as_str()
+                                    .unwrap_or("")
+                                    .to_string(),
+                            );
                             leg.add_remote_candidate(&p["candidate"].to_string())
                                 .await
                                 .expect("bridge candidate applies");
@@ -166,6 +176,7 @@ impl BrowserPeer {
             received,
             dtmf,
             errors,
+            bridge_candidates,
             state,
             tone,
             digits,
