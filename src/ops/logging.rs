@@ -141,12 +141,21 @@ fn filter_for(level: LogLevel) -> (EnvFilter, bool) {
         // SENSITIVE so SIP/SDP bodies only appear at level 0.
         Err(_) => (
             EnvFilter::new(format!(
-                "{},{}",
+                "{},{}{}",
                 level.filter_directive(),
-                crate::sip::log_directives(level)
+                crate::sip::log_directives(level),
+                auth_directive(level)
             )),
             false,
         ),
+    }
+}
+
+/// The auth-failure line (fail2ban's input) stays on at every level but NONE.
+fn auth_directive(level: LogLevel) -> String {
+    match level {
+        LogLevel::None => String::new(),
+        _ => format!(",{}=warn", super::auth_log::TARGET),
     }
 }
 
