@@ -40,6 +40,8 @@ pub(crate) enum Verdict {
         kind: ErrorKind,
         /// Why, for the log.
         why: &'static str,
+        /// The request's method token as sent, `-` if none (for the log).
+        method: String,
     },
 }
 
@@ -294,10 +296,11 @@ impl Head {
                 } else {
                     "no Via"
                 },
+                method,
             };
         }
         if method == "ACK" {
-            return Verdict::Drop { kind, why };
+            return Verdict::Drop { kind, why, method };
         }
         let echo = self
             .headers
@@ -529,7 +532,7 @@ mod tests {
         });
         assert!(matches!(
             verdict(&no_via),
-            Verdict::Drop { kind: ErrorKind::SipParse, why: "no Via" }
+            Verdict::Drop { kind: ErrorKind::SipParse, why: "no Via", .. }
         ));
         assert!(matches!(
             verdict(b"\x16\x03\x01garbage\x00\xff"),

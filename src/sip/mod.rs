@@ -14,6 +14,7 @@
 
 mod call;
 mod door;
+mod doorman;
 mod error;
 mod inbound;
 mod options;
@@ -21,6 +22,7 @@ mod origin;
 mod register;
 pub mod sdp;
 mod status;
+mod tcp_gate;
 mod ua;
 
 pub use call::{CallDirection, IncomingCall, OutgoingInvite, SipCall, SipCallEvent};
