@@ -112,7 +112,10 @@ fn minimal_files_take_defaults() {
         assert!(config.proxy.is_none());
         assert_eq!(config.global.sip_local_port, 5086);
         assert_eq!(config.sip.dial_prefix, "0");
-        assert_eq!(config.sip.user_agent, "srbridge", "no version leaked by default");
+        assert_eq!(
+            config.sip.user_agent, "srbridge",
+            "no version leaked by default"
+        );
         assert_eq!(config.sip.register_expires, Duration::from_secs(300));
         assert_eq!(config.media.rtp_port_min, 20000);
         assert_eq!(config.media.rtp_port_max, 30000);

@@ -106,7 +106,13 @@ mod tests {
         let line = auth_failure_line(
             AuthFailure::Login,
             src,
-            &[("uid", "x src=10.0.0.1\nAUTH_FAILURE kind=login src=10.0.0.2"), ("e", "")],
+            &[
+                (
+                    "uid",
+                    "x src=10.0.0.1\nAUTH_FAILURE kind=login src=10.0.0.2",
+                ),
+                ("e", ""),
+            ],
         );
         assert_eq!(line.matches("src=").count(), 1, "{line}");
         assert!(!line.contains('\n'), "{line}");

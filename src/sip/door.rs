@@ -87,7 +87,12 @@ pub(crate) fn check(raw: &[u8], max_len: usize, source: IpAddr, peers: &PeerPoli
     };
     if version != "SIP/2.0" {
         return if version.starts_with("SIP/") {
-            reject(505, "Version Not Supported", ErrorKind::SipParse, "SIP version")
+            reject(
+                505,
+                "Version Not Supported",
+                ErrorKind::SipParse,
+                "SIP version",
+            )
         } else {
             reject(400, "Bad Request", ErrorKind::SipParse, "bad request line")
         };
@@ -115,9 +120,21 @@ pub(crate) fn check(raw: &[u8], max_len: usize, source: IpAddr, peers: &PeerPoli
     if let Some(value) = head.value("content-length") {
         let body = raw.len() - head_end;
         match parse_digits(value) {
-            None => return reject(400, "Bad Request", ErrorKind::SipParse, "bad Content-Length"),
+            None => {
+                return reject(
+                    400,
+                    "Bad Request",
+                    ErrorKind::SipParse,
+                    "bad Content-Length",
+                )
+            }
             Some(len) if len > body => {
-                return reject(400, "Bad Request", ErrorKind::SipParse, "Content-Length too big")
+                return reject(
+                    400,
+                    "Bad Request",
+                    ErrorKind::SipParse,
+                    "Content-Length too big",
+                )
             }
             Some(_) => {}
         }
@@ -133,13 +150,30 @@ pub(crate) fn check(raw: &[u8], max_len: usize, source: IpAddr, peers: &PeerPoli
         return reject(400, "Bad Request", ErrorKind::SipParse, "bad Request-URI");
     }
     if !peers.allows(source) {
-        return reject(403, "Forbidden", ErrorKind::SipPeerRefused, "peer not allowed");
+        return reject(
+            403,
+            "Forbidden",
+            ErrorKind::SipPeerRefused,
+            "peer not allowed",
+        );
     }
     // methods are case-sensitive (RFC 3261 §7.1): `invite` is not INVITE
     match Method::all().into_iter().find(|m| m.to_string() == method) {
-        None => return reject(501, "Not Implemented", ErrorKind::SipMethod, "unknown method"),
+        None => {
+            return reject(
+                501,
+                "Not Implemented",
+                ErrorKind::SipMethod,
+                "unknown method",
+            )
+        }
         Some(m) if !SUPPORTED.contains(&m) => {
-            return reject(405, "Method Not Allowed", ErrorKind::SipMethod, "method not allowed")
+            return reject(
+                405,
+                "Method Not Allowed",
+                ErrorKind::SipMethod,
+                "method not allowed",
+            )
         }
         Some(_) => {}
     }
@@ -286,7 +320,13 @@ impl Head {
 
     /// A rejection answered with this request's headers, or a drop when there is no Via to
     /// answer to or the request is an ACK (never answered: RFC 3261 §17.2.1).
-    fn reject(&self, code: u16, reason: &'static str, kind: ErrorKind, why: &'static str) -> Verdict {
+    fn reject(
+        &self,
+        code: u16,
+        reason: &'static str,
+        kind: ErrorKind,
+        why: &'static str,
+    ) -> Verdict {
         let method = self.method();
         if self.count("via") == 0 {
             return Verdict::Drop {
@@ -449,7 +489,10 @@ mod tests {
             s.replace("OPTIONS sip", "INVITE sip")
                 .replace("7 OPTIONS", "7 INVITE")
                 .replace("Content-Length: 0\r\n\r\n", "")
-                + &format!("Content-Type: application/sdp\r\nl: {}\r\n\r\n{body}", body.len())
+                + &format!(
+                    "Content-Type: application/sdp\r\nl: {}\r\n\r\n{body}",
+                    body.len()
+                )
         });
         assert_eq!(verdict(&invite), Verdict::Pass);
         let compact = options_with(|s| {
@@ -476,7 +519,12 @@ mod tests {
         let r = rejected(&options_with(|s| s.replace("7 OPTIONS", "7 INVITE")));
         assert_eq!((r.code, r.why), (400, "CSeq method"));
         assert_eq!(r.kind, ErrorKind::SipParse);
-        for bad in ["CSeq: x OPTIONS", "CSeq: 7", "CSeq: -1 OPTIONS", "CSeq: 4294967296 OPTIONS"] {
+        for bad in [
+            "CSeq: x OPTIONS",
+            "CSeq: 7",
+            "CSeq: -1 OPTIONS",
+            "CSeq: 4294967296 OPTIONS",
+        ] {
             let r = rejected(&options_with(|s| s.replace("CSeq: 7 OPTIONS", bad)));
             assert_eq!((r.code, r.why), (400, "bad CSeq"), "{bad}");
         }
@@ -497,17 +545,24 @@ mod tests {
             }));
             assert_eq!((r.code, r.why), (400, why), "Content-Length: {value}");
         }
-        let twice = options_with(|s| s.replace("Content-Length: 0\r\n", "Content-Length: 0\r\nl: 0\r\n"));
+        let twice =
+            options_with(|s| s.replace("Content-Length: 0\r\n", "Content-Length: 0\r\nl: 0\r\n"));
         assert_eq!(code_of(&verdict(&twice)), Some(400));
     }
 
     #[test]
     fn header_line_without_a_colon_is_400() {
-        let r = rejected(&options_with(|s| s.replace("Max-Forwards: 70", "Max-Forwards 70")));
+        let r = rejected(&options_with(|s| {
+            s.replace("Max-Forwards: 70", "Max-Forwards 70")
+        }));
         assert_eq!((r.code, r.why), (400, "header line without a colon"));
-        let r = rejected(&options_with(|s| s.replace("Max-Forwards: 70", "Bad Name: 1")));
+        let r = rejected(&options_with(|s| {
+            s.replace("Max-Forwards: 70", "Bad Name: 1")
+        }));
         assert_eq!((r.code, r.why), (400, "bad header name"));
-        let r = rejected(&options_with(|s| s.replace("Max-Forwards: 70", "Max-Forwards: many")));
+        let r = rejected(&options_with(|s| {
+            s.replace("Max-Forwards: 70", "Max-Forwards: many")
+        }));
         assert_eq!((r.code, r.why), (400, "bad Max-Forwards"));
     }
 
@@ -528,15 +583,25 @@ mod tests {
         let r = verdict(&options_with(|s| s.replace("Max-Forwards: 70\r\n", "")));
         assert_eq!(r, Verdict::Pass);
         let no_via = options_with(|s| {
-            s.replace("Via: SIP/2.0/UDP 127.0.0.1:5062;rport;branch=z9hG4bK-1\r\n", "")
+            s.replace(
+                "Via: SIP/2.0/UDP 127.0.0.1:5062;rport;branch=z9hG4bK-1\r\n",
+                "",
+            )
         });
         assert!(matches!(
             verdict(&no_via),
-            Verdict::Drop { kind: ErrorKind::SipParse, why: "no Via", .. }
+            Verdict::Drop {
+                kind: ErrorKind::SipParse,
+                why: "no Via",
+                ..
+            }
         ));
         assert!(matches!(
             verdict(b"\x16\x03\x01garbage\x00\xff"),
-            Verdict::Drop { kind: ErrorKind::SipParse, .. }
+            Verdict::Drop {
+                kind: ErrorKind::SipParse,
+                ..
+            }
         ));
     }
 
@@ -565,14 +630,26 @@ mod tests {
         assert_eq!((r.code, r.kind), (501, ErrorKind::SipMethod));
         let text = String::from_utf8(r.response("srbridge")).unwrap();
         assert!(text.contains(&format!("\r\nAllow: {ALLOW}\r\n")), "{text}");
-        for m in ["MESSAGE", "SUBSCRIBE", "REGISTER", "REFER", "PUBLISH", "NOTIFY", "PRACK"] {
+        for m in [
+            "MESSAGE",
+            "SUBSCRIBE",
+            "REGISTER",
+            "REFER",
+            "PUBLISH",
+            "NOTIFY",
+            "PRACK",
+        ] {
             let r = rejected(&options_with(|s| s.replace("OPTIONS", m)));
             assert_eq!(r.code, 405, "{m}");
             let text = String::from_utf8(r.response("x")).unwrap();
             assert!(text.contains("\r\nAllow: INVITE,"), "{text}");
         }
         let lower = options_with(|s| s.replace("OPTIONS", "options"));
-        assert_eq!(code_of(&verdict(&lower)), Some(501), "methods are case-sensitive");
+        assert_eq!(
+            code_of(&verdict(&lower)),
+            Some(501),
+            "methods are case-sensitive"
+        );
     }
 
     #[test]
@@ -582,14 +659,19 @@ mod tests {
         assert_eq!((r.code, r.kind), (513, ErrorKind::SipOversize));
         assert!(matches!(
             verdict(&vec![b'x'; MAX + 1]),
-            Verdict::Drop { kind: ErrorKind::SipOversize, .. }
+            Verdict::Drop {
+                kind: ErrorKind::SipOversize,
+                ..
+            }
         ));
     }
 
     #[test]
     fn strangers_get_403_and_their_acks_are_dropped() {
         let stranger: IpAddr = "127.0.0.2".parse().unwrap();
-        for m in ["BYE", "CANCEL", "INVITE", "UPDATE", "INFO", "OPTIONS", "REFER"] {
+        for m in [
+            "BYE", "CANCEL", "INVITE", "UPDATE", "INFO", "OPTIONS", "REFER",
+        ] {
             let raw = options_with(|s| s.replace("OPTIONS", m));
             match check(&raw, MAX, stranger, &peers()) {
                 Verdict::Reject(r) => {
@@ -602,7 +684,10 @@ mod tests {
         let ack = options_with(|s| s.replace("OPTIONS", "ACK"));
         assert!(matches!(
             check(&ack, MAX, stranger, &peers()),
-            Verdict::Drop { kind: ErrorKind::SipPeerRefused, .. }
+            Verdict::Drop {
+                kind: ErrorKind::SipPeerRefused,
+                ..
+            }
         ));
         let allowed: IpAddr = "127.0.0.3".parse().unwrap();
         assert_eq!(check(&ack, MAX, allowed, &peers()), Verdict::Pass);
@@ -611,8 +696,10 @@ mod tests {
     #[test]
     fn the_answer_copies_the_dialog_headers_and_adds_a_stable_to_tag() {
         let raw = options_with(|s| {
-            s.replace("7 OPTIONS", "7 INVITE")
-                .replace("Via: SIP", "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK-0\r\nVia: SIP")
+            s.replace("7 OPTIONS", "7 INVITE").replace(
+                "Via: SIP",
+                "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK-0\r\nVia: SIP",
+            )
         });
         let r = rejected(&raw);
         let text = String::from_utf8(r.response("srbridge")).unwrap();
@@ -620,21 +707,35 @@ mod tests {
         let vias: Vec<&str> = text.lines().filter(|l| l.starts_with("Via: ")).collect();
         assert_eq!(vias.len(), 2, "{text}");
         assert!(vias[0].contains("10.0.0.9"), "order kept: {text}");
-        assert!(text.contains("\r\nFrom: <sip:probe@127.0.0.1>;tag=a1\r\n"), "{text}");
-        assert!(text.contains("\r\nTo: <sip:1000@127.0.0.1>;tag=sr"), "{text}");
+        assert!(
+            text.contains("\r\nFrom: <sip:probe@127.0.0.1>;tag=a1\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\nTo: <sip:1000@127.0.0.1>;tag=sr"),
+            "{text}"
+        );
         assert!(text.contains("\r\nCall-ID: c1@probe\r\n"), "{text}");
         assert!(text.contains("\r\nCSeq: 7 INVITE\r\n"), "{text}");
         assert!(text.contains("\r\nServer: srbridge\r\n"), "{text}");
         assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
         assert!(!text.contains("Allow:"), "{text}");
-        assert_eq!(text, String::from_utf8(rejected(&raw).response("srbridge")).unwrap());
+        assert_eq!(
+            text,
+            String::from_utf8(rejected(&raw).response("srbridge")).unwrap()
+        );
         // a To that has a tag keeps it
         let tagged = options_with(|s| {
-            s.replace("7 OPTIONS", "7 BYE")
-                .replace("To: <sip:1000@127.0.0.1>", "To: <sip:1000@127.0.0.1>;tag=b2")
+            s.replace("7 OPTIONS", "7 BYE").replace(
+                "To: <sip:1000@127.0.0.1>",
+                "To: <sip:1000@127.0.0.1>;tag=b2",
+            )
         });
         let text = String::from_utf8(rejected(&tagged).response("")).unwrap();
-        assert!(text.contains("\r\nTo: <sip:1000@127.0.0.1>;tag=b2\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nTo: <sip:1000@127.0.0.1>;tag=b2\r\n"),
+            "{text}"
+        );
         assert!(!text.contains("Server:"), "{text}");
     }
 
@@ -643,7 +744,10 @@ mod tests {
         for (from, to) in [
             ("From: <sip:probe@127.0.0.1>;tag=a1", "From: <<<"),
             ("To: <sip:1000@127.0.0.1>", "To: "),
-            ("Via: SIP/2.0/UDP 127.0.0.1:5062;rport;branch=z9hG4bK-1", "Via: nonsense"),
+            (
+                "Via: SIP/2.0/UDP 127.0.0.1:5062;rport;branch=z9hG4bK-1",
+                "Via: nonsense",
+            ),
             ("Max-Forwards: 70", "Max-Forwards: 70\0"),
         ] {
             let v = verdict(&options_with(|s| s.replace(from, to)));

@@ -99,7 +99,11 @@ impl Door {
             log_auth_failure(
                 AuthFailure::SipPeer,
                 source.ip(),
-                &[("port", &port), ("transport", transport), ("method", method)],
+                &[
+                    ("port", &port),
+                    ("transport", transport),
+                    ("method", method),
+                ],
             );
         } else {
             debug!(%source, transport, method, code, why, kind = kind.label(), "SIP message refused at the door");
@@ -275,18 +279,15 @@ pub(crate) async fn serve_tcp(
         }
         // a second handle on the socket, to shut it down if it stays silent
         let dup = stream_dup(&stream);
-        let connection = match TcpConnection::from_stream(
-            stream,
-            local.clone(),
-            Some(token.child_token()),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(%remote, error = %e, "SIP TCP connection unusable");
-                lock(&watch).on_closed(remote);
-                continue;
-            }
-        };
+        let connection =
+            match TcpConnection::from_stream(stream, local.clone(), Some(token.child_token())) {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(%remote, error = %e, "SIP TCP connection unusable");
+                    lock(&watch).on_closed(remote);
+                    continue;
+                }
+            };
         if let Some(dup) = dup {
             lock(&watch).pending.insert(remote, dup);
         }

@@ -96,7 +96,10 @@ mod tests {
         let now = Instant::now();
         assert!(gate.on_accept(addr("192.0.2.1:1000"), now));
         assert!(gate.on_accept(addr("192.0.2.1:1001"), now));
-        assert!(!gate.on_accept(addr("192.0.2.1:1002"), now), "third refused");
+        assert!(
+            !gate.on_accept(addr("192.0.2.1:1002"), now),
+            "third refused"
+        );
         assert!(
             gate.on_accept(addr("192.0.2.2:1000"), now),
             "another IP has its own cap"
@@ -122,7 +125,10 @@ mod tests {
         assert!(!gate.on_message(talker), "only the first counts");
         assert!(gate.overdue(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(gate.overdue(t0 + Duration::from_secs(10)), vec![silent]);
-        assert!(gate.overdue(t0 + Duration::from_secs(60)).is_empty(), "reported once");
+        assert!(
+            gate.overdue(t0 + Duration::from_secs(60)).is_empty(),
+            "reported once"
+        );
         assert_eq!(
             gate.count("192.0.2.1".parse().unwrap()),
             2,

@@ -25,10 +25,10 @@ use tracing::{debug, info, trace, warn, Instrument};
 use super::call::{self, CallDirection, CallStart, IncomingCall, OutgoingInvite, SipCall};
 use super::door::ALLOW;
 use super::doorman::{serve_tcp, Door, DoorInspector, DoorUdp, TcpWatch};
-use super::tcp_gate::TcpGate;
 use super::error::SipError;
 use super::inbound::{screen_invite, InviteFacts, PeerPolicy, Screening};
 use super::status::{PbxInternal, RegState, SipStatus};
+use super::tcp_gate::TcpGate;
 use super::{options, register};
 use crate::config::{Config, Host, SipConfig, SipTransport};
 
@@ -657,7 +657,9 @@ impl MessageInspector for TraceInspector {
             response
                 .headers
                 .retain(|h| !matches!(h, Header::UserAgent(_) | Header::Server(_)));
-            response.headers.push(Header::Server(self.server.clone().into()));
+            response
+                .headers
+                .push(Header::Server(self.server.clone().into()));
         }
         trace!(dest = ?dest.map(|d| d.to_string()), message = ?msg.to_string(), "SIP send");
         msg
