@@ -18,8 +18,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::lifecycle::{ConfigWatch, Lifecycle};
 use super::auth_log::{log_auth_failure, AuthFailure};
+use super::lifecycle::{ConfigWatch, Lifecycle};
 use super::metrics::metrics;
 use super::status::{StatusResponse, StatusSource};
 
@@ -110,7 +110,11 @@ async fn require_admin(State(ctx): State<OpsContext>, req: Request, next: Next) 
         .map(|ConnectInfo(peer)| peer.ip());
     let refused = |code: &str| {
         if let Some(ip) = peer {
-            log_auth_failure(AuthFailure::Admin, ip, &[("code", code), ("path", req.uri().path())]);
+            log_auth_failure(
+                AuthFailure::Admin,
+                ip,
+                &[("code", code), ("path", req.uri().path())],
+            );
         }
     };
     match token {
