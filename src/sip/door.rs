@@ -1,7 +1,8 @@
 //! The SIP door (sans-IO): every request is checked here, on its raw bytes, before rsipstack's
 //! transaction and dialog layers see it (RFC 3261 §8.2 and §18.3). A bad request is answered
 //! statelessly (400, 403, 405, 501, 505, 513) and goes no further; one that cannot be answered
-//! (no Via) is dropped. Responses and keep-alives pass untouched.
+//! (no Via) is dropped. Keep-alives and the peers' responses pass untouched; responses from anyone
+//! else are dropped.
 //!
 //! Order of the checks: size, framing and start line, header lines, the mandatory headers, then
 //! the sender (only the PBX and `allowed_peers` may send requests, in or out of a dialog: SPEC §6),
@@ -70,6 +71,15 @@ pub(crate) fn check(raw: &[u8], max_len: usize, source: IpAddr, peers: &PeerPoli
     }
     let head = Head::parse(raw);
     if raw.starts_with(b"SIP/") {
+        // we only send requests to the PBX and the PSTN gateway: a response from anyone else is
+        // forged (it could answer or fail our INVITE)
+        if !peers.allows(source) {
+            return Verdict::Drop {
+                kind: ErrorKind::SipPeerRefused,
+                why: "response from a stranger",
+                method: "response".to_string(),
+            };
+        }
         return Verdict::Pass;
     }
     let reject = |code, reason, kind, why| head.reject(code, reason, kind, why);
@@ -691,6 +701,16 @@ mod tests {
         ));
         let allowed: IpAddr = "127.0.0.3".parse().unwrap();
         assert_eq!(check(&ack, MAX, allowed, &peers()), Verdict::Pass);
+        // a forged final answer to one of our INVITEs
+        let ok = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n\r\n";
+        assert!(matches!(
+            check(ok, MAX, stranger, &peers()),
+            Verdict::Drop {
+                kind: ErrorKind::SipPeerRefused,
+                ..
+            }
+        ));
+        assert_eq!(check(ok, MAX, allowed, &peers()), Verdict::Pass);
     }
 
     #[test]
