@@ -94,7 +94,8 @@ impl Door {
         code: u16,
     ) {
         metrics().error(kind);
-        if kind == ErrorKind::SipPeerRefused {
+        // a stranger's ACK is mostly the ACK of our own 403: one refusal, one line
+        if kind == ErrorKind::SipPeerRefused && method != "ACK" {
             let port = source.port().to_string();
             log_auth_failure(
                 AuthFailure::SipPeer,
