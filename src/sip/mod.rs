@@ -10,9 +10,9 @@
 //! screening of incoming INVITEs (peers, X-Number/dial prefix), Contact/Via address choice
 //! (`public_ip`, never 0.0.0.0), caller-identity headers, the per-call event driver (re-offers
 //! through the call layer, `o=` version bump, cleanup on drop), immediate 503 for an unreachable
-//! TCP PBX, trace-only message logging, and the door in front of the stack ([`door`]: raw requests
-//! checked and strangers refused before any transaction; [`doorman`]: the UDP socket wrapper, the TCP
-//! accept loop with its per-IP cap and first-message deadline, [`tcp_gate`]).
+//! TCP PBX, trace-only message logging, and the door in front of the stack (`door`: raw requests
+//! checked and strangers refused before any transaction; `doorman`: the UDP socket wrapper, the TCP
+//! accept loop with its per-IP cap and first-message deadline, `tcp_gate`).
 
 mod call;
 mod door;
