@@ -320,6 +320,15 @@ pub struct SipConfig {
     pub ring_timeout: Duration,
     /// Addresses besides the PBX that may send SIP to the bridge.
     pub allowed_peers: Vec<IpAddr>,
+    /// `User-Agent` of our requests and `Server` of our responses (no version by default).
+    pub user_agent: String,
+    /// A SIP TCP connection silent this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// A SIP TCP connection that has not sent one complete message this long after it opened
+    /// is closed.
+    pub tcp_first_message_timeout: Duration,
+    /// Most SIP TCP connections one source IP may hold open to the bridge.
+    pub tcp_max_per_ip: u32,
 }
 
 impl Default for SipConfig {
@@ -334,6 +343,10 @@ impl Default for SipConfig {
             target_header: "X-Number".to_string(),
             ring_timeout: Duration::from_secs(60),
             allowed_peers: Vec::new(),
+            user_agent: "srbridge".to_string(),
+            tcp_idle_timeout: Duration::from_secs(300),
+            tcp_first_message_timeout: Duration::from_secs(10),
+            tcp_max_per_ip: 16,
         }
     }
 }

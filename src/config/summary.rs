@@ -96,6 +96,14 @@ impl Display for Config {
         row(f, "target_header", &sip.target_header)?;
         row(f, "ring_timeout", secs(sip.ring_timeout))?;
         row(f, "allowed_peers", list(&sip.allowed_peers))?;
+        row(f, "user_agent", format!("{:?}", sip.user_agent))?;
+        row(f, "tcp_idle_timeout", secs(sip.tcp_idle_timeout))?;
+        row(
+            f,
+            "tcp_first_message_timeout",
+            secs(sip.tcp_first_message_timeout),
+        )?;
+        row(f, "tcp_max_per_ip", sip.tcp_max_per_ip)?;
 
         let media = &self.media;
         writeln!(f, "[media]")?;

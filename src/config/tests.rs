@@ -112,6 +112,10 @@ fn minimal_files_take_defaults() {
         assert!(config.proxy.is_none());
         assert_eq!(config.global.sip_local_port, 5086);
         assert_eq!(config.sip.dial_prefix, "0");
+        assert_eq!(
+            config.sip.user_agent, "srbridge",
+            "no version leaked by default"
+        );
         assert_eq!(config.sip.register_expires, Duration::from_secs(300));
         assert_eq!(config.media.rtp_port_min, 20000);
         assert_eq!(config.media.rtp_port_max, 30000);
@@ -131,6 +135,8 @@ fn native_settings_are_read_from_toml() {
         "[sip]\nlisten_ip = \"127.0.0.1\"\ntransport = \"TCP\"\npublic_ip = \"127.0.0.9\"\n\
          register_expires = 60\noptions_interval = 0\ndial_prefix = \"\"\nring_timeout = 20\n\
          allowed_peers = [\"127.0.0.2\", \"::1\"]\n\
+         user_agent = \"Acme PBX gateway\"\ntcp_idle_timeout = 60\ntcp_first_message_timeout = 3\n\
+         tcp_max_per_ip = 4\n\
          [media]\nrtp_port_min = 40000\nrtp_port_max = 40100\ncodecs = [\"pcma\"]\n\
          stun_servers = [\"stun:127.0.0.1:3478\"]\ndtmf_mode = \"info\"\n\
          [[media.codec_rules]]\nnumbers = \"9[00-99]\"\ncodecs = [\"PCMU\"]\n\
@@ -148,6 +154,10 @@ fn native_settings_are_read_from_toml() {
     assert_eq!(config.sip.options_interval, Duration::ZERO);
     assert_eq!(config.sip.dial_prefix, "");
     assert_eq!(config.sip.allowed_peers.len(), 2);
+    assert_eq!(config.sip.user_agent, "Acme PBX gateway");
+    assert_eq!(config.sip.tcp_idle_timeout, Duration::from_secs(60));
+    assert_eq!(config.sip.tcp_first_message_timeout, Duration::from_secs(3));
+    assert_eq!(config.sip.tcp_max_per_ip, 4);
     assert_eq!(config.media.codecs, vec![Codec::Pcma]);
     assert_eq!(config.media.codecs_for("955"), &[Codec::Pcmu]);
     assert_eq!(config.media.codecs_for("1005"), &[Codec::Pcma]);
@@ -760,6 +770,24 @@ fn sip_bad_values() {
             "allowed_peers",
             "expected an array of strings",
         ),
+        ("user_agent = \"\"", "user_agent", "is empty"),
+        (
+            "user_agent = \"pbx\\r\\nX: y\"",
+            "user_agent",
+            "only printable ASCII",
+        ),
+        ("user_agent = true", "user_agent", "expected a string"),
+        (
+            "tcp_idle_timeout = 1",
+            "tcp_idle_timeout",
+            "1 is out of range (5-86400)",
+        ),
+        (
+            "tcp_first_message_timeout = 0",
+            "tcp_first_message_timeout",
+            "out of range",
+        ),
+        ("tcp_max_per_ip = 0", "tcp_max_per_ip", "out of range"),
     ];
     for (line, key, needle) in cases {
         assert_error(

@@ -593,6 +593,21 @@ fn parse_header_name(text: &str) -> std::result::Result<String, String> {
     Ok(name.to_string())
 }
 
+/// A User-Agent/Server value: 1-128 printable ASCII characters (it goes into every message).
+fn parse_user_agent(text: &str) -> std::result::Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("is empty".to_string());
+    }
+    if text.len() > 128 {
+        return Err(format!("is {} characters long (at most 128)", text.len()));
+    }
+    match text.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        Some(bad) => Err(format!("contains {bad:?}: only printable ASCII is allowed")),
+        None => Ok(text.to_string()),
+    }
+}
+
 fn parse_name(text: &str) -> std::result::Result<String, String> {
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
@@ -815,6 +830,13 @@ fn sip(s: &Sec) -> Result<SipConfig> {
     let allowed_peers = s
         .parsed_list("allowed_peers", parse_ip)?
         .map_or_else(Vec::new, |v| v.value);
+    let user_agent = match s.string("user_agent")? {
+        Some(v) => parse_user_agent(&v.value).map_err(|m| s.err(Some(v.line), "user_agent", m))?,
+        None => d.user_agent,
+    };
+    let tcp_idle_timeout = s.seconds("tcp_idle_timeout", 5, 86400, 300)?;
+    let tcp_first_message_timeout = s.seconds("tcp_first_message_timeout", 1, 300, 10)?;
+    let tcp_max_per_ip = s.count("tcp_max_per_ip", 10_000, d.tcp_max_per_ip)?;
     s.finish()?;
     Ok(SipConfig {
         listen_ip,
@@ -826,6 +848,10 @@ fn sip(s: &Sec) -> Result<SipConfig> {
         target_header,
         ring_timeout,
         allowed_peers,
+        user_agent,
+        tcp_idle_timeout,
+        tcp_first_message_timeout,
+        tcp_max_per_ip,
     })
 }
 

@@ -18,6 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::auth_log::{log_auth_failure, AuthFailure};
 use super::lifecycle::{ConfigWatch, Lifecycle};
 use super::metrics::metrics;
 use super::status::{StatusResponse, StatusSource};
@@ -103,11 +104,25 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 async fn require_admin(State(ctx): State<OpsContext>, req: Request, next: Next) -> Response {
     let token = ctx.config.borrow().http.admin_token.clone();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    let refused = |code: &str| {
+        if let Some(ip) = peer {
+            log_auth_failure(
+                AuthFailure::Admin,
+                ip,
+                &[("code", code), ("path", req.uri().path())],
+            );
+        }
+    };
     match token {
         Some(token) => {
             let ok = bearer(req.headers())
                 .is_some_and(|given| constant_time_eq(given.as_bytes(), token.expose().as_bytes()));
             if !ok {
+                refused("401");
                 return (
                     StatusCode::UNAUTHORIZED,
                     [(header::WWW_AUTHENTICATE, "Bearer realm=\"srbridge\"")],
@@ -122,6 +137,7 @@ async fn require_admin(State(ctx): State<OpsContext>, req: Request, next: Next) 
                 .get::<ConnectInfo<SocketAddr>>()
                 .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
             if !loopback {
+                refused("403");
                 return (
                     StatusCode::FORBIDDEN,
                     Json(json!({

@@ -142,13 +142,22 @@ fn filter_for(level: LogLevel) -> (EnvFilter, bool) {
         // datagram: held to ERROR below DEBUG.
         Err(_) => (
             EnvFilter::new(format!(
-                "{},{},{}",
+                "{},{},{}{}",
                 level.filter_directive(),
                 crate::sip::log_directives(level),
-                crate::media::webrtc_leg::log_directives(level)
+                crate::media::webrtc_leg::log_directives(level),
+                auth_directive(level)
             )),
             false,
         ),
+    }
+}
+
+/// The auth-failure line (fail2ban's input) stays on at every level but NONE.
+fn auth_directive(level: LogLevel) -> String {
+    match level {
+        LogLevel::None => String::new(),
+        _ => format!(",{}=warn", super::auth_log::TARGET),
     }
 }
 

@@ -194,8 +194,14 @@ labelled_enum!(
         Oversize = "oversize",
         /// Login or digest authentication failure.
         Auth = "auth",
-        /// SIP from an address that is neither the PBX nor allowed.
-        PeerNotAllowed = "peer_not_allowed",
+        /// SIP request from an address that is neither the PBX nor allowed (answered 403).
+        SipPeerRefused = "sip_peer_refused",
+        /// SIP message over the size the transport takes (answered 513 or dropped).
+        SipOversize = "sip_oversize",
+        /// SIP request with a method the bridge does not handle (answered 405/501).
+        SipMethod = "sip_method",
+        /// SIP TCP connection refused (too many from one IP) or closed before one message.
+        SipConnection = "sip_connection",
         /// Socket or transport error.
         Transport = "transport",
         /// Codec encode/decode failure.

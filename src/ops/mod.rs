@@ -2,6 +2,7 @@
 //!
 //! * [`logging`] + [`redact`]: the `tracing` subscriber from `[log]` (levels 0-5, file with
 //!   size rotation, SIGHUP level change) that never writes a password or token.
+//! * [`auth_log`]: the fixed `AUTH_FAILURE kind=… src=…` line fail2ban reads.
 //! * [`metrics`]: the process-wide Prometheus registry (`metrics::metrics()`).
 //! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
 //! * [`http`]: `/api/status`, `/api/calls/{id}`, `/metrics`, `/healthz` (admin auth).
@@ -9,6 +10,7 @@
 //! * [`lifecycle`]: drain on SIGTERM ([`lifecycle::Lifecycle`]) and config reload on SIGHUP
 //!   ([`lifecycle::ConfigReloader`], published as a [`lifecycle::ConfigWatch`]).
 
+pub mod auth_log;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;

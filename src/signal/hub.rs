@@ -8,16 +8,17 @@
 //! one forwarder task hands them to the bridge channel without ever dropping one.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -25,7 +26,10 @@ use tracing::{debug, info, warn};
 use super::core::{
     BridgeEvent, DeliveryError, HubCore, HubSettings, Now, Output, SessionId, MAX_FRAME,
 };
-use super::protocol::{FailureReason, LocalInvitationState, RemoteFailureReason};
+use super::protocol::{
+    ErrorCode, FailureReason, LocalInvitationState, RemoteFailureReason, ServerMsg,
+};
+use crate::ops::auth_log::{log_auth_failure, AuthFailure};
 
 /// The JS client library browsers import from `/sdk/rtm-client.js`.
 pub const RTM_CLIENT_JS: &str = include_str!("../../web-demo/rtm-client.js");
@@ -47,6 +51,8 @@ enum Outbound {
 struct Shared {
     core: HubCore,
     outboxes: HashMap<SessionId, mpsc::Sender<Outbound>>,
+    /// Where each session connects from (for the auth-failure log line).
+    peers: HashMap<SessionId, IpAddr>,
 }
 
 struct Inner {
@@ -82,6 +88,7 @@ impl Hub {
                 shared: Mutex::new(Shared {
                     core: HubCore::new(settings),
                     outboxes: HashMap::new(),
+                    peers: HashMap::new(),
                 }),
                 bridge,
                 queue,
@@ -159,6 +166,9 @@ impl Hub {
         for output in outputs {
             match output {
                 Output::Send(sid, msg) => {
+                    if let Some(ip) = shared.peers.get(&sid) {
+                        log_refused_login(*ip, &msg);
+                    }
                     let Some(outbox) = shared.outboxes.get(&sid) else {
                         continue;
                     };
@@ -180,7 +190,7 @@ impl Hub {
         }
     }
 
-    async fn run_session(self, mut socket: WebSocket) {
+    async fn run_session(self, mut socket: WebSocket, peer: Option<IpAddr>) {
         let sid = self.inner.next_sid.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
         let opened = {
@@ -188,6 +198,9 @@ impl Hub {
             match shared.core.open(sid, now()) {
                 Ok(()) => {
                     shared.outboxes.insert(sid, tx);
+                    if let Some(ip) = peer {
+                        shared.peers.insert(sid, ip);
+                    }
                     Ok(())
                 }
                 Err(outputs) => Err(outputs),
@@ -241,6 +254,7 @@ impl Hub {
         {
             let mut shared = self.lock();
             shared.outboxes.remove(&sid);
+            shared.peers.remove(&sid);
             let outputs = shared.core.close(sid);
             self.dispatch(&mut shared, outputs);
         }
@@ -344,10 +358,30 @@ impl Hub {
     }
 }
 
-async fn ws_handler(State(hub): State<Hub>, ws: WebSocketUpgrade) -> impl IntoResponse {
+async fn ws_handler(
+    State(hub): State<Hub>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: WebSocketUpgrade,
+) -> impl IntoResponse {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     ws.max_message_size(HARD_FRAME_LIMIT.max(MAX_FRAME))
         .max_frame_size(HARD_FRAME_LIMIT.max(MAX_FRAME))
-        .on_upgrade(move |socket| hub.run_session(socket))
+        .on_upgrade(move |socket| hub.run_session(socket, peer))
+}
+
+/// A login refused for its appid, uid or token writes the `AUTH_FAILURE` line (fail2ban).
+fn log_refused_login(ip: IpAddr, msg: &ServerMsg) {
+    let ServerMsg::Error { code, .. } = msg else {
+        return;
+    };
+    let kind = match code {
+        ErrorCode::WrongAppid | ErrorCode::InvalidUid => AuthFailure::Login,
+        ErrorCode::TokenRequired | ErrorCode::TokenInvalid | ErrorCode::TokenExpired => {
+            AuthFailure::Token
+        }
+        _ => return,
+    };
+    log_auth_failure(kind, ip, &[("code", code.as_str())]);
 }
 
 async fn js_handler() -> impl IntoResponse {

@@ -10,9 +10,13 @@
 //! screening of incoming INVITEs (peers, the target header/dial prefix, in every form a PBX sends), Contact/Via address choice
 //! (`public_ip`, never 0.0.0.0), caller-identity headers, the per-call event driver (re-offers
 //! through the call layer, `o=` version bump, cleanup on drop), immediate 503 for an unreachable
-//! TCP PBX, and trace-only message logging.
+//! TCP PBX, trace-only message logging, and the door in front of the stack (`door`: raw requests
+//! checked and strangers refused before any transaction; `doorman`: the UDP socket wrapper, the TCP
+//! accept loop with its per-IP cap and first-message deadline, `tcp_gate`).
 
 mod call;
+mod door;
+mod doorman;
 mod error;
 pub(crate) mod inbound;
 mod options;
@@ -21,6 +25,7 @@ mod register;
 pub mod sdp;
 mod status;
 mod target;
+mod tcp_gate;
 mod ua;
 
 pub use call::{CallDirection, IncomingCall, OutgoingInvite, SipCall, SipCallEvent};

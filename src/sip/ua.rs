@@ -15,7 +15,7 @@ use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption, Message
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::udp::{UdpConnection, UdpInner};
-use rsipstack::transport::{SipAddr, SipConnection, TcpListenerConnection, TransportLayer};
+use rsipstack::transport::{SipAddr, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio::sync::{mpsc, Notify, OnceCell};
 use tokio::task::JoinHandle;
@@ -23,20 +23,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn, Instrument};
 
 use super::call::{self, CallDirection, CallStart, IncomingCall, OutgoingInvite, SipCall};
+use super::door::ALLOW;
+use super::doorman::{serve_tcp, Door, DoorInspector, DoorUdp, TcpWatch};
 use super::error::SipError;
 use super::inbound::{screen_invite, InviteFacts, PeerPolicy, Screening};
 use super::status::{PbxInternal, RegState, SipStatus};
 use super::target::TargetSources;
+use super::tcp_gate::TcpGate;
 use super::{options, register};
 use crate::config::{Config, Host, SipConfig, SipTransport};
 
-/// Methods we handle; sent in Allow.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
-/// User-Agent of every request and response.
 /// Retry-After (seconds) on the 503 sent to new INVITEs while draining.
 const DRAIN_RETRY_AFTER: &str = "60";
-
-const USER_AGENT: &str = concat!("srbridge/", env!("CARGO_PKG_VERSION"));
 
 /// Tunables that are not in the config file (tests shorten them).
 #[derive(Debug, Clone)]
@@ -149,21 +147,33 @@ impl SipUa {
         let contact_addr = SocketAddr::new(contact_ip, local_addr.port());
         let external = (contact_addr != local_addr).then_some(contact_addr);
 
+        let peers = PeerPolicy {
+            pbx: pbx.ip(),
+            allowed: door_peers(config, &sip).await,
+        };
+        let door = Arc::new(Door::new(peers.clone(), sip.user_agent.clone()));
         let transport_layer = TransportLayer::new(token.child_token());
-        if sip.transport == SipTransport::Tcp {
-            // same port for TCP; binding now catches "port in use" at start-up
-            let probe =
+        transport_layer.set_stream_idle_timeout(sip.tcp_idle_timeout);
+        let tcp_listener = if sip.transport == SipTransport::Tcp {
+            // same port for TCP, accepted by the door's own loop (per-IP cap, first message)
+            let listener =
                 std::net::TcpListener::bind(local_addr).map_err(|source| SipError::Bind {
                     transport: "tcp",
                     addr: local_addr,
                     source,
                 })?;
-            drop(probe);
-            let listener = TcpListenerConnection::new(local_addr, external)
-                .await
-                .map_err(SipError::from)?;
-            transport_layer.add_transport(SipConnection::TcpListener(listener));
-        }
+            let listener = listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                .map_err(|source| SipError::Bind {
+                    transport: "tcp",
+                    addr: local_addr,
+                    source,
+                })?;
+            Some(listener)
+        } else {
+            None
+        };
         std_socket
             .set_nonblocking(true)
             .map_err(|source| SipError::Bind {
@@ -179,7 +189,7 @@ impl SipUa {
             })?;
         let udp = UdpConnection::attach(
             UdpInner {
-                conn: Arc::new(socket),
+                conn: Arc::new(DoorUdp::new(socket, door.clone())),
                 addr: SipAddr {
                     r#type: Some(Transport::Udp),
                     addr: local_addr.into(),
@@ -191,16 +201,22 @@ impl SipUa {
         .await;
         transport_layer.add_transport(udp.into());
 
+        let tcp_watch = TcpWatch::shared(TcpGate::new(
+            sip.tcp_max_per_ip as usize,
+            sip.tcp_first_message_timeout,
+        ));
         let t1 = opts.t1.max(Duration::from_millis(10));
         let endpoint = EndpointBuilder::new()
             .with_option(EndpointOption {
                 t1,
                 t1x64: t1 * 64,
+                // Call-IDs end in our own address, not the stack's default domain
+                callid_suffix: Some(contact_addr.ip().to_string()),
                 ..EndpointOption::default()
             })
             .with_cancel_token(token.child_token())
             .with_transport_layer(transport_layer)
-            .with_user_agent(USER_AGENT)
+            .with_user_agent(&sip.user_agent)
             .with_allows(vec![
                 Method::Invite,
                 Method::Ack,
@@ -210,11 +226,31 @@ impl SipUa {
                 Method::Info,
                 Method::Update,
             ])
-            .with_inspector(Box::new(TraceInspector))
+            .with_inspector(Box::new(TraceInspector {
+                server: sip.user_agent.clone(),
+            }))
+            .with_transport_inspector(Box::new(DoorInspector {
+                door,
+                watch: tcp_watch.clone(),
+            }))
             .build();
         let incoming = endpoint.incoming_transactions()?;
         let endpoint_inner = endpoint.inner.clone();
         tokio::spawn(async move { endpoint.serve().await });
+        if let Some(listener) = tcp_listener {
+            let local = SipAddr {
+                r#type: Some(Transport::Tcp),
+                addr: external.unwrap_or(local_addr).into(),
+            };
+            let layer = endpoint_inner.clone();
+            tokio::spawn(serve_tcp(
+                listener,
+                local,
+                tcp_watch,
+                move |connection| layer.transport_layer.add_connection(connection),
+                token.child_token(),
+            ));
+        }
         let dialogs = Arc::new(DialogLayer::new(endpoint_inner.clone()));
 
         let (account, credential) = match &config.proxy {
@@ -240,10 +276,7 @@ impl SipUa {
             account,
             credential,
             opts: opts.clone(),
-            peers: PeerPolicy {
-                pbx: pbx.ip(),
-                allowed: sip.allowed_peers.clone(),
-            },
+            peers,
             sip,
             reg_state: Mutex::new(RegState::Disabled),
             pbx_state: Mutex::new(PbxInternal::Unknown),
@@ -600,12 +633,35 @@ async fn resolve(host: &Host, port: u16) -> Result<SocketAddr, SipError> {
     }
 }
 
+/// Besides the PBX and `allowed_peers`, the PSTN gateway may send requests (its BYEs).
+async fn door_peers(config: &Config, sip: &SipConfig) -> Vec<IpAddr> {
+    let mut allowed = sip.allowed_peers.clone();
+    if let Some(pstn) = &config.pstn {
+        match resolve(&pstn.addr.host, pstn.addr.port).await {
+            Ok(gateway) => allowed.push(gateway.ip()),
+            Err(e) => warn!(error = %e, "PSTN gateway not resolved: its requests will be refused"),
+        }
+    }
+    allowed
+}
+
 /// Logs every SIP message at trace level only (bodies are SENSITIVE; passwords never appear:
-/// digest responses are hashes).
-struct TraceInspector;
+/// digest responses are hashes), and names us in `Server` on responses (rsipstack puts its
+/// `User-Agent` on every message).
+struct TraceInspector {
+    server: String,
+}
 
 impl MessageInspector for TraceInspector {
-    fn before_send(&self, msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
+    fn before_send(&self, mut msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
+        if let SipMessage::Response(response) = &mut msg {
+            response
+                .headers
+                .retain(|h| !matches!(h, Header::UserAgent(_) | Header::Server(_)));
+            response
+                .headers
+                .push(Header::Server(self.server.clone().into()));
+        }
         trace!(dest = ?dest.map(|d| d.to_string()), message = ?msg.to_string(), "SIP send");
         msg
     }
