@@ -456,7 +456,7 @@ fn stranger_datagrams(i: u16, pt: u8) -> Vec<Vec<u8>> {
 async fn a_strangers_datagrams_never_reach_the_call() {
     let base = support::ports::free_port_range(10);
     let ranged = WebRtcSettings {
-        udp_port_range: Some((base, base + 9)),
+        ports: Some(PortAllocator::new(PortRange::new(base, base + 9).unwrap())),
         ..settings()
     };
     let (a, mut ca) = WebRtcLeg::new(&settings()).await.unwrap();

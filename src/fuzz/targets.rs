@@ -25,9 +25,11 @@ use crate::media::rtp_source::{RtpArrival, SourceRules, SourceVerdict, StrictSou
 use crate::media::webrtc_leg::{WebRtcLeg, WebRtcSettings};
 use crate::signal::core::{HubCore, HubSettings, Now, Output};
 use crate::signal::protocol::ServerMsg;
+use crate::sip::door;
 use crate::sip::inbound::{screen_invite, InviteFacts, PeerPolicy};
 use crate::sip::origin::bump_origin_version;
 use crate::sip::sdp::{answer_offer, parse_answer, Direction, LocalMedia};
+use crate::sip::target::TargetSources;
 
 const PBX: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
 
@@ -240,6 +242,9 @@ fn sip_message() {
     let codecs = [Codec::Pcmu, Codec::Pcma];
     let local = local_media(&codecs);
     fuzz("sip_message", SIP_DICT, 8192, |data| {
+        // The door sees every datagram first, from the PBX and from a stranger.
+        let _ = door::check(data, 8192, PBX, &peers);
+        let _ = door::check(data, 8192, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), &peers);
         let Ok(msg) = SipMessage::try_from(data) else {
             return false;
         };
@@ -257,14 +262,22 @@ fn sip_message() {
                 let _ = req.from_header().and_then(|f| f.typed());
                 let x_number = req.header_value("X-Number");
                 let ruri_user = req.uri.user().map(str::to_string);
+                let to_user = req
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.uri().ok())
+                    .and_then(|u| u.user().map(str::to_string));
                 for source in [
                     source,
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5060),
                 ] {
                     let facts = InviteFacts {
                         source,
-                        x_number: x_number.as_deref(),
-                        ruri_user: ruri_user.as_deref(),
+                        target: TargetSources {
+                            header: x_number.as_deref(),
+                            ruri_user: ruri_user.as_deref(),
+                            to_user: to_user.as_deref(),
+                        },
                     };
                     let _ = screen_invite(&facts, &peers, "0");
                 }

@@ -15,7 +15,7 @@
 //! accept loop with its per-IP cap and first-message deadline, `tcp_gate`).
 
 mod call;
-mod door;
+pub(crate) mod door;
 mod doorman;
 mod error;
 pub(crate) mod inbound;
@@ -24,7 +24,7 @@ pub(crate) mod origin;
 mod register;
 pub mod sdp;
 mod status;
-mod target;
+pub(crate) mod target;
 mod tcp_gate;
 mod ua;
 
