@@ -3,9 +3,12 @@
 //! answers in-dialog requests (re-INVITE/UPDATE through the call layer, INFO/OPTIONS with 200) and
 //! cleans up (BYE/CANCEL/reject, dialog removed) when the handle is dropped.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use rsipstack::dialog::dialog::{
@@ -13,13 +16,16 @@ use rsipstack::dialog::dialog::{
 };
 use rsipstack::dialog::invitation::InviteAsyncResult;
 use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method, Request, Response, StatusCode, StatusCodeKind};
 use rsipstack::transaction::key::TransactionRole;
+use rsipstack::transaction::transaction::Transaction;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn, Instrument};
 
+use super::crossing::{Admit, RequestOrder};
 use super::error::SipError;
 use super::origin::bump_origin_version;
 use super::ua::UaInner;
@@ -346,21 +352,40 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         stop: stop.clone(),
     };
     let span = tracing::info_span!("sip_call", call_id = %start.log_id);
+    let sip_call_id = start.dialog.id().call_id;
+    let requests = start.ua.open_door(&sip_call_id);
+    let initial_cseq = match start.direction {
+        CallDirection::Incoming => start
+            .dialog
+            .initial_request()
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.seq().ok()),
+        CallDirection::Outgoing => None,
+    };
+    let (answers_tx, answers) = mpsc::unbounded_channel();
     let driver = Driver {
         ua: start.ua,
         direction: start.direction,
         dialog: start.dialog,
         events: events_tx,
         shared,
+        sip_call_id,
+        order: RequestOrder::new(initial_cseq),
+        deferred: VecDeque::new(),
+        answers_tx,
     };
     driver.ua.call_started();
     tokio::spawn(
         driver
-            .run(start.states, start.invite, stop)
+            .run(start.states, start.invite, requests, answers, stop)
             .instrument(span),
     );
     call
 }
+
+/// The call layer's answer to a re-INVITE/UPDATE (by CSeq): an SDP, or `None` for the last one.
+type ReofferAnswer = (u32, Method, Option<String>);
 
 struct Driver {
     ua: Arc<UaInner>,
@@ -368,6 +393,13 @@ struct Driver {
     dialog: InviteDialog,
     events: mpsc::UnboundedSender<SipCallEvent>,
     shared: Arc<CallShared>,
+    /// The key of this call's door in the UA (closed when the driver ends).
+    sip_call_id: String,
+    /// Which in-dialog requests may enter, which a BYE cancels, which may still get a 200.
+    order: RequestOrder<TransactionHandle>,
+    /// Requests that arrived before the ACK of our 200, in order.
+    deferred: VecDeque<Transaction>,
+    answers_tx: mpsc::UnboundedSender<ReofferAnswer>,
 }
 
 /// Longest we wait for the call layer to answer a re-INVITE/UPDATE before reusing the last SDP.
@@ -380,12 +412,15 @@ impl Driver {
     }
 
     async fn run(
-        self,
+        mut self,
         mut states: DialogStateReceiver,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
+        requests: Option<mpsc::UnboundedReceiver<Transaction>>,
+        mut answers: mpsc::UnboundedReceiver<ReofferAnswer>,
         stop: CancellationToken,
     ) {
         let mut failed = false;
+        let mut requests = requests;
         loop {
             tokio::select! {
                 biased;
@@ -405,8 +440,13 @@ impl Driver {
                         self.terminated(reason, failed);
                         break;
                     }
-                    self.on_state(state);
+                    self.on_state(state).await;
                 }
+                tx = recv_some(&mut requests) => match tx {
+                    Some(tx) => self.on_request(tx).await,
+                    None => requests = None,
+                },
+                Some((cseq, method, sdp)) = answers.recv() => self.send_reoffer_answer(cseq, method, sdp),
                 r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
                     invite = None;
                     if self.invite_outcome(r) {
@@ -417,10 +457,136 @@ impl Driver {
                 }
             }
         }
+        self.close(states, requests).await;
         let id = self.dialog.id();
         self.ua.dialogs.remove_dialog(&id);
         self.ua.call_ended();
         debug!("call driver done");
+    }
+
+    /// The dialog is over: nothing more enters it, and every request still waiting for our
+    /// answer gets one (487 for a re-INVITE/UPDATE, 481 for the rest), never silence or a 200.
+    async fn close(
+        &mut self,
+        mut states: DialogStateReceiver,
+        requests: Option<mpsc::UnboundedReceiver<Transaction>>,
+    ) {
+        self.ua.close_door(&self.sip_call_id);
+        for handle in self.order.end() {
+            reply_on(handle, StatusCode::RequestTerminated);
+        }
+        while let Ok(state) = states.try_recv() {
+            match state {
+                DialogState::Updated(_, _, handle) => {
+                    reply_on(handle, StatusCode::RequestTerminated)
+                }
+                DialogState::Info(_, _, handle)
+                | DialogState::Options(_, _, handle)
+                | DialogState::Notify(_, _, handle)
+                | DialogState::Message(_, _, handle)
+                | DialogState::Refer(_, _, handle) => {
+                    reply_on(handle, StatusCode::CallTransactionDoesNotExist)
+                }
+                _ => {}
+            }
+        }
+        let mut late: Vec<Transaction> = self.deferred.drain(..).collect();
+        if let Some(mut requests) = requests {
+            while let Ok(tx) = requests.try_recv() {
+                late.push(tx);
+            }
+        }
+        for mut tx in late {
+            let code = match tx.original.method {
+                Method::Ack => continue,
+                Method::Invite | Method::Update => StatusCode::RequestTerminated,
+                _ => StatusCode::CallTransactionDoesNotExist,
+            };
+            debug!(method = %tx.original.method, code = code.code(), "request after the dialog ended");
+            tokio::spawn(async move {
+                let _ = tx.reply(code).await;
+            });
+        }
+    }
+
+    /// An in-dialog request from the UA's dispatcher, in arrival order.
+    async fn on_request(&mut self, mut tx: Transaction) {
+        let method = tx.original.method;
+        let waiting_ack = matches!(self.dialog.state(), DialogState::WaitAck(..));
+        if waiting_ack && (method != Method::Bye || !self.deferred.is_empty()) {
+            // a re-INVITE can overtake the ACK of our 200 (both cross the PBX): keep the order
+            // and let it in once the ACK has confirmed the dialog
+            self.deferred.push_back(tx);
+            return;
+        }
+        let Some(cseq) = tx.original.cseq_header().ok().and_then(|c| c.seq().ok()) else {
+            info!(%method, "in-dialog request without a usable CSeq: 400");
+            tokio::spawn(async move {
+                let _ = tx.reply(StatusCode::BadRequest).await;
+            });
+            return;
+        };
+        match self.order.admit(&method, cseq) {
+            Admit::OutOfOrder { last } => {
+                info!(%method, cseq, last, "in-dialog request with an old CSeq: 500");
+                tokio::spawn(async move {
+                    let _ = tx
+                        .reply_with(
+                            StatusCode::ServerInternalError,
+                            vec![Header::Other("Retry-After".into(), "0".into())],
+                            None,
+                        )
+                        .await;
+                });
+            }
+            Admit::Ended => {
+                info!(%method, cseq, "request after BYE: 481");
+                let code = StatusCode::CallTransactionDoesNotExist;
+                tokio::spawn(async move {
+                    let _ = tx.reply(code).await;
+                });
+            }
+            Admit::Proceed { cancelled } => {
+                for handle in cancelled {
+                    info!("BYE while a re-offer was pending: 487 to the re-offer");
+                    reply_on(handle, StatusCode::RequestTerminated);
+                }
+                self.enter_dialog(tx).await;
+            }
+        }
+    }
+
+    /// Hands `tx` to rsipstack's dialog. Its first steps (CSeq bookkeeping, the state event that
+    /// carries the answer handle) run here, so the dialog sees requests in arrival order; the rest
+    /// (waiting for our answer, the ACK) runs in a task of its own.
+    async fn enter_dialog(&self, mut tx: Transaction) {
+        let Some(mut dialog) = self.ua.dialogs.match_dialog(&tx) else {
+            debug!(method = %tx.original.method, "no dialog for the request: 481");
+            tokio::spawn(async move {
+                let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+            });
+            return;
+        };
+        let mut work = Box::pin(
+            async move {
+                let method = tx.original.method;
+                if let Err(e) = dialog.handle(&mut tx).await {
+                    debug!(%method, error = %e, "in-dialog request");
+                }
+            }
+            .in_current_span(),
+        );
+        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        if first.is_pending() {
+            tokio::spawn(work);
+        }
+    }
+
+    /// The ACK confirmed the dialog (or it ended): the requests held back go in, in order.
+    async fn flush_deferred(&mut self) {
+        while let Some(tx) = self.deferred.pop_front() {
+            self.on_request(tx).await;
+        }
     }
 
     /// Handles the INVITE transaction's result; true if the call failed.
@@ -483,7 +649,7 @@ impl Driver {
         self.emit(SipCallEvent::Terminated);
     }
 
-    fn on_state(&self, state: DialogState) {
+    async fn on_state(&mut self, state: DialogState) {
         match state {
             DialogState::Early(_, resp) if self.direction == CallDirection::Outgoing => {
                 let sdp = body_text(&resp.body);
@@ -504,7 +670,10 @@ impl Driver {
                     self.emit(SipCallEvent::Answered { sdp });
                 }
             }
-            DialogState::Confirmed(..) => debug!("dialog confirmed"),
+            DialogState::Confirmed(..) => {
+                debug!("dialog confirmed");
+                self.flush_deferred().await;
+            }
             DialogState::Updated(_, req, handle) => self.reoffer(req, handle),
             DialogState::Info(_, req, handle) => {
                 debug!(content_type = ?req_content_type(&req), "INFO answered 200");
@@ -513,17 +682,24 @@ impl Driver {
             DialogState::Options(_, _, handle)
             | DialogState::Notify(_, _, handle)
             | DialogState::Message(_, _, handle) => reply_ok(handle),
-            DialogState::Refer(_, _, handle) => {
-                tokio::spawn(async move {
-                    let _ = handle.reply(StatusCode::Decline).await;
-                });
-            }
+            DialogState::Refer(_, _, handle) => reply_on(handle, StatusCode::Decline),
             other => trace!(state = %other, "dialog state"),
         }
     }
 
-    /// A re-INVITE/UPDATE: ask the call layer, answer with its SDP or our last one.
-    fn reoffer(&self, req: Request, handle: TransactionHandle) {
+    /// A re-INVITE/UPDATE: ask the call layer; its answer (or our last SDP) comes back through
+    /// `answers`, so a BYE that crossed it is seen first.
+    fn reoffer(&mut self, req: Request, handle: TransactionHandle) {
+        let cseq = req
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.seq().ok())
+            .unwrap_or(0);
+        if let Some(handle) = self.order.entered(cseq, handle) {
+            info!(cseq, "re-offer after the dialog ended: 487");
+            reply_on(handle, StatusCode::RequestTerminated);
+            return;
+        }
         let offer = body_text(&req.body);
         let method = req.method;
         info!(%method, with_offer = offer.is_some(), "re-offer from the remote side");
@@ -532,13 +708,27 @@ impl Driver {
         }
         let (reply, answer) = oneshot::channel();
         self.emit(SipCallEvent::Reoffer { sdp: offer, reply });
+        let answers = self.answers_tx.clone();
+        tokio::spawn(async move {
+            let chosen = match tokio::time::timeout(REOFFER_TIMEOUT, answer).await {
+                Ok(Ok(Some(sdp))) => Some(sdp),
+                _ => None,
+            };
+            let _ = answers.send((cseq, method, chosen));
+        });
+    }
+
+    /// Sends our answer to the re-offer `cseq`, unless a BYE ended the dialog first (then it
+    /// already got 487).
+    fn send_reoffer_answer(&mut self, cseq: u32, method: Method, answer: Option<String>) {
+        let Some(handle) = self.order.answer(cseq) else {
+            debug!(cseq, "re-offer already answered");
+            return;
+        };
+        let chosen = answer.or_else(|| self.shared.sdp().map(|s| bump_origin_version(&s)));
         let shared = self.shared.clone();
         tokio::spawn(
             async move {
-                let chosen = match tokio::time::timeout(REOFFER_TIMEOUT, answer).await {
-                    Ok(Ok(Some(sdp))) => Some(sdp),
-                    _ => shared.sdp().map(|s| bump_origin_version(&s)),
-                };
                 let result = match chosen {
                     Some(sdp) => {
                         shared.set_sdp(&sdp);
@@ -599,9 +789,21 @@ where
 }
 
 fn reply_ok(handle: TransactionHandle) {
+    reply_on(handle, StatusCode::OK);
+}
+
+/// Answers a request the dialog handed over (without waiting for the send).
+fn reply_on(handle: TransactionHandle, code: StatusCode) {
     tokio::spawn(async move {
-        let _ = handle.reply(StatusCode::OK).await;
+        let _ = handle.reply(code).await;
     });
+}
+
+async fn recv_some<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn req_content_type(req: &Request) -> Option<String> {

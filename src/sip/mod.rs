@@ -13,6 +13,7 @@
 //! TCP PBX, and trace-only message logging.
 
 mod call;
+mod crossing;
 mod error;
 mod inbound;
 mod options;

@@ -1,6 +1,7 @@
 //! The SIP user agent: binds the transport, runs rsipstack's endpoint, registers the proxy
 //! account, pings the PBX, turns incoming INVITEs into [`IncomingCall`]s and places outgoing calls.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +102,8 @@ pub(crate) struct UaInner {
     pub(crate) reregister: Notify,
     register_task: Mutex<Option<JoinHandle<()>>>,
     shutdown_done: OnceCell<()>,
+    /// Per SIP Call-ID, the call driver that takes its in-dialog requests in arrival order.
+    doors: Mutex<HashMap<String, mpsc::UnboundedSender<Transaction>>>,
 }
 
 impl std::fmt::Debug for SipUa {
@@ -253,6 +256,7 @@ impl SipUa {
             reregister: Notify::new(),
             register_task: Mutex::new(None),
             shutdown_done: OnceCell::new(),
+            doors: Mutex::new(HashMap::new()),
         });
         info!(local = %local_addr, contact = %contact_addr, pbx = %pbx, transport = %inner.transport, "SIP user agent started");
 
@@ -452,6 +456,41 @@ impl UaInner {
         self.active_calls.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// The in-dialog requests of `sip_call_id` from now on, in arrival order (`None` if another
+    /// call already has that Call-ID: its requests then take the unordered path).
+    pub(crate) fn open_door(
+        &self,
+        sip_call_id: &str,
+    ) -> Option<mpsc::UnboundedReceiver<Transaction>> {
+        let mut doors = lock(&self.doors);
+        if doors.contains_key(sip_call_id) {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        doors.insert(sip_call_id.to_string(), tx);
+        Some(rx)
+    }
+
+    /// No more requests for `sip_call_id` reach its driver.
+    pub(crate) fn close_door(&self, sip_call_id: &str) {
+        lock(&self.doors).remove(sip_call_id);
+    }
+
+    /// Passes an in-dialog request (not an ACK) to its call's driver; gives it back when no
+    /// driver takes it.
+    fn to_door(&self, tx: Transaction) -> Option<Transaction> {
+        if tx.original.method == Method::Ack || !has_to_tag(&tx) {
+            return Some(tx);
+        }
+        let Ok(call_id) = tx.original.call_id_header().map(|c| c.value().to_string()) else {
+            return Some(tx);
+        };
+        match lock(&self.doors).get(&call_id) {
+            Some(door) => door.send(tx).err().map(|e| e.0),
+            None => Some(tx),
+        }
+    }
+
     fn rs_transport(&self) -> Transport {
         match self.transport {
             SipTransport::Udp => Transport::Udp,
@@ -630,6 +669,9 @@ async fn dispatch(
                 None => break,
             },
         };
+        // in-dialog requests of a call go to its driver here, in arrival order: a BYE must not
+        // overtake the re-INVITE just ahead of it
+        let Some(tx) = ua.to_door(tx) else { continue };
         let ua = ua.clone();
         let calls = calls.clone();
         tokio::spawn(async move { handle_request(ua, tx, calls).await });
@@ -650,14 +692,17 @@ async fn reply_logged(tx: &mut Transaction, code: StatusCode, headers: Vec<Heade
     }
 }
 
-async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Sender<IncomingCall>) {
-    let method = tx.original.method;
-    let in_dialog = tx
-        .original
+fn has_to_tag(tx: &Transaction) -> bool {
+    tx.original
         .to_header()
         .ok()
         .and_then(|t| t.tag().ok().flatten())
-        .is_some();
+        .is_some()
+}
+
+async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Sender<IncomingCall>) {
+    let method = tx.original.method;
+    let in_dialog = has_to_tag(&tx);
     let source = source_of(&tx);
     if in_dialog {
         match ua.dialogs.match_dialog(&tx) {
