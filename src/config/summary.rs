@@ -95,6 +95,8 @@ impl Display for Config {
         row(f, "dial_prefix", format!("{:?}", sip.dial_prefix))?;
         row(f, "ring_timeout", secs(sip.ring_timeout))?;
         row(f, "allowed_peers", list(&sip.allowed_peers))?;
+        row(f, "session_expires", secs(sip.session_expires))?;
+        row(f, "min_se", secs(sip.min_se))?;
 
         let media = &self.media;
         writeln!(f, "[media]")?;
@@ -134,6 +136,8 @@ impl Display for Config {
             row(f, "recording", "off")?;
         }
         row(f, "dtmf_mode", media.dtmf_mode)?;
+        row(f, "rtp_timeout", secs(media.rtp_timeout))?;
+        row(f, "rtp_hold_timeout", secs(media.rtp_hold_timeout))?;
 
         let http = &self.http;
         writeln!(f, "[http]")?;

@@ -788,6 +788,22 @@ fn sip(s: &Sec) -> Result<SipConfig> {
     let allowed_peers = s
         .parsed_list("allowed_peers", parse_ip)?
         .map_or_else(Vec::new, |v| v.value);
+    let min_se = s.seconds("min_se", 1, 86400, 90)?;
+    let session_expires = match s.int("session_expires", 0, 86400)? {
+        Some(v) if v.value != 0 && (v.value as u64) < min_se.as_secs() => {
+            return Err(s.err(
+                Some(v.line),
+                "session_expires",
+                format!(
+                    "{} is below min_se ({} s); 0 turns session timers off",
+                    v.value,
+                    min_se.as_secs()
+                ),
+            ))
+        }
+        Some(v) => Duration::from_secs(v.value as u64),
+        None => d.session_expires.max(min_se),
+    };
     s.finish()?;
     Ok(SipConfig {
         listen_ip,
@@ -798,6 +814,8 @@ fn sip(s: &Sec) -> Result<SipConfig> {
         dial_prefix,
         ring_timeout,
         allowed_peers,
+        session_expires,
+        min_se,
     })
 }
 
@@ -892,6 +910,8 @@ fn media(s: &Sec) -> Result<MediaConfig> {
             _ => Err(format!("{t:?} is not rfc4733 or info")),
         })?
         .map_or(d.dtmf_mode, |v| v.value);
+    let rtp_timeout = s.seconds("rtp_timeout", 0, 86400, 60)?;
+    let rtp_hold_timeout = s.seconds("rtp_hold_timeout", 0, 86400, 3600)?;
     s.finish()?;
     Ok(MediaConfig {
         rtp_port_min,
@@ -903,6 +923,8 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         turn,
         recording,
         dtmf_mode,
+        rtp_timeout,
+        rtp_hold_timeout,
     })
 }
 
