@@ -14,6 +14,7 @@
 
 mod call;
 mod crossing;
+mod session_timer;
 mod error;
 mod inbound;
 mod options;
