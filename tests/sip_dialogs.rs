@@ -7,7 +7,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use srbridge::config::Config;
 use srbridge::sip::{IncomingCall, SipCallEvent, SipUa, UaOptions};
@@ -62,8 +62,10 @@ async fn start(config: &Config) -> (SipUa, Receiver<IncomingCall>, CancellationT
 }
 
 /// Plays a call layer that answers every call and every re-offer at once, like the bridge does;
-/// returns the events each call saw.
-fn answer_everything(mut calls: Receiver<IncomingCall>) -> tokio::task::JoinHandle<Vec<String>> {
+/// returns what each call saw, with when: "answered", "reoffer", "bye", "terminated".
+fn answer_everything(
+    mut calls: Receiver<IncomingCall>,
+) -> tokio::task::JoinHandle<Vec<(String, Instant)>> {
     tokio::spawn(async move {
         let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
         while let Some(incoming) = calls.recv().await {
@@ -72,6 +74,7 @@ fn answer_everything(mut calls: Receiver<IncomingCall>) -> tokio::task::JoinHand
                 let mut call = incoming.call;
                 let port = ports::free_port_pair();
                 call.answer(sdp(port)).expect("200");
+                let _ = seen.send(("answered".to_string(), Instant::now()));
                 while let Some(event) = call.next_event().await {
                     let name = match event {
                         SipCallEvent::Reoffer { reply, .. } => {
@@ -82,16 +85,16 @@ fn answer_everything(mut calls: Receiver<IncomingCall>) -> tokio::task::JoinHand
                         SipCallEvent::Terminated => "terminated",
                         _ => "other",
                     };
-                    let _ = seen.send(name.to_string());
+                    let _ = seen.send((name.to_string(), Instant::now()));
                 }
             });
         }
         drop(seen_tx);
         let mut all = Vec::new();
-        while let Ok(Some(name)) =
+        while let Ok(Some(seen)) =
             tokio::time::timeout(Duration::from_millis(200), seen_rx.recv()).await
         {
-            all.push(name);
+            all.push(seen);
         }
         all
     })
@@ -104,12 +107,8 @@ struct Received {
     /// The CSeq header value, e.g. "2 INVITE".
     cseq: String,
     code: u16,
-}
-
-impl Received {
-    fn method(&self) -> &str {
-        self.cseq.split_whitespace().last().unwrap_or("")
-    }
+    /// The whole message.
+    text: String,
 }
 
 /// Every response SIPp received, in order (retransmissions included).
@@ -132,7 +131,10 @@ fn responses(result: &SippResult) -> Vec<Received> {
         };
         let mut call_id = String::new();
         let mut cseq = String::new();
+        let mut text = format!("{first}\n");
         for line in lines.take_while(|l| !l.starts_with("-----")) {
+            text.push_str(line);
+            text.push('\n');
             if let Some((name, value)) = line.split_once(':') {
                 match name.trim().to_ascii_lowercase().as_str() {
                     "call-id" => call_id = value.trim().to_string(),
@@ -145,6 +147,7 @@ fn responses(result: &SippResult) -> Vec<Received> {
             call_id,
             cseq,
             code,
+            text,
         });
     }
     out
@@ -235,5 +238,175 @@ async fn in_dialog_request_with_an_old_cseq_gets_500() {
     assert_eq!(code("6 BYE"), Some(BTreeSet::from([200])), "{finals:?}");
     ua.shutdown().await;
     let seen = layer.await.expect("layer");
-    assert!(seen.contains(&"bye".to_string()), "{seen:?}");
+    assert!(seen.iter().any(|(name, _)| name == "bye"), "{seen:?}");
+}
+
+/// The 200 SIPp got for `cseq` (e.g. "1 INVITE").
+fn ok_for<'a>(got: &'a [Received], cseq: &str) -> &'a Received {
+    got.iter()
+        .find(|r| r.cseq == cseq && r.code == 200)
+        .unwrap_or_else(|| panic!("no 200 for {cseq}: {got:?}"))
+}
+
+fn header<'a>(msg: &'a Received, name: &str) -> Option<&'a str> {
+    msg.text.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// SIPp as the phone offering a session timer of `se` seconds with `refresher`.
+fn timer_phone(scenario: &str, se: u64, refresher: &str) -> Sipp {
+    Sipp::new(scenario)
+        .service("1000")
+        .key("se", &se.to_string())
+        .key("refresher", refresher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_with_session_expires_90_refresher_uac_is_answered_with_it_and_require_timer() {
+    // the defaults: session_expires 1800, min_se 90
+    let (ua, calls, _token) = start(&config("")).await;
+    let _layer = answer_everything(calls);
+    let result = timer_phone("uac_timer_refreshing.xml", 90, "uac")
+        .pause_ms(200)
+        .timeout(SHORT)
+        .run(Some(ua_addr(&ua)))
+        .await;
+    result.assert_success();
+    let got = responses(&result);
+    let ok = ok_for(&got, "1 INVITE");
+    assert_eq!(
+        header(ok, "Session-Expires"),
+        Some("90;refresher=uac"),
+        "{}",
+        ok.text
+    );
+    assert_eq!(header(ok, "Require"), Some("timer"), "{}", ok.text);
+    let refresh = ok_for(&got, "2 UPDATE");
+    assert_eq!(
+        header(refresh, "Session-Expires"),
+        Some("90;refresher=uac"),
+        "the refresh's 200 carries the interval: {}",
+        refresh.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expires_below_min_se_gets_422_with_min_se() {
+    let (ua, calls, _token) = start(&config("session_expires = 6\nmin_se = 2")).await;
+    let _layer = answer_everything(calls);
+    let result = timer_phone("uac_timer_too_brief.xml", 1, "uac")
+        .timeout(SHORT)
+        .run(Some(ua_addr(&ua)))
+        .await;
+    result.assert_success();
+    let got = responses(&result);
+    let refused = got
+        .iter()
+        .find(|r| r.code == 422)
+        .unwrap_or_else(|| panic!("422: {got:?}"));
+    assert_eq!(header(refused, "Min-SE"), Some("2"), "{}", refused.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_never_comes_ends_the_call_with_bye_before_the_interval() {
+    let (ua, calls, _token) = start(&config("session_expires = 6\nmin_se = 2")).await;
+    let layer = answer_everything(calls);
+    let se = 6;
+    let result = timer_phone("uac_timer_silent.xml", se, "uac")
+        .timeout(Duration::from_secs(20))
+        .run(Some(ua_addr(&ua)))
+        .await;
+    result.assert_success();
+    let got = responses(&result);
+    let ok = ok_for(&got, "1 INVITE");
+    assert_eq!(
+        header(ok, "Session-Expires"),
+        Some("6;refresher=uac"),
+        "{}",
+        ok.text
+    );
+    ua.shutdown().await;
+    let seen = layer.await.expect("layer");
+    let at = |what: &str| {
+        seen.iter()
+            .find(|(name, _)| name == what)
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("no {what}: {seen:?}"))
+    };
+    assert!(
+        !seen.iter().any(|(name, _)| name == "bye"),
+        "the bridge hung up, not the phone: {seen:?}"
+    );
+    // RFC 4028 §10: BYE at interval - min(32 s, interval/3) = 4 s after the ACK
+    let lasted = at("terminated") - at("answered");
+    let bound = Duration::from_secs(se - (se / 3).min(32));
+    assert!(
+        lasted >= bound - Duration::from_millis(500) && lasted <= bound + Duration::from_secs(2),
+        "BYE after {lasted:?}, expected about {bound:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_refreshes_keeps_the_call() {
+    let (ua, calls, _token) = start(&config("session_expires = 6\nmin_se = 2")).await;
+    let layer = answer_everything(calls);
+    // three UPDATE refreshes 2.5 s apart, then BYE: 10 s, well past the 4 s expiry
+    let result = timer_phone("uac_timer_refreshing.xml", 6, "uac")
+        .pause_ms(2500)
+        .timeout(Duration::from_secs(30))
+        .run(Some(ua_addr(&ua)))
+        .await;
+    result.assert_success();
+    let finals = finals(&responses(&result));
+    for cseq in ["2 UPDATE", "3 UPDATE", "4 UPDATE", "5 BYE"] {
+        assert!(
+            finals
+                .iter()
+                .any(|((_, c), codes)| c == cseq && codes == &BTreeSet::from([200])),
+            "{cseq}: {finals:?}"
+        );
+    }
+    ua.shutdown().await;
+    let seen = layer.await.expect("layer");
+    assert!(
+        seen.iter().any(|(name, _)| name == "bye"),
+        "the phone hung up: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_refreshes_with_update_at_half_the_interval_when_it_is_the_refresher() {
+    let (ua, calls, _token) = start(&config("session_expires = 6\nmin_se = 2")).await;
+    let _layer = answer_everything(calls);
+    let result = timer_phone("uac_timer_bridge_refreshes.xml", 4, "uas")
+        .timeout(Duration::from_secs(20))
+        .run(Some(ua_addr(&ua)))
+        .await;
+    result.assert_success();
+    let got = responses(&result);
+    let ok = ok_for(&got, "1 INVITE");
+    assert_eq!(
+        header(ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{}",
+        ok.text
+    );
+    let updates: Vec<&str> = result
+        .messages
+        .split("message received")
+        .skip(1)
+        .filter_map(|b| b.lines().skip(1).map(str::trim).find(|l| !l.is_empty()))
+        .filter(|l| l.starts_with("UPDATE "))
+        .collect();
+    assert_eq!(
+        updates.len(),
+        2,
+        "two refreshes from the bridge: {updates:?}"
+    );
+    assert!(
+        result.messages.contains("Session-Expires: 4;refresher=uac"),
+        "our refresh names us its refresher"
+    );
 }

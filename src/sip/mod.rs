@@ -14,13 +14,13 @@
 
 mod call;
 mod crossing;
-mod session_timer;
 mod error;
 mod inbound;
 mod options;
 mod origin;
 mod register;
 pub mod sdp;
+mod session_timer;
 mod status;
 mod ua;
 

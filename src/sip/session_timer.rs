@@ -313,7 +313,14 @@ mod tests {
 
     #[test]
     fn bad_header_values_count_as_absent() {
-        for bad in ["", "abc", "-5", "0", "99999999999999999999999", ";refresher=uac"] {
+        for bad in [
+            "",
+            "abc",
+            "-5",
+            "0",
+            "99999999999999999999999",
+            ";refresher=uac",
+        ] {
             let h = TimerHeaders::parse([], Some(bad), Some(bad));
             assert_eq!(h.session_expires, None, "{bad:?}");
         }

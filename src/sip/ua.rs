@@ -26,6 +26,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 use super::call::{self, CallDirection, CallStart, IncomingCall, OutgoingInvite, SipCall};
 use super::error::SipError;
 use super::inbound::{screen_invite, InviteFacts, PeerPolicy, Screening};
+use super::session_timer::{TimerPolicy, UasAnswer};
 use super::status::{PbxInternal, RegState, SipStatus};
 use super::{options, register};
 use crate::config::{Config, Host, SipConfig, SipTransport};
@@ -368,6 +369,8 @@ impl SipUa {
             }
             headers.push(Header::Other(name.clone(), value.clone()));
         }
+        // RFC 4028: offer a session timer; the 2xx says who refreshes
+        headers.extend(call::other_headers(ua.timer_policy().offer(None)));
         let option = InviteOption {
             caller_display_name: (!caller_id.is_empty()).then_some(caller_id),
             caller,
@@ -454,6 +457,14 @@ impl UaInner {
 
     pub(crate) fn call_ended(&self) {
         self.active_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Our side of RFC 4028 negotiation (`[sip] session_expires`, `min_se`).
+    pub(crate) fn timer_policy(&self) -> TimerPolicy {
+        TimerPolicy {
+            session_expires: self.sip.session_expires,
+            min_se: self.sip.min_se,
+        }
     }
 
     /// The in-dialog requests of `sip_call_id` from now on, in arrival order (`None` if another
@@ -790,6 +801,15 @@ async fn incoming_invite(
     };
     if ua.token.is_cancelled() || ua.stop_register.is_cancelled() {
         reply_logged(&mut tx, StatusCode::ServiceUnavailable, vec![]).await;
+        return;
+    }
+    let timer = ua
+        .timer_policy()
+        .answer(&call::timer_headers(&req.headers, false));
+    if let UasAnswer::TooBrief { min_se } = timer {
+        info!(%source, min_se, "incoming INVITE's session interval below min_se: 422");
+        let min_se = Header::Other("Min-SE".into(), min_se.to_string());
+        reply_logged(&mut tx, StatusCode::SessionIntervalTooSmall, vec![min_se]).await;
         return;
     }
     if !ua.accepting.load(Ordering::Acquire) {
