@@ -1,6 +1,7 @@
 //! Media: the browser leg, the SIP (RTP) leg, codecs and the jitter buffer.
 
 pub mod g711;
+pub mod inactivity;
 pub mod jitter;
 pub mod opus;
 pub mod pipeline;
