@@ -64,7 +64,15 @@ async fn start(config: &Config) -> (SipUa, Receiver<IncomingCall>, CancellationT
 /// Plays a call layer that answers every call and every re-offer at once, like the bridge does;
 /// returns what each call saw, with when: "answered", "reoffer", "bye", "terminated".
 fn answer_everything(
+    calls: Receiver<IncomingCall>,
+) -> tokio::task::JoinHandle<Vec<(String, Instant)>> {
+    answer_reoffers_after(calls, Duration::ZERO)
+}
+
+/// [`answer_everything`], but re-offers are answered only after `delay`.
+fn answer_reoffers_after(
     mut calls: Receiver<IncomingCall>,
+    delay: Duration,
 ) -> tokio::task::JoinHandle<Vec<(String, Instant)>> {
     tokio::spawn(async move {
         let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -78,7 +86,11 @@ fn answer_everything(
                 while let Some(event) = call.next_event().await {
                     let name = match event {
                         SipCallEvent::Reoffer { reply, .. } => {
-                            let _ = reply.send(Some(sdp(port)));
+                            let answer = sdp(port);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let _ = reply.send(Some(answer));
+                            });
                             "reoffer"
                         }
                         SipCallEvent::RemoteBye => "bye",
@@ -185,7 +197,20 @@ async fn reinvite_crossed_by_a_bye_gets_487_or_200_never_501_or_silence_20_times
         result.print();
     }
     result.assert_success();
-    let finals = finals(&responses(&result));
+    let got = responses(&result);
+    // a 200 to the re-INVITE is only sent while the dialog lives: before the BYE's 200
+    for r in got.iter().filter(|r| r.cseq == "2 INVITE" && r.code == 200) {
+        let first = |cseq: &str| {
+            got.iter()
+                .position(|x| x.call_id == r.call_id && x.cseq == cseq && x.code == 200)
+        };
+        assert!(
+            first("2 INVITE") < first("3 BYE"),
+            "{}: 200 to the re-INVITE after the BYE's 200",
+            r.call_id
+        );
+    }
+    let finals = finals(&got);
     let mut reinvites = Vec::new();
     let mut byes = Vec::new();
     for ((call_id, cseq), codes) in &finals {
@@ -210,6 +235,34 @@ async fn reinvite_crossed_by_a_bye_gets_487_or_200_never_501_or_silence_20_times
     assert_eq!(byes, vec![200; runs as usize], "every BYE gets 200");
     let cancelled = reinvites.iter().filter(|c| **c == 487).count();
     println!("re-INVITEs answered 487: {cancelled} of {runs}, 200: the rest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_still_pending_when_the_bye_arrives_gets_487() {
+    let (ua, calls, _token) = start(&config("")).await;
+    // the call layer takes 500 ms over each re-offer: the BYE always finds it pending
+    let _layer = answer_reoffers_after(calls, Duration::from_millis(500));
+    let runs = 5;
+    let result = Sipp::new("uac_reinvite_bye_race.xml")
+        .service("1000")
+        .calls(runs)
+        .arg("-l")
+        .arg("1")
+        .timeout(Duration::from_secs(40))
+        .run(Some(ua_addr(&ua)))
+        .await;
+    result.assert_success();
+    let finals = finals(&responses(&result));
+    let reinvites: Vec<_> = finals
+        .iter()
+        .filter(|((_, cseq), _)| cseq == "2 INVITE")
+        .map(|(_, codes)| codes.clone())
+        .collect();
+    assert_eq!(
+        reinvites,
+        vec![BTreeSet::from([487]); runs as usize],
+        "{finals:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

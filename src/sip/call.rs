@@ -6,11 +6,13 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use rsipstack::dialog::dialog::{
     DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
 };
@@ -398,6 +400,7 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         initial_session: initial_answer.session(),
         peer_allows_update,
         refresh_tx,
+        in_flight: FuturesUnordered::new(),
     };
     driver.ua.call_started();
     tokio::spawn(
@@ -444,6 +447,9 @@ struct Driver {
     /// The peer listed UPDATE in Allow: refresh with UPDATE, else re-INVITE.
     peer_allows_update: bool,
     refresh_tx: mpsc::UnboundedSender<RefreshOutcome>,
+    /// rsipstack's handlers of in-dialog requests, polled by this task so that our answer to a
+    /// re-offer is on the wire before the next request (a BYE behind it) is looked at.
+    in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// Longest we wait for the call layer to answer a re-INVITE/UPDATE before reusing the last SDP.
@@ -492,8 +498,9 @@ impl Driver {
                     None => requests = None,
                 },
                 Some((cseq, method, sdp, timer)) = answers.recv() => {
-                    self.send_reoffer_answer(cseq, method, sdp, timer)
+                    self.send_reoffer_answer(cseq, method, sdp, timer).await
                 }
+                Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
                 Some((code, headers)) = refreshes.recv() => self.refresh_done(code, headers),
                 _ = sleep_until(self.timer.deadline()) => self.on_timer(),
                 r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
@@ -507,6 +514,11 @@ impl Driver {
             }
         }
         self.close(states, requests).await;
+        let rest = std::mem::take(&mut self.in_flight);
+        if !rest.is_empty() {
+            // the last answers (200 to the BYE, 487s) still go out
+            tokio::spawn(rest.for_each(|_| async {}));
+        }
         let id = self.dialog.id();
         self.ua.dialogs.remove_dialog(&id);
         self.ua.call_ended();
@@ -608,7 +620,7 @@ impl Driver {
     /// Hands `tx` to rsipstack's dialog. Its first steps (CSeq bookkeeping, the state event that
     /// carries the answer handle) run here, so the dialog sees requests in arrival order; the rest
     /// (waiting for our answer, the ACK) runs in a task of its own.
-    async fn enter_dialog(&self, mut tx: Transaction) {
+    async fn enter_dialog(&mut self, mut tx: Transaction) {
         let Some(mut dialog) = self.ua.dialogs.match_dialog(&tx) else {
             debug!(method = %tx.original.method, "no dialog for the request: 481");
             tokio::spawn(async move {
@@ -616,7 +628,7 @@ impl Driver {
             });
             return;
         };
-        let mut work = Box::pin(
+        self.in_flight.push(Box::pin(
             async move {
                 let method = tx.original.method;
                 if let Err(e) = dialog.handle(&mut tx).await {
@@ -624,11 +636,18 @@ impl Driver {
                 }
             }
             .in_current_span(),
-        );
-        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
-        if first.is_pending() {
-            tokio::spawn(work);
-        }
+        ));
+        self.run_ready().await;
+    }
+
+    /// Polls the request handlers that can make progress now, until none can.
+    async fn run_ready(&mut self) {
+        let in_flight = &mut self.in_flight;
+        std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(())) = in_flight.poll_next_unpin(cx) {}
+            Poll::Ready(())
+        })
+        .await
     }
 
     /// The ACK confirmed the dialog (or it ended): the requests held back go in, in order.
@@ -729,7 +748,7 @@ impl Driver {
                 }
                 self.flush_deferred().await;
             }
-            DialogState::Updated(_, req, handle) => self.reoffer(req, handle),
+            DialogState::Updated(_, req, handle) => self.reoffer(req, handle).await,
             DialogState::Info(_, req, handle) => {
                 debug!(content_type = ?req_content_type(&req), "INFO answered 200");
                 reply_ok(handle);
@@ -744,7 +763,7 @@ impl Driver {
 
     /// A re-INVITE/UPDATE: ask the call layer; its answer (or our last SDP) comes back through
     /// `answers`, so a BYE that crossed it is seen first.
-    fn reoffer(&mut self, req: Request, handle: TransactionHandle) {
+    async fn reoffer(&mut self, req: Request, handle: TransactionHandle) {
         let cseq = req
             .cseq_header()
             .ok()
@@ -776,7 +795,7 @@ impl Driver {
         if method == Method::Update && offer.is_none() {
             // a session refresh (RFC 4028) or target refresh: nothing for the media to answer
             debug!(cseq, "UPDATE without SDP answered 200");
-            self.send_reoffer_answer(cseq, method, None, timer);
+            self.send_reoffer_answer(cseq, method, None, timer).await;
             return;
         }
         info!(%method, with_offer = offer.is_some(), "re-offer from the remote side");
@@ -799,7 +818,7 @@ impl Driver {
 
     /// Sends our answer to the re-offer `cseq`, unless a BYE ended the dialog first (then it
     /// already got 487).
-    fn send_reoffer_answer(
+    async fn send_reoffer_answer(
         &mut self,
         cseq: u32,
         method: Method,
@@ -820,32 +839,28 @@ impl Driver {
             self.timer.refreshed(Instant::now(), timer.session());
         }
         let timer_headers = other_headers(timer.headers());
-        let shared = self.shared.clone();
-        tokio::spawn(
-            async move {
-                let result = match chosen {
-                    Some(sdp) => {
-                        shared.set_sdp(&sdp);
-                        trace!(sdp = ?sdp, "re-offer answer SDP");
-                        let mut headers = vec![Header::ContentType("application/sdp".into())];
-                        headers.extend(timer_headers);
-                        handle
-                            .respond(StatusCode::OK, Some(headers), Some(sdp.into_bytes()))
-                            .await
-                    }
-                    None if method == Method::Update => {
-                        handle
-                            .respond(StatusCode::OK, Some(timer_headers), None)
-                            .await
-                    }
-                    None => handle.reply(StatusCode::NotAcceptableHere).await,
-                };
-                if result.is_err() {
-                    debug!("re-offer transaction already gone");
-                }
+        let result = match chosen {
+            Some(sdp) => {
+                self.shared.set_sdp(&sdp);
+                trace!(sdp = ?sdp, "re-offer answer SDP");
+                let mut headers = vec![Header::ContentType("application/sdp".into())];
+                headers.extend(timer_headers);
+                handle
+                    .respond(StatusCode::OK, Some(headers), Some(sdp.into_bytes()))
+                    .await
             }
-            .in_current_span(),
-        );
+            None if method == Method::Update => {
+                handle
+                    .respond(StatusCode::OK, Some(timer_headers), None)
+                    .await
+            }
+            None => handle.reply(StatusCode::NotAcceptableHere).await,
+        };
+        if result.is_err() {
+            debug!("re-offer transaction already gone");
+        }
+        // the handler sends it now, before the driver looks at the next request
+        self.run_ready().await;
     }
 
     /// The dialog is up: run the session timer it negotiated (if any).
@@ -950,7 +965,7 @@ impl Driver {
     }
 
     /// The handle was dropped: end the call in whatever way fits its state.
-    async fn cleanup_after_drop(&self) {
+    async fn cleanup_after_drop(&mut self) {
         let state = self.dialog.state();
         let result = match (&state, self.direction) {
             (DialogState::Terminated(..), _) => Ok(()),
