@@ -463,3 +463,99 @@ async fn the_bridge_refreshes_with_update_at_half_the_interval_when_it_is_the_re
         "our refresh names us its refresher"
     );
 }
+
+/// An outgoing call from the UA straight to a SIPp UAS running `scenario` on a fresh port.
+async fn call_sipp_uas(
+    ua: &SipUa,
+    scenario: &str,
+    se: u64,
+    refresher: &str,
+    timeout: Duration,
+) -> (srbridge::sip::SipCall, support::SippProcess) {
+    let port = ports::free_port();
+    let uas = timer_phone(scenario, se, refresher)
+        .local_port(port)
+        .timeout(timeout)
+        .spawn(None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut call = ua
+        .place_call(srbridge::sip::OutgoingInvite {
+            log_id: "out-timer".to_string(),
+            callee: "1001".to_string(),
+            caller_id: "alice".to_string(),
+            headers: vec![],
+            gateway: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            sdp_offer: sdp(ports::free_port_pair()),
+        })
+        .await
+        .expect("INVITE");
+    loop {
+        match tokio::time::timeout(SHORT, call.next_event()).await {
+            Ok(Some(SipCallEvent::Provisional { .. })) => continue,
+            Ok(Some(SipCallEvent::Answered { .. })) => break,
+            other => panic!("expected the answer, got {other:?}"),
+        }
+    }
+    (call, uas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_call_offers_a_session_timer_and_refreshes_when_the_2xx_makes_us_refresher() {
+    let (ua, _calls, _token) = start(&config("session_expires = 6\nmin_se = 2")).await;
+    let (mut call, mut uas) = call_sipp_uas(
+        &ua,
+        "uas_timer_bridge_refreshes.xml",
+        4,
+        "uac",
+        SHORT + SHORT,
+    )
+    .await;
+    // two UPDATEs at 2 s and 4 s: wait until the second is answered
+    let deadline = Instant::now() + SHORT;
+    while !uas.messages_so_far().contains("CSeq: 3 UPDATE") {
+        assert!(
+            Instant::now() < deadline,
+            "no second refresh from the bridge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    call.bye().await.expect("BYE");
+    while let Ok(Some(event)) = tokio::time::timeout(SHORT, call.next_event()).await {
+        if matches!(event, SipCallEvent::Terminated) {
+            break;
+        }
+    }
+    let result = uas.wait(SHORT).await;
+    result.assert_success();
+    assert!(
+        result.logs.contains("offered Session-Expires=6"),
+        "our INVITE offers [sip] session_expires: {}",
+        result.logs
+    );
+    assert!(result.messages.contains("Min-SE: 2"), "and our min_se");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_call_whose_refresher_goes_silent_is_ended_with_bye() {
+    let (ua, _calls, _token) = start(&config("session_expires = 6\nmin_se = 2")).await;
+    let started = Instant::now();
+    let (mut call, mut uas) = call_sipp_uas(&ua, "uas_timer_silent.xml", 6, "uas", SHORT).await;
+    let answered = started.elapsed();
+    let mut saw_remote_bye = false;
+    loop {
+        match tokio::time::timeout(SHORT, call.next_event()).await {
+            Ok(Some(SipCallEvent::Terminated)) => break,
+            Ok(Some(SipCallEvent::RemoteBye)) => saw_remote_bye = true,
+            Ok(Some(_)) => {}
+            other => panic!("the call did not end: {other:?}"),
+        }
+    }
+    let lasted = started.elapsed() - answered;
+    assert!(!saw_remote_bye, "the bridge ended it");
+    // 6 - min(32, 2) = 4 s after the answer
+    assert!(
+        lasted >= Duration::from_millis(3500) && lasted <= Duration::from_secs(7),
+        "ended after {lasted:?}"
+    );
+    uas.wait(SHORT).await.assert_success();
+}
