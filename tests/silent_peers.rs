@@ -1,7 +1,8 @@
-//! RTP inactivity timeout end to end (issue #9, `[media] rtp_timeout`): a phone that answers and
-//! then sends nothing, or a browser that goes away, ends the call with BYE toward SIP and
-//! `{"Cmd":"EndCall"}` to the browser. The bridge runs in-process on the Kamailio rig with a
-//! 3 s timeout; the browser is `support::webrtc_peer`, the phones a SIPp UAS and baresip.
+//! Calls the bridge ends because a peer went silent (issue #9), end to end: the RTP inactivity
+//! timeout (`[media] rtp_timeout`: a phone that answers and then sends nothing, a browser that
+//! goes away) and an RFC 4028 session that the phone does not refresh. Each ends with BYE toward
+//! SIP and `{"Cmd":"EndCall"}` to the browser, and is counted. The bridge runs in-process on the
+//! Kamailio rig; the browser is `support::webrtc_peer`, the phones SIPp and baresip.
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use srbridge::media::webrtc_leg::LegCodec;
 use support::sipp::registered_uas;
 use support::webrtc_peer::BrowserPeer;
-use support::{Baresip, BaresipOptions, WsClient};
+use support::{Baresip, BaresipOptions, Sipp, WsClient};
 
 const APPID: &str = "timeout-test";
 const T: Duration = Duration::from_secs(15);
@@ -36,17 +37,18 @@ async fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `srbridge_calls_ended_total{reason="rtp_timeout"}` of this test binary's bridges.
-async fn rtp_timeouts(rig: &support::rig::BridgeRig) -> u64 {
+/// `srbridge_calls_ended_total{reason}` of this test binary's bridges (only these tests end
+/// calls for these reasons).
+async fn calls_ended(rig: &support::rig::BridgeRig, reason: &str) -> u64 {
     let text = http_get_text(rig.bridge.http_addr(), "/metrics").await;
+    let series = format!("srbridge_calls_ended_total{{reason=\"{reason}\"}} ");
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("srbridge_calls_ended_total{reason=\"rtp_timeout\"} ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no rtp_timeout series in\n{text}"))
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+async fn rtp_timeouts(rig: &support::rig::BridgeRig) -> u64 {
+    calls_ended(rig, "rtp_timeout").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,6 +77,7 @@ async fn a_phone_that_answers_and_sends_nothing_is_hung_up_after_rtp_timeout() {
         .wait_peer_message("EndCall", RTP_TIMEOUT + Duration::from_secs(5))
         .await;
     let lasted = answered.elapsed();
+    println!("silent phone: EndCall {lasted:?} after the answer (rtp_timeout {RTP_TIMEOUT:?})");
     // the bridge arms the watch a moment before the browser hears of the answer
     assert!(
         lasted >= RTP_TIMEOUT - Duration::from_millis(500),
@@ -124,10 +127,56 @@ async fn a_browser_that_goes_away_ends_the_call_for_the_phone() {
     peer.close().await;
     phone.wait_for("CALL_CLOSED", Duration::from_secs(14)).await;
     let lasted = gone.elapsed();
+    println!("browser gone: phone hung up {lasted:?} later");
     alice.wait_peer_message("EndCall", T).await;
     assert_eq!(
         rtp_timeouts(&rig).await,
         before + 1,
         "ended by the RTP timeout (after {lasted:?}), not by ICE failing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_does_not_refresh_its_session_is_hung_up_and_the_browser_gets_end_call() {
+    let rig = support::rig::start_bridge(APPID, "session_expires = 6\nmin_se = 2", "", 10).await;
+    let before = calls_ended(&rig, "session_expired").await;
+    let alice = Arc::new(WsClient::login(&rig.url, APPID, "alice").await);
+    // the phone (from the PBX's address) calls alice with Session-Expires: 6;refresher=uac, then
+    // never refreshes; it passes only if the bridge's BYE comes
+    let mut phone = Sipp::new("uac_timer_silent.xml")
+        .service("1000")
+        .key("se", "6")
+        .key("refresher", "uac")
+        .timeout(Duration::from_secs(30))
+        .spawn(Some(rig.bridge.sip_addr()));
+    let invitation = alice.wait_remote_invitation(T).await;
+    let call_id = invitation["callId"].as_str().expect("callId").to_string();
+    let offer = {
+        let ws = Arc::clone(&alice);
+        let call_id = call_id.clone();
+        tokio::spawn(async move { BrowserPeer::offer(ws, &call_id, vec![LegCodec::Opus]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice.send_raw(
+        &serde_json::json!({"type": "accept", "id": 7, "callId": call_id, "response": ""})
+            .to_string(),
+    );
+    let accepted = Instant::now();
+    let mut peer = offer.await.expect("offer");
+    peer.wait_connected().await;
+    peer.play(Some(1000.0));
+    // RFC 4028 §10: 6 s - min(32 s, 2 s) after the answer
+    alice
+        .wait_peer_message("EndCall", Duration::from_secs(4 + 5))
+        .await;
+    let lasted = accepted.elapsed();
+    println!("unrefreshed session (6 s): EndCall {lasted:?} after the answer");
+    assert!(
+        lasted >= Duration::from_millis(3500),
+        "ended after {lasted:?}, before the session expired"
+    );
+    let result = phone.wait(T).await;
+    result.assert_success();
+    assert_eq!(calls_ended(&rig, "session_expired").await, before + 1);
+    peer.close().await;
 }
