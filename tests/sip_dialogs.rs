@@ -559,3 +559,22 @@ async fn outgoing_call_whose_refresher_goes_silent_is_ended_with_bye() {
     );
     uas.wait(SHORT).await.assert_success();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_refreshes_with_a_reinvite_carrying_its_sdp_when_the_peer_has_no_update() {
+    let (ua, calls, _token) = start(&config("session_expires = 6\nmin_se = 2")).await;
+    let _layer = answer_everything(calls);
+    let result = timer_phone("uac_timer_bridge_reinvites.xml", 4, "uas")
+        .timeout(Duration::from_secs(20))
+        .run(Some(ua_addr(&ua)))
+        .await;
+    result.assert_success();
+    let reinvites = result
+        .messages
+        .split("message received")
+        .skip(1)
+        .filter_map(|b| b.lines().skip(1).map(str::trim).find(|l| !l.is_empty()))
+        .filter(|l| l.starts_with("INVITE "))
+        .count();
+    assert_eq!(reinvites, 2, "two re-INVITE refreshes from the bridge");
+}
