@@ -870,6 +870,11 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
         }
         let after = self.call.phase();
         if after != before {
+            if after == Phase::Established {
+                if let Some(media) = self.media.as_mut() {
+                    media.established();
+                }
+            }
             self.manager.update_phase(&self.call_id, after);
         }
     }

@@ -213,6 +213,9 @@ pub trait CallMedia: Send + 'static {
     fn sip_reoffer(&mut self, offer: Option<&str>) -> Option<String>;
     /// A media signalling message from the browser.
     fn browser_message(&mut self, payload: serde_json::Value) -> impl Future<Output = ()> + Send;
+    /// The call is established (answered both ways): start watching for silent legs
+    /// (`[media] rtp_timeout`).
+    fn established(&mut self) {}
     /// Releases sockets, ports and tasks.
     fn close(&mut self);
 }

@@ -329,6 +329,11 @@ pub struct SipConfig {
     pub tcp_first_message_timeout: Duration,
     /// Most SIP TCP connections one source IP may hold open to the bridge.
     pub tcp_max_per_ip: u32,
+    /// RFC 4028 session interval offered and granted (FreeSWITCH's 1800 s); zero: no session
+    /// timer unless the peer asks for one.
+    pub session_expires: Duration,
+    /// Shortest session interval accepted (Min-SE); shorter offers get 422.
+    pub min_se: Duration,
 }
 
 impl Default for SipConfig {
@@ -347,6 +352,8 @@ impl Default for SipConfig {
             tcp_idle_timeout: Duration::from_secs(300),
             tcp_first_message_timeout: Duration::from_secs(10),
             tcp_max_per_ip: 16,
+            session_expires: Duration::from_secs(1800),
+            min_se: Duration::from_secs(90),
         }
     }
 }
@@ -493,6 +500,12 @@ pub struct MediaConfig {
     pub recording: RecordingConfig,
     /// DTMF toward the PBX.
     pub dtmf_mode: DtmfMode,
+    /// A call whose SIP or browser leg receives nothing this long ends (rtpengine, FreeSWITCH
+    /// `rtp-timeout-sec`); zero disables.
+    pub rtp_timeout: Duration,
+    /// The same while the phone holds the call (sendonly/inactive): FreeSWITCH's
+    /// `rtp-hold-timeout-sec`; the longer of the two applies. Zero: no limit on hold.
+    pub rtp_hold_timeout: Duration,
 }
 
 impl MediaConfig {
@@ -518,6 +531,8 @@ impl Default for MediaConfig {
             turn: Vec::new(),
             recording: RecordingConfig::default(),
             dtmf_mode: DtmfMode::Rfc4733,
+            rtp_timeout: Duration::from_secs(60),
+            rtp_hold_timeout: Duration::from_secs(3600),
         }
     }
 }

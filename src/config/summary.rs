@@ -104,6 +104,8 @@ impl Display for Config {
             secs(sip.tcp_first_message_timeout),
         )?;
         row(f, "tcp_max_per_ip", sip.tcp_max_per_ip)?;
+        row(f, "session_expires", secs(sip.session_expires))?;
+        row(f, "min_se", secs(sip.min_se))?;
 
         let media = &self.media;
         writeln!(f, "[media]")?;
@@ -151,6 +153,8 @@ impl Display for Config {
             row(f, "recording", "off")?;
         }
         row(f, "dtmf_mode", media.dtmf_mode)?;
+        row(f, "rtp_timeout", secs(media.rtp_timeout))?;
+        row(f, "rtp_hold_timeout", secs(media.rtp_hold_timeout))?;
 
         let http = &self.http;
         writeln!(f, "[http]")?;

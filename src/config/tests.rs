@@ -125,8 +125,28 @@ fn minimal_files_take_defaults() {
         assert_eq!(config.limits.max_setups_per_sec, 50);
         assert_eq!(config.limits.max_ws_sessions, 10000);
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(30));
+        assert_eq!(config.sip.session_expires, Duration::from_secs(1800));
+        assert_eq!(config.sip.min_se, Duration::from_secs(90));
+        assert_eq!(config.media.rtp_timeout, Duration::from_secs(60));
+        assert_eq!(config.media.rtp_hold_timeout, Duration::from_secs(3600));
         assert!(!config.may_call("1005"));
     }
+}
+
+#[test]
+fn session_timer_and_rtp_timeout_settings_are_read_from_toml() {
+    let text =
+        "[sip]\nsession_expires = 20\nmin_se = 6\n[media]\nrtp_timeout = 3\nrtp_hold_timeout = 0\n";
+    let config = toml_with(text).expect("toml");
+    assert_eq!(config.sip.session_expires, Duration::from_secs(20));
+    assert_eq!(config.sip.min_se, Duration::from_secs(6));
+    assert_eq!(config.media.rtp_timeout, Duration::from_secs(3));
+    assert_eq!(config.media.rtp_hold_timeout, Duration::ZERO);
+    let off = toml_with("[sip]\nsession_expires = 0\n[media]\nrtp_timeout = 0\n").expect("0 = off");
+    assert_eq!(off.sip.session_expires, Duration::ZERO);
+    assert_eq!(off.media.rtp_timeout, Duration::ZERO);
+    let raised = toml_with("[sip]\nmin_se = 3600\n").expect("default raised to min_se");
+    assert_eq!(raised.sip.session_expires, Duration::from_secs(3600));
 }
 
 #[test]
@@ -788,6 +808,18 @@ fn sip_bad_values() {
             "out of range",
         ),
         ("tcp_max_per_ip = 0", "tcp_max_per_ip", "out of range"),
+        ("min_se = 0", "min_se", "0 is out of range (1-86400)"),
+        (
+            "session_expires = 30",
+            "session_expires",
+            "30 is below min_se (90 s)",
+        ),
+        ("session_expires = -5", "session_expires", "out of range"),
+        (
+            "session_expires = \"long\"",
+            "session_expires",
+            "expected a whole number",
+        ),
     ];
     for (line, key, needle) in cases {
         assert_error(
@@ -1066,6 +1098,18 @@ fn media_bad_recording_and_dtmf() {
             5,
             "[media] public_ip",
             "cannot be advertised",
+        ),
+        (
+            "[media]\nrtp_timeout = -1",
+            5,
+            "[media] rtp_timeout",
+            "out of range (0-86400)",
+        ),
+        (
+            "[media]\nrtp_hold_timeout = \"1h\"",
+            5,
+            "[media] rtp_hold_timeout",
+            "expected a whole number",
         ),
     ];
     for (body, line, key, needle) in cases {

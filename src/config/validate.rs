@@ -837,6 +837,22 @@ fn sip(s: &Sec) -> Result<SipConfig> {
     let tcp_idle_timeout = s.seconds("tcp_idle_timeout", 5, 86400, 300)?;
     let tcp_first_message_timeout = s.seconds("tcp_first_message_timeout", 1, 300, 10)?;
     let tcp_max_per_ip = s.count("tcp_max_per_ip", 10_000, d.tcp_max_per_ip)?;
+    let min_se = s.seconds("min_se", 1, 86400, 90)?;
+    let session_expires = match s.int("session_expires", 0, 86400)? {
+        Some(v) if v.value != 0 && (v.value as u64) < min_se.as_secs() => {
+            return Err(s.err(
+                Some(v.line),
+                "session_expires",
+                format!(
+                    "{} is below min_se ({} s); 0 turns session timers off",
+                    v.value,
+                    min_se.as_secs()
+                ),
+            ))
+        }
+        Some(v) => Duration::from_secs(v.value as u64),
+        None => d.session_expires.max(min_se),
+    };
     s.finish()?;
     Ok(SipConfig {
         listen_ip,
@@ -852,6 +868,8 @@ fn sip(s: &Sec) -> Result<SipConfig> {
         tcp_idle_timeout,
         tcp_first_message_timeout,
         tcp_max_per_ip,
+        session_expires,
+        min_se,
     })
 }
 
@@ -947,6 +965,8 @@ fn media(s: &Sec) -> Result<MediaConfig> {
             _ => Err(format!("{t:?} is not rfc4733 or info")),
         })?
         .map_or(d.dtmf_mode, |v| v.value);
+    let rtp_timeout = s.seconds("rtp_timeout", 0, 86400, 60)?;
+    let rtp_hold_timeout = s.seconds("rtp_hold_timeout", 0, 86400, 3600)?;
     s.finish()?;
     Ok(MediaConfig {
         rtp_port_min,
@@ -959,6 +979,8 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         turn,
         recording,
         dtmf_mode,
+        rtp_timeout,
+        rtp_hold_timeout,
     })
 }
 

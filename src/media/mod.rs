@@ -2,6 +2,7 @@
 
 pub mod demux;
 pub mod g711;
+pub mod inactivity;
 pub mod jitter;
 pub mod opus;
 pub mod pipeline;

@@ -123,6 +123,8 @@ pub struct PipelineCounters {
     pub unknown_payload: AtomicU64,
     /// Ticks that produced concealed or silent audio because nothing usable had arrived.
     pub silent_ticks: AtomicU64,
+    /// RTP packets received from the browser (the RTP timeout watches it).
+    pub from_browser: AtomicU64,
 }
 
 impl PipelineCounters {

@@ -325,7 +325,8 @@ pub struct RtpCounters {
     pub stun_in: AtomicU64,
     /// DTLS datagrams (this port does no DTLS: a probe or garbage), dropped.
     pub dtls_in: AtomicU64,
-    /// RTCP packets arriving multiplexed on the RTP port (skipped).
+    /// RTCP packets received, multiplexed on the RTP port or on the RTCP port (not
+    /// interpreted; see [`RtpLeg::count_rtcp`]).
     pub rtcp_in: AtomicU64,
     /// Times the send target moved to a new RTP source.
     pub relatched: AtomicU64,
@@ -384,8 +385,8 @@ fn bump(counter: &AtomicU64, by: u64) {
 #[derive(Debug)]
 pub struct RtpLeg {
     socket: UdpSocket,
-    /// Held so the odd port stays ours (RTCP is not interpreted).
-    rtcp: StdUdpSocket,
+    /// The odd port: RTCP is only counted (a sign of life for the RTP timeout).
+    rtcp: UdpSocket,
     local: SocketAddr,
     source: Mutex<StrictSource>,
     /// Mirrors `source.target()` for the send path.
@@ -405,9 +406,11 @@ impl RtpLeg {
         pair.rtp.set_nonblocking(true)?;
         let local = pair.rtp.local_addr()?;
         let socket = UdpSocket::from_std(pair.rtp)?;
+        pair.rtcp.set_nonblocking(true)?;
+        let rtcp = UdpSocket::from_std(pair.rtcp)?;
         Ok(RtpLeg {
             socket,
-            rtcp: pair.rtcp,
+            rtcp,
             local,
             source: Mutex::new(StrictSource::default()),
             target: AddrCell::default(),
@@ -446,6 +449,23 @@ impl RtpLeg {
     /// Where `send` goes now.
     pub fn remote(&self) -> Option<SocketAddr> {
         self.target.load()
+    }
+
+    /// Reads the RTCP port until the socket fails, counting datagrams in `rtcp_in`; run it in a
+    /// task of the call (the packets themselves are not used).
+    pub async fn count_rtcp(&self) {
+        let mut buf = [0u8; 1500];
+        loop {
+            match self.rtcp.recv_from(&mut buf).await {
+                Ok(_) => bump(&self.counters.rtcp_in, 1),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// Sends one RTP packet to the current target.

@@ -6,7 +6,7 @@
 //! Media signalling with the browser is `docs/protocol.md` "Media": the browser always offers.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::call::machine::Direction as CallDirection;
 use crate::call::ports::{CallMedia, MediaError, MediaEvent, MediaFactory};
 use crate::config::{Codec, Config, RecordingMode};
+use crate::media::inactivity::{Activity, InactivityWatch};
 use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParams, Uplink};
 use crate::media::recording::{self, RecorderTap, Side};
 use crate::media::rtp::RtpPacket;
@@ -25,7 +26,7 @@ use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg};
 use crate::media::webrtc_leg::{
     IceServer, InboundRtp, LegEvent, LegState, WebRtcLeg, WebRtcSettings,
 };
-use crate::ops::metrics::{metrics, ErrorKind};
+use crate::ops::metrics::{metrics, Ending, ErrorKind};
 use crate::ops::Direction as OpsDirection;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
 
@@ -151,6 +152,8 @@ impl MediaFactory for SessionFactory {
             Arc::clone(&leg),
             Arc::clone(&published),
         ));
+        let rtcp_leg = Arc::clone(&leg);
+        let rtcp = tokio::spawn(async move { rtcp_leg.count_rtcp().await });
         tracing::debug!(call_id, rtp = %leg.local_addr(), "SIP-side RTP leg bound");
         Ok((
             Session {
@@ -171,9 +174,14 @@ impl MediaFactory for SessionFactory {
                 dtmf_info: config.media.dtmf_mode == crate::config::DtmfMode::Info,
                 browser: None,
                 drain: Some(drain),
-                tasks: vec![stats],
+                tasks: vec![stats, rtcp],
                 published,
                 counters: Arc::new(PipelineCounters::default()),
+                rtp_timeout: config.media.rtp_timeout,
+                rtp_hold_timeout: config.media.rtp_hold_timeout,
+                sip_on_hold: Arc::new(AtomicBool::new(false)),
+                browser_consent: Arc::new(AtomicBool::new(false)),
+                watching: false,
             },
             events,
         ))
@@ -223,6 +231,15 @@ pub struct Session {
     drain: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     counters: Arc<PipelineCounters>,
+    /// `[media] rtp_timeout` / `rtp_hold_timeout` when the call started.
+    rtp_timeout: Duration,
+    rtp_hold_timeout: Duration,
+    /// The phone's SDP holds the call (sendonly/inactive).
+    sip_on_hold: Arc<AtomicBool>,
+    /// The browser leg's ICE is connected (its consent checks are answered).
+    browser_consent: Arc<AtomicBool>,
+    /// The inactivity watch runs.
+    watching: bool,
 }
 
 fn without_origin(sdp: &str) -> String {
@@ -257,6 +274,8 @@ impl Session {
             direction = negotiated.direction.attribute(),
             "SIP media negotiated"
         );
+        self.sip_on_hold
+            .store(negotiated.on_hold, Ordering::Relaxed);
         let params = SipParams::from_negotiated(&negotiated);
         if let Some(b) = &self.browser {
             let _ = b.up.send(UpControl::Sip(params));
@@ -372,6 +391,7 @@ impl Session {
             channels.events,
             self.events.clone(),
             self.call_id.clone(),
+            Arc::clone(&self.browser_consent),
         )));
         self.tasks.push(tokio::spawn(uplink_task(
             channels.rtp,
@@ -380,6 +400,7 @@ impl Session {
             up_rx,
             tap.clone(),
             self.events.clone(),
+            Arc::clone(&self.counters),
         )));
         self.tasks.push(tokio::spawn(downlink_task(
             Arc::clone(&self.leg),
@@ -448,6 +469,7 @@ async fn leg_events(
     mut events: mpsc::UnboundedReceiver<LegEvent>,
     out: mpsc::Sender<MediaEvent>,
     call_id: String,
+    consent: Arc<AtomicBool>,
 ) {
     while let Some(event) = events.recv().await {
         let message = match event {
@@ -460,6 +482,7 @@ async fn leg_events(
             }
             LegEvent::State(state) => {
                 tracing::debug!(call_id = %call_id, ?state, "browser leg state");
+                consent.store(state == LegState::Connected, Ordering::Relaxed);
                 match state {
                     LegState::Failed => MediaEvent::Failed("browser media: ICE/DTLS failed".into()),
                     LegState::Closed => {
@@ -557,6 +580,57 @@ async fn publish_rtp_every_second(leg: Arc<RtpLeg>, published: Arc<PublishedRtp>
     }
 }
 
+/// Where the inactivity watch reads each leg's signs of life (counters the receive paths bump).
+struct ActivityProbe {
+    leg: Arc<RtpLeg>,
+    counters: Arc<PipelineCounters>,
+    sip_on_hold: Arc<AtomicBool>,
+    browser_consent: Arc<AtomicBool>,
+}
+
+impl ActivityProbe {
+    fn sample(&self) -> Activity {
+        let sip = self.leg.counters();
+        Activity {
+            sip_packets: sip.packets_in.load(Ordering::Relaxed)
+                + sip.rtcp_in.load(Ordering::Relaxed),
+            sip_on_hold: self.sip_on_hold.load(Ordering::Relaxed),
+            browser_packets: self.counters.from_browser.load(Ordering::Relaxed),
+            browser_consent: self.browser_consent.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Samples the legs' counters until one has been silent past `[media] rtp_timeout`, then ends
+/// the call (the call layer sends BYE and `EndCall`).
+async fn watch_activity(
+    probe: ActivityProbe,
+    mut watch: InactivityWatch,
+    events: mpsc::Sender<MediaEvent>,
+    call_id: String,
+) {
+    let mut tick = tokio::time::interval(watch.period());
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let activity = probe.sample();
+        let Some(side) = watch.observe(std::time::Instant::now(), activity) else {
+            continue;
+        };
+        let (leg, limit) = match side {
+            Side::Sip => ("sip", watch.limit(side, activity.sip_on_hold)),
+            Side::Browser => ("browser", watch.limit(side, false)),
+        };
+        let limit_s = limit.map_or(0, |l| l.as_secs());
+        tracing::warn!(call_id = %call_id, leg, limit_s, "RTP timeout: nothing received from the {leg} leg, ending the call");
+        metrics().call_ended(Ending::RtpTimeout);
+        let _ = events
+            .send(MediaEvent::Failed(format!("RTP timeout on the {leg} leg")))
+            .await;
+        return;
+    }
+}
+
 fn ticker() -> tokio::time::Interval {
     let mut t = tokio::time::interval(TICK);
     // Catch up after a stall: 50 frames a second, always, so sample counts follow wall time.
@@ -572,6 +646,7 @@ async fn uplink_task(
     mut control: mpsc::UnboundedReceiver<UpControl>,
     tap: Option<RecorderTap>,
     events: mpsc::Sender<MediaEvent>,
+    counters: Arc<PipelineCounters>,
 ) {
     let start = Instant::now();
     let mut tick = ticker();
@@ -585,14 +660,17 @@ async fn uplink_task(
                 None => return,
             },
             p = rtp.recv(), if rtp_open => match p {
-                Some(p) => up.push(
+                Some(p) => {
+                    PipelineCounters::bump(&counters.from_browser);
+                    up.push(
                     p.payload_type,
                     p.seq,
                     p.timestamp,
                     p.ssrc,
                     &p.payload,
                     start.elapsed().as_millis() as u64,
-                ),
+                    )
+                }
                 None => rtp_open = false,
             },
             _ = tick.tick() => {
@@ -723,6 +801,31 @@ impl CallMedia for Session {
             Some("answer") => self.complain("the browser offers, the bridge answers".into()),
             _ => self.complain("unknown media message kind (offer, candidate, dtmf)".into()),
         }
+    }
+
+    fn established(&mut self) {
+        if self.watching || self.rtp_timeout.is_zero() {
+            return;
+        }
+        self.watching = true;
+        let probe = ActivityProbe {
+            leg: Arc::clone(&self.leg),
+            counters: Arc::clone(&self.counters),
+            sip_on_hold: Arc::clone(&self.sip_on_hold),
+            browser_consent: Arc::clone(&self.browser_consent),
+        };
+        let watch = InactivityWatch::new(
+            std::time::Instant::now(),
+            self.rtp_timeout,
+            self.rtp_hold_timeout,
+            probe.sample(),
+        );
+        self.tasks.push(tokio::spawn(watch_activity(
+            probe,
+            watch,
+            self.events.clone(),
+            self.call_id.clone(),
+        )));
     }
 
     fn close(&mut self) {

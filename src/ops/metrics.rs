@@ -227,7 +227,19 @@ labelled_enum!(
     }
 );
 
+labelled_enum!(
+    /// Calls the bridge ended because a peer went silent, counted in
+    /// `srbridge_calls_ended_total{reason}`.
+    Ending {
+        /// No RTP/RTCP (SIP leg) or RTP/RTCP/STUN (browser leg) for `[media] rtp_timeout`.
+        RtpTimeout = "rtp_timeout",
+        /// The peer let the RFC 4028 session interval pass without a refresh.
+        SessionExpired = "session_expired",
+    }
+);
+
 const ERROR_KINDS: usize = ErrorKind::ALL.len();
+const ENDINGS: usize = Ending::ALL.len();
 const LIMITS: usize = Limit::ALL.len();
 /// SIP final codes 100..=699 each get a slot; slot 0 is "no SIP code".
 const CODE_SLOTS: usize = 700;
@@ -306,6 +318,7 @@ pub struct Metrics {
     pub users_logged_in: Gauge,
     errors: [Counter; ERROR_KINDS],
     limits: [Counter; LIMITS],
+    endings: [Counter; ENDINGS],
 }
 
 static METRICS: Metrics = Metrics::new();
@@ -366,6 +379,7 @@ impl Metrics {
             users_logged_in: Gauge::new(),
             errors: [const { Counter::new() }; ERROR_KINDS],
             limits: [const { Counter::new() }; LIMITS],
+            endings: [const { Counter::new() }; ENDINGS],
         }
     }
 
@@ -405,6 +419,16 @@ impl Metrics {
     /// Counts one refusal by `limit`.
     pub fn limit_hit(&self, limit: Limit) {
         self.limits[limit as usize].inc();
+    }
+
+    /// Counts one call ended for `reason`.
+    pub fn call_ended(&self, reason: Ending) {
+        self.endings[reason as usize].inc();
+    }
+
+    /// Calls ended for `reason` so far.
+    pub fn calls_ended(&self, reason: Ending) -> u64 {
+        self.endings[reason as usize].get()
     }
 
     /// Refusals by `limit` so far.
@@ -638,6 +662,20 @@ impl Metrics {
                 self.limits_hit(*limit),
             );
         }
+        header(
+            o,
+            "srbridge_calls_ended_total",
+            "counter",
+            "Calls the bridge ended because a peer went silent, by reason.",
+        );
+        for reason in Ending::ALL {
+            line(
+                o,
+                "srbridge_calls_ended_total",
+                &format!("reason=\"{}\"", reason.label()),
+                self.calls_ended(*reason),
+            );
+        }
         out
     }
 }
@@ -719,6 +757,7 @@ mod tests {
         m.call_failed(999);
         m.error(ErrorKind::Json);
         m.limit_hit(Limit::MaxCalls);
+        m.call_ended(Ending::RtpTimeout);
         m.set_registration(RegistrationState::Registered);
         m.set_pbx_ping(Some(Duration::from_millis(12)));
         let guard = m.calls_active.guard();
@@ -750,6 +789,17 @@ mod tests {
         assert_eq!(
             value(&text, "srbridge_limits_hit_total{limit=\"max_calls\"}"),
             "1"
+        );
+        assert_eq!(
+            value(&text, "srbridge_calls_ended_total{reason=\"rtp_timeout\"}"),
+            "1"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "srbridge_calls_ended_total{reason=\"session_expired\"}"
+            ),
+            "0"
         );
         assert_eq!(
             value(&text, "srbridge_registration_state{state=\"registered\"}"),

@@ -3,26 +3,38 @@
 //! answers in-dialog requests (re-INVITE/UPDATE through the call layer, INFO/OPTIONS with 200) and
 //! cleans up (BYE/CANCEL/reject, dialog removed) when the handle is dropped.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use rsipstack::dialog::dialog::{
     DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
 };
 use rsipstack::dialog::invitation::InviteAsyncResult;
 use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method, Request, Response, StatusCode, StatusCodeKind};
 use rsipstack::transaction::key::TransactionRole;
+use rsipstack::transaction::transaction::Transaction;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn, Instrument};
 
+use super::crossing::{Admit, RequestOrder};
 use super::error::SipError;
 use super::origin::bump_origin_version;
+use super::session_timer::{
+    session_from_2xx, SessionTimer, TimerAction, TimerHeaders, TimerPolicy, UasAnswer,
+};
 use super::ua::UaInner;
+use crate::ops::metrics::{metrics, Ending};
 
 /// A call the bridge places toward the PBX (or a PSTN gateway).
 #[derive(Debug, Clone)]
@@ -138,6 +150,8 @@ pub struct SipCall {
     events: mpsc::UnboundedReceiver<SipCallEvent>,
     shared: Arc<CallShared>,
     stop: CancellationToken,
+    /// Session-timer headers for our 200 (incoming calls whose INVITE asked for a timer).
+    answer_headers: Vec<Header>,
 }
 
 impl std::fmt::Debug for SipCall {
@@ -181,10 +195,9 @@ impl SipCall {
         }
         trace!(call_id = %self.log_id, sdp = ?sdp, "answer SDP");
         self.shared.set_sdp(&sdp);
-        self.dialog.accept(
-            Some(vec![Header::ContentType("application/sdp".into())]),
-            Some(sdp.into_bytes()),
-        )?;
+        let mut headers = vec![Header::ContentType("application/sdp".into())];
+        headers.extend(self.answer_headers.iter().cloned());
+        self.dialog.accept(Some(headers), Some(sdp.into_bytes()))?;
         self.shared.answered.store(true, Ordering::SeqCst);
         info!(call_id = %self.log_id, "answered (200 OK sent)");
         Ok(())
@@ -338,6 +351,14 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         shared.set_sdp(offer);
     }
     let stop = CancellationToken::new();
+    let policy = start.ua.timer_policy();
+    let initial_answer = match start.direction {
+        CallDirection::Incoming => policy.answer(&timer_headers(
+            &start.dialog.initial_request().headers,
+            false,
+        )),
+        CallDirection::Outgoing => UasAnswer::NoTimer,
+    };
     let call = SipCall {
         log_id: start.log_id.clone(),
         direction: start.direction,
@@ -345,23 +366,66 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         events,
         shared: shared.clone(),
         stop: stop.clone(),
+        answer_headers: other_headers(initial_answer.headers()),
+    };
+    let peer_allows_update = match start.direction {
+        CallDirection::Incoming => allows_update(&start.dialog.initial_request().headers),
+        CallDirection::Outgoing => false,
     };
     let span = tracing::info_span!("sip_call", call_id = %start.log_id);
+    let sip_call_id = start.dialog.id().call_id;
+    let requests = start.ua.open_door(&sip_call_id);
+    let initial_cseq = match start.direction {
+        CallDirection::Incoming => start
+            .dialog
+            .initial_request()
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.seq().ok()),
+        CallDirection::Outgoing => None,
+    };
+    let (answers_tx, answers) = mpsc::unbounded_channel();
+    let (refresh_tx, refreshes) = mpsc::unbounded_channel();
     let driver = Driver {
         ua: start.ua,
         direction: start.direction,
         dialog: start.dialog,
         events: events_tx,
         shared,
+        sip_call_id,
+        order: RequestOrder::new(initial_cseq),
+        deferred: VecDeque::new(),
+        answers_tx,
+        policy,
+        timer: SessionTimer::default(),
+        initial_session: initial_answer.session(),
+        peer_allows_update,
+        refresh_tx,
+        in_flight: FuturesUnordered::new(),
     };
     driver.ua.call_started();
     tokio::spawn(
         driver
-            .run(start.states, start.invite, stop)
+            .run(
+                start.states,
+                start.invite,
+                requests,
+                answers,
+                refreshes,
+                stop,
+            )
             .instrument(span),
     );
     call
 }
+
+/// The call layer's answer to a re-INVITE/UPDATE (by CSeq): an SDP, or `None` for the last one;
+/// with the session-timer part of our answer.
+type ReofferAnswer = (u32, Method, Option<String>, UasAnswer);
+
+/// How our session refresh ended: the final status (None: no response or not sent) and the
+/// 2xx's session-timer headers.
+type RefreshOutcome = (Option<u16>, TimerHeaders);
 
 struct Driver {
     ua: Arc<UaInner>,
@@ -369,6 +433,24 @@ struct Driver {
     dialog: InviteDialog,
     events: mpsc::UnboundedSender<SipCallEvent>,
     shared: Arc<CallShared>,
+    /// The key of this call's door in the UA (closed when the driver ends).
+    sip_call_id: String,
+    /// Which in-dialog requests may enter, which a BYE cancels, which may still get a 200.
+    order: RequestOrder<TransactionHandle>,
+    /// Requests that arrived before the ACK of our 200, in order.
+    deferred: VecDeque<Transaction>,
+    answers_tx: mpsc::UnboundedSender<ReofferAnswer>,
+    policy: TimerPolicy,
+    /// RFC 4028: when to refresh or give the session up.
+    timer: SessionTimer,
+    /// The session our 200 to the initial INVITE grants (starts with the ACK).
+    initial_session: Option<super::session_timer::Session>,
+    /// The peer listed UPDATE in Allow: refresh with UPDATE, else re-INVITE.
+    peer_allows_update: bool,
+    refresh_tx: mpsc::UnboundedSender<RefreshOutcome>,
+    /// rsipstack's handlers of in-dialog requests, polled by this task so that our answer to a
+    /// re-offer is on the wire before the next request (a BYE behind it) is looked at.
+    in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// Longest we wait for the call layer to answer a re-INVITE/UPDATE before reusing the last SDP.
@@ -381,12 +463,16 @@ impl Driver {
     }
 
     async fn run(
-        self,
+        mut self,
         mut states: DialogStateReceiver,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
+        requests: Option<mpsc::UnboundedReceiver<Transaction>>,
+        mut answers: mpsc::UnboundedReceiver<ReofferAnswer>,
+        mut refreshes: mpsc::UnboundedReceiver<RefreshOutcome>,
         stop: CancellationToken,
     ) {
         let mut failed = false;
+        let mut requests = requests;
         loop {
             tokio::select! {
                 biased;
@@ -406,8 +492,18 @@ impl Driver {
                         self.terminated(reason, failed);
                         break;
                     }
-                    self.on_state(state);
+                    self.on_state(state).await;
                 }
+                tx = recv_some(&mut requests) => match tx {
+                    Some(tx) => self.on_request(tx).await,
+                    None => requests = None,
+                },
+                Some((cseq, method, sdp, timer)) = answers.recv() => {
+                    self.send_reoffer_answer(cseq, method, sdp, timer).await
+                }
+                Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
+                Some((code, headers)) = refreshes.recv() => self.refresh_done(code, headers),
+                _ = sleep_until(self.timer.deadline()) => self.on_timer(),
                 r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
                     invite = None;
                     if self.invite_outcome(r) {
@@ -418,10 +514,148 @@ impl Driver {
                 }
             }
         }
+        self.close(states, requests).await;
+        let rest = std::mem::take(&mut self.in_flight);
+        if !rest.is_empty() {
+            // the last answers (200 to the BYE, 487s) still go out
+            tokio::spawn(rest.for_each(|_| async {}));
+        }
         let id = self.dialog.id();
         self.ua.dialogs.remove_dialog(&id);
         self.ua.call_ended();
         debug!("call driver done");
+    }
+
+    /// The dialog is over: nothing more enters it, and every request still waiting for our
+    /// answer gets one (487 for a re-INVITE/UPDATE, 481 for the rest), never silence or a 200.
+    async fn close(
+        &mut self,
+        mut states: DialogStateReceiver,
+        requests: Option<mpsc::UnboundedReceiver<Transaction>>,
+    ) {
+        self.ua.close_door(&self.sip_call_id);
+        for handle in self.order.end() {
+            reply_on(handle, StatusCode::RequestTerminated);
+        }
+        while let Ok(state) = states.try_recv() {
+            match state {
+                DialogState::Updated(_, _, handle) => {
+                    reply_on(handle, StatusCode::RequestTerminated)
+                }
+                DialogState::Info(_, _, handle)
+                | DialogState::Options(_, _, handle)
+                | DialogState::Notify(_, _, handle)
+                | DialogState::Message(_, _, handle)
+                | DialogState::Refer(_, _, handle) => {
+                    reply_on(handle, StatusCode::CallTransactionDoesNotExist)
+                }
+                _ => {}
+            }
+        }
+        let mut late: Vec<Transaction> = self.deferred.drain(..).collect();
+        if let Some(mut requests) = requests {
+            while let Ok(tx) = requests.try_recv() {
+                late.push(tx);
+            }
+        }
+        for mut tx in late {
+            let code = match tx.original.method {
+                Method::Ack => continue,
+                Method::Invite | Method::Update => StatusCode::RequestTerminated,
+                _ => StatusCode::CallTransactionDoesNotExist,
+            };
+            debug!(method = %tx.original.method, code = code.code(), "request after the dialog ended");
+            tokio::spawn(async move {
+                let _ = tx.reply(code).await;
+            });
+        }
+    }
+
+    /// An in-dialog request from the UA's dispatcher, in arrival order.
+    async fn on_request(&mut self, mut tx: Transaction) {
+        let method = tx.original.method;
+        let waiting_ack = matches!(self.dialog.state(), DialogState::WaitAck(..));
+        if waiting_ack && (method != Method::Bye || !self.deferred.is_empty()) {
+            // a re-INVITE can overtake the ACK of our 200 (both cross the PBX): keep the order
+            // and let it in once the ACK has confirmed the dialog
+            self.deferred.push_back(tx);
+            return;
+        }
+        let Some(cseq) = tx.original.cseq_header().ok().and_then(|c| c.seq().ok()) else {
+            info!(%method, "in-dialog request without a usable CSeq: 400");
+            tokio::spawn(async move {
+                let _ = tx.reply(StatusCode::BadRequest).await;
+            });
+            return;
+        };
+        match self.order.admit(&method, cseq) {
+            Admit::OutOfOrder { last } => {
+                info!(%method, cseq, last, "in-dialog request with an old CSeq: 500");
+                tokio::spawn(async move {
+                    let _ = tx
+                        .reply_with(
+                            StatusCode::ServerInternalError,
+                            vec![Header::Other("Retry-After".into(), "0".into())],
+                            None,
+                        )
+                        .await;
+                });
+            }
+            Admit::Ended => {
+                info!(%method, cseq, "request after BYE: 481");
+                let code = StatusCode::CallTransactionDoesNotExist;
+                tokio::spawn(async move {
+                    let _ = tx.reply(code).await;
+                });
+            }
+            Admit::Proceed { cancelled } => {
+                for handle in cancelled {
+                    info!("BYE while a re-offer was pending: 487 to the re-offer");
+                    reply_on(handle, StatusCode::RequestTerminated);
+                }
+                self.enter_dialog(tx).await;
+            }
+        }
+    }
+
+    /// Hands `tx` to rsipstack's dialog. Its first steps (CSeq bookkeeping, the state event that
+    /// carries the answer handle) run here, so the dialog sees requests in arrival order; the rest
+    /// (waiting for our answer, the ACK) runs in a task of its own.
+    async fn enter_dialog(&mut self, mut tx: Transaction) {
+        let Some(mut dialog) = self.ua.dialogs.match_dialog(&tx) else {
+            debug!(method = %tx.original.method, "no dialog for the request: 481");
+            tokio::spawn(async move {
+                let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+            });
+            return;
+        };
+        self.in_flight.push(Box::pin(
+            async move {
+                let method = tx.original.method;
+                if let Err(e) = dialog.handle(&mut tx).await {
+                    debug!(%method, error = %e, "in-dialog request");
+                }
+            }
+            .in_current_span(),
+        ));
+        self.run_ready().await;
+    }
+
+    /// Polls the request handlers that can make progress now, until none can.
+    async fn run_ready(&mut self) {
+        let in_flight = &mut self.in_flight;
+        std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(())) = in_flight.poll_next_unpin(cx) {}
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// The ACK confirmed the dialog (or it ended): the requests held back go in, in order.
+    async fn flush_deferred(&mut self) {
+        while let Some(tx) = self.deferred.pop_front() {
+            self.on_request(tx).await;
+        }
     }
 
     /// Handles the INVITE transaction's result; true if the call failed.
@@ -484,7 +718,7 @@ impl Driver {
         self.emit(SipCallEvent::Terminated);
     }
 
-    fn on_state(&self, state: DialogState) {
+    async fn on_state(&mut self, state: DialogState) {
         match state {
             DialogState::Early(_, resp) if self.direction == CallDirection::Outgoing => {
                 let sdp = body_text(&resp.body);
@@ -502,11 +736,20 @@ impl Driver {
                     let sdp = body_text(&resp.body).unwrap_or_default();
                     trace!(sdp = ?sdp, "answer SDP");
                     info!("answered");
+                    self.peer_allows_update = allows_update(&resp.headers);
+                    let session = session_from_2xx(&timer_headers(&resp.headers, true));
+                    self.start_session(session);
                     self.emit(SipCallEvent::Answered { sdp });
                 }
             }
-            DialogState::Confirmed(..) => debug!("dialog confirmed"),
-            DialogState::Updated(_, req, handle) => self.reoffer(req, handle),
+            DialogState::Confirmed(..) => {
+                debug!("dialog confirmed");
+                if let Some(session) = self.initial_session.take() {
+                    self.start_session(Some(session));
+                }
+                self.flush_deferred().await;
+            }
+            DialogState::Updated(_, req, handle) => self.reoffer(req, handle).await,
             DialogState::Info(_, req, handle) => {
                 debug!(content_type = ?req_content_type(&req), "INFO answered 200");
                 reply_ok(handle);
@@ -514,49 +757,208 @@ impl Driver {
             DialogState::Options(_, _, handle)
             | DialogState::Notify(_, _, handle)
             | DialogState::Message(_, _, handle) => reply_ok(handle),
-            DialogState::Refer(_, _, handle) => {
-                tokio::spawn(async move {
-                    let _ = handle.reply(StatusCode::Decline).await;
-                });
-            }
+            DialogState::Refer(_, _, handle) => reply_on(handle, StatusCode::Decline),
             other => trace!(state = %other, "dialog state"),
         }
     }
 
-    /// A re-INVITE/UPDATE: ask the call layer, answer with its SDP or our last one.
-    fn reoffer(&self, req: Request, handle: TransactionHandle) {
+    /// A re-INVITE/UPDATE: ask the call layer; its answer (or our last SDP) comes back through
+    /// `answers`, so a BYE that crossed it is seen first.
+    async fn reoffer(&mut self, req: Request, handle: TransactionHandle) {
+        let cseq = req
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.seq().ok())
+            .unwrap_or(0);
+        if let Some(handle) = self.order.entered(cseq, handle) {
+            info!(cseq, "re-offer after the dialog ended: 487");
+            reply_on(handle, StatusCode::RequestTerminated);
+            return;
+        }
+        let timer = self.policy.answer(&timer_headers(&req.headers, false));
+        if let UasAnswer::TooBrief { min_se } = timer {
+            info!(
+                cseq,
+                min_se, "re-offer's session interval below min_se: 422"
+            );
+            if let Some(handle) = self.order.answer(cseq) {
+                let headers = vec![Header::Other("Min-SE".into(), min_se.to_string())];
+                tokio::spawn(async move {
+                    let _ = handle
+                        .respond(StatusCode::SessionIntervalTooSmall, Some(headers), None)
+                        .await;
+                });
+            }
+            return;
+        }
         let offer = body_text(&req.body);
         let method = req.method;
+        if method == Method::Update && offer.is_none() {
+            // a session refresh (RFC 4028) or target refresh: nothing for the media to answer
+            debug!(cseq, "UPDATE without SDP answered 200");
+            self.send_reoffer_answer(cseq, method, None, timer).await;
+            return;
+        }
         info!(%method, with_offer = offer.is_some(), "re-offer from the remote side");
         if let Some(sdp) = &offer {
             trace!(sdp = ?sdp, "re-offer SDP");
         }
         let (reply, answer) = oneshot::channel();
         self.emit(SipCallEvent::Reoffer { sdp: offer, reply });
+        let answers = self.answers_tx.clone();
         let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let chosen = match tokio::time::timeout(REOFFER_TIMEOUT, answer).await {
+                Ok(Ok(Some(sdp))) => Some(sdp),
+                // no answer from the call layer: the SDP we last sent
+                _ => shared.sdp().map(|s| bump_origin_version(&s)),
+            };
+            let _ = answers.send((cseq, method, chosen, timer));
+        });
+    }
+
+    /// Sends our answer to the re-offer `cseq`, unless a BYE ended the dialog first (then it
+    /// already got 487).
+    async fn send_reoffer_answer(
+        &mut self,
+        cseq: u32,
+        method: Method,
+        answer: Option<String>,
+        timer: UasAnswer,
+    ) {
+        let Some(handle) = self.order.answer(cseq) else {
+            debug!(cseq, "re-offer already answered");
+            return;
+        };
+        // `None`: no SDP to send (an UPDATE without offer gets a 200 without answer, RFC 3311)
+        let chosen = answer;
+        if chosen.is_some() || method == Method::Update {
+            // a 2xx to the peer's re-INVITE/UPDATE refreshes the session (RFC 4028 §10)
+            if timer.session().is_some() || self.timer.session().is_some() {
+                debug!(interval = ?timer.session().map(|s| s.interval), "session refreshed by the peer");
+            }
+            self.timer.refreshed(Instant::now(), timer.session());
+        }
+        let timer_headers = other_headers(timer.headers());
+        let result = match chosen {
+            Some(sdp) => {
+                self.shared.set_sdp(&sdp);
+                trace!(sdp = ?sdp, "re-offer answer SDP");
+                let mut headers = vec![Header::ContentType("application/sdp".into())];
+                headers.extend(timer_headers);
+                handle
+                    .respond(StatusCode::OK, Some(headers), Some(sdp.into_bytes()))
+                    .await
+            }
+            None if method == Method::Update => {
+                handle
+                    .respond(StatusCode::OK, Some(timer_headers), None)
+                    .await
+            }
+            None => handle.reply(StatusCode::NotAcceptableHere).await,
+        };
+        if result.is_err() {
+            debug!("re-offer transaction already gone");
+        }
+        // the handler sends it now, before the driver looks at the next request
+        self.run_ready().await;
+    }
+
+    /// The dialog is up: run the session timer it negotiated (if any).
+    fn start_session(&mut self, session: Option<super::session_timer::Session>) {
+        if let Some(s) = session {
+            info!(
+                interval_s = s.interval.as_secs(),
+                refresher = if s.we_refresh { "bridge" } else { "peer" },
+                "session timer running"
+            );
+        }
+        self.timer.refreshed(Instant::now(), session);
+    }
+
+    fn on_timer(&mut self) {
+        match self.timer.poll(Instant::now()) {
+            Some(TimerAction::Refresh) => self.send_refresh(),
+            Some(TimerAction::Expire) => {
+                warn!("session timer expired: no refresh from the peer, sending BYE");
+                metrics().call_ended(Ending::SessionExpired);
+                self.end_with_bye();
+            }
+            None => {}
+        }
+    }
+
+    /// Sends our session refresh (UPDATE without a body when the peer allows it, else a
+    /// re-INVITE with the SDP we last sent); its outcome comes back through `refreshes`.
+    fn send_refresh(&self) {
+        let Some(session) = self.timer.session() else {
+            return;
+        };
+        let mut headers = other_headers(self.policy.offer(Some(session.interval)));
+        let dialog = self.dialog.clone();
+        let results = self.refresh_tx.clone();
+        let use_update = self.peer_allows_update;
+        let sdp = self.shared.sdp();
+        info!(
+            method = if use_update { "UPDATE" } else { "INVITE" },
+            "refreshing the session"
+        );
         tokio::spawn(
             async move {
-                let chosen = match tokio::time::timeout(REOFFER_TIMEOUT, answer).await {
-                    Ok(Ok(Some(sdp))) => Some(sdp),
-                    _ => shared.sdp().map(|s| bump_origin_version(&s)),
+                let response = if use_update {
+                    dialog.update(Some(headers), None).await
+                } else {
+                    headers.push(Header::ContentType("application/sdp".into()));
+                    dialog
+                        .reinvite(Some(headers), sdp.map(String::into_bytes))
+                        .await
                 };
-                let result = match chosen {
-                    Some(sdp) => {
-                        shared.set_sdp(&sdp);
-                        trace!(sdp = ?sdp, "re-offer answer SDP");
-                        handle
-                            .respond(
-                                StatusCode::OK,
-                                Some(vec![Header::ContentType("application/sdp".into())]),
-                                Some(sdp.into_bytes()),
-                            )
-                            .await
+                let outcome = match response {
+                    Ok(Some(resp)) => (
+                        Some(resp.status_code.code()),
+                        timer_headers(&resp.headers, true),
+                    ),
+                    Ok(None) => (None, TimerHeaders::default()),
+                    Err(e) => {
+                        debug!(error = %e, "session refresh failed");
+                        (Some(408), TimerHeaders::default())
                     }
-                    None if method == Method::Update => handle.reply(StatusCode::OK).await,
-                    None => handle.reply(StatusCode::NotAcceptableHere).await,
                 };
-                if result.is_err() {
-                    debug!("re-offer transaction already gone");
+                let _ = results.send(outcome);
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// RFC 4028 §10: a 2xx renews the session; 408/481 (or no answer) ends it; anything else is
+    /// retried before the expiry.
+    fn refresh_done(&mut self, code: Option<u16>, headers: TimerHeaders) {
+        match code {
+            Some(200..=299) => {
+                debug!("session refresh answered");
+                self.timer
+                    .refreshed(Instant::now(), session_from_2xx(&headers));
+            }
+            Some(408 | 481) => {
+                warn!(code, "session refresh failed: sending BYE");
+                self.end_with_bye();
+            }
+            other => {
+                info!(code = ?other, "session refresh refused; retrying");
+                self.timer.refresh_failed(Instant::now());
+            }
+        }
+    }
+
+    /// The bridge ends the call: BYE (the dialog's `Terminated` follows, and with it the call
+    /// layer's hang-up toward the browser).
+    fn end_with_bye(&self) {
+        self.shared.local_end.store(true, Ordering::SeqCst);
+        let dialog = self.dialog.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = timeout(dialog.bye()).await {
+                    debug!(error = %e, "BYE");
                 }
             }
             .in_current_span(),
@@ -564,7 +966,7 @@ impl Driver {
     }
 
     /// The handle was dropped: end the call in whatever way fits its state.
-    async fn cleanup_after_drop(&self) {
+    async fn cleanup_after_drop(&mut self) {
         let state = self.dialog.state();
         let result = match (&state, self.direction) {
             (DialogState::Terminated(..), _) => Ok(()),
@@ -600,9 +1002,75 @@ where
 }
 
 fn reply_ok(handle: TransactionHandle) {
+    reply_on(handle, StatusCode::OK);
+}
+
+/// Answers a request the dialog handed over (without waiting for the send).
+fn reply_on(handle: TransactionHandle, code: StatusCode) {
     tokio::spawn(async move {
-        let _ = handle.reply(StatusCode::OK).await;
+        let _ = handle.reply(code).await;
     });
+}
+
+/// The RFC 4028 headers of a request (`timer` in Supported) or a 2xx (`timer` in Require),
+/// long or compact names.
+pub(crate) fn timer_headers(headers: &rsipstack::sip::Headers, response: bool) -> TimerHeaders {
+    let token_names: &[&str] = if response {
+        &["Require"]
+    } else {
+        &["Supported", "k"]
+    };
+    let named = |names: &[&str]| -> Vec<String> {
+        headers
+            .iter()
+            .filter(|h| names.iter().any(|n| h.name().eq_ignore_ascii_case(n)))
+            .map(|h| h.value().to_string())
+            .collect()
+    };
+    let tokens = named(token_names);
+    let session_expires = named(&["Session-Expires", "x"]).into_iter().next();
+    let min_se = named(&["Min-SE"]).into_iter().next();
+    TimerHeaders::parse(
+        tokens.iter().map(String::as_str),
+        session_expires.as_deref(),
+        min_se.as_deref(),
+    )
+}
+
+/// Whether an Allow header lists UPDATE.
+fn allows_update(headers: &rsipstack::sip::Headers) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("Allow"))
+        .flat_map(|h| {
+            h.value()
+                .split(',')
+                .map(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
+                .collect::<Vec<_>>()
+        })
+        .any(|b| b)
+}
+
+/// (name, value) pairs as extension headers.
+pub(crate) fn other_headers(pairs: Vec<(&'static str, String)>) -> Vec<Header> {
+    pairs
+        .into_iter()
+        .map(|(name, value)| Header::Other(name.into(), value))
+        .collect()
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_some<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn req_content_type(req: &Request) -> Option<String> {

@@ -15,6 +15,7 @@
 //! accept loop with its per-IP cap and first-message deadline, `tcp_gate`).
 
 mod call;
+mod crossing;
 pub(crate) mod door;
 mod doorman;
 mod error;
@@ -23,6 +24,7 @@ mod options;
 pub(crate) mod origin;
 mod register;
 pub mod sdp;
+mod session_timer;
 mod status;
 pub(crate) mod target;
 mod tcp_gate;

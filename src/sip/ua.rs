@@ -1,6 +1,7 @@
 //! The SIP user agent: binds the transport, runs rsipstack's endpoint, registers the proxy
 //! account, pings the PBX, turns incoming INVITEs into [`IncomingCall`]s and places outgoing calls.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use super::door::ALLOW;
 use super::doorman::{serve_tcp, Door, DoorInspector, DoorUdp, TcpWatch};
 use super::error::SipError;
 use super::inbound::{screen_invite, InviteFacts, PeerPolicy, Screening};
+use super::session_timer::{TimerPolicy, UasAnswer};
 use super::status::{PbxInternal, RegState, SipStatus};
 use super::target::TargetSources;
 use super::tcp_gate::TcpGate;
@@ -100,6 +102,8 @@ pub(crate) struct UaInner {
     pub(crate) reregister: Notify,
     register_task: Mutex<Option<JoinHandle<()>>>,
     shutdown_done: OnceCell<()>,
+    /// Per SIP Call-ID, the call driver that takes its in-dialog requests in arrival order.
+    doors: Mutex<HashMap<String, mpsc::UnboundedSender<Transaction>>>,
 }
 
 impl std::fmt::Debug for SipUa {
@@ -287,6 +291,7 @@ impl SipUa {
             reregister: Notify::new(),
             register_task: Mutex::new(None),
             shutdown_done: OnceCell::new(),
+            doors: Mutex::new(HashMap::new()),
         });
         info!(local = %local_addr, contact = %contact_addr, pbx = %pbx, transport = %inner.transport, "SIP user agent started");
 
@@ -398,6 +403,8 @@ impl SipUa {
             }
             headers.push(Header::Other(name.clone(), value.clone()));
         }
+        // RFC 4028: offer a session timer; the 2xx says who refreshes
+        headers.extend(call::other_headers(ua.timer_policy().offer(None)));
         let option = InviteOption {
             caller_display_name: (!caller_id.is_empty()).then_some(caller_id),
             caller,
@@ -484,6 +491,49 @@ impl UaInner {
 
     pub(crate) fn call_ended(&self) {
         self.active_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Our side of RFC 4028 negotiation (`[sip] session_expires`, `min_se`).
+    pub(crate) fn timer_policy(&self) -> TimerPolicy {
+        TimerPolicy {
+            session_expires: self.sip.session_expires,
+            min_se: self.sip.min_se,
+        }
+    }
+
+    /// The in-dialog requests of `sip_call_id` from now on, in arrival order (`None` if another
+    /// call already has that Call-ID: its requests then take the unordered path).
+    pub(crate) fn open_door(
+        &self,
+        sip_call_id: &str,
+    ) -> Option<mpsc::UnboundedReceiver<Transaction>> {
+        let mut doors = lock(&self.doors);
+        if doors.contains_key(sip_call_id) {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        doors.insert(sip_call_id.to_string(), tx);
+        Some(rx)
+    }
+
+    /// No more requests for `sip_call_id` reach its driver.
+    pub(crate) fn close_door(&self, sip_call_id: &str) {
+        lock(&self.doors).remove(sip_call_id);
+    }
+
+    /// Passes an in-dialog request (not an ACK) to its call's driver; gives it back when no
+    /// driver takes it.
+    fn to_door(&self, tx: Transaction) -> Option<Transaction> {
+        if tx.original.method == Method::Ack || !has_to_tag(&tx) {
+            return Some(tx);
+        }
+        let Ok(call_id) = tx.original.call_id_header().map(|c| c.value().to_string()) else {
+            return Some(tx);
+        };
+        match lock(&self.doors).get(&call_id) {
+            Some(door) => door.send(tx).err().map(|e| e.0),
+            None => Some(tx),
+        }
     }
 
     fn rs_transport(&self) -> Transport {
@@ -687,6 +737,9 @@ async fn dispatch(
                 None => break,
             },
         };
+        // in-dialog requests of a call go to its driver here, in arrival order: a BYE must not
+        // overtake the re-INVITE just ahead of it
+        let Some(tx) = ua.to_door(tx) else { continue };
         let ua = ua.clone();
         let calls = calls.clone();
         tokio::spawn(async move { handle_request(ua, tx, calls).await });
@@ -707,14 +760,17 @@ async fn reply_logged(tx: &mut Transaction, code: StatusCode, headers: Vec<Heade
     }
 }
 
-async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Sender<IncomingCall>) {
-    let method = tx.original.method;
-    let in_dialog = tx
-        .original
+fn has_to_tag(tx: &Transaction) -> bool {
+    tx.original
         .to_header()
         .ok()
         .and_then(|t| t.tag().ok().flatten())
-        .is_some();
+        .is_some()
+}
+
+async fn handle_request(ua: Arc<UaInner>, mut tx: Transaction, calls: mpsc::Sender<IncomingCall>) {
+    let method = tx.original.method;
+    let in_dialog = has_to_tag(&tx);
     let source = source_of(&tx);
     if in_dialog {
         match ua.dialogs.match_dialog(&tx) {
@@ -809,6 +865,15 @@ async fn incoming_invite(
     };
     if ua.token.is_cancelled() || ua.stop_register.is_cancelled() {
         reply_logged(&mut tx, StatusCode::ServiceUnavailable, vec![]).await;
+        return;
+    }
+    let timer = ua
+        .timer_policy()
+        .answer(&call::timer_headers(&req.headers, false));
+    if let UasAnswer::TooBrief { min_se } = timer {
+        info!(%source, min_se, "incoming INVITE's session interval below min_se: 422");
+        let min_se = Header::Other("Min-SE".into(), min_se.to_string());
+        reply_logged(&mut tx, StatusCode::SessionIntervalTooSmall, vec![min_se]).await;
         return;
     }
     if !ua.accepting.load(Ordering::Acquire) {

@@ -245,6 +245,11 @@ impl SippProcess {
         read(&self.dir.path().join("logs.log"))
     }
 
+    /// The message trace so far (`-trace_msg`).
+    pub fn messages_so_far(&self) -> String {
+        read(&self.dir.path().join("messages.log"))
+    }
+
     /// Waits until SIPp exits (killing it after `timeout`) and returns its traces.
     pub async fn wait(&mut self, timeout: Duration) -> SippResult {
         let status = self.child.wait(timeout).await;

@@ -1,0 +1,182 @@
+//! Calls the bridge ends because a peer went silent (issue #9), end to end: the RTP inactivity
+//! timeout (`[media] rtp_timeout`: a phone that answers and then sends nothing, a browser that
+//! goes away) and an RFC 4028 session that the phone does not refresh. Each ends with BYE toward
+//! SIP and `{"Cmd":"EndCall"}` to the browser, and is counted. The bridge runs in-process on the
+//! Kamailio rig; the browser is `support::webrtc_peer`, the phones SIPp and baresip.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use srbridge::media::webrtc_leg::LegCodec;
+use support::sipp::registered_uas;
+use support::webrtc_peer::BrowserPeer;
+use support::{Baresip, BaresipOptions, Sipp, WsClient};
+
+const APPID: &str = "timeout-test";
+const T: Duration = Duration::from_secs(15);
+/// The `[media] rtp_timeout` of these tests.
+const RTP_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn rig() -> support::rig::BridgeRig {
+    support::rig::start_bridge(APPID, "", "rtp_timeout = 3", 10).await
+}
+
+/// `GET path` over plain HTTP/1.1; returns the body.
+async fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// `srbridge_calls_ended_total{reason}` of this test binary's bridges (only these tests end
+/// calls for these reasons).
+async fn calls_ended(rig: &support::rig::BridgeRig, reason: &str) -> u64 {
+    let text = http_get_text(rig.bridge.http_addr(), "/metrics").await;
+    let series = format!("srbridge_calls_ended_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+async fn rtp_timeouts(rig: &support::rig::BridgeRig) -> u64 {
+    calls_ended(rig, "rtp_timeout").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_answers_and_sends_nothing_is_hung_up_after_rtp_timeout() {
+    let rig = rig().await;
+    let before = rtp_timeouts(&rig).await;
+    // answers, never sends RTP, and passes only if a BYE comes (answered 200)
+    let mut uas = registered_uas(
+        rig.pbx.addr(),
+        "1001",
+        "uas_answer.xml",
+        1,
+        Duration::from_secs(40),
+    )
+    .await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    let ok = alice.invite("t1", "1001", "").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let alice = Arc::new(alice);
+    let mut peer = BrowserPeer::offer(Arc::clone(&alice), "t1", vec![LegCodec::Opus]).await;
+    alice.wait_local_state("t1", "ACCEPTED_BY_REMOTE", T).await;
+    let answered = Instant::now();
+    peer.wait_connected().await;
+    peer.play(Some(1000.0));
+    alice
+        .wait_peer_message("EndCall", RTP_TIMEOUT + Duration::from_secs(5))
+        .await;
+    let lasted = answered.elapsed();
+    println!("silent phone: EndCall {lasted:?} after the answer (rtp_timeout {RTP_TIMEOUT:?})");
+    // the bridge arms the watch a moment before the browser hears of the answer
+    assert!(
+        lasted >= RTP_TIMEOUT - Duration::from_millis(500),
+        "ended after {lasted:?}, before the timeout"
+    );
+    let result = uas.wait(T).await;
+    result.assert_success();
+    assert!(
+        result.messages.contains("BYE sip:"),
+        "the phone got the bridge's BYE"
+    );
+    assert_eq!(rtp_timeouts(&rig).await, before + 1);
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_goes_away_ends_the_call_for_the_phone() {
+    let rig = rig().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    // long enough that the phone does not hang up by itself
+    support::write_tone_wav(&wav, 440.0, 0.5, Duration::from_secs(40), 8000);
+    let phone = Baresip::start(
+        rig.pbx.addr(),
+        "1001",
+        BaresipOptions {
+            auto_answer: true,
+            play_wav: Some(wav),
+            record_dir: None,
+        },
+    )
+    .await;
+    phone.wait_registered(T).await;
+    let before = rtp_timeouts(&rig).await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    let ok = alice.invite("t2", "1001", "").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let alice = Arc::new(alice);
+    let mut peer = BrowserPeer::offer(Arc::clone(&alice), "t2", vec![LegCodec::Opus]).await;
+    alice.wait_local_state("t2", "ACCEPTED_BY_REMOTE", T).await;
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    peer.wait_connected().await;
+    peer.play(Some(1000.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // the browser vanishes: no RTP, and its ICE consent lapses after 5 s
+    let gone = Instant::now();
+    peer.close().await;
+    phone.wait_for("CALL_CLOSED", Duration::from_secs(14)).await;
+    let lasted = gone.elapsed();
+    println!("browser gone: phone hung up {lasted:?} later");
+    alice.wait_peer_message("EndCall", T).await;
+    assert_eq!(
+        rtp_timeouts(&rig).await,
+        before + 1,
+        "ended by the RTP timeout (after {lasted:?}), not by ICE failing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_does_not_refresh_its_session_is_hung_up_and_the_browser_gets_end_call() {
+    let rig = support::rig::start_bridge(APPID, "session_expires = 6\nmin_se = 2", "", 10).await;
+    let before = calls_ended(&rig, "session_expired").await;
+    let alice = Arc::new(WsClient::login(&rig.url, APPID, "alice").await);
+    // the phone (from the PBX's address) calls alice with Session-Expires: 6;refresher=uac, then
+    // never refreshes; it passes only if the bridge's BYE comes
+    let mut phone = Sipp::new("uac_timer_silent.xml")
+        .service("1000")
+        .key("se", "6")
+        .key("refresher", "uac")
+        .timeout(Duration::from_secs(30))
+        .spawn(Some(rig.bridge.sip_addr()));
+    let invitation = alice.wait_remote_invitation(T).await;
+    let call_id = invitation["callId"].as_str().expect("callId").to_string();
+    let offer = {
+        let ws = Arc::clone(&alice);
+        let call_id = call_id.clone();
+        tokio::spawn(async move { BrowserPeer::offer(ws, &call_id, vec![LegCodec::Opus]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice.send_raw(
+        &serde_json::json!({"type": "accept", "id": 7, "callId": call_id, "response": ""})
+            .to_string(),
+    );
+    let accepted = Instant::now();
+    let mut peer = offer.await.expect("offer");
+    peer.wait_connected().await;
+    peer.play(Some(1000.0));
+    // RFC 4028 §10: 6 s - min(32 s, 2 s) after the answer
+    alice
+        .wait_peer_message("EndCall", Duration::from_secs(4 + 5))
+        .await;
+    let lasted = accepted.elapsed();
+    println!("unrefreshed session (6 s): EndCall {lasted:?} after the answer");
+    assert!(
+        lasted >= Duration::from_millis(3500),
+        "ended after {lasted:?}, before the session expired"
+    );
+    let result = phone.wait(T).await;
+    result.assert_success();
+    assert_eq!(calls_ended(&rig, "session_expired").await, before + 1);
+    peer.close().await;
+}
