@@ -451,13 +451,20 @@ impl RtpLeg {
         self.target.load()
     }
 
-    /// Reads the RTCP port until the socket fails, counting datagrams in `rtcp_in`; run it in a
-    /// task of the call (the packets themselves are not used).
+    /// Whether RTCP from `source` counts as a sign of life: only from the host media goes to,
+    /// so a stranger's RTCP cannot keep a dead call alive past the RTP timeout.
+    fn rtcp_from_peer(&self, source: SocketAddr) -> bool {
+        self.target.load().is_some_and(|t| t.ip() == source.ip())
+    }
+
+    /// Reads the RTCP port until the socket fails, counting datagrams from the peer's host in
+    /// `rtcp_in`; run it in a task of the call (the packets themselves are not used).
     pub async fn count_rtcp(&self) {
         let mut buf = [0u8; 1500];
         loop {
             match self.rtcp.recv_from(&mut buf).await {
-                Ok(_) => bump(&self.counters.rtcp_in, 1),
+                Ok((_, source)) if self.rtcp_from_peer(source) => bump(&self.counters.rtcp_in, 1),
+                Ok(_) => bump(&self.counters.dropped_source, 1),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -511,7 +518,12 @@ impl RtpLeg {
                     at: std::time::Instant::now(),
                 },
                 Err(RtpError::Rtcp(_)) => {
-                    bump(&self.counters.rtcp_in, 1);
+                    let counter = if self.rtcp_from_peer(source) {
+                        &self.counters.rtcp_in
+                    } else {
+                        &self.counters.dropped_source
+                    };
+                    bump(counter, 1);
                     continue;
                 }
                 Err(_) => {
