@@ -9,6 +9,7 @@
 //! * [`lifecycle`]: drain on SIGTERM ([`lifecycle::Lifecycle`]) and config reload on SIGHUP
 //!   ([`lifecycle::ConfigReloader`], published as a [`lifecycle::ConfigWatch`]).
 
+mod encoded;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;
