@@ -228,7 +228,7 @@ fn toml_unknown_key_is_an_error() {
         toml_with("[limits]\nmax_call = 5\n"),
         Some(5),
         Some("[limits] max_call"),
-        "unknown key (known keys: max_calls, max_setups_per_sec, max_ws_sessions)",
+        "unknown key (known keys: max_calls, max_setups_per_sec, max_ws_sessions, max_conns_per_ip, fd_reserve)",
     );
 }
 

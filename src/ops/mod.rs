@@ -6,15 +6,20 @@
 //! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
 //! * [`http`]: `/api/status`, `/api/calls/{id}`, `/metrics`, `/healthz` (admin auth).
 //! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.
+//! * [`serve`] + [`conn_gate`] + [`fd_limit`]: the HTTP accept loop: `TCP_NODELAY`, header-read
+//!   timeout, connections per address, and a file-descriptor budget that keeps room for media.
 //! * [`lifecycle`]: drain on SIGTERM ([`lifecycle::Lifecycle`]) and config reload on SIGHUP
 //!   ([`lifecycle::ConfigReloader`], published as a [`lifecycle::ConfigWatch`]).
 
+pub mod conn_gate;
 mod encoded;
+pub mod fd_limit;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod redact;
+pub mod serve;
 pub mod status;
 pub mod tls;
 
