@@ -31,6 +31,7 @@ use crate::ops::status::StatusSource;
 /// Errors (log file, bind) are returned for `main` to print and exit non-zero.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = App::start(config)?;
+    tokio::spawn(crate::ops::trim::trim_periodically());
     let bridge = crate::bridge::Bridge::start_parts(app.config_watch(), app.lifecycle()).await?;
     let result = app.serve(bridge.router(), bridge.status()).await;
     bridge.shutdown().await;
