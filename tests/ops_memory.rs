@@ -130,13 +130,17 @@ async fn rss_returns_after_an_invite_flood_and_idle_websockets_stay_cheap() {
         t0.elapsed().as_secs(),
         result.exit_code
     );
-    // Through Kamailio a 180 sometimes overtakes the 100 and SIPp counts that call as failed;
-    // what matters here is that the flood reached the bridge.
-    assert!(
-        matches!(result.exit_code, 0 | 1) && !result.timed_out,
-        "SIPp ran the flood: {}",
-        result.screen
-    );
+    // Through Kamailio a 180 sometimes overtakes the 100 and SIPp counts that call as failed,
+    // and a loaded machine makes it time out some: what matters is that the flood reached the
+    // bridge (this bridge's own counter).
+    let metrics = http_get(port, "/metrics", &[]).body;
+    let started: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("srbridge_calls_started_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!("calls the bridge saw: {started}");
+    assert!(started >= 2500.0, "the flood reached the bridge: {started} INVITEs");
 
     // Wide bounds: the unfixed bridge grew by ~144 MB (release) for the flood and kept it,
     // and paid ~115 KB per idle WebSocket.
