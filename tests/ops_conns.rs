@@ -53,10 +53,9 @@ async fn closed_within(stream: &mut TcpStream, bound: Duration) -> Option<Durati
 /// Whether the bridge has not closed `stream` (nothing to read and no EOF right now).
 async fn still_open(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 1];
-    matches!(
-        tokio::time::timeout(Duration::from_millis(50), stream.peek(&mut buf)).await,
-        Err(_)
-    )
+    tokio::time::timeout(Duration::from_millis(50), stream.peek(&mut buf))
+        .await
+        .is_err()
 }
 
 /// ESTABLISHED TCP sockets whose local port is `port` (the bridge's side of its connections).
