@@ -39,11 +39,6 @@ pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const INVITATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many ended call ids each session remembers, to explain late accepts/cancels.
 pub(super) const FINISHED_MEMORY: usize = 32;
-/// A socket must log in within this time (`[http] login_timeout`), so idle sockets cannot hold
-/// session slots.
-pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest accepted token lifetime by default (`[auth] max_token_ttl`).
-pub const DEFAULT_MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A socket that sends nothing (not even `ping`) for this long is taken for dead and closed,
 /// which ends its calls; the JS client pings every 25 s.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
