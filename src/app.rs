@@ -24,12 +24,14 @@ use crate::ops::lifecycle::{
     http_listen_override, ConfigReloader, ConfigWatch, Lifecycle, HTTP_LISTEN_ENV,
 };
 use crate::ops::logging;
+use crate::ops::serve::{serve, ConnLimits};
 use crate::ops::status::StatusSource;
 
 /// Runs the bridge until SIGTERM/SIGINT and the drain, then returns `Ok` (exit code 0).
 /// Errors (log file, bind) are returned for `main` to print and exit non-zero.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = App::start(config)?;
+    tokio::spawn(crate::ops::trim::trim_periodically());
     let bridge = crate::bridge::Bridge::start_parts(app.config_watch(), app.lifecycle()).await?;
     let result = app.serve(bridge.router(), bridge.status()).await;
     bridge.shutdown().await;
@@ -59,6 +61,19 @@ impl App {
         );
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
+        }
+        match crate::ops::fd_limit::raise_nofile_limit() {
+            Ok((before, now)) if now > before => {
+                tracing::info!("file descriptor limit raised from {before} to {now}")
+            }
+            Ok((_, now)) => tracing::info!("file descriptor limit {now}"),
+            Err(e) => tracing::warn!("cannot read the file descriptor limit: {e}"),
+        }
+        if config.auth.token_secret.is_none() {
+            tracing::warn!(
+                "[auth] token_secret is not set: anyone who knows the appid can log in as any \
+                 uid (a second login with a uid in use is refused); set token_secret in production"
+            );
         }
         let http_listen = http_listen_override().map_err(anyhow::Error::msg)?;
         if let Some(addr) = http_listen {
@@ -106,16 +121,20 @@ impl App {
             None => None,
         };
         let tls = tls.as_ref();
+        // One gate for both listeners: they share the process's descriptors.
+        let limits = ConnLimits::from_config(&config);
         match config.http.status_listen {
             Some(status_addr) => {
                 let public = with_request_log(extra.merge(health_router(ctx.clone())));
-                spawn_server("listen", config.http.listen, public, tls, &failed_tx).await?;
+                let listen = config.http.listen;
+                spawn_server("listen", listen, public, tls, &limits, &failed_tx).await?;
                 let ops = with_request_log(router(status, ctx));
-                spawn_server("status_listen", status_addr, ops, tls, &failed_tx).await?;
+                spawn_server("status_listen", status_addr, ops, tls, &limits, &failed_tx).await?;
             }
             None => {
                 let all = build_router(extra, status, ctx);
-                spawn_server("listen", config.http.listen, all, tls, &failed_tx).await?;
+                let listen = config.http.listen;
+                spawn_server("listen", listen, all, tls, &limits, &failed_tx).await?;
             }
         }
         tracing::info!("running; SIGTERM drains and stops, SIGHUP reloads the config");
@@ -194,6 +213,7 @@ async fn spawn_server(
     addr: SocketAddr,
     router: Router,
     tls: Option<&TlsAcceptor>,
+    limits: &ConnLimits,
     failed: &mpsc::Sender<anyhow::Error>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -205,22 +225,11 @@ async fn spawn_server(
     let failed = failed.clone();
     let key = key.to_string();
     let tls = tls.cloned();
+    let limits = limits.clone();
     tokio::spawn(async move {
-        let error = match tls {
-            Some(acceptor) => {
-                let e = crate::ops::tls::serve(listener, acceptor, router).await;
-                anyhow::Error::new(e).context(format!("https server on {local} failed"))
-            }
-            None => {
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                match axum::serve(listener, service).await {
-                    Ok(()) => anyhow::anyhow!("http server on {local} ([http] {key}) stopped"),
-                    Err(e) => {
-                        anyhow::Error::new(e).context(format!("http server on {local} failed"))
-                    }
-                }
-            }
-        };
+        // Accept errors are retried inside; the loop ends only if `stop` does (never here).
+        serve(listener, router, tls, limits, std::future::pending()).await;
+        let error = anyhow::anyhow!("{scheme} server on {local} ([http] {key}) stopped");
         let _ = failed.send(error).await;
     });
     Ok(())

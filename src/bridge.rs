@@ -25,6 +25,7 @@ use crate::media::session::SessionFactory;
 use crate::ops::http::{build_router, OpsContext};
 use crate::ops::lifecycle::{ConfigWatch, Lifecycle};
 use crate::ops::metrics::metrics;
+use crate::ops::serve::{serve, ConnLimits};
 use crate::ops::status::{
     CallStatus, PbxStatus, Reachability, RegistrationState as OpsRegistration, RegistrationStatus,
     StatusSnapshot, StatusSource,
@@ -319,19 +320,15 @@ impl Bridge {
             .with_context(|| format!("cannot listen on [http] listen {listen}"))?;
         let http_addr = listener.local_addr().context("HTTP listener address")?;
         let mut bridge = Bridge::start_parts(config_rx.clone(), lifecycle.clone()).await?;
+        let limits = ConnLimits::from_config(&config_rx.borrow());
         let ctx = OpsContext {
             config: config_rx,
             lifecycle,
         };
-        let router = build_router(bridge.router(), bridge.status(), ctx)
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let router = build_router(bridge.router(), bridge.status(), ctx);
         let stop = bridge.stop.clone();
         bridge.tasks.push(tokio::spawn(async move {
-            let server = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            serve(listener, router, None, limits, stop.cancelled_owned()).await;
         }));
         bridge.http_addr = Some(http_addr);
         bridge.config_tx = Some(config_tx);
@@ -398,6 +395,16 @@ impl Bridge {
         {
             let (hub, sip) = (hub.clone(), sip.clone());
             tasks.push(tokio::spawn(publish_gauges(hub, sip)));
+        }
+        {
+            // Reloads reach the hub: reserved ids, origins, timeouts apply to the next login.
+            let (hub, mut config) = (hub.clone(), config.clone());
+            tasks.push(tokio::spawn(async move {
+                while config.changed().await.is_ok() {
+                    let settings = HubSettings::from_config(&config.borrow_and_update());
+                    hub.set_settings(settings);
+                }
+            }));
         }
         tracing::info!(sip = %sip.local_addr(), "bridge started");
         Ok(Bridge {

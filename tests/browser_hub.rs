@@ -14,10 +14,12 @@ use std::time::Duration;
 use axum::response::Html;
 use axum::routing::get;
 use serde_json::{json, Value};
-use srbridge::signal::{Hub, HubSettings};
+use srbridge::config::Secret;
+use srbridge::signal::{mint_token, Hub, HubSettings};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+const SECRET: &str = "browser-test-secret";
 const PAGE: &str = include_str!("browser/hub_page.html");
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -47,10 +49,16 @@ async fn js_client_rings_accepts_and_messages_in_chromium() {
     let hub = Hub::new(
         HubSettings {
             appid: "app".into(),
-            token_secret: None,
+            // Tokens on: a second login of bob takes over (without them it is refused).
+            token_secret: Some(Secret::new(SECRET)),
             bridge_uid: "proxy".into(),
             max_sessions: 100,
             max_content: 8192,
+            sip_account: None,
+            sip_numbers: None,
+            login_timeout: Duration::from_secs(10),
+            max_token_ttl: Duration::from_secs(86_400),
+            allowed_origins: Vec::new(),
         },
         tx,
     );
@@ -63,9 +71,19 @@ async fn js_client_rings_accepts_and_messages_in_chromium() {
         .route("/test/hub.html", get(|| async { Html(PAGE) }));
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let tokens = json!({
+        "alice": mint_token(SECRET, "alice", expiry),
+        "bob": mint_token(SECRET, "bob", expiry),
+    });
     let child = Command::new("node")
         .arg(root.join("tests/browser/hub_client.mjs"))
         .arg(format!("http://127.0.0.1:{port}"))
+        .arg(tokens.to_string())
         .current_dir(root)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

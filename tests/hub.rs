@@ -28,10 +28,16 @@ fn settings() -> HubSettings {
         bridge_uid: "proxy".into(),
         max_sessions: 100,
         max_content: 8192,
+        sip_account: None,
+        sip_numbers: None,
+        login_timeout: Duration::from_secs(10),
+        max_token_ttl: Duration::from_secs(86_400),
+        allowed_origins: Vec::new(),
     }
 }
 
 struct Served {
+    secret: Option<String>,
     hub: Hub,
     bridge: mpsc::Receiver<BridgeEvent>,
     url: String,
@@ -41,6 +47,10 @@ struct Served {
 impl Served {
     async fn start(settings: HubSettings) -> Served {
         let (tx, bridge) = mpsc::channel(64);
+        let secret = settings
+            .token_secret
+            .as_ref()
+            .map(|s| s.expose().to_string());
         let hub = Hub::new(settings, tx);
         let port = ports::free_port();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -49,6 +59,7 @@ impl Served {
         let app = hub.router();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Served {
+            secret,
             hub,
             bridge,
             url: format!("ws://127.0.0.1:{port}/ws"),
@@ -58,7 +69,11 @@ impl Served {
 
     async fn user(&self, uid: &str) -> Client {
         let mut c = Client::connect(&self.url).await;
-        let ok = c.login(uid, None).await;
+        let token = self
+            .secret
+            .as_ref()
+            .map(|secret| mint_token(secret, uid, unix_now() + 600));
+        let ok = c.login(uid, token.as_deref()).await;
         assert_eq!(ok["type"], "ok", "login of {uid}: {ok}");
         c
     }
@@ -220,8 +235,12 @@ async fn login_tokens_are_checked() {
 }
 
 #[tokio::test]
-async fn second_login_replaces_the_first() {
-    let mut s = Served::start(settings()).await;
+async fn with_tokens_second_login_replaces_the_first() {
+    let mut s = Served::start(HubSettings {
+        token_secret: Some(Secret::new("operator-secret")),
+        ..settings()
+    })
+    .await;
     let mut first = s.user("alice").await;
     let mut bob = s.user("bob").await;
     let mut second = s.user("alice").await;

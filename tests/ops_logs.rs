@@ -87,3 +87,111 @@ fn level_0_log_rotates_bounded_and_never_shows_secrets() {
         "the end of the run is in the live file"
     );
 }
+
+/// Every hex (`0x…` or bare) and base64 span of `log`, decoded: what a reader of the log
+/// could recover with `xxd -r -p` or `base64 -d`.
+fn decoded_spans(log: &str) -> String {
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::engine::{DecodePaddingMode, Engine};
+    let lenient = |alphabet| {
+        GeneralPurpose::new(
+            alphabet,
+            GeneralPurposeConfig::new()
+                .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+                .with_decode_allow_trailing_bits(true),
+        )
+    };
+    let engines = [
+        lenient(&base64::alphabet::STANDARD),
+        lenient(&base64::alphabet::URL_SAFE),
+    ];
+    let mut out = String::new();
+    let runs = log.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-".contains(c)));
+    for run in runs.filter(|r| r.len() >= 8) {
+        let hex_part = run.strip_prefix("0x").unwrap_or(run);
+        if hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Ok(bytes) = hex::decode(&hex_part[..hex_part.len() & !1]) {
+                out.push_str(&String::from_utf8_lossy(&bytes));
+                out.push('\n');
+            }
+        }
+        for piece in run.split('=').filter(|p| p.len() >= 8) {
+            let body = &piece[..piece.len() - usize::from(piece.len() % 4 == 1)];
+            for engine in &engines {
+                if let Ok(bytes) = engine.decode(body) {
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_0_log_holds_no_login_token_ice_password_or_cookie_in_any_encoding() {
+    const ICE_PWD: &str = "icepw-K8j3v0Lq2Xz";
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("srbridge.log");
+    let port = free_port();
+    let extra = "admin_token = \"adm-Z9k2\"\n\
+                 [proxy]\non = true\nsip_account = \"1000\"\nsip_pwd = \"pw-Q7x1\"\nrtm_account = \"bridge\"\n\
+                 [auth]\ntoken_secret = \"tsec-M3v8\"\n";
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, config_text(port, free_port(), &log, 0, extra)).unwrap();
+    let mut bridge = Bridge::start(&config, &log, port);
+
+    let expiry = 4_000_000_000u64.min(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600,
+    );
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut tokens = Vec::new();
+    for i in 0..200 {
+        let uid = format!("user{i}");
+        let token = srbridge::signal::mint_token("tsec-M3v8", &uid, expiry);
+        let mut client = support::WsClient::connect(&url).await;
+        let answer = client
+            .request(serde_json::json!({
+                "type": "login", "v": 1, "uid": uid, "appid": "ops-test", "token": token
+            }))
+            .await;
+        assert_eq!(answer["type"], "ok", "login {i}: {answer}");
+        let sdp = format!("v=0\r\na=ice-ufrag:u{i}\r\na=ice-pwd:{ICE_PWD}\r\n");
+        client.send_raw(
+            &serde_json::json!({"type": "media", "callId": format!("c{i}"), "payload": {"sdp": sdp}})
+                .to_string(),
+        );
+        let _ = client.request(serde_json::json!({"type": "ping"})).await;
+        tokens.push(token);
+    }
+    for _ in 0..20 {
+        let response = bridge.get(
+            "/api/status",
+            &[
+                ("Cookie", "session=adm-Z9k2; theme=dark"),
+                ("Authorization", "Bearer adm-Z9k2"),
+            ],
+        );
+        assert_eq!(response.status, 200);
+    }
+    signal(bridge.pid(), libc::SIGTERM);
+    assert_eq!(bridge.wait_exit().code(), Some(0));
+
+    let text = read_log(&log);
+    assert!(text.contains("http request"), "level 0 lines were written");
+    let everything = format!("{text}\n{}", decoded_spans(&text));
+    for secret in ["pw-Q7x1", "adm-Z9k2", "tsec-M3v8", ICE_PWD] {
+        assert!(!everything.contains(secret), "{secret} found in the log");
+    }
+    for token in &tokens {
+        let mac = token.split_once(':').unwrap().1;
+        assert!(
+            !everything.contains(mac),
+            "login token {token} found in the log"
+        );
+    }
+}

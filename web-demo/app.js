@@ -51,8 +51,10 @@ function loginErrorText(e) {
     case 'WRONG_APPID': return 'The bridge refused this app id: use the one in its [global] appid.';
     case 'TOKEN_REQUIRED': return 'This bridge requires a login token: paste it under "Token".';
     case 'TOKEN_EXPIRED': return 'Your login token has expired: get a new one.';
-    case 'TOKEN_INVALID': return 'The login token is not valid for this user id.';
-    case 'INVALID_UID': return 'This user id cannot be used (1–64 characters, and not the bridge\'s own account).';
+    case 'TOKEN_INVALID': return `The login token is not accepted: ${e?.message ?? 'not valid for this user id'}.`;
+    case 'INVALID_UID': return `This user id cannot be used: ${e?.message ?? '1–64 letters, digits or punctuation, no spaces'}.`;
+    case 'RESERVED_UID': return 'This id belongs to a SIP phone or to the bridge: choose another user id.';
+    case 'UID_IN_USE': return 'This user id is already logged in elsewhere: log out there first.';
     case 'SESSION_LIMIT': return 'The bridge has too many users logged in right now; try again later.';
     case 'TIMEOUT': return 'The bridge did not answer the login in time.';
     default: return `Login failed: ${e?.message ?? e}`;

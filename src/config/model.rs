@@ -557,6 +557,13 @@ pub struct HttpConfig {
     pub admin_token: Option<Secret>,
     /// A separate listener for status/metrics, if wanted.
     pub status_listen: Option<SocketAddr>,
+    /// A connection must deliver a request's complete headers within this time (also while
+    /// idle between requests): silent and slowloris connections are closed.
+    pub header_timeout: Duration,
+    /// An upgraded WebSocket must log in within this time.
+    pub login_timeout: Duration,
+    /// Pages (`Origin`) besides the bridge's own that may open the WebSocket; `*` for any.
+    pub allowed_origins: Vec<crate::signal::origin::AllowedOrigin>,
 }
 
 impl Default for HttpConfig {
@@ -566,15 +573,30 @@ impl Default for HttpConfig {
             tls: None,
             admin_token: None,
             status_listen: None,
+            header_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
         }
     }
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// When set, browsers must present an HMAC token made with this secret.
     pub token_secret: Option<Secret>,
+    /// Tokens expiring further ahead than this are refused (a leaked token stays useful for
+    /// at most this long).
+    pub max_token_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_secret: None,
+            max_token_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// `[limits]`.
@@ -586,6 +608,11 @@ pub struct LimitsConfig {
     pub max_setups_per_sec: u32,
     /// Browser WebSocket sessions at once.
     pub max_ws_sessions: u32,
+    /// HTTP/WebSocket connections at once from one source address.
+    pub max_conns_per_ip: u32,
+    /// File descriptors kept for calls' media sockets: new HTTP/WebSocket connections are
+    /// closed at once when fewer remain. `None`: a quarter of the limit, at least 64.
+    pub fd_reserve: Option<u64>,
 }
 
 impl Default for LimitsConfig {
@@ -594,6 +621,8 @@ impl Default for LimitsConfig {
             max_calls: 1000,
             max_setups_per_sec: 50,
             max_ws_sessions: 10000,
+            max_conns_per_ip: 128,
+            fd_reserve: None,
         }
     }
 }

@@ -169,6 +169,13 @@ impl Display for Config {
         }
         row(f, "admin_token", opt(&http.admin_token))?;
         row(f, "status_listen", opt(&http.status_listen))?;
+        row(f, "header_timeout", secs(http.header_timeout))?;
+        row(f, "login_timeout", secs(http.login_timeout))?;
+        row(
+            f,
+            "allowed_origins",
+            format!("own origin, {}", list(&http.allowed_origins)),
+        )?;
 
         writeln!(f, "[auth]")?;
         row(
@@ -181,11 +188,21 @@ impl Display for Config {
                     s.to_string()
                 }),
         )?;
+        row(f, "max_token_ttl", secs(self.auth.max_token_ttl))?;
 
         writeln!(f, "[limits]")?;
         row(f, "max_calls", self.limits.max_calls)?;
         row(f, "max_setups_per_sec", self.limits.max_setups_per_sec)?;
         row(f, "max_ws_sessions", self.limits.max_ws_sessions)?;
+        row(f, "max_conns_per_ip", self.limits.max_conns_per_ip)?;
+        row(
+            f,
+            "fd_reserve",
+            self.limits.fd_reserve.map_or(
+                "(a quarter of the fd limit, at least 64)".to_string(),
+                |n| n.to_string(),
+            ),
+        )?;
 
         writeln!(f, "[shutdown]")?;
         row(f, "drain_timeout", secs(self.shutdown.drain_timeout))?;

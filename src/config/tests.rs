@@ -124,6 +124,12 @@ fn minimal_files_take_defaults() {
         assert_eq!(config.limits.max_calls, 1000);
         assert_eq!(config.limits.max_setups_per_sec, 50);
         assert_eq!(config.limits.max_ws_sessions, 10000);
+        assert_eq!(config.limits.max_conns_per_ip, 128);
+        assert_eq!(config.limits.fd_reserve, None);
+        assert_eq!(config.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.http.login_timeout, Duration::from_secs(10));
+        assert!(config.http.allowed_origins.is_empty());
+        assert_eq!(config.auth.max_token_ttl, Duration::from_secs(86_400));
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(30));
         assert_eq!(config.sip.session_expires, Duration::from_secs(1800));
         assert_eq!(config.sip.min_se, Duration::from_secs(90));
@@ -258,7 +264,7 @@ fn toml_unknown_key_is_an_error() {
         toml_with("[limits]\nmax_call = 5\n"),
         Some(5),
         Some("[limits] max_call"),
-        "unknown key (known keys: max_calls, max_setups_per_sec, max_ws_sessions)",
+        "unknown key (known keys: max_calls, max_setups_per_sec, max_ws_sessions, max_conns_per_ip, fd_reserve)",
     );
 }
 
@@ -1205,6 +1211,41 @@ fn auth_limits_shutdown_bad_values() {
             "[shutdown]\ndrain_timeout = -5",
             "[shutdown] drain_timeout",
             "-5 is out of range (0-86400)",
+        ),
+        (
+            "[http]\nheader_timeout = 0",
+            "[http] header_timeout",
+            "0 is out of range (1-3600)",
+        ),
+        (
+            "[http]\nlogin_timeout = \"10s\"",
+            "[http] login_timeout",
+            "expected a whole number",
+        ),
+        (
+            "[http]\nallowed_origins = [\"evil.example\"]",
+            "[http] allowed_origins",
+            "item 1: \"evil.example\" is not scheme://host[:port]",
+        ),
+        (
+            "[http]\nallowed_origins = [\"*\", \"ftp://x\"]",
+            "[http] allowed_origins",
+            "item 2: \"ftp://x\": the scheme must be http or https",
+        ),
+        (
+            "[auth]\nmax_token_ttl = 0",
+            "[auth] max_token_ttl",
+            "out of range",
+        ),
+        (
+            "[limits]\nmax_conns_per_ip = 0",
+            "[limits] max_conns_per_ip",
+            "out of range",
+        ),
+        (
+            "[limits]\nfd_reserve = -1",
+            "[limits] fd_reserve",
+            "-1 is out of range",
         ),
     ];
     for (body, key, needle) in cases {

@@ -1076,19 +1076,41 @@ fn http(s: &Sec) -> Result<HttpConfig> {
             ));
         }
     }
+    let header_timeout = s.seconds("header_timeout", 1, 3600, d.header_timeout.as_secs())?;
+    let login_timeout = s.seconds("login_timeout", 1, 3600, d.login_timeout.as_secs())?;
+    let allowed_origins = s
+        .parsed_list(
+            "allowed_origins",
+            crate::signal::origin::parse_allowed_origin,
+        )?
+        .map_or(d.allowed_origins, |v| v.value);
     s.finish()?;
     Ok(HttpConfig {
         listen,
         tls,
         admin_token,
         status_listen: status_listen.map(|v| v.value),
+        header_timeout,
+        login_timeout,
+        allowed_origins,
     })
 }
 
 fn auth(s: &Sec) -> Result<AuthConfig> {
+    let d = AuthConfig::default();
     let token_secret = s.secret("token_secret")?.map(|t| t.value);
+    // Up to ten years; the default is a day.
+    let max_token_ttl = s.seconds(
+        "max_token_ttl",
+        1,
+        10 * 366 * 86400,
+        d.max_token_ttl.as_secs(),
+    )?;
     s.finish()?;
-    Ok(AuthConfig { token_secret })
+    Ok(AuthConfig {
+        token_secret,
+        max_token_ttl,
+    })
 }
 
 fn limits(s: &Sec) -> Result<LimitsConfig> {
@@ -1096,11 +1118,17 @@ fn limits(s: &Sec) -> Result<LimitsConfig> {
     let max_calls = s.count("max_calls", 1_000_000, d.max_calls)?;
     let max_setups_per_sec = s.count("max_setups_per_sec", 100_000, d.max_setups_per_sec)?;
     let max_ws_sessions = s.count("max_ws_sessions", 1_000_000, d.max_ws_sessions)?;
+    let max_conns_per_ip = s.count("max_conns_per_ip", 1_000_000, d.max_conns_per_ip)?;
+    let fd_reserve = s
+        .int("fd_reserve", 0, 100_000_000)?
+        .and_then(|v| u64::try_from(v.value).ok());
     s.finish()?;
     Ok(LimitsConfig {
         max_calls,
         max_setups_per_sec,
         max_ws_sessions,
+        max_conns_per_ip,
+        fd_reserve,
     })
 }
 

@@ -427,6 +427,11 @@ fn hub_frame() {
         bridge_uid: "bridge".to_string(),
         max_sessions: 8,
         max_content: 8192,
+        sip_account: Some("1000".to_string()),
+        sip_numbers: "10[01-19]".parse().ok(),
+        login_timeout: Duration::from_secs(10),
+        max_token_ttl: Duration::from_secs(86_400),
+        allowed_origins: Vec::new(),
     };
     let t0 = Instant::now();
     fuzz("hub_frame", JSON_DICT, 16384, |data| {

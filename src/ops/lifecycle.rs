@@ -138,6 +138,18 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
             != new.http.tls.as_ref().map(|t| (&t.cert, &t.key)),
     );
     check(
+        "[http] header_timeout",
+        old.http.header_timeout != new.http.header_timeout,
+    );
+    check(
+        "[limits] max_conns_per_ip",
+        old.limits.max_conns_per_ip != new.limits.max_conns_per_ip,
+    );
+    check(
+        "[limits] fd_reserve",
+        old.limits.fd_reserve != new.limits.fd_reserve,
+    );
+    check(
         "[global] sip_local_port",
         old.global.sip_local_port != new.global.sip_local_port,
     );

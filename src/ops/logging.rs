@@ -134,7 +134,31 @@ pub fn open_log_file(config: &LogConfig, path: &Path) -> Result<Box<dyn Write + 
     )))
 }
 
+/// Crates whose debug/trace lines print network payloads (tungstenite: every WebSocket frame as
+/// `payload: 0x7b22…`, i.e. login tokens and SDP with ICE passwords). Held at WARN at every
+/// `[log] level` and under `RUST_LOG` too, so no frame is ever formatted into a line.
+const PAYLOAD_DUMPERS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// The directives capping [`PAYLOAD_DUMPERS`] at WARN (or lower when `level` is lower).
+fn payload_caps(level: LogLevel) -> Vec<String> {
+    let cap = level.max(LogLevel::Warn).filter_directive();
+    PAYLOAD_DUMPERS
+        .iter()
+        .map(|target| format!("{target}={cap}"))
+        .collect()
+}
+
 fn filter_for(level: LogLevel) -> (EnvFilter, bool) {
+    let (mut filter, from_env) = base_filter(level);
+    for cap in payload_caps(level) {
+        if let Ok(directive) = cap.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    (filter, from_env)
+}
+
+fn base_filter(level: LogLevel) -> (EnvFilter, bool) {
     match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, true),
         // rsipstack logs whole SIP messages (bodies included) at INFO: held to WARN below
@@ -254,6 +278,31 @@ mod tests {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
         assert_eq!(text.matches("***").count(), 4, "{text}");
+    }
+
+    #[test]
+    fn frame_dumping_crates_are_capped_at_every_level() {
+        assert_eq!(
+            payload_caps(LogLevel::Sensitive),
+            ["tungstenite=warn", "tokio_tungstenite=warn"]
+        );
+        assert_eq!(payload_caps(LogLevel::Debug)[0], "tungstenite=warn");
+        assert_eq!(payload_caps(LogLevel::Error)[0], "tungstenite=error");
+        assert_eq!(payload_caps(LogLevel::None)[0], "tungstenite=off");
+        let shared = Shared::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(RedactingWriter::new(Box::new(shared.clone())))
+            .with_ansi(false)
+            .with_env_filter(filter_for(LogLevel::Sensitive).0)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "tungstenite::protocol", "received frame payload: 0x7b22");
+            tracing::debug!(target: "tokio_tungstenite", "frame");
+            tracing::trace!(target: "srbridge::x", "kept");
+        });
+        let text = String::from_utf8(shared.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("frame"), "{text}");
+        assert!(text.contains("kept"), "{text}");
     }
 
     #[test]

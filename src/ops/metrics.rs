@@ -224,6 +224,10 @@ labelled_enum!(
         RtpPorts = "rtp_ports",
         /// Refused because the bridge is draining (SIGTERM).
         Draining = "draining",
+        /// An HTTP connection refused: its address holds `max_conns_per_ip`.
+        MaxConnsPerIp = "max_conns_per_ip",
+        /// An HTTP connection refused: descriptors are down to the media reserve.
+        FdReserve = "fd_reserve",
     }
 );
 

@@ -7,17 +7,25 @@
 //! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
 //! * [`http`]: `/api/status`, `/api/calls/{id}`, `/metrics`, `/healthz` (admin auth).
 //! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.
+//! * [`serve`] + [`conn_gate`] + [`fd_limit`]: the HTTP accept loop: `TCP_NODELAY`, header-read
+//!   timeout, connections per address, and a file-descriptor budget that keeps room for media.
+//! * [`trim`]: freed heap returned to the system on a timer (RSS comes back after floods).
 //! * [`lifecycle`]: drain on SIGTERM ([`lifecycle::Lifecycle`]) and config reload on SIGHUP
 //!   ([`lifecycle::ConfigReloader`], published as a [`lifecycle::ConfigWatch`]).
 
 pub mod auth_log;
+pub mod conn_gate;
+mod encoded;
+pub mod fd_limit;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod redact;
+pub mod serve;
 pub mod status;
 pub mod tls;
+pub mod trim;
 
 use serde::Serialize;
 

@@ -10,7 +10,10 @@
 //! * any key whose name contains `token`, `password`, `passwd`, `pwd`, `secret`,
 //!   `credential`, `apikey`/`api_key`/`api-key` followed by `:` or `=`: JSON (`"token":"x"`,
 //!   also escaped `\"token\":\"x\"`), tracing fields (`token=x`), query strings, INI lines;
-//! * `Bearer <token>` anywhere.
+//! * `Bearer <token>` anywhere;
+//! * `Cookie:` / `Set-Cookie:` header values (an admin or session token may ride in a cookie);
+//! * hex (`0x7b22…`), base64 and `[123, 34, …]` byte-array spans whose decoded bytes mention any
+//!   of the keys above (a WebSocket frame dump carrying a login token): the whole span is masked.
 
 use std::borrow::Cow;
 
@@ -28,6 +31,8 @@ const KEYWORDS: &[&str] = &[
     "apikey",
     "api_key",
     "api-key",
+    "cookie",
+    "bearer",
 ];
 
 fn is_ident(b: u8) -> bool {
@@ -37,6 +42,30 @@ fn is_ident(b: u8) -> bool {
 /// Returns `text` with every credential value replaced by [`MASK`]; borrows when nothing
 /// needed masking (the common case).
 pub fn redact(text: &str) -> Cow<'_, str> {
+    let masked = redact_text(text);
+    let spans = super::encoded::secret_spans(&masked, &mentions_secret);
+    if spans.is_empty() {
+        return masked;
+    }
+    let mut out = String::with_capacity(masked.len());
+    let mut copied = 0;
+    for (from, to) in spans {
+        out.push_str(&masked[copied..from]);
+        out.push_str(MASK);
+        copied = to;
+    }
+    out.push_str(&masked[copied..]);
+    Cow::Owned(out)
+}
+
+/// Whether decoded bytes (as text) name a credential: such a span is masked whole.
+fn mentions_secret(decoded: &str) -> bool {
+    let lower = decoded.to_ascii_lowercase();
+    KEYWORDS.iter().any(|k| lower.contains(k))
+}
+
+/// The text rules: keys, headers and `Bearer`.
+fn redact_text(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
     let mut out: Option<String> = None;
     let mut copied = 0; // bytes of `text` already copied into `out`
@@ -54,7 +83,8 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         let span = if ident == "bearer" {
             bearer_value(bytes, i)
         } else if KEYWORDS.iter().any(|k| ident.contains(k)) {
-            keyed_value(bytes, i, ident.contains("authorization"))
+            let whole_line = ident.contains("authorization") || ident.contains("cookie");
+            keyed_value(bytes, i, whole_line)
         } else {
             None
         };
@@ -238,6 +268,29 @@ mod tests {
                 assert!(matches!(out, Cow::Borrowed(_)), "{s:?} -> {out:?}");
             }
         }
+    }
+
+    #[test]
+    fn cookie_headers_masked_whole() {
+        let out = r("GET / HTTP/1.1\r\nCookie: sid=adm-Z9k2; theme=dark\r\nHost: h\r\n");
+        assert_eq!(out, "GET / HTTP/1.1\r\nCookie: ***\r\nHost: h\r\n");
+        let out = r(r#"headers={"cookie": "admin=adm-Z9k2", "host": "h"}"#);
+        assert_eq!(out, r#"headers={"cookie": "***", "host": "h"}"#);
+        assert_eq!(r("set-cookie: a=b\n"), "set-cookie: ***\n");
+    }
+
+    #[test]
+    fn hex_and_base64_frames_with_secrets_masked_whole() {
+        use base64::Engine;
+        let frame = r#"{"type":"login","uid":"alice","token":"1900000000:ab12"}"#;
+        let hex = hex::encode(frame);
+        let out = r(&format!("received frame payload: 0x{hex} done"));
+        assert_eq!(out, "received frame payload: *** done");
+        let b64 = base64::engine::general_purpose::STANDARD.encode("a=ice-pwd:x9cml/YzichV2");
+        assert_eq!(r(&format!("sdp {b64}")), "sdp ***");
+        // A harmless frame stays readable (and borrowed).
+        let harmless = format!("payload: 0x{}", hex::encode(r#"{"type":"ping","id":1}"#));
+        assert!(matches!(redact(&harmless), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -1,30 +1,18 @@
 //! HTTPS/WSS for `[http]` when `tls_cert`/`tls_key` are set (browsers need a secure page
 //! for the microphone anywhere but localhost).
 //!
-//! Handshakes run in their own tasks with a timeout, so a slow or silent client never
-//! holds up the accept loop. Each connection's router gets `ConnectInfo<SocketAddr>` like
-//! plain HTTP does, so handlers and the admin check see the real peer.
+//! The acceptor is built here; [`super::serve`] runs each handshake in the connection's own
+//! task with a timeout, so a slow or silent client never holds up the accept loop.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::ConnectInfo;
-use axum::{Extension, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
-
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the certificate or key cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,43 +68,6 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     // HTTP/1.1 only: browsers run WebSocket over it.
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
-}
-
-/// Serves `router` over TLS on `listener` until accepting fails for good.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router) -> io::Error {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("https accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = TowerToHyperService::new(router.layer(Extension(ConnectInfo(peer))));
-            if let Err(e) = Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, "https connection ended: {e}");
-            }
-        });
-    }
 }
 
 #[cfg(test)]

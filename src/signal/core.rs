@@ -12,12 +12,14 @@ use thiserror::Error;
 use tracing::debug;
 
 use super::invitation::{Finished, Invitation};
+use super::origin::AllowedOrigin;
 use super::protocol::{
     parse_request, ConnectionChangeReason, ConnectionState, ErrorCode, PeerOnlineState, Request,
     RequestId, ServerMsg, PROTOCOL_VERSION,
 };
 use super::token::{verify_token, TokenError};
-use crate::config::{Config, Secret};
+use super::uid::check_uid;
+use crate::config::{AccRule, Config, Secret};
 
 /// Largest text frame the hub reads; a larger one is answered with `FRAME_TOO_LARGE`.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -37,8 +39,6 @@ pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const INVITATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many ended call ids each session remembers, to explain late accepts/cancels.
 pub(super) const FINISHED_MEMORY: usize = 32;
-/// A socket must log in within this time, so idle sockets cannot hold session slots.
-pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A socket that sends nothing (not even `ping`) for this long is taken for dead and closed,
 /// which ends its calls; the JS client pings every 25 s.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
@@ -63,6 +63,16 @@ pub struct HubSettings {
     pub max_sessions: usize,
     /// Longest invitation content/response in bytes.
     pub max_content: usize,
+    /// The bridge's SIP account (`[proxy] sip_account`): not a web user's id.
+    pub sip_account: Option<String>,
+    /// SIP numbers browsers may call (`[rtm2sip] acc_rule`): not web users' ids.
+    pub sip_numbers: Option<AccRule>,
+    /// A socket that has not logged in after this long is closed.
+    pub login_timeout: Duration,
+    /// Tokens expiring further ahead than this are refused.
+    pub max_token_ttl: Duration,
+    /// Pages allowed to open the WebSocket besides the bridge's own (`[http] allowed_origins`).
+    pub allowed_origins: Vec<AllowedOrigin>,
 }
 
 impl HubSettings {
@@ -82,7 +92,22 @@ impl HubSettings {
                 }),
             max_sessions: config.limits.max_ws_sessions as usize,
             max_content: DEFAULT_MAX_CONTENT,
+            sip_account: config.proxy.as_ref().map(|p| p.sip_account.clone()),
+            sip_numbers: config.rtm2sip.as_ref().map(|r| r.acc_rule.clone()),
+            login_timeout: config.http.login_timeout,
+            max_token_ttl: config.auth.max_token_ttl,
+            allowed_origins: config.http.allowed_origins.clone(),
         }
+    }
+
+    /// Whether `uid` is an id the bridge routes to SIP, or its own: no browser may take it.
+    pub fn is_reserved(&self, uid: &str) -> bool {
+        uid == self.bridge_uid
+            || self.sip_account.as_deref() == Some(uid)
+            || self
+                .sip_numbers
+                .as_ref()
+                .is_some_and(|rule| rule.allows(uid))
     }
 }
 
@@ -281,6 +306,11 @@ impl HubCore {
         &self.settings
     }
 
+    /// Replaces the settings (config reload); they apply to the next login and tick.
+    pub fn set_settings(&mut self, settings: HubSettings) {
+        self.settings = settings;
+    }
+
     /// Registers a new WebSocket; over the session limit it is answered and closed instead.
     pub fn open(&mut self, sid: SessionId, now: Now) -> Result<(), Vec<Output>> {
         if self.sessions.len() >= self.settings.max_sessions {
@@ -438,17 +468,14 @@ impl HubCore {
             ));
             return;
         }
-        if !valid_id(&uid) {
-            out.push(fail(
-                ErrorCode::InvalidUid,
-                format!("uid must be 1-{MAX_ID_LEN} characters without control characters"),
-            ));
+        if let Err(e) = check_uid(&uid) {
+            out.push(fail(ErrorCode::InvalidUid, e.to_string()));
             return;
         }
-        if uid == self.settings.bridge_uid {
+        if self.settings.is_reserved(&uid) {
             out.push(fail(
-                ErrorCode::InvalidUid,
-                format!("uid {uid} is reserved for the bridge"),
+                ErrorCode::ReservedUid,
+                format!("uid {uid} is a SIP number or the bridge's own id; choose another"),
             ));
             return;
         }
@@ -460,8 +487,13 @@ impl HubCore {
                 ));
                 return;
             };
-            match verify_token(secret.expose(), &uid, token, now.unix) {
+            let max_ttl = self.settings.max_token_ttl.as_secs();
+            match verify_token(secret.expose(), &uid, token, now.unix, max_ttl) {
                 Ok(()) => {}
+                Err(e @ TokenError::TooLong { .. }) => {
+                    out.push(fail(ErrorCode::TokenInvalid, e.to_string()));
+                    return;
+                }
                 Err(TokenError::Invalid) => {
                     out.push(fail(
                         ErrorCode::TokenInvalid,
@@ -476,6 +508,14 @@ impl HubCore {
             }
         }
         let replaced = self.by_uid.get(&uid).copied();
+        if replaced.is_some() && self.settings.token_secret.is_none() {
+            // Without tokens nothing proves this is the same person: keep the first session.
+            out.push(fail(
+                ErrorCode::UidInUse,
+                format!("{uid} is already logged in; log out there first"),
+            ));
+            return;
+        }
         if let Some(old) = replaced {
             debug!(uid = %uid, "login replaces an existing session");
             out.push(Output::Send(
@@ -713,7 +753,8 @@ impl HubCore {
             .sessions
             .iter()
             .filter_map(|(sid, s)| {
-                if s.uid.is_none() && now.mono.saturating_duration_since(s.opened) >= LOGIN_TIMEOUT
+                if s.uid.is_none()
+                    && now.mono.saturating_duration_since(s.opened) >= self.settings.login_timeout
                 {
                     Some((*sid, true))
                 } else if now.mono.saturating_duration_since(s.last_seen) >= IDLE_TIMEOUT {
@@ -728,7 +769,10 @@ impl HubCore {
             let (code, message) = if never_logged_in {
                 (
                     ErrorCode::LoginTimeout,
-                    format!("no login within {} s", LOGIN_TIMEOUT.as_secs()),
+                    format!(
+                        "no login within {} s",
+                        self.settings.login_timeout.as_secs()
+                    ),
                 )
             } else {
                 (

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use serde_json::Value;
@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use super::core::{
     BridgeEvent, DeliveryError, HubCore, HubSettings, Now, Output, SessionId, MAX_FRAME,
 };
+use super::origin::origin_allowed;
 use super::protocol::{
     ErrorCode, FailureReason, LocalInvitationState, RemoteFailureReason, ServerMsg,
 };
@@ -36,8 +37,16 @@ pub const RTM_CLIENT_JS: &str = include_str!("../../web-demo/rtm-client.js");
 
 /// Frames queued per session before it counts as too slow and is closed.
 const OUTBOX_CAPACITY: usize = 256;
-/// Frames beyond this close the connection at the WebSocket layer (smaller ones get an error).
-const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// Frames beyond this close the connection at the WebSocket layer (smaller ones, down to
+/// `MAX_FRAME`, get an error): a stranger cannot make the hub buffer more per socket.
+const HARD_FRAME_LIMIT: usize = 2 * MAX_FRAME;
+/// WebSocket read buffer. tungstenite's default (128 KiB, allocated at upgrade) made each idle
+/// unauthenticated socket cost ~115 KB; larger frames still arrive, the buffer grows for them.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes a session may have waiting in its socket's write buffer before sends fail.
+const MAX_WRITE_BUFFER: usize = 512 * 1024;
+/// Bound on the goodbye (`Close` frame) to a peer that does not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A peer that does not take a frame within this time is dropped (its TCP window stays full).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the invitation timers are checked.
@@ -213,7 +222,7 @@ impl Hub {
                     let _ = socket.send(Message::Text(msg.to_text().into())).await;
                 }
             }
-            let _ = socket.send(Message::Close(None)).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(None))).await;
             return;
         }
         debug!(session = sid, "session opened");
@@ -228,7 +237,7 @@ impl Hub {
                         }
                     }
                     Some(Outbound::Close) | None => {
-                        let _ = socket.send(Message::Close(None)).await;
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(None))).await;
                         break;
                     }
                 },
@@ -356,17 +365,49 @@ impl Hub {
     pub fn set_accepting(&self, on: bool) {
         self.lock().core.set_accepting(on);
     }
+
+    /// Applies re-read settings (SIGHUP): reserved ids, timeouts, token lifetime, origins and
+    /// limits apply to the next login or upgrade; sessions keep their logins.
+    pub fn set_settings(&self, settings: HubSettings) {
+        self.lock().core.set_settings(settings);
+    }
+
+    /// Whether a WebSocket upgrade with these `Origin`/`Host` headers may proceed.
+    fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        origin_allowed(origin, host, &self.lock().core.settings().allowed_origins)
+    }
 }
 
 async fn ws_handler(
     State(hub): State<Hub>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
-) -> impl IntoResponse {
+) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
-    ws.max_message_size(HARD_FRAME_LIMIT.max(MAX_FRAME))
-        .max_frame_size(HARD_FRAME_LIMIT.max(MAX_FRAME))
+    // A non-UTF-8 Origin is present but unreadable: refused like a foreign one.
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !hub.origin_allowed(origin, host) {
+        info!(
+            ?origin,
+            "websocket refused: origin not in [http] allowed_origins"
+        );
+        return (
+            StatusCode::FORBIDDEN,
+            "this page's origin may not use the bridge ([http] allowed_origins)\n",
+        )
+            .into_response();
+    }
+    ws.max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| hub.run_session(socket, peer))
+        .into_response()
 }
 
 /// A login refused for its appid, uid or token writes the `AUTH_FAILURE` line (fail2ban).
@@ -375,7 +416,9 @@ fn log_refused_login(ip: IpAddr, msg: &ServerMsg) {
         return;
     };
     let kind = match code {
-        ErrorCode::WrongAppid | ErrorCode::InvalidUid => AuthFailure::Login,
+        ErrorCode::WrongAppid | ErrorCode::InvalidUid | ErrorCode::ReservedUid => {
+            AuthFailure::Login
+        }
         ErrorCode::TokenRequired | ErrorCode::TokenInvalid | ErrorCode::TokenExpired => {
             AuthFailure::Token
         }

@@ -8,8 +8,10 @@
 pub mod core;
 pub mod hub;
 mod invitation;
+pub mod origin;
 pub mod protocol;
 pub mod token;
+pub mod uid;
 
 #[cfg(test)]
 mod tests;

@@ -166,8 +166,13 @@ rtm_enum!(
         AlreadyLoggedIn => "ALREADY_LOGGED_IN",
         /// The appid is not this bridge's.
         WrongAppid => "WRONG_APPID",
-        /// The uid breaks the uid rules.
+        /// The uid breaks the uid grammar (length, characters, NFKC, controls).
         InvalidUid => "INVALID_UID",
+        /// The uid is one the bridge routes to SIP (an `acc_rule` number, `sip_account`) or the
+        /// bridge's own `rtm_account`: no browser may log in as it.
+        ReservedUid => "RESERVED_UID",
+        /// Without login tokens, a uid already logged in elsewhere cannot log in again.
+        UidInUse => "UID_IN_USE",
         /// A token is required and none was given.
         TokenRequired => "TOKEN_REQUIRED",
         /// The token is malformed or does not match.
@@ -309,6 +314,8 @@ fn count_error(code: ErrorCode) {
             m.error(ErrorKind::Oversize)
         }
         ErrorCode::WrongAppid
+        | ErrorCode::ReservedUid
+        | ErrorCode::UidInUse
         | ErrorCode::TokenRequired
         | ErrorCode::TokenInvalid
         | ErrorCode::TokenExpired => m.error(ErrorKind::Auth),

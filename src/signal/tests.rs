@@ -18,6 +18,11 @@ fn settings() -> HubSettings {
         bridge_uid: BRIDGE.to_string(),
         max_sessions: 4,
         max_content: 8192,
+        sip_account: None,
+        sip_numbers: None,
+        login_timeout: Duration::from_secs(30),
+        max_token_ttl: Duration::from_secs(86_400),
+        allowed_origins: Vec::new(),
     }
 }
 
@@ -215,12 +220,104 @@ fn uid_rules() {
     let mut t = T::new();
     t.open(1);
     let long = "x".repeat(65);
-    for bad in ["", long.as_str(), "a\nb", "tab\there", "\u{7f}", BRIDGE] {
+    for (bad, says) in [
+        ("", "1-64 characters"),
+        (long.as_str(), "1-64 characters"),
+        ("a\nb", "control character U+000A"),
+        ("tab\there", "control character U+0009"),
+        ("\u{7f}", "control character U+007F"),
+        ("1000 ", "whitespace"),
+        ("１０００", "NFKC"),
+        ("alice\u{202E}", "bidi control U+202E"),
+        ("ali ce", "whitespace"),
+        ("al/ce", "not a letter, digit"),
+    ] {
         let out = t.send(1, login_msg(bad, "app", None));
-        assert_eq!(error_code(&out, 1), ErrorCode::InvalidUid, "{bad:?}");
+        match to(&out, 1).as_slice() {
+            [ServerMsg::Error { code, message, .. }] => {
+                assert_eq!(*code, ErrorCode::InvalidUid, "{bad:?}");
+                assert!(message.contains(says), "{bad:?}: {message}");
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
     }
     let longest = "é".repeat(64);
     assert!(is_ok(&t.send(1, login_msg(&longest, "app", None)), 1));
+}
+
+#[test]
+fn ids_routed_to_sip_cannot_log_in() {
+    let mut t = T::with(HubSettings {
+        sip_account: Some("1000".into()),
+        sip_numbers: Some("1005;10[06-19]".parse().unwrap()),
+        ..settings()
+    });
+    t.open(1);
+    for reserved in [BRIDGE, "1000", "1005", "1006", "1019"] {
+        let out = t.send(1, login_msg(reserved, "app", None));
+        assert_eq!(error_code(&out, 1), ErrorCode::ReservedUid, "{reserved:?}");
+        assert!(!t.core.is_online(reserved));
+    }
+    for free in ["1020", "1004"] {
+        t.open(2);
+        assert!(is_ok(&t.send(2, login_msg(free, "app", None)), 2), "{free}");
+        t.core.close(2);
+    }
+}
+
+#[test]
+fn without_tokens_a_second_login_of_a_uid_is_refused() {
+    let mut t = T::new();
+    t.user(1, "alice");
+    t.open(2);
+    let out = t.send(2, login_msg("alice", "app", None));
+    assert_eq!(error_code(&out, 2), ErrorCode::UidInUse);
+    assert!(closed(&out).is_empty(), "the first session stays");
+    assert!(bridge(&out).is_empty(), "her calls go on");
+    let out = t.send(
+        2,
+        json!({"type":"login","id":8,"v":1,"uid":"bob","appid":"app"}),
+    );
+    assert!(
+        is_ok(&out, 2),
+        "the refused session may log in as someone else"
+    );
+    let out = t.send(
+        2,
+        json!({"type":"peer_message","id":1,"to":"alice","text":"hi"}),
+    );
+    assert_eq!(to(&out, 1).len(), 1, "alice still receives");
+}
+
+#[test]
+fn tokens_living_longer_than_max_token_ttl_are_refused() {
+    let mut t = token_hub();
+    t.open(1);
+    let year_2500 = 16_725_225_600;
+    let token = mint_token("s3cret", "alice", year_2500);
+    let out = t.send(1, login_msg("alice", "app", Some(&token)));
+    match to(&out, 1).as_slice() {
+        [ServerMsg::Error { code, message, .. }] => {
+            assert_eq!(*code, ErrorCode::TokenInvalid);
+            assert!(message.contains("max_token_ttl"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let day = mint_token("s3cret", "alice", t.now().unix + 86_400);
+    assert!(is_ok(&t.send(1, login_msg("alice", "app", Some(&day))), 1));
+}
+
+#[test]
+fn login_timeout_comes_from_the_settings() {
+    let mut t = T::with(HubSettings {
+        login_timeout: Duration::from_secs(5),
+        ..settings()
+    });
+    t.open(1);
+    assert!(t.tick(Duration::from_secs(4)).is_empty());
+    let out = t.tick(Duration::from_secs(1));
+    assert_eq!(error_code(&out, 1), ErrorCode::LoginTimeout);
+    assert_eq!(closed(&out), vec![1]);
 }
 
 #[test]
@@ -285,16 +382,22 @@ fn expired_token_is_refused_with_its_own_code() {
 }
 
 #[test]
-fn second_login_of_a_uid_takes_over() {
-    let mut t = T::new();
-    t.user(1, "alice");
-    t.user(3, "watcher");
+fn with_tokens_a_second_login_of_a_uid_takes_over() {
+    let mut t = token_hub();
+    let token = |uid| mint_token("s3cret", uid, 1_000_060);
+    for (sid, uid) in [(1, "alice"), (3, "watcher")] {
+        t.open(sid);
+        assert!(is_ok(
+            &t.send(sid, login_msg(uid, "app", Some(&token(uid)))),
+            sid
+        ));
+    }
     t.send(
         3,
         json!({"type":"subscribe_online","id":1,"uids":["alice"]}),
     );
     t.open(2);
-    let out = t.send(2, login_msg("alice", "app", None));
+    let out = t.send(2, login_msg("alice", "app", Some(&token("alice"))));
     assert_eq!(
         to(&out, 1),
         vec![ServerMsg::ConnectionState {
@@ -1257,4 +1360,29 @@ max_ws_sessions = 7
     assert_eq!(s.bridge_uid, HubSettings::DEFAULT_BRIDGE_UID);
     assert_eq!(s.token_secret.as_ref().map(Secret::expose), Some("k"));
     assert_eq!(s.max_sessions, 7);
+    assert_eq!(s.login_timeout, Duration::from_secs(10));
+    assert_eq!(s.max_token_ttl, Duration::from_secs(86_400));
+    assert!(s.allowed_origins.is_empty());
+
+    let rtx_config = Config::from_rtx_conf_str(Path::new("rtx.conf"), &rtx).unwrap();
+    let s = HubSettings::from_config(&rtx_config);
+    for reserved in ["1000", "1005", "1012"] {
+        assert!(s.is_reserved(reserved), "{reserved}");
+    }
+    assert!(!s.is_reserved("alice") && !s.is_reserved("1020"));
+
+    let toml = r#"
+[global]
+appid = "a1"
+sip_svr = "127.0.0.1:5060"
+[http]
+login_timeout = 3
+allowed_origins = ["https://app.example.com", "*"]
+[auth]
+max_token_ttl = 600
+"#;
+    let s = HubSettings::from_config(&Config::from_toml_str(Path::new("x.toml"), toml).unwrap());
+    assert_eq!(s.login_timeout, Duration::from_secs(3));
+    assert_eq!(s.max_token_ttl, Duration::from_secs(600));
+    assert_eq!(s.allowed_origins.len(), 2);
 }

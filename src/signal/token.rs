@@ -23,6 +23,16 @@ pub enum TokenError {
         /// The hub's clock (unix seconds).
         now: u64,
     },
+    /// The token expires further ahead than `[auth] max_token_ttl` allows.
+    #[error("token expires at {expiry}, more than max_token_ttl ({max_ttl} s) after now ({now})")]
+    TooLong {
+        /// The token's expiry (unix seconds).
+        expiry: u64,
+        /// The hub's clock (unix seconds).
+        now: u64,
+        /// `[auth] max_token_ttl` in seconds.
+        max_ttl: u64,
+    },
 }
 
 fn mac(secret: &str, uid: &str, expiry: u64) -> HmacSha256 {
@@ -39,8 +49,15 @@ pub fn mint_token(secret: &str, uid: &str, expiry: u64) -> String {
     format!("{expiry}:{}", hex::encode(tag))
 }
 
-/// Checks a token for `uid` at time `now` (unix seconds), in constant time for the MAC.
-pub fn verify_token(secret: &str, uid: &str, token: &str, now: u64) -> Result<(), TokenError> {
+/// Checks a token for `uid` at time `now` (unix seconds), in constant time for the MAC; its
+/// expiry must lie within `max_ttl` seconds of now.
+pub fn verify_token(
+    secret: &str,
+    uid: &str,
+    token: &str,
+    now: u64,
+    max_ttl: u64,
+) -> Result<(), TokenError> {
     let (expiry, hexmac) = token.split_once(':').ok_or(TokenError::Invalid)?;
     if expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
         return Err(TokenError::Invalid);
@@ -53,6 +70,13 @@ pub fn verify_token(secret: &str, uid: &str, token: &str, now: u64) -> Result<()
     if expiry <= now {
         return Err(TokenError::Expired { expiry, now });
     }
+    if expiry - now > max_ttl {
+        return Err(TokenError::TooLong {
+            expiry,
+            now,
+            max_ttl,
+        });
+    }
     Ok(())
 }
 
@@ -60,14 +84,38 @@ pub fn verify_token(secret: &str, uid: &str, token: &str, now: u64) -> Result<()
 mod tests {
     use super::*;
 
+    const DAY: u64 = 86_400;
+
+    #[test]
+    fn tokens_living_longer_than_max_ttl_are_refused() {
+        let year_2500 = 16_725_225_600;
+        let now = 1_767_225_600;
+        let token = mint_token("s3cret", "alice", year_2500);
+        assert_eq!(
+            verify_token("s3cret", "alice", &token, now, DAY),
+            Err(TokenError::TooLong {
+                expiry: year_2500,
+                now,
+                max_ttl: DAY
+            })
+        );
+        let in_a_day = mint_token("s3cret", "alice", now + DAY);
+        assert_eq!(verify_token("s3cret", "alice", &in_a_day, now, DAY), Ok(()));
+        let a_day_and_a_second = mint_token("s3cret", "alice", now + DAY + 1);
+        assert!(matches!(
+            verify_token("s3cret", "alice", &a_day_and_a_second, now, DAY),
+            Err(TokenError::TooLong { .. })
+        ));
+    }
+
     #[test]
     fn minted_token_verifies_until_expiry() {
         let token = mint_token("s3cret", "alice", 1000);
         assert!(token.starts_with("1000:"));
         assert_eq!(token.len(), 5 + 64);
-        assert_eq!(verify_token("s3cret", "alice", &token, 999), Ok(()));
+        assert_eq!(verify_token("s3cret", "alice", &token, 999, DAY), Ok(()));
         assert_eq!(
-            verify_token("s3cret", "alice", &token, 1000),
+            verify_token("s3cret", "alice", &token, 1000, DAY),
             Err(TokenError::Expired {
                 expiry: 1000,
                 now: 1000
@@ -88,11 +136,11 @@ mod tests {
     fn wrong_uid_secret_or_form_is_invalid() {
         let token = mint_token("s3cret", "alice", 1000);
         assert_eq!(
-            verify_token("s3cret", "bob", &token, 1),
+            verify_token("s3cret", "bob", &token, 1, DAY),
             Err(TokenError::Invalid)
         );
         assert_eq!(
-            verify_token("other", "alice", &token, 1),
+            verify_token("other", "alice", &token, 1, DAY),
             Err(TokenError::Invalid)
         );
         for bad in [
@@ -106,7 +154,7 @@ mod tests {
             "99999999999999999999999:00",
         ] {
             assert_eq!(
-                verify_token("s3cret", "alice", bad, 1),
+                verify_token("s3cret", "alice", bad, 1, DAY),
                 Err(TokenError::Invalid),
                 "{bad:?}"
             );
@@ -114,7 +162,7 @@ mod tests {
         // A changed expiry invalidates the MAC (no extending a token).
         let extended = token.replacen("1000", "9000", 1);
         assert_eq!(
-            verify_token("s3cret", "alice", &extended, 1),
+            verify_token("s3cret", "alice", &extended, 1, DAY),
             Err(TokenError::Invalid)
         );
     }

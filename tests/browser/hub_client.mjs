@@ -1,9 +1,10 @@
 // Drives the JS RTM client in headless Chromium against a running hub (see tests/browser_hub.rs).
-// Usage: node tests/browser/hub_client.mjs http://127.0.0.1:PORT
+// Usage: node tests/browser/hub_client.mjs http://127.0.0.1:PORT '{"alice":"<token>",...}'
 // Prints one JSON object with what each page saw; exits non-zero with a message on failure.
 import { chromium } from 'playwright-core';
 
 const base = process.argv[2];
+const tokens = JSON.parse(process.argv[3] || '{}');
 if (!base) {
   console.error('usage: hub_client.mjs <base-url>');
   process.exit(2);
@@ -28,8 +29,8 @@ try {
   const bob = await open('bob');
   const result = {};
 
-  result.aliceLogin = await alice.evaluate(() => hubTest.login('alice'));
-  result.bobLogin = await bob.evaluate(() => hubTest.login('bob'));
+  result.aliceLogin = await alice.evaluate((t) => hubTest.login('alice', t), tokens.alice);
+  result.bobLogin = await bob.evaluate((t) => hubTest.login('bob', t), tokens.bob);
   result.query = await alice.evaluate(() => hubTest.query(['bob', 'carol']));
   await alice.evaluate(() => hubTest.subscribe(['bob']));
   result.subscribed = await alice.evaluate(() => hubTest.waitFor('PeersOnlineStatusChanged'));
@@ -55,7 +56,7 @@ try {
 
   // bob logs in again elsewhere: the first bob page is told REMOTE_LOGIN.
   const bob2 = await open('bob2');
-  result.bob2Login = await bob2.evaluate(() => hubTest.login('bob'));
+  result.bob2Login = await bob2.evaluate((t) => hubTest.login('bob', t), tokens.bob);
   result.bobReplaced = await bob.evaluate(() => hubTest.waitFor('ConnectionStateChanged', 3));
 
   result.aliceLogout = await alice.evaluate(() => hubTest.logout());

@@ -71,7 +71,30 @@ pub struct Bridge {
 impl Bridge {
     /// Starts `srbridge CONFIG` and waits until its log says it is running.
     pub fn start(config: &Path, log: &Path, port: u16) -> Bridge {
-        let child = Command::new(env!("CARGO_BIN_EXE_srbridge"))
+        Bridge::start_limited(config, log, port, None)
+    }
+
+    /// Like [`Bridge::start`], with `RLIMIT_NOFILE` soft and hard set to `nofile` when given
+    /// (so the bridge cannot raise it).
+    pub fn start_limited(config: &Path, log: &Path, port: u16, nofile: Option<u64>) -> Bridge {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_srbridge"));
+        if let Some(n) = nofile {
+            // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg(config)
             .env_remove("RUST_LOG")
             .env_remove("SRBRIDGE_HTTP_LISTEN")
