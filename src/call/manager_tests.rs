@@ -11,6 +11,7 @@ use super::machine::{Direction, FailureReason, LocalState};
 use super::manager::{BrowserEvent, CallManager};
 use super::ports::*;
 use crate::config::Config;
+use crate::events::EventBus;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
@@ -153,6 +154,7 @@ struct Rig {
     media: FakeMedia,
     placed: mpsc::UnboundedReceiver<(OutgoingCallRequest, SipLegRemote)>,
     config: watch::Sender<Arc<Config>>,
+    events: EventBus,
 }
 
 fn config(extra: &str) -> Arc<Config> {
@@ -169,12 +171,14 @@ fn rig_with(extra: &str, media: FakeMedia) -> Rig {
     let browser = FakeBrowser::default();
     let (placed_tx, placed) = mpsc::unbounded_channel();
     let (config, config_rx) = watch::channel(config(extra));
+    let events = EventBus::new();
     let manager = CallManager::new(
         browser.clone(),
         FakeSip { placed: placed_tx },
         media.clone(),
         config_rx,
         crate::ops::lifecycle::Lifecycle::new(),
+        events.clone(),
     );
     Rig {
         manager,
@@ -182,6 +186,7 @@ fn rig_with(extra: &str, media: FakeMedia) -> Rig {
         media,
         placed,
         config,
+        events,
     }
 }
 
@@ -366,6 +371,7 @@ fn incoming(call_id: &str, uid: &str, sdp: Option<&str>) -> (IncomingSipCall, Si
             caller_number: "1001".into(),
             caller_display: Some("Desk".into()),
             sdp_offer: sdp.map(str::to_owned),
+            sip_call_id: Some(format!("{call_id}@phone")),
             leg,
         },
         remote,

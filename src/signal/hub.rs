@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -26,6 +26,7 @@ use super::core::{
     BridgeEvent, DeliveryError, HubCore, HubSettings, Now, Output, SessionId, MAX_FRAME,
 };
 use super::protocol::{FailureReason, LocalInvitationState, RemoteFailureReason};
+use crate::events::EventBus;
 
 /// The JS client library browsers import from `/sdk/rtm-client.js`.
 pub const RTM_CLIENT_JS: &str = include_str!("../../web-demo/rtm-client.js");
@@ -56,6 +57,8 @@ struct Inner {
     queue_rx: Mutex<Option<mpsc::UnboundedReceiver<BridgeEvent>>>,
     next_sid: AtomicU64,
     started: AtomicBool,
+    /// Where logins and logouts are published, once the bridge says so.
+    events: OnceLock<EventBus>,
 }
 
 /// The signalling hub; a cheap `Clone` handle shared by the HTTP server and the call layer.
@@ -88,6 +91,7 @@ impl Hub {
                 queue_rx: Mutex::new(Some(queue_rx)),
                 next_sid: AtomicU64::new(1),
                 started: AtomicBool::new(false),
+                events: OnceLock::new(),
             }),
         }
     }
@@ -101,6 +105,11 @@ impl Hub {
             .route("/ws", get(ws_handler))
             .route("/sdk/rtm-client.js", get(js_handler))
             .with_state(self.clone())
+    }
+
+    /// Publishes logins and logouts to `events` from now on (the first bus given stays).
+    pub fn publish_events_to(&self, events: EventBus) {
+        let _ = self.inner.events.set(events);
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -170,6 +179,11 @@ impl Hub {
                 Output::Close(sid) => {
                     if let Some(outbox) = shared.outboxes.remove(&sid) {
                         let _ = outbox.try_send(Outbound::Close);
+                    }
+                }
+                Output::Event(event) => {
+                    if let Some(events) = self.inner.events.get() {
+                        events.publish(event);
                     }
                 }
                 Output::Bridge(event) => {
