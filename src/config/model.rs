@@ -642,10 +642,19 @@ impl WebhookUrl {
         if host.is_empty() {
             return Err(format!("{text:?} has no host"));
         }
-        let port = match authority.port() {
-            Some(port) if port.as_u16() == 0 => return Err("port 0 is not a port".to_string()),
-            Some(port) => port.as_u16(),
-            None => 80,
+        // Read the port from the text: `Authority::port` hides one that is not a u16.
+        let after_host = match authority.as_str().strip_prefix('[') {
+            Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
+            None => authority.as_str().split_once(':').map_or("", |(_, p)| p),
+        };
+        let port_text = after_host.strip_prefix(':').unwrap_or(after_host);
+        let port = match port_text {
+            "" => 80,
+            text => match text.parse::<u16>() {
+                Ok(0) => return Err("port 0 is not a port".to_string()),
+                Ok(port) => port,
+                Err(_) => return Err(format!("{text:?} is not a port")),
+            },
         };
         let path = uri
             .path_and_query()
