@@ -651,11 +651,20 @@ async fn web_to_sip_call_events_follow_the_call_with_its_sip_call_id_code_and_rt
     let events = stream_events(&mut sub, 4).await;
     assert_eq!(
         types(&events),
-        ["call.created", "call.ringing", "call.answered", "call.ended"]
+        [
+            "call.created",
+            "call.ringing",
+            "call.answered",
+            "call.ended"
+        ]
     );
     for e in &events {
         assert_eq!(
-            (e["call_id"].as_str(), e["web_user"].as_str(), e["number"].as_str()),
+            (
+                e["call_id"].as_str(),
+                e["web_user"].as_str(),
+                e["number"].as_str()
+            ),
             (Some("c1"), Some("alice"), Some("1005"))
         );
         assert_eq!(e["direction"], "web_to_sip");

@@ -1123,19 +1123,25 @@ fn load_picks_the_form_by_extension_then_content() {
 
 #[test]
 fn events_webhook_url_is_an_http_url() {
-    let config = toml_with("[events]\nwebhook_url = \"http://127.0.0.1:9000/hook?key=k\"\n")
-        .expect("valid");
+    let config =
+        toml_with("[events]\nwebhook_url = \"http://127.0.0.1:9000/hook?key=k\"\n").expect("valid");
     let url = config.events.webhook_url.expect("set");
     assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", 9000));
     assert_eq!(url.path, "/hook?key=k");
     assert_eq!(url.authority, "127.0.0.1:9000");
-    assert!(!format!("{url:?} {url}").contains("key=k"), "query never shown");
+    assert!(
+        !format!("{url:?} {url}").contains("key=k"),
+        "query never shown"
+    );
     let url = toml_with("[events]\nwebhook_url = \"http://[::1]\"\n")
         .expect("valid")
         .events
         .webhook_url
         .expect("set");
-    assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("::1", 80, "/"));
+    assert_eq!(
+        (url.host.as_str(), url.port, url.path.as_str()),
+        ("::1", 80, "/")
+    );
     assert!(toml_with("").unwrap().events.webhook_url.is_none());
     assert!(toml_with("[events]\nwebhook_url = \"\"\n")
         .unwrap()

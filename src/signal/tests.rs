@@ -1281,10 +1281,7 @@ fn logins_and_logouts_are_published_with_the_reason() {
     let mut t = T::new();
     assert_eq!(stream_events(&t.user(1, "alice")), [login("alice")]);
     let out = t.send(1, json!({"type":"logout","id":1}));
-    assert_eq!(
-        stream_events(&out),
-        [logout("alice", LogoutReason::Logout)]
-    );
+    assert_eq!(stream_events(&out), [logout("alice", LogoutReason::Logout)]);
     t.send(1, login_msg("alice", "app", None));
     // the same uid logs in on another socket: the first login ends as replaced
     let out = t.user(2, "alice");
@@ -1298,10 +1295,7 @@ fn logins_and_logouts_are_published_with_the_reason() {
     );
     t.user(3, "bob");
     let out = t.tick(Duration::from_secs(600));
-    assert_eq!(
-        stream_events(&out),
-        [logout("bob", LogoutReason::Timeout)]
-    );
+    assert_eq!(stream_events(&out), [logout("bob", LogoutReason::Timeout)]);
     // a refused login is no event
     t.open(4);
     let out = t.send(4, login_msg("carol", "wrong-app", None));
