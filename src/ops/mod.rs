@@ -4,7 +4,7 @@
 //!   size rotation, SIGHUP level change) that never writes a password or token.
 //! * [`metrics`]: the process-wide Prometheus registry (`metrics::metrics()`).
 //! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
-//! * [`http`]: `/api/status`, `/api/calls/{id}`, `/metrics`, `/healthz` (admin auth).
+//! * [`http`]: `/api/status`, `/api/calls/{id}`, `/api/events`, `/metrics`, `/healthz` (admin auth).
 //! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.
 //! * [`lifecycle`]: drain on SIGTERM ([`lifecycle::Lifecycle`]) and config reload on SIGHUP
 //!   ([`lifecycle::ConfigReloader`], published as a [`lifecycle::ConfigWatch`]).
