@@ -42,14 +42,16 @@ pub enum WebhookError {
 
 type Sending = Pin<Box<dyn Future<Output = Result<(), WebhookError>> + Send>>;
 
-/// Starts the webhook task: it consumes `bus` until `stop`, posting to the configured URL.
+/// Starts the webhook task: it consumes `bus` until `stop`, posting to the configured URL. It
+/// begins with the events already kept (those published while the bridge was starting, such as
+/// the first `registration.changed`), so a receiver sees the sequence from its start.
 pub fn spawn(
     bus: &EventBus,
     config: ConfigWatch,
     settings: WebhookSettings,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    let subscription = bus.subscribe(None);
+    let subscription = bus.subscribe(Some(0));
     tokio::spawn(async move {
         let mut subscription = subscription;
         let mut queue = WebhookQueue::new(settings);
