@@ -56,8 +56,17 @@ pub fn spawn(
         let mut subscription = subscription;
         let mut queue = WebhookQueue::new(settings);
         let mut sending: Option<Sending> = None;
+        let mut announced: Option<WebhookUrl> = None;
         loop {
             let url = config.borrow().events.webhook_url.clone();
+            if url != announced {
+                match &url {
+                    Some(url) => tracing::info!(webhook = %url, "events webhook on"),
+                    None if announced.is_some() => tracing::info!("events webhook off"),
+                    None => {}
+                }
+                announced = url.clone();
+            }
             if sending.is_none() {
                 match &url {
                     Some(url) => {
