@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::ops::http::{build_router, health_router, router, with_request_log, OpsContext};
 use crate::ops::lifecycle::{
     http_listen_override, ConfigReloader, ConfigWatch, Lifecycle, HTTP_LISTEN_ENV,
@@ -32,7 +33,9 @@ use crate::ops::status::StatusSource;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = App::start(config)?;
     tokio::spawn(crate::ops::trim::trim_periodically());
-    let bridge = crate::bridge::Bridge::start_parts(app.config_watch(), app.lifecycle()).await?;
+    let bridge =
+        crate::bridge::Bridge::start_parts(app.config_watch(), app.lifecycle(), app.events())
+            .await?;
     let result = app.serve(bridge.router(), bridge.status()).await;
     bridge.shutdown().await;
     result
@@ -42,6 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 pub struct App {
     reloader: ConfigReloader,
     lifecycle: Lifecycle,
+    events: EventBus,
     signals: Signals,
 }
 
@@ -82,6 +86,7 @@ impl App {
         Ok(App {
             reloader: ConfigReloader::new(config, log, http_listen),
             lifecycle: Lifecycle::new(),
+            events: EventBus::new(),
             signals: Signals::install()?,
         })
     }
@@ -101,11 +106,17 @@ impl App {
         self.lifecycle.clone()
     }
 
+    /// Where the bridge's parts publish their events (`/api/events`, the webhook).
+    pub fn events(&self) -> EventBus {
+        self.events.clone()
+    }
+
     /// What the ops endpoints need.
     pub fn context(&self) -> OpsContext {
         OpsContext {
             config: self.config_watch(),
             lifecycle: self.lifecycle(),
+            events: self.events(),
         }
     }
 

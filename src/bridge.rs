@@ -21,6 +21,8 @@ use crate::call::ports::{
     SipLegRemote, SipSide,
 };
 use crate::config::Config;
+use crate::events::webhook::WebhookSettings;
+use crate::events::{webhook_task, EventBus};
 use crate::media::session::SessionFactory;
 use crate::ops::http::{build_router, OpsContext};
 use crate::ops::lifecycle::{ConfigWatch, Lifecycle};
@@ -34,34 +36,12 @@ use crate::ops::Direction as OpsDirection;
 use crate::signal::{self, BridgeEvent, Hub, HubSettings};
 use crate::sip::{
     IncomingCall, OutgoingInvite, PbxState, RegistrationState, SipCall, SipCallEvent, SipStatus,
-    SipUa,
+    SipUa, UaOptions,
 };
 
 /// The browser side of calls: the hub.
 #[derive(Clone)]
 pub struct HubBrowser(Hub);
-
-fn hub_state(state: LocalState) -> signal::LocalInvitationState {
-    use signal::LocalInvitationState as S;
-    match state {
-        LocalState::SentToRemote => S::SentToRemote,
-        LocalState::ReceivedByRemote => S::ReceivedByRemote,
-        LocalState::AcceptedByRemote => S::AcceptedByRemote,
-        LocalState::RefusedByRemote => S::RefusedByRemote,
-        LocalState::Canceled => S::Canceled,
-        LocalState::Failure => S::Failure,
-    }
-}
-
-fn hub_reason(reason: FailureReason) -> signal::FailureReason {
-    use signal::FailureReason as R;
-    match reason {
-        FailureReason::PeerOffline => R::PeerOffline,
-        FailureReason::PeerNoResponse => R::PeerNoResponse,
-        FailureReason::InvalidArgument => R::InvalidArgument,
-        FailureReason::Other => R::Unknown,
-    }
-}
 
 impl BrowserSide for HubBrowser {
     fn local_state(
@@ -76,13 +56,8 @@ impl BrowserSide for HubBrowser {
         if state == LocalState::SentToRemote {
             return;
         }
-        self.0.local_invitation_state(
-            uid,
-            call_id,
-            hub_state(state),
-            response,
-            reason.map(hub_reason),
-        );
+        self.0
+            .local_invitation_state(uid, call_id, state.into(), response, reason.map(Into::into));
     }
 
     fn ring(&self, uid: &str, call_id: &str, caller: &str, content: &str) -> bool {
@@ -141,7 +116,14 @@ impl SipSide for UaSip {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 match ua.place_call(invite).await {
-                    Ok(call) => drive_dialog(call, remote).await,
+                    Ok(call) => {
+                        let sip_call_id = call.sip_call_id();
+                        let _ = remote
+                            .events
+                            .send(SipLegEvent::Dialog { sip_call_id })
+                            .await;
+                        drive_dialog(call, remote).await
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "INVITE not sent");
                         let _ = remote
@@ -210,6 +192,7 @@ async fn drive_dialog(mut call: SipCall, mut remote: SipLegRemote) {
 fn incoming_call(incoming: IncomingCall) -> IncomingSipCall {
     let (leg, remote) = SipLeg::pair();
     let call_id = incoming.call.log_id().to_string();
+    let sip_call_id = Some(incoming.call.sip_call_id());
     let span = tracing::info_span!("call", call_id = %call_id);
     tokio::spawn(tracing::Instrument::instrument(
         drive_dialog(incoming.call, remote),
@@ -221,6 +204,7 @@ fn incoming_call(incoming: IncomingCall) -> IncomingSipCall {
         caller_number: incoming.caller_number,
         caller_display: incoming.caller_display,
         sdp_offer: incoming.sdp_offer,
+        sip_call_id,
         leg,
     }
 }
@@ -296,6 +280,7 @@ pub struct Bridge {
     media_ports: Arc<crate::media::rtp_leg::PortAllocator>,
     /// The browser legs' ports when set apart from the RTP range.
     webrtc_ports: Option<crate::media::rtp_leg::PortAllocator>,
+    events: EventBus,
 }
 
 /// The address the PBX reaches us on, for SDP: the configured public IP, else the SIP contact's.
@@ -315,15 +300,18 @@ impl Bridge {
         let listen = config.http.listen;
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let lifecycle = Lifecycle::new();
+        let events = EventBus::new();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on [http] listen {listen}"))?;
         let http_addr = listener.local_addr().context("HTTP listener address")?;
-        let mut bridge = Bridge::start_parts(config_rx.clone(), lifecycle.clone()).await?;
+        let mut bridge =
+            Bridge::start_parts(config_rx.clone(), lifecycle.clone(), events.clone()).await?;
         let limits = ConnLimits::from_config(&config_rx.borrow());
         let ctx = OpsContext {
             config: config_rx,
             lifecycle,
+            events,
         };
         let router = build_router(bridge.router(), bridge.status(), ctx);
         let stop = bridge.stop.clone();
@@ -336,16 +324,25 @@ impl Bridge {
     }
 
     /// Starts the SIP user agent, the hub and the call manager, following `config` (reloads
-    /// apply to new calls) and `lifecycle` (the drain). HTTP is the caller's: serve
-    /// [`Bridge::router`] and [`Bridge::status`].
-    pub async fn start_parts(config: ConfigWatch, lifecycle: Lifecycle) -> anyhow::Result<Bridge> {
+    /// apply to new calls) and `lifecycle` (the drain), publishing to `events` (and its
+    /// webhook). HTTP is the caller's: serve [`Bridge::router`] and [`Bridge::status`].
+    pub async fn start_parts(
+        config: ConfigWatch,
+        lifecycle: Lifecycle,
+        events: EventBus,
+    ) -> anyhow::Result<Bridge> {
         let current = Arc::clone(&config.borrow());
         let stop = CancellationToken::new();
-        let (sip, mut incoming) = SipUa::start(&current, stop.child_token())
+        let ua_options = UaOptions {
+            events: Some(events.clone()),
+            ..UaOptions::default()
+        };
+        let (sip, mut incoming) = SipUa::start_with(&current, stop.child_token(), ua_options)
             .await
             .context("SIP user agent")?;
         let (bridge_tx, mut bridge_rx) = mpsc::channel(1024);
         let hub = Hub::new(HubSettings::from_config(&current), bridge_tx);
+        hub.publish_events_to(events.clone());
 
         let bind_ip = current.sip.listen_ip;
         let sdp_ip = sdp_address(&current, sip.contact_addr());
@@ -363,9 +360,15 @@ impl Bridge {
             media,
             config.clone(),
             lifecycle.clone(),
+            events.clone(),
         );
 
-        let mut tasks = Vec::new();
+        let mut tasks = vec![webhook_task::spawn(
+            &events,
+            config.clone(),
+            WebhookSettings::default(),
+            stop.child_token(),
+        )];
         {
             let calls = calls.clone();
             tasks.push(tokio::spawn(async move {
@@ -418,6 +421,7 @@ impl Bridge {
             tasks,
             media_ports,
             webrtc_ports,
+            events,
         })
     }
 
@@ -471,6 +475,11 @@ impl Bridge {
     /// its media.
     pub fn media_ports_in_use(&self) -> usize {
         self.media_ports.in_use() + self.webrtc_ports.as_ref().map_or(0, |p| p.in_use())
+    }
+
+    /// Where this bridge's events are published (`/api/events`).
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// The signalling hub.

@@ -53,6 +53,33 @@ pub enum FailureReason {
     Other,
 }
 
+/// The hub's (RTM's) name for each state: what the browser is told and the event stream shows.
+impl From<LocalState> for crate::signal::LocalInvitationState {
+    fn from(state: LocalState) -> Self {
+        use crate::signal::LocalInvitationState as S;
+        match state {
+            LocalState::SentToRemote => S::SentToRemote,
+            LocalState::ReceivedByRemote => S::ReceivedByRemote,
+            LocalState::AcceptedByRemote => S::AcceptedByRemote,
+            LocalState::RefusedByRemote => S::RefusedByRemote,
+            LocalState::Canceled => S::Canceled,
+            LocalState::Failure => S::Failure,
+        }
+    }
+}
+
+impl From<FailureReason> for crate::signal::FailureReason {
+    fn from(reason: FailureReason) -> Self {
+        use crate::signal::FailureReason as R;
+        match reason {
+            FailureReason::PeerOffline => R::PeerOffline,
+            FailureReason::PeerNoResponse => R::PeerNoResponse,
+            FailureReason::InvalidArgument => R::InvalidArgument,
+            FailureReason::Other => R::Unknown,
+        }
+    }
+}
+
 /// How a call ended, for logs, metrics and the status API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndReason {
@@ -78,6 +105,25 @@ pub enum EndReason {
     BrowserGone,
     /// The media path died.
     MediaFailed,
+}
+
+impl EndReason {
+    /// The `cause` of the `call.ended` event (docs/events.md).
+    pub fn label(&self) -> &'static str {
+        match self {
+            EndReason::Rejected(_) => "rejected",
+            EndReason::SipFailed(_) => "sip_failed",
+            EndReason::BrowserRefused => "browser_refused",
+            EndReason::BrowserCanceled => "browser_canceled",
+            EndReason::SipCanceled => "sip_canceled",
+            EndReason::NoAnswer => "no_answer",
+            EndReason::BrowserOffline => "browser_offline",
+            EndReason::BrowserHangup => "browser_hangup",
+            EndReason::SipHangup => "sip_hangup",
+            EndReason::BrowserGone => "browser_gone",
+            EndReason::MediaFailed => "media_failed",
+        }
+    }
 }
 
 /// What the browser side must be told; the driver maps these onto the hub.

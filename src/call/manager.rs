@@ -22,6 +22,7 @@ use super::ports::{
     OutgoingCallRequest, SipLeg, SipLegCommand, SipLegEvent, SipSide,
 };
 use crate::config::Config;
+use crate::events::{CallEnd, CallFacts, Event as StreamEvent, EventBus};
 use crate::ops::lifecycle::{CallGuard, Lifecycle};
 use crate::ops::metrics::{metrics, Limit};
 
@@ -165,6 +166,7 @@ struct Inner<B, S, M> {
     lifecycle: Lifecycle,
     setups: Mutex<SetupRate>,
     idle: Notify,
+    events: EventBus,
 }
 
 /// The calls in progress and the rules for starting new ones. Cheap to clone.
@@ -214,12 +216,14 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
     /// A manager with no calls. `config` is re-read at each call start, so a reload changes
     /// `acc_rule`, limits and timeouts for new calls without touching those in progress.
     /// `lifecycle` is the process's drain state: while it drains, new calls are refused.
+    /// Each call's `call.*` events go to `events`.
     pub fn new(
         browser: B,
         sip: S,
         media: M,
         config: watch::Receiver<Arc<Config>>,
         lifecycle: Lifecycle,
+        events: EventBus,
     ) -> Self {
         let burst = f64::from(config.borrow().limits.max_setups_per_sec);
         CallManager {
@@ -235,6 +239,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                     at: Instant::now(),
                 }),
                 idle: Notify::new(),
+                events,
             }),
         }
     }
@@ -428,6 +433,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         if call.phase() == Phase::Ended {
             // Refused before anything was sent: no task, no media.
             let mut task = CallTask::detached(self.clone(), call_id, call);
+            task.announce();
             task.apply_sync(actions);
             return;
         }
@@ -452,6 +458,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
             };
         let input = self.register(&call_id, &call, guard);
         let task = CallTask::new(self.clone(), call_id, call, media, media_events, input);
+        task.announce();
         drop(_entered);
         tokio::spawn(task.run(actions, None).instrument(span));
     }
@@ -464,6 +471,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
             caller_number,
             caller_display,
             sdp_offer,
+            sip_call_id,
             leg,
         } = incoming;
         let span = tracing::info_span!("call", call_id = %call_id);
@@ -531,6 +539,8 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         let input = self.register(&call_id, &call, guard);
         let mut task = CallTask::new(self.clone(), call_id, call, media, media_events, input);
         task.sip_answer = Some(answer);
+        task.report.sip_call_id = sip_call_id;
+        task.announce();
         drop(_entered);
         tokio::spawn(task.run(actions, Some(leg)).instrument(span));
     }
@@ -691,6 +701,50 @@ struct CallTask<B, S, M: MediaFactory> {
     timer: Option<tokio::time::Instant>,
     /// Events the task feeds itself (e.g. the browser turned out to be offline).
     pending: Vec<Event>,
+    /// What the event stream reports about this call.
+    report: CallReport,
+}
+
+/// The facts of one call the `call.*` events carry, gathered as the task carries out its actions.
+struct CallReport {
+    sip_call_id: Option<String>,
+    started: Instant,
+    answered: Option<Instant>,
+    /// The phase the stream (and the registry) last heard of.
+    phase: Phase,
+    /// The latest provisional response (web → SIP).
+    progress_code: Option<u16>,
+    /// The INVITE's final response, sent or received.
+    final_code: Option<u16>,
+    /// The last RTM invitation state and failure reason the browser was given.
+    rtm_state: Option<&'static str>,
+    rtm_reason: Option<&'static str>,
+}
+
+impl CallReport {
+    fn new(phase: Phase) -> Self {
+        CallReport {
+            sip_call_id: None,
+            started: Instant::now(),
+            answered: None,
+            phase,
+            progress_code: None,
+            final_code: None,
+            rtm_state: None,
+            rtm_reason: None,
+        }
+    }
+
+    /// Notes what an event says about the INVITE's outcome.
+    fn note(&mut self, event: &Event) {
+        match event {
+            Event::SipProgress { code } => self.progress_code = Some(*code),
+            Event::SipAnswered => self.final_code = Some(200),
+            Event::SipFailed { code, .. } => self.final_code = Some(*code),
+            Event::SipCanceled => self.final_code = Some(487),
+            _ => {}
+        }
+    }
 }
 
 impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
@@ -713,6 +767,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
             sip_answer: None,
             timer: None,
             pending: Vec::new(),
+            report: CallReport::new(Phase::Setup),
         }
     }
 
@@ -729,11 +784,68 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
             sip_answer: None,
             timer: None,
             pending: Vec::new(),
+            report: CallReport::new(Phase::Setup),
         }
     }
 
     fn browser(&self) -> &B {
         &self.manager.inner.browser
+    }
+
+    fn facts(&self) -> CallFacts {
+        CallFacts {
+            call_id: self.call_id.clone(),
+            sip_call_id: self.report.sip_call_id.clone(),
+            direction: ops_direction(self.call.direction()),
+            web_user: self.call.uid().to_string(),
+            number: self.call.sip_number().to_string(),
+        }
+    }
+
+    fn publish(&self, event: StreamEvent) {
+        self.manager.inner.events.publish(event);
+    }
+
+    /// `call.created`.
+    fn announce(&self) {
+        self.publish(StreamEvent::CallCreated { call: self.facts() });
+    }
+
+    /// Tells the registry and the stream about a new phase (`call.ringing`, `call.answered`;
+    /// `call.ended` comes from the end action, which knows why).
+    fn sync_phase(&mut self) {
+        let phase = self.call.phase();
+        if phase == self.report.phase {
+            return;
+        }
+        self.report.phase = phase;
+        self.manager.update_phase(&self.call_id, phase);
+        match phase {
+            Phase::Ringing => self.publish(StreamEvent::CallRinging {
+                call: self.facts(),
+                sip_code: self.report.progress_code,
+            }),
+            Phase::Established => {
+                // The media watches (RTP timeout) start with the answer.
+                if let Some(media) = self.media.as_mut() {
+                    media.established();
+                }
+                let now = Instant::now();
+                self.report.answered = Some(now);
+                self.publish(StreamEvent::CallAnswered {
+                    call: self.facts(),
+                    setup_ms: now.duration_since(self.report.started).as_millis() as u64,
+                });
+            }
+            Phase::Setup | Phase::Cancelling | Phase::Ended => {}
+        }
+    }
+
+    /// Feeds one event to the machine and carries out what it says.
+    fn handle(&mut self, event: Event) {
+        self.report.note(&event);
+        let actions = self.call.handle(event);
+        self.apply_sync(actions);
     }
 
     fn apply_sync(&mut self, actions: Vec<Action>) {
@@ -752,6 +864,10 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
                     reason,
                 } => {
                     tracing::info!(state = ?state, reason = ?reason, "invitation state");
+                    self.report.rtm_state =
+                        Some(crate::signal::LocalInvitationState::from(state).as_str());
+                    self.report.rtm_reason =
+                        reason.map(|r| crate::signal::FailureReason::from(r).as_str());
                     self.browser()
                         .local_state(&uid, &self.call_id, state, response, reason);
                 }
@@ -771,9 +887,15 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
                     }
                 }
                 HubAction::CancelRemoteInvitation => {
+                    self.report.rtm_state =
+                        Some(crate::signal::RemoteInvitationState::Canceled.as_str());
                     self.browser().cancel_remote(&uid, &self.call_id)
                 }
                 HubAction::ExpireRemoteInvitation => {
+                    self.report.rtm_state =
+                        Some(crate::signal::RemoteInvitationState::Failure.as_str());
+                    self.report.rtm_reason =
+                        Some(crate::signal::RemoteFailureReason::InvitationExpire.as_str());
                     self.browser().expire_remote(&uid, &self.call_id)
                 }
                 HubAction::EndCall => {
@@ -825,13 +947,17 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
             SipAction::Bye => self.send_leg(SipLegCommand::Bye),
             SipAction::Ringing => self.send_leg(SipLegCommand::Ringing),
             SipAction::Answer => {
+                self.report.final_code = Some(200);
                 let answer = self.sip_answer.clone().unwrap_or_default();
                 self.send_leg(SipLegCommand::Answer(answer));
             }
-            SipAction::Reject { code, reason } => self.send_leg(SipLegCommand::Reject {
-                code,
-                reason: reason.to_string(),
-            }),
+            SipAction::Reject { code, reason } => {
+                self.report.final_code = Some(code);
+                self.send_leg(SipLegCommand::Reject {
+                    code,
+                    reason: reason.to_string(),
+                })
+            }
         }
     }
 
@@ -855,28 +981,37 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
         if let Some(code) = failed_code {
             metrics().call_failed(code);
         }
+        let now = Instant::now();
+        let detail = match &reason {
+            EndReason::Rejected(why) => Some((*why).to_string()),
+            _ => None,
+        };
+        self.publish(StreamEvent::CallEnded {
+            call: self.facts(),
+            end: CallEnd {
+                cause: reason.label(),
+                detail,
+                sip_code: self.report.final_code,
+                rtm_state: self.report.rtm_state,
+                rtm_reason: self.report.rtm_reason,
+                duration_ms: now.duration_since(self.report.started).as_millis() as u64,
+                talk_ms: self
+                    .report
+                    .answered
+                    .map(|at| now.duration_since(at).as_millis() as u64),
+            },
+        });
         if let Some(media) = self.media.as_mut() {
             media.close();
         }
     }
 
     fn feed(&mut self, event: Event) {
-        let before = self.call.phase();
-        let actions = self.call.handle(event);
-        self.apply_sync(actions);
+        self.handle(event);
         while let Some(next) = self.pending.pop() {
-            let actions = self.call.handle(next);
-            self.apply_sync(actions);
+            self.handle(next);
         }
-        let after = self.call.phase();
-        if after != before {
-            if after == Phase::Established {
-                if let Some(media) = self.media.as_mut() {
-                    media.established();
-                }
-            }
-            self.manager.update_phase(&self.call_id, after);
-        }
+        self.sync_phase();
     }
 
     async fn run(mut self, first: Vec<Action>, leg: Option<SipLeg>) {
@@ -885,10 +1020,9 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
         }
         self.apply_sync(first);
         while let Some(next) = self.pending.pop() {
-            let actions = self.call.handle(next);
-            self.apply_sync(actions);
+            self.handle(next);
         }
-        self.manager.update_phase(&self.call_id, self.call.phase());
+        self.sync_phase();
         let mut input = self.input.take();
         let mut media_events = self.media_events.take();
         while self.call.phase() != Phase::Ended {
@@ -947,6 +1081,10 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
             return;
         };
         match event {
+            SipLegEvent::Dialog { sip_call_id } => {
+                tracing::debug!(%sip_call_id, "SIP dialog");
+                self.report.sip_call_id = Some(sip_call_id);
+            }
             SipLegEvent::Provisional { code, sdp } => {
                 tracing::info!(code, early_media = sdp.is_some(), "SIP progress");
                 if let Some(sdp) = sdp {

@@ -11,6 +11,7 @@ use super::machine::{Direction, FailureReason, LocalState};
 use super::manager::{BrowserEvent, CallManager};
 use super::ports::*;
 use crate::config::Config;
+use crate::events::EventBus;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
@@ -153,6 +154,7 @@ struct Rig {
     media: FakeMedia,
     placed: mpsc::UnboundedReceiver<(OutgoingCallRequest, SipLegRemote)>,
     config: watch::Sender<Arc<Config>>,
+    events: EventBus,
 }
 
 fn config(extra: &str) -> Arc<Config> {
@@ -169,12 +171,14 @@ fn rig_with(extra: &str, media: FakeMedia) -> Rig {
     let browser = FakeBrowser::default();
     let (placed_tx, placed) = mpsc::unbounded_channel();
     let (config, config_rx) = watch::channel(config(extra));
+    let events = EventBus::new();
     let manager = CallManager::new(
         browser.clone(),
         FakeSip { placed: placed_tx },
         media.clone(),
         config_rx,
         crate::ops::lifecycle::Lifecycle::new(),
+        events.clone(),
     );
     Rig {
         manager,
@@ -182,6 +186,7 @@ fn rig_with(extra: &str, media: FakeMedia) -> Rig {
         media,
         placed,
         config,
+        events,
     }
 }
 
@@ -366,6 +371,7 @@ fn incoming(call_id: &str, uid: &str, sdp: Option<&str>) -> (IncomingSipCall, Si
             caller_number: "1001".into(),
             caller_display: Some("Desk".into()),
             sdp_offer: sdp.map(str::to_owned),
+            sip_call_id: Some(format!("{call_id}@phone")),
             leg,
         },
         remote,
@@ -599,4 +605,135 @@ async fn call_setups_over_the_per_second_limit_are_refused() {
         .filter(|s| matches!(s, Seen::Local(uid, LocalState::Failure, _, Some(r)) if uid == "u3" && r.contains("per second")))
         .collect();
     assert_eq!(refused.len(), 1, "{:?}", rig.browser.seen());
+}
+
+/// The next `n` events of the stream (generous bound: the call tasks run on this runtime).
+async fn stream_events(sub: &mut crate::events::Subscription, n: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("an event")
+            .expect("bus alive");
+        match delivery {
+            crate::events::Delivery::Event(e) => {
+                out.push(serde_json::from_str(&e.to_json()).unwrap())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+fn types(events: &[serde_json::Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn web_to_sip_call_events_follow_the_call_with_its_sip_call_id_code_and_rtm_state() {
+    let mut rig = rig();
+    let mut sub = rig.events.subscribe(None);
+    rig.manager.handle_browser(invite("c1", "alice", "1005"));
+    let (_, remote) = rig.placed.recv().await.expect("INVITE placed");
+    for event in [
+        SipLegEvent::Dialog {
+            sip_call_id: "x1@bridge".into(),
+        },
+        SipLegEvent::Provisional {
+            code: 180,
+            sdp: None,
+        },
+        SipLegEvent::Answered { sdp: "v=0".into() },
+        SipLegEvent::RemoteBye,
+    ] {
+        remote.events.send(event).await.unwrap();
+    }
+    let events = stream_events(&mut sub, 4).await;
+    assert_eq!(
+        types(&events),
+        [
+            "call.created",
+            "call.ringing",
+            "call.answered",
+            "call.ended"
+        ]
+    );
+    for e in &events {
+        assert_eq!(
+            (
+                e["call_id"].as_str(),
+                e["web_user"].as_str(),
+                e["number"].as_str()
+            ),
+            (Some("c1"), Some("alice"), Some("1005"))
+        );
+        assert_eq!(e["direction"], "web_to_sip");
+    }
+    assert!(events[0]["sip_call_id"].is_null(), "no dialog yet");
+    assert_eq!(events[1]["sip_call_id"], "x1@bridge");
+    assert_eq!(events[1]["sip_code"], 180);
+    let ended = &events[3];
+    assert_eq!(ended["cause"], "sip_hangup");
+    assert_eq!(ended["sip_code"], 200);
+    assert_eq!(ended["rtm_state"], "ACCEPTED_BY_REMOTE");
+    assert!(ended["talk_ms"].is_u64() && ended["duration_ms"].is_u64());
+    let ids: Vec<u64> = events.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+}
+
+#[tokio::test]
+async fn refused_and_failed_calls_end_with_their_cause_code_and_rtm_reason() {
+    let mut rig = rig();
+    let mut sub = rig.events.subscribe(None);
+    rig.manager.handle_browser(invite("c1", "alice", "2000"));
+    let events = stream_events(&mut sub, 2).await;
+    assert_eq!(types(&events), ["call.created", "call.ended"]);
+    assert_eq!(events[1]["cause"], "rejected");
+    assert!(events[1]["detail"].is_string());
+    assert!(events[1]["sip_code"].is_null(), "nothing was sent");
+    assert_eq!(events[1]["rtm_state"], "FAILURE");
+    assert_eq!(events[1]["rtm_reason"], "INVALID_ARGUMENT");
+
+    rig.manager.handle_browser(invite("c2", "alice", "1005"));
+    let (_, remote) = rig.placed.recv().await.expect("INVITE placed");
+    remote
+        .events
+        .send(SipLegEvent::Failed {
+            code: 486,
+            reason: "Busy Here".into(),
+        })
+        .await
+        .unwrap();
+    let events = stream_events(&mut sub, 2).await;
+    assert_eq!(types(&events), ["call.created", "call.ended"]);
+    assert_eq!(events[1]["cause"], "sip_failed");
+    assert_eq!(events[1]["sip_code"], 486);
+    assert_eq!(events[1]["rtm_state"], "REFUSED_BY_REMOTE");
+    assert!(events[1]["talk_ms"].is_null());
+}
+
+#[tokio::test]
+async fn sip_to_web_events_ring_on_delivery_and_a_phone_cancel_ends_with_487() {
+    let rig = rig();
+    rig.browser.online.lock().unwrap().push("alice".into());
+    let mut sub = rig.events.subscribe(None);
+    let (call, remote) = incoming("s1", "alice", Some("v=0 phone offer"));
+    rig.manager.handle_incoming(call);
+    rig.manager
+        .handle_browser(BrowserEvent::InvitationReceived {
+            call_id: "s1".into(),
+            uid: "alice".into(),
+        });
+    let events = stream_events(&mut sub, 2).await;
+    assert_eq!(types(&events), ["call.created", "call.ringing"]);
+    assert_eq!(events[0]["direction"], "sip_to_web");
+    assert_eq!(events[0]["sip_call_id"], "s1@phone");
+    assert_eq!(events[0]["number"], "1001");
+    assert!(events[1].get("sip_code").is_none());
+    remote.events.send(SipLegEvent::Canceled).await.unwrap();
+    let ended = stream_events(&mut sub, 1).await.remove(0);
+    assert_eq!(ended["type"], "call.ended");
+    assert_eq!(ended["cause"], "sip_canceled");
+    assert_eq!(ended["sip_code"], 487);
+    assert_eq!(ended["rtm_state"], "CANCELED");
 }

@@ -53,6 +53,11 @@ pub struct OutgoingCallRequest {
 /// What happened on a SIP dialog (either direction).
 #[derive(Debug)]
 pub enum SipLegEvent {
+    /// Outgoing: the INVITE went out as this SIP dialog (its Call-ID), before any answer.
+    Dialog {
+        /// The dialog's Call-ID header.
+        sip_call_id: String,
+    },
     /// Outgoing: 1xx, with SDP for early media.
     Provisional {
         /// 100, 180, 183…
@@ -163,6 +168,8 @@ pub struct IncomingSipCall {
     pub caller_display: Option<String>,
     /// The phone's SDP offer (absent for a late-offer INVITE).
     pub sdp_offer: Option<String>,
+    /// The INVITE's Call-ID header.
+    pub sip_call_id: Option<String>,
     /// The dialog.
     pub leg: SipLeg,
 }

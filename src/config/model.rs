@@ -129,6 +129,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[shutdown]`: graceful drain (TOML only).
     pub shutdown: ShutdownConfig,
+    /// `[events]`: the event webhook (TOML only).
+    pub events: EventsConfig,
     /// Things accepted but ignored (unknown keys in rtx.conf, `[rtc]`/`[rtm]`): shown by
     /// `check` and logged at startup so the operator knows they had no effect.
     pub warnings: Vec<String>,
@@ -639,5 +641,98 @@ impl Default for ShutdownConfig {
         ShutdownConfig {
             drain_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[events]`: where the live event stream also goes (TOML only).
+#[derive(Debug, Clone, Default)]
+pub struct EventsConfig {
+    /// Events are POSTed here in batches when set.
+    pub webhook_url: Option<WebhookUrl>,
+}
+
+/// A validated `http://host[:port]/path` for the webhook.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// Host name or IP (without brackets) to connect to.
+    pub host: String,
+    /// TCP port (80 when the URL has none).
+    pub port: u16,
+    /// `host[:port]` as written, for the Host header.
+    pub authority: String,
+    /// Path and query, at least `/`.
+    pub path: String,
+}
+
+impl fmt::Debug for WebhookUrl {
+    // The path and query may hold a receiver's token: never shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}/…", self.authority)
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl WebhookUrl {
+    /// Parses and checks a webhook URL: `http` only (this build has no TLS client roots), a host,
+    /// no user:password part.
+    pub fn parse(text: &str) -> Result<WebhookUrl, String> {
+        let uri: axum::http::Uri = text
+            .parse()
+            .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(
+                    "https is not supported for the webhook; use http (e.g. to a local relay)"
+                        .to_string(),
+                )
+            }
+            _ => return Err(format!("{text:?} is not an http:// URL")),
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{text:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err("user:password in the URL is not supported".to_string());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{text:?} has no host"));
+        }
+        // Read the port from the text: `Authority::port` hides one that is not a u16.
+        let after_host = match authority.as_str().strip_prefix('[') {
+            Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
+            None => authority.as_str().split_once(':').map_or("", |(_, p)| p),
+        };
+        let port_text = after_host.strip_prefix(':').unwrap_or(after_host);
+        let port = match port_text {
+            "" => 80,
+            text => match text.parse::<u16>() {
+                Ok(0) => return Err("port 0 is not a port".to_string()),
+                Ok(port) => port,
+                Err(_) => return Err(format!("{text:?} is not a port")),
+            },
+        };
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.as_str().to_string());
+        Ok(WebhookUrl {
+            host: host.to_string(),
+            port,
+            authority: authority.as_str().to_string(),
+            path: if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            },
+        })
     }
 }

@@ -207,6 +207,16 @@ impl Display for Config {
         writeln!(f, "[shutdown]")?;
         row(f, "drain_timeout", secs(self.shutdown.drain_timeout))?;
 
+        writeln!(f, "[events]")?;
+        row(
+            f,
+            "webhook_url",
+            self.events
+                .webhook_url
+                .as_ref()
+                .map_or("(not set: /api/events only)".to_string(), |u| u.to_string()),
+        )?;
+
         if self.warnings.is_empty() {
             writeln!(f, "warnings: none")?;
         } else {

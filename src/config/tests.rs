@@ -1315,3 +1315,61 @@ fn load_picks_the_form_by_extension_then_content() {
     let error = Config::load(&write("wrong.toml", INI_BASE)).expect_err("not toml");
     assert_eq!(error.line(), Some(2));
 }
+
+#[test]
+fn events_webhook_url_is_an_http_url() {
+    let config =
+        toml_with("[events]\nwebhook_url = \"http://127.0.0.1:9000/hook?key=k\"\n").expect("valid");
+    let url = config.events.webhook_url.expect("set");
+    assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", 9000));
+    assert_eq!(url.path, "/hook?key=k");
+    assert_eq!(url.authority, "127.0.0.1:9000");
+    assert!(
+        !format!("{url:?} {url}").contains("key=k"),
+        "query never shown"
+    );
+    let url = toml_with("[events]\nwebhook_url = \"http://[::1]\"\n")
+        .expect("valid")
+        .events
+        .webhook_url
+        .expect("set");
+    assert_eq!(
+        (url.host.as_str(), url.port, url.path.as_str()),
+        ("::1", 80, "/")
+    );
+    assert!(toml_with("").unwrap().events.webhook_url.is_none());
+    assert!(toml_with("[events]\nwebhook_url = \"\"\n")
+        .unwrap()
+        .events
+        .webhook_url
+        .is_none());
+    let cases = [
+        ("\"https://example.com/hook\"", "https is not supported"),
+        ("\"ftp://example.com/\"", "is not an http:// URL"),
+        ("\"example.com/hook\"", "is not a URL"),
+        ("\"http://user:pw@example.com/\"", "user:password"),
+        ("\"http://example.com:0/\"", "port 0"),
+        ("\"http://exa mple.com/\"", "is not a URL"),
+        ("\"http://example.com:99999/\"", "is not a port"),
+        ("42", "is not an http:// URL"),
+        ("true", "expected a string"),
+    ];
+    for (value, needle) in cases {
+        assert_error(
+            toml_with(&format!("[events]\nwebhook_url = {value}\n")),
+            Some(5),
+            Some("[events] webhook_url"),
+            needle,
+        );
+    }
+    assert_error(
+        toml_with("[events]\nwebhook = \"http://x/\"\n"),
+        Some(5),
+        Some("[events] webhook"),
+        "unknown",
+    );
+    // rtx.conf has no [events]: a warning, not an error
+    let config = ini_with("[events]\nwebhook_url=http://127.0.0.1/\n").expect("valid");
+    assert!(config.events.webhook_url.is_none());
+    assert!(config.warnings.iter().any(|w| w.contains("[events]")));
+}

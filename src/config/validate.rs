@@ -18,7 +18,9 @@ use super::raw::{RawDoc, RawEntry, RawSection, RawValue};
 /// Sections SRProxy's rtx.conf knows.
 const RTX_SECTIONS: &[&str] = &["global", "rtm2sip", "proxy", "pstn", "log", "rtc", "rtm"];
 /// Sections only the native form has.
-const NATIVE_SECTIONS: &[&str] = &["sip", "media", "http", "auth", "limits", "shutdown"];
+const NATIVE_SECTIONS: &[&str] = &[
+    "sip", "media", "http", "auth", "limits", "shutdown", "events",
+];
 
 /// File-wide context: where errors point and where warnings collect.
 struct Ctx<'a> {
@@ -1138,6 +1140,12 @@ fn shutdown(s: &Sec) -> Result<ShutdownConfig> {
     Ok(ShutdownConfig { drain_timeout })
 }
 
+fn events(s: &Sec) -> Result<EventsConfig> {
+    let webhook_url = s.parsed("webhook_url", WebhookUrl::parse)?.map(|u| u.value);
+    s.finish()?;
+    Ok(EventsConfig { webhook_url })
+}
+
 /// Validates a document read from `file` in `form`.
 pub(crate) fn build(file: &Path, form: ConfigForm, doc: &RawDoc) -> Result<Config> {
     let ctx = Ctx {
@@ -1220,6 +1228,11 @@ pub(crate) fn build(file: &Path, form: ConfigForm, doc: &RawDoc) -> Result<Confi
     } else {
         ShutdownConfig::default()
     };
+    let events = if native {
+        events(&sec("events"))?
+    } else {
+        EventsConfig::default()
+    };
 
     if rtm2sip.is_some() && proxy.is_none() {
         ctx.warn(
@@ -1243,6 +1256,7 @@ pub(crate) fn build(file: &Path, form: ConfigForm, doc: &RawDoc) -> Result<Confi
         auth,
         limits,
         shutdown,
+        events,
         warnings: ctx.warnings.into_inner(),
     })
 }

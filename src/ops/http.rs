@@ -1,5 +1,5 @@
-//! The operator's HTTP endpoints: `GET /api/status`, `GET /api/calls/{id}`, `GET /metrics`
-//! (admin) and `GET /healthz` (open: 200 `ok`, 503 `draining` after SIGTERM so a load
+//! The operator's HTTP endpoints: `GET /api/status`, `GET /api/calls/{id}`, `GET /api/events`
+//! (the live event stream, docs/events.md), `GET /metrics` (admin) and `GET /healthz` (open: 200 `ok`, 503 `draining` after SIGTERM so a load
 //! balancer stops sending new users).
 //!
 //! Admin access: with `[http] admin_token` set, requests need `Authorization: Bearer
@@ -22,6 +22,7 @@ use super::auth_log::{log_auth_failure, AuthFailure};
 use super::lifecycle::{ConfigWatch, Lifecycle};
 use super::metrics::metrics;
 use super::status::{StatusResponse, StatusSource};
+use crate::events::{sse, EventBus};
 
 /// What the endpoints need besides the status source.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct OpsContext {
     pub config: ConfigWatch,
     /// Uptime and drain state.
     pub lifecycle: Lifecycle,
+    /// The bridge's events, for `/api/events`.
+    pub events: EventBus,
 }
 
 #[derive(Clone)]
@@ -57,6 +60,7 @@ pub fn router(status: Arc<dyn StatusSource>, ctx: OpsContext) -> Router {
     let admin = Router::new()
         .route("/api/status", get(api_status))
         .route("/api/calls/{id}", get(api_call))
+        .route("/api/events", get(api_events))
         .route("/metrics", get(prometheus))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), require_admin))
         .with_state(state);
@@ -166,6 +170,17 @@ async fn api_call(State(state): State<AppState>, Path(id): Path<String>) -> Resp
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "no such call in progress", "id": id})),
+        )
+            .into_response(),
+    }
+}
+
+async fn api_events(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match sse::resume_after(&headers) {
+        Ok(after) => sse::stream(&state.ctx.events, after).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string()})),
         )
             .into_response(),
     }

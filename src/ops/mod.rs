@@ -5,7 +5,7 @@
 //! * [`auth_log`]: the fixed `AUTH_FAILURE kind=… src=…` line fail2ban reads.
 //! * [`metrics`]: the process-wide Prometheus registry (`metrics::metrics()`).
 //! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
-//! * [`http`]: `/api/status`, `/api/calls/{id}`, `/metrics`, `/healthz` (admin auth).
+//! * [`http`]: `/api/status`, `/api/calls/{id}`, `/api/events`, `/metrics`, `/healthz` (admin auth).
 //! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.
 //! * [`serve`] + [`conn_gate`] + [`fd_limit`]: the HTTP accept loop: `TCP_NODELAY`, header-read
 //!   timeout, connections per address, and a file-descriptor budget that keeps room for media.

@@ -20,6 +20,7 @@ use super::protocol::{
 use super::token::{verify_token, TokenError};
 use super::uid::check_uid;
 use crate::config::{AccRule, Config, Secret};
+use crate::events::{Event, LogoutReason};
 
 /// Largest text frame the hub reads; a larger one is answered with `FRAME_TOO_LARGE`.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -191,6 +192,8 @@ pub enum Output {
     Close(SessionId),
     /// Hand this to the bridge.
     Bridge(BridgeEvent),
+    /// Publish this on the event stream (logins and logouts).
+    Event(Event),
 }
 
 /// Why the bridge could not reach a browser.
@@ -332,7 +335,7 @@ impl HubCore {
     pub fn close(&mut self, sid: SessionId) -> Vec<Output> {
         let mut out = Vec::new();
         if self.sessions.contains_key(&sid) {
-            self.end_login(sid, true, &mut out);
+            self.end_login(sid, true, LogoutReason::Closed, &mut out);
             self.sessions.remove(&sid);
         }
         out
@@ -525,7 +528,7 @@ impl HubCore {
                     reason: ConnectionChangeReason::RemoteLogin,
                 },
             ));
-            self.end_login(old, false, out);
+            self.end_login(old, false, LogoutReason::Replaced, out);
             self.sessions.remove(&old);
             out.push(Output::Close(old));
         }
@@ -533,6 +536,9 @@ impl HubCore {
             session.uid = Some(uid.clone());
         }
         self.by_uid.insert(uid.clone(), sid);
+        out.push(Output::Event(Event::UserLogin {
+            web_user: uid.clone(),
+        }));
         out.push(Output::Send(
             sid,
             ok_with(id, json!({"v": PROTOCOL_VERSION, "uid": uid})),
@@ -550,7 +556,13 @@ impl HubCore {
     }
 
     /// Ends the session's login: its invitations end, watchers and the bridge are told.
-    fn end_login(&mut self, sid: SessionId, notify_offline: bool, out: &mut Vec<Output>) {
+    fn end_login(
+        &mut self,
+        sid: SessionId,
+        notify_offline: bool,
+        reason: LogoutReason,
+        out: &mut Vec<Output>,
+    ) {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -569,6 +581,10 @@ impl HubCore {
         if notify_offline {
             self.notify_watchers(&uid, PeerOnlineState::Offline, out);
         }
+        out.push(Output::Event(Event::UserLogout {
+            web_user: uid.clone(),
+            reason,
+        }));
         out.push(Output::Bridge(BridgeEvent::SessionClosed { uid }));
     }
 
@@ -615,7 +631,7 @@ impl HubCore {
         match request {
             Request::Login { .. } | Request::Ping => {}
             Request::Logout => {
-                self.end_login(sid, true, out);
+                self.end_login(sid, true, LogoutReason::Logout, out);
                 out.push(reply(ServerMsg::ok(id.clone())));
                 out.push(reply(ServerMsg::ConnectionState {
                     state: ConnectionState::Disconnected,
@@ -785,7 +801,7 @@ impl HubCore {
             };
             debug!(session = sid, code = %code, "session timed out");
             out.push(Output::Send(sid, ServerMsg::error(None, code, message)));
-            self.end_login(sid, true, &mut out);
+            self.end_login(sid, true, LogoutReason::Timeout, &mut out);
             self.sessions.remove(&sid);
             out.push(Output::Close(sid));
         }

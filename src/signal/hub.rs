@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -30,6 +30,7 @@ use super::origin::origin_allowed;
 use super::protocol::{
     ErrorCode, FailureReason, LocalInvitationState, RemoteFailureReason, ServerMsg,
 };
+use crate::events::EventBus;
 use crate::ops::auth_log::{log_auth_failure, AuthFailure};
 
 /// The JS client library browsers import from `/sdk/rtm-client.js`.
@@ -71,6 +72,8 @@ struct Inner {
     queue_rx: Mutex<Option<mpsc::UnboundedReceiver<BridgeEvent>>>,
     next_sid: AtomicU64,
     started: AtomicBool,
+    /// Where logins and logouts are published, once the bridge says so.
+    events: OnceLock<EventBus>,
 }
 
 /// The signalling hub; a cheap `Clone` handle shared by the HTTP server and the call layer.
@@ -104,6 +107,7 @@ impl Hub {
                 queue_rx: Mutex::new(Some(queue_rx)),
                 next_sid: AtomicU64::new(1),
                 started: AtomicBool::new(false),
+                events: OnceLock::new(),
             }),
         }
     }
@@ -117,6 +121,11 @@ impl Hub {
             .route("/ws", get(ws_handler))
             .route("/sdk/rtm-client.js", get(js_handler))
             .with_state(self.clone())
+    }
+
+    /// Publishes logins and logouts to `events` from now on (the first bus given stays).
+    pub fn publish_events_to(&self, events: EventBus) {
+        let _ = self.inner.events.set(events);
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -189,6 +198,11 @@ impl Hub {
                 Output::Close(sid) => {
                     if let Some(outbox) = shared.outboxes.remove(&sid) {
                         let _ = outbox.try_send(Outbound::Close);
+                    }
+                }
+                Output::Event(event) => {
+                    if let Some(events) = self.inner.events.get() {
+                        events.publish(event);
                     }
                 }
                 Output::Bridge(event) => {

@@ -1386,3 +1386,46 @@ max_token_ttl = 600
     assert_eq!(s.max_token_ttl, Duration::from_secs(600));
     assert_eq!(s.allowed_origins.len(), 2);
 }
+
+fn stream_events(out: &[Output]) -> Vec<crate::events::Event> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn logins_and_logouts_are_published_with_the_reason() {
+    use crate::events::{Event, LogoutReason};
+    let login = |uid: &str| Event::UserLogin {
+        web_user: uid.into(),
+    };
+    let logout = |uid: &str, reason| Event::UserLogout {
+        web_user: uid.into(),
+        reason,
+    };
+    let mut t = T::new();
+    assert_eq!(stream_events(&t.user(1, "alice")), [login("alice")]);
+    let out = t.send(1, json!({"type":"logout","id":1}));
+    assert_eq!(stream_events(&out), [logout("alice", LogoutReason::Logout)]);
+    t.send(1, login_msg("alice", "app", None));
+    // the same uid logs in on another socket: the first login ends as replaced
+    let out = t.user(2, "alice");
+    assert_eq!(
+        stream_events(&out),
+        [logout("alice", LogoutReason::Replaced), login("alice")]
+    );
+    assert_eq!(
+        stream_events(&t.core.close(2)),
+        [logout("alice", LogoutReason::Closed)]
+    );
+    t.user(3, "bob");
+    let out = t.tick(Duration::from_secs(600));
+    assert_eq!(stream_events(&out), [logout("bob", LogoutReason::Timeout)]);
+    // a refused login is no event
+    t.open(4);
+    let out = t.send(4, login_msg("carol", "wrong-app", None));
+    assert!(stream_events(&out).is_empty());
+}

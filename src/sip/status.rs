@@ -83,6 +83,19 @@ pub(crate) enum PbxInternal {
 }
 
 impl RegState {
+    /// Whether going from the last announced state to `next` is a `registration.changed`: a new
+    /// kind of state, except the Registering of a refresh or a retry (it would flap every time).
+    pub(crate) fn announces(last: Option<&RegState>, next: &RegState) -> bool {
+        match (last, next) {
+            (
+                Some(RegState::Registered { .. } | RegState::Failed { .. }),
+                RegState::Registering,
+            ) => false,
+            (Some(last), next) => std::mem::discriminant(last) != std::mem::discriminant(next),
+            (None, _) => true,
+        }
+    }
+
     pub(crate) fn show(&self, now: Instant) -> RegistrationState {
         match self {
             RegState::Disabled => RegistrationState::Disabled,
@@ -108,5 +121,40 @@ impl PbxInternal {
                 last_error: error.clone(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refreshes_and_retries_are_not_registration_changes() {
+        let now = Instant::now();
+        let registered = RegState::Registered { until: now };
+        let failed = |e: &str| RegState::Failed {
+            error: e.into(),
+            retry_at: now,
+        };
+        let announces = RegState::announces;
+        assert!(announces(None, &RegState::Registering));
+        assert!(announces(Some(&RegState::Disabled), &RegState::Registering));
+        assert!(announces(Some(&RegState::Registering), &registered));
+        assert!(
+            !announces(Some(&registered), &RegState::Registering),
+            "refresh"
+        );
+        assert!(!announces(Some(&registered), &registered));
+        assert!(announces(Some(&registered), &failed("timeout")));
+        assert!(
+            !announces(Some(&failed("a")), &RegState::Registering),
+            "retry"
+        );
+        assert!(!announces(Some(&failed("a")), &failed("b")));
+        assert!(announces(Some(&failed("a")), &registered));
+        assert!(
+            announces(Some(&registered), &RegState::Disabled),
+            "unregistered"
+        );
     }
 }

@@ -34,6 +34,7 @@ use super::target::TargetSources;
 use super::tcp_gate::TcpGate;
 use super::{options, register};
 use crate::config::{Config, Host, SipConfig, SipTransport};
+use crate::events::{Event, EventBus};
 
 /// Retry-After (seconds) on the 503 sent to new INVITEs while draining.
 const DRAIN_RETRY_AFTER: &str = "60";
@@ -54,6 +55,8 @@ pub struct UaOptions {
     /// RFC 3261 T1 (RTT estimate, default 500 ms); all transaction timers scale with it
     /// (64*T1 is the INVITE timeout and the wait for an ACK). Tests shorten it.
     pub t1: Duration,
+    /// Where registration and PBX reachability changes are published, if anywhere.
+    pub events: Option<EventBus>,
 }
 
 impl Default for UaOptions {
@@ -65,6 +68,7 @@ impl Default for UaOptions {
             unregister_timeout: Duration::from_secs(2),
             incoming_queue: 64,
             t1: Duration::from_millis(500),
+            events: None,
         }
     }
 }
@@ -90,6 +94,8 @@ pub(crate) struct UaInner {
     sip: SipConfig,
     peers: PeerPolicy,
     reg_state: Mutex<RegState>,
+    /// The last registration state published as an event.
+    reg_announced: Mutex<Option<RegState>>,
     pbx_state: Mutex<PbxInternal>,
     active_calls: AtomicUsize,
     /// Off while the bridge drains: new INVITEs get 503 with Retry-After.
@@ -283,6 +289,7 @@ impl SipUa {
             peers,
             sip,
             reg_state: Mutex::new(RegState::Disabled),
+            reg_announced: Mutex::new(None),
             pbx_state: Mutex::new(PbxInternal::Unknown),
             active_calls: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
@@ -478,11 +485,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl UaInner {
     pub(crate) fn set_reg_state(&self, state: RegState) {
+        if let Some(events) = &self.opts.events {
+            let mut announced = lock(&self.reg_announced);
+            if RegState::announces(announced.as_ref(), &state) {
+                events.publish(Event::RegistrationChanged {
+                    account: self.account.clone(),
+                    pbx: self.pbx.to_string(),
+                    registration: state.show(Instant::now()),
+                });
+                *announced = Some(state.clone());
+            }
+        }
         *lock(&self.reg_state) = state;
     }
 
     pub(crate) fn set_pbx_state(&self, state: PbxInternal) {
-        *lock(&self.pbx_state) = state;
+        let old = std::mem::replace(&mut *lock(&self.pbx_state), state.clone());
+        let Some(events) = &self.opts.events else {
+            return;
+        };
+        let pbx = self.pbx.to_string();
+        match (old, state) {
+            (PbxInternal::Up { .. }, PbxInternal::Up { .. })
+            | (PbxInternal::Down { .. }, PbxInternal::Down { .. })
+            | (_, PbxInternal::Unknown) => {}
+            (_, PbxInternal::Up { rtt_ms }) => {
+                events.publish(Event::PbxUp { pbx, rtt_ms });
+            }
+            (_, PbxInternal::Down { error, .. }) => {
+                events.publish(Event::PbxDown { pbx, error });
+            }
+        }
     }
 
     pub(crate) fn call_started(&self) {

@@ -19,6 +19,7 @@ pub mod ports;
 mod process;
 pub mod rig;
 pub mod sipp;
+pub mod sse;
 pub mod webrtc_peer;
 pub mod ws;
 

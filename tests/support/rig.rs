@@ -24,7 +24,8 @@ pub struct BridgeRig {
 }
 
 /// Starts a PBX and a bridge with `appid`, `acc_rule = "10[01-19]"`, `rtp_ports` RTP ports, and
-/// extra lines for its `[sip]` and `[media]` sections; waits until 1000 is registered.
+/// extra lines for its `[sip]` and `[media]` sections (OPTIONS pings are off unless `sip_extra`
+/// sets `options_interval`); waits until 1000 is registered.
 pub async fn start_bridge(
     appid: &str,
     sip_extra: &str,
@@ -59,8 +60,7 @@ sip_pwd = "1234"
 rtm_account = "bridge"
 [sip]
 listen_ip = "127.0.0.1"
-options_interval = 0
-{sip_extra}
+{pings}{sip_extra}
 [media]
 rtp_port_min = {rtp}
 rtp_port_max = {rtp_max}
@@ -70,6 +70,11 @@ listen = "127.0.0.1:0"
 "#,
         pbx = pbx.addr(),
         rtp_max = rtp + rtp_ports - 1,
+        pings = if sip_extra.contains("options_interval") {
+            ""
+        } else {
+            "options_interval = 0\n"
+        },
     );
     let config = Config::from_toml_str(Path::new("rig.toml"), &text).expect("config");
     let bridge = Bridge::start(config).await.expect("bridge starts");
