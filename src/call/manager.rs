@@ -825,6 +825,9 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
             SipAction::Bye => self.send_leg(SipLegCommand::Bye),
             SipAction::Ringing => self.send_leg(SipLegCommand::Ringing),
             SipAction::Answer => {
+                if let Some(media) = self.media.as_mut() {
+                    media.answered();
+                }
                 let answer = self.sip_answer.clone().unwrap_or_default();
                 self.send_leg(SipLegCommand::Answer(answer));
             }

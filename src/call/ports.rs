@@ -213,6 +213,9 @@ pub trait CallMedia: Send + 'static {
     fn sip_reoffer(&mut self, offer: Option<&str>) -> Option<String>;
     /// A media signalling message from the browser.
     fn browser_message(&mut self, payload: serde_json::Value) -> impl Future<Output = ()> + Send;
+    /// The call is being answered (SIP → web: the 200 OK goes out now): audio may pass between
+    /// the legs from here on. Before it, a leg set up while the browser rang carries nothing.
+    fn answered(&mut self) {}
     /// Releases sockets, ports and tasks.
     fn close(&mut self);
 }
