@@ -95,32 +95,71 @@ fn tone_pcap(dir: &Path, duration: Duration) -> PathBuf {
     path
 }
 
-/// Where in `samples` (8 kHz) the phone's tone starts: the first 20 ms frame louder than
-/// -30 dBFS, as a duration from the first sample.
+/// How long the phone's tone plays (SIPp's pcap): what the browser must hear in full.
+const PHONE_TONE: Duration = Duration::from_secs(4);
+
+/// Whether a 20 ms frame carries the phone's tone (louder than -30 dBFS).
+fn is_tone(frame: &[f32]) -> bool {
+    rms_dbfs(frame) > -30.0
+}
+
+/// Where in `samples` (8 kHz) the phone's tone starts, from the first sample.
 fn tone_onset(samples: &[f32]) -> Option<Duration> {
     samples
         .chunks_exact(FRAME)
-        .position(|frame| rms_dbfs(frame) > -30.0)
+        .position(is_tone)
         .map(|i| Duration::from_millis(20 * i as u64))
 }
 
-/// The browser got the phone's tone in the first 300 ms after the accept (energy and pitch).
-fn assert_first_300ms_heard(after_accept: &[f32]) {
-    let window = &after_accept[..after_accept.len().min(2400)];
+/// How much of the phone's tone is in `samples`.
+fn tone_heard(samples: &[f32]) -> Duration {
+    Duration::from_millis(20 * samples.chunks_exact(FRAME).filter(|f| is_tone(f)).count() as u64)
+}
+
+/// The browser got the phone's tone in the first 300 ms after it started (energy and pitch).
+fn assert_first_300ms_heard(samples: &[f32]) {
+    let window = &samples[..samples.len().min(2400)];
     assert!(window.len() >= 2400, "only {} samples", window.len());
     let level = rms_dbfs(window);
     let pitch = dominant_frequency(window, 8000);
     assert!(
         level > -16.0 && (pitch - PHONE_HZ).abs() < 15.0,
-        "the first 300 ms after answer: {level:.1} dBFS at {pitch:.0} Hz (onset {:?})",
-        tone_onset(after_accept)
+        "the first 300 ms: {level:.1} dBFS at {pitch:.0} Hz (onset {:?})",
+        tone_onset(samples)
     );
+}
+
+/// The whole tone reached the browser: nothing of its start was dropped (one frame of slack at
+/// each edge, where the tone fills part of a frame).
+fn assert_whole_tone_heard(samples: &[f32]) {
+    let heard = tone_heard(samples);
+    println!(
+        "phone tone heard by the browser: {heard:?} of {PHONE_TONE:?} (missing {:?})",
+        PHONE_TONE.saturating_sub(heard)
+    );
+    assert!(
+        heard + Duration::from_millis(40) >= PHONE_TONE,
+        "the browser heard {heard:?} of the phone's {PHONE_TONE:?} tone"
+    );
+}
+
+/// Polls what the browser received (without taking it) until the phone's tone shows; returns
+/// when, counted from `since`.
+async fn first_tone_at(peer: &BrowserPeer, since: Instant) -> Duration {
+    let deadline = Instant::now() + T;
+    loop {
+        if peer.received.lock().unwrap().chunks_exact(FRAME).any(is_tone) {
+            return since.elapsed();
+        }
+        assert!(Instant::now() < deadline, "the phone's tone never arrived");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// A phone (SIPp, account 1002) calls `0bob`, answering media only after the ACK: it plays its
 /// tone the instant the call is up. Returns the SIPp process.
 fn phone_calling_bob(rig: &support::rig::BridgeRig, dir: &Path) -> support::SippProcess {
-    let pcap = tone_pcap(dir, Duration::from_secs(4));
+    let pcap = tone_pcap(dir, PHONE_TONE);
     let path = scenario(
         dir,
         "uac_invite_tone.xml",
@@ -177,17 +216,21 @@ async fn phone_to_browser_leg_is_up_while_ringing_and_the_first_syllable_is_hear
         rms_dbfs(&before)
     );
 
-    let accepted_at = Instant::now();
     peer.take_received();
+    let accepted_at = Instant::now();
     accept(&bob, &call_id);
-    let after = received_at_least(&peer, 8000).await;
-    let onset = tone_onset(&after);
-    println!(
-        "early set-up: phone tone at the browser {onset:?} into the stream after the accept \
-         (wall clock: accept → now {:?})",
-        accepted_at.elapsed()
+    let gap = first_tone_at(&peer, accepted_at).await;
+    println!("early set-up: accept → first phone audio at the browser: {gap:?}");
+    let after = received_at_least(&peer, 8000 * 9 / 2).await;
+    let onset = tone_onset(&after).expect("the phone's tone reached the browser");
+    println!("early set-up: phone tone {onset:?} into the stream after the accept");
+    // The stream was running before the accept, so its position is time since the accept.
+    assert!(
+        onset <= Duration::from_millis(300),
+        "phone tone only {onset:?} after the accept"
     );
-    assert_first_300ms_heard(&after);
+    assert_first_300ms_heard(&after[onset.as_millis() as usize * 8..]);
+    assert_whole_tone_heard(&after);
 
     phone.wait(Duration::from_secs(30)).await.assert_success();
     peer.close().await;
@@ -222,23 +265,19 @@ async fn a_client_that_offers_only_when_it_accepts_still_hears_the_first_syllabl
         assert!(Instant::now() < deadline, "the bridge never answered the offer");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let accepted_at = Instant::now();
     accept(&bob, &call_id);
     let mut peer = offer.await.unwrap();
     peer.wait_connected().await;
+    let gap = first_tone_at(&peer, accepted_at).await;
+    println!("late set-up: accept → first phone audio at the browser: {gap:?}");
     // Everything the bridge sent, from its first frame: held frames come first.
-    let heard = received_at_least(&peer, 16000).await;
-    let onset = tone_onset(&heard);
-    println!("late set-up: phone tone at the browser {onset:?} into the stream");
-    // The stream starts before the 200 OK (the bridge's first frames are silence); the phone's
-    // tone, which starts right after it, is in the first 300 ms of what the browser got,
-    // nothing dropped in front of it.
-    let onset = onset.expect("the phone's tone reached the browser");
-    assert!(
-        onset <= Duration::from_millis(300),
-        "phone tone only {onset:?} into the stream"
-    );
-    let start = onset.as_millis() as usize * 8;
-    assert_first_300ms_heard(&heard[start..]);
+    let heard = received_at_least(&peer, 8000 * 9 / 2).await;
+    let onset = tone_onset(&heard).expect("the phone's tone reached the browser");
+    println!("late set-up: phone tone {onset:?} into the stream");
+    assert_first_300ms_heard(&heard[onset.as_millis() as usize * 8..]);
+    // Held until SRTP was up, not dropped: the tone is there from its first frame.
+    assert_whole_tone_heard(&heard);
 
     phone.wait(Duration::from_secs(30)).await.assert_success();
     peer.close().await;
