@@ -18,6 +18,9 @@
 //   const call = client.createLocalInvitation('1001');
 //   call.on('RemoteStream', (stream) => { audioElement.srcObject = stream; });
 //   call.send({ media: mic });                        // remote.accept({ media: mic }) for incoming calls
+//
+// Incoming calls from the bridge set up their audio path while they ring (the bridge's `prepare`):
+// no microphone is attached and no remote stream handed out (`RemoteStream`) before `accept`.
 //   call.sendDtmf('123#'); call.setMuted(true); call.hangup();
 //
 // Differences from RTM: state/reason names are the same strings, promises reject with an
@@ -25,7 +28,7 @@
 // not reconnect by itself (a lost socket gives ConnectionStateChanged('ABORTED', 'INTERRUPTED')).
 // No build step: an ES module that works as is.
 
-export const VERSION = '1.0.0';
+export const VERSION = '1.1.0';
 export const PROTOCOL_VERSION = 1;
 
 const REQUEST_TIMEOUT_MS = 10000;
