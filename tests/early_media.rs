@@ -148,7 +148,13 @@ fn assert_whole_tone_heard(samples: &[f32]) {
 async fn first_tone_at(peer: &BrowserPeer, since: Instant) -> Duration {
     let deadline = Instant::now() + T;
     loop {
-        if peer.received.lock().unwrap().chunks_exact(FRAME).any(is_tone) {
+        if peer
+            .received
+            .lock()
+            .unwrap()
+            .chunks_exact(FRAME)
+            .any(is_tone)
+        {
             return since.elapsed();
         }
         assert!(Instant::now() < deadline, "the phone's tone never arrived");
@@ -175,7 +181,9 @@ fn phone_calling_bob(rig: &support::rig::BridgeRig, dir: &Path) -> support::Sipp
 }
 
 fn accept(ws: &WsClient, call_id: &str) {
-    ws.send_raw(&json!({"type": "accept", "id": 77, "callId": call_id, "response": ""}).to_string());
+    ws.send_raw(
+        &json!({"type": "accept", "id": 77, "callId": call_id, "response": ""}).to_string(),
+    );
 }
 
 /// Waits until the browser has `len` samples since its last `take_received`, then takes them.
@@ -262,7 +270,10 @@ async fn a_client_that_offers_only_when_it_accepts_still_hears_the_first_syllabl
         .iter()
         .any(|f| f["callId"] == call_id.as_str() && f["payload"]["kind"] == "answer")
     {
-        assert!(Instant::now() < deadline, "the bridge never answered the offer");
+        assert!(
+            Instant::now() < deadline,
+            "the bridge never answered the offer"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let accepted_at = Instant::now();

@@ -348,7 +348,9 @@ async fn a_phone_hears_nothing_from_a_browser_leg_set_up_while_ringing_until_the
 
     // The 200 OK goes out: audio flows toward the phone.
     session.answered();
-    phone.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    phone
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let (n, from) = phone.recv_from(&mut buf).expect("RTP toward the phone");
     assert_eq!(RtpPacket::parse(&buf[..n]).unwrap().payload_type, 0);
     assert_eq!(from, session.sip_rtp_addr());

@@ -397,13 +397,10 @@ async fn sip_to_web_rings_after_delivery_and_answers_after_accept() {
     // accepts.
     let seen = rig.browser.seen();
     let ring = seen.iter().position(|s| matches!(s, Seen::Ring(..)));
-    let prepare = seen.iter().position(|s| {
-        matches!(s, Seen::Media(uid, p) if uid == "alice" && p["kind"] == "prepare")
-    });
-    assert!(
-        ring.is_some() && prepare == ring.map(|r| r + 1),
-        "{seen:?}"
-    );
+    let prepare = seen
+        .iter()
+        .position(|s| matches!(s, Seen::Media(uid, p) if uid == "alice" && p["kind"] == "prepare"));
+    assert!(ring.is_some() && prepare == ring.map(|r| r + 1), "{seen:?}");
     assert!(
         remote.commands.try_recv().is_err(),
         "no 180 before delivery"
@@ -436,7 +433,11 @@ async fn sip_to_web_rings_after_delivery_and_answers_after_accept() {
         next_command(&mut remote).await,
         SipLegCommand::Answer("v=0 answer".into())
     );
-    assert_eq!(*rig.media.answered.lock().unwrap(), 1, "media told with the 200");
+    assert_eq!(
+        *rig.media.answered.lock().unwrap(),
+        1,
+        "media told with the 200"
+    );
     // the browser's WebSocket closes mid-call: BYE
     rig.manager.handle_browser(BrowserEvent::SessionClosed {
         uid: "alice".into(),

@@ -13,9 +13,7 @@ pub fn write_pcmu_tone_pcap(path: &Path, freq_hz: f64, amplitude: f64, duration:
     let samples = super::audio::tone(freq_hz, amplitude, duration, 8000);
     let mut out = Vec::new();
     // Global header: magic, v2.4, UTC, accuracy 0, snaplen 65535, Ethernet.
-    for word in [0xa1b2_c3d4u32] {
-        out.extend_from_slice(&word.to_le_bytes());
-    }
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&4u16.to_le_bytes());
     out.extend_from_slice(&0i32.to_le_bytes());
