@@ -414,7 +414,7 @@ export class RemoteInvitation extends InvitationBase {
   accept(options = {}) {
     if (this._preparing) {
       const stream = options && 'media' in options ? options.media : null;
-      return quiet(this._preparing.then(() => this._attachMedia(stream)).then(
+      return quiet(this._preparing.then((ok) => (ok ? this._attachMedia(stream) : undefined)).then(
         () => this._answer('accept'),
         (e) => {
           this._setMediaState('failed', e.message ?? String(e));
@@ -433,9 +433,14 @@ export class RemoteInvitation extends InvitationBase {
   _media(payload, from) {
     if (payload && payload.kind === 'prepare') {
       const RS = RtmStatusCode.RemoteInvitationState;
-      if (!this._mediaOpened && this.state === RS.INVITATION_RECEIVED) {
-        this._preparing = this._openMedia(null, true);
-        this._preparing.catch((e) => this._setMediaState('failed', e.message ?? String(e)));
+      // Without WebRTC here (e.g. a signalling-only client), the offer waits for accept({ media }).
+      const webrtc = typeof RTCPeerConnection !== 'undefined';
+      if (webrtc && !this._mediaOpened && this.state === RS.INVITATION_RECEIVED) {
+        // A failed early set-up is reported (MediaStateChanged 'failed'); the accept still goes.
+        this._preparing = this._openMedia(null, true).then(() => true, (e) => {
+          this._setMediaState('failed', e.message ?? String(e));
+          return false;
+        });
       }
       return;
     }
