@@ -172,14 +172,24 @@ async fn phone_rings_the_page_which_accepts_and_both_hear_each_other() {
     assert_eq!(ringing["incomingNumber"], "1002", "{ringing:#}");
     assert_eq!(ringing["phase"], "incoming", "{ringing:#}");
     phone.wait_for("CALL_RINGING", T).await;
+    // The audio path comes up while the page rings (the bridge's `prepare`), but the page plays
+    // nothing before it accepts.
+    let ringing = page
+        .cmd(json!({"cmd": "waitMedia", "mediaState": "connected", "timeoutMs": 20000}))
+        .await;
+    assert_eq!(ringing["phase"], "incoming", "{ringing:#}");
+    assert_eq!(ringing["hasRemoteStream"], false, "{ringing:#}");
 
     page.cmd(json!({"cmd": "click", "selector": "#accept-btn"}))
         .await;
     phone.wait_for("CALL_ESTABLISHED", T).await;
     let in_call = page.wait_phase("in-call").await;
     assert_eq!(in_call["peer"], "1002", "{in_call:#}");
-    page.cmd(json!({"cmd": "waitMedia", "mediaState": "connected", "timeoutMs": 20000}))
+    let connected = page
+        .cmd(json!({"cmd": "waitMedia", "mediaState": "connected", "timeoutMs": 20000}))
         .await;
+    assert_eq!(connected["hasRemoteStream"], true, "{connected:#}");
+    assert_eq!(connected["callState"], "connected", "{connected:#}");
 
     let heard = rig.dir.path().join("page-heard.wav");
     page.record(&heard, 3000).await;

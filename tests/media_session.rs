@@ -277,3 +277,85 @@ async fn reoffers_answer_hold_and_bump_the_origin_version_only_on_change() {
     assert_eq!(session.sip_reoffer(None), None);
     session.close();
 }
+
+/// Offers from a fresh browser leg and trickles both ways until it is connected.
+async fn connect_browser(
+    session: &mut impl CallMedia,
+    events: &mut mpsc::Receiver<MediaEvent>,
+) -> (WebRtcLeg, srbridge::media::webrtc_leg::LegChannels) {
+    let (browser, mut channels) = WebRtcLeg::new(&WebRtcSettings::default()).await.unwrap();
+    let offer = browser.create_offer().await.unwrap();
+    session
+        .browser_message(json!({"kind": "offer", "sdp": offer}))
+        .await;
+    let answer = next_to_browser(events).await;
+    assert_eq!(answer["kind"], "answer", "{answer}");
+    browser
+        .set_answer(answer["sdp"].as_str().unwrap())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        tokio::select! {
+            Some(e) = channels.events.recv() => match e {
+                LegEvent::LocalCandidate(c) => {
+                    let c: Value = serde_json::from_str(&c).unwrap();
+                    session.browser_message(json!({"kind": "candidate", "candidate": c})).await;
+                }
+                LegEvent::GatheringComplete => {
+                    session.browser_message(json!({"kind": "candidate", "candidate": null})).await;
+                }
+                LegEvent::State(LegState::Connected) => return (browser, channels),
+                LegEvent::State(_) => {}
+            },
+            Some(m) = events.recv() => match m {
+                MediaEvent::ToBrowser(v) if v["kind"] == "candidate" => {
+                    if !v["candidate"].is_null() {
+                        browser.add_remote_candidate(&v["candidate"].to_string()).await.unwrap();
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            _ = tokio::time::sleep_until(deadline) => panic!("browser leg did not connect"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_hears_nothing_from_a_browser_leg_set_up_while_ringing_until_the_answer() {
+    let (factory, _) = factory();
+    let (mut session, mut events) = factory
+        .create("s5", CallDirection::SipToWeb, "1002")
+        .expect("media");
+    let phone = UdpSocket::bind((LOCAL, 0)).unwrap();
+    // The phone's INVITE offer: our 200 OK answer is not sent yet.
+    session
+        .sip_answer(&pbx_answer(phone.local_addr().unwrap().port()))
+        .expect("answer to the phone's offer");
+    let (browser, channels) = connect_browser(&mut session, &mut events).await;
+
+    // Ringing with the browser leg up (its pipeline ticking): nothing toward the phone.
+    phone
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let early = phone.recv_from(&mut buf);
+    assert!(
+        early.is_err(),
+        "the phone got {:?} bytes before the call was answered",
+        early.map(|(n, _)| n)
+    );
+
+    // The 200 OK goes out: audio flows toward the phone.
+    session.answered();
+    phone
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (n, from) = phone.recv_from(&mut buf).expect("RTP toward the phone");
+    assert_eq!(RtpPacket::parse(&buf[..n]).unwrap().payload_type, 0);
+    assert_eq!(from, session.sip_rtp_addr());
+
+    session.close();
+    browser.close().await.unwrap();
+    drop(channels);
+}

@@ -312,10 +312,13 @@ async function acceptIncoming() {
     return;
   }
   demo.phase = 'in-call';
-  setCallState('connecting audio…');
+  // The audio path may already be up: the bridge sets it up while the call rings.
+  const connectedState = () => (inv.mediaState === 'connected' ? 'connected' : 'connecting audio…');
+  setCallState(connectedState());
   render();
   try {
     await inv.accept({ media: mic });
+    setCallState(connectedState());
     startTimer();
   } catch (e) {
     showError(`Could not accept the call: ${e.message ?? e}`);

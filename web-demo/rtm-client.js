@@ -18,6 +18,9 @@
 //   const call = client.createLocalInvitation('1001');
 //   call.on('RemoteStream', (stream) => { audioElement.srcObject = stream; });
 //   call.send({ media: mic });                        // remote.accept({ media: mic }) for incoming calls
+//
+// Incoming calls from the bridge set up their audio path while they ring (the bridge's `prepare`):
+// no microphone is attached and no remote stream handed out (`RemoteStream`) before `accept`.
 //   call.sendDtmf('123#'); call.setMuted(true); call.hangup();
 //
 // Differences from RTM: state/reason names are the same strings, promises reject with an
@@ -25,7 +28,7 @@
 // not reconnect by itself (a lost socket gives ConnectionStateChanged('ABORTED', 'INTERRUPTED')).
 // No build step: an ES module that works as is.
 
-export const VERSION = '1.0.0';
+export const VERSION = '1.1.0';
 export const PROTOCOL_VERSION = 1;
 
 const REQUEST_TIMEOUT_MS = 10000;
@@ -212,9 +215,16 @@ class InvitationBase extends Emitter {
     return quiet(ended);
   }
 
-  async _openMedia(stream) {
+  /**
+   * Creates the RTCPeerConnection and sends the offer. `early`: the bridge asked for media while
+   * the call still rings (`prepare`): the audio transceiver carries no track and the remote
+   * stream is kept back until `accept` (`_attachMedia`), so nothing is sent or played before it.
+   */
+  async _openMedia(stream, early = false) {
+    this._mediaOpened = true;
     this.muted = false;
-    this._localStream = stream ?? null;
+    this._localStream = early ? null : (stream ?? null);
+    this._holdRemote = early;
     this._pendingCandidates = [];
     this._remoteDescribed = false;
     this._setMediaState('new');
@@ -223,7 +233,9 @@ class InvitationBase extends Emitter {
     const pc = new RTCPeerConnection({ iceServers, bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
     this._pc = pc;
     const tracks = stream?.getAudioTracks() ?? [];
-    if (tracks.length > 0) {
+    if (early) {
+      this._sender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
+    } else if (tracks.length > 0) {
       this._sender = pc.addTrack(tracks[0], stream);
     } else {
       this._sender = pc.addTransceiver('audio', { direction: 'recvonly' }).sender;
@@ -243,7 +255,7 @@ class InvitationBase extends Emitter {
     pc.ontrack = (ev) => {
       const remote = ev.streams[0] ?? new MediaStream([ev.track]);
       this.remoteStream = remote;
-      this.emit('RemoteStream', remote);
+      if (!this._holdRemote) this.emit('RemoteStream', remote);
     };
     pc.onconnectionstatechange = () => this._setMediaState(pc.connectionState);
     this.onMedia((payload) => this._onMediaMessage(payload));
@@ -394,14 +406,54 @@ export class RemoteInvitation extends InvitationBase {
 
   /**
    * Accepts with `this.response`; RemoteInvitationAccepted follows. With `{ media: MediaStream }`
-   * (or `{ media: null }` to only listen) the WebRTC offer is sent just before the accept.
+   * (or `{ media: null }` to only listen) the call carries audio. When the bridge asked for media
+   * while ringing (`prepare`), the connection is already up: the microphone is attached and the
+   * remote stream handed out now (then plain `accept()` listens only); otherwise the WebRTC offer
+   * is sent just before the accept.
    */
   accept(options = {}) {
+    if (this._preparing) {
+      const stream = options && 'media' in options ? options.media : null;
+      return quiet(this._preparing.then((ok) => (ok ? this._attachMedia(stream) : undefined)).then(
+        () => this._answer('accept'),
+        (e) => {
+          this._setMediaState('failed', e.message ?? String(e));
+          throw e;
+        },
+      ));
+    }
     if (!options || !('media' in options)) return this._answer('accept');
     return quiet(this._openMedia(options.media).then(() => this._answer('accept'), (e) => {
       this._setMediaState('failed', e.message ?? String(e));
       throw e;
     }));
+  }
+
+  /** The bridge's `prepare`: offer now, while ringing, so the audio path is up at accept. */
+  _media(payload, from) {
+    if (payload && payload.kind === 'prepare') {
+      const RS = RtmStatusCode.RemoteInvitationState;
+      // Without WebRTC here (e.g. a signalling-only client), the offer waits for accept({ media }).
+      const webrtc = typeof RTCPeerConnection !== 'undefined';
+      if (webrtc && !this._mediaOpened && this.state === RS.INVITATION_RECEIVED) {
+        // A failed early set-up is reported (MediaStateChanged 'failed'); the accept still goes.
+        this._preparing = this._openMedia(null, true).then(() => true, (e) => {
+          this._setMediaState('failed', e.message ?? String(e));
+          return false;
+        });
+      }
+      return;
+    }
+    super._media(payload, from);
+  }
+
+  /** At accept: the microphone goes on the prepared connection, the remote stream to the app. */
+  async _attachMedia(stream) {
+    const track = stream?.getAudioTracks()[0] ?? null;
+    this._localStream = stream ?? null;
+    if (track && this._sender) await this._sender.replaceTrack(track);
+    this._holdRemote = false;
+    if (this.remoteStream) this.emit('RemoteStream', this.remoteStream);
   }
 
   /** Refuses with `this.response`; RemoteInvitationRefused follows. */

@@ -881,6 +881,14 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
                         .ring(&to_uid, &self.call_id, &caller, &content)
                     {
                         tracing::info!(to = %to_uid, "browser invited");
+                        // Lets the browser offer now, so ICE and DTLS complete while it rings
+                        // and the phone's first words after the 200 OK are heard (a client
+                        // that ignores it offers when it accepts, as before).
+                        self.browser().media(
+                            &to_uid,
+                            &self.call_id,
+                            serde_json::json!({ "kind": "prepare" }),
+                        );
                     } else {
                         tracing::info!(to = %to_uid, "browser user offline");
                         self.pending.push(Event::BrowserOffline);
@@ -948,6 +956,9 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
             SipAction::Ringing => self.send_leg(SipLegCommand::Ringing),
             SipAction::Answer => {
                 self.report.final_code = Some(200);
+                if let Some(media) = self.media.as_mut() {
+                    media.answered();
+                }
                 let answer = self.sip_answer.clone().unwrap_or_default();
                 self.send_leg(SipLegCommand::Answer(answer));
             }

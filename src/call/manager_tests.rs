@@ -88,6 +88,7 @@ struct FakeMedia {
     refuse_offers: bool,
     events: Arc<Mutex<Vec<mpsc::Sender<MediaEvent>>>>,
     browser_messages: Arc<Mutex<Vec<serde_json::Value>>>,
+    answered: Arc<Mutex<usize>>,
 }
 
 struct FakeCallMedia {
@@ -95,6 +96,7 @@ struct FakeCallMedia {
     closed: bool,
     refuse_offers: bool,
     browser_messages: Arc<Mutex<Vec<serde_json::Value>>>,
+    answered: Arc<Mutex<usize>>,
 }
 
 impl CallMedia for FakeCallMedia {
@@ -116,6 +118,9 @@ impl CallMedia for FakeCallMedia {
     }
     async fn browser_message(&mut self, payload: serde_json::Value) {
         self.browser_messages.lock().unwrap().push(payload);
+    }
+    fn answered(&mut self) {
+        *self.answered.lock().unwrap() += 1;
     }
     fn close(&mut self) {
         if !self.closed {
@@ -142,6 +147,7 @@ impl MediaFactory for FakeMedia {
                 closed: false,
                 refuse_offers: self.refuse_offers,
                 browser_messages: Arc::clone(&self.browser_messages),
+                answered: Arc::clone(&self.answered),
             },
             rx,
         ))
@@ -393,6 +399,14 @@ async fn sip_to_web_rings_after_delivery_and_answers_after_accept() {
         "{:?}",
         rig.browser.seen()
     );
+    // Right after the invitation, the browser is asked to offer, so its media is up before it
+    // accepts.
+    let seen = rig.browser.seen();
+    let ring = seen.iter().position(|s| matches!(s, Seen::Ring(..)));
+    let prepare = seen
+        .iter()
+        .position(|s| matches!(s, Seen::Media(uid, p) if uid == "alice" && p["kind"] == "prepare"));
+    assert!(ring.is_some() && prepare == ring.map(|r| r + 1), "{seen:?}");
     assert!(
         remote.commands.try_recv().is_err(),
         "no 180 before delivery"
@@ -411,6 +425,11 @@ async fn sip_to_web_rings_after_delivery_and_answers_after_accept() {
     });
     settle().await;
     assert!(remote.commands.try_recv().is_err(), "no 200 for a stranger");
+    assert_eq!(
+        *rig.media.answered.lock().unwrap(),
+        0,
+        "no audio passes before the accept"
+    );
     rig.manager.handle_browser(BrowserEvent::Accepted {
         call_id: "s1".into(),
         uid: "alice".into(),
@@ -419,6 +438,11 @@ async fn sip_to_web_rings_after_delivery_and_answers_after_accept() {
     assert_eq!(
         next_command(&mut remote).await,
         SipLegCommand::Answer("v=0 answer".into())
+    );
+    assert_eq!(
+        *rig.media.answered.lock().unwrap(),
+        1,
+        "media told with the 200"
     );
     // the browser's WebSocket closes mid-call: BYE
     rig.manager.handle_browser(BrowserEvent::SessionClosed {

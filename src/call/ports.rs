@@ -223,6 +223,9 @@ pub trait CallMedia: Send + 'static {
     /// The call is established (answered both ways): start watching for silent legs
     /// (`[media] rtp_timeout`).
     fn established(&mut self) {}
+    /// The call is being answered (SIP → web: the 200 OK goes out now): audio may pass between
+    /// the legs from here on. Before it, a leg set up while the browser rang carries nothing.
+    fn answered(&mut self) {}
     /// Releases sockets, ports and tasks.
     fn close(&mut self);
 }

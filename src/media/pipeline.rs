@@ -17,6 +17,7 @@
 //! per packet: all buffers are allocated in `new`, counters are relaxed atomics.
 
 mod downlink;
+mod held;
 mod uplink;
 
 #[cfg(test)]
@@ -25,6 +26,7 @@ mod tests;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use downlink::{Downlink, DownlinkFrame};
+pub use held::{HeldFrame, HeldFrames, HELD_FRAMES};
 pub use uplink::{Uplink, UplinkFrame};
 
 use crate::config::Codec;

@@ -19,7 +19,9 @@ use crate::call::machine::Direction as CallDirection;
 use crate::call::ports::{CallMedia, MediaError, MediaEvent, MediaFactory};
 use crate::config::{Codec, Config, RecordingMode};
 use crate::media::inactivity::{Activity, InactivityWatch};
-use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParams, Uplink};
+use crate::media::pipeline::{
+    BrowserParams, Downlink, HeldFrames, PipelineCounters, SipParams, Uplink, HELD_FRAMES,
+};
 use crate::media::recording::{self, RecorderTap, Side};
 use crate::media::rtp::RtpPacket;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg};
@@ -131,7 +133,7 @@ impl MediaFactory for SessionFactory {
     fn create(
         &self,
         call_id: &str,
-        _direction: CallDirection,
+        direction: CallDirection,
         sip_number: &str,
     ) -> Result<(Session, mpsc::Receiver<MediaEvent>), MediaError> {
         let leg = RtpLeg::bind(self.bind_ip, &self.ports)
@@ -173,6 +175,7 @@ impl MediaFactory for SessionFactory {
                 recording,
                 dtmf_info: config.media.dtmf_mode == crate::config::DtmfMode::Info,
                 browser: None,
+                answered: Arc::new(AtomicBool::new(direction == CallDirection::WebToSip)),
                 drain: Some(drain),
                 tasks: vec![stats, rtcp],
                 published,
@@ -228,6 +231,10 @@ pub struct Session {
     settings: WebRtcSettings,
     recording: Option<(std::path::PathBuf, RecordingMode)>,
     browser: Option<BrowserSide>,
+    /// Whether audio may flow between the legs. A phone's call (SIP → web) is set up while the
+    /// browser rings, but nothing passes either way until the browser accepted and the 200 OK
+    /// goes out; web → SIP calls pass early media from the start.
+    answered: Arc<AtomicBool>,
     drain: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     counters: Arc<PipelineCounters>,
@@ -401,14 +408,19 @@ impl Session {
             tap.clone(),
             self.events.clone(),
             Arc::clone(&self.counters),
+            Arc::clone(&self.answered),
         )));
         self.tasks.push(tokio::spawn(downlink_task(
             Arc::clone(&self.leg),
             Arc::clone(&leg),
-            down,
-            down_rx,
-            self.events.clone(),
-            tap,
+            DownlinkShell {
+                call_id: self.call_id.clone(),
+                down,
+                control: down_rx,
+                events: self.events.clone(),
+                tap,
+                answered: Arc::clone(&self.answered),
+            },
         )));
         self.browser = Some(BrowserSide {
             leg,
@@ -647,6 +659,7 @@ async fn uplink_task(
     tap: Option<RecorderTap>,
     events: mpsc::Sender<MediaEvent>,
     counters: Arc<PipelineCounters>,
+    answered: Arc<AtomicBool>,
 ) {
     let start = Instant::now();
     let mut tick = ticker();
@@ -681,7 +694,7 @@ async fn uplink_task(
                 if let Some(tap) = &tap {
                     tap.record(Side::Browser, frame.pcm);
                 }
-                if let Some(packet) = frame.packet {
+                if let Some(packet) = frame.packet.filter(|_| answered.load(Ordering::Relaxed)) {
                     // No remote yet, or a transient socket error: the next tick tries again.
                     let _ = sip.send(packet).await;
                 }
@@ -694,18 +707,33 @@ async fn uplink_task(
     }
 }
 
-/// SIP → browser: the SIP socket read as packets come, one frame to the browser per tick.
-async fn downlink_task(
-    sip: Arc<RtpLeg>,
-    browser: Arc<WebRtcLeg>,
-    mut down: Downlink,
-    mut control: mpsc::UnboundedReceiver<SipParams>,
+/// What the SIP → browser task owns besides the two legs.
+struct DownlinkShell {
+    call_id: String,
+    down: Downlink,
+    control: mpsc::UnboundedReceiver<SipParams>,
     events: mpsc::Sender<MediaEvent>,
     tap: Option<RecorderTap>,
-) {
+    answered: Arc<AtomicBool>,
+}
+
+/// SIP → browser: the SIP socket read as packets come, one frame to the browser per tick.
+/// Frames made before the browser leg has its SRTP keys are held (see `pipeline::held`) and
+/// sent once it has them; packets from the phone before the call is answered are not passed.
+async fn downlink_task(sip: Arc<RtpLeg>, browser: Arc<WebRtcLeg>, shell: DownlinkShell) {
+    let DownlinkShell {
+        call_id,
+        mut down,
+        mut control,
+        events,
+        tap,
+        answered,
+    } = shell;
     let start = Instant::now();
     let mut tick = ticker();
     let mut report = JitterReport::default();
+    let mut held = HeldFrames::new(HELD_FRAMES);
+    let mut ready = false;
     let mut buf = [0u8; 1500];
     loop {
         tokio::select! {
@@ -715,6 +743,9 @@ async fn downlink_task(
             },
             r = sip.recv(&mut buf) => match r {
                 Ok((n, _)) => {
+                    if !answered.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     let Ok(packet) = RtpPacket::parse(&buf[..n]) else { continue };
                     let at = start.elapsed().as_millis() as u64;
                     if let Some(digit) = down.push(&packet, at) {
@@ -730,21 +761,35 @@ async fn downlink_task(
                 let started = std::time::Instant::now();
                 let frame = down.tick();
                 metrics().transcode.sip_to_web.observe(started.elapsed());
-                if let Ok(frame) = frame {
-                    if let Some(tap) = &tap {
-                        tap.record(Side::Sip, frame.pcm);
-                    }
-                    // Before ICE connects, or after it failed (reported separately): skip.
-                    let _ = browser
-                        .send_rtp(
-                            frame.payload_type,
-                            frame.stamp.seq,
-                            frame.stamp.timestamp,
-                            frame.stamp.marker,
-                            frame.payload,
-                        )
-                        .await;
+                let Ok(frame) = frame else { continue };
+                if let Some(tap) = &tap {
+                    tap.record(Side::Sip, frame.pcm);
                 }
+                if !ready && !browser.media_ready() {
+                    held.hold(&frame);
+                    continue;
+                }
+                if !ready {
+                    ready = true;
+                    let (total, dropped) = held.totals();
+                    tracing::info!(call_id = %call_id, held = total, dropped, "browser leg ready: held audio sent");
+                }
+                while let Some(h) = held.front() {
+                    let _ = browser
+                        .send_rtp(h.payload_type, h.stamp.seq, h.stamp.timestamp, h.stamp.marker, h.payload)
+                        .await;
+                    held.pop_front();
+                }
+                // After ICE failed (reported separately): skip.
+                let _ = browser
+                    .send_rtp(
+                        frame.payload_type,
+                        frame.stamp.seq,
+                        frame.stamp.timestamp,
+                        frame.stamp.marker,
+                        frame.payload,
+                    )
+                    .await;
             }
         }
     }
@@ -826,6 +871,10 @@ impl CallMedia for Session {
             self.events.clone(),
             self.call_id.clone(),
         )));
+    }
+
+    fn answered(&mut self) {
+        self.answered.store(true, Ordering::Relaxed);
     }
 
     fn close(&mut self) {

@@ -348,6 +348,9 @@ struct Shared {
     /// `a=mid` of our audio section, for the candidates' `sdpMid`.
     mid: Mutex<String>,
     closed_reported: AtomicBool,
+    /// Set once the connection reached Connected: DTLS is done, so SRTP keys exist and packets
+    /// to the browser can be encrypted (before that the stack refuses them).
+    media_ready: AtomicBool,
     dropped_rtp: AtomicU64,
 }
 
@@ -355,6 +358,9 @@ impl Shared {
     fn report_state(&self, state: LegState) {
         if state == LegState::Closed && self.closed_reported.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if state == LegState::Connected {
+            self.media_ready.store(true, Ordering::Release);
         }
         let _ = self.events.send(LegEvent::State(state));
     }
@@ -671,6 +677,7 @@ impl WebRtcLeg {
             rtp: rtp_tx,
             mid: Mutex::new("0".to_owned()),
             closed_reported: AtomicBool::new(false),
+            media_ready: AtomicBool::new(false),
             dropped_rtp: AtomicU64::new(0),
         });
 
@@ -871,6 +878,12 @@ impl WebRtcLeg {
         };
         self.track.write_rtp(packet).await?;
         Ok(())
+    }
+
+    /// Whether packets to the browser can go out: ICE and DTLS completed once (the SRTP keys
+    /// exist). Until then [`WebRtcLeg::send_rtp`] would only fail.
+    pub fn media_ready(&self) -> bool {
+        self.shared.media_ready.load(Ordering::Acquire)
     }
 
     /// Incoming packets dropped because the consumer fell behind.

@@ -6,6 +6,7 @@
 //! * [`baresip`]: a baresip 1.0.0 phone registered on the PBX, driven over `ctrl_tcp`.
 //! * [`sipp`]: SIPp scenarios from `tests/sipp/`, as UAC run to completion or as a background UAS.
 //! * [`audio`]: tone WAV writer and tone analysis (level, dominant frequency) for content checks.
+//! * [`pcap`]: RTP tone streams as pcap files for SIPp's `play_pcap_audio`.
 //!
 //! Every child process runs in its own process group, gets SIGTERM if the spawning thread dies, and is
 //! killed on `Drop`; its output goes to a log file in a per-object temp dir, printed when the test panics.
@@ -15,6 +16,7 @@
 pub mod audio;
 pub mod baresip;
 pub mod pbx;
+pub mod pcap;
 pub mod ports;
 mod process;
 pub mod rig;

@@ -252,6 +252,10 @@ async fn sender(
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
         tick.tick().await;
+        // Like a browser, nothing goes out before DTLS gave the SRTP keys.
+        if !leg.media_ready() {
+            continue;
+        }
         let hz = *tone.lock().unwrap();
         for (i, s) in pcm.iter_mut().enumerate() {
             let t = (sample + i) as f64 / f64::from(PCM_RATE);
