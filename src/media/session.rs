@@ -407,8 +407,10 @@ impl Session {
             up_rx,
             tap.clone(),
             self.events.clone(),
-            Arc::clone(&self.counters),
-            Arc::clone(&self.answered),
+            UplinkShared {
+                counters: Arc::clone(&self.counters),
+                answered: Arc::clone(&self.answered),
+            },
         )));
         self.tasks.push(tokio::spawn(downlink_task(
             Arc::clone(&self.leg),
@@ -650,6 +652,13 @@ fn ticker() -> tokio::time::Interval {
     t
 }
 
+/// What the uplink shares with the session: its counters (the RTP timeout reads them) and the
+/// answer gate (SIP → web calls send nothing to the phone before the 200 OK).
+struct UplinkShared {
+    counters: Arc<PipelineCounters>,
+    answered: Arc<AtomicBool>,
+}
+
 /// Browser → SIP: packets in as they come, one frame out per tick.
 async fn uplink_task(
     mut rtp: mpsc::Receiver<InboundRtp>,
@@ -658,9 +667,9 @@ async fn uplink_task(
     mut control: mpsc::UnboundedReceiver<UpControl>,
     tap: Option<RecorderTap>,
     events: mpsc::Sender<MediaEvent>,
-    counters: Arc<PipelineCounters>,
-    answered: Arc<AtomicBool>,
+    shared: UplinkShared,
 ) {
+    let UplinkShared { counters, answered } = shared;
     let start = Instant::now();
     let mut tick = ticker();
     let mut report = JitterReport::default();
