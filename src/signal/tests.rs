@@ -1410,15 +1410,21 @@ fn logins_and_logouts_are_published_with_the_reason() {
     assert_eq!(stream_events(&t.user(1, "alice")), [login("alice")]);
     let out = t.send(1, json!({"type":"logout","id":1}));
     assert_eq!(stream_events(&out), [logout("alice", LogoutReason::Logout)]);
-    t.send(1, login_msg("alice", "app", None));
-    // the same uid logs in on another socket: the first login ends as replaced
-    let out = t.user(2, "alice");
+    // with tokens, the same uid logging in on another socket replaces the first login
+    let mut tokens = token_hub();
+    let token = mint_token("s3cret", "alice", 1_000_060);
+    for sid in [1, 2] {
+        tokens.open(sid);
+        let out = tokens.send(sid, login_msg("alice", "app", Some(&token)));
+        let expected = if sid == 1 {
+            vec![login("alice")]
+        } else {
+            vec![logout("alice", LogoutReason::Replaced), login("alice")]
+        };
+        assert_eq!(stream_events(&out), expected);
+    }
     assert_eq!(
-        stream_events(&out),
-        [logout("alice", LogoutReason::Replaced), login("alice")]
-    );
-    assert_eq!(
-        stream_events(&t.core.close(2)),
+        stream_events(&tokens.core.close(2)),
         [logout("alice", LogoutReason::Closed)]
     );
     t.user(3, "bob");
