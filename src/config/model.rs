@@ -452,6 +452,52 @@ impl fmt::Display for DtmfMode {
     }
 }
 
+/// When the Opus encoder toward browsers spends bits on in-band FEC (`media.opus_fec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpusFec {
+    /// Off on a clean path, on when the browser's receiver reports show loss (and back).
+    Auto,
+    /// Always on, at the lossy bitrate.
+    On,
+    /// Never: the whole bitrate goes to the primary stream.
+    Off,
+}
+
+impl fmt::Display for OpusFec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpusFec::Auto => "auto",
+            OpusFec::On => "on",
+            OpusFec::Off => "off",
+        })
+    }
+}
+
+/// The Opus encoder toward browsers (`[media] opus_*`); defaults chosen by the PESQ/CPU table
+/// in docs/audio.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusSettings {
+    /// Encoder complexity 0..=10 (CPU against quality).
+    pub complexity: u8,
+    /// Bitrate on a clean path, bits per second.
+    pub bitrate: u32,
+    /// Bitrate while FEC is on (loss reported, or `opus_fec = "on"`).
+    pub bitrate_lossy: u32,
+    /// FEC policy.
+    pub fec: OpusFec,
+}
+
+impl Default for OpusSettings {
+    fn default() -> Self {
+        OpusSettings {
+            complexity: 5,
+            bitrate: 24_000,
+            bitrate_lossy: 32_000,
+            fec: OpusFec::Auto,
+        }
+    }
+}
+
 /// `[media]`.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -473,6 +519,8 @@ pub struct MediaConfig {
     pub recording: RecordingConfig,
     /// DTMF toward the PBX.
     pub dtmf_mode: DtmfMode,
+    /// The Opus encoder toward browsers.
+    pub opus: OpusSettings,
 }
 
 impl MediaConfig {
@@ -497,6 +545,7 @@ impl Default for MediaConfig {
             turn: Vec::new(),
             recording: RecordingConfig::default(),
             dtmf_mode: DtmfMode::Rfc4733,
+            opus: OpusSettings::default(),
         }
     }
 }

@@ -134,6 +134,15 @@ impl Display for Config {
             row(f, "recording", "off")?;
         }
         row(f, "dtmf_mode", media.dtmf_mode)?;
+        let opus = &media.opus;
+        row(
+            f,
+            "opus",
+            format!(
+                "complexity {}, {} b/s clean, {} b/s lossy, FEC {}",
+                opus.complexity, opus.bitrate, opus.bitrate_lossy, opus.fec
+            ),
+        )?;
 
         let http = &self.http;
         writeln!(f, "[http]")?;

@@ -17,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::call::machine::Direction as CallDirection;
 use crate::call::ports::{CallMedia, MediaError, MediaEvent, MediaFactory};
-use crate::config::{Codec, Config, RecordingMode};
+use crate::config::{Codec, Config, OpusSettings, RecordingMode};
 use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParams, Uplink};
 use crate::media::recording::{self, RecorderTap, Side};
 use crate::media::rtp::RtpPacket;
@@ -142,6 +142,7 @@ impl MediaFactory for SessionFactory {
                 settings: webrtc_settings(&config),
                 recording,
                 dtmf_info: config.media.dtmf_mode == crate::config::DtmfMode::Info,
+                opus: config.media.opus,
                 browser: None,
                 drain: Some(drain),
                 tasks: vec![stats],
@@ -190,6 +191,8 @@ pub struct Session {
     published: Arc<PublishedRtp>,
     /// `media.dtmf_mode = "info"`: browser keys go to the SIP side as INFO requests.
     dtmf_info: bool,
+    /// `[media] opus_*`: the encoder policy toward the browser.
+    opus: OpusSettings,
     settings: WebRtcSettings,
     recording: Option<(std::path::PathBuf, RecordingMode)>,
     browser: Option<BrowserSide>,
@@ -319,7 +322,14 @@ impl Session {
             Uplink::new(params, record, Arc::clone(&self.counters)),
             Downlink::new(params, record, Arc::clone(&self.counters)),
         ) {
-            (Ok(up), Ok(down)) => (up, down),
+            (Ok(up), Ok(mut down)) => match down.set_opus(self.opus) {
+                Ok(()) => (up, down),
+                Err(e) => {
+                    let _ = leg.close().await;
+                    self.fail(format!("codec setup failed: {e}"));
+                    return;
+                }
+            },
             (Err(e), _) | (_, Err(e)) => {
                 let _ = leg.close().await;
                 self.fail(format!("codec setup failed: {e}"));
@@ -355,6 +365,7 @@ impl Session {
             self.events.clone(),
         )));
         self.tasks.push(tokio::spawn(downlink_task(
+            self.call_id.clone(),
             Arc::clone(&self.leg),
             Arc::clone(&leg),
             down,
@@ -581,6 +592,7 @@ async fn uplink_task(
 
 /// SIP → browser: the SIP socket read as packets come, one frame to the browser per tick.
 async fn downlink_task(
+    call_id: String,
     sip: Arc<RtpLeg>,
     browser: Arc<WebRtcLeg>,
     mut down: Downlink,
@@ -592,6 +604,8 @@ async fn downlink_task(
     let mut tick = ticker();
     let mut report = JitterReport::default();
     let mut buf = [0u8; 1500];
+    let mut ticks = 0u32;
+    let mut reports_seen = 0u64;
     loop {
         tokio::select! {
             c = control.recv() => match c {
@@ -612,6 +626,25 @@ async fn downlink_task(
             },
             _ = tick.tick() => {
                 report.tick(down.jitter_report(), OpsDirection::SipToWeb);
+                ticks += 1;
+                if ticks % 50 == 0 {
+                    // Once a second: a new receiver report from the browser steers the encoder.
+                    if let Some(rr) = browser.receiver_report().await {
+                        if rr.reports != reports_seen {
+                            reports_seen = rr.reports;
+                            let at = start.elapsed().as_millis() as u64;
+                            if let Ok(Some(s)) = down.on_loss_report(rr.fraction_lost, at) {
+                                tracing::debug!(
+                                    call_id = %call_id,
+                                    fec = s.fec,
+                                    bitrate = s.bitrate_bps,
+                                    packet_loss_perc = s.packet_loss_percent,
+                                    "Opus encoder settings follow the browser's loss reports"
+                                );
+                            }
+                        }
+                    }
+                }
                 let started = std::time::Instant::now();
                 let frame = down.tick();
                 metrics().transcode.sip_to_web.observe(started.elapsed());

@@ -23,6 +23,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use rtc::statistics::report::RTCStatsReportEntry;
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -299,6 +300,15 @@ impl NegotiatedCodecs {
         }
         n
     }
+}
+
+/// The browser's view of the audio we send, from its RTCP receiver reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReceiverReport {
+    /// Fraction of our packets lost since its previous report, 0..=1.
+    pub fraction_lost: f32,
+    /// Receiver reports received so far: a new value means a new report.
+    pub reports: u64,
 }
 
 /// The receiving ends of a leg: control events and incoming RTP.
@@ -842,6 +852,33 @@ impl WebRtcLeg {
         };
         self.track.write_rtp(packet).await?;
         Ok(())
+    }
+
+    /// What the browser's latest RTCP receiver report says about the audio we send: `None`
+    /// before the first one. The peer connection's statistics keep it (webrtc-rs 0.21 delivers
+    /// the RTCP packets themselves to no application handle on its default interceptor chain);
+    /// poll about once a second and compare [`ReceiverReport::reports`] to spot a new one.
+    pub async fn receiver_report(&self) -> Option<ReceiverReport> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        for sender in self.pc.get_senders().await {
+            let Ok(stats) = sender.get_stats(std::time::Instant::now()).await else {
+                continue;
+            };
+            for entry in stats.iter() {
+                if let RTCStatsReportEntry::RemoteInboundRtp(remote) = entry {
+                    if remote.round_trip_time_measurements == 0 {
+                        return None;
+                    }
+                    return Some(ReceiverReport {
+                        fraction_lost: remote.fraction_lost as f32,
+                        reports: remote.round_trip_time_measurements,
+                    });
+                }
+            }
+        }
+        None
     }
 
     /// Incoming packets dropped because the consumer fell behind.

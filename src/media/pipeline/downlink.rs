@@ -6,7 +6,8 @@ use super::{
     fill_g711, recode, BrowserCodec, BrowserParams, ByteFifo, PipelineCounters, SipParams, FRAME,
     MAX_PAYLOAD,
 };
-use crate::config::Codec;
+use crate::config::{Codec, OpusSettings};
+use crate::media::encoder_policy::EncoderPolicy;
 use crate::media::g711;
 use crate::media::jitter::{JitterBuffer, JitterConfig};
 use crate::media::opus::{
@@ -38,6 +39,8 @@ pub struct Downlink {
     detector: DtmfDetector,
     browser: BrowserParams,
     encoder: Option<OpusEncoder>,
+    /// Bitrate/FEC/complexity of `encoder`, following the browser's receiver reports.
+    policy: EncoderPolicy,
     need_pcm: bool,
     clock: RtpClock,
     payload: Box<[u8]>,
@@ -54,9 +57,10 @@ impl Downlink {
         need_pcm: bool,
         counters: Arc<PipelineCounters>,
     ) -> Result<Downlink, OpusError> {
+        let policy = EncoderPolicy::new(OpusSettings::default());
         let (encoder, ticks) = match browser.codec {
             BrowserCodec::Opus => (
-                Some(OpusEncoder::new(OpusEncoderConfig::default())?),
+                Some(OpusEncoder::new(policy.settings())?),
                 OPUS_TICKS_PER_SAMPLE,
             ),
             BrowserCodec::G711(_) => (None, 1),
@@ -69,6 +73,7 @@ impl Downlink {
             detector: DtmfDetector::default(),
             browser,
             encoder,
+            policy,
             need_pcm,
             clock: RtpClock::random(ticks),
             payload: vec![0u8; MAX_PAYLOAD].into_boxed_slice(),
@@ -77,6 +82,38 @@ impl Downlink {
             out: vec![0u8; MAX_OPUS_PACKET].into_boxed_slice(),
             counters,
         })
+    }
+
+    /// The configured Opus settings (`[media] opus_*`); the policy starts over from them.
+    pub fn set_opus(&mut self, settings: OpusSettings) -> Result<(), OpusError> {
+        self.policy = EncoderPolicy::new(settings);
+        self.apply_encoder(self.policy.settings())
+    }
+
+    /// The browser's RTCP receiver report about our stream: fraction lost (0..=1) at `now_ms`.
+    /// Returns the encoder settings when the report changed them.
+    pub fn on_loss_report(
+        &mut self,
+        fraction_lost: f32,
+        now_ms: u64,
+    ) -> Result<Option<OpusEncoderConfig>, OpusError> {
+        let changed = self.policy.on_loss_report(fraction_lost, now_ms);
+        if let Some(settings) = changed {
+            self.apply_encoder(settings)?;
+        }
+        Ok(changed)
+    }
+
+    /// The settings the Opus encoder runs with now.
+    pub fn encoder_settings(&self) -> OpusEncoderConfig {
+        self.policy.settings()
+    }
+
+    fn apply_encoder(&mut self, settings: OpusEncoderConfig) -> Result<(), OpusError> {
+        match self.encoder.as_mut() {
+            Some(encoder) => encoder.apply(settings),
+            None => Ok(()),
+        }
     }
 
     /// The SIP side's (re)negotiated parameters.
