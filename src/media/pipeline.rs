@@ -11,6 +11,9 @@
 //! * [`Downlink`] (SIP → browser): G.711 through a jitter buffer, then Opus-encoded at 8 kHz input
 //!   or relayed/re-coded as G.711; RFC 4733 keys from the SIP side are reported once per key.
 //!
+//! A lost or late G.711 packet (either way) is concealed (`media::plc`, G.711 Appendix I style)
+//! rather than played as 20 ms of silence; received G.711 away from a loss is relayed bit-exact.
+//!
 //! Outgoing timestamps count samples produced (160 per tick; ×6 on the 48 kHz Opus clock), never
 //! input timestamps or wall time, so the two clocks cannot drift, and hold, re-INVITEs and SSRC
 //! changes on the input never show as jumps on the output. Nothing here allocates, locks or logs
@@ -30,6 +33,7 @@ pub use uplink::{Uplink, UplinkFrame};
 use crate::config::Codec;
 use crate::media::g711;
 use crate::media::opus::FRAME_SAMPLES;
+use crate::media::plc::G711Concealer;
 use crate::media::webrtc_leg::{LegCodec, NegotiatedCodecs};
 use crate::sip::sdp::Negotiated;
 
@@ -182,23 +186,22 @@ impl ByteFifo {
 }
 
 /// Fills `codes` with the next 160 G.711 codes from `jitter` (through `fifo`), silence where
-/// nothing is there; true when any of it was received audio.
+/// nothing is there; returns how many codes, from the start, were received audio (the rest is
+/// for the concealer to fill).
 pub(crate) fn fill_g711(
     jitter: &mut crate::media::jitter::JitterBuffer,
     fifo: &mut ByteFifo,
     payload: &mut [u8],
     codes: &mut [u8; FRAME],
     silence: u8,
-) -> bool {
+) -> usize {
     use crate::media::jitter::Popped;
     let mut filled = fifo.take(codes);
-    let mut audio = filled > 0;
     while filled < FRAME {
         match jitter.pop(payload) {
             Popped::Packet { len, .. } => {
                 fifo.put(&payload[..len]);
                 filled += fifo.take(&mut codes[filled..]);
-                audio = true;
             }
             Popped::Lost { .. } | Popped::Silence => {
                 codes[filled..].fill(silence);
@@ -206,7 +209,30 @@ pub(crate) fn fill_g711(
             }
         }
     }
-    audio
+    filled
+}
+
+/// One frame of G.711 `codes` of law `from`, of which the first `received` arrived, made ready
+/// for law `to`: lost codes concealed by `plc` (history kept in `pcm`, the frame's audio), the
+/// codes re-coded. Received audio away from a loss is relayed bit-exact.
+pub(crate) fn conceal_g711(
+    plc: &mut G711Concealer,
+    from: Codec,
+    to: Option<Codec>,
+    received: usize,
+    codes: &mut [u8; FRAME],
+    pcm: &mut [i16; FRAME],
+) {
+    g711::decode(from, codes, pcm);
+    let altered = received < FRAME || plc.concealing();
+    plc.process(pcm, received);
+    match to {
+        Some(to) if altered => {
+            g711::encode(to, pcm, codes);
+        }
+        Some(to) => recode(from, to, codes),
+        None => {}
+    }
 }
 
 /// Re-codes G.711 codes from one law to the other in place (no-op for the same law).

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::{
-    fill_g711, recode, BrowserCodec, BrowserParams, ByteFifo, PipelineCounters, SipParams, FRAME,
-    MAX_PAYLOAD,
+    conceal_g711, fill_g711, BrowserCodec, BrowserParams, ByteFifo, PipelineCounters, SipParams,
+    FRAME, MAX_PAYLOAD,
 };
 use crate::config::{Codec, OpusSettings};
 use crate::media::encoder_policy::EncoderPolicy;
@@ -13,6 +13,7 @@ use crate::media::jitter::{JitterBuffer, JitterConfig};
 use crate::media::opus::{
     OpusEncoder, OpusEncoderConfig, OpusError, MAX_OPUS_PACKET, OPUS_TICKS_PER_SAMPLE, PCM_RATE,
 };
+use crate::media::plc::G711Concealer;
 use crate::media::rtp::{DtmfDetector, RtpPacket, TelephoneEvent};
 use crate::media::transcode::{RtpClock, RtpStamp};
 
@@ -25,7 +26,8 @@ pub struct DownlinkFrame<'a> {
     pub stamp: RtpStamp,
     /// The payload (Opus packet or 160 G.711 codes).
     pub payload: &'a [u8],
-    /// This tick's SIP-side audio at 8 kHz (for recording; only filled when asked for).
+    /// This tick's SIP-side audio at 8 kHz (for recording; always filled: the concealer keeps
+    /// its history).
     pub pcm: &'a [i16; FRAME],
 }
 
@@ -41,7 +43,8 @@ pub struct Downlink {
     encoder: Option<OpusEncoder>,
     /// Bitrate/FEC/complexity of `encoder`, following the browser's receiver reports.
     policy: EncoderPolicy,
-    need_pcm: bool,
+    /// Conceals lost packets from the PBX.
+    plc: Box<G711Concealer>,
     clock: RtpClock,
     payload: Box<[u8]>,
     codes: [u8; FRAME],
@@ -54,7 +57,7 @@ impl Downlink {
     /// A pipeline sending to a browser that negotiated `browser`.
     pub fn new(
         browser: BrowserParams,
-        need_pcm: bool,
+        _need_pcm: bool,
         counters: Arc<PipelineCounters>,
     ) -> Result<Downlink, OpusError> {
         let policy = EncoderPolicy::new(OpusSettings::default());
@@ -74,7 +77,7 @@ impl Downlink {
             browser,
             encoder,
             policy,
-            need_pcm,
+            plc: Box::default(),
             clock: RtpClock::random(ticks),
             payload: vec![0u8; MAX_PAYLOAD].into_boxed_slice(),
             codes: [0; FRAME],
@@ -166,29 +169,34 @@ impl Downlink {
     /// The next 20 ms for the browser: call once per tick.
     pub fn tick(&mut self) -> Result<DownlinkFrame<'_>, OpusError> {
         let from = self.sip_codec;
-        let got = fill_g711(
+        let received = fill_g711(
             &mut self.jitter,
             &mut self.fifo,
             &mut self.payload,
             &mut self.codes,
             g711::silence(from),
         );
-        if !got {
+        if received == 0 {
             PipelineCounters::bump(&self.counters.silent_ticks);
         }
+        let to = match self.browser.codec {
+            BrowserCodec::G711(to) => Some(to),
+            BrowserCodec::Opus => None,
+        };
+        conceal_g711(
+            &mut self.plc,
+            from,
+            to,
+            received,
+            &mut self.codes,
+            &mut self.pcm,
+        );
         let len = match (self.browser.codec, self.encoder.as_mut()) {
-            (BrowserCodec::Opus, Some(encoder)) => {
-                g711::decode(from, &self.codes, &mut self.pcm);
-                encoder.encode(&self.pcm, &mut self.out)?
-            }
+            (BrowserCodec::Opus, Some(encoder)) => encoder.encode(&self.pcm, &mut self.out)?,
             (BrowserCodec::G711(to), _) => {
-                if self.need_pcm {
-                    g711::decode(from, &self.codes, &mut self.pcm);
-                }
                 if to == from {
                     PipelineCounters::bump(&self.counters.relayed);
                 }
-                recode(from, to, &mut self.codes);
                 self.out[..FRAME].copy_from_slice(&self.codes);
                 FRAME
             }
