@@ -185,21 +185,35 @@ impl ByteFifo {
     }
 }
 
+/// What [`fill_g711`] put in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct G711Fill {
+    /// Codes, from the start, that are received audio (the rest is for the concealer).
+    pub(crate) received: usize,
+    /// Where audio starts that does not continue what came before it: the jitter buffer dropped
+    /// packets there to cut its delay.
+    pub(crate) splice_at: Option<usize>,
+}
+
 /// Fills `codes` with the next 160 G.711 codes from `jitter` (through `fifo`), silence where
-/// nothing is there; returns how many codes, from the start, were received audio (the rest is
-/// for the concealer to fill).
+/// nothing is there.
 pub(crate) fn fill_g711(
     jitter: &mut crate::media::jitter::JitterBuffer,
     fifo: &mut ByteFifo,
     payload: &mut [u8],
     codes: &mut [u8; FRAME],
     silence: u8,
-) -> usize {
+) -> G711Fill {
     use crate::media::jitter::Popped;
     let mut filled = fifo.take(codes);
+    let mut splice_at = None;
     while filled < FRAME {
+        let trimmed = jitter.stats().trimmed;
         match jitter.pop(payload) {
             Popped::Packet { len, .. } => {
+                if jitter.stats().trimmed != trimmed {
+                    splice_at = Some(filled);
+                }
                 fifo.put(&payload[..len]);
                 filled += fifo.take(&mut codes[filled..]);
             }
@@ -209,23 +223,35 @@ pub(crate) fn fill_g711(
             }
         }
     }
-    filled
+    G711Fill {
+        received: filled,
+        splice_at,
+    }
 }
 
-/// One frame of G.711 `codes` of law `from`, of which the first `received` arrived, made ready
-/// for law `to`: lost codes concealed by `plc` (history kept in `pcm`, the frame's audio), the
-/// codes re-coded. Received audio away from a loss is relayed bit-exact.
+/// One frame of G.711 `codes` of law `from`, as [`fill_g711`] filled it, made ready for law
+/// `to`: lost codes concealed and a splice smoothed by `plc` (the frame's audio left in `pcm`),
+/// the codes re-coded. Received audio away from a loss or splice is relayed bit-exact.
 pub(crate) fn conceal_g711(
     plc: &mut G711Concealer,
     from: Codec,
     to: Option<Codec>,
-    received: usize,
+    fill: G711Fill,
     codes: &mut [u8; FRAME],
     pcm: &mut [i16; FRAME],
 ) {
     g711::decode(from, codes, pcm);
-    let altered = received < FRAME || plc.concealing();
-    plc.process(pcm, received);
+    let received = fill.received;
+    let altered = received < FRAME || plc.concealing() || fill.splice_at.is_some();
+    match fill.splice_at {
+        Some(at) if at <= received => {
+            let (before, after) = pcm.split_at_mut(at);
+            plc.process(before, at);
+            plc.splice();
+            plc.process(after, received - at);
+        }
+        _ => plc.process(pcm, received),
+    }
     match to {
         Some(to) if altered => {
             g711::encode(to, pcm, codes);

@@ -7,7 +7,8 @@
 //! Unlike Appendix I it adds no delay: instead of reworking the last 3.75 ms already played, the
 //! repeated period starts with a correction that fades out over a quarter period, so the first
 //! concealed sample follows the last received one as the period's own first sample followed its
-//! predecessor. Received audio passes through unchanged (relay stays bit-exact), so a clean
+//! predecessor. The same blend smooths a splice, where the jitter buffer dropped a frame to cut
+//! its delay ([`G711Concealer::splice`]). Received audio passes through unchanged (relay stays bit-exact), so a clean
 //! stream costs a copy into the history ring. No allocation: everything is fixed-size.
 
 /// Shortest pitch period searched: 5 ms (200 Hz).
@@ -24,6 +25,8 @@ const RING: usize = 512;
 const TEN_MS: usize = 80;
 /// Concealment fades to silence over this many samples: 60 ms.
 const SILENT_AFTER: usize = 6 * TEN_MS;
+/// Cross-fade across a splice: 5 ms.
+const SPLICE_LEN: usize = 40;
 /// Three periods plus the overlap before them.
 const PB_LEN: usize = 3 * PITCH_MAX + OVERLAP_MAX;
 
@@ -126,6 +129,21 @@ impl G711Concealer {
             *s = to_i16(self.next_synthetic());
             self.push(*s);
         }
+    }
+
+    /// The received audio that follows does not continue what was played (the jitter buffer
+    /// dropped a frame to cut its delay): it is cross-faded in from a continuation of the
+    /// audio so far over [`SPLICE_LEN`] samples, so the cut makes no click.
+    pub fn splice(&mut self) {
+        if self.state == Phase::Concealing {
+            // A loss is being filled: the audio after it is blended in anyway.
+            return;
+        }
+        self.start_loss();
+        self.state = Phase::Blending {
+            left: SPLICE_LEN,
+            len: SPLICE_LEN,
+        };
     }
 
     /// The received audio after a loss blends in over 4 ms plus 4 ms per further 10 ms lost.

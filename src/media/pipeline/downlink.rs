@@ -169,14 +169,14 @@ impl Downlink {
     /// The next 20 ms for the browser: call once per tick.
     pub fn tick(&mut self) -> Result<DownlinkFrame<'_>, OpusError> {
         let from = self.sip_codec;
-        let received = fill_g711(
+        let fill = fill_g711(
             &mut self.jitter,
             &mut self.fifo,
             &mut self.payload,
             &mut self.codes,
             g711::silence(from),
         );
-        if received == 0 {
+        if fill.received == 0 {
             PipelineCounters::bump(&self.counters.silent_ticks);
         }
         let to = match self.browser.codec {
@@ -187,7 +187,7 @@ impl Downlink {
             &mut self.plc,
             from,
             to,
-            received,
+            fill,
             &mut self.codes,
             &mut self.pcm,
         );

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::media::opus::{OpusDecoder, OpusEncoder, OpusEncoderConfig, MAX_OPUS_PACKET};
+use crate::media::plc::G711Concealer;
 use crate::media::rtp::{RtpHeader, RtpPacket, TelephoneEvent};
 
 const OPUS_PT: u8 = 111;
@@ -545,4 +546,56 @@ fn a_lost_browser_g711_packet_is_concealed_toward_sip() {
     let lost = &heard[20 * FRAME..21 * FRAME];
     assert!(rms(lost) > 0.7 * rms(&clean[20 * FRAME..21 * FRAME]));
     assert!(max_step(&heard[10 * FRAME..]) <= max_step(&clean[10 * FRAME..]) * 13 / 10);
+}
+
+/// A PBX whose clock runs 2 % fast (one extra 20 ms packet a second) into the G.711 path: the
+/// jitter buffer drops a frame now and then to keep its delay bounded; returns what was played
+/// (with `smooth`, through the concealer; without, the raw codes), the tone, and the drops.
+fn fast_sender(smooth: bool) -> (Vec<i16>, Vec<i16>, u64) {
+    use crate::media::jitter::{JitterBuffer, JitterConfig};
+    let mut jitter = JitterBuffer::new(JitterConfig::audio(8000));
+    let mut fifo = ByteFifo::new();
+    let mut plc = G711Concealer::new();
+    let mut payload = [0u8; MAX_PAYLOAD];
+    let (mut pcm, mut codes) = ([0i16; FRAME], [0u8; FRAME]);
+    let mut played = Vec::new();
+    let mut clean = Vec::new();
+    let mut seq = 0u16;
+    for tick in 0..600u64 {
+        let sends = if tick % 50 == 49 { 2 } else { 1 };
+        for _ in 0..sends {
+            let mut tone = [0i16; FRAME];
+            sine(440.0, usize::from(seq) * FRAME, &mut tone);
+            clean.extend_from_slice(&tone);
+            let mut c = [0u8; FRAME];
+            g711::ulaw_encode(&tone, &mut c);
+            jitter.push(1, seq, u32::from(seq) * 160, &c, tick * 20);
+            seq += 1;
+        }
+        let fill = fill_g711(&mut jitter, &mut fifo, &mut payload, &mut codes, 0xFF);
+        if smooth {
+            conceal_g711(&mut plc, Codec::Pcmu, None, fill, &mut codes, &mut pcm);
+        } else {
+            g711::ulaw_decode(&codes, &mut pcm);
+        }
+        played.extend_from_slice(&pcm);
+    }
+    (played, clean, jitter.stats().trimmed)
+}
+
+#[test]
+fn a_frame_dropped_to_cut_delay_is_spliced_without_a_click() {
+    let (raw, clean, trimmed) = fast_sender(false);
+    assert!(trimmed >= 5, "only {trimmed} frames dropped");
+    let limit = max_step(&clean) * 13 / 10;
+    // Without the splice each drop is a jump in the tone's phase.
+    assert!(max_step(&raw) > limit, "the raw cut should click");
+    let (smoothed, _, _) = fast_sender(true);
+    assert!(
+        max_step(&smoothed) <= limit,
+        "step {} against {limit}",
+        max_step(&smoothed)
+    );
+    // The level holds through the splices.
+    assert!(rms(&smoothed[FRAME * 50..]) > 0.9 * rms(&clean));
 }

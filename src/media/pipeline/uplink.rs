@@ -198,24 +198,17 @@ impl Uplink {
                 fifo,
                 plc,
             } => {
-                let received = fill_g711(
+                let fill = fill_g711(
                     jitter,
                     fifo,
                     &mut self.payload,
                     &mut self.codes,
                     g711::silence(*codec),
                 );
-                if received == 0 {
+                if fill.received == 0 {
                     PipelineCounters::bump(&self.counters.silent_ticks);
                 }
-                conceal_g711(
-                    plc,
-                    *codec,
-                    sip_codec,
-                    received,
-                    &mut self.codes,
-                    &mut self.pcm,
-                );
+                conceal_g711(plc, *codec, sip_codec, fill, &mut self.codes, &mut self.pcm);
                 true
             }
         };
