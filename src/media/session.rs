@@ -605,12 +605,28 @@ async fn downlink_task(
     let mut report = JitterReport::default();
     let mut buf = [0u8; 1500];
     let mut ticks = 0u32;
-    let mut reports_seen = 0u64;
+    let mut rtcp_open = true;
     loop {
         tokio::select! {
             c = control.recv() => match c {
                 Some(p) => down.set_sip(p),
                 None => return,
+            },
+            // The browser's loss reports steer the encoder (a few a second at most).
+            rr = browser.next_receiver_report(), if rtcp_open => match rr {
+                Some(rr) => {
+                    let at = start.elapsed().as_millis() as u64;
+                    if let Ok(Some(s)) = down.on_loss_report(rr.fraction_lost, at) {
+                        tracing::debug!(
+                            call_id = %call_id,
+                            fec = s.fec,
+                            bitrate = s.bitrate_bps,
+                            packet_loss_perc = s.packet_loss_percent,
+                            "Opus encoder settings follow the browser's loss reports"
+                        );
+                    }
+                }
+                None => rtcp_open = false,
             },
             r = sip.recv(&mut buf) => match r {
                 Ok((n, _)) => {
@@ -627,24 +643,8 @@ async fn downlink_task(
             _ = tick.tick() => {
                 report.tick(down.jitter_report(), OpsDirection::SipToWeb);
                 ticks += 1;
-                if ticks % 50 == 0 {
-                    // Once a second: a new receiver report from the browser steers the encoder.
-                    if let Some(rr) = browser.receiver_report().await {
-                        if rr.reports != reports_seen {
-                            reports_seen = rr.reports;
-                            let at = start.elapsed().as_millis() as u64;
-                            if let Ok(Some(s)) = down.on_loss_report(rr.fraction_lost, at) {
-                                tracing::debug!(
-                                    call_id = %call_id,
-                                    fec = s.fec,
-                                    bitrate = s.bitrate_bps,
-                                    packet_loss_perc = s.packet_loss_percent,
-                                    "Opus encoder settings follow the browser's loss reports"
-                                );
-                            }
-                        }
-                    }
-                }
+                // Retry once a second if reports were not available yet (track not bound).
+                rtcp_open |= ticks % 50 == 0;
                 let started = std::time::Instant::now();
                 let frame = down.tick();
                 metrics().transcode.sip_to_web.observe(started.elapsed());
