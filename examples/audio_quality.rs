@@ -120,7 +120,7 @@ fn pesq(reference: &Path, recording: &Path) -> f64 {
 /// where the second copy starts.
 fn program(speech: &[i16]) -> (Vec<i16>, usize) {
     let mut one = speech.to_vec();
-    one.extend(std::iter::repeat(0).take(8000));
+    one.extend(std::iter::repeat_n(0, 8000));
     let mut all = one.clone();
     all.extend_from_slice(&one);
     all.resize(all.len().div_ceil(FRAME) * FRAME, 0);
@@ -280,6 +280,12 @@ const SETTINGS: &[Setting] = &[
         bitrate_lossy: 24_000,
     },
     Setting {
+        name: "FEC off @32",
+        fec: OpusFec::Off,
+        bitrate: 32_000,
+        bitrate_lossy: 32_000,
+    },
+    Setting {
         name: "FEC on @24",
         fec: OpusFec::On,
         bitrate: 24_000,
@@ -296,6 +302,18 @@ const SETTINGS: &[Setting] = &[
         fec: OpusFec::Auto,
         bitrate: 24_000,
         bitrate_lossy: 32_000,
+    },
+    Setting {
+        name: "auto 32/32",
+        fec: OpusFec::Auto,
+        bitrate: 32_000,
+        bitrate_lossy: 32_000,
+    },
+    Setting {
+        name: "auto 32/40",
+        fec: OpusFec::Auto,
+        bitrate: 32_000,
+        bitrate_lossy: 40_000,
     },
 ];
 

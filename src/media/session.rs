@@ -644,7 +644,7 @@ async fn downlink_task(
                 report.tick(down.jitter_report(), OpsDirection::SipToWeb);
                 ticks += 1;
                 // Retry once a second if reports were not available yet (track not bound).
-                rtcp_open |= ticks % 50 == 0;
+                rtcp_open |= ticks.is_multiple_of(50);
                 let started = std::time::Instant::now();
                 let frame = down.tick();
                 metrics().transcode.sip_to_web.observe(started.elapsed());
