@@ -491,8 +491,8 @@ impl Default for OpusSettings {
     fn default() -> Self {
         OpusSettings {
             complexity: 5,
-            bitrate: 24_000,
-            bitrate_lossy: 32_000,
+            bitrate: 32_000,
+            bitrate_lossy: 40_000,
             fec: OpusFec::Auto,
         }
     }

@@ -986,8 +986,8 @@ fn media_opus_settings_load_and_default() {
         }
     );
     // A clean bitrate above the default lossy one lifts the lossy default with it.
-    let config = toml_with("[media]\nopus_bitrate = 40000\n").expect("valid");
-    assert_eq!(config.media.opus.bitrate_lossy, 40_000);
+    let config = toml_with("[media]\nopus_bitrate = 48000\n").expect("valid");
+    assert_eq!(config.media.opus.bitrate_lossy, 48_000);
 }
 
 #[test]
