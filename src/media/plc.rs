@@ -109,6 +109,11 @@ impl G711Concealer {
     /// received part is kept as is, except just after a loss, where it is blended in.
     pub fn process(&mut self, pcm: &mut [i16], received: usize) {
         let received = received.min(pcm.len());
+        if received == pcm.len() && self.state == Phase::Clean {
+            // The common case: all received, nothing to blend: just remember it.
+            self.remember(pcm);
+            return;
+        }
         let (good, lost) = pcm.split_at_mut(received);
         for s in good.iter_mut() {
             match self.state {
@@ -167,6 +172,18 @@ impl G711Concealer {
             Phase::Clean
         };
         to_i16(synthetic * (1.0 - w) + f32::from(received) * w)
+    }
+
+    /// Appends received audio to the history ring, in at most two copies.
+    fn remember(&mut self, pcm: &[i16]) {
+        let skip = pcm.len().saturating_sub(RING);
+        self.pos = self.pos.wrapping_add(skip);
+        let pcm = &pcm[skip..];
+        let start = self.pos & (RING - 1);
+        let first = (RING - start).min(pcm.len());
+        self.ring[start..start + first].copy_from_slice(&pcm[..first]);
+        self.ring[..pcm.len() - first].copy_from_slice(&pcm[first..]);
+        self.pos = self.pos.wrapping_add(pcm.len());
     }
 
     fn push(&mut self, s: i16) {
