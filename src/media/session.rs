@@ -606,6 +606,9 @@ async fn downlink_task(
     let mut buf = [0u8; 1500];
     let mut ticks = 0u32;
     let mut rtcp_open = true;
+    // One pending wait for the next report, kept across loop turns (not re-made per packet).
+    let next_report = browser.next_receiver_report();
+    tokio::pin!(next_report);
     loop {
         tokio::select! {
             c = control.recv() => match c {
@@ -613,8 +616,9 @@ async fn downlink_task(
                 None => return,
             },
             // The browser's loss reports steer the encoder (a few a second at most).
-            rr = browser.next_receiver_report(), if rtcp_open => match rr {
+            rr = &mut next_report, if rtcp_open => match rr {
                 Some(rr) => {
+                    next_report.set(browser.next_receiver_report());
                     let at = start.elapsed().as_millis() as u64;
                     if let Ok(Some(s)) = down.on_loss_report(rr.fraction_lost, at) {
                         tracing::debug!(
@@ -626,7 +630,10 @@ async fn downlink_task(
                         );
                     }
                 }
-                None => rtcp_open = false,
+                None => {
+                    rtcp_open = false;
+                    next_report.set(browser.next_receiver_report());
+                }
             },
             r = sip.recv(&mut buf) => match r {
                 Ok((n, _)) => {
