@@ -94,6 +94,26 @@ fn report_memory() {
         "allocations during one call-second of transcoding: {}",
         ALLOCATIONS.load(Ordering::Relaxed) - count
     );
+    // Nor does a receiver report that turns FEC on, nor concealing lost G.711 packets.
+    let (mut relay_up, mut relay_down) = pipeline(BrowserCodec::G711(Codec::Pcmu), 0);
+    let count = ALLOCATIONS.load(Ordering::Relaxed);
+    let _ = black_box(down.on_loss_report(0.05, 1000));
+    one_second_transcoding(&mut up, &mut down, &opus, &g711_packets, 1);
+    let (up, down) = (&mut relay_up, &mut relay_down);
+    for (k, s) in g711_packets.iter().enumerate() {
+        let p = RtpPacket::parse(s).unwrap();
+        // Every seventh packet lost both ways.
+        if k % 7 != 3 {
+            up.push(0, p.sequence, p.timestamp, 1, p.payload, k as u64 * 20);
+            down.push(&p, k as u64 * 20);
+        }
+        black_box(up.tick().packet);
+        black_box(down.tick().unwrap().payload);
+    }
+    println!(
+        "allocations during a lossy call-second (FEC on; G.711 relay concealing): {}",
+        ALLOCATIONS.load(Ordering::Relaxed) - count
+    );
 }
 
 /// 50 Opus payloads from a "browser" and 50 PCMU RTP packets from a "PBX".

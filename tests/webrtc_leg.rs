@@ -514,3 +514,54 @@ async fn a_strangers_datagrams_never_reach_the_call() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_loss_reports_reach_the_sender() {
+    let (a, _ca, b, mut cb) = pair().await;
+    let a = std::sync::Arc::new(a);
+    let opus_pt = a.negotiated().unwrap().opus.unwrap();
+    // Drain what b receives so its stack keeps counting.
+    let drain = tokio::spawn(async move { while cb.rtp.recv().await.is_some() {} });
+    let sender = {
+        let a = std::sync::Arc::clone(&a);
+        tokio::spawn(async move {
+            let mut enc =
+                srbridge::media::opus::OpusEncoder::new(OpusEncoderConfig::default()).unwrap();
+            let pcm = [0i16; FRAME_SAMPLES];
+            let mut out = [0u8; MAX_OPUS_PACKET];
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            // Every tenth packet "lost" on the way: its sequence number is skipped.
+            for seq in 1000u16..3000 {
+                tick.tick().await;
+                if seq % 10 == 0 {
+                    continue;
+                }
+                let n = enc.encode(&pcm, &mut out).unwrap();
+                let _ = a
+                    .send_rtp(opus_pt, seq, u32::from(seq) * 960, false, &out[..n])
+                    .await;
+            }
+        })
+    };
+    // The first report may cover only the start of the stream; take the third.
+    let mut reports = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reports.len() < 3 {
+        match tokio::time::timeout_at(deadline, a.next_receiver_report()).await {
+            Ok(Some(r)) => reports.push(r),
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => panic!("only {} reports within 20 s", reports.len()),
+        }
+    }
+    let last = reports[2];
+    assert!(
+        (0.05..=0.15).contains(&last.fraction_lost),
+        "fraction lost {} ({reports:?})",
+        last.fraction_lost
+    );
+    assert!(last.total_lost > 0);
+    sender.abort();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drain.abort();
+}

@@ -478,6 +478,52 @@ impl fmt::Display for DtmfMode {
     }
 }
 
+/// When the Opus encoder toward browsers spends bits on in-band FEC (`media.opus_fec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpusFec {
+    /// Off on a clean path, on when the browser's receiver reports show loss (and back).
+    Auto,
+    /// Always on, at the lossy bitrate.
+    On,
+    /// Never: the whole bitrate goes to the primary stream.
+    Off,
+}
+
+impl fmt::Display for OpusFec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpusFec::Auto => "auto",
+            OpusFec::On => "on",
+            OpusFec::Off => "off",
+        })
+    }
+}
+
+/// The Opus encoder toward browsers (`[media] opus_*`); defaults chosen by the PESQ/CPU table
+/// in docs/audio.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusSettings {
+    /// Encoder complexity 0..=10 (CPU against quality).
+    pub complexity: u8,
+    /// Bitrate on a clean path, bits per second.
+    pub bitrate: u32,
+    /// Bitrate while FEC is on (loss reported, or `opus_fec = "on"`).
+    pub bitrate_lossy: u32,
+    /// FEC policy.
+    pub fec: OpusFec,
+}
+
+impl Default for OpusSettings {
+    fn default() -> Self {
+        OpusSettings {
+            complexity: 5,
+            bitrate: 32_000,
+            bitrate_lossy: 40_000,
+            fec: OpusFec::Auto,
+        }
+    }
+}
+
 /// `[media]`.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -508,6 +554,8 @@ pub struct MediaConfig {
     /// The same while the phone holds the call (sendonly/inactive): FreeSWITCH's
     /// `rtp-hold-timeout-sec`; the longer of the two applies. Zero: no limit on hold.
     pub rtp_hold_timeout: Duration,
+    /// The Opus encoder toward browsers.
+    pub opus: OpusSettings,
 }
 
 impl MediaConfig {
@@ -535,6 +583,7 @@ impl Default for MediaConfig {
             dtmf_mode: DtmfMode::Rfc4733,
             rtp_timeout: Duration::from_secs(60),
             rtp_hold_timeout: Duration::from_secs(3600),
+            opus: OpusSettings::default(),
         }
     }
 }

@@ -155,6 +155,15 @@ impl Display for Config {
         row(f, "dtmf_mode", media.dtmf_mode)?;
         row(f, "rtp_timeout", secs(media.rtp_timeout))?;
         row(f, "rtp_hold_timeout", secs(media.rtp_hold_timeout))?;
+        let opus = &media.opus;
+        row(
+            f,
+            "opus",
+            format!(
+                "complexity {}, {} b/s clean, {} b/s lossy, FEC {}",
+                opus.complexity, opus.bitrate, opus.bitrate_lossy, opus.fec
+            ),
+        )?;
 
         let http = &self.http;
         writeln!(f, "[http]")?;

@@ -1128,6 +1128,79 @@ fn media_bad_recording_and_dtmf() {
     }
 }
 
+#[test]
+fn media_opus_settings_load_and_default() {
+    let config = toml_with("").expect("valid");
+    assert_eq!(config.media.opus, OpusSettings::default());
+    let config = toml_with(
+        "[media]\nopus_complexity = 3\nopus_bitrate = 20000\nopus_bitrate_lossy = 28000\nopus_fec = \"OFF\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.media.opus,
+        OpusSettings {
+            complexity: 3,
+            bitrate: 20_000,
+            bitrate_lossy: 28_000,
+            fec: OpusFec::Off,
+        }
+    );
+    // A clean bitrate above the default lossy one lifts the lossy default with it.
+    let config = toml_with("[media]\nopus_bitrate = 48000\n").expect("valid");
+    assert_eq!(config.media.opus.bitrate_lossy, 48_000);
+}
+
+#[test]
+fn media_bad_opus_settings() {
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "opus_complexity = 11",
+            5,
+            "opus_complexity",
+            "11 is out of range (0-10)",
+        ),
+        (
+            "opus_complexity = \"max\"",
+            5,
+            "opus_complexity",
+            "expected a whole number",
+        ),
+        (
+            "opus_bitrate = 500",
+            5,
+            "opus_bitrate",
+            "500 is out of range (6000-64000)",
+        ),
+        (
+            "opus_bitrate_lossy = 100000",
+            5,
+            "opus_bitrate_lossy",
+            "out of range",
+        ),
+        (
+            "opus_bitrate = 32000\nopus_bitrate_lossy = 24000",
+            6,
+            "opus_bitrate_lossy",
+            "24000 is below opus_bitrate (32000)",
+        ),
+        (
+            "opus_fec = \"sometimes\"",
+            5,
+            "opus_fec",
+            "\"sometimes\" is not auto, on or off",
+        ),
+        ("opus_fec = true", 5, "opus_fec", ""),
+    ];
+    for (lines, line, key, needle) in cases {
+        assert_error(
+            toml_with(&format!("[media]\n{lines}\n")),
+            Some(*line),
+            Some(&format!("[media] {key}")),
+            needle,
+        );
+    }
+}
+
 // ---- [http], [auth], [limits], [shutdown] ----
 
 #[test]

@@ -969,6 +969,7 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         .map_or(d.dtmf_mode, |v| v.value);
     let rtp_timeout = s.seconds("rtp_timeout", 0, 86400, 60)?;
     let rtp_hold_timeout = s.seconds("rtp_hold_timeout", 0, 86400, 3600)?;
+    let opus = opus_settings(s)?;
     s.finish()?;
     Ok(MediaConfig {
         rtp_port_min,
@@ -983,6 +984,50 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         dtmf_mode,
         rtp_timeout,
         rtp_hold_timeout,
+        opus,
+    })
+}
+
+/// Lowest and highest Opus bitrates taken: below 6 kb/s narrowband speech breaks up, above
+/// 64 kb/s an 8 kHz source gains nothing.
+const OPUS_BITRATE_RANGE: (i64, i64) = (6_000, 64_000);
+
+/// `[media] opus_complexity`, `opus_bitrate`, `opus_bitrate_lossy`, `opus_fec`.
+fn opus_settings(s: &Sec) -> Result<OpusSettings> {
+    let d = OpusSettings::default();
+    let (lo, hi) = OPUS_BITRATE_RANGE;
+    let complexity = s
+        .int("opus_complexity", 0, 10)?
+        .map_or(d.complexity, |v| v.value as u8);
+    let bitrate = s
+        .int("opus_bitrate", lo, hi)?
+        .map_or(d.bitrate, |v| v.value as u32);
+    let lossy = s.int("opus_bitrate_lossy", lo, hi)?;
+    let bitrate_lossy = lossy
+        .as_ref()
+        .map_or(d.bitrate_lossy.max(bitrate), |v| v.value as u32);
+    if bitrate_lossy < bitrate {
+        return Err(s.err(
+            lossy.map(|v| v.line),
+            "opus_bitrate_lossy",
+            format!(
+                "{bitrate_lossy} is below opus_bitrate ({bitrate}): FEC needs bits on top of the clean stream"
+            ),
+        ));
+    }
+    let fec = s
+        .parsed("opus_fec", |t| match t.to_ascii_lowercase().as_str() {
+            "auto" => Ok(OpusFec::Auto),
+            "on" => Ok(OpusFec::On),
+            "off" => Ok(OpusFec::Off),
+            _ => Err(format!("{t:?} is not auto, on or off")),
+        })?
+        .map_or(d.fec, |v| v.value);
+    Ok(OpusSettings {
+        complexity,
+        bitrate,
+        bitrate_lossy,
+        fec,
     })
 }
 

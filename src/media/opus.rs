@@ -102,15 +102,20 @@ impl OpusDecoder {
     }
 }
 
-/// Encoder settings; the defaults suit narrowband speech to a browser.
+/// Encoder settings. The default is a loss-hardened stream (FEC on at 10 %), what a browser-like
+/// test sender uses; toward browsers the bridge takes them from
+/// [`EncoderPolicy`](crate::media::encoder_policy::EncoderPolicy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpusEncoderConfig {
     /// Target bitrate, bits per second (narrowband speech is transparent at about 20 kb/s).
     pub bitrate_bps: i32,
     /// Encoder complexity 0..=10: CPU against quality.
     pub complexity: u8,
-    /// Expected loss percentage: how much in-band FEC redundancy to spend.
+    /// Expected loss percentage: how much in-band FEC redundancy to spend (and how robust to
+    /// make the prediction).
     pub packet_loss_percent: u8,
+    /// In-band FEC (LBRR) on.
+    pub fec: bool,
 }
 
 impl Default for OpusEncoderConfig {
@@ -119,11 +124,12 @@ impl Default for OpusEncoderConfig {
             bitrate_bps: 24_000,
             complexity: 5,
             packet_loss_percent: 10,
+            fec: true,
         }
     }
 }
 
-/// Encodes 8 kHz mono PCM from the SIP side into Opus for a browser: VoIP mode, in-band FEC on,
+/// Encodes 8 kHz mono PCM from the SIP side into Opus for a browser: VoIP mode, speech signal,
 /// DTX off (a continuous stream keeps timestamps and the browser's jitter buffer simple).
 pub struct OpusEncoder {
     inner: Encoder,
@@ -139,13 +145,23 @@ impl OpusEncoder {
     /// An encoder at 8 kHz mono with `config`.
     pub fn new(config: OpusEncoderConfig) -> Result<Self, OpusError> {
         let mut inner = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip)?;
-        inner.set_bitrate(Bitrate::BitsPerSecond(config.bitrate_bps))?;
-        inner.set_complexity(config.complexity.min(10))?;
         inner.set_signal(Signal::Voice)?;
-        inner.set_inband_fec(true)?;
-        inner.set_packet_loss_perc(config.packet_loss_percent.min(100))?;
         inner.set_encoder_ctl_request(audiopus::ffi::OPUS_SET_DTX_REQUEST, 0)?;
-        Ok(Self { inner })
+        let mut encoder = Self { inner };
+        encoder.apply(config)?;
+        Ok(encoder)
+    }
+
+    /// Changes bitrate, complexity, FEC and expected loss in flight (no allocation); the next
+    /// frame is encoded with them.
+    pub fn apply(&mut self, config: OpusEncoderConfig) -> Result<(), OpusError> {
+        self.inner
+            .set_bitrate(Bitrate::BitsPerSecond(config.bitrate_bps))?;
+        self.inner.set_complexity(config.complexity.min(10))?;
+        self.inner.set_inband_fec(config.fec)?;
+        self.inner
+            .set_packet_loss_perc(config.packet_loss_percent.min(100))?;
+        Ok(())
     }
 
     /// Encodes one 20 ms frame (exactly [`FRAME_SAMPLES`] samples) into `out`

@@ -11,6 +11,9 @@
 //! * [`Downlink`] (SIP → browser): G.711 through a jitter buffer, then Opus-encoded at 8 kHz input
 //!   or relayed/re-coded as G.711; RFC 4733 keys from the SIP side are reported once per key.
 //!
+//! A lost or late G.711 packet (either way) is concealed (`media::plc`, G.711 Appendix I style)
+//! rather than played as 20 ms of silence; received G.711 away from a loss is relayed bit-exact.
+//!
 //! Outgoing timestamps count samples produced (160 per tick; ×6 on the 48 kHz Opus clock), never
 //! input timestamps or wall time, so the two clocks cannot drift, and hold, re-INVITEs and SSRC
 //! changes on the input never show as jumps on the output. Nothing here allocates, locks or logs
@@ -32,6 +35,7 @@ pub use uplink::{Uplink, UplinkFrame};
 use crate::config::Codec;
 use crate::media::g711;
 use crate::media::opus::FRAME_SAMPLES;
+use crate::media::plc::G711Concealer;
 use crate::media::webrtc_leg::{LegCodec, NegotiatedCodecs};
 use crate::sip::sdp::Negotiated;
 
@@ -185,24 +189,37 @@ impl ByteFifo {
     }
 }
 
+/// What [`fill_g711`] put in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct G711Fill {
+    /// Codes, from the start, that are received audio (the rest is for the concealer).
+    pub(crate) received: usize,
+    /// Where audio starts that does not continue what came before it: the jitter buffer dropped
+    /// packets there to cut its delay.
+    pub(crate) splice_at: Option<usize>,
+}
+
 /// Fills `codes` with the next 160 G.711 codes from `jitter` (through `fifo`), silence where
-/// nothing is there; true when any of it was received audio.
+/// nothing is there.
 pub(crate) fn fill_g711(
     jitter: &mut crate::media::jitter::JitterBuffer,
     fifo: &mut ByteFifo,
     payload: &mut [u8],
     codes: &mut [u8; FRAME],
     silence: u8,
-) -> bool {
+) -> G711Fill {
     use crate::media::jitter::Popped;
     let mut filled = fifo.take(codes);
-    let mut audio = filled > 0;
+    let mut splice_at = None;
     while filled < FRAME {
+        let trimmed = jitter.stats().trimmed;
         match jitter.pop(payload) {
             Popped::Packet { len, .. } => {
+                if jitter.stats().trimmed != trimmed {
+                    splice_at = Some(filled);
+                }
                 fifo.put(&payload[..len]);
                 filled += fifo.take(&mut codes[filled..]);
-                audio = true;
             }
             Popped::Lost { .. } | Popped::Silence => {
                 codes[filled..].fill(silence);
@@ -210,7 +227,42 @@ pub(crate) fn fill_g711(
             }
         }
     }
-    audio
+    G711Fill {
+        received: filled,
+        splice_at,
+    }
+}
+
+/// One frame of G.711 `codes` of law `from`, as [`fill_g711`] filled it, made ready for law
+/// `to`: lost codes concealed and a splice smoothed by `plc` (the frame's audio left in `pcm`),
+/// the codes re-coded. Received audio away from a loss or splice is relayed bit-exact.
+pub(crate) fn conceal_g711(
+    plc: &mut G711Concealer,
+    from: Codec,
+    to: Option<Codec>,
+    fill: G711Fill,
+    codes: &mut [u8; FRAME],
+    pcm: &mut [i16; FRAME],
+) {
+    g711::decode(from, codes, pcm);
+    let received = fill.received;
+    let altered = received < FRAME || plc.concealing() || fill.splice_at.is_some();
+    match fill.splice_at {
+        Some(at) if at <= received => {
+            let (before, after) = pcm.split_at_mut(at);
+            plc.process(before, at);
+            plc.splice();
+            plc.process(after, received - at);
+        }
+        _ => plc.process(pcm, received),
+    }
+    match to {
+        Some(to) if altered => {
+            g711::encode(to, pcm, codes);
+        }
+        Some(to) => recode(from, to, codes),
+        None => {}
+    }
 }
 
 /// Re-codes G.711 codes from one law to the other in place (no-op for the same law).

@@ -17,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::call::machine::Direction as CallDirection;
 use crate::call::ports::{CallMedia, MediaError, MediaEvent, MediaFactory};
-use crate::config::{Codec, Config, RecordingMode};
+use crate::config::{Codec, Config, OpusSettings, RecordingMode};
 use crate::media::inactivity::{Activity, InactivityWatch};
 use crate::media::pipeline::{
     BrowserParams, Downlink, HeldFrames, PipelineCounters, SipParams, Uplink, HELD_FRAMES,
@@ -174,6 +174,7 @@ impl MediaFactory for SessionFactory {
                 },
                 recording,
                 dtmf_info: config.media.dtmf_mode == crate::config::DtmfMode::Info,
+                opus: config.media.opus,
                 browser: None,
                 answered: Arc::new(AtomicBool::new(direction == CallDirection::WebToSip)),
                 drain: Some(drain),
@@ -228,6 +229,8 @@ pub struct Session {
     published: Arc<PublishedRtp>,
     /// `media.dtmf_mode = "info"`: browser keys go to the SIP side as INFO requests.
     dtmf_info: bool,
+    /// `[media] opus_*`: the encoder policy toward the browser.
+    opus: OpusSettings,
     settings: WebRtcSettings,
     recording: Option<(std::path::PathBuf, RecordingMode)>,
     browser: Option<BrowserSide>,
@@ -372,7 +375,14 @@ impl Session {
             Uplink::new(params, record, Arc::clone(&self.counters)),
             Downlink::new(params, record, Arc::clone(&self.counters)),
         ) {
-            (Ok(up), Ok(down)) => (up, down),
+            (Ok(up), Ok(mut down)) => match down.set_opus(self.opus) {
+                Ok(()) => (up, down),
+                Err(e) => {
+                    let _ = leg.close().await;
+                    self.fail(format!("codec setup failed: {e}"));
+                    return;
+                }
+            },
             (Err(e), _) | (_, Err(e)) => {
                 let _ = leg.close().await;
                 self.fail(format!("codec setup failed: {e}"));
@@ -744,11 +754,36 @@ async fn downlink_task(sip: Arc<RtpLeg>, browser: Arc<WebRtcLeg>, shell: Downlin
     let mut held = HeldFrames::new(HELD_FRAMES);
     let mut ready = false;
     let mut buf = [0u8; 1500];
+    let mut ticks = 0u32;
+    let mut rtcp_open = true;
+    // One pending wait for the next report, kept across loop turns (not re-made per packet).
+    let next_report = browser.next_receiver_report();
+    tokio::pin!(next_report);
     loop {
         tokio::select! {
             c = control.recv() => match c {
                 Some(p) => down.set_sip(p),
                 None => return,
+            },
+            // The browser's loss reports steer the encoder (a few a second at most).
+            rr = &mut next_report, if rtcp_open => match rr {
+                Some(rr) => {
+                    next_report.set(browser.next_receiver_report());
+                    let at = start.elapsed().as_millis() as u64;
+                    if let Ok(Some(s)) = down.on_loss_report(rr.fraction_lost, at) {
+                        tracing::debug!(
+                            call_id = %call_id,
+                            fec = s.fec,
+                            bitrate = s.bitrate_bps,
+                            packet_loss_perc = s.packet_loss_percent,
+                            "Opus encoder settings follow the browser's loss reports"
+                        );
+                    }
+                }
+                None => {
+                    rtcp_open = false;
+                    next_report.set(browser.next_receiver_report());
+                }
             },
             r = sip.recv(&mut buf) => match r {
                 Ok((n, _)) => {
@@ -767,6 +802,9 @@ async fn downlink_task(sip: Arc<RtpLeg>, browser: Arc<WebRtcLeg>, shell: Downlin
             },
             _ = tick.tick() => {
                 report.tick(down.jitter_report(), OpsDirection::SipToWeb);
+                ticks += 1;
+                // Retry once a second if reports were not available yet (track not bound).
+                rtcp_open |= ticks.is_multiple_of(50);
                 let started = std::time::Instant::now();
                 let frame = down.tick();
                 metrics().transcode.sip_to_web.observe(started.elapsed());

@@ -23,11 +23,20 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use std::collections::VecDeque;
+
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::rtcp::receiver_report::ReceiverReport as RtcpReceiverReport;
+use rtc::rtcp::sender_report::SenderReport as RtcpSenderReport;
+use rtc::sansio::Protocol;
 use tokio::sync::mpsc;
 
 use super::rtp_leg::{PortAllocator, PortLease, PortPair, RtpLegError};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::TrackLocalEvent;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     configure_rtcp_reports, MediaEngine, PeerConnection, PeerConnectionBuilder,
@@ -328,6 +337,91 @@ impl NegotiatedCodecs {
     }
 }
 
+/// The browser's view of the audio we send, from one RTCP report block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReceiverReport {
+    /// Fraction of our packets lost since its previous report, 0..=1.
+    pub fraction_lost: f32,
+    /// Packets lost since the stream began (RFC 3550's cumulative count).
+    pub total_lost: u32,
+}
+
+/// The report block about `ssrc` in a compound RTCP packet, if there is one.
+fn report_about(ssrc: u32, packets: &[Box<dyn rtc::rtcp::Packet>]) -> Option<ReceiverReport> {
+    packets.iter().find_map(|packet| {
+        let any = packet.as_any();
+        let blocks = if let Some(rr) = any.downcast_ref::<RtcpReceiverReport>() {
+            &rr.reports
+        } else if let Some(sr) = any.downcast_ref::<RtcpSenderReport>() {
+            &sr.reports
+        } else {
+            return None;
+        };
+        blocks
+            .iter()
+            .find(|b| b.ssrc == ssrc)
+            .map(|b| ReceiverReport {
+                fraction_lost: f32::from(b.fraction_lost) / 256.0,
+                total_lost: b.total_lost,
+            })
+    })
+}
+
+/// Lets the remote's sender and receiver reports (which carry the report blocks about what we
+/// send) reach the sending track; all other inbound RTCP still ends in the chain. Placed after
+/// the report interceptors, which have read it by then (the shape of webrtc-rs's
+/// `rtcp-processing` example).
+pub struct LossReportForwarder {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+/// Where [`LossReportForwarder`] sits: after every named slot.
+const LOSS_REPORT_SLOT: usize = 14_000;
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for LossReportForwarder {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = std::time::Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let InterceptorPacket::Rtcp(packets) = &msg.message.packet {
+            let reports = packets.iter().any(|p| {
+                let any = p.as_any();
+                any.is::<RtcpReceiverReport>() || any.is::<RtcpSenderReport>()
+            });
+            if !reports {
+                return Ok(());
+            }
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for LossReportForwarder {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
 /// The receiving ends of a leg: control events and incoming RTP.
 #[derive(Debug)]
 pub struct LegChannels {
@@ -622,7 +716,13 @@ impl WebRtcLeg {
             media.register_codec(codec.parameters(), RtpCodecKind::Audio)?;
         }
         // Sender/receiver reports only: NACK and TWCC are for video.
-        let registry = configure_rtcp_reports(Registry::new());
+        let registry = configure_rtcp_reports(Registry::new()).with(
+            Slot::from(LOSS_REPORT_SLOT),
+            LossReportForwarder {
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+            },
+        );
 
         let mut bind = Vec::new();
         let mut leases = Vec::new();
@@ -884,6 +984,25 @@ impl WebRtcLeg {
     /// exist). Until then [`WebRtcLeg::send_rtp`] would only fail.
     pub fn media_ready(&self) -> bool {
         self.shared.media_ready.load(Ordering::Acquire)
+    }
+
+    /// Waits for the browser's next RTCP report block about the audio we send (in a receiver
+    /// report, or a sender report when it sends too). `None` once the leg is closed, or before
+    /// negotiation bound the track: try again later. Cancel-safe, so it can sit in a `select!`.
+    ///
+    /// webrtc-rs 0.21 ends inbound RTCP at its interceptor chain, and its statistics never read
+    /// receiver reports; [`LossReportForwarder`] passes these packets on to the track.
+    pub async fn next_receiver_report(&self) -> Option<ReceiverReport> {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if let TrackLocalEvent::OnRtcpPacket(packets) = self.track.poll().await? {
+                if let Some(report) = report_about(self.ssrc, &packets) {
+                    return Some(report);
+                }
+            }
+        }
     }
 
     /// Incoming packets dropped because the consumer fell behind.

@@ -3,15 +3,17 @@
 use std::sync::Arc;
 
 use super::{
-    fill_g711, recode, BrowserCodec, BrowserParams, ByteFifo, PipelineCounters, SipParams, FRAME,
-    MAX_PAYLOAD,
+    conceal_g711, fill_g711, BrowserCodec, BrowserParams, ByteFifo, PipelineCounters, SipParams,
+    FRAME, MAX_PAYLOAD,
 };
-use crate::config::Codec;
+use crate::config::{Codec, OpusSettings};
+use crate::media::encoder_policy::EncoderPolicy;
 use crate::media::g711;
 use crate::media::jitter::{JitterBuffer, JitterConfig};
 use crate::media::opus::{
     OpusEncoder, OpusEncoderConfig, OpusError, MAX_OPUS_PACKET, OPUS_TICKS_PER_SAMPLE, PCM_RATE,
 };
+use crate::media::plc::G711Concealer;
 use crate::media::rtp::{DtmfDetector, RtpPacket, TelephoneEvent};
 use crate::media::transcode::{RtpClock, RtpStamp};
 
@@ -24,7 +26,8 @@ pub struct DownlinkFrame<'a> {
     pub stamp: RtpStamp,
     /// The payload (Opus packet or 160 G.711 codes).
     pub payload: &'a [u8],
-    /// This tick's SIP-side audio at 8 kHz (for recording; only filled when asked for).
+    /// This tick's SIP-side audio at 8 kHz (for recording; always filled: the concealer keeps
+    /// its history).
     pub pcm: &'a [i16; FRAME],
 }
 
@@ -38,7 +41,10 @@ pub struct Downlink {
     detector: DtmfDetector,
     browser: BrowserParams,
     encoder: Option<OpusEncoder>,
-    need_pcm: bool,
+    /// Bitrate/FEC/complexity of `encoder`, following the browser's receiver reports.
+    policy: EncoderPolicy,
+    /// Conceals lost packets from the PBX.
+    plc: Box<G711Concealer>,
     clock: RtpClock,
     payload: Box<[u8]>,
     codes: [u8; FRAME],
@@ -51,12 +57,13 @@ impl Downlink {
     /// A pipeline sending to a browser that negotiated `browser`.
     pub fn new(
         browser: BrowserParams,
-        need_pcm: bool,
+        _need_pcm: bool,
         counters: Arc<PipelineCounters>,
     ) -> Result<Downlink, OpusError> {
+        let policy = EncoderPolicy::new(OpusSettings::default());
         let (encoder, ticks) = match browser.codec {
             BrowserCodec::Opus => (
-                Some(OpusEncoder::new(OpusEncoderConfig::default())?),
+                Some(OpusEncoder::new(policy.settings())?),
                 OPUS_TICKS_PER_SAMPLE,
             ),
             BrowserCodec::G711(_) => (None, 1),
@@ -69,7 +76,8 @@ impl Downlink {
             detector: DtmfDetector::default(),
             browser,
             encoder,
-            need_pcm,
+            policy,
+            plc: Box::default(),
             clock: RtpClock::random(ticks),
             payload: vec![0u8; MAX_PAYLOAD].into_boxed_slice(),
             codes: [0; FRAME],
@@ -77,6 +85,38 @@ impl Downlink {
             out: vec![0u8; MAX_OPUS_PACKET].into_boxed_slice(),
             counters,
         })
+    }
+
+    /// The configured Opus settings (`[media] opus_*`); the policy starts over from them.
+    pub fn set_opus(&mut self, settings: OpusSettings) -> Result<(), OpusError> {
+        self.policy = EncoderPolicy::new(settings);
+        self.apply_encoder(self.policy.settings())
+    }
+
+    /// The browser's RTCP receiver report about our stream: fraction lost (0..=1) at `now_ms`.
+    /// Returns the encoder settings when the report changed them.
+    pub fn on_loss_report(
+        &mut self,
+        fraction_lost: f32,
+        now_ms: u64,
+    ) -> Result<Option<OpusEncoderConfig>, OpusError> {
+        let changed = self.policy.on_loss_report(fraction_lost, now_ms);
+        if let Some(settings) = changed {
+            self.apply_encoder(settings)?;
+        }
+        Ok(changed)
+    }
+
+    /// The settings the Opus encoder runs with now.
+    pub fn encoder_settings(&self) -> OpusEncoderConfig {
+        self.policy.settings()
+    }
+
+    fn apply_encoder(&mut self, settings: OpusEncoderConfig) -> Result<(), OpusError> {
+        match self.encoder.as_mut() {
+            Some(encoder) => encoder.apply(settings),
+            None => Ok(()),
+        }
     }
 
     /// The SIP side's (re)negotiated parameters.
@@ -129,29 +169,34 @@ impl Downlink {
     /// The next 20 ms for the browser: call once per tick.
     pub fn tick(&mut self) -> Result<DownlinkFrame<'_>, OpusError> {
         let from = self.sip_codec;
-        let got = fill_g711(
+        let fill = fill_g711(
             &mut self.jitter,
             &mut self.fifo,
             &mut self.payload,
             &mut self.codes,
             g711::silence(from),
         );
-        if !got {
+        if fill.received == 0 {
             PipelineCounters::bump(&self.counters.silent_ticks);
         }
+        let to = match self.browser.codec {
+            BrowserCodec::G711(to) => Some(to),
+            BrowserCodec::Opus => None,
+        };
+        conceal_g711(
+            &mut self.plc,
+            from,
+            to,
+            fill,
+            &mut self.codes,
+            &mut self.pcm,
+        );
         let len = match (self.browser.codec, self.encoder.as_mut()) {
-            (BrowserCodec::Opus, Some(encoder)) => {
-                g711::decode(from, &self.codes, &mut self.pcm);
-                encoder.encode(&self.pcm, &mut self.out)?
-            }
+            (BrowserCodec::Opus, Some(encoder)) => encoder.encode(&self.pcm, &mut self.out)?,
             (BrowserCodec::G711(to), _) => {
-                if self.need_pcm {
-                    g711::decode(from, &self.codes, &mut self.pcm);
-                }
                 if to == from {
                     PipelineCounters::bump(&self.counters.relayed);
                 }
-                recode(from, to, &mut self.codes);
                 self.out[..FRAME].copy_from_slice(&self.codes);
                 FRAME
             }

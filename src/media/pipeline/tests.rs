@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::media::opus::{OpusDecoder, OpusEncoder, OpusEncoderConfig, MAX_OPUS_PACKET};
+use crate::media::plc::G711Concealer;
 use crate::media::rtp::{RtpHeader, RtpPacket, TelephoneEvent};
 
 const OPUS_PT: u8 = 111;
@@ -412,4 +413,189 @@ fn in_info_mode_keys_are_handed_out_once_and_never_sent_as_rfc4733() {
     up.send_digits_as_info(false);
     assert!(up.queue_digit('1'));
     assert_eq!(up.take_info_digit(), None);
+}
+
+fn max_step(pcm: &[i16]) -> i32 {
+    pcm.windows(2)
+        .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn loss_the_browser_reports_turns_fec_on_with_more_bits_and_a_clean_path_has_none() {
+    use crate::config::{OpusFec, OpusSettings};
+    let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), false, counters()).unwrap();
+    down.set_sip(sip(Codec::Pcmu));
+    down.set_opus(OpusSettings {
+        complexity: 5,
+        bitrate: 16_000,
+        bitrate_lossy: 32_000,
+        fec: OpusFec::Auto,
+    })
+    .unwrap();
+    let (mut pcm, mut codes, mut buf) = ([0i16; FRAME], [0u8; FRAME], [0u8; 200]);
+    let mut sent = |down: &mut Downlink, from: u32| -> usize {
+        let mut bytes = 0;
+        for f in from..from + 50 {
+            sine(
+                300.0 + f64::from(f % 7) * 50.0,
+                f as usize * FRAME,
+                &mut pcm,
+            );
+            g711::ulaw_encode(&pcm, &mut codes);
+            let n = g711_packet(0, 1, f as u16, f * 160, &codes, &mut buf);
+            down.push(&RtpPacket::parse(&buf[..n]).unwrap(), u64::from(f) * 20);
+            bytes += down.tick().unwrap().payload.len();
+        }
+        bytes
+    };
+    let clean = sent(&mut down, 0);
+    assert!(!down.encoder_settings().fec);
+    assert_eq!(down.on_loss_report(0.0, 1000).unwrap(), None);
+    let changed = down.on_loss_report(0.05, 2000).unwrap().expect("FEC on");
+    assert!(changed.fec && changed.packet_loss_percent == 5);
+    let lossy = sent(&mut down, 50);
+    // 16 → 32 kb/s: the browser gets about twice the bytes per second.
+    assert!(
+        lossy as f64 > clean as f64 * 1.5,
+        "{clean} bytes/s clean, {lossy} with loss"
+    );
+}
+
+/// PBX audio (a tone) through the downlink with PCMU packets `lost`; the browser leg is PCMU.
+fn relay_with_loss(lost: &[u32]) -> (Vec<i16>, Vec<i16>) {
+    let mut down = Downlink::new(
+        browser(BrowserCodec::G711(Codec::Pcmu), 0),
+        false,
+        counters(),
+    )
+    .unwrap();
+    down.set_sip(sip(Codec::Pcmu));
+    let (mut pcm, mut codes, mut buf) = ([0i16; FRAME], [0u8; FRAME], [0u8; 200]);
+    let mut heard = Vec::new();
+    let mut sent = Vec::new();
+    for f in 0..60u32 {
+        sine(440.0, f as usize * FRAME, &mut pcm);
+        g711::ulaw_encode(&pcm, &mut codes);
+        let mut decoded = [0i16; FRAME];
+        g711::ulaw_decode(&codes, &mut decoded);
+        sent.extend_from_slice(&decoded);
+        if !lost.contains(&f) {
+            let n = g711_packet(0, 1, f as u16, f * 160, &codes, &mut buf);
+            down.push(&RtpPacket::parse(&buf[..n]).unwrap(), u64::from(f) * 20);
+        }
+        let frame = down.tick().unwrap();
+        let mut out = [0i16; FRAME];
+        g711::ulaw_decode(frame.payload, &mut out);
+        heard.extend_from_slice(&out);
+    }
+    (heard, sent)
+}
+
+#[test]
+fn a_lost_pbx_packet_is_concealed_not_silenced_and_clean_audio_relays_bit_exact() {
+    let (clean, _) = relay_with_loss(&[]);
+    let (heard, _) = relay_with_loss(&[30]);
+    // Packets arriving on time play at once (20 ms of buffer). Frame 30 is missing at tick 30:
+    // the buffer runs dry, so it waits for 40 ms of audio again (it grows by a frame) and frame
+    // 30 is reported lost at tick 31: two ticks are concealed, the second one fading.
+    let lost = &heard[30 * FRAME..31 * FRAME];
+    assert!(
+        rms(lost) > 0.7 * rms(&clean[30 * FRAME..31 * FRAME]),
+        "{}",
+        rms(lost)
+    );
+    assert!(rms(&heard[31 * FRAME..32 * FRAME]) > 0.4 * rms(&clean[31 * FRAME..32 * FRAME]));
+    assert!(
+        max_step(&heard[20 * FRAME..]) <= max_step(&clean[20 * FRAME..]) * 13 / 10,
+        "a click around the loss"
+    );
+    // Away from the loss (and its blend back), the relay is untouched, one frame later.
+    assert_eq!(&heard[..30 * FRAME], &clean[..30 * FRAME]);
+    assert_eq!(&heard[33 * FRAME..], &clean[32 * FRAME..59 * FRAME]);
+}
+
+#[test]
+fn a_lost_browser_g711_packet_is_concealed_toward_sip() {
+    let run = |lost: Option<u32>| {
+        let mut up = Uplink::new(
+            browser(BrowserCodec::G711(Codec::Pcmu), 0),
+            false,
+            counters(),
+        )
+        .unwrap();
+        up.set_sip(sip(Codec::Pcma));
+        let (mut pcm, mut codes) = ([0i16; FRAME], [0u8; FRAME]);
+        let mut heard = Vec::new();
+        for f in 0..40u32 {
+            sine(440.0, f as usize * FRAME, &mut pcm);
+            g711::ulaw_encode(&pcm, &mut codes);
+            if lost != Some(f) {
+                up.push(0, f as u16, f * 160, 9, &codes, u64::from(f) * 20);
+            }
+            let packet = up.tick().packet.map(parse).expect("a packet");
+            let mut out = [0i16; FRAME];
+            g711::alaw_decode(&packet.4, &mut out);
+            heard.extend_from_slice(&out);
+        }
+        heard
+    };
+    let clean = run(None);
+    let heard = run(Some(20));
+    let lost = &heard[20 * FRAME..21 * FRAME];
+    assert!(rms(lost) > 0.7 * rms(&clean[20 * FRAME..21 * FRAME]));
+    assert!(max_step(&heard[10 * FRAME..]) <= max_step(&clean[10 * FRAME..]) * 13 / 10);
+}
+
+/// A PBX whose clock runs 2 % fast (one extra 20 ms packet a second) into the G.711 path: the
+/// jitter buffer drops a frame now and then to keep its delay bounded; returns what was played
+/// (with `smooth`, through the concealer; without, the raw codes), the tone, and the drops.
+fn fast_sender(smooth: bool) -> (Vec<i16>, Vec<i16>, u64) {
+    use crate::media::jitter::{JitterBuffer, JitterConfig};
+    let mut jitter = JitterBuffer::new(JitterConfig::audio(8000));
+    let mut fifo = ByteFifo::new();
+    let mut plc = G711Concealer::new();
+    let mut payload = [0u8; MAX_PAYLOAD];
+    let (mut pcm, mut codes) = ([0i16; FRAME], [0u8; FRAME]);
+    let mut played = Vec::new();
+    let mut clean = Vec::new();
+    let mut seq = 0u16;
+    for tick in 0..600u64 {
+        let sends = if tick % 50 == 49 { 2 } else { 1 };
+        for _ in 0..sends {
+            let mut tone = [0i16; FRAME];
+            sine(440.0, usize::from(seq) * FRAME, &mut tone);
+            clean.extend_from_slice(&tone);
+            let mut c = [0u8; FRAME];
+            g711::ulaw_encode(&tone, &mut c);
+            jitter.push(1, seq, u32::from(seq) * 160, &c, tick * 20);
+            seq += 1;
+        }
+        let fill = fill_g711(&mut jitter, &mut fifo, &mut payload, &mut codes, 0xFF);
+        if smooth {
+            conceal_g711(&mut plc, Codec::Pcmu, None, fill, &mut codes, &mut pcm);
+        } else {
+            g711::ulaw_decode(&codes, &mut pcm);
+        }
+        played.extend_from_slice(&pcm);
+    }
+    (played, clean, jitter.stats().trimmed)
+}
+
+#[test]
+fn a_frame_dropped_to_cut_delay_is_spliced_without_a_click() {
+    let (raw, clean, trimmed) = fast_sender(false);
+    assert!(trimmed >= 5, "only {trimmed} frames dropped");
+    let limit = max_step(&clean) * 13 / 10;
+    // Without the splice each drop is a jump in the tone's phase.
+    assert!(max_step(&raw) > limit, "the raw cut should click");
+    let (smoothed, _, _) = fast_sender(true);
+    assert!(
+        max_step(&smoothed) <= limit,
+        "step {} against {limit}",
+        max_step(&smoothed)
+    );
+    // The level holds through the splices.
+    assert!(rms(&smoothed[FRAME * 50..]) > 0.9 * rms(&clean));
 }

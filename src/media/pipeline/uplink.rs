@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use super::{
-    fill_g711, recode, BrowserCodec, BrowserParams, ByteFifo, DigitQueue, PipelineCounters,
+    conceal_g711, fill_g711, BrowserCodec, BrowserParams, ByteFifo, DigitQueue, PipelineCounters,
     SipParams, DTMF_DURATION_SAMPLES, DTMF_VOLUME, FRAME, MAX_PAYLOAD,
 };
 use crate::config::Codec;
 use crate::media::g711;
 use crate::media::jitter::{JitterBuffer, JitterConfig};
 use crate::media::opus::{OpusError, PCM_RATE};
+use crate::media::plc::G711Concealer;
 use crate::media::rtp::{
     dtmf_event, DtmfDetector, DtmfEvent, RtpHeader, TelephoneEvent, RTP_HEADER_LEN,
 };
@@ -21,6 +22,7 @@ enum Decode {
         codec: Codec,
         jitter: Box<JitterBuffer>,
         fifo: ByteFifo,
+        plc: Box<G711Concealer>,
     },
 }
 
@@ -29,7 +31,7 @@ enum Decode {
 pub struct UplinkFrame<'a> {
     /// The RTP packet for the PBX (`None` on hold or before the SIP side is negotiated).
     pub packet: Option<&'a [u8]>,
-    /// This tick's browser audio at 8 kHz (for recording; only filled when asked for).
+    /// This tick's browser audio at 8 kHz (for recording).
     pub pcm: &'a [i16; FRAME],
 }
 
@@ -39,7 +41,6 @@ pub struct Uplink {
     browser: BrowserParams,
     detector: DtmfDetector,
     sip: Option<SipParams>,
-    need_pcm: bool,
     ssrc: u32,
     seq: u16,
     timestamp: u32,
@@ -56,11 +57,11 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// A pipeline for a browser sending `browser`; `need_pcm` also decodes relayed audio (for
-    /// recording).
+    /// A pipeline for a browser sending `browser`. Relayed audio is always decoded too (the
+    /// concealer keeps its history), so `_need_pcm` (recording) changes nothing any more.
     pub fn new(
         browser: BrowserParams,
-        need_pcm: bool,
+        _need_pcm: bool,
         counters: Arc<PipelineCounters>,
     ) -> Result<Uplink, OpusError> {
         let decode = match browser.codec {
@@ -69,6 +70,7 @@ impl Uplink {
                 codec,
                 jitter: Box::new(JitterBuffer::new(JitterConfig::audio(PCM_RATE))),
                 fifo: ByteFifo::new(),
+                plc: Box::default(),
             },
         };
         Ok(Uplink {
@@ -76,7 +78,6 @@ impl Uplink {
             browser,
             detector: DtmfDetector::default(),
             sip: None,
-            need_pcm,
             ssrc: rand::random(),
             seq: rand::random(),
             timestamp: rand::random(),
@@ -195,23 +196,19 @@ impl Uplink {
                 codec,
                 jitter,
                 fifo,
+                plc,
             } => {
-                let got = fill_g711(
+                let fill = fill_g711(
                     jitter,
                     fifo,
                     &mut self.payload,
                     &mut self.codes,
                     g711::silence(*codec),
                 );
-                if !got {
+                if fill.received == 0 {
                     PipelineCounters::bump(&self.counters.silent_ticks);
                 }
-                if self.need_pcm || sip_codec.is_none() {
-                    g711::decode(*codec, &self.codes, &mut self.pcm);
-                }
-                if let Some(to) = sip_codec {
-                    recode(*codec, to, &mut self.codes);
-                }
+                conceal_g711(plc, *codec, sip_codec, fill, &mut self.codes, &mut self.pcm);
                 true
             }
         };

@@ -393,3 +393,35 @@ fn linear16_round_trips() {
     // An odd trailing byte is ignored, not read past.
     assert_eq!(Linear16.decode(&bytes[..3], &mut back), 1);
 }
+
+/// Measurement behind docs/audio.md "Jitter-buffer adaptation", Opus side: a browser clock 2 %
+/// fast makes the buffer drop a packet now and then; libopus decodes the packet after the gap
+/// from its own state, and the largest sample step must stay that of the tone.
+#[test]
+fn opus_frames_dropped_to_cut_delay_do_not_click() {
+    let packets = opus_tone(440.0, 700);
+    let mut rx = BrowserToSip::with_defaults().unwrap();
+    let mut out = Vec::new();
+    let mut frame = [0i16; FRAME_SAMPLES];
+    let mut seq = 0usize;
+    for tick in 0..600u64 {
+        let sends = if tick % 50 == 49 { 2 } else { 1 };
+        for _ in 0..sends {
+            rx.push(
+                1,
+                seq as u16,
+                seq as u32 * OPUS_FRAME_TS,
+                &packets[seq],
+                tick * 20,
+            );
+            seq += 1;
+        }
+        rx.pull(&mut frame);
+        out.extend_from_slice(&frame);
+    }
+    assert!(rx.jitter_stats().trimmed >= 5);
+    let mut clean = vec![0i16; out.len()];
+    sine(440.0, 0.5, 0, &mut clean);
+    let steady = &out[FRAME_SAMPLES * 25..];
+    assert!(max_step(steady) <= max_step(&clean) * 13 / 10);
+}
