@@ -74,6 +74,14 @@ impl SippSettings {
     fn spawn(&self, mut cmd: Command, dir: PathBuf) -> anyhow::Result<SippPeer> {
         let out = std::fs::File::create(dir.join("output.log"))?;
         cmd.stdout(out.try_clone()?).stderr(out).kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // SIPp goes away with the tool, even when the tool is killed.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("run {} (Debian: sip-tester)", self.sipp.display()))?;
