@@ -2,7 +2,7 @@
 //! trickles candidates, replays pre-encoded audio every 20 ms, and measures what comes back.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::hub::HubSession;
-use super::stats::ReceiveStats;
+use super::stats::{EchoTracker, ReceiveStats};
 
 /// Audio encoded once at start and replayed by every call, so the generator stays cheap.
 pub struct Replay {
@@ -66,6 +66,11 @@ impl Replay {
     pub fn offered(&self) -> Vec<LegCodec> {
         vec![self.codec]
     }
+
+    /// Whether payloads are tagged: a relayed PCMU payload comes back through the echo unchanged.
+    pub fn tagged(&self) -> bool {
+        self.codec == LegCodec::Pcmu
+    }
 }
 
 /// What every call of a run shares.
@@ -91,6 +96,9 @@ pub enum Role {
 pub struct CallProbe {
     pub received: Mutex<ReceiveStats>,
     pub sent: AtomicU64,
+    /// Tagged packets sent so far (the next tag's number); never reset.
+    pub tagged: AtomicU32,
+    pub echo: Mutex<EchoTracker>,
 }
 
 /// Progress of one call, reported to the step.
@@ -312,10 +320,27 @@ impl Call {
                         stats.on_packet(p.seq, p.timestamp, clock, arrival);
                         stats.on_audio(&pcm[..samples]);
                     }
+                    if self.plan.replay.tagged() {
+                        let limit = self.probe.tagged.load(Ordering::Relaxed).saturating_add(1000);
+                        if let Ok(mut echo) = self.probe.echo.lock() {
+                            echo.on_payload(&p.payload, arrival.as_millis() as u32, limit);
+                        }
+                    }
                 }
                 _ = ticker.tick(), if connected => {
                     let Some(pt) = negotiated.and_then(|n| n.payload_type(self.plan.replay.codec)) else { continue };
                     let payload = &self.plan.replay.frames[frame % REPLAY_FRAMES];
+                    let mut tagged = [0u8; MAX_OPUS_PACKET];
+                    let payload: &[u8] = if self.plan.replay.tagged() && payload.len() <= tagged.len() {
+                        let tagged = &mut tagged[..payload.len()];
+                        tagged.copy_from_slice(payload);
+                        let number = self.probe.tagged.fetch_add(1, Ordering::Relaxed);
+                        let now = Instant::now().duration_since(self.plan.epoch).as_millis() as u32;
+                        EchoTracker::tag(number, now, tagged);
+                        tagged
+                    } else {
+                        payload
+                    };
                     if leg.send_rtp(pt, seq, timestamp, frame == 0, payload).await.is_ok() {
                         self.probe.sent.fetch_add(1, Ordering::Relaxed);
                     }

@@ -60,6 +60,13 @@ pub struct StepReport {
     pub jitter_samples: u64,
     pub jitter_p50_ms: Option<f64>,
     pub jitter_p99_ms: Option<f64>,
+    /// Relayed calls: tagged packets the browsers sent in the window (less the last 0.5 s)…
+    pub echo_packets: Option<u64>,
+    /// …the share of them that never came back through bridge → SIPp echo → bridge…
+    pub echo_loss_percent: Option<f64>,
+    /// …and their round trip browser → bridge → echo → bridge → browser.
+    pub echo_round_trip_p50_ms: Option<f64>,
+    pub echo_round_trip_p99_ms: Option<f64>,
     /// Calls whose returned audio was above -30 dBFS (the echoed tone came back).
     pub calls_with_audio: usize,
     /// Setup times in ms (web→SIP: invite → ACCEPTED_BY_REMOTE; SIP→web: INVITE → 200 at SIPp).
@@ -82,10 +89,12 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-/// The table printed at the end (and after each step, one line).
+/// The table printed at the end (and after each step, one line). `loss%` and `jit99` are what the
+/// browsers received (sequence gaps, RFC 3550 inter-arrival jitter p99 in ms); `echo%` and
+/// `rtt99` the tagged round trip of relayed calls; `tool%` the generator's own CPU.
 pub fn table(steps: &[StepReport]) -> String {
     let mut out = format!(
-        "{:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>13} {:>8} {:>6}\n",
+        "{:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>13} {:>8} {:>7} {:>7} {:>6}\n",
         "direction",
         "codec",
         "calls",
@@ -98,6 +107,8 @@ pub fn table(steps: &[StepReport]) -> String {
         "jit99",
         "setup p50/p99",
         "setups/s",
+        "echo%",
+        "rtt99",
         "tool%",
     );
     for s in steps {
@@ -111,7 +122,7 @@ pub fn table(steps: &[StepReport]) -> String {
 pub fn row(s: &StepReport) -> String {
     let b = s.bridge.as_ref();
     format!(
-        "{:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7.2} {:>7} {:>13} {:>8.1} {:>6.0}",
+        "{:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7.2} {:>7} {:>13} {:>8.1} {:>7} {:>7} {:>6.0}",
         s.direction.label(),
         s.codec,
         s.calls,
@@ -125,6 +136,8 @@ pub fn row(s: &StepReport) -> String {
         s.setup_ms
             .map_or("-".into(), |p| format!("{:.1}/{:.1}", p.p50, p.p99)),
         s.setups_per_sec,
+        opt(s.echo_loss_percent, 2),
+        opt(s.echo_round_trip_p99_ms, 1),
         s.tool_cpu_percent,
     )
 }

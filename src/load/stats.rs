@@ -162,6 +162,70 @@ impl ReceiveStats {
     }
 }
 
+/// Marks the start of a tagged payload: 0x5A 0xA5, then the packet's number and send time.
+const TAG_MAGIC: [u8; 2] = [0x5A, 0xA5];
+/// Bytes of a tag at the start of a payload.
+pub const TAG_LEN: usize = 10;
+
+/// End-to-end accounting for payloads that come back unchanged (a same-codec relay through an
+/// echo): each sent payload starts with a tag (number, send time in ms), so the receiver knows
+/// exactly which packets made the round trip and how long it took.
+#[derive(Debug, Clone, Default)]
+pub struct EchoTracker {
+    returned: Vec<bool>,
+    round_trip: Histogram,
+}
+
+impl EchoTracker {
+    /// Writes the tag of packet `number`, sent at `sent_ms`, over the start of `payload`.
+    pub fn tag(number: u32, sent_ms: u32, payload: &mut [u8]) {
+        if let Some(head) = payload.get_mut(..TAG_LEN) {
+            head[..2].copy_from_slice(&TAG_MAGIC);
+            head[2..6].copy_from_slice(&number.to_be_bytes());
+            head[6..10].copy_from_slice(&sent_ms.to_be_bytes());
+        }
+    }
+
+    /// A payload came back at `now_ms`; untagged payloads (e.g. the bridge's own silence) are
+    /// ignored. Numbers beyond `max_number` are taken for garbage.
+    pub fn on_payload(&mut self, payload: &[u8], now_ms: u32, max_number: u32) {
+        let Some(head) = payload.get(..TAG_LEN) else {
+            return;
+        };
+        if head[..2] != TAG_MAGIC {
+            return;
+        }
+        let number = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
+        let sent = u32::from_be_bytes([head[6], head[7], head[8], head[9]]);
+        if number > max_number {
+            return;
+        }
+        let i = number as usize;
+        if self.returned.len() <= i {
+            self.returned.resize(i + 1, false);
+        }
+        if !std::mem::replace(&mut self.returned[i], true) {
+            self.round_trip.record(f64::from(now_ms.wrapping_sub(sent)));
+        }
+    }
+
+    /// How many of the packets numbered `from..to` came back.
+    pub fn returned(&self, from: u32, to: u32) -> u64 {
+        (from..to)
+            .filter(|n| self.returned.get(*n as usize).copied().unwrap_or(false))
+            .count() as u64
+    }
+
+    /// Round-trip times since the last [`EchoTracker::reset_round_trips`].
+    pub fn round_trips(&self) -> &Histogram {
+        &self.round_trip
+    }
+
+    pub fn reset_round_trips(&mut self) {
+        self.round_trip = Histogram::default();
+    }
+}
+
 /// p50/p99/max of a set of durations in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Percentiles {
@@ -257,6 +321,40 @@ mod tests {
         assert_eq!(s.level_dbfs(), -120.0);
         s.on_audio(&[16384, -16384, 16384, -16384]);
         assert!((s.level_dbfs() + 6.02).abs() < 0.01);
+    }
+
+    #[test]
+    fn tagged_payloads_that_come_back_are_counted_once_with_their_round_trip() {
+        let mut echo = EchoTracker::default();
+        let mut sent = Vec::new();
+        for n in 0..10u32 {
+            let mut payload = vec![0xFFu8; 160];
+            EchoTracker::tag(n, 1000 + n * 20, &mut payload);
+            sent.push(payload);
+        }
+        for (n, p) in sent.iter().enumerate() {
+            if n != 3 {
+                echo.on_payload(p, 1000 + n as u32 * 20 + 30, 100);
+            }
+        }
+        echo.on_payload(&sent[5], 5000, 100); // duplicate: neither counted nor timed again
+        assert_eq!(echo.returned(0, 10), 9);
+        assert_eq!(echo.returned(2, 5), 2);
+        assert_eq!(echo.round_trips().count(), 9);
+        assert_eq!(echo.round_trips().quantile(0.99), Some(30.1));
+    }
+
+    #[test]
+    fn untagged_short_or_absurd_payloads_are_ignored() {
+        let mut echo = EchoTracker::default();
+        echo.on_payload(&[0xFF; 160], 0, 100);
+        echo.on_payload(&[0x5A, 0xA5, 0], 0, 100);
+        let mut p = vec![0u8; 20];
+        EchoTracker::tag(u32::MAX, 0, &mut p);
+        echo.on_payload(&p, 0, 100);
+        EchoTracker::tag(1, 0, &mut [0u8; 4]); // too short to tag: left alone
+        assert_eq!(echo.returned(0, u32::MAX.min(1000)), 0);
+        assert_eq!(echo.round_trips().count(), 0);
     }
 
     #[test]

@@ -156,7 +156,14 @@ pub async fn run_step(
             *r = ReceiveStats::default();
         }
         p.sent.store(0, Ordering::Relaxed);
+        if let Ok(mut e) = p.echo.lock() {
+            e.reset_round_trips();
+        }
     }
+    let tags_at_start: Vec<u32> = probes
+        .iter()
+        .map(|p| p.tagged.load(Ordering::Relaxed))
+        .collect();
     let window_start_bridge = sample_bridge(args.bridge_pid);
     let window_start_self = sample_self();
     let window_start = Instant::now();
@@ -196,6 +203,22 @@ pub async fn run_step(
     let calls_up = tally.up;
 
     // What the browsers received in the window.
+    let mut round_trips = Histogram::default();
+    let (mut echo_sent, mut echo_returned) = (0u64, 0u64);
+    for (p, from) in probes.iter().zip(&tags_at_start) {
+        // The last 0.5 s may still be on its way.
+        let to = p
+            .tagged
+            .load(Ordering::Relaxed)
+            .saturating_sub(25)
+            .max(*from);
+        if let Ok(e) = p.echo.lock() {
+            echo_sent += u64::from(to - from);
+            echo_returned += e.returned(*from, to);
+            round_trips.merge(e.round_trips());
+        }
+    }
+    let tagged = ctx.plan.replay.tagged() && echo_sent > 0;
     let mut jitter = Histogram::default();
     let (mut sent, mut received, mut lost, mut with_audio) = (0u64, 0u64, 0u64, 0usize);
     for p in &probes {
@@ -295,6 +318,11 @@ pub async fn run_step(
         jitter_samples: jitter.count(),
         jitter_p50_ms: jitter.quantile(0.5),
         jitter_p99_ms: jitter.quantile(0.99),
+        echo_packets: tagged.then_some(echo_sent),
+        echo_loss_percent: tagged
+            .then(|| echo_sent.saturating_sub(echo_returned) as f64 * 100.0 / echo_sent as f64),
+        echo_round_trip_p50_ms: round_trips.quantile(0.5).filter(|_| tagged),
+        echo_round_trip_p99_ms: round_trips.quantile(0.99).filter(|_| tagged),
         calls_with_audio: with_audio,
         setup_ms,
         setups_per_sec,
