@@ -11,7 +11,8 @@
 #   DURATION [30s]        measurement window per step
 #   RATE [50]             call setups started per second in a ramp
 #   DIRECTION [both]      web-to-sip, sip-to-web or both
-#   MODES [transcoded relay]
+#   MODES [transcoded relay setups]  "setups": a fast ramp of SETUP_CALLS [200] relayed calls
+#                         at SETUP_RATE [500]/s both ways, held 5 s: the setups/s column is the point
 #   BRIDGE_CPU [1]        core the bridge is pinned to; everything else runs on TOOL_CPUS [0]
 #   PROFILE [release]     "debug" for a quick check of the script itself
 #   OUT [target/bench]    JSON reports and logs
@@ -23,7 +24,9 @@ RELAY_CALLS="${RELAY_CALLS:-$CALLS}"
 DURATION="${DURATION:-30s}"
 RATE="${RATE:-50}"
 DIRECTION="${DIRECTION:-both}"
-MODES="${MODES:-transcoded relay}"
+MODES="${MODES:-transcoded relay setups}"
+SETUP_CALLS="${SETUP_CALLS:-200}"
+SETUP_RATE="${SETUP_RATE:-500}"
 BRIDGE_CPU="${BRIDGE_CPU:-1}"
 TOOL_CPUS="${TOOL_CPUS:-0}"
 PROFILE="${PROFILE:-release}"
@@ -35,7 +38,8 @@ if [ -z "${SRBRIDGE_BENCH_INSIDE:-}" ]; then
   else
     cargo build --locked --bin srbridge --bin srbridge-load
   fi
-  export CALLS RELAY_CALLS DURATION RATE DIRECTION MODES BRIDGE_CPU TOOL_CPUS PROFILE OUT
+  export CALLS RELAY_CALLS DURATION RATE DIRECTION MODES SETUP_CALLS SETUP_RATE BRIDGE_CPU TOOL_CPUS \
+    PROFILE OUT
   exec unshare --net -- env SRBRIDGE_BENCH_INSIDE=1 bash -c 'ip link set lo up && exec bash "$0"' "$0"
 fi
 
@@ -102,13 +106,17 @@ sleep 2
 
 status=0
 for mode in $MODES; do
-  steps="$CALLS"
-  flags=()
-  if [ "$mode" = relay ]; then steps="$RELAY_CALLS"; flags=(--relay); fi
-  echo "== $mode: calls $steps, $DURATION each, ramp $RATE/s, $DIRECTION"
+  steps="$CALLS" duration="$DURATION" rate="$RATE" flags=()
+  case "$mode" in
+    transcoded) ;;
+    relay) steps="$RELAY_CALLS" flags=(--relay) ;;
+    setups) steps="$SETUP_CALLS" duration=5s rate="$SETUP_RATE" flags=(--relay) ;;
+    *) echo "bench.sh: unknown mode $mode" >&2; exit 2 ;;
+  esac
+  echo "== $mode: calls $steps, $duration each, ramp $rate/s, $DIRECTION"
   taskset -c "$TOOL_CPUS" "$bin/srbridge-load" --ws ws://127.0.0.1:8080/ws --appid bench \
     --pbx 127.0.0.1:5060 --callee 1005 --caller 1002 --bridge-pid "$bridge" \
-    --calls "$steps" --duration "$DURATION" --rate "$RATE" --direction "$DIRECTION" \
+    --calls "$steps" --duration "$duration" --rate "$rate" --direction "$DIRECTION" \
     --json "$OUT/$mode.json" "${flags[@]}" | tee "$OUT/$mode.txt" || status=$?
 done
 echo "== reports in $OUT"

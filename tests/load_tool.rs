@@ -107,6 +107,40 @@ async fn everything_released(bridge: &Bridge) {
     );
 }
 
+#[test]
+fn help_documents_what_a_run_measures() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_srbridge-load"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--calls",
+        "--duration",
+        "--bridge-pid",
+        "--relay",
+        "--json",
+        "jitter",
+        "RSS",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}: {help}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_bridge_is_an_error_naming_it() {
+    let url = format!("ws://127.0.0.1:{}/ws", support::ports::free_port());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_srbridge-load"))
+        .args(["--ws", &url, "--direction", "sip-to-web", "--calls", "2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&url), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transcoded_calls_both_directions() {
     let rig = support::rig::start_bridge(APPID, "", "", 40).await;

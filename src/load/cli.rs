@@ -55,7 +55,7 @@ pub struct Args {
     pub duration: Duration,
 
     /// Call setups started per second while ramping up a step
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 50.0, value_parser = parse_rate)]
     pub rate: f64,
 
     /// Browsers offer PCMU only: the bridge relays instead of transcoding Opus⇄PCMU
@@ -128,6 +128,16 @@ impl Directions {
     }
 }
 
+/// A positive number of setups per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "`{text}` is not a positive number of calls per second"
+        )),
+    }
+}
+
 /// `500ms`, `30s`, `2m`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -173,5 +183,12 @@ mod tests {
         assert_eq!(args.calls, vec![10, 50, 100]);
         assert!(Args::try_parse_from(["srbridge-load", "--calls", "10,x"]).is_err());
         assert!(Args::try_parse_from(["srbridge-load", "--duration", "forever"]).is_err());
+        for bad in ["0", "-5", "NaN", "inf", "fast"] {
+            assert!(
+                Args::try_parse_from(["srbridge-load", "--rate", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
     }
 }

@@ -86,6 +86,10 @@ pub async fn run_step(
             }
         }
     }
+    if sessions.is_empty() && n > 0 {
+        let why = failures.iter().next().cloned().unwrap_or_default();
+        anyhow::bail!("no user could log in to {}: {why}", args.ws);
+    }
     let logged_in = sample_bridge(args.bridge_pid);
     eprintln!("[{label} {n}] {} users logged in", sessions.len());
 
