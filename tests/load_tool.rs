@@ -83,7 +83,14 @@ fn assert_calls_carried_media(report: &Value, directions: &[&str], codec: &str) 
             received > 0.8 * nominal,
             "browsers got {received} of {nominal}: {context}"
         );
-        assert!(step["loss_percent"].as_f64().unwrap() < 5.0, "{context}");
+        assert!(
+            step["missing_percent"].as_f64().unwrap() < 20.0,
+            "{context}"
+        );
+        assert!(
+            step["seq_gap_loss_percent"].as_f64().unwrap() < 5.0,
+            "{context}"
+        );
         assert!(
             step["bridge"]["rss_peak_kb"].as_u64().unwrap() > 0,
             "{context}"

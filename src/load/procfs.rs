@@ -51,6 +51,35 @@ pub fn status_value(status: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The one CPU a process is pinned to (`taskset -c N`), from `Cpus_allowed_list` of its status.
+pub fn pinned_cpu(pid: u32) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    list.parse().ok()
+}
+
+/// Busy ticks (everything but idle and iowait) of `cpu` in a `/proc/stat` text.
+pub fn cpu_busy_ticks(stat: &str, cpu: usize) -> Option<u64> {
+    let prefix = format!("cpu{cpu} ");
+    let line = stat.lines().find(|l| l.starts_with(&prefix))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some(total - idle)
+}
+
+/// Busy ticks of `cpu` now.
+pub fn sample_cpu_busy(cpu: usize) -> Option<u64> {
+    cpu_busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?, cpu)
+}
+
 /// Clock ticks per second of `/proc/PID/stat` times.
 pub fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -122,6 +151,16 @@ mod tests {
         assert_eq!(status_value(status, "VmRSS"), Some(12345));
         assert_eq!(status_value(status, "Threads"), Some(9));
         assert_eq!(status_value(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn busy_ticks_of_one_cpu_leave_out_idle_and_iowait() {
+        let stat =
+            "cpu  10 0 10 100 5 0 0 0 0 0\ncpu0 1 0 1 50 2 0 0 0 0 0\ncpu1 7 1 2 40 3 1 1 0 0 0\n";
+        assert_eq!(cpu_busy_ticks(stat, 1), Some(12));
+        assert_eq!(cpu_busy_ticks(stat, 0), Some(2));
+        assert_eq!(cpu_busy_ticks(stat, 2), None);
+        assert_eq!(cpu_busy_ticks("cpu1 7 x 2 40", 1), None);
     }
 
     #[test]

@@ -10,6 +10,10 @@ use super::stats::Percentiles;
 pub struct BridgeCost {
     /// CPU during the measurement window, % of one core.
     pub cpu_percent: f64,
+    /// The core the bridge is pinned to, if it is, and how busy it was in the window (the bridge
+    /// and anything else running there): well above `cpu_percent` means the bridge competed.
+    pub pinned_cpu: Option<usize>,
+    pub pinned_cpu_busy_percent: Option<f64>,
     /// CPU milliseconds per second of one call.
     pub cpu_ms_per_call_second: f64,
     /// RSS before the step's users logged in.
@@ -53,9 +57,14 @@ pub struct StepReport {
     pub tool_cpu_percent: f64,
     pub packets_sent: u64,
     pub packets_received: u64,
+    /// What the browsers should have received at 50 packets a second per call up.
+    pub packets_nominal: u64,
+    /// Share of `packets_nominal` that never arrived: audio the users missed, whether the
+    /// network dropped it or the bridge skipped frames (the table's `loss%`).
+    pub missing_percent: f64,
     /// Packets missing from the sequence numbers the browsers received.
     pub packets_lost: u64,
-    pub loss_percent: f64,
+    pub seq_gap_loss_percent: f64,
     /// Inter-arrival jitter samples (one per packet after the first of each call).
     pub jitter_samples: u64,
     pub jitter_p50_ms: Option<f64>,
@@ -90,7 +99,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 }
 
 /// The table printed at the end (and after each step, one line). `loss%` and `jit99` are what the
-/// browsers received (sequence gaps, RFC 3550 inter-arrival jitter p99 in ms); `echo%` and
+/// browsers received (packets short of 50 a second per call, RFC 3550 inter-arrival jitter p99 in
+/// ms); `echo%` and
 /// `rtt99` the tagged round trip of relayed calls; `tool%` the generator's own CPU.
 pub fn table(steps: &[StepReport]) -> String {
     let mut out = format!(
@@ -131,7 +141,7 @@ pub fn row(s: &StepReport) -> String {
         opt(b.map(|b| b.cpu_ms_per_call_second), 3),
         opt(b.map(|b| b.rss_per_call_kb), 0),
         opt(b.map(|b| b.rss_per_session_kb), 0),
-        s.loss_percent,
+        s.missing_percent,
         opt(s.jitter_p99_ms, 1),
         s.setup_ms
             .map_or("-".into(), |p| format!("{:.1}/{:.1}", p.p50, p.p99)),

@@ -168,6 +168,8 @@ pub async fn run_step(
         .iter()
         .map(|p| p.tagged.load(Ordering::Relaxed))
         .collect();
+    let pinned = args.bridge_pid.and_then(procfs::pinned_cpu);
+    let core_start = pinned.and_then(procfs::sample_cpu_busy);
     let window_start_bridge = sample_bridge(args.bridge_pid);
     let window_start_self = sample_self();
     let window_start = Instant::now();
@@ -201,6 +203,7 @@ pub async fn run_step(
         }
     }
     let window_end_bridge = sample_bridge(args.bridge_pid);
+    let core_end = pinned.and_then(procfs::sample_cpu_busy);
     let window_end_self = sample_self();
     let window = window_start.elapsed().as_secs_f64();
     tally.drain(&mut news);
@@ -270,6 +273,12 @@ pub async fn run_step(
             let cpu_s = procfs::cpu_seconds(&ws, &we);
             Some(BridgeCost {
                 cpu_percent: procfs::cpu_percent(&ws, &we),
+                pinned_cpu: pinned,
+                pinned_cpu_busy_percent: core_start.zip(core_end).map(|(a, b)| {
+                    b.saturating_sub(a) as f64 * 100.0
+                        / procfs::ticks_per_second() as f64
+                        / window.max(0.001)
+                }),
                 cpu_ms_per_call_second: if calls_up > 0 {
                     cpu_s * 1000.0 / (calls_up as f64 * window)
                 } else {
@@ -297,6 +306,7 @@ pub async fn run_step(
         _ => 0.0,
     };
     let expected = received + lost;
+    let nominal = (calls_up as f64 * 50.0 * window).round() as u64;
     Ok(StepReport {
         direction,
         codec: match ctx.plan.replay.offered().first() {
@@ -313,8 +323,14 @@ pub async fn run_step(
         tool_cpu_percent,
         packets_sent: sent,
         packets_received: received,
+        packets_nominal: nominal,
+        missing_percent: if nominal > 0 {
+            nominal.saturating_sub(received) as f64 * 100.0 / nominal as f64
+        } else {
+            100.0
+        },
         packets_lost: lost,
-        loss_percent: if expected > 0 {
+        seq_gap_loss_percent: if expected > 0 {
             lost as f64 * 100.0 / expected as f64
         } else {
             100.0
