@@ -93,19 +93,23 @@ max_setups_per_sec = 2000
 max_ws_sessions = 20000
 TOML
 
-echo "== srbridge ($PROFILE) pinned to cpu $BRIDGE_CPU"
-taskset -c "$BRIDGE_CPU" "$bin/srbridge" "$work/bench.toml" >"$OUT/srbridge.out" 2>&1 &
-bridge=$!
-pids+=($bridge)
-for _ in $(seq 100); do
-  curl -fs http://127.0.0.1:8080/healthz >/dev/null 2>&1 && break
-  sleep 0.1
-done
-# The proxy account must be registered before SIP→web calls can reach the bridge.
-sleep 2
+# A fresh bridge per mode: RSS is not returned after calls, so a second mode would reuse it.
+start_bridge() {
+  echo "== srbridge ($PROFILE) pinned to cpu $BRIDGE_CPU"
+  taskset -c "$BRIDGE_CPU" "$bin/srbridge" "$work/bench.toml" >>"$OUT/srbridge.out" 2>&1 &
+  bridge=$!
+  pids+=($bridge)
+  for _ in $(seq 100); do
+    curl -fs http://127.0.0.1:8080/healthz >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  # The proxy account must be registered before SIP→web calls can reach the bridge.
+  sleep 2
+}
 
 status=0
 for mode in $MODES; do
+  start_bridge
   steps="$CALLS" duration="$DURATION" rate="$RATE" flags=()
   case "$mode" in
     transcoded) ;;
@@ -118,6 +122,8 @@ for mode in $MODES; do
     --pbx 127.0.0.1:5060 --callee 1005 --caller 1002 --bridge-pid "$bridge" \
     --calls "$steps" --duration "$duration" --rate "$rate" --direction "$DIRECTION" \
     --json "$OUT/$mode.json" "${flags[@]}" | tee "$OUT/$mode.txt" || status=$?
+  kill "$bridge"
+  wait "$bridge" 2>/dev/null || true
 done
 echo "== reports in $OUT"
 for mode in $MODES; do echo "-- $mode"; cat "$OUT/$mode.txt"; done

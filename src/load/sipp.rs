@@ -149,6 +149,7 @@ impl SippSettings {
             .args(["-r", &per_10s.to_string(), "-rp", "10000"])
             .args(["-l", &uids.len().to_string(), "-m", &uids.len().to_string()])
             .args(["-rtp_echo", "-trace_rtt", "-rtt_freq", "1"])
+            .args(["-trace_err", "-error_file", "errors.log"])
             .args(["-mp", &free_media_port(self.local_ip)?.to_string()])
             .args(["-cp", &free_udp_port(self.local_ip)?.to_string()]);
         self.spawn(cmd, dir)
@@ -170,6 +171,12 @@ impl SippPeer {
     /// Whether SIPp is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIPp's error trace (unexpected messages and the like), its first 1000 characters.
+    pub fn errors(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("errors.log")).unwrap_or_default();
+        text.chars().take(1000).collect()
     }
 
     /// What SIPp printed (its last 2000 characters).

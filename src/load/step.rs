@@ -253,7 +253,7 @@ pub async fn run_step(
         match uac.wait(HANGUP_WAIT).await {
             Some(0) => {}
             code => {
-                failures.insert(format!("SIPp UAC exit {code:?}: {}", tail(&uac.output())));
+                failures.insert(format!("SIPp UAC exit {code:?}: {}", uac.errors().trim()));
             }
         }
         setup_ms = Percentiles::of(&uac.response_times_ms());
@@ -361,11 +361,6 @@ fn cost_line(from: Option<&ProcSample>, to: Option<&ProcSample>) -> String {
         ),
         _ => String::new(),
     }
-}
-
-fn tail(text: &str) -> &str {
-    let start = text.len().saturating_sub(400);
-    text.get(start..).unwrap_or(text).trim()
 }
 
 /// Calls up, failed and dropped so far, from the calls' news.
