@@ -38,7 +38,7 @@ pub fn free_udp_port(ip: IpAddr) -> anyhow::Result<u16> {
 fn free_media_port(ip: IpAddr) -> anyhow::Result<u16> {
     for _ in 0..200 {
         let p = free_udp_port(ip)? & !1;
-        if p < 1024 || p > 65530 {
+        if !(1024..=65530).contains(&p) {
             continue;
         }
         if (p..p + 4).all(|q| UdpSocket::bind((ip, q)).is_ok()) {

@@ -247,7 +247,6 @@ pub async fn run_step(
         let _ = tokio::time::timeout_at(hangup_deadline, t).await;
     }
     let mut setup_ms = Percentiles::of(&tally.setups_ms);
-    let mut failures = failures;
     failures.extend(tally.reasons.iter().cloned());
     if let Some(mut uac) = uac {
         match uac.wait(HANGUP_WAIT).await {
