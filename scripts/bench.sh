@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The standard load runs (README "Performance"): builds release, starts the test PBX (Kamailio),
+# the bridge pinned to one core and srbridge-load (which starts SIPp's echo UAS and UAC) on the
+# other, runs the steps transcoded (browsers send Opus) and relayed (browsers send PCMU), prints
+# the table, stops everything. Runs inside a private network namespace with only `lo` (like
+# scripts/test.sh), so only loopback is used and the fixed ports below cannot collide.
+#
+# Environment (defaults in brackets):
+#   CALLS [10,50,100]     concurrent calls per step
+#   RELAY_CALLS [$CALLS]  steps of the relayed run
+#   DURATION [30s]        measurement window per step
+#   RATE [50]             call setups started per second in a ramp
+#   DIRECTION [both]      web-to-sip, sip-to-web or both
+#   MODES [transcoded relay setups]  "setups": a fast ramp of SETUP_CALLS [200] relayed calls
+#                         at SETUP_RATE [500]/s both ways, held 5 s: the setups/s column is the point
+#   BRIDGE_CPU [1]        core the bridge is pinned to; everything else runs on TOOL_CPUS [0]
+#   PROFILE [release]     "debug" for a quick check of the script itself
+#   OUT [target/bench]    JSON reports and logs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CALLS="${CALLS:-10,50,100}"
+RELAY_CALLS="${RELAY_CALLS:-$CALLS}"
+DURATION="${DURATION:-30s}"
+RATE="${RATE:-50}"
+DIRECTION="${DIRECTION:-both}"
+MODES="${MODES:-transcoded relay setups}"
+SETUP_CALLS="${SETUP_CALLS:-200}"
+SETUP_RATE="${SETUP_RATE:-500}"
+BRIDGE_CPU="${BRIDGE_CPU:-1}"
+TOOL_CPUS="${TOOL_CPUS:-0}"
+PROFILE="${PROFILE:-release}"
+OUT="${OUT:-target/bench}"
+
+if [ -z "${SRBRIDGE_BENCH_INSIDE:-}" ]; then
+  if [ "$PROFILE" = release ]; then
+    cargo build --release --locked --bin srbridge --bin srbridge-load
+  else
+    cargo build --locked --bin srbridge --bin srbridge-load
+  fi
+  export CALLS RELAY_CALLS DURATION RATE DIRECTION MODES SETUP_CALLS SETUP_RATE BRIDGE_CPU TOOL_CPUS \
+    PROFILE OUT
+  exec unshare --net -- env SRBRIDGE_BENCH_INSIDE=1 bash -c 'ip link set lo up && exec bash "$0"' "$0"
+fi
+
+bin="target/$PROFILE"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+work="$(mktemp -d /tmp/srbridge-bench-XXXXXX)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+echo "== kamailio on 127.0.0.1:5060 (cpu $TOOL_CPUS)"
+mkdir -p "$work/run"
+taskset -c "$TOOL_CPUS" kamailio -f config/kamailio/kamailio.cfg -DD -E -m 64 -M 8 \
+  -Y "$work/run" -P "$work/run/kamailio.pid" \
+  -l udp:127.0.0.1:5060 -l tcp:127.0.0.1:5060 >"$OUT/kamailio.log" 2>&1 &
+pids+=($!)
+
+cat >"$work/bench.toml" <<TOML
+[global]
+appid = "bench"
+sip_svr = "127.0.0.1:5060"
+sip_local_port = 5086
+[rtm2sip]
+on = true
+acc_rule = "1005"
+[proxy]
+on = true
+sip_account = "1000"
+sip_pwd = "1234"
+rtm_account = "bridge"
+[log]
+level = "warn"
+file = "$OUT/srbridge.log"
+[sip]
+listen_ip = "127.0.0.1"
+options_interval = 0
+[media]
+rtp_port_min = 20000
+rtp_port_max = 29998
+[http]
+listen = "127.0.0.1:8080"
+[limits]
+max_calls = 5000
+max_setups_per_sec = 2000
+max_ws_sessions = 20000
+TOML
+
+# A fresh bridge per mode: RSS is not returned after calls, so a second mode would reuse it.
+start_bridge() {
+  echo "== srbridge ($PROFILE) pinned to cpu $BRIDGE_CPU"
+  taskset -c "$BRIDGE_CPU" "$bin/srbridge" "$work/bench.toml" >>"$OUT/srbridge.out" 2>&1 &
+  bridge=$!
+  pids+=($bridge)
+  for _ in $(seq 100); do
+    curl -fs http://127.0.0.1:8080/healthz >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  # The proxy account must be registered before SIP→web calls can reach the bridge.
+  sleep 2
+}
+
+status=0
+for mode in $MODES; do
+  start_bridge
+  steps="$CALLS" duration="$DURATION" rate="$RATE" flags=()
+  case "$mode" in
+    transcoded) ;;
+    relay) steps="$RELAY_CALLS" flags=(--relay) ;;
+    setups) steps="$SETUP_CALLS" duration=5s rate="$SETUP_RATE" flags=(--relay) ;;
+    *) echo "bench.sh: unknown mode $mode" >&2; exit 2 ;;
+  esac
+  echo "== $mode: calls $steps, $duration each, ramp $rate/s, $DIRECTION"
+  taskset -c "$TOOL_CPUS" "$bin/srbridge-load" --ws ws://127.0.0.1:8080/ws --appid bench \
+    --pbx 127.0.0.1:5060 --callee 1005 --caller 1002 --bridge-pid "$bridge" \
+    --calls "$steps" --duration "$duration" --rate "$rate" --direction "$DIRECTION" \
+    --json "$OUT/$mode.json" "${flags[@]}" | tee "$OUT/$mode.txt" || status=$?
+  kill "$bridge"
+  wait "$bridge" 2>/dev/null || true
+done
+echo "== reports in $OUT"
+for mode in $MODES; do echo "-- $mode"; cat "$OUT/$mode.txt"; done
+exit $status

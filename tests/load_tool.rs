@@ -1,0 +1,165 @@
+//! `srbridge-load` against the bridge of the shared rig (Kamailio, the bridge in this process):
+//! a small run in each direction, so the load tool keeps working as the bridge changes. Only
+//! that calls come up and the echoed audio flows both ways is asserted; the figures belong to
+//! `scripts/bench.sh`.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use srbridge::bridge::Bridge;
+
+const APPID: &str = "load-test";
+const CALLS: u64 = 5;
+
+/// Runs the tool with `extra` arguments; returns its JSON report.
+async fn run_load_tool(rig: &support::rig::BridgeRig, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_srbridge-load"))
+        .args(["--ws", &rig.url, "--appid", APPID])
+        .args(["--pbx", &rig.pbx.addr().to_string()])
+        .args(["--callee", "1005", "--caller", "1002"])
+        .args(["--bridge-pid", &std::process::id().to_string()])
+        .args([
+            "--calls",
+            &CALLS.to_string(),
+            "--duration",
+            "5s",
+            "--rate",
+            "10",
+        ])
+        .args(["--settle", "1s", "--cooldown", "1s"])
+        .arg("--json")
+        .arg(&json)
+        .args(extra)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(150), output)
+        .await
+        .expect("srbridge-load finishes within 150 s")
+        .expect("srbridge-load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "srbridge-load failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("setups/s"),
+        "the table is printed: {stdout}"
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON report is written");
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+/// Every call of every step came up, and the echoed tone came back to every browser.
+fn assert_calls_carried_media(report: &Value, directions: &[&str], codec: &str) {
+    let steps = report["steps"].as_array().expect("steps");
+    let seen: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| s["direction"].as_str())
+        .collect();
+    assert_eq!(seen, directions, "{report:#}");
+    for step in steps {
+        let context = format!("{step:#}");
+        assert_eq!(step["codec"], codec, "{context}");
+        assert_eq!(step["calls_up"].as_u64(), Some(CALLS), "{context}");
+        assert_eq!(step["calls_with_audio"].as_u64(), Some(CALLS), "{context}");
+        // 50 packets a second per call, both ways through the echo; generous bounds.
+        let window = step["window_s"].as_f64().unwrap();
+        let nominal = CALLS as f64 * 50.0 * window;
+        let sent = step["packets_sent"].as_f64().unwrap();
+        let received = step["packets_received"].as_f64().unwrap();
+        assert!(
+            sent > 0.8 * nominal,
+            "browsers sent {sent} of {nominal}: {context}"
+        );
+        assert!(
+            received > 0.8 * nominal,
+            "browsers got {received} of {nominal}: {context}"
+        );
+        assert!(
+            step["missing_percent"].as_f64().unwrap() < 20.0,
+            "{context}"
+        );
+        assert!(
+            step["seq_gap_loss_percent"].as_f64().unwrap() < 5.0,
+            "{context}"
+        );
+        assert!(
+            step["bridge"]["rss_peak_kb"].as_u64().unwrap() > 0,
+            "{context}"
+        );
+        assert!(step["setup_ms"]["p50"].as_f64().is_some(), "{context}");
+    }
+}
+
+/// The tool hung up every call: the bridge holds no call and no RTP port.
+async fn everything_released(bridge: &Bridge) {
+    for _ in 0..100 {
+        if bridge.calls().is_empty() && bridge.media_ports_in_use() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "left behind: calls {:?}, RTP ports {}",
+        bridge.calls(),
+        bridge.media_ports_in_use()
+    );
+}
+
+#[test]
+fn help_documents_what_a_run_measures() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_srbridge-load"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--calls",
+        "--duration",
+        "--bridge-pid",
+        "--relay",
+        "--json",
+        "jitter",
+        "RSS",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}: {help}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_bridge_is_an_error_naming_it() {
+    let url = format!("ws://127.0.0.1:{}/ws", support::ports::free_port());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_srbridge-load"))
+        .args(["--ws", &url, "--direction", "sip-to-web", "--calls", "2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&url), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcoded_calls_both_directions() {
+    let rig = support::rig::start_bridge(APPID, "", "", 40).await;
+    let report = run_load_tool(&rig, &[]).await;
+    assert_calls_carried_media(&report, &["web_to_sip", "sip_to_web"], "opus");
+    everything_released(&rig.bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_calls_both_directions() {
+    let rig = support::rig::start_bridge(APPID, "", "", 40).await;
+    let report = run_load_tool(&rig, &["--relay"]).await;
+    assert_calls_carried_media(&report, &["web_to_sip", "sip_to_web"], "pcmu");
+    everything_released(&rig.bridge).await;
+}
