@@ -14,6 +14,10 @@ use support::sipp::registered_uas;
 use support::webrtc_peer::BrowserPeer;
 use support::{Baresip, BaresipOptions, Sipp, WsClient};
 
+/// The bridge counts into process-wide metrics: the tests of this file read counter deltas from
+/// `/metrics`, so they run one at a time (another test's refusals or timeouts would show up).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const APPID: &str = "timeout-test";
 const T: Duration = Duration::from_secs(15);
 /// The `[media] rtp_timeout` of these tests.
@@ -53,6 +57,7 @@ async fn rtp_timeouts(rig: &support::rig::BridgeRig) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_that_answers_and_sends_nothing_is_hung_up_after_rtp_timeout() {
+    let _serial = SERIAL.lock().await;
     let rig = rig().await;
     let before = rtp_timeouts(&rig).await;
     // answers, never sends RTP, and passes only if a BYE comes (answered 200)
@@ -95,6 +100,7 @@ async fn a_phone_that_answers_and_sends_nothing_is_hung_up_after_rtp_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_goes_away_ends_the_call_for_the_phone() {
+    let _serial = SERIAL.lock().await;
     let rig = rig().await;
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("tone.wav");
@@ -138,6 +144,7 @@ async fn a_browser_that_goes_away_ends_the_call_for_the_phone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_that_does_not_refresh_its_session_is_hung_up_and_the_browser_gets_end_call() {
+    let _serial = SERIAL.lock().await;
     let rig = support::rig::start_bridge(APPID, "session_expires = 6\nmin_se = 2", "", 10).await;
     let before = calls_ended(&rig, "session_expired").await;
     let alice = Arc::new(WsClient::login(&rig.url, APPID, "alice").await);

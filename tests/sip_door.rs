@@ -17,6 +17,10 @@ use support::{Sipp, WsClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+/// The bridge counts into process-wide metrics: the tests of this file read counter deltas from
+/// `/metrics`, so they run one at a time (another test's refusals or timeouts would show up).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const APPID: &str = "door-test";
 const T: Duration = Duration::from_secs(15);
 const AGENT: &str = "DoorTest/1";
@@ -109,6 +113,7 @@ fn invite(target: SocketAddr, local: SocketAddr, id: &str) -> String {
 
 #[tokio::test]
 async fn malformed_requests_get_their_status_codes_and_are_counted() {
+    let _serial = SERIAL.lock().await;
     let rig = rig("").await;
     let target = rig.bridge.sip_addr();
     // from the PBX's own address: only the message is wrong
@@ -295,6 +300,7 @@ async fn stranger(
 
 #[tokio::test]
 async fn requests_from_a_stranger_inside_a_call_get_403_and_the_call_goes_on() {
+    let _serial = SERIAL.lock().await;
     let rig = rig("").await;
     let target = rig.bridge.sip_addr();
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
@@ -428,6 +434,7 @@ async fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn silent_tcp_connections_are_closed_capped_per_ip_and_calls_still_work() {
+    let _serial = SERIAL.lock().await;
     let rig = rig("transport = \"tcp\"\ntcp_first_message_timeout = 2\ntcp_max_per_ip = 3").await;
     let target = rig.bridge.sip_addr();
     let before = errors(&rig, "sip_connection").await;
@@ -511,6 +518,7 @@ async fn silent_tcp_connections_are_closed_capped_per_ip_and_calls_still_work() 
 
 #[tokio::test]
 async fn outgoing_invites_carry_our_call_id_host_and_agent() {
+    let _serial = SERIAL.lock().await;
     // the gateway is a plain socket: what the bridge sends is read as is
     let gateway = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let gateway_addr = gateway.local_addr().unwrap();
