@@ -194,7 +194,7 @@ async fn web_to_sip_opus_tone_both_ways_and_everything_released() {
     )
     .await;
     // The call's media shows in /metrics: RTP both ways, transcoding time per direction.
-    let metrics = http_get_text(rig.bridge.http_addr(), "/metrics").await;
+    let metrics = rig.metrics().await;
     for (name, direction) in [
         ("srbridge_rtp_packets_total", "web_to_sip"),
         ("srbridge_rtp_packets_total", "sip_to_web"),
@@ -210,20 +210,6 @@ async fn web_to_sip_opus_tone_both_ways_and_everything_released() {
             "{name}{{direction={direction}}} = {value}\n{metrics}"
         );
     }
-}
-
-/// `GET path` over plain HTTP/1.1; returns the body.
-async fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
 }
 
 /// The value of `name{direction="…"}` in Prometheus text (0 when absent).

@@ -186,18 +186,6 @@ fn candidate_addr(line: &str) -> Option<SocketAddr> {
     format!("{}:{}", f[4], f[5]).parse().ok()
 }
 
-async fn metrics_text(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.expect("read");
-    out
-}
-
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -282,7 +270,7 @@ async fn a_stranger_spraying_every_media_port_is_heard_by_nobody() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let heard = peer.take_received();
-    let metrics = metrics_text(rig.bridge.http_addr()).await;
+    let metrics = rig.metrics().await;
 
     alice.send_raw(
         &json!({"type": "peer_message", "id": 900, "to": "1001", "text": "{\"Cmd\":\"EndCall\"}"})

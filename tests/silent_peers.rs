@@ -27,28 +27,13 @@ async fn rig() -> support::rig::BridgeRig {
     support::rig::start_bridge(APPID, "", "rtp_timeout = 3", 10).await
 }
 
-/// `GET path` over plain HTTP/1.1; returns the body.
-async fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
-}
-
 /// `srbridge_calls_ended_total{reason}` of this test binary's bridges (only these tests end
 /// calls for these reasons).
 async fn calls_ended(rig: &support::rig::BridgeRig, reason: &str) -> u64 {
-    let text = http_get_text(rig.bridge.http_addr(), "/metrics").await;
-    let series = format!("srbridge_calls_ended_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    rig.counter(&format!(
+        "srbridge_calls_ended_total{{reason=\"{reason}\"}}"
+    ))
+    .await
 }
 
 async fn rtp_timeouts(rig: &support::rig::BridgeRig) -> u64 {

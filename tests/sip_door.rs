@@ -72,23 +72,8 @@ fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
 
 /// `srbridge_errors_total{kind}` of this bridge.
 async fn errors(rig: &BridgeRig, kind: &str) -> u64 {
-    let text = http_get_text(rig.bridge.http_addr(), "/metrics").await;
-    let needle = format!("srbridge_errors_total{{kind=\"{kind}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {needle} in /metrics:\n{text}"))
-}
-
-async fn http_get_text(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+    rig.counter(&format!("srbridge_errors_total{{kind=\"{kind}\"}}"))
+        .await
 }
 
 /// A well-formed INVITE for alice from `local` (the PBX's address), as text to be broken.

@@ -89,3 +89,35 @@ listen = "127.0.0.1:0"
         rtp_ports: rtp..=rtp + rtp_ports - 1,
     }
 }
+
+/// `GET path` over plain HTTP/1.1 to `addr`; returns the body.
+pub async fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+impl BridgeRig {
+    /// This bridge's `/metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        http_get_text(self.bridge.http_addr(), "/metrics").await
+    }
+
+    /// The value of one counter series, e.g. `srbridge_errors_total{kind="sip_parse"}`, in this
+    /// bridge's `/metrics`; panics when the series is absent. The registry is process-wide: a
+    /// test reading deltas must not run beside another test of its binary that moves the series.
+    pub async fn counter(&self, series: &str) -> u64 {
+        let text = self.metrics().await;
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+    }
+}
