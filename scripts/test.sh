@@ -19,7 +19,7 @@ cargo build --locked --all-targets
 cargo test --locked --no-run
 
 threads="${TEST_THREADS:-2}"
-run_tests="cargo test --locked --offline -- --test-threads=$threads"
+run_tests="cargo test --locked --offline --no-fail-fast -- --test-threads=$threads"
 echo "== tests"
 if [ "${SRBRIDGE_NO_NETNS:-}" != 1 ] && unshare --net true 2>/dev/null; then
   unshare --net -- bash -c "ip link set lo up && $run_tests"

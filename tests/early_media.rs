@@ -61,7 +61,11 @@ impl LogBuffer {
     }
 }
 
-/// The process-wide log capture (installed once: tests in this binary run one at a time).
+/// The tests of this file share the process-wide log capture and clear it: they run one at a
+/// time (test.sh runs two test threads).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The process-wide log capture (installed once; tests hold [`SERIAL`]).
 fn logs() -> &'static LogBuffer {
     static LOGS: OnceLock<LogBuffer> = OnceLock::new();
     LOGS.get_or_init(|| {
@@ -198,6 +202,7 @@ async fn received_at_least(peer: &BrowserPeer, len: usize) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_to_browser_leg_is_up_while_ringing_and_the_first_syllable_is_heard() {
+    let _serial = SERIAL.lock().await;
     let logs = logs();
     logs.clear();
     let rig = support::rig::start_bridge(APPID, "", "", 20).await;
@@ -248,6 +253,7 @@ async fn phone_to_browser_leg_is_up_while_ringing_and_the_first_syllable_is_hear
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_offers_only_when_it_accepts_still_hears_the_first_syllable() {
+    let _serial = SERIAL.lock().await;
     let logs = logs();
     logs.clear();
     let rig = support::rig::start_bridge(APPID, "", "", 20).await;
@@ -302,6 +308,7 @@ async fn a_client_that_offers_only_when_it_accepts_still_hears_the_first_syllabl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_media_from_a_183_reaches_the_browser_before_the_answer() {
+    let _serial = SERIAL.lock().await;
     let logs = logs();
     logs.clear();
     let rig = support::rig::start_bridge(APPID, "", "", 20).await;
