@@ -62,8 +62,8 @@ fn tone(f: usize) -> [i16; FRAME] {
 
 fn pipeline(codec: BrowserCodec, pt: u8) -> (Uplink, Downlink) {
     let c = Arc::new(PipelineCounters::default());
-    let mut up = Uplink::new(browser(codec, pt), false, Arc::clone(&c)).unwrap();
-    let mut down = Downlink::new(browser(codec, pt), false, c).unwrap();
+    let mut up = Uplink::new(browser(codec, pt), Arc::clone(&c)).unwrap();
+    let mut down = Downlink::new(browser(codec, pt), c).unwrap();
     up.set_sip(SIP);
     down.set_sip(SIP);
     (up, down)

@@ -176,8 +176,7 @@ fn downlink_pass(
         payload_type: OPUS_PT,
         dtmf_pts: [None, None],
     };
-    let mut down =
-        Downlink::new(browser, false, Arc::new(PipelineCounters::default())).expect("downlink");
+    let mut down = Downlink::new(browser, Arc::new(PipelineCounters::default())).expect("downlink");
     down.set_sip(SipParams {
         codec: Codec::Pcmu,
         payload_type: 0,

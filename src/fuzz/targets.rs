@@ -490,7 +490,6 @@ fn rtp_packet() {
             payload_type: 111,
             dtmf_pts: [Some(110), Some(126)],
         },
-        false,
         Arc::clone(&counters),
     )
     .expect("downlink");
@@ -501,7 +500,6 @@ fn rtp_packet() {
             payload_type: 111,
             dtmf_pts: [Some(110), Some(126)],
         },
-        false,
         Arc::clone(&counters),
     )
     .expect("uplink");

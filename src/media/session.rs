@@ -370,10 +370,9 @@ impl Session {
                         None
                     }
                 });
-        let record = tap.is_some();
         let (mut up, mut down) = match (
-            Uplink::new(params, record, Arc::clone(&self.counters)),
-            Downlink::new(params, record, Arc::clone(&self.counters)),
+            Uplink::new(params, Arc::clone(&self.counters)),
+            Downlink::new(params, Arc::clone(&self.counters)),
         ) {
             (Ok(up), Ok(mut down)) => match down.set_opus(self.opus) {
                 Ok(()) => (up, down),
@@ -417,10 +416,7 @@ impl Session {
             up_rx,
             tap.clone(),
             self.events.clone(),
-            UplinkShared {
-                counters: Arc::clone(&self.counters),
-                answered: Arc::clone(&self.answered),
-            },
+            Arc::clone(&self.answered),
         )));
         self.tasks.push(tokio::spawn(downlink_task(
             Arc::clone(&self.leg),
@@ -662,13 +658,6 @@ fn ticker() -> tokio::time::Interval {
     t
 }
 
-/// What the uplink shares with the session: its counters (the RTP timeout reads them) and the
-/// answer gate (SIP → web calls send nothing to the phone before the 200 OK).
-struct UplinkShared {
-    counters: Arc<PipelineCounters>,
-    answered: Arc<AtomicBool>,
-}
-
 /// Browser → SIP: packets in as they come, one frame out per tick.
 async fn uplink_task(
     mut rtp: mpsc::Receiver<InboundRtp>,
@@ -677,9 +666,9 @@ async fn uplink_task(
     mut control: mpsc::UnboundedReceiver<UpControl>,
     tap: Option<RecorderTap>,
     events: mpsc::Sender<MediaEvent>,
-    shared: UplinkShared,
+    // SIP → web calls send nothing to the phone before the 200 OK.
+    answered: Arc<AtomicBool>,
 ) {
-    let UplinkShared { counters, answered } = shared;
     let start = Instant::now();
     let mut tick = ticker();
     let mut report = JitterReport::default();
@@ -693,7 +682,6 @@ async fn uplink_task(
             },
             p = rtp.recv(), if rtp_open => match p {
                 Some(p) => {
-                    PipelineCounters::bump(&counters.from_browser);
                     up.push(
                     p.payload_type,
                     p.seq,

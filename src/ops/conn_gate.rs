@@ -29,13 +29,67 @@ pub enum Refusal {
     },
 }
 
+/// Connections open per source address, capped: the one count behind the HTTP gate here and
+/// the SIP TCP gate (`sip::tcp_gate`).
+#[derive(Debug)]
+pub struct PerIpCount {
+    max: u32,
+    counts: HashMap<IpAddr, u32>,
+}
+
+impl PerIpCount {
+    /// At most `max` open connections per address.
+    pub fn new(max: u32) -> PerIpCount {
+        PerIpCount {
+            max,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// The cap.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// Counts one more connection from `ip`; false (nothing counted) at the cap.
+    pub fn try_add(&mut self, ip: IpAddr) -> bool {
+        let count = self.counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// One connection from `ip` closed; false when none was counted.
+    pub fn remove(&mut self, ip: IpAddr) -> bool {
+        let Some(count) = self.counts.get_mut(&ip) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(&ip);
+        }
+        true
+    }
+
+    /// Open connections from `ip`.
+    pub fn count(&self, ip: IpAddr) -> u32 {
+        self.counts.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// No address holds a connection (and none is remembered).
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
 /// The counts and limits.
 #[derive(Debug)]
 pub struct ConnGate {
-    max_per_ip: u32,
     fd_limit: u64,
     fd_reserve: u64,
-    per_ip: HashMap<IpAddr, u32>,
+    per_ip: PerIpCount,
     open: usize,
 }
 
@@ -48,10 +102,9 @@ impl ConnGate {
     /// A gate for a process allowed `fd_limit` descriptors, keeping `fd_reserve` for media.
     pub fn new(max_per_ip: u32, fd_limit: u64, fd_reserve: u64) -> ConnGate {
         ConnGate {
-            max_per_ip,
             fd_limit,
             fd_reserve,
-            per_ip: HashMap::new(),
+            per_ip: PerIpCount::new(max_per_ip),
             open: 0,
         }
     }
@@ -77,23 +130,17 @@ impl ConnGate {
                 reserve: self.fd_reserve,
             });
         }
-        let count = self.per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
-            return Err(Refusal::PerIp(self.max_per_ip));
+        if !self.per_ip.try_add(ip) {
+            return Err(Refusal::PerIp(self.per_ip.max()));
         }
-        *count += 1;
         self.open += 1;
         Ok(())
     }
 
     /// A connection admitted from `ip` closed.
     pub fn release(&mut self, ip: IpAddr) {
-        if let Some(count) = self.per_ip.get_mut(&ip) {
-            *count -= 1;
+        if self.per_ip.remove(ip) {
             self.open -= 1;
-            if *count == 0 {
-                self.per_ip.remove(&ip);
-            }
         }
     }
 

@@ -4,15 +4,16 @@
 //! `[sip] tcp_idle_timeout`).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use crate::ops::conn_gate::PerIpCount;
 
 /// Connections accepted from peers, by remote address.
 #[derive(Debug)]
 pub(crate) struct TcpGate {
-    max_per_ip: usize,
     first_message_timeout: Duration,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: PerIpCount,
     /// Open connections; `Some(deadline)` until their first complete message.
     open: HashMap<SocketAddr, Option<Instant>>,
 }
@@ -20,20 +21,17 @@ pub(crate) struct TcpGate {
 impl TcpGate {
     pub(crate) fn new(max_per_ip: usize, first_message_timeout: Duration) -> TcpGate {
         TcpGate {
-            max_per_ip: max_per_ip.max(1),
             first_message_timeout,
-            per_ip: HashMap::new(),
+            per_ip: PerIpCount::new(u32::try_from(max_per_ip.max(1)).unwrap_or(u32::MAX)),
             open: HashMap::new(),
         }
     }
 
     /// A connection from `remote` was accepted at `now`: whether it may stay (else close it).
     pub(crate) fn on_accept(&mut self, remote: SocketAddr, now: Instant) -> bool {
-        let count = self.per_ip.entry(remote.ip()).or_insert(0);
-        if *count >= self.max_per_ip || self.open.contains_key(&remote) {
+        if self.open.contains_key(&remote) || !self.per_ip.try_add(remote.ip()) {
             return false;
         }
-        *count += 1;
         self.open
             .insert(remote, Some(now + self.first_message_timeout));
         true
@@ -52,14 +50,8 @@ impl TcpGate {
 
     /// The connection from `remote` is gone (ours or not: others are ignored).
     pub(crate) fn on_closed(&mut self, remote: SocketAddr) {
-        if self.open.remove(&remote).is_none() {
-            return;
-        }
-        if let Some(count) = self.per_ip.get_mut(&remote.ip()) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.per_ip.remove(&remote.ip());
-            }
+        if self.open.remove(&remote).is_some() {
+            self.per_ip.remove(remote.ip());
         }
     }
 
@@ -77,8 +69,8 @@ impl TcpGate {
 
     /// Open connections from `ip`.
     #[cfg(test)]
-    fn count(&self, ip: IpAddr) -> usize {
-        self.per_ip.get(&ip).copied().unwrap_or(0)
+    fn count(&self, ip: std::net::IpAddr) -> usize {
+        self.per_ip.count(ip) as usize
     }
 }
 

@@ -57,7 +57,6 @@ impl Downlink {
     /// A pipeline sending to a browser that negotiated `browser`.
     pub fn new(
         browser: BrowserParams,
-        _need_pcm: bool,
         counters: Arc<PipelineCounters>,
     ) -> Result<Downlink, OpusError> {
         let policy = EncoderPolicy::new(OpusSettings::default());

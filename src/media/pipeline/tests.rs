@@ -61,7 +61,7 @@ fn parse(packet: &[u8]) -> (u8, u16, u32, bool, Vec<u8>) {
 #[test]
 fn opus_from_the_browser_becomes_a_pcmu_tone_with_continuous_headers() {
     let c = counters();
-    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, Arc::clone(&c)).unwrap();
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), Arc::clone(&c)).unwrap();
     up.set_sip(sip(Codec::Pcmu));
     let mut enc = OpusEncoder::new(OpusEncoderConfig::default()).unwrap();
     let (mut pcm, mut out) = ([0i16; FRAME], [0u8; MAX_OPUS_PACKET]);
@@ -102,12 +102,8 @@ fn opus_from_the_browser_becomes_a_pcmu_tone_with_continuous_headers() {
 fn same_law_is_relayed_byte_for_byte_and_the_other_law_is_recoded() {
     for (sip_codec, expect_relay) in [(Codec::Pcmu, true), (Codec::Pcma, false)] {
         let c = counters();
-        let mut up = Uplink::new(
-            browser(BrowserCodec::G711(Codec::Pcmu), 0),
-            false,
-            Arc::clone(&c),
-        )
-        .unwrap();
+        let mut up =
+            Uplink::new(browser(BrowserCodec::G711(Codec::Pcmu), 0), Arc::clone(&c)).unwrap();
         up.set_sip(sip(sip_codec));
         let mut sent = Vec::new();
         let mut got = Vec::new();
@@ -144,7 +140,7 @@ fn same_law_is_relayed_byte_for_byte_and_the_other_law_is_recoded() {
 
 #[test]
 fn nothing_from_the_browser_is_comfort_silence_not_garbage() {
-    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, counters()).unwrap();
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), counters()).unwrap();
     up.set_sip(sip(Codec::Pcmu));
     for _ in 0..10 {
         let (_, _, _, _, payload) = parse(up.tick().packet.unwrap());
@@ -153,7 +149,7 @@ fn nothing_from_the_browser_is_comfort_silence_not_garbage() {
             "{payload:?}"
         );
     }
-    let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), true, counters()).unwrap();
+    let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), counters()).unwrap();
     let mut dec = OpusDecoder::new().unwrap();
     let mut pcm = [0i16; 960];
     for _ in 0..10 {
@@ -166,7 +162,7 @@ fn nothing_from_the_browser_is_comfort_silence_not_garbage() {
 
 #[test]
 fn hold_stops_sending_and_resume_continues_the_timeline_with_a_marker() {
-    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, counters()).unwrap();
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), counters()).unwrap();
     up.set_sip(sip(Codec::Pcmu));
     let (_, seq0, ts0, _, _) = parse(up.tick().packet.unwrap());
     up.set_sip(SipParams {
@@ -201,7 +197,7 @@ fn te_payload(event: u8, end: bool, duration: u16) -> [u8; 4] {
 #[test]
 fn browser_telephone_events_become_one_rfc4733_key_on_the_sip_clock() {
     let c = counters();
-    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, Arc::clone(&c)).unwrap();
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), Arc::clone(&c)).unwrap();
     up.set_sip(sip(Codec::Pcmu));
     let (_, _, audio_ts, _, _) = parse(up.tick().packet.unwrap());
     // Chrome: telephone-event/48000, one timestamp per key, growing duration, 3 end packets.
@@ -265,8 +261,7 @@ fn g711_packet(pt: u8, ssrc: u32, seq: u16, ts: u32, payload: &[u8], buf: &mut [
 #[test]
 fn sip_g711_becomes_opus_with_a_timeline_immune_to_ssrc_changes_and_codec_switches() {
     let c = counters();
-    let mut down =
-        Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), false, Arc::clone(&c)).unwrap();
+    let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), Arc::clone(&c)).unwrap();
     down.set_sip(sip(Codec::Pcmu));
     let mut dec = OpusDecoder::new().unwrap();
     let (mut pcm, mut codes, mut buf) = ([0i16; FRAME], [0u8; FRAME], [0u8; 200]);
@@ -310,12 +305,8 @@ fn sip_g711_becomes_opus_with_a_timeline_immune_to_ssrc_changes_and_codec_switch
 #[test]
 fn a_sip_key_is_reported_once_and_unknown_payloads_are_counted() {
     let c = counters();
-    let mut down = Downlink::new(
-        browser(BrowserCodec::G711(Codec::Pcmu), 0),
-        false,
-        Arc::clone(&c),
-    )
-    .unwrap();
+    let mut down =
+        Downlink::new(browser(BrowserCodec::G711(Codec::Pcmu), 0), Arc::clone(&c)).unwrap();
     down.set_sip(sip(Codec::Pcmu));
     let mut buf = [0u8; 64];
     let mut keys = Vec::new();
@@ -348,7 +339,7 @@ fn a_sip_key_is_reported_once_and_unknown_payloads_are_counted() {
 
 #[test]
 fn corrupt_opus_is_concealed_not_a_crash() {
-    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), true, counters()).unwrap();
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), counters()).unwrap();
     up.set_sip(sip(Codec::Pcma));
     for f in 0..20u16 {
         up.push(
@@ -367,12 +358,8 @@ fn corrupt_opus_is_concealed_not_a_crash() {
 #[test]
 fn relayed_g711_to_the_browser_keeps_the_bytes() {
     let c = counters();
-    let mut down = Downlink::new(
-        browser(BrowserCodec::G711(Codec::Pcma), 8),
-        true,
-        Arc::clone(&c),
-    )
-    .unwrap();
+    let mut down =
+        Downlink::new(browser(BrowserCodec::G711(Codec::Pcma), 8), Arc::clone(&c)).unwrap();
     down.set_sip(sip(Codec::Pcma));
     let mut buf = [0u8; 200];
     let mut sent = Vec::new();
@@ -395,7 +382,7 @@ fn relayed_g711_to_the_browser_keeps_the_bytes() {
 
 #[test]
 fn in_info_mode_keys_are_handed_out_once_and_never_sent_as_rfc4733() {
-    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), false, counters()).unwrap();
+    let mut up = Uplink::new(browser(BrowserCodec::Opus, OPUS_PT), counters()).unwrap();
     up.set_sip(sip(Codec::Pcmu));
     up.send_digits_as_info(true);
     for (i, end) in [false, true, true, true].into_iter().enumerate() {
@@ -425,7 +412,7 @@ fn max_step(pcm: &[i16]) -> i32 {
 #[test]
 fn loss_the_browser_reports_turns_fec_on_with_more_bits_and_a_clean_path_has_none() {
     use crate::config::{OpusFec, OpusSettings};
-    let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), false, counters()).unwrap();
+    let mut down = Downlink::new(browser(BrowserCodec::Opus, OPUS_PT), counters()).unwrap();
     down.set_sip(sip(Codec::Pcmu));
     down.set_opus(OpusSettings {
         complexity: 5,
@@ -465,12 +452,7 @@ fn loss_the_browser_reports_turns_fec_on_with_more_bits_and_a_clean_path_has_non
 
 /// PBX audio (a tone) through the downlink with PCMU packets `lost`; the browser leg is PCMU.
 fn relay_with_loss(lost: &[u32]) -> (Vec<i16>, Vec<i16>) {
-    let mut down = Downlink::new(
-        browser(BrowserCodec::G711(Codec::Pcmu), 0),
-        false,
-        counters(),
-    )
-    .unwrap();
+    let mut down = Downlink::new(browser(BrowserCodec::G711(Codec::Pcmu), 0), counters()).unwrap();
     down.set_sip(sip(Codec::Pcmu));
     let (mut pcm, mut codes, mut buf) = ([0i16; FRAME], [0u8; FRAME], [0u8; 200]);
     let mut heard = Vec::new();
@@ -519,12 +501,7 @@ fn a_lost_pbx_packet_is_concealed_not_silenced_and_clean_audio_relays_bit_exact(
 #[test]
 fn a_lost_browser_g711_packet_is_concealed_toward_sip() {
     let run = |lost: Option<u32>| {
-        let mut up = Uplink::new(
-            browser(BrowserCodec::G711(Codec::Pcmu), 0),
-            false,
-            counters(),
-        )
-        .unwrap();
+        let mut up = Uplink::new(browser(BrowserCodec::G711(Codec::Pcmu), 0), counters()).unwrap();
         up.set_sip(sip(Codec::Pcma));
         let (mut pcm, mut codes) = ([0i16; FRAME], [0u8; FRAME]);
         let mut heard = Vec::new();

@@ -57,11 +57,10 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// A pipeline for a browser sending `browser`. Relayed audio is always decoded too (the
-    /// concealer keeps its history), so `_need_pcm` (recording) changes nothing any more.
+    /// A pipeline for a browser sending `browser`. Its audio is always decoded, relayed G.711
+    /// too: the concealer keeps its history, and recording reads it.
     pub fn new(
         browser: BrowserParams,
-        _need_pcm: bool,
         counters: Arc<PipelineCounters>,
     ) -> Result<Uplink, OpusError> {
         let decode = match browser.codec {
@@ -158,6 +157,8 @@ impl Uplink {
         payload: &[u8],
         arrival_ms: u64,
     ) {
+        // Any packet is a sign of life for the RTP timeout, keys and unknown payloads included.
+        PipelineCounters::bump(&self.counters.from_browser);
         if self.browser.dtmf_pts.contains(&Some(payload_type)) {
             if let Ok(event) = TelephoneEvent::parse(payload) {
                 if self.detector.on_packet(timestamp, &event).is_some() {
