@@ -15,6 +15,8 @@
 #                         at SETUP_RATE [500]/s both ways, held 5 s: the setups/s column is the point
 #   BRIDGE_CPU [1]        core the bridge is pinned to; everything else runs on TOOL_CPUS [0]
 #   PROFILE [release]     "debug" for a quick check of the script itself
+#   BIN_DIR               take srbridge and srbridge-load from here, nothing built
+#   BRIDGE_BIN [$BIN_DIR/srbridge]  the bridge to measure (e.g. an older build: A against B)
 #   OUT [target/bench]    JSON reports and logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,17 +35,20 @@ PROFILE="${PROFILE:-release}"
 OUT="${OUT:-target/bench}"
 
 if [ -z "${SRBRIDGE_BENCH_INSIDE:-}" ]; then
-  if [ "$PROFILE" = release ]; then
+  if [ -n "${BIN_DIR:-}" ]; then
+    :
+  elif [ "$PROFILE" = release ]; then
     cargo build --release --locked --bin srbridge --bin srbridge-load
   else
     cargo build --locked --bin srbridge --bin srbridge-load
   fi
   export CALLS RELAY_CALLS DURATION RATE DIRECTION MODES SETUP_CALLS SETUP_RATE BRIDGE_CPU TOOL_CPUS \
-    PROFILE OUT
+    PROFILE OUT BIN_DIR BRIDGE_BIN LIMITS_EXTRA
   exec unshare --net -- env SRBRIDGE_BENCH_INSIDE=1 bash -c 'ip link set lo up && exec bash "$0"' "$0"
 fi
 
-bin="target/$PROFILE"
+bin="${BIN_DIR:-target/$PROFILE}"
+bridge_bin="${BRIDGE_BIN:-$bin/srbridge}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 work="$(mktemp -d /tmp/srbridge-bench-XXXXXX)"
@@ -63,6 +68,9 @@ taskset -c "$TOOL_CPUS" kamailio -f config/kamailio/kamailio.cfg -DD -E -m 64 -M
   -l udp:127.0.0.1:5060 -l tcp:127.0.0.1:5060 >"$OUT/kamailio.log" 2>&1 &
 pids+=($!)
 
+# Every browser of the run connects from 127.0.0.1: lift the per-address cap (a bridge older than
+# that key is measured with LIMITS_EXTRA="").
+LIMITS_EXTRA="${LIMITS_EXTRA-max_conns_per_ip = 20000}"
 cat >"$work/bench.toml" <<TOML
 [global]
 appid = "bench"
@@ -89,6 +97,7 @@ rtp_port_max = 29998
 listen = "127.0.0.1:8080"
 [limits]
 max_calls = 5000
+${LIMITS_EXTRA}
 max_setups_per_sec = 2000
 max_ws_sessions = 20000
 TOML
@@ -96,7 +105,7 @@ TOML
 # A fresh bridge per mode: RSS is not returned after calls, so a second mode would reuse it.
 start_bridge() {
   echo "== srbridge ($PROFILE) pinned to cpu $BRIDGE_CPU"
-  taskset -c "$BRIDGE_CPU" "$bin/srbridge" "$work/bench.toml" >>"$OUT/srbridge.out" 2>&1 &
+  taskset -c "$BRIDGE_CPU" "$bridge_bin" "$work/bench.toml" >>"$OUT/srbridge.out" 2>&1 &
   bridge=$!
   pids+=($bridge)
   for _ in $(seq 100); do
