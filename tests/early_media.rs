@@ -179,9 +179,17 @@ fn phone_calling_bob(rig: &support::rig::BridgeRig, dir: &Path) -> support::Sipp
         .service("0bob")
         .key("caller", "1002")
         .auth("1002", PASSWORD)
-        .pause_ms(5000)
+        // Longer than the tone, so a slow set-up on a loaded host still leaves it whole.
+        .pause_ms(8000)
         .timeout(Duration::from_secs(30))
         .spawn(Some(rig.pbx.addr()))
+}
+
+/// Acknowledges the invitation at once, as the web client does (rtm-client.js): the bridge
+/// sends 180 now. Without it the 180 would go out with the 200 OK, and the test PBX's UDP
+/// workers can deliver the two to the phone in either order (SIPp then waits for a 200 again).
+fn received(ws: &WsClient, call_id: &str) {
+    ws.send_raw(&json!({"type": "received", "id": 76, "callId": call_id}).to_string());
 }
 
 fn accept(ws: &WsClient, call_id: &str) {
@@ -212,6 +220,7 @@ async fn phone_to_browser_leg_is_up_while_ringing_and_the_first_syllable_is_hear
 
     let invitation = bob.wait_remote_invitation(T).await;
     let call_id = invitation["callId"].as_str().unwrap().to_string();
+    received(&bob, &call_id);
     // The bridge asks for media with the invitation; the browser offers while it rings.
     wait_media(&bob, &call_id, "prepare", T).await;
     let mut peer = BrowserPeer::offer(Arc::clone(&bob), &call_id, vec![LegCodec::Opus]).await;
@@ -263,6 +272,7 @@ async fn a_client_that_offers_only_when_it_accepts_still_hears_the_first_syllabl
 
     let invitation = bob.wait_remote_invitation(T).await;
     let call_id = invitation["callId"].as_str().unwrap().to_string();
+    received(&bob, &call_id);
     // An old client ignores `prepare`: offer, then accept at once (the 200 OK goes out while
     // ICE/DTLS are still in progress).
     let offer = {
