@@ -105,6 +105,35 @@ pub struct Args {
     /// The SIPp executable (Debian package sip-tester)
     #[arg(long, default_value = "sipp")]
     pub sipp: PathBuf,
+
+    /// What carries the calls: srbridge (through its hub and the PBX), or rtpengine driven over
+    /// its ng protocol at --ng by the tool itself (same browsers, same SIPp echo; measure it with
+    /// --bridge-pid $(pidof rtpengine))
+    #[arg(long, value_enum, default_value_t = Peer::Srbridge)]
+    pub peer: Peer,
+
+    /// rtpengine's ng control port (UDP), with --peer rtpengine
+    #[arg(long, default_value = "127.0.0.1:2223")]
+    pub ng: SocketAddr,
+}
+
+/// `--peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Peer {
+    /// The bridge: hub logins, invitations, SIP through the PBX
+    Srbridge,
+    /// rtpengine (Debian rtpengine-daemon, userspace forwarding): offer/answer/delete over ng
+    Rtpengine,
+}
+
+impl Peer {
+    pub fn label(self) -> &'static str {
+        match self {
+            Peer::Srbridge => "srbridge",
+            Peer::Rtpengine => "rtpengine",
+        }
+    }
 }
 
 /// `--direction`.
@@ -190,5 +219,23 @@ mod tests {
             );
         }
         assert_eq!(parse_rate("2.5"), Ok(2.5));
+    }
+
+    #[test]
+    fn the_peer_defaults_to_the_bridge_and_rtpengine_takes_an_ng_address() {
+        let args = Args::try_parse_from(["srbridge-load"]).unwrap();
+        assert_eq!(args.peer, Peer::Srbridge);
+        let args = Args::try_parse_from([
+            "srbridge-load",
+            "--peer",
+            "rtpengine",
+            "--ng",
+            "127.0.0.1:9999",
+        ])
+        .unwrap();
+        assert_eq!(args.peer, Peer::Rtpengine);
+        assert_eq!(args.ng, SocketAddr::from(([127, 0, 0, 1], 9999)));
+        assert!(Args::try_parse_from(["srbridge-load", "--peer", "asterisk"]).is_err());
+        assert!(Args::try_parse_from(["srbridge-load", "--ng", "localhost"]).is_err());
     }
 }
