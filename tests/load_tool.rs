@@ -1,7 +1,8 @@
 //! `srbridge-load` against the bridge of the shared rig (Kamailio, the bridge in this process):
-//! a small run in each direction, so the load tool keeps working as the bridge changes. Only
-//! that calls come up and the echoed audio flows both ways is asserted; the figures belong to
-//! `scripts/bench.sh`.
+//! a small run in each direction, so the load tool keeps working as the bridge changes; and the
+//! same against rtpengine (`--peer rtpengine`, the peer it is measured beside), started here.
+//! Only that calls come up and the echoed audio flows both ways is asserted; the figures belong
+//! to `scripts/bench.sh`.
 
 mod support;
 
@@ -59,6 +60,10 @@ async fn run_load_tool(rig: &support::rig::BridgeRig, extra: &[&str]) -> Value {
 
 /// Every call of every step came up, and the echoed tone came back to every browser.
 fn assert_calls_carried_media(report: &Value, directions: &[&str], codec: &str) {
+    assert_carried_by(report, directions, codec, "srbridge");
+}
+
+fn assert_carried_by(report: &Value, directions: &[&str], codec: &str, peer: &str) {
     let steps = report["steps"].as_array().expect("steps");
     let seen: Vec<&str> = steps
         .iter()
@@ -67,6 +72,7 @@ fn assert_calls_carried_media(report: &Value, directions: &[&str], codec: &str) 
     assert_eq!(seen, directions, "{report:#}");
     for step in steps {
         let context = format!("{step:#}");
+        assert_eq!(step["peer"], peer, "{context}");
         assert_eq!(step["codec"], codec, "{context}");
         assert_eq!(step["calls_up"].as_u64(), Some(CALLS), "{context}");
         assert_eq!(step["calls_with_audio"].as_u64(), Some(CALLS), "{context}");
@@ -162,4 +168,102 @@ async fn relayed_calls_both_directions() {
     let report = run_load_tool(&rig, &["--relay"]).await;
     assert_calls_carried_media(&report, &["web_to_sip", "sip_to_web"], "pcmu");
     everything_released(&rig.bridge).await;
+}
+
+/// rtpengine from Debian (scripts/deps.sh installs rtpengine-daemon), in the foreground with
+/// userspace forwarding on loopback, its ng port and media ports free; killed on drop.
+struct Rtpengine {
+    child: tokio::process::Child,
+    ng: std::net::SocketAddr,
+    log: tempfile::TempDir,
+}
+
+impl Rtpengine {
+    fn start() -> Rtpengine {
+        let binary = ["/usr/bin/rtpengine", "/usr/sbin/rtpengine"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .expect("rtpengine is not installed: run scripts/deps.sh (Debian rtpengine-daemon)");
+        let ng = std::net::SocketAddr::from(([127, 0, 0, 1], support::ports::free_port()));
+        let media = support::ports::free_port_range(200);
+        let log = tempfile::tempdir().unwrap();
+        let out = std::fs::File::create(log.path().join("rtpengine.log")).unwrap();
+        let child = tokio::process::Command::new(binary)
+            .args([
+                "--config-file=none",
+                "--table=-1",
+                "--foreground",
+                "--log-stderr",
+            ])
+            .args(["--log-level=4", "--interface=127.0.0.1", "--num-threads=1"])
+            .arg(format!("--listen-ng={ng}"))
+            .arg(format!("--port-min={media}"))
+            .arg(format!("--port-max={}", media + 199))
+            .arg("--delete-delay=0")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("rtpengine starts");
+        Rtpengine { child, ng, log }
+    }
+
+    /// Runs the tool against this rtpengine (it waits for rtpengine's answer to ping itself).
+    async fn run_load_tool(&mut self, extra: &[&str]) -> Value {
+        let pid = self.child.id().expect("rtpengine runs").to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_srbridge-load"))
+            .args(["--peer", "rtpengine", "--ng", &self.ng.to_string()])
+            .args(["--bridge-pid", &pid])
+            .args(["--calls", &CALLS.to_string(), "--duration", "5s"])
+            .args(["--rate", "10", "--settle", "1s", "--cooldown", "1s"])
+            .arg("--json")
+            .arg(&json)
+            .args(extra)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(150), output)
+            .await
+            .expect("srbridge-load finishes within 150 s")
+            .expect("srbridge-load runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let log =
+            std::fs::read_to_string(self.log.path().join("rtpengine.log")).unwrap_or_default();
+        assert!(
+            output.status.success(),
+            "srbridge-load failed ({}):\n{stdout}\n{stderr}\nrtpengine:\n{log}",
+            output.status
+        );
+        let text = std::fs::read_to_string(&json).expect("the JSON report is written");
+        let report: Value = serde_json::from_str(&text).expect("the report is JSON");
+        assert_eq!(report["peer"], "rtpengine", "{report:#}");
+        report
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtpengine_transcodes_the_same_calls_both_directions() {
+    let mut rtpengine = Rtpengine::start();
+    let report = rtpengine.run_load_tool(&[]).await;
+    assert_carried_by(&report, &["web_to_sip", "sip_to_web"], "opus", "rtpengine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtpengine_relays_the_same_calls_both_directions() {
+    let mut rtpengine = Rtpengine::start();
+    let report = rtpengine.run_load_tool(&["--relay"]).await;
+    assert_carried_by(&report, &["web_to_sip", "sip_to_web"], "pcmu", "rtpengine");
+    for step in report["steps"].as_array().unwrap() {
+        // PCMU both ways: the tagged payloads come back through rtpengine and the echo unchanged.
+        assert!(step["echo_packets"].as_u64().unwrap() > 0, "{step:#}");
+        assert!(
+            step["echo_loss_percent"].as_f64().unwrap() < 20.0,
+            "{step:#}"
+        );
+    }
 }
