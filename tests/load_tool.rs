@@ -267,3 +267,107 @@ async fn rtpengine_relays_the_same_calls_both_directions() {
         );
     }
 }
+
+/// The far end of a SIP→web call as Kamailio over TCP can deliver it: 407, then 200, then the
+/// 180 reordered after it (the ACK is already out), then the BYE. The load UAC must take the late 180 without losing
+/// its place, answer the BYE and count the call as a success.
+const LATE_RINGING_UAS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="late 180, then BYE">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 407 Proxy Authentication Required
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Proxy-Authenticate: Digest realm="load.test", nonce="4a2b6c8d"
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+  <recv request="INVITE">
+    <action>
+      <ereg regexp="Via: .*" search_in="msg" check_it="true" assign_to="invite_via"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:web@[local_ip]:[local_port];transport=[transport]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=- 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+
+]]></send>
+  <recv request="ACK"/>
+  <send><![CDATA[
+SIP/2.0 180 Ringing
+[$invite_via]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+CSeq: 2 INVITE
+Content-Length: 0
+
+]]></send>
+  <pause milliseconds="300"/>
+  <send><![CDATA[
+BYE sip:caller@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:web@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+To: <sip:caller@[remote_ip]:[remote_port]>
+[last_Call-ID:]
+CSeq: 1 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"#;
+
+#[tokio::test]
+async fn the_load_uac_takes_a_late_180_and_ends_cleanly_on_bye() {
+    let dir = tempfile::tempdir().unwrap();
+    let uas_xml = dir.path().join("late_ringing_uas.xml");
+    std::fs::write(&uas_xml, LATE_RINGING_UAS).unwrap();
+    let users = dir.path().join("users.csv");
+    std::fs::write(&users, "SEQUENTIAL\n0loadweb;\n").unwrap();
+    let uac_xml = support::project_root().join("src/load/scenarios/load_uac.xml");
+
+    let mut uas = support::sipp::Sipp::new(uas_xml.to_str().unwrap())
+        .timeout(Duration::from_secs(15))
+        .spawn(None);
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], uas.local_port()));
+    let uac = support::sipp::Sipp::new(uac_xml.to_str().unwrap())
+        .auth("1002", "1234")
+        .key("caller", "1002")
+        .arg("-inf")
+        .arg(users.to_str().unwrap())
+        .timeout(Duration::from_secs(10))
+        .run(Some(target))
+        .await;
+    let uas = uas.wait(Duration::from_secs(10)).await;
+    assert!(
+        uac.messages.contains("SIP/2.0 180 Ringing") && uac.messages.contains("BYE sip:"),
+        "the UAC saw the late 180 and the BYE:\n{}\nUAC errors: {}\nUAS:\n{}\n{}",
+        uac.messages,
+        uac.errors,
+        uas.messages,
+        uas.output
+    );
+    uac.assert_success();
+    uas.assert_success();
+}
