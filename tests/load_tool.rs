@@ -134,6 +134,8 @@ fn help_documents_what_a_run_measures() {
         "--bridge-pid",
         "--relay",
         "--json",
+        "--peer",
+        "rtpengine",
         "jitter",
         "RSS",
     ] {

@@ -21,8 +21,14 @@ use srbridge::ops::Direction;
 /// subtracted), loss, jitter p99, setup time p50/p99 (web→SIP: invite → ACCEPTED_BY_REMOTE at the
 /// browser; SIP→web: authenticated INVITE → 200 at SIPp) and the setups per second achieved.
 ///
+/// With --peer rtpengine the same browsers and SIPp echo go through rtpengine instead, the tool
+/// signalling each call over rtpengine's ng protocol (offer, answer, delete: ICE and DTLS-SRTP
+/// toward the browser, plain RTP toward SIPp, Opus transcoded to PCMU unless --relay); --bridge-pid
+/// is then rtpengine's pid, and the setup time is offer sent → answer applied.
+///
 /// Example (bridge on ws://127.0.0.1:8080/ws, Kamailio on 5060, --callee within its acc_rule):
 ///   srbridge-load --bridge-pid $(pidof srbridge) --calls 10,50,100 --duration 30s --json r.json
+///   srbridge-load --peer rtpengine --ng 127.0.0.1:2223 --bridge-pid $(pidof rtpengine) --calls 20
 #[derive(Debug, Parser)]
 #[command(name = "srbridge-load", version, verbatim_doc_comment)]
 pub struct Args {
@@ -74,7 +80,8 @@ pub struct Args {
     #[arg(long, default_value = "1234")]
     pub sip_password: String,
 
-    /// pid of the bridge, for its CPU and memory (without it only the calls are measured)
+    /// pid of the bridge (or of rtpengine with --peer rtpengine), for its CPU and memory (without
+    /// it only the calls are measured)
     #[arg(long)]
     pub bridge_pid: Option<u32>,
 

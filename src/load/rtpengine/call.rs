@@ -21,7 +21,6 @@ const SIP_TAG: &str = "sip";
 
 /// Runs one call in `direction` (who offers: the browser for web→SIP, the SIP side for
 /// SIP→web) until `stop` turns true, then deletes it at rtpengine.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_call(
     peer: RtpenginePlan,
     direction: Direction,
@@ -35,145 +34,157 @@ pub async fn run_call(
         Direction::WebToSip => BROWSER_TAG,
         Direction::SipToWeb => SIP_TAG,
     };
-    let call = CallRef {
-        call_id: format!("srbridge-load-{}", uuid::Uuid::new_v4()),
-        from_tag: from_tag.to_string(),
+    let mut call = RtpengineCall {
+        peer,
+        call: CallRef {
+            call_id: format!("srbridge-load-{}", uuid::Uuid::new_v4()),
+            from_tag: from_tag.to_string(),
+        },
+        direction,
+        plan,
+        news: news.clone(),
+        up: false,
     };
-    let mut up = false;
-    let result = drive(
-        &peer, &call, direction, &plan, probe, start_at, &news, &mut stop, &mut up,
-    )
-    .await;
-    if let Err(reason) = result {
-        let _ = news.send(CallNews::Failed { was_up: up, reason });
+    if let Err(reason) = call.drive(probe, start_at, &mut stop).await {
+        let _ = news.send(CallNews::Failed {
+            was_up: call.up,
+            reason,
+        });
     }
-    if let Err(e) = peer.ng.request(&ng::delete(&call)).await {
-        tracing::debug!("delete {}: {e:#}", call.call_id);
+    if let Err(e) = call.peer.ng.request(&ng::delete(&call.call)).await {
+        tracing::debug!("delete {}: {e:#}", call.call.call_id);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    peer: &RtpenginePlan,
-    call: &CallRef,
+struct RtpengineCall {
+    peer: RtpenginePlan,
+    call: CallRef,
     direction: Direction,
-    plan: &Arc<CallPlan>,
-    probe: Arc<CallProbe>,
-    start_at: Instant,
-    news: &mpsc::UnboundedSender<CallNews>,
-    stop: &mut watch::Receiver<bool>,
-    up: &mut bool,
-) -> Result<(), String> {
-    let settings = WebRtcSettings {
-        bind_ips: vec![plan.local_ip],
-        codecs: plan.replay.offered(),
-        ..WebRtcSettings::default()
-    };
-    let (leg, mut channels) = WebRtcLeg::new(&settings)
-        .await
-        .map_err(|e| format!("peer connection: {e}"))?;
-    let setup_deadline = start_at + plan.setup_timeout;
-    let echo_sdp = sdp::plain_pcmu(peer.echo, rand::random::<u32>().into());
-    let ng_error = |what: &str, e: anyhow::Error| format!("rtpengine {what}: {e:#}");
-    tokio::time::sleep_until(start_at).await;
-    let started = Instant::now();
-    let result = async {
-        match direction {
-            Direction::WebToSip => {
-                let offer = leg
-                    .create_offer()
-                    .await
-                    .map_err(|e| format!("offer: {e}"))?;
-                let candidates = gather(&mut channels.events, setup_deadline).await?;
-                let offer = sdp::with_candidates(&offer, &candidates);
-                peer.ng
-                    .request(&ng::offer(
-                        call,
-                        &offer,
-                        Endpoint::PlainRtp,
-                        peer.codecs(true),
-                    ))
-                    .await
-                    .and_then(|r| Ok(r.into_sdp()?))
-                    .map_err(|e| ng_error("offer", e))?;
-                let answer = peer
-                    .ng
-                    .request(&ng::answer(call, SIP_TAG, &echo_sdp, Endpoint::WebRtc))
-                    .await
-                    .and_then(|r| Ok(r.into_sdp()?))
-                    .map_err(|e| ng_error("answer", e))?;
-                leg.set_answer(&answer)
-                    .await
-                    .map_err(|e| format!("rtpengine's answer: {e}"))
-            }
-            Direction::SipToWeb => {
-                let offer = peer
-                    .ng
-                    .request(&ng::offer(
-                        call,
-                        &echo_sdp,
-                        Endpoint::WebRtc,
-                        peer.codecs(false),
-                    ))
-                    .await
-                    .and_then(|r| Ok(r.into_sdp()?))
-                    .map_err(|e| ng_error("offer", e))?;
-                let answer = leg
-                    .accept_offer(&offer)
-                    .await
-                    .map_err(|e| format!("rtpengine's offer: {e}"))?;
-                let candidates = gather(&mut channels.events, setup_deadline).await?;
-                let answer = sdp::with_candidates(&answer, &candidates);
-                peer.ng
-                    .request(&ng::answer(call, BROWSER_TAG, &answer, Endpoint::PlainRtp))
-                    .await
-                    .map_err(|e| ng_error("answer", e))?;
-                leg.negotiated()
-                    .ok_or_else(|| "no codec negotiated with rtpengine".to_string())
-            }
-        }
-    };
-    let negotiated = match result.await {
-        Ok(n) => Some(n),
-        Err(e) => {
-            let _ = leg.close().await;
-            return Err(e);
-        }
-    };
-    // Offer sent → answer applied: the signalling part of the setup, like invite → accepted.
-    let signalled = started.elapsed();
-    let mut audio = BrowserAudio::new(Arc::clone(plan), probe)?;
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    let mut connected = false;
-    let result = loop {
-        tokio::select! {
-            e = channels.events.recv() => match e {
-                Some(LegEvent::State(LegState::Connected)) => connected = true,
-                Some(LegEvent::State(s @ (LegState::Failed | LegState::Closed))) => {
-                    break Err(format!("media {s:?}"));
+    plan: Arc<CallPlan>,
+    news: mpsc::UnboundedSender<CallNews>,
+    /// Media connected (and reported).
+    up: bool,
+}
+
+impl RtpengineCall {
+    async fn drive(
+        &mut self,
+        probe: Arc<CallProbe>,
+        start_at: Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let (peer, call, direction, plan) = (&self.peer, &self.call, self.direction, &self.plan);
+        let settings = WebRtcSettings {
+            bind_ips: vec![plan.local_ip],
+            codecs: plan.replay.offered(),
+            ..WebRtcSettings::default()
+        };
+        let (leg, mut channels) = WebRtcLeg::new(&settings)
+            .await
+            .map_err(|e| format!("peer connection: {e}"))?;
+        let setup_deadline = start_at + plan.setup_timeout;
+        let echo_sdp = sdp::plain_pcmu(peer.echo, rand::random::<u32>().into());
+        let ng_error = |what: &str, e: anyhow::Error| format!("rtpengine {what}: {e:#}");
+        tokio::time::sleep_until(start_at).await;
+        let started = Instant::now();
+        let result = async {
+            match direction {
+                Direction::WebToSip => {
+                    let offer = leg
+                        .create_offer()
+                        .await
+                        .map_err(|e| format!("offer: {e}"))?;
+                    let candidates = gather(&mut channels.events, setup_deadline).await?;
+                    let offer = sdp::with_candidates(&offer, &candidates);
+                    peer.ng
+                        .request(&ng::offer(
+                            call,
+                            &offer,
+                            Endpoint::PlainRtp,
+                            peer.codecs(true),
+                        ))
+                        .await
+                        .and_then(|r| Ok(r.into_sdp()?))
+                        .map_err(|e| ng_error("offer", e))?;
+                    let answer = peer
+                        .ng
+                        .request(&ng::answer(call, SIP_TAG, &echo_sdp, Endpoint::WebRtc))
+                        .await
+                        .and_then(|r| Ok(r.into_sdp()?))
+                        .map_err(|e| ng_error("answer", e))?;
+                    leg.set_answer(&answer)
+                        .await
+                        .map_err(|e| format!("rtpengine's answer: {e}"))
                 }
-                Some(_) => {}
-                None => break Err("media events ended".to_string()),
-            },
-            p = channels.rtp.recv() => {
-                let Some(p) = p else { break Err("media ended".to_string()) };
-                audio.on_rtp(&p, negotiated);
+                Direction::SipToWeb => {
+                    let offer = peer
+                        .ng
+                        .request(&ng::offer(
+                            call,
+                            &echo_sdp,
+                            Endpoint::WebRtc,
+                            peer.codecs(false),
+                        ))
+                        .await
+                        .and_then(|r| Ok(r.into_sdp()?))
+                        .map_err(|e| ng_error("offer", e))?;
+                    let answer = leg
+                        .accept_offer(&offer)
+                        .await
+                        .map_err(|e| format!("rtpengine's offer: {e}"))?;
+                    let candidates = gather(&mut channels.events, setup_deadline).await?;
+                    let answer = sdp::with_candidates(&answer, &candidates);
+                    peer.ng
+                        .request(&ng::answer(call, BROWSER_TAG, &answer, Endpoint::PlainRtp))
+                        .await
+                        .map_err(|e| ng_error("answer", e))?;
+                    leg.negotiated()
+                        .ok_or_else(|| "no codec negotiated with rtpengine".to_string())
+                }
             }
-            _ = ticker.tick(), if connected => audio.send_next(&leg, negotiated).await,
-            _ = tokio::time::sleep_until(setup_deadline), if !*up => {
-                break Err(format!("media not connected within {:?} of the offer", plan.setup_timeout));
+        };
+        let negotiated = match result.await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                let _ = leg.close().await;
+                return Err(e);
             }
-            _ = stop.changed() => break Ok(()),
-        }
-        if connected && !*up {
-            *up = true;
-            let _ = news.send(CallNews::Up {
-                setup: Some(signalled),
-            });
-        }
-    };
-    let _ = leg.close().await;
-    result
+        };
+        // Offer sent → answer applied: the signalling part of the setup, like invite → accepted.
+        let signalled = started.elapsed();
+        let mut audio = BrowserAudio::new(Arc::clone(plan), probe)?;
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        let mut connected = false;
+        let result = loop {
+            tokio::select! {
+                e = channels.events.recv() => match e {
+                    Some(LegEvent::State(LegState::Connected)) => connected = true,
+                    Some(LegEvent::State(s @ (LegState::Failed | LegState::Closed))) => {
+                        break Err(format!("media {s:?}"));
+                    }
+                    Some(_) => {}
+                    None => break Err("media events ended".to_string()),
+                },
+                p = channels.rtp.recv() => {
+                    let Some(p) = p else { break Err("media ended".to_string()) };
+                    audio.on_rtp(&p, negotiated);
+                }
+                _ = ticker.tick(), if connected => audio.send_next(&leg, negotiated).await,
+                _ = tokio::time::sleep_until(setup_deadline), if !self.up => {
+                    break Err(format!("media not connected within {:?} of the offer", plan.setup_timeout));
+                }
+                _ = stop.changed() => break Ok(()),
+            }
+            if connected && !self.up {
+                self.up = true;
+                let _ = self.news.send(CallNews::Up {
+                    setup: Some(signalled),
+                });
+            }
+        };
+        let _ = leg.close().await;
+        result
+    }
 }
 
 /// The browser's candidates, once gathering completes (rtpengine wants them in the SDP).
