@@ -143,10 +143,10 @@ impl Parser<'_> {
                 let start = self.at;
                 self.at += 1;
                 let digits = self.until(b'e')?;
-                let valid = !digits.is_empty()
-                    && digits != b"-0"
-                    && !(digits.len() > 1 && digits[0] == b'0')
-                    && !digits.starts_with(b"-0");
+                // No leading zeros, no "-0" (the encoding of a number is unique).
+                let leading_zero =
+                    digits.starts_with(b"-0") || (digits.len() > 1 && digits[0] == b'0');
+                let valid = !digits.is_empty() && !leading_zero;
                 let value = std::str::from_utf8(digits)
                     .ok()
                     .filter(|_| valid)
