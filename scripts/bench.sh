@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The standard load runs (README "Performance"): builds release, starts the test PBX (Kamailio),
-# the bridge pinned to one core and srbridge-load (which starts SIPp's echo UAS and UAC) on the
-# other, runs the steps transcoded (browsers send Opus) and relayed (browsers send PCMU), prints
-# the table, stops everything. Runs inside a private network namespace with only `lo` (like
+# the bridge (or rtpengine, PEER=) pinned to one core and srbridge-load (which starts SIPp's echo
+# UAS and UAC) on the other, runs the steps transcoded (browsers send Opus) and relayed (browsers
+# send PCMU), prints the table (and with PEER=both the ratio srbridge/rtpengine), stops everything. Runs inside a private network namespace with only `lo` (like
 # scripts/test.sh), so only loopback is used and the fixed ports below cannot collide.
 #
 # Environment (defaults in brackets):
@@ -17,6 +17,10 @@
 #   PROFILE [release]     "debug" for a quick check of the script itself
 #   BIN_DIR               take srbridge and srbridge-load from here, nothing built
 #   BRIDGE_BIN [$BIN_DIR/srbridge]  the bridge to measure (e.g. an older build: A against B)
+#   PEER [srbridge]       what carries the calls: srbridge, rtpengine (Debian rtpengine-daemon,
+#                         userspace forwarding, pinned to BRIDGE_CPU like the bridge, driven by the
+#                         tool over ng on 127.0.0.1:2223) or both: each mode runs both on the same
+#                         steps, and the ratio of CPU per call, srbridge / rtpengine, is printed
 #   OUT [target/bench]    JSON reports and logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +37,13 @@ BRIDGE_CPU="${BRIDGE_CPU:-1}"
 TOOL_CPUS="${TOOL_CPUS:-0}"
 PROFILE="${PROFILE:-release}"
 OUT="${OUT:-target/bench}"
+PEER="${PEER:-srbridge}"
+case "$PEER" in
+  srbridge) peers=(srbridge) ;;
+  rtpengine) peers=(rtpengine) ;;
+  both) peers=(srbridge rtpengine) ;;
+  *) echo "bench.sh: PEER is srbridge, rtpengine or both, not $PEER" >&2; exit 2 ;;
+esac
 
 if [ -z "${SRBRIDGE_BENCH_INSIDE:-}" ]; then
   if [ -n "${BIN_DIR:-}" ]; then
@@ -42,8 +53,12 @@ if [ -z "${SRBRIDGE_BENCH_INSIDE:-}" ]; then
   else
     cargo build --locked --bin srbridge --bin srbridge-load
   fi
+  if [ "$PEER" != srbridge ] && ! command -v rtpengine >/dev/null; then
+    echo "bench.sh: rtpengine is not installed (run scripts/deps.sh)" >&2
+    exit 2
+  fi
   export CALLS RELAY_CALLS DURATION RATE DIRECTION MODES SETUP_CALLS SETUP_RATE BRIDGE_CPU TOOL_CPUS \
-    PROFILE OUT BIN_DIR BRIDGE_BIN LIMITS_EXTRA
+    PROFILE OUT BIN_DIR BRIDGE_BIN LIMITS_EXTRA PEER
   exec unshare --net -- env SRBRIDGE_BENCH_INSIDE=1 bash -c 'ip link set lo up && exec bash "$0"' "$0"
 fi
 
@@ -116,9 +131,39 @@ start_bridge() {
   sleep 2
 }
 
+# rtpengine as the bridge's peer: userspace forwarding (no kernel module, --table=-1), one worker
+# thread on the bridge's core, the bridge's RTP port range, in the foreground, quiet.
+start_rtpengine() {
+  echo "== rtpengine pinned to cpu $BRIDGE_CPU"
+  taskset -c "$BRIDGE_CPU" rtpengine --config-file=none --table=-1 --foreground --log-stderr \
+    --log-level=4 --interface=127.0.0.1 --listen-ng=127.0.0.1:2223 \
+    --port-min=20000 --port-max=29998 --num-threads=1 --delete-delay=0 \
+    >>"$OUT/rtpengine.log" 2>&1 &
+  bridge=$!
+  pids+=($bridge)
+  sleep 1
+}
+
+# Per step: srbridge's and rtpengine's CPU per call-second and their ratio (goal: below 1).
+print_ratio() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
+key = lambda s: (s["direction"], s["calls"])
+peer = {key(s): s for s in theirs["steps"]}
+print(f"{'direction':<10} {'codec':<5} {'calls':>5} {'srbridge ms/call·s':>19} {'rtpengine ms/call·s':>20} {'ratio':>6}")
+for s in ours["steps"]:
+    t = peer.get(key(s))
+    a = (s.get("bridge") or {}).get("cpu_ms_per_call_second")
+    b = ((t or {}).get("bridge") or {}).get("cpu_ms_per_call_second")
+    ratio = f"{a / b:.2f}" if a and b else "-"
+    fmt = lambda v: f"{v:.3f}" if v is not None else "-"
+    print(f"{s['direction']:<10} {s['codec']:<5} {s['calls']:>5} {fmt(a):>19} {fmt(b):>20} {ratio:>6}")
+PY
+}
+
 status=0
 for mode in $MODES; do
-  start_bridge
   steps="$CALLS" duration="$DURATION" rate="$RATE" flags=()
   case "$mode" in
     transcoded) ;;
@@ -126,14 +171,35 @@ for mode in $MODES; do
     setups) steps="$SETUP_CALLS" duration=5s rate="$SETUP_RATE" flags=(--relay) ;;
     *) echo "bench.sh: unknown mode $mode" >&2; exit 2 ;;
   esac
-  echo "== $mode: calls $steps, $duration each, ramp $rate/s, $DIRECTION"
-  taskset -c "$TOOL_CPUS" "$bin/srbridge-load" --ws ws://127.0.0.1:8080/ws --appid bench \
-    --pbx 127.0.0.1:5060 --callee 1005 --caller 1002 --bridge-pid "$bridge" \
-    --calls "$steps" --duration "$duration" --rate "$rate" --direction "$DIRECTION" \
-    --json "$OUT/$mode.json" "${flags[@]}" | tee "$OUT/$mode.txt" || status=$?
-  kill "$bridge"
-  wait "$bridge" 2>/dev/null || true
+  for peer in "${peers[@]}"; do
+    if [ "$peer" = srbridge ]; then
+      start_bridge
+      report="$mode"
+    else
+      start_rtpengine
+      report="$mode-rtpengine"
+    fi
+    echo "== $peer $mode: calls $steps, $duration each, ramp $rate/s, $DIRECTION"
+    taskset -c "$TOOL_CPUS" "$bin/srbridge-load" --peer "$peer" --ng 127.0.0.1:2223 \
+      --ws ws://127.0.0.1:8080/ws --appid bench \
+      --pbx 127.0.0.1:5060 --callee 1005 --caller 1002 --bridge-pid "$bridge" \
+      --calls "$steps" --duration "$duration" --rate "$rate" --direction "$DIRECTION" \
+      --json "$OUT/$report.json" "${flags[@]}" | tee "$OUT/$report.txt" || status=$?
+    kill "$bridge"
+    wait "$bridge" 2>/dev/null || true
+  done
 done
 echo "== reports in $OUT"
-for mode in $MODES; do echo "-- $mode"; cat "$OUT/$mode.txt"; done
+for mode in $MODES; do
+  for peer in "${peers[@]}"; do
+    report="$mode"
+    [ "$peer" = rtpengine ] && report="$mode-rtpengine"
+    echo "-- $peer $mode"
+    cat "$OUT/$report.txt"
+  done
+  if [ "${#peers[@]}" = 2 ] && [ -f "$OUT/$mode.json" ] && [ -f "$OUT/$mode-rtpengine.json" ]; then
+    echo "-- $mode: CPU per call, srbridge / rtpengine"
+    print_ratio "$OUT/$mode.json" "$OUT/$mode-rtpengine.json"
+  fi
+done
 exit $status

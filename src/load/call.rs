@@ -13,7 +13,9 @@ use srbridge::media::opus::{
     OpusDecoder, OpusEncoder, OpusEncoderConfig, FRAME_SAMPLES, MAX_OPUS_PACKET,
     MAX_PACKET_SAMPLES, OPUS_RTP_CLOCK, PCM_RATE,
 };
-use srbridge::media::webrtc_leg::{LegCodec, LegEvent, LegState, WebRtcLeg, WebRtcSettings};
+use srbridge::media::webrtc_leg::{
+    InboundRtp, LegCodec, LegEvent, LegState, NegotiatedCodecs, WebRtcLeg, WebRtcSettings,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -218,10 +220,7 @@ impl Call {
         let mut connected = false;
         let setup_deadline = Instant::now() + self.plan.setup_timeout;
         let mut ticker = tokio::time::interval(Duration::from_millis(20));
-        let (mut seq, mut timestamp): (u16, u32) = (rand::random(), rand::random());
-        let mut frame = 0usize;
-        let mut opus = OpusDecoder::new().map_err(|e| format!("opus decoder: {e}"))?;
-        let mut pcm = [0i16; MAX_PACKET_SAMPLES];
+        let mut audio = BrowserAudio::new(Arc::clone(&self.plan), Arc::clone(&self.probe))?;
         let result = loop {
             tokio::select! {
                 f = hub.next() => {
@@ -308,46 +307,9 @@ impl Call {
                 },
                 p = channels.rtp.recv() => {
                     let Some(p) = p else { break Err("media ended".to_string()) };
-                    let arrival = Instant::now().duration_since(self.plan.epoch);
-                    let codec = negotiated.and_then(|n| n.codec(p.payload_type));
-                    let (clock, samples) = match codec {
-                        Some(LegCodec::Opus) => (OPUS_RTP_CLOCK, opus.decode(&p.payload, &mut pcm).unwrap_or(0)),
-                        Some(LegCodec::Pcmu) => (PCM_RATE, g711::ulaw_decode(&p.payload, &mut pcm)),
-                        Some(LegCodec::Pcma) => (PCM_RATE, g711::alaw_decode(&p.payload, &mut pcm)),
-                        _ => continue,
-                    };
-                    if let Ok(mut stats) = self.probe.received.lock() {
-                        stats.on_packet(p.seq, p.timestamp, clock, arrival);
-                        stats.on_audio(&pcm[..samples]);
-                    }
-                    if self.plan.replay.tagged() {
-                        let limit = self.probe.tagged.load(Ordering::Relaxed).saturating_add(1000);
-                        if let Ok(mut echo) = self.probe.echo.lock() {
-                            echo.on_payload(&p.payload, arrival.as_millis() as u32, limit);
-                        }
-                    }
+                    audio.on_rtp(&p, negotiated);
                 }
-                _ = ticker.tick(), if connected => {
-                    let Some(pt) = negotiated.and_then(|n| n.payload_type(self.plan.replay.codec)) else { continue };
-                    let payload = &self.plan.replay.frames[frame % REPLAY_FRAMES];
-                    let mut tagged = [0u8; MAX_OPUS_PACKET];
-                    let payload: &[u8] = if self.plan.replay.tagged() && payload.len() <= tagged.len() {
-                        let tagged = &mut tagged[..payload.len()];
-                        tagged.copy_from_slice(payload);
-                        let number = self.probe.tagged.fetch_add(1, Ordering::Relaxed);
-                        let now = Instant::now().duration_since(self.plan.epoch).as_millis() as u32;
-                        EchoTracker::tag(number, now, tagged);
-                        tagged
-                    } else {
-                        payload
-                    };
-                    if leg.send_rtp(pt, seq, timestamp, frame == 0, payload).await.is_ok() {
-                        self.probe.sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    frame += 1;
-                    seq = seq.wrapping_add(1);
-                    timestamp = timestamp.wrapping_add(self.plan.replay.ticks());
-                }
+                _ = ticker.tick(), if connected => audio.send_next(&leg, negotiated).await,
                 _ = tokio::time::sleep_until(setup_deadline), if !self.up => {
                     break Err(format!("not up within {:?} (accepted: {}, media connected: {connected})", self.plan.setup_timeout, accepted_at.is_some()));
                 }
@@ -363,5 +325,91 @@ impl Call {
         };
         let _ = leg.close().await;
         result
+    }
+}
+
+/// A browser's audio once media is connected: replays the pre-encoded frames every 20 ms and
+/// measures what comes back (loss, jitter, level, tagged round trips). Shared by every kind of
+/// call the tool makes.
+pub struct BrowserAudio {
+    plan: Arc<CallPlan>,
+    probe: Arc<CallProbe>,
+    seq: u16,
+    timestamp: u32,
+    frame: usize,
+    opus: OpusDecoder,
+    pcm: Box<[i16; MAX_PACKET_SAMPLES]>,
+}
+
+impl BrowserAudio {
+    pub fn new(plan: Arc<CallPlan>, probe: Arc<CallProbe>) -> Result<BrowserAudio, String> {
+        Ok(BrowserAudio {
+            plan,
+            probe,
+            seq: rand::random(),
+            timestamp: rand::random(),
+            frame: 0,
+            opus: OpusDecoder::new().map_err(|e| format!("opus decoder: {e}"))?,
+            pcm: Box::new([0i16; MAX_PACKET_SAMPLES]),
+        })
+    }
+
+    /// A packet from the far side arrived: decode and account for it.
+    pub fn on_rtp(&mut self, p: &InboundRtp, negotiated: Option<NegotiatedCodecs>) {
+        let arrival = Instant::now().duration_since(self.plan.epoch);
+        let codec = negotiated.and_then(|n| n.codec(p.payload_type));
+        let pcm = &mut self.pcm[..];
+        let (clock, samples) = match codec {
+            Some(LegCodec::Opus) => (
+                OPUS_RTP_CLOCK,
+                self.opus.decode(&p.payload, pcm).unwrap_or(0),
+            ),
+            Some(LegCodec::Pcmu) => (PCM_RATE, g711::ulaw_decode(&p.payload, pcm)),
+            Some(LegCodec::Pcma) => (PCM_RATE, g711::alaw_decode(&p.payload, pcm)),
+            _ => return,
+        };
+        if let Ok(mut stats) = self.probe.received.lock() {
+            stats.on_packet(p.seq, p.timestamp, clock, arrival);
+            stats.on_audio(&pcm[..samples]);
+        }
+        if self.plan.replay.tagged() {
+            let limit = self
+                .probe
+                .tagged
+                .load(Ordering::Relaxed)
+                .saturating_add(1000);
+            if let Ok(mut echo) = self.probe.echo.lock() {
+                echo.on_payload(&p.payload, arrival.as_millis() as u32, limit);
+            }
+        }
+    }
+
+    /// Sends the next 20 ms frame (tagged when relayed) on `leg`.
+    pub async fn send_next(&mut self, leg: &WebRtcLeg, negotiated: Option<NegotiatedCodecs>) {
+        let Some(pt) = negotiated.and_then(|n| n.payload_type(self.plan.replay.codec)) else {
+            return;
+        };
+        let payload = &self.plan.replay.frames[self.frame % REPLAY_FRAMES];
+        let mut tagged = [0u8; MAX_OPUS_PACKET];
+        let payload: &[u8] = if self.plan.replay.tagged() && payload.len() <= tagged.len() {
+            let tagged = &mut tagged[..payload.len()];
+            tagged.copy_from_slice(payload);
+            let number = self.probe.tagged.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now().duration_since(self.plan.epoch).as_millis() as u32;
+            EchoTracker::tag(number, now, tagged);
+            tagged
+        } else {
+            payload
+        };
+        if leg
+            .send_rtp(pt, self.seq, self.timestamp, self.frame == 0, payload)
+            .await
+            .is_ok()
+        {
+            self.probe.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        self.frame += 1;
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(self.plan.replay.ticks());
     }
 }

@@ -21,8 +21,14 @@ use srbridge::ops::Direction;
 /// subtracted), loss, jitter p99, setup time p50/p99 (web→SIP: invite → ACCEPTED_BY_REMOTE at the
 /// browser; SIP→web: authenticated INVITE → 200 at SIPp) and the setups per second achieved.
 ///
+/// With --peer rtpengine the same browsers and SIPp echo go through rtpengine instead, the tool
+/// signalling each call over rtpengine's ng protocol (offer, answer, delete: ICE and DTLS-SRTP
+/// toward the browser, plain RTP toward SIPp, Opus transcoded to PCMU unless --relay); --bridge-pid
+/// is then rtpengine's pid, and the setup time is offer sent → answer applied.
+///
 /// Example (bridge on ws://127.0.0.1:8080/ws, Kamailio on 5060, --callee within its acc_rule):
 ///   srbridge-load --bridge-pid $(pidof srbridge) --calls 10,50,100 --duration 30s --json r.json
+///   srbridge-load --peer rtpengine --ng 127.0.0.1:2223 --bridge-pid $(pidof rtpengine) --calls 20
 #[derive(Debug, Parser)]
 #[command(name = "srbridge-load", version, verbatim_doc_comment)]
 pub struct Args {
@@ -74,7 +80,8 @@ pub struct Args {
     #[arg(long, default_value = "1234")]
     pub sip_password: String,
 
-    /// pid of the bridge, for its CPU and memory (without it only the calls are measured)
+    /// pid of the bridge (or of rtpengine with --peer rtpengine), for its CPU and memory (without
+    /// it only the calls are measured)
     #[arg(long)]
     pub bridge_pid: Option<u32>,
 
@@ -105,6 +112,35 @@ pub struct Args {
     /// The SIPp executable (Debian package sip-tester)
     #[arg(long, default_value = "sipp")]
     pub sipp: PathBuf,
+
+    /// What carries the calls: srbridge (through its hub and the PBX), or rtpengine driven over
+    /// its ng protocol at --ng by the tool itself (same browsers, same SIPp echo; measure it with
+    /// --bridge-pid $(pidof rtpengine))
+    #[arg(long, value_enum, default_value_t = Peer::Srbridge)]
+    pub peer: Peer,
+
+    /// rtpengine's ng control port (UDP), with --peer rtpengine
+    #[arg(long, default_value = "127.0.0.1:2223")]
+    pub ng: SocketAddr,
+}
+
+/// `--peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Peer {
+    /// The bridge: hub logins, invitations, SIP through the PBX
+    Srbridge,
+    /// rtpengine (Debian rtpengine-daemon, userspace forwarding): offer/answer/delete over ng
+    Rtpengine,
+}
+
+impl Peer {
+    pub fn label(self) -> &'static str {
+        match self {
+            Peer::Srbridge => "srbridge",
+            Peer::Rtpengine => "rtpengine",
+        }
+    }
 }
 
 /// `--direction`.
@@ -190,5 +226,23 @@ mod tests {
             );
         }
         assert_eq!(parse_rate("2.5"), Ok(2.5));
+    }
+
+    #[test]
+    fn the_peer_defaults_to_the_bridge_and_rtpengine_takes_an_ng_address() {
+        let args = Args::try_parse_from(["srbridge-load"]).unwrap();
+        assert_eq!(args.peer, Peer::Srbridge);
+        let args = Args::try_parse_from([
+            "srbridge-load",
+            "--peer",
+            "rtpengine",
+            "--ng",
+            "127.0.0.1:9999",
+        ])
+        .unwrap();
+        assert_eq!(args.peer, Peer::Rtpengine);
+        assert_eq!(args.ng, SocketAddr::from(([127, 0, 0, 1], 9999)));
+        assert!(Args::try_parse_from(["srbridge-load", "--peer", "asterisk"]).is_err());
+        assert!(Args::try_parse_from(["srbridge-load", "--ng", "localhost"]).is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod hub;
 pub mod procfs;
 pub mod report;
+pub mod rtpengine;
 pub mod sipp;
 pub mod stats;
 pub mod step;
@@ -18,10 +19,11 @@ use srbridge::media::webrtc_leg::LegCodec;
 use srbridge::ops::Direction;
 
 use self::call::{CallPlan, Replay};
-use self::cli::Args;
+use self::cli::{Args, Peer};
 use self::report::RunReport;
+use self::rtpengine::{NgClient, RtpenginePlan};
 use self::sipp::SippSettings;
-use self::step::{run_step, StepContext};
+use self::step::{run_step, StepContext, Target};
 
 /// Runs every step of `args`; prints the table and writes the JSON report.
 pub async fn run(args: Args) -> anyhow::Result<RunReport> {
@@ -44,14 +46,34 @@ pub async fn run(args: Args) -> anyhow::Result<RunReport> {
     };
     let directions = args.direction.list();
     let mut echo = None;
-    if directions.contains(&Direction::WebToSip) {
-        eprintln!(
-            "registering SIPp's echo UAS as {} at {}",
-            args.callee, args.pbx
-        );
-        echo = Some(sipp.echo_uas(&args.callee).await?);
-    }
+    let target = match args.peer {
+        Peer::Srbridge => {
+            if directions.contains(&Direction::WebToSip) {
+                eprintln!(
+                    "registering SIPp's echo UAS as {} at {}",
+                    args.callee, args.pbx
+                );
+                echo = Some(sipp.echo_uas(&args.callee).await?);
+            }
+            Target::Bridge
+        }
+        Peer::Rtpengine => {
+            let ng = NgClient { addr: args.ng };
+            ng.ping()
+                .await
+                .context("rtpengine's ng port (is rtpengine running? scripts/bench.sh PEER=rtpengine starts it)")?;
+            let (uas, media) = sipp.echo_only().await?;
+            eprintln!("rtpengine answers at {}; SIPp echoes at {media}", args.ng);
+            echo = Some(uas);
+            Target::Rtpengine(RtpenginePlan {
+                ng,
+                echo: media,
+                transcode: !args.relay,
+            })
+        }
+    };
     let mut report = RunReport {
+        peer: args.peer,
         bridge_pid: args.bridge_pid,
         duration_s: args.duration.as_secs_f64(),
         rate: args.rate,
@@ -67,6 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<RunReport> {
             }
             let ctx = StepContext {
                 args: &args,
+                target,
                 plan: Arc::clone(&plan),
                 sipp: &sipp,
                 step_no,

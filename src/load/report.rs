@@ -3,6 +3,7 @@
 use serde::Serialize;
 use srbridge::ops::Direction;
 
+use super::cli::Peer;
 use super::stats::Percentiles;
 
 /// What the bridge process cost during one step.
@@ -39,6 +40,8 @@ pub struct BridgeCost {
 /// One step: N calls in one direction.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
+    /// What carried the calls (srbridge or rtpengine); `bridge` is that process's cost.
+    pub peer: Peer,
     pub direction: Direction,
     /// What the browsers send: "opus" (transcoded) or "pcmu" (relayed).
     pub codec: &'static str,
@@ -87,6 +90,7 @@ pub struct StepReport {
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    pub peer: Peer,
     pub bridge_pid: Option<u32>,
     pub duration_s: f64,
     pub rate: f64,
@@ -104,7 +108,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// `rtt99` the tagged round trip of relayed calls; `tool%` the generator's own CPU.
 pub fn table(steps: &[StepReport]) -> String {
     let mut out = format!(
-        "{:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>13} {:>8} {:>7} {:>7} {:>6}\n",
+        "{:<9} {:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>13} {:>8} {:>7} {:>7} {:>6}\n",
+        "peer",
         "direction",
         "codec",
         "calls",
@@ -132,7 +137,8 @@ pub fn table(steps: &[StepReport]) -> String {
 pub fn row(s: &StepReport) -> String {
     let b = s.bridge.as_ref();
     format!(
-        "{:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7.2} {:>7} {:>13} {:>8.1} {:>7} {:>7} {:>6.0}",
+        "{:<9} {:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7.2} {:>7} {:>13} {:>8.1} {:>7} {:>7} {:>6.0}",
+        s.peer.label(),
         s.direction.label(),
         s.codec,
         s.calls,

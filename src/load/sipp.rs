@@ -125,6 +125,29 @@ impl SippSettings {
         self.spawn(cmd, dir)
     }
 
+    /// SIPp with `-rtp_echo` and no registration, for its echo only (rtpengine calls name its
+    /// media address in their SDP): the process and that address.
+    pub async fn echo_only(&self) -> anyhow::Result<(SippPeer, SocketAddr)> {
+        let dir = work_dir("echo")?;
+        std::fs::write(dir.join("uas.xml"), UAS_XML)?;
+        let media = free_media_port(self.local_ip)?;
+        let mut cmd = self.command(&dir, "uas.xml", free_udp_port(self.local_ip)?);
+        cmd.args(["-rtp_echo", "-mp", &media.to_string()])
+            .args(["-cp", &free_udp_port(self.local_ip)?.to_string()]);
+        let mut peer = self.spawn(cmd, dir)?;
+        // SIPp binds its media port at start; give it the time to, and to fail.
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !peer.is_running() {
+                bail!("SIPp's echo exited: {}", peer.output());
+            }
+            if UdpSocket::bind((self.local_ip, media)).is_err() {
+                return Ok((peer, SocketAddr::new(self.local_ip, media)));
+            }
+        }
+        bail!("SIPp's echo did not bind {}:{media}", self.local_ip)
+    }
+
     /// Calls `0<uid>` for each uid from account `caller` at `rate` calls per second, echoing RTP;
     /// each call lasts until the bridge hangs up. Response time 1 (authenticated INVITE → 200)
     /// goes to the rtt file.

@@ -18,6 +18,7 @@ use super::cli::Args;
 use super::hub::HubSession;
 use super::procfs::{self, ProcSample};
 use super::report::{BridgeCost, StepReport};
+use super::rtpengine::{self, RtpenginePlan};
 use super::sipp::SippSettings;
 use super::stats::{Histogram, Percentiles, ReceiveStats};
 
@@ -28,9 +29,19 @@ const AUDIO_DBFS: f64 = -30.0;
 /// How long hung-up calls get to finish their tasks.
 const HANGUP_WAIT: Duration = Duration::from_secs(15);
 
+/// What carries the calls.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// srbridge: hub sessions, invitations, SIP through the PBX.
+    Bridge,
+    /// rtpengine, signalled by the tool over ng.
+    Rtpengine(RtpenginePlan),
+}
+
 /// Everything a step needs from the run.
 pub struct StepContext<'a> {
     pub args: &'a Args,
+    pub target: Target,
     pub plan: Arc<CallPlan>,
     pub sipp: &'a SippSettings,
     pub step_no: usize,
@@ -54,76 +65,61 @@ pub async fn run_step(
     let label = direction.label();
     let baseline = sample_bridge(args.bridge_pid);
 
-    // Users log in first: their sessions are not part of the setup times.
-    let tag = match direction {
-        Direction::WebToSip => 'w',
-        Direction::SipToWeb => 's',
-    };
-    let uids: Vec<String> = (0..n)
-        .map(|i| format!("{}{tag}{}x{i}", args.uid_prefix, ctx.step_no))
-        .collect();
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() + 86_400)
-        .unwrap_or(u64::MAX);
-    let logins: Vec<anyhow::Result<HubSession>> = futures::stream::iter(uids.iter().map(|uid| {
-        let token = args
-            .token_secret
-            .as_deref()
-            .map(|secret| mint_token(secret, uid, expiry));
-        HubSession::login(&args.ws, &args.appid, uid, token, Duration::from_secs(10))
-    }))
-    .buffered(PARALLEL_LOGINS)
-    .collect()
-    .await;
     let mut failures = BTreeSet::new();
-    let mut sessions = Vec::new();
-    for (i, login) in logins.into_iter().enumerate() {
-        match login {
-            Ok(s) => sessions.push((i, s)),
-            Err(e) => {
-                failures.insert(format!("login: {e:#}"));
-            }
-        }
-    }
-    if sessions.is_empty() && n > 0 {
-        let why = failures.iter().next().cloned().unwrap_or_default();
-        anyhow::bail!("no user could log in to {}: {why}", args.ws);
-    }
+    let sessions = match ctx.target {
+        Target::Bridge => log_in(ctx, direction, n, &mut failures).await?,
+        Target::Rtpengine(_) => Vec::new(),
+    };
     let logged_in = sample_bridge(args.bridge_pid);
-    eprintln!("[{label} {n}] {} users logged in", sessions.len());
 
     // Calls.
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let probes: Vec<Arc<CallProbe>> = (0..n).map(|_| Arc::new(CallProbe::default())).collect();
     let ramp_start = Instant::now();
+    let start_at = |k: usize| ramp_start + Duration::from_secs_f64(k as f64 / args.rate.max(0.001));
     let mut tasks = Vec::new();
     let mut uac = None;
-    for (k, (i, session)) in sessions.into_iter().enumerate() {
-        let role = match direction {
-            Direction::WebToSip => Role::Caller {
-                callee: args.callee.clone(),
-            },
-            Direction::SipToWeb => Role::Callee,
-        };
-        let start_at = ramp_start + Duration::from_secs_f64(k as f64 / args.rate.max(0.001));
-        tasks.push(tokio::spawn(run_call(
-            session,
-            role,
-            Arc::clone(&ctx.plan),
-            Arc::clone(&probes[i]),
-            start_at,
-            news_tx.clone(),
-            stop_rx.clone(),
-        )));
+    match ctx.target {
+        Target::Bridge => {
+            let uids: Vec<String> = sessions.iter().map(|(_, uid, _)| uid.clone()).collect();
+            for (k, (i, _, session)) in sessions.into_iter().enumerate() {
+                let role = match direction {
+                    Direction::WebToSip => Role::Caller {
+                        callee: args.callee.clone(),
+                    },
+                    Direction::SipToWeb => Role::Callee,
+                };
+                tasks.push(tokio::spawn(run_call(
+                    session,
+                    role,
+                    Arc::clone(&ctx.plan),
+                    Arc::clone(&probes[i]),
+                    start_at(k),
+                    news_tx.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            if direction == Direction::SipToWeb && !uids.is_empty() {
+                uac = Some(ctx.sipp.dial_web_users(&args.caller, &uids, args.rate)?);
+            }
+        }
+        Target::Rtpengine(peer) => {
+            for (k, probe) in probes.iter().enumerate() {
+                tasks.push(tokio::spawn(rtpengine::call::run_call(
+                    peer,
+                    direction,
+                    Arc::clone(&ctx.plan),
+                    Arc::clone(probe),
+                    start_at(k),
+                    news_tx.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
     }
     drop(news_tx);
     let expected_calls = tasks.len();
-    if direction == Direction::SipToWeb && expected_calls > 0 {
-        let logged: Vec<String> = uids.clone();
-        uac = Some(ctx.sipp.dial_web_users(&args.caller, &logged, args.rate)?);
-    }
 
     // Ramp: wait until every call is up or failed.
     let ramp_limit = ramp_start
@@ -307,6 +303,7 @@ pub async fn run_step(
     let expected = received + lost;
     let nominal = (calls_up as f64 * 50.0 * window).round() as u64;
     Ok(StepReport {
+        peer: args.peer,
         direction,
         codec: match ctx.plan.replay.offered().first() {
             Some(LegCodec::Pcmu) => "pcmu",
@@ -346,6 +343,57 @@ pub async fn run_step(
         setup_ms,
         setups_per_sec,
     })
+}
+
+/// Logs in the step's `n` users (their sessions are not part of the setup times): `(call index,
+/// uid, session)` of those who could; the others' reasons go to `failures`.
+async fn log_in(
+    ctx: &StepContext<'_>,
+    direction: Direction,
+    n: usize,
+    failures: &mut BTreeSet<String>,
+) -> anyhow::Result<Vec<(usize, String, HubSession)>> {
+    let args = ctx.args;
+    let tag = match direction {
+        Direction::WebToSip => 'w',
+        Direction::SipToWeb => 's',
+    };
+    let uids: Vec<String> = (0..n)
+        .map(|i| format!("{}{tag}{}x{i}", args.uid_prefix, ctx.step_no))
+        .collect();
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 86_400)
+        .unwrap_or(u64::MAX);
+    let logins: Vec<anyhow::Result<HubSession>> = futures::stream::iter(uids.iter().map(|uid| {
+        let token = args
+            .token_secret
+            .as_deref()
+            .map(|secret| mint_token(secret, uid, expiry));
+        HubSession::login(&args.ws, &args.appid, uid, token, Duration::from_secs(10))
+    }))
+    .buffered(PARALLEL_LOGINS)
+    .collect()
+    .await;
+    let mut sessions = Vec::new();
+    for (i, (login, uid)) in logins.into_iter().zip(uids).enumerate() {
+        match login {
+            Ok(s) => sessions.push((i, uid, s)),
+            Err(e) => {
+                failures.insert(format!("login: {e:#}"));
+            }
+        }
+    }
+    if sessions.is_empty() && n > 0 {
+        let why = failures.iter().next().cloned().unwrap_or_default();
+        anyhow::bail!("no user could log in to {}: {why}", args.ws);
+    }
+    eprintln!(
+        "[{} {n}] {} users logged in",
+        direction.label(),
+        sessions.len()
+    );
+    Ok(sessions)
 }
 
 /// ", bridge 43.0% CPU, RSS 120.3 MB" between two samples.
