@@ -1,0 +1,412 @@
+//! The cluster's rules without sockets: who is logged in on which node, which node is alive,
+//! and where each cross-node call's other half is. The shell feeds it messages and the time and
+//! carries out what it returns.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::wire::PresenceMsg;
+use crate::signal::BridgeEvent;
+
+/// A node heard from, with its users.
+#[derive(Debug)]
+struct Peer {
+    uids: HashSet<String>,
+    last_heard: Instant,
+}
+
+/// A call run here whose browser is logged in to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteBrowser {
+    uid: String,
+    node: String,
+}
+
+/// A call run on another node whose browser is logged in here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayedCall {
+    /// The browser user.
+    pub uid: String,
+    /// The node running the call.
+    pub node: String,
+    /// The SIP caller (the sender of the `EndCall` a lapsed node's calls get).
+    pub caller: String,
+    /// The browser accepted: a lapse ends it with `EndCall`, not by cancelling the invitation.
+    pub answered: bool,
+}
+
+/// What a presence message means here.
+#[derive(Debug, Default, PartialEq)]
+pub struct PresenceOutcome {
+    /// The set of users online elsewhere changed (give the hub [`ClusterCore::remote_online`]).
+    pub changed: bool,
+    /// A newer login elsewhere replaces this local user's session.
+    pub kick: Option<String>,
+    /// A node left: its calls here end (see [`Lapsed`]).
+    pub lapsed: Lapsed,
+}
+
+/// What follows from nodes that stopped (heartbeat lapsed, or they left).
+#[derive(Debug, Default, PartialEq)]
+pub struct Lapsed {
+    /// The nodes.
+    pub nodes: Vec<String>,
+    /// For the call layer here: the browsers of calls run here are gone.
+    pub to_calls: Vec<BridgeEvent>,
+    /// Calls run by those nodes whose browser is here: tell the browser they ended.
+    pub relayed: Vec<(String, RelayedCall)>,
+}
+
+/// Where a browser's event goes.
+#[derive(Debug, PartialEq)]
+pub enum Route {
+    /// To the call layer here.
+    Local(BridgeEvent),
+    /// To the nodes running the user's calls (and, for `SessionClosed`, here too).
+    Remote {
+        /// `(node, event)` pairs.
+        to: Vec<(String, BridgeEvent)>,
+        /// Also for the call layer here.
+        local: Option<BridgeEvent>,
+    },
+}
+
+/// Presence and cross-node call routing of one node.
+#[derive(Debug)]
+pub struct ClusterCore {
+    me: String,
+    ttl: Duration,
+    peers: HashMap<String, Peer>,
+    /// Local users and when they logged in (Unix ms), for "the newest login wins".
+    local_logins: HashMap<String, u64>,
+    /// call id → where its browser is, for calls run here.
+    remote_browsers: HashMap<String, RemoteBrowser>,
+    /// call id → who runs it, for calls whose browser is here.
+    relayed: HashMap<String, RelayedCall>,
+}
+
+impl ClusterCore {
+    /// Node `me`; peers not heard from for `ttl` are taken for dead.
+    pub fn new(me: &str, ttl: Duration) -> ClusterCore {
+        ClusterCore {
+            me: me.to_string(),
+            ttl,
+            peers: HashMap::new(),
+            local_logins: HashMap::new(),
+            remote_browsers: HashMap::new(),
+            relayed: HashMap::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The live nodes heard from, sorted.
+    pub fn peers(&self) -> Vec<String> {
+        let mut peers: Vec<String> = self.peers.keys().cloned().collect();
+        peers.sort();
+        peers
+    }
+
+    /// Users logged in to other nodes.
+    pub fn remote_online(&self) -> HashSet<String> {
+        self.peers
+            .values()
+            .flat_map(|p| p.uids.iter().cloned())
+            .collect()
+    }
+
+    /// The node `uid` is logged in to, if another one (the first by name when, briefly, two).
+    pub fn node_of(&self, uid: &str) -> Option<String> {
+        let mut nodes: Vec<&String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.uids.contains(uid))
+            .map(|(n, _)| n)
+            .collect();
+        nodes.sort();
+        nodes.first().map(|n| n.to_string())
+    }
+
+    /// A local login (from our hub), at Unix ms `at_ms`.
+    pub fn local_login(&mut self, uid: &str, at_ms: u64) {
+        self.local_logins.insert(uid.to_string(), at_ms);
+    }
+
+    /// A local logout.
+    pub fn local_logout(&mut self, uid: &str) {
+        self.local_logins.remove(uid);
+    }
+
+    /// A presence message from NATS (our own echoes are ignored).
+    pub fn on_presence(&mut self, msg: PresenceMsg, now: Instant) -> PresenceOutcome {
+        let mut outcome = PresenceOutcome::default();
+        let node = match &msg {
+            PresenceMsg::Heartbeat { node, .. }
+            | PresenceMsg::Login { node, .. }
+            | PresenceMsg::Logout { node, .. }
+            | PresenceMsg::Leave { node } => node.clone(),
+        };
+        if node == self.me {
+            return outcome;
+        }
+        if let PresenceMsg::Leave { .. } = msg {
+            outcome.changed = self.peers.get(&node).is_some_and(|p| !p.uids.is_empty());
+            outcome.lapsed = self.drop_nodes(vec![node]);
+            return outcome;
+        }
+        let before = self.remote_online();
+        let peer = self.peers.entry(node.clone()).or_insert_with(|| Peer {
+            uids: HashSet::new(),
+            last_heard: now,
+        });
+        peer.last_heard = now;
+        match msg {
+            PresenceMsg::Heartbeat { uids, .. } => peer.uids = uids.into_iter().collect(),
+            PresenceMsg::Login { uid, at_ms, .. } => {
+                peer.uids.insert(uid.clone());
+                // The newest login keeps the uid; equal times go to the greater node id.
+                if let Some(&here) = self.local_logins.get(&uid) {
+                    if (here, self.me.as_str()) < (at_ms, node.as_str()) {
+                        outcome.kick = Some(uid);
+                    }
+                }
+            }
+            PresenceMsg::Logout { uid, .. } => {
+                peer.uids.remove(&uid);
+            }
+            PresenceMsg::Leave { .. } => {}
+        }
+        outcome.changed = self.remote_online() != before;
+        outcome
+    }
+
+    /// Drops the peers not heard from for the TTL.
+    pub fn expire(&mut self, now: Instant) -> Lapsed {
+        let dead: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_heard) >= self.ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.drop_nodes(dead)
+    }
+
+    fn drop_nodes(&mut self, mut nodes: Vec<String>) -> Lapsed {
+        nodes.retain(|n| self.peers.remove(n).is_some());
+        nodes.sort();
+        let mut lapsed = Lapsed::default();
+        if nodes.is_empty() {
+            return lapsed;
+        }
+        let mut gone_uids: Vec<String> = Vec::new();
+        self.remote_browsers.retain(|_, b| {
+            if nodes.contains(&b.node) {
+                gone_uids.push(b.uid.clone());
+                false
+            } else {
+                true
+            }
+        });
+        gone_uids.sort();
+        gone_uids.dedup();
+        lapsed.to_calls = gone_uids
+            .into_iter()
+            .map(|uid| BridgeEvent::SessionClosed { uid })
+            .collect();
+        let mut relayed: Vec<(String, RelayedCall)> = Vec::new();
+        self.relayed.retain(|call_id, r| {
+            if nodes.contains(&r.node) {
+                relayed.push((call_id.clone(), r.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        relayed.sort_by(|a, b| a.0.cmp(&b.0));
+        lapsed.relayed = relayed;
+        lapsed.nodes = nodes;
+        lapsed
+    }
+
+    // ---- the node running the call ----
+
+    /// The call `call_id` rings `uid` on another node: returns that node, remembering it for
+    /// the call's later messages; `None` when nobody else has `uid` logged in.
+    pub fn ring_remote(&mut self, call_id: &str, uid: &str) -> Option<String> {
+        let node = self.node_of(uid)?;
+        self.remote_browsers.insert(
+            call_id.to_string(),
+            RemoteBrowser {
+                uid: uid.to_string(),
+                node: node.clone(),
+            },
+        );
+        Some(node)
+    }
+
+    /// The node holding the browser of call `call_id` run here, if remote.
+    pub fn browser_node(&self, call_id: &str) -> Option<String> {
+        self.remote_browsers.get(call_id).map(|b| b.node.clone())
+    }
+
+    /// The node holding `uid`'s browser for a call run here (for messages without a call id).
+    pub fn browser_node_of_uid(&self, uid: &str) -> Option<String> {
+        self.remote_browsers
+            .values()
+            .find(|b| b.uid == uid)
+            .map(|b| b.node.clone())
+    }
+
+    /// A call run here ended: forget where its browser was (returns that node).
+    pub fn call_released(&mut self, call_id: &str) -> Option<String> {
+        self.remote_browsers.remove(call_id).map(|b| b.node)
+    }
+
+    /// Whether `from` may speak for this browser event: it must hold the browser of the call
+    /// (a node cannot touch calls it was not asked to ring). `SessionClosed` from a node ends
+    /// only the calls whose browser is on that node.
+    pub fn event_from(&mut self, from: &str, event: BridgeEvent) -> Option<BridgeEvent> {
+        let owns = |call_id: &str, uid: &str| {
+            self.remote_browsers
+                .get(call_id)
+                .is_some_and(|b| b.node == from && b.uid == uid)
+        };
+        let allowed = match &event {
+            BridgeEvent::RemoteInvitationReceived { call_id, uid }
+            | BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. }
+            | BridgeEvent::RemoteInvitationRefused { call_id, uid, .. }
+            | BridgeEvent::Media {
+                call_id,
+                from_uid: uid,
+                ..
+            } => owns(call_id, uid),
+            BridgeEvent::PeerMessage { from_uid, .. } | BridgeEvent::SessionClosed { uid: from_uid } => {
+                self.remote_browsers
+                    .values()
+                    .any(|b| b.node == from && &b.uid == from_uid)
+            }
+            BridgeEvent::LocalInvitation { .. } | BridgeEvent::LocalInvitationCanceled { .. } => {
+                false
+            }
+        };
+        if let BridgeEvent::SessionClosed { uid } = &event {
+            self.remote_browsers
+                .retain(|_, b| !(b.node == from && &b.uid == uid));
+        }
+        allowed.then_some(event)
+    }
+
+    // ---- the node holding the browser ----
+
+    /// `uid`'s browser here was rung for call `call_id` run on `node`.
+    pub fn relay(&mut self, call_id: &str, uid: &str, node: &str, caller: &str) {
+        self.relayed.insert(
+            call_id.to_string(),
+            RelayedCall {
+                uid: uid.to_string(),
+                node: node.to_string(),
+                caller: caller.to_string(),
+                answered: false,
+            },
+        );
+    }
+
+    /// Whether `node` runs the relayed call `call_id` of `uid` (what it may still send it).
+    pub fn relays(&self, call_id: &str, uid: &str, node: &str) -> bool {
+        self.relayed
+            .get(call_id)
+            .is_some_and(|r| r.uid == uid && r.node == node)
+    }
+
+    /// Whether `node` runs any relayed call of `uid` (peer messages carry no call id).
+    pub fn relays_any(&self, uid: &str, node: &str) -> bool {
+        self.relayed
+            .values()
+            .any(|r| r.uid == uid && r.node == node)
+    }
+
+    /// The node running call `call_id` forgot it.
+    pub fn unrelay(&mut self, call_id: &str, node: &str) {
+        if self.relayed.get(call_id).is_some_and(|r| r.node == node) {
+            self.relayed.remove(call_id);
+        }
+    }
+
+    /// Where an event of our hub goes: to the node running the call when it is a relayed one.
+    pub fn route(&mut self, event: BridgeEvent) -> Route {
+        if let BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. } = &event {
+            if let Some(r) = self.relayed.get_mut(call_id).filter(|r| &r.uid == uid) {
+                r.answered = true;
+            }
+        }
+        let owner = |call_id: &str, uid: &str| {
+            self.relayed
+                .get(call_id)
+                .filter(|r| r.uid == uid)
+                .map(|r| r.node.clone())
+        };
+        let node = match &event {
+            BridgeEvent::RemoteInvitationReceived { call_id, uid }
+            | BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. }
+            | BridgeEvent::RemoteInvitationRefused { call_id, uid, .. }
+            | BridgeEvent::Media {
+                call_id,
+                from_uid: uid,
+                ..
+            } => owner(call_id, uid),
+            BridgeEvent::PeerMessage { from_uid, .. } => {
+                // EndCall names the number, not the call: the user's relayed calls' nodes get
+                // it, unless the user has none.
+                let nodes = self.nodes_relaying(from_uid);
+                if nodes.is_empty() {
+                    return Route::Local(event);
+                }
+                return Route::Remote {
+                    to: nodes.into_iter().map(|n| (n, event.clone())).collect(),
+                    local: None,
+                };
+            }
+            BridgeEvent::SessionClosed { uid } => {
+                let nodes = self.nodes_relaying(uid);
+                self.relayed.retain(|_, r| &r.uid != uid);
+                if nodes.is_empty() {
+                    return Route::Local(event);
+                }
+                return Route::Remote {
+                    to: nodes.into_iter().map(|n| (n, event.clone())).collect(),
+                    local: Some(event),
+                };
+            }
+            BridgeEvent::LocalInvitation { .. } | BridgeEvent::LocalInvitationCanceled { .. } => {
+                None
+            }
+        };
+        match node {
+            Some(node) => Route::Remote {
+                to: vec![(node, event)],
+                local: None,
+            },
+            None => Route::Local(event),
+        }
+    }
+
+    fn nodes_relaying(&self, uid: &str) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .relayed
+            .values()
+            .filter(|r| r.uid == uid)
+            .map(|r| r.node.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Calls in flight across nodes (run here with a remote browser, relayed here).
+    pub fn cross_calls(&self) -> (usize, usize) {
+        (self.remote_browsers.len(), self.relayed.len())
+    }
+}
