@@ -410,3 +410,198 @@ impl ClusterCore {
         (self.remote_browsers.len(), self.relayed.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(5);
+
+    fn heartbeat(node: &str, uids: &[&str]) -> PresenceMsg {
+        PresenceMsg::Heartbeat {
+            node: node.into(),
+            uids: uids.iter().map(|u| u.to_string()).collect(),
+        }
+    }
+
+    fn accepted(call_id: &str, uid: &str) -> BridgeEvent {
+        BridgeEvent::RemoteInvitationAccepted {
+            call_id: call_id.into(),
+            uid: uid.into(),
+            response: String::new(),
+        }
+    }
+
+    #[test]
+    fn presence_follows_heartbeats_logins_and_logouts_and_ignores_our_echo() {
+        let t0 = Instant::now();
+        let mut b = ClusterCore::new("b", TTL);
+        assert_eq!(b.on_presence(heartbeat("b", &["me"]), t0), PresenceOutcome::default());
+        assert!(b.remote_online().is_empty());
+        assert!(b.on_presence(heartbeat("a", &["alice"]), t0).changed);
+        assert_eq!(b.node_of("alice").as_deref(), Some("a"));
+        assert!(!b.on_presence(heartbeat("a", &["alice"]), t0).changed);
+        let login = PresenceMsg::Login {
+            node: "c".into(),
+            uid: "carol".into(),
+            at_ms: 1,
+        };
+        assert!(b.on_presence(login, t0).changed);
+        assert_eq!(b.peers(), vec!["a".to_string(), "c".to_string()]);
+        let logout = PresenceMsg::Logout {
+            node: "c".into(),
+            uid: "carol".into(),
+        };
+        assert!(b.on_presence(logout, t0).changed);
+        assert_eq!(b.node_of("carol"), None);
+    }
+
+    #[test]
+    fn the_newest_login_keeps_the_uid_ties_go_to_the_greater_node() {
+        let t0 = Instant::now();
+        let mut b = ClusterCore::new("b", TTL);
+        b.local_login("alice", 100);
+        let older = PresenceMsg::Login {
+            node: "a".into(),
+            uid: "alice".into(),
+            at_ms: 99,
+        };
+        assert_eq!(b.on_presence(older, t0).kick, None);
+        let newer = PresenceMsg::Login {
+            node: "a".into(),
+            uid: "alice".into(),
+            at_ms: 101,
+        };
+        assert_eq!(b.on_presence(newer, t0).kick.as_deref(), Some("alice"));
+        let tie_lower = PresenceMsg::Login {
+            node: "a".into(),
+            uid: "alice".into(),
+            at_ms: 100,
+        };
+        assert_eq!(b.on_presence(tie_lower, t0).kick, None);
+        let tie_greater = PresenceMsg::Login {
+            node: "c".into(),
+            uid: "alice".into(),
+            at_ms: 100,
+        };
+        assert_eq!(b.on_presence(tie_greater, t0).kick.as_deref(), Some("alice"));
+        b.local_logout("alice");
+        let later = PresenceMsg::Login {
+            node: "a".into(),
+            uid: "alice".into(),
+            at_ms: 500,
+        };
+        assert_eq!(b.on_presence(later, t0).kick, None, "no session here");
+    }
+
+    #[test]
+    fn a_node_silent_for_the_ttl_lapses_and_its_browsers_calls_end() {
+        let t0 = Instant::now();
+        let mut b = ClusterCore::new("b", TTL);
+        b.on_presence(heartbeat("a", &["alice", "ann"]), t0);
+        b.on_presence(heartbeat("c", &["carol"]), t0);
+        assert_eq!(b.ring_remote("call-1", "alice").as_deref(), Some("a"));
+        assert_eq!(b.ring_remote("call-2", "carol").as_deref(), Some("c"));
+        assert_eq!(b.ring_remote("call-3", "nobody"), None);
+        b.on_presence(heartbeat("c", &["carol"]), t0 + Duration::from_secs(3));
+        assert_eq!(b.expire(t0 + Duration::from_secs(4)), Lapsed::default());
+        let lapsed = b.expire(t0 + TTL);
+        assert_eq!(lapsed.nodes, vec!["a".to_string()]);
+        assert_eq!(
+            lapsed.to_calls,
+            vec![BridgeEvent::SessionClosed {
+                uid: "alice".into()
+            }]
+        );
+        assert_eq!(b.browser_node("call-1"), None);
+        assert_eq!(b.browser_node("call-2").as_deref(), Some("c"));
+        assert_eq!(b.node_of("ann"), None);
+        // A graceful leave drops the node at once.
+        let outcome = b.on_presence(PresenceMsg::Leave { node: "c".into() }, t0);
+        assert!(outcome.changed);
+        assert_eq!(outcome.lapsed.nodes, vec!["c".to_string()]);
+        assert!(b.remote_online().is_empty());
+    }
+
+    #[test]
+    fn browser_answers_go_to_the_node_running_the_call() {
+        let mut a = ClusterCore::new("a", TTL);
+        a.relay("call-1", "alice", "b", "1002");
+        match a.route(accepted("call-1", "alice")) {
+            Route::Remote { to, local: None } => {
+                assert_eq!(to, vec![("b".to_string(), accepted("call-1", "alice"))])
+            }
+            other => panic!("{other:?}"),
+        }
+        // Someone else's answer for that call id stays local (the call layer refuses it).
+        assert_eq!(
+            a.route(accepted("call-1", "mallory")),
+            Route::Local(accepted("call-1", "mallory"))
+        );
+        let end = BridgeEvent::PeerMessage {
+            from_uid: "alice".into(),
+            to: "1002".into(),
+            text: "{\"Cmd\":\"EndCall\"}".into(),
+        };
+        assert!(matches!(a.route(end), Route::Remote { local: None, .. }));
+        let closed = BridgeEvent::SessionClosed {
+            uid: "alice".into(),
+        };
+        match a.route(closed.clone()) {
+            Route::Remote { to, local } => {
+                assert_eq!(to, vec![("b".to_string(), closed.clone())]);
+                assert_eq!(local, Some(closed.clone()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.route(closed.clone()), Route::Local(closed));
+    }
+
+    #[test]
+    fn a_lapsed_call_node_ends_answered_calls_and_cancels_ringing_ones() {
+        let t0 = Instant::now();
+        let mut a = ClusterCore::new("a", TTL);
+        a.on_presence(heartbeat("b", &[]), t0);
+        a.relay("ringing", "ann", "b", "1003");
+        a.relay("talking", "alice", "b", "1002");
+        a.route(accepted("talking", "alice"));
+        let lapsed = a.expire(t0 + TTL);
+        let calls: Vec<(&str, bool)> = lapsed
+            .relayed
+            .iter()
+            .map(|(id, r)| (id.as_str(), r.answered))
+            .collect();
+        assert_eq!(calls, vec![("ringing", false), ("talking", true)]);
+        assert!(!a.relays_any("alice", "b"));
+    }
+
+    #[test]
+    fn a_node_may_only_speak_for_browsers_it_was_asked_to_ring() {
+        let t0 = Instant::now();
+        let mut b = ClusterCore::new("b", TTL);
+        b.on_presence(heartbeat("a", &["alice"]), t0);
+        b.on_presence(heartbeat("c", &["carol"]), t0);
+        b.ring_remote("call-1", "alice");
+        assert_eq!(
+            b.event_from("a", accepted("call-1", "alice")),
+            Some(accepted("call-1", "alice"))
+        );
+        assert_eq!(b.event_from("c", accepted("call-1", "alice")), None);
+        assert_eq!(b.event_from("a", accepted("call-1", "carol")), None);
+        assert_eq!(b.event_from("a", accepted("call-9", "alice")), None);
+        let invite = BridgeEvent::LocalInvitation {
+            call_id: "x".into(),
+            from_uid: "alice".into(),
+            callee: "1002".into(),
+            content: String::new(),
+        };
+        assert_eq!(b.event_from("a", invite), None);
+        let closed = BridgeEvent::SessionClosed {
+            uid: "alice".into(),
+        };
+        assert_eq!(b.event_from("c", closed.clone()), None);
+        assert_eq!(b.event_from("a", closed.clone()), Some(closed));
+        assert_eq!(b.browser_node("call-1"), None);
+        assert_eq!(b.call_released("call-1"), None);
+    }
+}
