@@ -111,7 +111,10 @@ async fn phone_on_b_talks_to_alice_on_a_and_a_dying_ends_the_call_with_bye() {
     let refused = second
         .request(json!({"type": "login", "v": 1, "uid": "alice", "appid": APPID}))
         .await;
-    assert_eq!(refused["code"], "UID_IN_USE", "second login of alice: {refused}");
+    assert_eq!(
+        refused["code"], "UID_IN_USE",
+        "second login of alice: {refused}"
+    );
 
     // The phone calls alice through B.
     let (phone, _dir) = phone(&rig, "1002", 440.0).await;
@@ -122,8 +125,12 @@ async fn phone_on_b_talks_to_alice_on_a_and_a_dying_ends_the_call_with_bye() {
         let ws = Arc::clone(&alice);
         let call_id = call_id.clone();
         tokio::spawn(async move {
-            BrowserPeer::offer(ws, &call_id, vec![LegCodec::Opus, LegCodec::TelephoneEvent48k])
-                .await
+            BrowserPeer::offer(
+                ws,
+                &call_id,
+                vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -147,7 +154,9 @@ async fn phone_on_b_talks_to_alice_on_a_and_a_dying_ends_the_call_with_bye() {
     // A dies without a word: once its heartbeat lapses, B hangs up on the phone.
     let killed = Instant::now();
     a.kill_hard();
-    phone.wait_for("CALL_CLOSED", Duration::from_secs(TTL_S + 10)).await;
+    phone
+        .wait_for("CALL_CLOSED", Duration::from_secs(TTL_S + 10))
+        .await;
     let node_down_to_bye = killed.elapsed();
     println!(
         "MEASURED node down -> phone got BYE: {:.2} s (presence_ttl {TTL_S} s)",
@@ -161,7 +170,10 @@ async fn phone_on_b_talks_to_alice_on_a_and_a_dying_ends_the_call_with_bye() {
         !has_peer(c, "a") && c["remote_users"] == 0
     })
     .await;
-    assert!(!query_online(&mut bob, "alice").await, "alice offline after the TTL");
+    assert!(
+        !query_online(&mut bob, "alice").await,
+        "alice offline after the TTL"
+    );
     assert!(
         rig.bridge.calls().is_empty(),
         "B forgot the call: {:?}",
@@ -201,7 +213,10 @@ async fn nats_outage_leaves_each_node_serving_its_own_users_and_the_cluster_heal
         cl["state"] == "disconnected"
     })
     .await;
-    wait_cluster(a.http_addr(), "a disconnected", |cl| cl["state"] == "disconnected").await;
+    wait_cluster(a.http_addr(), "a disconnected", |cl| {
+        cl["state"] == "disconnected"
+    })
+    .await;
     let a_degraded = down.elapsed();
     println!(
         "MEASURED NATS down -> /api/status disconnected: b {:.2} s, a {:.2} s",
@@ -233,7 +248,10 @@ async fn nats_outage_leaves_each_node_serving_its_own_users_and_the_cluster_heal
         "MEASURED NATS back -> b sees every node's users again: {:.2} s",
         back.elapsed().as_secs_f64()
     );
-    assert!(query_online(&mut bob, "alice").await, "alice online on B again");
+    assert!(
+        query_online(&mut bob, "alice").await,
+        "alice online on B again"
+    );
 
     // Routing works again: a phone call through B rings alice on A; she refuses it.
     let (phone, _dir) = phone(&rig, "1003", 440.0).await;

@@ -37,7 +37,8 @@ impl<L: BrowserSide> BrowserSide for ClusterBrowser<L> {
         reason: Option<FailureReason>,
     ) {
         // Browsers invite through their own node, which runs those calls itself.
-        self.local.local_state(uid, call_id, state, response, reason);
+        self.local
+            .local_state(uid, call_id, state, response, reason);
     }
 
     fn ring(&self, uid: &str, call_id: &str, caller: &str, content: &str) -> bool {

@@ -283,11 +283,11 @@ impl ClusterCore {
                 from_uid: uid,
                 ..
             } => owns(call_id, uid),
-            BridgeEvent::PeerMessage { from_uid, .. } | BridgeEvent::SessionClosed { uid: from_uid } => {
-                self.remote_browsers
-                    .values()
-                    .any(|b| b.node == from && &b.uid == from_uid)
-            }
+            BridgeEvent::PeerMessage { from_uid, .. }
+            | BridgeEvent::SessionClosed { uid: from_uid } => self
+                .remote_browsers
+                .values()
+                .any(|b| b.node == from && &b.uid == from_uid),
             BridgeEvent::LocalInvitation { .. } | BridgeEvent::LocalInvitationCanceled { .. } => {
                 false
             }
@@ -436,7 +436,10 @@ mod tests {
     fn presence_follows_heartbeats_logins_and_logouts_and_ignores_our_echo() {
         let t0 = Instant::now();
         let mut b = ClusterCore::new("b", TTL);
-        assert_eq!(b.on_presence(heartbeat("b", &["me"]), t0), PresenceOutcome::default());
+        assert_eq!(
+            b.on_presence(heartbeat("b", &["me"]), t0),
+            PresenceOutcome::default()
+        );
         assert!(b.remote_online().is_empty());
         assert!(b.on_presence(heartbeat("a", &["alice"]), t0).changed);
         assert_eq!(b.node_of("alice").as_deref(), Some("a"));
@@ -484,7 +487,10 @@ mod tests {
             uid: "alice".into(),
             at_ms: 100,
         };
-        assert_eq!(b.on_presence(tie_greater, t0).kick.as_deref(), Some("alice"));
+        assert_eq!(
+            b.on_presence(tie_greater, t0).kick.as_deref(),
+            Some("alice")
+        );
         b.local_logout("alice");
         let later = PresenceMsg::Login {
             node: "a".into(),

@@ -174,10 +174,16 @@ impl Cluster {
             client: client.clone(),
             hub,
             to_calls,
-            heartbeat: (config.presence_ttl / 5).clamp(Duration::from_millis(200), Duration::from_secs(2)),
+            heartbeat: (config.presence_ttl / 5)
+                .clamp(Duration::from_millis(200), Duration::from_secs(2)),
         };
         let tasks = vec![
-            tokio::spawn(publisher(client.clone(), link.clone(), outbox_rx, stop.clone())),
+            tokio::spawn(publisher(
+                client.clone(),
+                link.clone(),
+                outbox_rx,
+                stop.clone(),
+            )),
             tokio::spawn(driver.run(presence, own, logins, stop)),
         ];
         Ok((Cluster { link, client }, tasks))
@@ -336,8 +342,7 @@ impl Driver {
         );
         let lapsed = self.link.core().expire(Instant::now());
         if !lapsed.nodes.is_empty() {
-            self.hub
-                .set_remote_online(self.link.core().remote_online());
+            self.hub.set_remote_online(self.link.core().remote_online());
             self.on_lapsed(lapsed).await;
         }
     }
@@ -368,8 +373,7 @@ impl Driver {
 
     async fn on_presence(&self, outcome: PresenceOutcome) {
         if outcome.changed {
-            self.hub
-                .set_remote_online(self.link.core().remote_online());
+            self.hub.set_remote_online(self.link.core().remote_online());
         }
         if let Some(uid) = outcome.kick {
             info!(%uid, "newer login on another node: closing the session here");
@@ -449,9 +453,11 @@ impl Driver {
                     RemoteFailureReason::InvitationExpire,
                 );
             }
-            ToBrowser::PeerMessage { from: sender, uid, text }
-                if self.link.core().relays_any(&uid, &from) =>
-            {
+            ToBrowser::PeerMessage {
+                from: sender,
+                uid,
+                text,
+            } if self.link.core().relays_any(&uid, &from) => {
                 if let Err(e) = self.hub.send_peer_message(&sender, &uid, &text) {
                     debug!(error = %e, "peer message from another node not delivered");
                 }

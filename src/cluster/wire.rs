@@ -171,7 +171,10 @@ mod tests {
         let bytes = encode(&msg);
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.contains(r#""dir":"from_browser""#), "{text}");
-        assert!(text.contains(r#""kind":"remote_invitation_accepted""#), "{text}");
+        assert!(
+            text.contains(r#""kind":"remote_invitation_accepted""#),
+            "{text}"
+        );
         assert_eq!(decode::<NodeMsg>(&bytes).unwrap(), msg);
         let presence = PresenceMsg::Login {
             node: "b".into(),

@@ -1491,7 +1491,10 @@ fn with_tokens_a_login_on_another_bridge_takes_over() {
     let mut t = token_hub();
     let token = mint_token("s3cret", "alice", 1_000_060);
     t.open(1);
-    assert!(is_ok(&t.send(1, login_msg("alice", "app", Some(&token))), 1));
+    assert!(is_ok(
+        &t.send(1, login_msg("alice", "app", Some(&token))),
+        1
+    ));
     let out = t.core.logged_in_elsewhere("alice");
     assert_eq!(
         to(&out, 1),

@@ -54,7 +54,11 @@ impl NatsServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("nats-server did not listen on {}:\n{}", self.port, self.log());
+        panic!(
+            "nats-server did not listen on {}:\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     /// Stops the server (clients see the connection drop).

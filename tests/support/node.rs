@@ -55,7 +55,8 @@ presence_ttl = {ttl_s}
         std::fs::write(&path, config).expect("node config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_srbridge"));
         cmd.arg(&path).env("RUST_LOG", "info");
-        let child = ChildGuard::spawn(id, cmd, &dir.path().join("node.log")).expect("srbridge runs");
+        let child =
+            ChildGuard::spawn(id, cmd, &dir.path().join("node.log")).expect("srbridge runs");
         let node = Node {
             id: id.to_string(),
             http,
