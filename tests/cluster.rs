@@ -27,9 +27,14 @@ const TTL_S: u64 = 3;
 
 /// Bridge B: registered as 1000 on a fresh PBX, node `b` of the cluster on `nats`.
 async fn bridge_b(nats: &NatsServer) -> BridgeRig {
+    bridge_b_with(nats, "").await
+}
+
+/// Like [`bridge_b`], with `extra` sections (e.g. `[auth]`).
+async fn bridge_b_with(nats: &NatsServer, extra: &str) -> BridgeRig {
     // `media_extra` ends the [media] section, so the cluster section can follow it.
     let cluster = format!(
-        "\n[cluster]\nnats = \"{}\"\nnode_id = \"b\"\npresence_ttl = {TTL_S}\n",
+        "\n[cluster]\nnats = \"{}\"\nnode_id = \"b\"\npresence_ttl = {TTL_S}\n{extra}\n",
         nats.url()
     );
     support::rig::start_bridge(APPID, "", &cluster, 20).await
@@ -96,7 +101,7 @@ async fn query_online(ws: &mut WsClient, uid: &str) -> bool {
 async fn phone_on_b_talks_to_alice_on_a_and_a_dying_ends_the_call_with_bye() {
     let nats = NatsServer::start().await;
     let rig = bridge_b(&nats).await;
-    let mut a = Node::start(APPID, rig.pbx.addr(), &nats.url(), "a", TTL_S).await;
+    let mut a = Node::start(APPID, rig.pbx.addr(), &nats.url(), "a", TTL_S, "").await;
     let alice = Arc::new(WsClient::login(&a.ws_url(), APPID, "alice").await);
 
     // Presence: B knows alice is on A; a user of B sees her online; she cannot log in twice.
@@ -188,8 +193,8 @@ async fn phone_on_b_talks_to_alice_on_a_and_a_dying_ends_the_call_with_bye() {
 async fn nats_outage_leaves_each_node_serving_its_own_users_and_the_cluster_heals() {
     let mut nats = NatsServer::start().await;
     let rig = bridge_b(&nats).await;
-    let a = Node::start(APPID, rig.pbx.addr(), &nats.url(), "a", TTL_S).await;
-    let c = Node::start(APPID, rig.pbx.addr(), &nats.url(), "c", TTL_S).await;
+    let a = Node::start(APPID, rig.pbx.addr(), &nats.url(), "a", TTL_S, "").await;
+    let c = Node::start(APPID, rig.pbx.addr(), &nats.url(), "c", TTL_S, "").await;
     let alice = WsClient::login(&a.ws_url(), APPID, "alice").await;
     let _carol = WsClient::login(&c.ws_url(), APPID, "carol").await;
     wait_cluster(rig.bridge.http_addr(), "a and c with their users", |cl| {
@@ -264,4 +269,54 @@ async fn nats_outage_leaves_each_node_serving_its_own_users_and_the_cluster_heal
     );
     phone.wait_for("CALL_CLOSED", T).await;
     drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_the_newest_login_on_any_node_keeps_the_uid() {
+    const SECRET: &str = "cluster-secret";
+    let auth = format!("[auth]\ntoken_secret = \"{SECRET}\"\n");
+    let nats = NatsServer::start().await;
+    let rig = bridge_b_with(&nats, &auth).await;
+    let a = Node::start(APPID, rig.pbx.addr(), &nats.url(), "a", TTL_S, &auth).await;
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = srbridge::signal::mint_token(SECRET, "alice", expiry);
+    let login = json!({"type": "login", "v": 1, "uid": "alice", "appid": APPID, "token": token});
+
+    let mut on_a = WsClient::connect(&a.ws_url()).await;
+    assert_eq!(on_a.request(login.clone()).await["type"], "ok");
+    wait_cluster(rig.bridge.http_addr(), "alice on a", |c| {
+        has_peer(c, "a") && c["remote_users"] == 1
+    })
+    .await;
+
+    // alice logs in again on B: her session on A is replaced, as on one hub.
+    let mut on_b = WsClient::connect(&rig.url).await;
+    assert_eq!(on_b.request(login).await["type"], "ok");
+    on_a.wait_for(
+        |v| {
+            v["type"] == "connection_state"
+                && v["state"] == "ABORTED"
+                && v["reason"] == "REMOTE_LOGIN"
+        },
+        T,
+    )
+    .await;
+    wait_cluster(a.http_addr(), "alice only on b", |c| {
+        has_peer(c, "b") && c["remote_users"] == 1
+    })
+    .await;
+    wait_cluster(rig.bridge.http_addr(), "nobody left on a", |c| {
+        has_peer(c, "a") && c["remote_users"] == 0
+    })
+    .await;
+    let deadline = Instant::now() + T;
+    while !on_a.is_closed() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(on_a.is_closed(), "A closed the replaced session");
+    assert!(!on_b.is_closed(), "the new session on B stays");
 }

@@ -21,9 +21,16 @@ pub struct Node {
 
 impl Node {
     /// Starts `srbridge` with `appid`, `sip_svr = pbx` (not registered: no `[proxy]`), HTTP on a
-    /// free loopback port and `[cluster]` on `nats` as `id` with `ttl_s` seconds of presence TTL;
-    /// waits until `/healthz` answers.
-    pub async fn start(appid: &str, pbx: SocketAddr, nats: &str, id: &str, ttl_s: u64) -> Node {
+    /// free loopback port and `[cluster]` on `nats` as `id` with `ttl_s` seconds of presence TTL,
+    /// plus `extra` sections (e.g. `[auth]`); waits until its HTTP port answers.
+    pub async fn start(
+        appid: &str,
+        pbx: SocketAddr,
+        nats: &str,
+        id: &str,
+        ttl_s: u64,
+        extra: &str,
+    ) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("srbridge-node-")
             .tempdir()
@@ -48,6 +55,7 @@ listen = "{http}"
 nats = "{nats}"
 node_id = "{id}"
 presence_ttl = {ttl_s}
+{extra}
 "#,
             rtp_max = rtp + 9,
         );
