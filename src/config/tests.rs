@@ -1456,6 +1456,11 @@ fn cluster_needs_nats_and_node_id_together() {
     assert_eq!(cluster.nats_url(), "nats://127.0.0.1:4333");
     assert_eq!(cluster.node_id, "bridge-a");
     assert_eq!(cluster.presence_ttl, Duration::from_secs(5));
+    let shown = toml_with("[cluster]\nnats = \"nats://127.0.0.1:4333\"\nnode_id = \"bridge-a\"\n")
+        .expect("valid")
+        .to_string();
+    assert!(shown.contains("nats://127.0.0.1:4333"), "{shown}");
+    assert!(shown.contains("bridge-a"), "{shown}");
     let cluster = toml_with(
         "[cluster]\nnats = \"nats://nats.example.net\"\nnode_id = \"b_2\"\npresence_ttl = 3\n",
     )
