@@ -320,3 +320,76 @@ async fn with_tokens_the_newest_login_on_any_node_keeps_the_uid() {
     assert!(on_a.is_closed(), "A closed the replaced session");
     assert!(!on_b.is_closed(), "the new session on B stays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_node_dying_ends_the_call_in_the_browser_on_another_node() {
+    let nats = NatsServer::start().await;
+    let pbx = support::Pbx::start().await;
+    // Both nodes are daemons here: B (registered, runs the call) is the one killed.
+    let proxy = "[rtm2sip]\non = true\nacc_rule = \"10[01-19]\"\n\
+                 [proxy]\non = true\nsip_account = \"1000\"\nsip_pwd = \"1234\"\nrtm_account = \"bridge\"\n";
+    let mut b = Node::start(APPID, pbx.addr(), &nats.url(), "b", TTL_S, proxy).await;
+    pbx.wait_registered("1000", T).await;
+    let a = Node::start(APPID, pbx.addr(), &nats.url(), "a", TTL_S, "").await;
+    let alice = Arc::new(WsClient::login(&a.ws_url(), APPID, "alice").await);
+    wait_cluster(b.http_addr(), "alice on a", |c| {
+        has_peer(c, "a") && c["remote_users"] == 1
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    support::write_tone_wav(&wav, 440.0, 0.5, Duration::from_secs(20), 8000);
+    let phone = Baresip::start(
+        pbx.addr(),
+        "1004",
+        BaresipOptions {
+            auto_answer: false,
+            play_wav: Some(wav),
+            record_dir: None,
+        },
+    )
+    .await;
+    phone.wait_registered(T).await;
+    phone.dial("0alice").await;
+    let invitation = alice.wait_remote_invitation(T).await;
+    let call_id = invitation["callId"].as_str().unwrap().to_string();
+    let offer_task = {
+        let ws = Arc::clone(&alice);
+        let call_id = call_id.clone();
+        tokio::spawn(async move {
+            BrowserPeer::offer(
+                ws,
+                &call_id,
+                vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice.send_raw(
+        &json!({"type": "accept", "id": 79, "callId": call_id, "response": ""}).to_string(),
+    );
+    let mut peer = offer_task.await.unwrap();
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    peer.wait_connected().await;
+
+    // B dies: once its heartbeat lapses, A tells alice's browser the call is over.
+    let killed = Instant::now();
+    b.kill_hard();
+    let end = alice
+        .wait_peer_message("EndCall", Duration::from_secs(TTL_S + 10))
+        .await;
+    let took = killed.elapsed();
+    println!(
+        "MEASURED call node down -> browser on the other node got EndCall: {:.2} s",
+        took.as_secs_f64()
+    );
+    assert!(
+        end["text"].as_str().is_some_and(|t| t.contains(&call_id)),
+        "{end}"
+    );
+    assert!(took <= Duration::from_secs(TTL_S + 3), "{took:?}");
+    wait_cluster(a.http_addr(), "b gone", |c| !has_peer(c, "b")).await;
+    peer.close().await;
+}
