@@ -393,3 +393,22 @@ async fn the_call_node_dying_ends_the_call_in_the_browser_on_another_node() {
     wait_cluster(a.http_addr(), "b gone", |c| !has_peer(c, "b")).await;
     peer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_while_nats_is_down_and_joins_when_it_is_up() {
+    let mut nats = NatsServer::start().await;
+    nats.stop();
+    let pbx = support::Pbx::start().await;
+    let a = Node::start(APPID, pbx.addr(), &nats.url(), "a", TTL_S, "").await;
+    let _alice = WsClient::login(&a.ws_url(), APPID, "alice").await;
+    wait_cluster(a.http_addr(), "a disconnected", |c| {
+        c["state"] == "disconnected"
+    })
+    .await;
+    let c = Node::start(APPID, pbx.addr(), &nats.url(), "c", TTL_S, "").await;
+    nats.start_again().await;
+    wait_cluster(c.http_addr(), "c sees alice on a", |cl| {
+        has_peer(cl, "a") && cl["remote_users"] == 1
+    })
+    .await;
+}
