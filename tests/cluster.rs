@@ -412,3 +412,65 @@ async fn a_node_starts_while_nats_is_down_and_joins_when_it_is_up() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_to_web_invitations_and_messages_cross_nodes() {
+    let nats = NatsServer::start().await;
+    // No PBX: web ↔ web calls never touch SIP.
+    let pbx: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let a = Node::start(APPID, pbx, &nats.url(), "a", TTL_S, "").await;
+    let c = Node::start(APPID, pbx, &nats.url(), "c", TTL_S, "").await;
+    let mut alice = WsClient::login(&a.ws_url(), APPID, "alice").await;
+    let mut carol = WsClient::login(&c.ws_url(), APPID, "carol").await;
+    wait_cluster(a.http_addr(), "carol on c", |cl| {
+        has_peer(cl, "c") && cl["remote_users"] == 1
+    })
+    .await;
+    wait_cluster(c.http_addr(), "alice on a", |cl| {
+        has_peer(cl, "a") && cl["remote_users"] == 1
+    })
+    .await;
+
+    // alice on A invites carol on C; carol receives, accepts; media and messages cross.
+    assert_eq!(
+        alice.invite("w1", "carol", "{\"Mode\":1}").await["type"],
+        "ok"
+    );
+    let invitation = carol.wait_remote_invitation(T).await;
+    assert_eq!(invitation["callId"], "w1");
+    assert_eq!(invitation["caller"], "alice");
+    assert_eq!(invitation["content"], "{\"Mode\":1}");
+    carol.send_raw(&json!({"type": "received", "id": 1, "callId": "w1"}).to_string());
+    alice.wait_local_state("w1", "RECEIVED_BY_REMOTE", T).await;
+    carol.send_raw(
+        &json!({"type": "accept", "id": 2, "callId": "w1", "response": "ok-carol"}).to_string(),
+    );
+    let accepted = alice.wait_local_state("w1", "ACCEPTED_BY_REMOTE", T).await;
+    assert_eq!(accepted["response"], "ok-carol");
+    support::webrtc_peer::send_media(&alice, "w1", json!({"kind": "offer", "sdp": "v=0 alice"}));
+    let offer = support::webrtc_peer::wait_media(&carol, "w1", "offer", T).await;
+    assert_eq!(offer["sdp"], "v=0 alice");
+    support::webrtc_peer::send_media(&carol, "w1", json!({"kind": "answer", "sdp": "v=0 carol"}));
+    let answer = support::webrtc_peer::wait_media(&alice, "w1", "answer", T).await;
+    assert_eq!(answer["sdp"], "v=0 carol");
+    let sent = carol
+        .request(json!({"type": "peer_message", "to": "alice", "text": "{\"Cmd\":\"EndCall\"}"}))
+        .await;
+    assert_eq!(sent["type"], "ok");
+    let end = alice.wait_peer_message("EndCall", T).await;
+    assert_eq!(end["from"], "carol");
+
+    // A refusal and a cancel reach the other side too.
+    assert_eq!(alice.invite("w2", "carol", "").await["type"], "ok");
+    carol.wait_remote_invitation(T).await;
+    carol.send_raw(
+        &json!({"type": "refuse", "id": 3, "callId": "w2", "response": "busy"}).to_string(),
+    );
+    let refused = alice.wait_local_state("w2", "REFUSED_BY_REMOTE", T).await;
+    assert_eq!(refused["response"], "busy");
+    assert_eq!(alice.invite("w3", "carol", "").await["type"], "ok");
+    carol.wait_remote_invitation(T).await;
+    alice.send_raw(&json!({"type": "cancel", "id": 4, "callId": "w3"}).to_string());
+    carol.wait_remote_state("w3", "CANCELED", T).await;
+    alice.wait_local_state("w3", "CANCELED", T).await;
+}

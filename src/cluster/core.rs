@@ -5,8 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use super::wire::PresenceMsg;
-use crate::signal::BridgeEvent;
+use crate::signal::{BridgeEvent, FailureReason, LocalInvitationState};
 
 /// A node heard from, with its users.
 #[derive(Debug)]
@@ -33,6 +35,70 @@ pub struct RelayedCall {
     pub caller: String,
     /// The browser accepted: a lapse ends it with `EndCall`, not by cancelling the invitation.
     pub answered: bool,
+}
+
+/// A web ↔ web invitation (then call) between a user here and one on another node. Each node's
+/// hub sees the other user as the bridge: the caller's hub as a callee it invited, the callee's
+/// hub as the caller of its remote invitation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WebCall {
+    local_uid: String,
+    peer_uid: String,
+    node: String,
+}
+
+/// What another node's browser did to a web ↔ web call or a user here: for the hub here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForHub {
+    /// Ring `uid` here: `caller` on another node invites them.
+    Invite {
+        /// The callee here.
+        uid: String,
+        /// The call.
+        call_id: String,
+        /// The caller there.
+        caller: String,
+        /// The invitation content.
+        content: String,
+    },
+    /// The caller's invitation here moved on (the callee there received, accepted, refused).
+    LocalState {
+        /// The caller here.
+        uid: String,
+        /// The call.
+        call_id: String,
+        /// The new state.
+        state: LocalInvitationState,
+        /// The callee's response string.
+        response: Option<String>,
+        /// Why it failed.
+        reason: Option<FailureReason>,
+    },
+    /// The caller there cancelled: the callee here's invitation is `CANCELED`.
+    Canceled {
+        /// The callee here.
+        uid: String,
+        /// The call.
+        call_id: String,
+    },
+    /// Media signalling from the other browser.
+    Media {
+        /// The user here.
+        uid: String,
+        /// The call.
+        call_id: String,
+        /// The message.
+        payload: Value,
+    },
+    /// A peer message from a user there to a user here.
+    PeerMessage {
+        /// The sender there.
+        from: String,
+        /// The user here.
+        uid: String,
+        /// The text.
+        text: String,
+    },
 }
 
 /// What a presence message means here.
@@ -83,6 +149,8 @@ pub struct ClusterCore {
     remote_browsers: HashMap<String, RemoteBrowser>,
     /// call id → who runs it, for calls whose browser is here.
     relayed: HashMap<String, RelayedCall>,
+    /// call id → the other end, for web ↔ web calls between a user here and one elsewhere.
+    web_calls: HashMap<String, WebCall>,
 }
 
 impl ClusterCore {
@@ -95,6 +163,7 @@ impl ClusterCore {
             local_logins: HashMap::new(),
             remote_browsers: HashMap::new(),
             relayed: HashMap::new(),
+            web_calls: HashMap::new(),
         }
     }
 
@@ -227,6 +296,7 @@ impl ClusterCore {
         });
         relayed.sort_by(|a, b| a.0.cmp(&b.0));
         lapsed.relayed = relayed;
+        self.web_calls.retain(|_, w| !nodes.contains(&w.node));
         lapsed.nodes = nodes;
         lapsed
     }
@@ -337,6 +407,16 @@ impl ClusterCore {
 
     /// Where an event of our hub goes: to the node running the call when it is a relayed one.
     pub fn route(&mut self, event: BridgeEvent) -> Route {
+        if let Some(node) = self.route_web(&event) {
+            let local = match &event {
+                BridgeEvent::SessionClosed { .. } => Some(event.clone()),
+                _ => None,
+            };
+            return Route::Remote {
+                to: vec![(node, event)],
+                local,
+            };
+        }
         if let BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. } = &event {
             if let Some(r) = self.relayed.get_mut(call_id).filter(|r| &r.uid == uid) {
                 r.answered = true;
@@ -391,6 +471,201 @@ impl ClusterCore {
             },
             None => Route::Local(event),
         }
+    }
+
+    /// The node an event of a web ↔ web call (or a peer message) to a user elsewhere goes to.
+    fn route_web(&mut self, event: &BridgeEvent) -> Option<String> {
+        let ours = |web: &HashMap<String, WebCall>, call_id: &str, uid: &str| {
+            web.get(call_id)
+                .filter(|w| w.local_uid == uid)
+                .map(|w| w.node.clone())
+        };
+        match event {
+            // The hub hands the bridge invitations to anyone not logged in here.
+            BridgeEvent::LocalInvitation {
+                call_id,
+                from_uid,
+                callee,
+                ..
+            } => {
+                let node = self.node_of(callee)?;
+                self.web_calls.insert(
+                    call_id.clone(),
+                    WebCall {
+                        local_uid: from_uid.clone(),
+                        peer_uid: callee.clone(),
+                        node: node.clone(),
+                    },
+                );
+                Some(node)
+            }
+            BridgeEvent::LocalInvitationCanceled { call_id, from_uid }
+            | BridgeEvent::RemoteInvitationRefused {
+                call_id,
+                uid: from_uid,
+                ..
+            } => {
+                let node = ours(&self.web_calls, call_id, from_uid)?;
+                self.web_calls.remove(call_id);
+                Some(node)
+            }
+            BridgeEvent::RemoteInvitationReceived { call_id, uid }
+            | BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. }
+            | BridgeEvent::Media {
+                call_id,
+                from_uid: uid,
+                ..
+            } => ours(&self.web_calls, call_id, uid),
+            BridgeEvent::PeerMessage { to, .. } => self.node_of(to),
+            BridgeEvent::SessionClosed { uid } => {
+                // The other ends' nodes learn it from presence; the web calls are over.
+                self.web_calls.retain(|_, w| &w.local_uid != uid);
+                None
+            }
+        }
+    }
+
+    /// A browser event from `from` about a web ↔ web call with a user here, or a peer message
+    /// to one: what the hub here must do (nothing: not such an event).
+    pub fn web_event(&mut self, from: &str, event: &BridgeEvent) -> Vec<ForHub> {
+        let BridgeEvent::SessionClosed { uid } = event else {
+            return self.web_event_one(from, event).into_iter().collect();
+        };
+        // A callee gone before answering: the caller here hears PEER_OFFLINE (the hub ignores
+        // it for calls already answered).
+        let mut gone: Vec<(String, String)> = self
+            .web_calls
+            .iter()
+            .filter(|(_, w)| &w.peer_uid == uid && w.node == from)
+            .map(|(id, w)| (id.clone(), w.local_uid.clone()))
+            .collect();
+        gone.sort();
+        for (call_id, _) in &gone {
+            self.web_calls.remove(call_id);
+        }
+        gone.into_iter()
+            .map(|(call_id, local)| ForHub::LocalState {
+                uid: local,
+                call_id,
+                state: LocalInvitationState::Failure,
+                response: None,
+                reason: Some(FailureReason::PeerOffline),
+            })
+            .collect()
+    }
+
+    fn web_event_one(&mut self, from: &str, event: &BridgeEvent) -> Option<ForHub> {
+        let theirs = |web: &HashMap<String, WebCall>, call_id: &str, uid: &str| {
+            web.get(call_id)
+                .filter(|w| w.peer_uid == uid && w.node == from)
+                .map(|w| w.local_uid.clone())
+        };
+        let state =
+            |uid: String, call_id: &str, state, response: Option<&String>| ForHub::LocalState {
+                uid,
+                call_id: call_id.to_string(),
+                state,
+                response: response.cloned(),
+                reason: None,
+            };
+        match event {
+            BridgeEvent::LocalInvitation {
+                call_id,
+                from_uid,
+                callee,
+                content,
+            } => {
+                if !self.local_logins.contains_key(callee) || self.web_calls.contains_key(call_id) {
+                    return None;
+                }
+                self.web_calls.insert(
+                    call_id.clone(),
+                    WebCall {
+                        local_uid: callee.clone(),
+                        peer_uid: from_uid.clone(),
+                        node: from.to_string(),
+                    },
+                );
+                Some(ForHub::Invite {
+                    uid: callee.clone(),
+                    call_id: call_id.clone(),
+                    caller: from_uid.clone(),
+                    content: content.clone(),
+                })
+            }
+            BridgeEvent::LocalInvitationCanceled { call_id, from_uid } => {
+                let uid = theirs(&self.web_calls, call_id, from_uid)?;
+                self.web_calls.remove(call_id);
+                Some(ForHub::Canceled {
+                    uid,
+                    call_id: call_id.clone(),
+                })
+            }
+            BridgeEvent::RemoteInvitationReceived { call_id, uid } => {
+                let local = theirs(&self.web_calls, call_id, uid)?;
+                Some(state(
+                    local,
+                    call_id,
+                    LocalInvitationState::ReceivedByRemote,
+                    None,
+                ))
+            }
+            BridgeEvent::RemoteInvitationAccepted {
+                call_id,
+                uid,
+                response,
+            } => {
+                let local = theirs(&self.web_calls, call_id, uid)?;
+                Some(state(
+                    local,
+                    call_id,
+                    LocalInvitationState::AcceptedByRemote,
+                    Some(response),
+                ))
+            }
+            BridgeEvent::RemoteInvitationRefused {
+                call_id,
+                uid,
+                response,
+            } => {
+                let local = theirs(&self.web_calls, call_id, uid)?;
+                self.web_calls.remove(call_id);
+                Some(state(
+                    local,
+                    call_id,
+                    LocalInvitationState::RefusedByRemote,
+                    Some(response),
+                ))
+            }
+            BridgeEvent::Media {
+                call_id,
+                from_uid,
+                payload,
+            } => {
+                let uid = theirs(&self.web_calls, call_id, from_uid)?;
+                Some(ForHub::Media {
+                    uid,
+                    call_id: call_id.clone(),
+                    payload: payload.clone(),
+                })
+            }
+            BridgeEvent::PeerMessage { from_uid, to, text } => {
+                if !self.local_logins.contains_key(to) {
+                    return None;
+                }
+                Some(ForHub::PeerMessage {
+                    from: from_uid.clone(),
+                    uid: to.clone(),
+                    text: text.clone(),
+                })
+            }
+            BridgeEvent::SessionClosed { .. } => None,
+        }
+    }
+
+    /// A web ↔ web invitation from another node could not be delivered here.
+    pub fn forget_web_call(&mut self, call_id: &str) {
+        self.web_calls.remove(call_id);
     }
 
     fn nodes_relaying(&self, uid: &str) -> Vec<String> {
@@ -579,6 +854,92 @@ mod tests {
             .collect();
         assert_eq!(calls, vec![("ringing", false), ("talking", true)]);
         assert!(!a.relays_any("alice", "b"));
+    }
+
+    #[test]
+    fn web_to_web_invitations_go_to_the_callees_node_and_answers_come_back() {
+        let t0 = Instant::now();
+        let mut a = ClusterCore::new("a", TTL);
+        let mut c = ClusterCore::new("c", TTL);
+        a.local_login("alice", 1);
+        c.local_login("carol", 1);
+        a.on_presence(heartbeat("c", &["carol"]), t0);
+        c.on_presence(heartbeat("a", &["alice"]), t0);
+        let invite = BridgeEvent::LocalInvitation {
+            call_id: "w1".into(),
+            from_uid: "alice".into(),
+            callee: "carol".into(),
+            content: "{}".into(),
+        };
+        let Route::Remote { to, local: None } = a.route(invite.clone()) else {
+            panic!("the invitation leaves a");
+        };
+        assert_eq!(to, vec![("c".to_string(), invite.clone())]);
+        assert_eq!(
+            c.web_event("a", &invite),
+            vec![ForHub::Invite {
+                uid: "carol".into(),
+                call_id: "w1".into(),
+                caller: "alice".into(),
+                content: "{}".into(),
+            }]
+        );
+        // A node cannot invite for someone else's call id twice, nor reach a user not here.
+        assert!(c.web_event("a", &invite).is_empty());
+        let stray = BridgeEvent::LocalInvitation {
+            call_id: "w9".into(),
+            from_uid: "alice".into(),
+            callee: "nobody".into(),
+            content: String::new(),
+        };
+        assert!(c.web_event("a", &stray).is_empty());
+        let accept = accepted("w1", "carol");
+        let Route::Remote { to, .. } = c.route(accept.clone()) else {
+            panic!("the answer leaves c");
+        };
+        assert_eq!(to, vec![("a".to_string(), accept.clone())]);
+        assert_eq!(
+            a.web_event("c", &accept),
+            vec![ForHub::LocalState {
+                uid: "alice".into(),
+                call_id: "w1".into(),
+                state: LocalInvitationState::AcceptedByRemote,
+                response: Some(String::new()),
+                reason: None,
+            }]
+        );
+        // Only the callee's node speaks for the callee.
+        assert!(a.web_event("b", &accept).is_empty());
+        // The callee's session closes: the caller's invitation fails as offline.
+        let closed = BridgeEvent::SessionClosed {
+            uid: "carol".into(),
+        };
+        assert_eq!(
+            a.web_event("c", &closed),
+            vec![ForHub::LocalState {
+                uid: "alice".into(),
+                call_id: "w1".into(),
+                state: LocalInvitationState::Failure,
+                response: None,
+                reason: Some(FailureReason::PeerOffline),
+            }]
+        );
+        assert!(a.web_event("c", &closed).is_empty());
+        // Peer messages go to the node of their addressee.
+        let hello = BridgeEvent::PeerMessage {
+            from_uid: "alice".into(),
+            to: "carol".into(),
+            text: "hi".into(),
+        };
+        assert!(matches!(a.route(hello.clone()), Route::Remote { .. }));
+        assert_eq!(
+            c.web_event("a", &hello),
+            vec![ForHub::PeerMessage {
+                from: "alice".into(),
+                uid: "carol".into(),
+                text: "hi".into(),
+            }]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::core::{ClusterCore, Lapsed, PresenceOutcome, Route};
+use super::core::{ClusterCore, ForHub, Lapsed, PresenceOutcome, Route};
 use super::wire::{
     decode, encode, node_subject, NodeMsg, PresenceMsg, ToBrowser, PRESENCE_SUBJECT,
 };
@@ -22,7 +22,7 @@ use crate::config::ClusterConfig;
 use crate::events::Event;
 use crate::ops::metrics::metrics;
 use crate::ops::status::{ClusterState, ClusterStatus};
-use crate::signal::{BridgeEvent, Hub, RemoteFailureReason};
+use crate::signal::{BridgeEvent, Hub, LocalInvitationState, RemoteFailureReason};
 
 /// Bound on one publish into the client (it buffers while reconnecting).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -118,6 +118,7 @@ impl ClusterLink {
 pub struct Cluster {
     link: ClusterLink,
     client: async_nats::Client,
+    hub: Hub,
 }
 
 fn unix_ms() -> u64 {
@@ -172,7 +173,7 @@ impl Cluster {
         let driver = Driver {
             link: link.clone(),
             client: client.clone(),
-            hub,
+            hub: hub.clone(),
             to_calls,
             heartbeat: (config.presence_ttl / 5)
                 .clamp(Duration::from_millis(200), Duration::from_secs(2)),
@@ -186,7 +187,7 @@ impl Cluster {
             )),
             tokio::spawn(driver.run(presence, own, logins, stop)),
         ];
-        Ok((Cluster { link, client }, tasks))
+        Ok((Cluster { link, client, hub }, tasks))
     }
 
     /// The call layer's view of the cluster.
@@ -203,6 +204,17 @@ impl Cluster {
             Route::Remote { to, local } => {
                 let me = self.link.core().me().to_string();
                 for (node, event) in to {
+                    // The caller's cancel of a web ↔ web invitation is answered here, as the
+                    // call layer answers it for SIP calls.
+                    if let BridgeEvent::LocalInvitationCanceled { call_id, from_uid } = &event {
+                        self.hub.local_invitation_state(
+                            from_uid,
+                            call_id,
+                            LocalInvitationState::Canceled,
+                            None,
+                            None,
+                        );
+                    }
                     debug!(%node, ?event, "browser event for a call on another node");
                     self.link.publish(
                         node_subject(&node),
@@ -404,6 +416,15 @@ impl Driver {
     async fn on_node_msg(&self, msg: NodeMsg) {
         match msg {
             NodeMsg::FromBrowser { from, event } => {
+                let for_hub = self.link.core().web_event(&from, &event);
+                let handled = !for_hub.is_empty();
+                for action in for_hub {
+                    self.web_to_hub(&from, action);
+                }
+                // A closed session may also end calls run here; anything else is done.
+                if handled && !matches!(event, BridgeEvent::SessionClosed { .. }) {
+                    return;
+                }
                 let event = self.link.core().event_from(&from, event);
                 match event {
                     Some(event) => {
@@ -413,6 +434,64 @@ impl Driver {
                 }
             }
             NodeMsg::ToBrowser { from, msg } => self.to_browser(from, msg),
+        }
+    }
+
+    /// A browser on node `from` invites, answers or talks to a browser here (web ↔ web).
+    fn web_to_hub(&self, from: &str, action: ForHub) {
+        match action {
+            ForHub::Invite {
+                uid,
+                call_id,
+                caller,
+                content,
+            } => {
+                info!(%call_id, %caller, %uid, node = %from, "invitation from a browser on another node");
+                if let Err(e) = self
+                    .hub
+                    .send_remote_invitation(&uid, &call_id, &caller, &content)
+                {
+                    info!(%call_id, error = %e, "invitation from another node not delivered");
+                    self.link.core().forget_web_call(&call_id);
+                    self.link.publish(
+                        node_subject(from),
+                        &NodeMsg::FromBrowser {
+                            from: self.me(),
+                            event: BridgeEvent::SessionClosed { uid },
+                        },
+                    );
+                }
+            }
+            ForHub::LocalState {
+                uid,
+                call_id,
+                state,
+                response,
+                reason,
+            } => self
+                .hub
+                .local_invitation_state(&uid, &call_id, state, response, reason),
+            ForHub::Canceled { uid, call_id } => {
+                self.hub.remote_invitation_canceled(&uid, &call_id)
+            }
+            ForHub::Media {
+                uid,
+                call_id,
+                payload,
+            } => {
+                if let Err(e) = self.hub.send_media(&uid, &call_id, payload) {
+                    debug!(error = %e, "media message from another node not delivered");
+                }
+            }
+            ForHub::PeerMessage {
+                from: sender,
+                uid,
+                text,
+            } => {
+                if let Err(e) = self.hub.send_peer_message(&sender, &uid, &text) {
+                    debug!(error = %e, "peer message from another node not delivered");
+                }
+            }
         }
     }
 

@@ -660,6 +660,7 @@ fn cluster_msg() {
                 accepted = true;
                 match msg {
                     NodeMsg::FromBrowser { from, event } => {
+                        let _ = core.web_event(&from, &event);
                         if let Some(event) = core.event_from(&from, event) {
                             let _ = core.route(event);
                         }
