@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::wire::PresenceMsg;
+use crate::signal::core::INVITATION_TIMEOUT;
 use crate::signal::{BridgeEvent, FailureReason, LocalInvitationState};
 
 /// A node heard from, with its users.
@@ -45,6 +46,11 @@ struct WebCall {
     local_uid: String,
     peer_uid: String,
     node: String,
+    /// The user here is the caller (else the callee).
+    caller_here: bool,
+    /// Accepted: no expiry any more.
+    answered: bool,
+    created: Instant,
 }
 
 /// What another node's browser did to a web ↔ web call or a user here: for the hub here.
@@ -76,6 +82,13 @@ pub enum ForHub {
     },
     /// The caller there cancelled: the callee here's invitation is `CANCELED`.
     Canceled {
+        /// The callee here.
+        uid: String,
+        /// The call.
+        call_id: String,
+    },
+    /// Nobody answered in time: the callee here's invitation fails as expired.
+    Expired {
         /// The callee here.
         uid: String,
         /// The call.
@@ -121,6 +134,8 @@ pub struct Lapsed {
     pub to_calls: Vec<BridgeEvent>,
     /// Calls run by those nodes whose browser is here: tell the browser they ended.
     pub relayed: Vec<(String, RelayedCall)>,
+    /// Web ↔ web invitations across nodes nobody answered in time (each side expires its own).
+    pub web_expired: Vec<ForHub>,
 }
 
 /// Where a browser's event goes.
@@ -260,7 +275,32 @@ impl ClusterCore {
             .filter(|(_, p)| now.duration_since(p.last_heard) >= self.ttl)
             .map(|(n, _)| n.clone())
             .collect();
-        self.drop_nodes(dead)
+        let mut lapsed = self.drop_nodes(dead);
+        let mut expired: Vec<(String, WebCall)> = self
+            .web_calls
+            .iter()
+            .filter(|(_, w)| !w.answered && now.duration_since(w.created) >= INVITATION_TIMEOUT)
+            .map(|(id, w)| (id.clone(), w.clone()))
+            .collect();
+        expired.sort_by(|a, b| a.0.cmp(&b.0));
+        for (call_id, web) in expired {
+            self.web_calls.remove(&call_id);
+            lapsed.web_expired.push(if web.caller_here {
+                ForHub::LocalState {
+                    uid: web.local_uid,
+                    call_id,
+                    state: LocalInvitationState::Failure,
+                    response: None,
+                    reason: Some(FailureReason::InvitationExpire),
+                }
+            } else {
+                ForHub::Expired {
+                    uid: web.local_uid,
+                    call_id,
+                }
+            });
+        }
+        lapsed
     }
 
     fn drop_nodes(&mut self, mut nodes: Vec<String>) -> Lapsed {
@@ -406,8 +446,8 @@ impl ClusterCore {
     }
 
     /// Where an event of our hub goes: to the node running the call when it is a relayed one.
-    pub fn route(&mut self, event: BridgeEvent) -> Route {
-        if let Some(node) = self.route_web(&event) {
+    pub fn route(&mut self, event: BridgeEvent, now: Instant) -> Route {
+        if let Some(node) = self.route_web(&event, now) {
             let local = match &event {
                 BridgeEvent::SessionClosed { .. } => Some(event.clone()),
                 _ => None,
@@ -474,7 +514,7 @@ impl ClusterCore {
     }
 
     /// The node an event of a web ↔ web call (or a peer message) to a user elsewhere goes to.
-    fn route_web(&mut self, event: &BridgeEvent) -> Option<String> {
+    fn route_web(&mut self, event: &BridgeEvent, now: Instant) -> Option<String> {
         let ours = |web: &HashMap<String, WebCall>, call_id: &str, uid: &str| {
             web.get(call_id)
                 .filter(|w| w.local_uid == uid)
@@ -495,6 +535,9 @@ impl ClusterCore {
                         local_uid: from_uid.clone(),
                         peer_uid: callee.clone(),
                         node: node.clone(),
+                        caller_here: true,
+                        answered: false,
+                        created: now,
                     },
                 );
                 Some(node)
@@ -509,8 +552,14 @@ impl ClusterCore {
                 self.web_calls.remove(call_id);
                 Some(node)
             }
+            BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. } => {
+                let node = ours(&self.web_calls, call_id, uid)?;
+                if let Some(web) = self.web_calls.get_mut(call_id) {
+                    web.answered = true;
+                }
+                Some(node)
+            }
             BridgeEvent::RemoteInvitationReceived { call_id, uid }
-            | BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. }
             | BridgeEvent::Media {
                 call_id,
                 from_uid: uid,
@@ -527,9 +576,9 @@ impl ClusterCore {
 
     /// A browser event from `from` about a web ↔ web call with a user here, or a peer message
     /// to one: what the hub here must do (nothing: not such an event).
-    pub fn web_event(&mut self, from: &str, event: &BridgeEvent) -> Vec<ForHub> {
+    pub fn web_event(&mut self, from: &str, event: &BridgeEvent, now: Instant) -> Vec<ForHub> {
         let BridgeEvent::SessionClosed { uid } = event else {
-            return self.web_event_one(from, event).into_iter().collect();
+            return self.web_event_one(from, event, now).into_iter().collect();
         };
         // A callee gone before answering: the caller here hears PEER_OFFLINE (the hub ignores
         // it for calls already answered).
@@ -554,7 +603,7 @@ impl ClusterCore {
             .collect()
     }
 
-    fn web_event_one(&mut self, from: &str, event: &BridgeEvent) -> Option<ForHub> {
+    fn web_event_one(&mut self, from: &str, event: &BridgeEvent, now: Instant) -> Option<ForHub> {
         let theirs = |web: &HashMap<String, WebCall>, call_id: &str, uid: &str| {
             web.get(call_id)
                 .filter(|w| w.peer_uid == uid && w.node == from)
@@ -584,6 +633,9 @@ impl ClusterCore {
                         local_uid: callee.clone(),
                         peer_uid: from_uid.clone(),
                         node: from.to_string(),
+                        caller_here: false,
+                        answered: false,
+                        created: now,
                     },
                 );
                 Some(ForHub::Invite {
@@ -616,6 +668,9 @@ impl ClusterCore {
                 response,
             } => {
                 let local = theirs(&self.web_calls, call_id, uid)?;
+                if let Some(web) = self.web_calls.get_mut(call_id) {
+                    web.answered = true;
+                }
                 Some(state(
                     local,
                     call_id,
@@ -808,7 +863,7 @@ mod tests {
     fn browser_answers_go_to_the_node_running_the_call() {
         let mut a = ClusterCore::new("a", TTL);
         a.relay("call-1", "alice", "b", "1002");
-        match a.route(accepted("call-1", "alice")) {
+        match a.route(accepted("call-1", "alice"), Instant::now()) {
             Route::Remote { to, local: None } => {
                 assert_eq!(to, vec![("b".to_string(), accepted("call-1", "alice"))])
             }
@@ -816,7 +871,7 @@ mod tests {
         }
         // Someone else's answer for that call id stays local (the call layer refuses it).
         assert_eq!(
-            a.route(accepted("call-1", "mallory")),
+            a.route(accepted("call-1", "mallory"), Instant::now()),
             Route::Local(accepted("call-1", "mallory"))
         );
         let end = BridgeEvent::PeerMessage {
@@ -824,18 +879,24 @@ mod tests {
             to: "1002".into(),
             text: "{\"Cmd\":\"EndCall\"}".into(),
         };
-        assert!(matches!(a.route(end), Route::Remote { local: None, .. }));
+        assert!(matches!(
+            a.route(end, Instant::now()),
+            Route::Remote { local: None, .. }
+        ));
         let closed = BridgeEvent::SessionClosed {
             uid: "alice".into(),
         };
-        match a.route(closed.clone()) {
+        match a.route(closed.clone(), Instant::now()) {
             Route::Remote { to, local } => {
                 assert_eq!(to, vec![("b".to_string(), closed.clone())]);
                 assert_eq!(local, Some(closed.clone()));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(a.route(closed.clone()), Route::Local(closed));
+        assert_eq!(
+            a.route(closed.clone(), Instant::now()),
+            Route::Local(closed)
+        );
     }
 
     #[test]
@@ -845,7 +906,7 @@ mod tests {
         a.on_presence(heartbeat("b", &[]), t0);
         a.relay("ringing", "ann", "b", "1003");
         a.relay("talking", "alice", "b", "1002");
-        a.route(accepted("talking", "alice"));
+        a.route(accepted("talking", "alice"), Instant::now());
         let lapsed = a.expire(t0 + TTL);
         let calls: Vec<(&str, bool)> = lapsed
             .relayed
@@ -871,12 +932,12 @@ mod tests {
             callee: "carol".into(),
             content: "{}".into(),
         };
-        let Route::Remote { to, local: None } = a.route(invite.clone()) else {
+        let Route::Remote { to, local: None } = a.route(invite.clone(), Instant::now()) else {
             panic!("the invitation leaves a");
         };
         assert_eq!(to, vec![("c".to_string(), invite.clone())]);
         assert_eq!(
-            c.web_event("a", &invite),
+            c.web_event("a", &invite, Instant::now()),
             vec![ForHub::Invite {
                 uid: "carol".into(),
                 call_id: "w1".into(),
@@ -885,21 +946,21 @@ mod tests {
             }]
         );
         // A node cannot invite for someone else's call id twice, nor reach a user not here.
-        assert!(c.web_event("a", &invite).is_empty());
+        assert!(c.web_event("a", &invite, Instant::now()).is_empty());
         let stray = BridgeEvent::LocalInvitation {
             call_id: "w9".into(),
             from_uid: "alice".into(),
             callee: "nobody".into(),
             content: String::new(),
         };
-        assert!(c.web_event("a", &stray).is_empty());
+        assert!(c.web_event("a", &stray, Instant::now()).is_empty());
         let accept = accepted("w1", "carol");
-        let Route::Remote { to, .. } = c.route(accept.clone()) else {
+        let Route::Remote { to, .. } = c.route(accept.clone(), Instant::now()) else {
             panic!("the answer leaves c");
         };
         assert_eq!(to, vec![("a".to_string(), accept.clone())]);
         assert_eq!(
-            a.web_event("c", &accept),
+            a.web_event("c", &accept, Instant::now()),
             vec![ForHub::LocalState {
                 uid: "alice".into(),
                 call_id: "w1".into(),
@@ -909,13 +970,13 @@ mod tests {
             }]
         );
         // Only the callee's node speaks for the callee.
-        assert!(a.web_event("b", &accept).is_empty());
+        assert!(a.web_event("b", &accept, Instant::now()).is_empty());
         // The callee's session closes: the caller's invitation fails as offline.
         let closed = BridgeEvent::SessionClosed {
             uid: "carol".into(),
         };
         assert_eq!(
-            a.web_event("c", &closed),
+            a.web_event("c", &closed, Instant::now()),
             vec![ForHub::LocalState {
                 uid: "alice".into(),
                 call_id: "w1".into(),
@@ -924,22 +985,69 @@ mod tests {
                 reason: Some(FailureReason::PeerOffline),
             }]
         );
-        assert!(a.web_event("c", &closed).is_empty());
+        assert!(a.web_event("c", &closed, Instant::now()).is_empty());
         // Peer messages go to the node of their addressee.
         let hello = BridgeEvent::PeerMessage {
             from_uid: "alice".into(),
             to: "carol".into(),
             text: "hi".into(),
         };
-        assert!(matches!(a.route(hello.clone()), Route::Remote { .. }));
+        assert!(matches!(
+            a.route(hello.clone(), Instant::now()),
+            Route::Remote { .. }
+        ));
         assert_eq!(
-            c.web_event("a", &hello),
+            c.web_event("a", &hello, Instant::now()),
             vec![ForHub::PeerMessage {
                 from: "alice".into(),
                 uid: "carol".into(),
                 text: "hi".into(),
             }]
         );
+    }
+
+    #[test]
+    fn unanswered_web_invitations_across_nodes_expire_on_both_sides() {
+        let t0 = Instant::now();
+        let mut a = ClusterCore::new("a", Duration::from_secs(600));
+        let mut c = ClusterCore::new("c", Duration::from_secs(600));
+        c.local_login("carol", 1);
+        a.on_presence(heartbeat("c", &["carol"]), t0);
+        let invite = |call_id: &str| BridgeEvent::LocalInvitation {
+            call_id: call_id.into(),
+            from_uid: "alice".into(),
+            callee: "carol".into(),
+            content: String::new(),
+        };
+        for id in ["ringing", "answered"] {
+            a.route(invite(id), t0);
+            c.web_event("a", &invite(id), t0);
+        }
+        c.route(accepted("answered", "carol"), t0);
+        a.web_event("c", &accepted("answered", "carol"), t0);
+        let later = t0 + INVITATION_TIMEOUT - Duration::from_secs(1);
+        a.on_presence(heartbeat("c", &["carol"]), later);
+        assert!(a.expire(later).web_expired.is_empty());
+        let at = t0 + INVITATION_TIMEOUT;
+        a.on_presence(heartbeat("c", &["carol"]), at);
+        assert_eq!(
+            a.expire(at).web_expired,
+            vec![ForHub::LocalState {
+                uid: "alice".into(),
+                call_id: "ringing".into(),
+                state: LocalInvitationState::Failure,
+                response: None,
+                reason: Some(FailureReason::InvitationExpire),
+            }]
+        );
+        assert_eq!(
+            c.expire(at).web_expired,
+            vec![ForHub::Expired {
+                uid: "carol".into(),
+                call_id: "ringing".into(),
+            }]
+        );
+        assert!(a.expire(at + INVITATION_TIMEOUT).web_expired.is_empty());
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl Cluster {
     /// Routes an event of the local hub: one for a call run on another node goes there; what
     /// is for the call layer here is returned.
     pub fn route(&self, event: BridgeEvent) -> Option<BridgeEvent> {
-        let route = self.link.core().route(event);
+        let route = self.link.core().route(event, Instant::now());
         match route {
             Route::Local(event) => Some(event),
             Route::Remote { to, local } => {
@@ -403,6 +403,9 @@ impl Driver {
         for event in lapsed.to_calls {
             let _ = self.to_calls.send(event).await;
         }
+        for action in lapsed.web_expired {
+            self.web_to_hub("", action);
+        }
         for (call_id, call) in lapsed.relayed {
             if call.answered {
                 let text = json!({ "Cmd": "EndCall", "CallId": call_id }).to_string();
@@ -416,7 +419,7 @@ impl Driver {
     async fn on_node_msg(&self, msg: NodeMsg) {
         match msg {
             NodeMsg::FromBrowser { from, event } => {
-                let for_hub = self.link.core().web_event(&from, &event);
+                let for_hub = self.link.core().web_event(&from, &event, Instant::now());
                 let handled = !for_hub.is_empty();
                 for action in for_hub {
                     self.web_to_hub(&from, action);
@@ -474,6 +477,11 @@ impl Driver {
             ForHub::Canceled { uid, call_id } => {
                 self.hub.remote_invitation_canceled(&uid, &call_id)
             }
+            ForHub::Expired { uid, call_id } => self.hub.remote_invitation_failed(
+                &uid,
+                &call_id,
+                RemoteFailureReason::InvitationExpire,
+            ),
             ForHub::Media {
                 uid,
                 call_id,

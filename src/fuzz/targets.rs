@@ -660,9 +660,9 @@ fn cluster_msg() {
                 accepted = true;
                 match msg {
                     NodeMsg::FromBrowser { from, event } => {
-                        let _ = core.web_event(&from, &event);
+                        let _ = core.web_event(&from, &event, now);
                         if let Some(event) = core.event_from(&from, event) {
-                            let _ = core.route(event);
+                            let _ = core.route(event, now);
                         }
                     }
                     NodeMsg::ToBrowser { from, msg } => match msg {
