@@ -20,6 +20,7 @@ use crate::call::ports::{
     BrowserSide, IncomingSipCall, OutgoingCallRequest, SipLeg, SipLegCommand, SipLegEvent,
     SipLegRemote, SipSide,
 };
+use crate::cluster::{Cluster, ClusterBrowser};
 use crate::config::Config;
 use crate::events::webhook::WebhookSettings;
 use crate::events::{webhook_task, EventBus};
@@ -262,8 +263,8 @@ fn browser_event(event: BridgeEvent) -> BrowserEvent {
     }
 }
 
-/// The call manager with the real ports.
-pub type Calls = CallManager<HubBrowser, UaSip, SessionFactory>;
+/// The call manager with the real ports (browsers here or, with `[cluster]`, on other nodes).
+pub type Calls = CallManager<ClusterBrowser<HubBrowser>, UaSip, SessionFactory>;
 
 /// A running bridge: SIP, hub, calls and media. [`Bridge::start`] also serves HTTP (for tests and
 /// embedding); the daemon (`app::run`) uses [`Bridge::start_parts`] and serves HTTP itself.
@@ -281,6 +282,8 @@ pub struct Bridge {
     /// The browser legs' ports when set apart from the RTP range.
     webrtc_ports: Option<crate::media::rtp_leg::PortAllocator>,
     events: EventBus,
+    /// This node's cluster membership, with `[cluster]`.
+    cluster: Option<Cluster>,
 }
 
 /// The address the PBX reaches us on, for SDP: the configured public IP, else the SIP contact's.
@@ -341,8 +344,20 @@ impl Bridge {
             .await
             .context("SIP user agent")?;
         let (bridge_tx, mut bridge_rx) = mpsc::channel(1024);
-        let hub = Hub::new(HubSettings::from_config(&current), bridge_tx);
+        let hub = Hub::new(HubSettings::from_config(&current), bridge_tx.clone());
         hub.publish_events_to(events.clone());
+        let mut tasks = Vec::new();
+        let cluster = match &current.cluster {
+            Some(cluster_config) => {
+                let (cluster, cluster_tasks) =
+                    Cluster::start(cluster_config, hub.clone(), bridge_tx, stop.child_token())
+                        .await
+                        .context("cluster")?;
+                tasks.extend(cluster_tasks);
+                Some(cluster)
+            }
+            None => None,
+        };
 
         let bind_ip = current.sip.listen_ip;
         let sdp_ip = sdp_address(&current, sip.contact_addr());
@@ -352,7 +367,7 @@ impl Bridge {
         let media_ports = media.port_allocator();
         let webrtc_ports = media.webrtc_port_allocator();
         let calls = CallManager::new(
-            HubBrowser(hub.clone()),
+            ClusterBrowser::new(HubBrowser(hub.clone()), cluster.as_ref().map(Cluster::link)),
             UaSip {
                 ua: sip.clone(),
                 pstn,
@@ -363,17 +378,24 @@ impl Bridge {
             events.clone(),
         );
 
-        let mut tasks = vec![webhook_task::spawn(
+        tasks.push(webhook_task::spawn(
             &events,
             config.clone(),
             WebhookSettings::default(),
             stop.child_token(),
-        )];
+        ));
         {
-            let calls = calls.clone();
+            let (calls, cluster) = (calls.clone(), cluster.clone());
             tasks.push(tokio::spawn(async move {
                 while let Some(event) = bridge_rx.recv().await {
-                    calls.handle_browser(browser_event(event));
+                    // A browser here answering a call run on another node: it goes there.
+                    let event = match &cluster {
+                        Some(cluster) => cluster.route(event),
+                        None => Some(event),
+                    };
+                    if let Some(event) = event {
+                        calls.handle_browser(browser_event(event));
+                    }
                 }
             }));
         }
@@ -422,6 +444,7 @@ impl Bridge {
             media_ports,
             webrtc_ports,
             events,
+            cluster,
         })
     }
 
@@ -436,6 +459,7 @@ impl Bridge {
             sip: self.sip.clone(),
             hub: self.hub.clone(),
             calls: self.calls.clone(),
+            cluster: self.cluster.clone(),
             account: self
                 .config
                 .borrow()
@@ -498,6 +522,9 @@ impl Bridge {
     /// Ends the calls still in progress (BYE/CANCEL/480 as their state needs), unregisters,
     /// and stops the HTTP server and the tasks.
     pub async fn shutdown(self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
         let left = self.calls.end_all(Duration::from_secs(3)).await;
         if left > 0 {
             tracing::warn!(calls = left, "calls did not end in time");
@@ -541,6 +568,7 @@ struct BridgeStatus {
     sip: SipUa,
     hub: Hub,
     calls: Calls,
+    cluster: Option<Cluster>,
     account: Option<String>,
 }
 
@@ -585,6 +613,7 @@ impl StatusSource for BridgeStatus {
             },
             calls: self.calls.list().into_iter().map(call_status).collect(),
             users_logged_in: self.hub.online_count(),
+            cluster: self.cluster.as_ref().map(Cluster::status),
         }
     }
 

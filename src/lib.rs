@@ -6,6 +6,7 @@
 pub mod app;
 pub mod bridge;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod media;

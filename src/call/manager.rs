@@ -598,11 +598,14 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
     }
 
     fn forget(&self, call_id: &str) {
-        let empty = {
+        let (removed, empty) = {
             let mut calls = self.calls();
-            calls.remove(call_id);
-            calls.is_empty()
+            let removed = calls.remove(call_id);
+            (removed, calls.is_empty())
         };
+        if let Some(slot) = removed {
+            self.inner.browser.released(&slot.info.uid, call_id);
+        }
         if empty {
             self.inner.idle.notify_waiters();
         }

@@ -31,6 +31,8 @@ pub trait BrowserSide: Send + Sync + 'static {
     fn peer_message(&self, from: &str, uid: &str, text: &str);
     /// Sends a media signalling message (SDP, ICE candidate, DTMF) for `call_id` to `uid`.
     fn media(&self, uid: &str, call_id: &str, payload: serde_json::Value);
+    /// The call is over and forgotten (a cluster node holding the browser forgets it too).
+    fn released(&self, _uid: &str, _call_id: &str) {}
 }
 
 /// An outgoing INVITE, as the call layer asks for it.

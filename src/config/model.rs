@@ -131,6 +131,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[events]`: the event webhook (TOML only).
     pub events: EventsConfig,
+    /// `[cluster]`: several bridges acting as one over NATS; `None` = a lone bridge.
+    pub cluster: Option<ClusterConfig>,
     /// Things accepted but ignored (unknown keys in rtx.conf, `[rtc]`/`[rtm]`): shown by
     /// `check` and logged at startup so the operator knows they had no effect.
     pub warnings: Vec<String>,
@@ -690,6 +692,27 @@ impl Default for ShutdownConfig {
         ShutdownConfig {
             drain_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[cluster]`: this bridge shares presence and browser signalling with the other bridges on the
+/// same NATS server (TOML only). See `docs/cluster.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The NATS server, `nats://host[:port]` (4222 when left out).
+    pub nats: HostPort,
+    /// This bridge's name in the cluster, unique per node (NATS subject token: letters, digits,
+    /// `-` and `_`).
+    pub node_id: String,
+    /// How long a node's users stay online without a heartbeat from it: the bound on how long
+    /// a dead node's users look online and its calls elsewhere go on.
+    pub presence_ttl: Duration,
+}
+
+impl ClusterConfig {
+    /// The URL handed to the NATS client.
+    pub fn nats_url(&self) -> String {
+        format!("nats://{}", self.nats)
     }
 }
 

@@ -226,6 +226,16 @@ impl Display for Config {
                 .map_or("(not set: /api/events only)".to_string(), |u| u.to_string()),
         )?;
 
+        writeln!(f, "[cluster]")?;
+        match &self.cluster {
+            Some(c) => {
+                row(f, "nats", c.nats_url())?;
+                row(f, "node_id", c.node_id.clone())?;
+                row(f, "presence_ttl", secs(c.presence_ttl))?;
+            }
+            None => row(f, "nats", "(not set: a lone bridge)".to_string())?,
+        }
+
         if self.warnings.is_empty() {
             writeln!(f, "warnings: none")?;
         } else {

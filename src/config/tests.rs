@@ -1446,3 +1446,95 @@ fn events_webhook_url_is_an_http_url() {
     assert!(config.events.webhook_url.is_none());
     assert!(config.warnings.iter().any(|w| w.contains("[events]")));
 }
+
+#[test]
+fn cluster_needs_nats_and_node_id_together() {
+    assert!(toml_with("").unwrap().cluster.is_none());
+    let config = toml_with("[cluster]\nnats = \"nats://127.0.0.1:4333\"\nnode_id = \"bridge-a\"\n")
+        .expect("valid");
+    let cluster = config.cluster.expect("set");
+    assert_eq!(cluster.nats_url(), "nats://127.0.0.1:4333");
+    assert_eq!(cluster.node_id, "bridge-a");
+    assert_eq!(cluster.presence_ttl, Duration::from_secs(5));
+    let shown = toml_with("[cluster]\nnats = \"nats://127.0.0.1:4333\"\nnode_id = \"bridge-a\"\n")
+        .expect("valid")
+        .to_string();
+    assert!(shown.contains("nats://127.0.0.1:4333"), "{shown}");
+    assert!(shown.contains("bridge-a"), "{shown}");
+    let cluster = toml_with(
+        "[cluster]\nnats = \"nats://nats.example.net\"\nnode_id = \"b_2\"\npresence_ttl = 3\n",
+    )
+    .expect("valid")
+    .cluster
+    .expect("set");
+    assert_eq!(cluster.nats_url(), "nats://nats.example.net:4222");
+    assert_eq!(cluster.presence_ttl, Duration::from_secs(3));
+    assert_error(
+        toml_with("[cluster]\nnats = \"nats://127.0.0.1\"\n"),
+        Some(5),
+        Some("[cluster] node_id"),
+        "required when nats",
+    );
+    assert_error(
+        toml_with("[cluster]\nnode_id = \"a\"\n"),
+        Some(5),
+        Some("[cluster] nats"),
+        "required when node_id",
+    );
+}
+
+#[test]
+fn cluster_bad_values_name_file_line_and_key() {
+    let nats_cases = [
+        ("\"127.0.0.1:4222\"", "is not a nats:// URL"),
+        ("\"http://127.0.0.1:4222\"", "is not a nats:// URL"),
+        ("\"nats://user:pw@127.0.0.1\"", "user:password"),
+        ("\"nats://127.0.0.1:0\"", "port"),
+        ("\"nats://127.0.0.1:99999\"", "port"),
+        ("\"nats://\"", "is not nats://host[:port]"),
+        ("\"nats://host/path\"", "is not nats://host[:port]"),
+        ("\"nats://bad host\"", "is not nats://host[:port]"),
+        ("true", "expected a string"),
+    ];
+    for (value, needle) in nats_cases {
+        assert_error(
+            toml_with(&format!("[cluster]\nnode_id = \"a\"\nnats = {value}\n")),
+            Some(6),
+            Some("[cluster] nats"),
+            needle,
+        );
+    }
+    let node_cases = [
+        ("\"a.b\"", "only letters"),
+        ("\"a*\"", "only letters"),
+        ("\"a b\"", "only letters"),
+        ("\"é\"", "only letters"),
+        (&format!("\"{}\"", "n".repeat(65)), "1-64 characters"),
+    ];
+    for (value, needle) in node_cases {
+        assert_error(
+            toml_with(&format!(
+                "[cluster]\nnats = \"nats://127.0.0.1\"\nnode_id = {value}\n"
+            )),
+            Some(6),
+            Some("[cluster] node_id"),
+            needle,
+        );
+    }
+    assert_error(
+        toml_with("[cluster]\nnats = \"nats://127.0.0.1\"\nnode_id = \"a\"\npresence_ttl = 1\n"),
+        Some(7),
+        Some("[cluster] presence_ttl"),
+        "",
+    );
+    assert_error(
+        toml_with("[cluster]\nnats = \"nats://127.0.0.1\"\nnode_id = \"a\"\nnode = \"b\"\n"),
+        Some(7),
+        Some("[cluster] node"),
+        "unknown",
+    );
+    // rtx.conf has no [cluster]: a warning, not an error
+    let config = ini_with("[cluster]\nnats=nats://127.0.0.1\n").expect("valid");
+    assert!(config.cluster.is_none());
+    assert!(config.warnings.iter().any(|w| w.contains("[cluster]")));
+}

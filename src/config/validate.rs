@@ -19,7 +19,7 @@ use super::raw::{RawDoc, RawEntry, RawSection, RawValue};
 const RTX_SECTIONS: &[&str] = &["global", "rtm2sip", "proxy", "pstn", "log", "rtc", "rtm"];
 /// Sections only the native form has.
 const NATIVE_SECTIONS: &[&str] = &[
-    "sip", "media", "http", "auth", "limits", "shutdown", "events",
+    "sip", "media", "http", "auth", "limits", "shutdown", "events", "cluster",
 ];
 
 /// File-wide context: where errors point and where warnings collect.
@@ -1191,6 +1191,54 @@ fn events(s: &Sec) -> Result<EventsConfig> {
     Ok(EventsConfig { webhook_url })
 }
 
+/// `nats://host[:port]`: plain NATS only (no credentials in the URL, no TLS in this build).
+fn parse_nats_url(text: &str) -> std::result::Result<HostPort, String> {
+    let Some(rest) = text.strip_prefix("nats://") else {
+        return Err(format!("{text:?} is not a nats:// URL"));
+    };
+    if rest.contains('@') {
+        return Err("user:password in the URL is not supported".to_string());
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '#']) || rest.contains(char::is_whitespace) {
+        return Err(format!("{text:?} is not nats://host[:port]"));
+    }
+    parse_host_port(rest, Some(4222))
+}
+
+/// A node id is one NATS subject token, so it must not hold `.`, `*`, `>` or spaces.
+fn parse_node_id(text: &str) -> std::result::Result<String, String> {
+    if text.is_empty() || text.len() > 64 {
+        return Err("must be 1-64 characters".to_string());
+    }
+    match text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        Some(bad) => Err(format!(
+            "contains {bad:?}: only letters, digits, '-' and '_' are allowed"
+        )),
+        None => Ok(text.to_string()),
+    }
+}
+
+fn cluster(s: &Sec) -> Result<Option<ClusterConfig>> {
+    let nats = s.parsed("nats", parse_nats_url)?;
+    let node_id = s.parsed("node_id", parse_node_id)?;
+    let presence_ttl = s.seconds("presence_ttl", 2, 600, 5)?;
+    s.finish()?;
+    match (nats, node_id) {
+        (None, None) => Ok(None),
+        (Some(nats), Some(node_id)) => Ok(Some(ClusterConfig {
+            nats: nats.value,
+            node_id: node_id.value,
+            presence_ttl,
+        })),
+        (Some(nats), None) => Err(s.missing("node_id", Some(("nats", nats.line)))),
+        (None, Some(node)) => Err(s.missing("nats", Some(("node_id", node.line)))),
+    }
+}
+
 /// Validates a document read from `file` in `form`.
 pub(crate) fn build(file: &Path, form: ConfigForm, doc: &RawDoc) -> Result<Config> {
     let ctx = Ctx {
@@ -1278,6 +1326,11 @@ pub(crate) fn build(file: &Path, form: ConfigForm, doc: &RawDoc) -> Result<Confi
     } else {
         EventsConfig::default()
     };
+    let cluster = if native {
+        cluster(&sec("cluster"))?
+    } else {
+        None
+    };
 
     if rtm2sip.is_some() && proxy.is_none() {
         ctx.warn(
@@ -1302,6 +1355,7 @@ pub(crate) fn build(file: &Path, form: ConfigForm, doc: &RawDoc) -> Result<Confi
         limits,
         shutdown,
         events,
+        cluster,
         warnings: ctx.warnings.into_inner(),
     })
 }

@@ -629,3 +629,64 @@ fn config_toml() {
         .is_ok()
     });
 }
+
+/// Cluster messages from NATS (any process that reaches the NATS server can publish them): each
+/// input is a few payloads (split on 0x1E), read as presence (even) or a node's mail (odd) and fed
+/// to a node's cluster core that knows a peer, a call ringing a remote browser and a relayed call.
+#[test]
+fn cluster_msg() {
+    use crate::cluster::core::ClusterCore;
+    use crate::cluster::wire::{decode, NodeMsg, PresenceMsg, ToBrowser};
+    let t0 = Instant::now();
+    fuzz("cluster_msg", JSON_DICT, 16384, |data| {
+        let mut core = ClusterCore::new("b", Duration::from_secs(5));
+        let heartbeat = PresenceMsg::Heartbeat {
+            node: "a".into(),
+            uids: vec!["alice".into()],
+        };
+        core.on_presence(heartbeat, t0);
+        core.local_login("bob", 1);
+        let _ = core.ring_remote("c1", "alice");
+        core.relay("r1", "bob", "a", "1002");
+        let mut accepted = false;
+        for (i, part) in data.split(|b| *b == 0x1E).enumerate() {
+            let now = t0 + Duration::from_millis(700 * i as u64);
+            if i % 2 == 0 {
+                if let Ok(msg) = decode::<PresenceMsg>(part) {
+                    accepted = true;
+                    let _ = core.on_presence(msg, now);
+                }
+            } else if let Ok(msg) = decode::<NodeMsg>(part) {
+                accepted = true;
+                match msg {
+                    NodeMsg::FromBrowser { from, event } => {
+                        let _ = core.web_event(&from, &event, now);
+                        if let Some(event) = core.event_from(&from, event) {
+                            let _ = core.route(event, now);
+                        }
+                    }
+                    NodeMsg::ToBrowser { from, msg } => match msg {
+                        ToBrowser::Ring {
+                            uid,
+                            call_id,
+                            caller,
+                            ..
+                        } => core.relay(&call_id, &uid, &from, &caller),
+                        ToBrowser::Released { call_id, .. } => core.unrelay(&call_id, &from),
+                        ToBrowser::PeerMessage { uid, .. } => {
+                            let _ = core.relays_any(&uid, &from);
+                        }
+                        ToBrowser::Cancel { uid, call_id }
+                        | ToBrowser::Expire { uid, call_id }
+                        | ToBrowser::Media { uid, call_id, .. } => {
+                            let _ = core.relays(&call_id, &uid, &from);
+                        }
+                    },
+                }
+            }
+            let _ = core.expire(now);
+        }
+        let _ = (core.remote_online(), core.peers(), core.cross_calls());
+        accepted
+    });
+}

@@ -320,6 +320,8 @@ pub struct Metrics {
     pub ws_sessions_total: Counter,
     /// `srbridge_users_logged_in`: browser users logged in now.
     pub users_logged_in: Gauge,
+    /// `srbridge_cluster_connected`: 1/0 with `[cluster]`, -1 (not shown) without.
+    cluster_connected: Gauge,
     errors: [Counter; ERROR_KINDS],
     limits: [Counter; LIMITS],
     endings: [Counter; ENDINGS],
@@ -381,6 +383,7 @@ impl Metrics {
             ws_sessions: Gauge::new(),
             ws_sessions_total: Counter::new(),
             users_logged_in: Gauge::new(),
+            cluster_connected: Gauge(AtomicI64::new(-1)),
             errors: [const { Counter::new() }; ERROR_KINDS],
             limits: [const { Counter::new() }; LIMITS],
             endings: [const { Counter::new() }; ENDINGS],
@@ -460,6 +463,11 @@ impl Metrics {
             }
             None => self.pbx_up.set(0),
         }
+    }
+
+    /// Records the cluster's NATS connection (`None`: not in a cluster, the metric is not shown).
+    pub fn set_cluster_connected(&self, up: Option<bool>) {
+        self.cluster_connected.set(up.map_or(-1, i64::from));
     }
 
     /// Prometheus text exposition (format 0.0.4) of every metric, plus the process facts
@@ -601,6 +609,16 @@ impl Metrics {
             "1 when the PBX answered the last OPTIONS ping.",
         );
         line(o, "srbridge_pbx_up", "", self.pbx_up.get());
+        let cluster = self.cluster_connected.get();
+        if cluster >= 0 {
+            header(
+                o,
+                "srbridge_cluster_connected",
+                "gauge",
+                "1 while this bridge is connected to its cluster's NATS server.",
+            );
+            line(o, "srbridge_cluster_connected", "", cluster);
+        }
         header(
             o,
             "srbridge_pbx_rtt_seconds",

@@ -123,6 +123,32 @@ pub struct StatusSnapshot {
     pub calls: Vec<CallStatus>,
     /// Browser users logged in to the hub.
     pub users_logged_in: usize,
+    /// The cluster, with `[cluster]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// Whether a clustered bridge reaches the other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterState {
+    /// NATS is up: users of every node are reachable.
+    Connected,
+    /// NATS is down: this bridge serves its own users only.
+    Disconnected,
+}
+
+/// `cluster` in `/api/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// `[cluster] node_id`.
+    pub node_id: String,
+    /// The NATS connection.
+    pub state: ClusterState,
+    /// The other nodes heard from within the presence TTL.
+    pub peers: Vec<String>,
+    /// Users logged in to those nodes.
+    pub remote_users: usize,
 }
 
 /// The `/api/status` body: the snapshot plus process facts the ops layer owns.

@@ -112,8 +112,10 @@ impl HubSettings {
     }
 }
 
-/// What a browser did that the bridge (the call layer) must handle.
-#[derive(Debug, Clone, PartialEq)]
+/// What a browser did that the bridge (the call layer) must handle. Serializable: in a cluster
+/// it travels to the bridge that runs the call (`crate::cluster`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BridgeEvent {
     /// A browser invites a SIP number (or anyone who is not a logged-in web user).
     LocalInvitation {
@@ -268,6 +270,9 @@ pub struct HubCore {
     pub(super) by_uid: HashMap<String, SessionId>,
     pub(super) watchers: HashMap<String, HashSet<SessionId>>,
     pub(super) invitations: HashMap<String, Invitation>,
+    /// Users logged in to other bridges of the cluster (`[cluster]`): online for queries and
+    /// subscriptions, and (without tokens) not free to log in here.
+    pub(super) remote_online: HashSet<String>,
 }
 
 /// Checks a uid or call id: non-empty, at most 64 characters, no control characters.
@@ -301,6 +306,7 @@ impl HubCore {
             by_uid: HashMap::new(),
             watchers: HashMap::new(),
             invitations: HashMap::new(),
+            remote_online: HashSet::new(),
         }
     }
 
@@ -511,6 +517,15 @@ impl HubCore {
             }
         }
         let replaced = self.by_uid.get(&uid).copied();
+        let elsewhere = self.remote_online.contains(&uid);
+        if replaced.is_none() && elsewhere && self.settings.token_secret.is_none() {
+            // The cluster's rule is the hub's: without tokens the first login keeps the uid.
+            out.push(fail(
+                ErrorCode::UidInUse,
+                format!("{uid} is already logged in on another bridge; log out there first"),
+            ));
+            return;
+        }
         if replaced.is_some() && self.settings.token_secret.is_none() {
             // Without tokens nothing proves this is the same person: keep the first session.
             out.push(fail(
@@ -550,7 +565,7 @@ impl HubCore {
                 reason: ConnectionChangeReason::LoginSuccess,
             },
         ));
-        if replaced.is_none() {
+        if replaced.is_none() && !elsewhere {
             self.notify_watchers(&uid, PeerOnlineState::Online, out);
         }
     }
@@ -684,7 +699,9 @@ impl HubCore {
                 let online: serde_json::Map<String, Value> = uids
                     .into_iter()
                     .map(|u| {
-                        let on = self.by_uid.contains_key(&u) || u == self.settings.bridge_uid;
+                        let on = self.by_uid.contains_key(&u)
+                            || self.remote_online.contains(&u)
+                            || u == self.settings.bridge_uid;
                         (u, Value::Bool(on))
                     })
                     .collect();
@@ -746,7 +763,9 @@ impl HubCore {
         for u in &uids {
             session.subscriptions.insert(u.clone());
             self.watchers.entry(u.clone()).or_default().insert(sid);
-            let on = self.by_uid.contains_key(u) || *u == self.settings.bridge_uid;
+            let on = self.by_uid.contains_key(u)
+                || self.remote_online.contains(u)
+                || *u == self.settings.bridge_uid;
             status.insert(
                 u.clone(),
                 if on {
@@ -851,6 +870,50 @@ impl HubCore {
     /// Whether `uid` is a logged-in web user.
     pub fn is_online(&self, uid: &str) -> bool {
         self.by_uid.contains_key(uid)
+    }
+
+    /// The logged-in web users (what this bridge tells the cluster).
+    pub fn online_uids(&self) -> Vec<String> {
+        self.by_uid.keys().cloned().collect()
+    }
+
+    /// The users logged in to other bridges of the cluster changed: subscribers of those not
+    /// logged in here are told who came and went.
+    pub fn set_remote_online(&mut self, uids: HashSet<String>) -> Vec<Output> {
+        let mut out = Vec::new();
+        let mut came: Vec<&String> = uids.difference(&self.remote_online).collect();
+        let mut went: Vec<&String> = self.remote_online.difference(&uids).collect();
+        came.sort();
+        went.sort();
+        for uid in came.into_iter().filter(|u| !self.by_uid.contains_key(*u)) {
+            self.notify_watchers(uid, PeerOnlineState::Online, &mut out);
+        }
+        for uid in went.into_iter().filter(|u| !self.by_uid.contains_key(*u)) {
+            self.notify_watchers(uid, PeerOnlineState::Offline, &mut out);
+        }
+        self.remote_online = uids;
+        out
+    }
+
+    /// `uid` logged in again on another bridge (tokens on: the newest login wins, as here): the
+    /// session here is told `ABORTED`/`REMOTE_LOGIN` and closed.
+    pub fn logged_in_elsewhere(&mut self, uid: &str) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Some(sid) = self.by_uid.get(uid).copied() else {
+            return out;
+        };
+        debug!(uid = %uid, "login on another bridge replaces this session");
+        out.push(Output::Send(
+            sid,
+            ServerMsg::ConnectionState {
+                state: ConnectionState::Aborted,
+                reason: ConnectionChangeReason::RemoteLogin,
+            },
+        ));
+        self.end_login(sid, false, LogoutReason::Replaced, &mut out);
+        self.sessions.remove(&sid);
+        out.push(Output::Close(sid));
+        out
     }
 
     /// Open WebSocket sessions (logged in or not); what `max_sessions` limits.

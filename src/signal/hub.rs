@@ -7,7 +7,7 @@
 //! the order the core produced them (a logout never overtakes the next login's invitation), and
 //! one forwarder task hands them to the bridge channel without ever dropping one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -30,7 +30,7 @@ use super::origin::origin_allowed;
 use super::protocol::{
     ErrorCode, FailureReason, LocalInvitationState, RemoteFailureReason, ServerMsg,
 };
-use crate::events::EventBus;
+use crate::events::{Event, EventBus};
 use crate::ops::auth_log::{log_auth_failure, AuthFailure};
 
 /// The JS client library browsers import from `/sdk/rtm-client.js`.
@@ -74,6 +74,8 @@ struct Inner {
     started: AtomicBool,
     /// Where logins and logouts are published, once the bridge says so.
     events: OnceLock<EventBus>,
+    /// Where logins and logouts also go, in order and never dropped (the cluster's presence).
+    logins: OnceLock<mpsc::UnboundedSender<Event>>,
 }
 
 /// The signalling hub; a cheap `Clone` handle shared by the HTTP server and the call layer.
@@ -108,6 +110,7 @@ impl Hub {
                 next_sid: AtomicU64::new(1),
                 started: AtomicBool::new(false),
                 events: OnceLock::new(),
+                logins: OnceLock::new(),
             }),
         }
     }
@@ -126,6 +129,12 @@ impl Hub {
     /// Publishes logins and logouts to `events` from now on (the first bus given stays).
     pub fn publish_events_to(&self, events: EventBus) {
         let _ = self.inner.events.set(events);
+    }
+
+    /// Also hands every login and logout (`user.login`/`user.logout`) to `logins`, in the
+    /// order they happen (the first sender given stays).
+    pub fn watch_logins(&self, logins: mpsc::UnboundedSender<Event>) {
+        let _ = self.inner.logins.set(logins);
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -201,6 +210,11 @@ impl Hub {
                     }
                 }
                 Output::Event(event) => {
+                    if let Some(logins) = self.inner.logins.get() {
+                        if matches!(event, Event::UserLogin { .. } | Event::UserLogout { .. }) {
+                            let _ = logins.send(event.clone());
+                        }
+                    }
                     if let Some(events) = self.inner.events.get() {
                         events.publish(event);
                     }
@@ -353,6 +367,21 @@ impl Hub {
     /// Whether `uid` is a logged-in web user.
     pub fn is_online(&self, uid: &str) -> bool {
         self.lock().core.is_online(uid)
+    }
+
+    /// The logged-in web users.
+    pub fn online_uids(&self) -> Vec<String> {
+        self.lock().core.online_uids()
+    }
+
+    /// Users logged in to the cluster's other bridges (online to queries and subscriptions).
+    pub fn set_remote_online(&self, uids: HashSet<String>) {
+        self.apply(|core| (core.set_remote_online(uids), ()));
+    }
+
+    /// `uid` logged in on another bridge with a newer login: the session here is closed.
+    pub fn logged_in_elsewhere(&self, uid: &str) {
+        self.apply(|core| (core.logged_in_elsewhere(uid), ()));
     }
 
     /// Open WebSocket sessions (what `max_ws_sessions` limits).

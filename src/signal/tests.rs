@@ -1,5 +1,6 @@
 //! HubCore rules, fed frames and asserted on what each session would receive.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -1434,4 +1435,92 @@ fn logins_and_logouts_are_published_with_the_reason() {
     t.open(4);
     let out = t.send(4, login_msg("carol", "wrong-app", None));
     assert!(stream_events(&out).is_empty());
+}
+
+// ---- cluster presence ----
+
+fn remote(uids: &[&str]) -> HashSet<String> {
+    uids.iter().map(|u| u.to_string()).collect()
+}
+
+#[test]
+fn users_on_other_bridges_are_online_to_queries_and_subscribers() {
+    let mut t = T::new();
+    t.user(1, "alice");
+    t.send(
+        1,
+        json!({"type":"subscribe_online","id":1,"uids":["carol","dave"]}),
+    );
+    let out = t.core.set_remote_online(remote(&["carol"]));
+    assert_eq!(
+        to(&out, 1),
+        vec![ServerMsg::PeersStatus {
+            status: BTreeMap::from([("carol".to_string(), PeerOnlineState::Online)])
+        }]
+    );
+    let out = t.send(
+        1,
+        json!({"type":"query_online","id":2,"uids":["carol","dave"]}),
+    );
+    assert_eq!(
+        to(&out, 1)[0].to_text(),
+        r#"{"type":"ok","id":2,"online":{"carol":true,"dave":false}}"#
+    );
+    // Her bridge's heartbeat lapses: she goes offline.
+    let out = t.core.set_remote_online(HashSet::new());
+    assert_eq!(
+        to(&out, 1),
+        vec![ServerMsg::PeersStatus {
+            status: BTreeMap::from([("carol".to_string(), PeerOnlineState::Offline)])
+        }]
+    );
+}
+
+#[test]
+fn without_tokens_a_uid_online_on_another_bridge_cannot_log_in_here() {
+    let mut t = T::new();
+    t.core.set_remote_online(remote(&["alice"]));
+    t.open(1);
+    let out = t.send(1, login_msg("alice", "app", None));
+    assert_eq!(error_code(&out, 1), ErrorCode::UidInUse);
+    assert!(!t.core.is_online("alice"));
+}
+
+#[test]
+fn with_tokens_a_login_on_another_bridge_takes_over() {
+    let mut t = token_hub();
+    let token = mint_token("s3cret", "alice", 1_000_060);
+    t.open(1);
+    assert!(is_ok(
+        &t.send(1, login_msg("alice", "app", Some(&token))),
+        1
+    ));
+    let out = t.core.logged_in_elsewhere("alice");
+    assert_eq!(
+        to(&out, 1),
+        vec![ServerMsg::ConnectionState {
+            state: ConnectionState::Aborted,
+            reason: ConnectionChangeReason::RemoteLogin,
+        }]
+    );
+    assert_eq!(closed(&out), vec![1]);
+    assert_eq!(
+        bridge(&out),
+        vec![BridgeEvent::SessionClosed {
+            uid: "alice".into()
+        }]
+    );
+    assert!(!t.core.is_online("alice"));
+    assert!(t.core.logged_in_elsewhere("nobody").is_empty());
+}
+
+#[test]
+fn bridge_events_survive_a_json_round_trip() {
+    let event = BridgeEvent::Media {
+        call_id: "c1".into(),
+        from_uid: "alice".into(),
+        payload: json!({"kind":"offer","sdp":"v=0"}),
+    };
+    let text = serde_json::to_string(&event).unwrap();
+    assert_eq!(serde_json::from_str::<BridgeEvent>(&text).unwrap(), event);
 }

@@ -154,6 +154,25 @@ frames = {
 for name, fs in frames.items():
     put("hub_frame", name, RS.join(fs))
 
+# cluster_msg: NATS payloads between nodes (src/cluster/wire.rs), split on 0x1E; even parts are read
+# as presence messages, odd ones as a node's mail.
+cluster = {
+    "presence_and_ring": [
+        '{"kind":"heartbeat","node":"a","uids":["alice","ann"]}',
+        '{"dir":"to_browser","from":"a","msg":{"kind":"ring","uid":"alice","call_id":"c9","caller":"1002","content":"{}"}}',
+        '{"kind":"login","node":"c","uid":"bob","at_ms":1767225600000}',
+        '{"dir":"from_browser","from":"a","event":{"kind":"remote_invitation_accepted","call_id":"c1","uid":"alice","response":""}}',
+    ],
+    "media_and_leave": [
+        '{"kind":"logout","node":"a","uid":"ann"}',
+        '{"dir":"from_browser","from":"a","event":{"kind":"media","call_id":"c1","from_uid":"alice","payload":{"kind":"offer","sdp":"v=0"}}}',
+        '{"kind":"leave","node":"a"}',
+        '{"dir":"to_browser","from":"b","msg":{"kind":"media","uid":"alice","call_id":"r1","payload":{"kind":"candidate","candidate":null}}}',
+    ],
+}
+for name, ms in cluster.items():
+    put("cluster_msg", name, RS.join(ms))
+
 
 def rtp(pt, seq, ts, ssrc, payload, marker=False, csrc=(), ext=None, pad=0):
     b0 = 0x80 | (0x20 if pad else 0) | (0x10 if ext is not None else 0) | len(csrc)

@@ -2,6 +2,8 @@
 //! Real-peer test harness shared by the integration tests (`mod support;`).
 //!
 //! * [`ports`]: loopback ports that no other test (thread or process) is using.
+//! * [`nats`]: a `nats-server` on a free loopback port, stoppable and restartable (cluster tests).
+//! * [`node`]: the `srbridge` daemon as a separate process (a cluster node that can be killed).
 //! * [`pbx`]: Kamailio started from `config/kamailio/kamailio.cfg` as a FreeSWITCH-like registrar.
 //! * [`baresip`]: a baresip 1.0.0 phone registered on the PBX, driven over `ctrl_tcp`.
 //! * [`sipp`]: SIPp scenarios from `tests/sipp/`, as UAC run to completion or as a background UAS.
@@ -15,6 +17,8 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod nats;
+pub mod node;
 pub mod pbx;
 pub mod pcap;
 pub mod ports;

@@ -71,6 +71,13 @@ impl ChildGuard {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Kills the process group at once (SIGKILL: no goodbye, like a crashed host) and reaps it.
+    pub(crate) fn kill_hard(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        kill_group(child.id(), libc::SIGKILL);
+        child.wait().ok()
+    }
+
     /// Terminates the process group: SIGTERM, up to 3 s grace, then SIGKILL. Blocks briefly.
     pub(crate) fn kill(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
