@@ -37,6 +37,7 @@ struct OutboundRtp {
     payload: Vec<u8>,
 }
 
+#[derive(Debug)]
 enum Command {
     Send(OutboundRtp),
     AddCandidate(String, oneshot::Sender<Result<(), WebRtcLegError>>),
@@ -106,16 +107,16 @@ impl BrowserLegHandle {
         marker: bool,
         payload: &[u8],
     ) -> Result<(), WebRtcLegError> {
-        self.commands
-            .send(Command::Send(OutboundRtp {
-                payload_type,
-                seq,
-                timestamp,
-                marker,
-                payload: payload.to_vec(),
-            }))
+        self.sender()
+            .send_rtp(payload_type, seq, timestamp, marker, payload)
             .await
-            .map_err(|_| WebRtcLegError::Closed)
+    }
+
+    /// A sending end that can live apart from the handle (e.g. in another task).
+    pub fn sender(&self) -> RtpToBrowser {
+        RtpToBrowser {
+            commands: self.commands.clone(),
+        }
     }
 
     /// Adds a candidate the browser trickled.
@@ -132,6 +133,35 @@ impl BrowserLegHandle {
     pub async fn close(self) {
         let _ = self.commands.send(Command::Close).await;
         let _ = self.task.await;
+    }
+}
+
+/// The sending end of a driven leg.
+#[derive(Debug, Clone)]
+pub struct RtpToBrowser {
+    commands: mpsc::Sender<Command>,
+}
+
+impl RtpToBrowser {
+    /// Queues one RTP packet for the browser (dropped by the core before media is ready).
+    pub async fn send_rtp(
+        &self,
+        payload_type: u8,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> Result<(), WebRtcLegError> {
+        self.commands
+            .send(Command::Send(OutboundRtp {
+                payload_type,
+                seq,
+                timestamp,
+                marker,
+                payload: payload.to_vec(),
+            }))
+            .await
+            .map_err(|_| WebRtcLegError::Closed)
     }
 }
 
