@@ -9,6 +9,8 @@
 //! * `webrtc_leg/loopback-udp`: the same packet through two connected `WebRtcLeg`s (the current
 //!   media path: tokio tasks, channels, interceptors), one packet in flight at a time.
 //!
+//! * `*/answer`: call set-up, a leg built and answering an offer.
+//!
 //! Timings are process CPU time (user + system, from `getrusage`) per packet, not wall time, so
 //! waiting on the other core or the scheduler is not counted. The box is shared: compare runs
 //! taken side by side, never a figure alone.
@@ -286,13 +288,50 @@ fn webrtc_leg_loopback(c: &mut Criterion) {
     });
 }
 
+/// Call set-up: a leg built and answering a browser's offer (the DTLS certificate is made here).
+fn answer_offer(c: &mut Criterion) {
+    let s = WebRtcSettings {
+        bind_ips: vec![IpAddr::from([127, 0, 0, 1])],
+        ..WebRtcSettings::default()
+    };
+    let here: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let (_, offer) = BrowserLeg::offer(Instant::now(), &s, &[here]).unwrap();
+    c.bench_function("core/answer: build + answer an offer", |bench| {
+        bench.iter_custom(|iters| {
+            let start = cpu_time();
+            for _ in 0..iters {
+                black_box(BrowserLeg::answer(Instant::now(), &s, &[here], &offer).unwrap());
+            }
+            cpu_time() - start
+        })
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    c.bench_function("webrtc_leg/answer: new + accept_offer + close", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = cpu_time();
+                for _ in 0..iters {
+                    let (leg, _channels) = WebRtcLeg::new(&s).await.unwrap();
+                    black_box(leg.accept_offer(&offer).await.unwrap());
+                    leg.close().await.unwrap();
+                }
+                cpu_time() - start
+            })
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = core_in_memory, core_loopback, webrtc_leg_loopback
+    targets = core_in_memory, core_loopback, webrtc_leg_loopback, answer_offer
 }
 
 fn main() {

@@ -127,12 +127,13 @@ fn assert_is_tone(received: &[f32], hz: f64, what: &str) {
 }
 
 /// Sends `hz` from the browser to the bridge and `hz * 1.5` back, at once, paced 20 ms.
+/// Returns the sequence number and timestamp that continue the browser's stream.
 async fn tones_both_ways(
     browser: &WebRtcLeg,
     bc: &mut LegChannels,
     bridge: &mut BrowserLegHandle,
     hz: f64,
-) {
+) -> (u16, u32) {
     let pt = browser.negotiated().unwrap().opus.unwrap();
     assert_eq!(bridge.negotiated().opus, Some(pt));
     let (up, down) = (opus_tone(hz), opus_tone(hz * 1.5));
@@ -152,6 +153,8 @@ async fn tones_both_ways(
     );
     assert_is_tone(&at_bridge, hz, "browser → bridge");
     assert_is_tone(&at_browser, hz * 1.5, "bridge → browser");
+    let (seq, ts, _, _) = up.last().unwrap();
+    (seq.wrapping_add(1), ts.wrapping_add(960))
 }
 
 /// The RTP (component 1) candidates of an SDP; webrtc-rs repeats each as component 2 although
@@ -227,7 +230,7 @@ async fn single_port_two_simultaneous_calls_each_get_their_own_tone() {
         connect(&browser1, &mut bc1, &mut bridge1),
         connect(&browser2, &mut bc2, &mut bridge2)
     );
-    tokio::join!(
+    let (_, (next_seq, next_ts)) = tokio::join!(
         tones_both_ways(&browser1, &mut bc1, &mut bridge1, 600.0),
         tones_both_ways(&browser2, &mut bc2, &mut bridge2, 1000.0)
     );
@@ -255,8 +258,12 @@ async fn single_port_two_simultaneous_calls_each_get_their_own_tone() {
     // The other call is untouched by the first one ending.
     let pt = browser2.negotiated().unwrap().opus.unwrap();
     let frames = opus_tone(1000.0);
-    for (s, t, m, p) in frames.iter().take(10) {
-        browser2.send_rtp(pt, *s, *t, *m, p).await.unwrap();
+    for (i, (_, _, _, p)) in frames.iter().take(10).enumerate() {
+        let (seq, ts) = (
+            next_seq.wrapping_add(i as u16),
+            next_ts.wrapping_add(960 * i as u32),
+        );
+        browser2.send_rtp(pt, seq, ts, false, p).await.unwrap();
     }
     let p = timeout(WAIT, bridge2.rtp.recv()).await.unwrap().unwrap();
     assert_eq!(p.payload_type, pt);

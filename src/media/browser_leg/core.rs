@@ -463,7 +463,7 @@ impl BrowserLeg {
     /// which, see [`NegotiatedCodecs::codec`]). RTCP reports met on the way become
     /// [`BrowserLegEvent::ReceiverReport`]s.
     pub fn poll_rtp(&mut self) -> Option<InboundRtp> {
-        while let Some(message) = self.pc.poll_media_read() {
+        while let Some(message) = self.pc.poll_read() {
             match message.message {
                 RTCMessage::RtpPacket(_, packet) => {
                     let h = &packet.header;

@@ -49,7 +49,7 @@ enum Input {
     /// Its own socket.
     Own(Arc<UdpSocket>),
     /// Its share of a [`SinglePort`]: what the port's reader routed to it.
-    Shared(mpsc::Receiver<(SocketAddr, Bytes)>),
+    Shared(PortShare),
 }
 
 /// Counters of one driven leg, readable while it runs.
@@ -195,7 +195,7 @@ pub async fn answer_on_own_port(
     let (leg, answer) =
         BrowserLeg::answer(TokioInstant::now().into_std(), settings, &[local], offer)?;
     let socket = Arc::new(socket);
-    let handle = spawn(leg, Arc::clone(&socket), Input::Own(socket), lease, None);
+    let handle = spawn(leg, Arc::clone(&socket), Input::Own(socket), lease);
     Ok((handle, answer))
 }
 
@@ -208,6 +208,7 @@ pub struct SinglePort {
     local: SocketAddr,
 }
 
+#[derive(Debug)]
 enum PortControl {
     Register {
         call: u64,
@@ -247,26 +248,21 @@ impl SinglePort {
         rx.await.unwrap_or_default()
     }
 
-    /// Answers `offer` with a candidate on the shared port.
-    pub async fn answer(
+    /// Registers a call's ICE credentials: datagrams whose check names them (and then their
+    /// address) arrive on the returned share until it is dropped. This is what a call actor
+    /// driving [`BrowserLeg`] itself uses.
+    pub async fn attach(
         &self,
-        settings: &WebRtcSettings,
-        offer: &str,
-    ) -> Result<(BrowserLegHandle, String), WebRtcLegError> {
+        credentials: &super::core::IceCredentials,
+    ) -> Result<PortShare, WebRtcLegError> {
         static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
         let call = NEXT_CALL.fetch_add(1, Ordering::Relaxed);
-        let (leg, answer) = BrowserLeg::answer(
-            TokioInstant::now().into_std(),
-            settings,
-            &[self.local],
-            offer,
-        )?;
-        let (input, input_rx) = mpsc::channel(QUEUE);
+        let (input, datagrams) = mpsc::channel(QUEUE);
         let (reply, registered) = oneshot::channel();
         self.control
             .send(PortControl::Register {
                 call,
-                credentials: leg.ice_credentials().clone(),
+                credentials: credentials.clone(),
                 input,
                 reply,
             })
@@ -275,14 +271,67 @@ impl SinglePort {
             .await
             .map_err(|_| WebRtcLegError::Closed)?
             .map_err(|e| WebRtcLegError::WebRtc(e.to_string()))?;
-        let handle = spawn(
-            leg,
-            Arc::clone(&self.socket),
-            Input::Shared(input_rx),
-            None,
-            Some((call, self.control.clone())),
-        );
-        Ok((handle, answer))
+        Ok(PortShare {
+            datagrams,
+            socket: Arc::clone(&self.socket),
+            local: self.local,
+            registration: Registration {
+                call,
+                control: self.control.clone(),
+            },
+        })
+    }
+
+    /// Answers `offer` with a candidate on the shared port, driven by the shell.
+    pub async fn answer(
+        &self,
+        settings: &WebRtcSettings,
+        offer: &str,
+    ) -> Result<(BrowserLegHandle, String), WebRtcLegError> {
+        let (leg, answer) = BrowserLeg::answer(
+            TokioInstant::now().into_std(),
+            settings,
+            &[self.local],
+            offer,
+        )?;
+        let share = self.attach(leg.ice_credentials()).await?;
+        let socket = Arc::clone(&share.socket);
+        Ok((spawn(leg, socket, Input::Shared(share), None), answer))
+    }
+}
+
+/// One call's part of a [`SinglePort`]: its datagrams, and the socket to answer on. Dropping it
+/// unregisters the call (its ufrag and addresses are forgotten).
+#[derive(Debug)]
+pub struct PortShare {
+    /// `(from, datagram)` routed to this call; bounded, overflow dropped like a lost packet.
+    pub datagrams: mpsc::Receiver<(SocketAddr, Bytes)>,
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    registration: Registration,
+}
+
+impl PortShare {
+    /// The shared socket: send the leg's transmits with `send_to`.
+    pub fn socket(&self) -> &Arc<UdpSocket> {
+        &self.socket
+    }
+
+    /// The shared port's address (the leg's `local` for `handle_datagram`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+#[derive(Debug)]
+struct Registration {
+    call: u64,
+    control: mpsc::UnboundedSender<PortControl>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = self.control.send(PortControl::Unregister(self.call));
     }
 }
 
@@ -328,7 +377,6 @@ fn spawn(
     socket: Arc<UdpSocket>,
     input: Input,
     lease: Option<PortLease>,
-    shared: Option<(u64, mpsc::UnboundedSender<PortControl>)>,
 ) -> BrowserLegHandle {
     let (commands, commands_rx) = mpsc::channel(QUEUE);
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -345,7 +393,6 @@ fn spawn(
         rtp_tx,
         Arc::clone(&counters),
         lease,
-        shared,
     ));
     BrowserLegHandle {
         commands,
@@ -369,7 +416,6 @@ async fn drive(
     rtp: mpsc::Sender<InboundRtp>,
     counters: Arc<ShellCounters>,
     _lease: Option<PortLease>,
-    shared: Option<(u64, mpsc::UnboundedSender<PortControl>)>,
 ) {
     let mut buf = vec![0u8; RECV_BUF];
     let mut closing = false;
@@ -425,9 +471,6 @@ async fn drive(
             }
         }
     }
-    if let Some((call, control)) = shared {
-        let _ = control.send(PortControl::Unregister(call));
-    }
 }
 
 async fn next_datagram(input: &mut Input, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
@@ -439,8 +482,8 @@ async fn next_datagram(input: &mut Input, buf: &mut [u8]) -> Option<(SocketAddr,
                 Err(_) => continue,
             }
         },
-        Input::Shared(rx) => {
-            let (from, bytes) = rx.recv().await?;
+        Input::Shared(share) => {
+            let (from, bytes) = share.datagrams.recv().await?;
             let n = bytes.len().min(buf.len());
             buf[..n].copy_from_slice(&bytes[..n]);
             Some((from, n))
