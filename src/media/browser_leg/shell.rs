@@ -275,7 +275,7 @@ impl SinglePort {
             datagrams,
             socket: Arc::clone(&self.socket),
             local: self.local,
-            registration: Registration {
+            _registration: Registration {
                 call,
                 control: self.control.clone(),
             },
@@ -308,7 +308,7 @@ pub struct PortShare {
     pub datagrams: mpsc::Receiver<(SocketAddr, Bytes)>,
     socket: Arc<UdpSocket>,
     local: SocketAddr,
-    registration: Registration,
+    _registration: Registration,
 }
 
 impl PortShare {
