@@ -536,6 +536,9 @@ pub struct MediaConfig {
     /// UDP ports of the browsers' ICE candidates (`webrtc_port_min..=webrtc_port_max`); `None`:
     /// the browser legs take their ports from the RTP range, through the same allocator.
     pub webrtc_port_range: Option<(u16, u16)>,
+    /// One UDP port for every browser call's ICE/DTLS/SRTP (`webrtc_single_port`), calls told
+    /// apart by ICE ufrag (`media::browser_leg::ice_demux`); `None`: a port per call.
+    pub webrtc_single_port: Option<u16>,
     /// Address put in SDP `c=` when behind NAT (FreeSWITCH `ext-rtp-ip`).
     pub public_ip: Option<IpAddr>,
     /// Default codec preference order.
@@ -576,6 +579,7 @@ impl Default for MediaConfig {
             rtp_port_min: 20000,
             rtp_port_max: 30000,
             webrtc_port_range: None,
+            webrtc_single_port: None,
             public_ip: None,
             codecs: vec![Codec::Pcmu, Codec::Pcma],
             codec_rules: Vec::new(),

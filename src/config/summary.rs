@@ -122,6 +122,14 @@ impl Display for Config {
                 None => "the RTP range (shared)".to_string(),
             },
         )?;
+        row(
+            f,
+            "webrtc_single_port",
+            match media.webrtc_single_port {
+                Some(port) => port.to_string(),
+                None => "off (a port per call)".to_string(),
+            },
+        )?;
         row(f, "public_ip", opt(&media.public_ip))?;
         row(f, "codecs", list(&media.codecs))?;
         for rule in &media.codec_rules {

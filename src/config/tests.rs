@@ -896,6 +896,50 @@ fn webrtc_ports_share_the_rtp_range_unless_set_apart() {
 }
 
 #[test]
+fn webrtc_single_port_is_off_unless_set() {
+    assert_eq!(
+        toml_with("[media]\n")
+            .expect("valid")
+            .media
+            .webrtc_single_port,
+        None
+    );
+    let config = toml_with("[media]\nwebrtc_single_port = 3478\n").expect("valid");
+    assert_eq!(config.media.webrtc_single_port, Some(3478));
+    let config = toml_with(
+        "[media]\nwebrtc_port_min = 40000\nwebrtc_port_max = 40999\nwebrtc_single_port = 41000\n",
+    )
+    .expect("valid");
+    assert_eq!(config.media.webrtc_single_port, Some(41000));
+}
+
+#[test]
+fn media_bad_webrtc_single_port() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "webrtc_single_port = 25000",
+            5,
+            "inside the RTP range 20000-30000",
+        ),
+        ("webrtc_single_port = 80", 5, "out of range"),
+        ("webrtc_single_port = \"x\"", 5, "webrtc_single_port"),
+        (
+            "webrtc_port_min = 40000\nwebrtc_port_max = 40999\nwebrtc_single_port = 40500",
+            7,
+            "inside webrtc_port_min/max 40000-40999",
+        ),
+    ];
+    for (lines, line, needle) in cases {
+        assert_error(
+            toml_with(&format!("[media]\n{lines}\n")),
+            Some(*line),
+            Some("[media] webrtc_single_port"),
+            needle,
+        );
+    }
+}
+
+#[test]
 fn media_bad_webrtc_port_range() {
     let cases: &[(&str, usize, &str, &str)] = &[
         (

@@ -900,6 +900,8 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         ));
     }
     let webrtc_port_range = webrtc_ports(s, (rtp_port_min, rtp_port_max))?;
+    let webrtc_single_port =
+        webrtc_single_port(s, (rtp_port_min, rtp_port_max), webrtc_port_range)?;
     let public_ip = s.parsed("public_ip", parse_public_ip)?.map(|v| v.value);
     let codecs = codec_list(s, "codecs")?.map_or(d.codecs, |v| v.value);
     let mut codec_rules = Vec::new();
@@ -975,6 +977,7 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         rtp_port_min,
         rtp_port_max,
         webrtc_port_range,
+        webrtc_single_port,
         public_ip,
         codecs,
         codec_rules,
@@ -1073,6 +1076,34 @@ fn webrtc_ports(s: &Sec, (rtp_min, rtp_max): (u16, u16)) -> Result<Option<(u16, 
         ));
     }
     Ok(Some((lo, hi)))
+}
+
+/// `[media] webrtc_single_port`: outside the RTP range and any WebRTC range, whose allocators
+/// would otherwise hand the same port to a call.
+fn webrtc_single_port(
+    s: &Sec,
+    (rtp_min, rtp_max): (u16, u16),
+    webrtc_range: Option<(u16, u16)>,
+) -> Result<Option<u16>> {
+    let Some(port) = s.int("webrtc_single_port", 1024, 65535)? else {
+        return Ok(None);
+    };
+    let value = port.value as u16;
+    if (rtp_min..=rtp_max).contains(&value) {
+        return Err(s.err(
+            Some(port.line),
+            "webrtc_single_port",
+            format!("{value} is inside the RTP range {rtp_min}-{rtp_max} (pick a port outside it)"),
+        ));
+    }
+    if let Some((lo, hi)) = webrtc_range.filter(|(lo, hi)| (*lo..=*hi).contains(&value)) {
+        return Err(s.err(
+            Some(port.line),
+            "webrtc_single_port",
+            format!("{value} is inside webrtc_port_min/max {lo}-{hi} (pick a port outside it)"),
+        ));
+    }
+    Ok(Some(value))
 }
 
 fn existing_file(text: &str) -> std::result::Result<PathBuf, String> {

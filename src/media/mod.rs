@@ -1,5 +1,6 @@
 //! Media: the browser leg, the SIP (RTP) leg, codecs and the jitter buffer.
 
+pub mod browser_leg;
 pub mod demux;
 pub mod encoder_policy;
 pub mod g711;

@@ -103,7 +103,7 @@ impl LegCodec {
         LegCodec::TelephoneEvent8k,
     ];
 
-    fn parameters(self) -> RTCRtpCodecParameters {
+    pub(crate) fn parameters(self) -> RTCRtpCodecParameters {
         let (mime, clock_rate, channels, fmtp, pt) = match self {
             LegCodec::Opus => (MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", 111),
             LegCodec::Pcmu => (MIME_TYPE_PCMU, 8000, 0, "", 0),
@@ -314,7 +314,7 @@ impl NegotiatedCodecs {
             .find(|c| self.payload_type(*c) == Some(payload_type))
     }
 
-    fn from_parameters(codecs: &[RTCRtpCodecParameters]) -> Self {
+    pub(crate) fn from_parameters(codecs: &[RTCRtpCodecParameters]) -> Self {
         let mut n = NegotiatedCodecs::default();
         for c in codecs {
             let Some(codec) = LegCodec::from_codec(&c.rtp_codec) else {
@@ -347,7 +347,10 @@ pub struct ReceiverReport {
 }
 
 /// The report block about `ssrc` in a compound RTCP packet, if there is one.
-fn report_about(ssrc: u32, packets: &[Box<dyn rtc::rtcp::Packet>]) -> Option<ReceiverReport> {
+pub(crate) fn report_about(
+    ssrc: u32,
+    packets: &[Box<dyn rtc::rtcp::Packet>],
+) -> Option<ReceiverReport> {
     packets.iter().find_map(|packet| {
         let any = packet.as_any();
         let blocks = if let Some(rr) = any.downcast_ref::<RtcpReceiverReport>() {
@@ -377,7 +380,7 @@ pub struct LossReportForwarder {
 }
 
 /// Where [`LossReportForwarder`] sits: after every named slot.
-const LOSS_REPORT_SLOT: usize = 14_000;
+pub(crate) const LOSS_REPORT_SLOT: usize = 14_000;
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for LossReportForwarder {
     type Rout = TaggedPacket;
@@ -412,6 +415,16 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for LossReportForwarder {
 
     fn poll_write(&mut self) -> Option<TaggedPacket> {
         self.write.pop_front()
+    }
+}
+
+impl LossReportForwarder {
+    /// An empty forwarder, for a registry's [`LOSS_REPORT_SLOT`].
+    pub(crate) fn new() -> Self {
+        Self {
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
     }
 }
 
@@ -571,7 +584,7 @@ fn reserve_port(ports: &PortAllocator, ip: IpAddr) -> Result<(u16, PortLease), W
 const RATE_KEY: &str = "srbridge-rate=";
 
 /// Adds `srbridge-rate=<clock>` to the fmtp of every telephone-event format in `sdp`.
-fn tag_event_rates(sdp: &str) -> String {
+pub(crate) fn tag_event_rates(sdp: &str) -> String {
     let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
     let lines: Vec<&str> = sdp.lines().collect();
     // Payload type -> clock rate, per media section (payload types are section-scoped).
@@ -630,7 +643,7 @@ fn tag_event_rates(sdp: &str) -> String {
 }
 
 /// Removes what [`tag_event_rates`] added (and fmtp lines left empty by that).
-fn untag_event_rates(sdp: &str) -> String {
+pub(crate) fn untag_event_rates(sdp: &str) -> String {
     let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.lines() {
@@ -656,7 +669,7 @@ fn untag_event_rates(sdp: &str) -> String {
 
 /// Whether an audio section of `sdp` lists Opus, PCMU or PCMA (static payload types 0 and 8 may
 /// come without an rtpmap).
-fn offers_common_audio(sdp: &str) -> bool {
+pub(crate) fn offers_common_audio(sdp: &str) -> bool {
     let mut listed: Vec<&str> = Vec::new();
     let mut in_audio = false;
     for line in sdp.lines() {
@@ -688,7 +701,7 @@ fn offers_common_audio(sdp: &str) -> bool {
 }
 
 /// The `a=mid` of the first audio section of an SDP.
-fn audio_mid(sdp: &str) -> Option<String> {
+pub(crate) fn audio_mid(sdp: &str) -> Option<String> {
     let mut in_audio = false;
     for line in sdp.lines() {
         let line = line.trim();
