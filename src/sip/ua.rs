@@ -138,7 +138,8 @@ impl SipUa {
         shutdown: CancellationToken,
         opts: UaOptions,
     ) -> Result<(SipUa, mpsc::Receiver<IncomingCall>), SipError> {
-        let pbx = resolve(&config.global.sip_svr.host, config.global.sip_svr.port).await?;
+        let first = &config.global.sip_svr.first().addr;
+        let pbx = resolve(&first.host, first.port).await?;
         let sip = config.sip.clone();
         let token = CancellationToken::new();
 
