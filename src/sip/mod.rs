@@ -21,6 +21,7 @@ mod doorman;
 mod error;
 pub(crate) mod inbound;
 mod options;
+pub(crate) mod pbx_set;
 pub(crate) mod origin;
 mod register;
 pub mod sdp;
