@@ -452,7 +452,7 @@ mod tests {
 
     fn peers() -> PeerPolicy {
         PeerPolicy {
-            pbx: pbx(),
+            pbxs: vec![pbx()],
             allowed: vec!["127.0.0.3".parse().unwrap()],
         }
     }

@@ -94,10 +94,6 @@ impl PbxSet {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.pbxs.len()
-    }
-
     pub(crate) fn get(&self, index: usize) -> Option<&PbxHealth> {
         self.pbxs.get(index)
     }
