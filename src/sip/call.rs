@@ -478,7 +478,7 @@ pub(crate) fn start(start: CallStart) -> SipCall {
     };
     let (answers_tx, answers) = mpsc::unbounded_channel();
     let (refresh_tx, refreshes) = mpsc::unbounded_channel();
-    let driver = Driver {
+    let mut driver = Driver {
         ua: start.ua,
         direction: start.direction,
         dialog: start.dialog,
@@ -495,9 +495,11 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         refresh_tx,
         in_flight: FuturesUnordered::new(),
         current,
+        silence_deadline: None,
         failover: start.failover,
         provisional_seen: false,
     };
+    driver.arm_silence_deadline();
     driver.ua.call_started();
     tokio::spawn(
         driver
@@ -552,6 +554,8 @@ struct Driver {
     failover: Option<Failover>,
     /// A provisional answer beyond 100 Trying came: no failover from now on.
     provisional_seen: bool,
+    /// While another PBX is left to try: when a PBX that has not answered at all is given up.
+    silence_deadline: Option<Instant>,
 }
 
 /// Longest we wait for the call layer to answer a re-INVITE/UPDATE before reusing the last SDP.
@@ -601,6 +605,10 @@ impl Driver {
                         self.terminated(reason, failed);
                         break;
                     }
+                    if !matches!(state, DialogState::Calling(_)) {
+                        // the PBX answered something: it is alive, Timer B decides from here
+                        self.silence_deadline = None;
+                    }
                     self.on_state(state).await;
                 }
                 tx = recv_some(&mut requests) => match tx {
@@ -613,6 +621,26 @@ impl Driver {
                 Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
                 Some((code, headers)) = refreshes.recv() => self.refresh_done(code, headers),
                 _ = sleep_until(self.timer.deadline()) => self.on_timer(),
+                _ = sleep_until(self.silence_deadline) => {
+                    self.silence_deadline = None;
+                    let failure = InviteFailed {
+                        code: 408,
+                        reason: "Request Timeout (the PBX sent nothing, not even 100 Trying)".into(),
+                        failure: InviteFailure::Status(408),
+                    };
+                    info!(reason = %failure.reason, "giving this PBX up");
+                    // the unanswered INVITE stops here; no CANCEL before a provisional (RFC 3261 §9.1)
+                    if let Some(handle) = invite.take() {
+                        handle.abort();
+                    }
+                    if let Some(next) = self.fail_over(&failure).await {
+                        (states, invite, requests) = next;
+                        continue;
+                    }
+                    self.report_failure(failure);
+                    self.emit(SipCallEvent::Terminated);
+                    break;
+                }
                 r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
                     invite = None;
                     if let Some(failure) = invite_failure(r) {
@@ -772,6 +800,18 @@ impl Driver {
         }
     }
 
+    /// A PBX that does not answer an INVITE at all within 4*T1 (three sends over UDP; a live
+    /// PBX sends 100 Trying at once) is given up for the next one, as Kamailio's dispatcher does
+    /// with a short `fr_timer`, instead of waiting for Timer B (64*T1). Only while another PBX is
+    /// left: the last one gets the whole Timer B.
+    fn arm_silence_deadline(&mut self) {
+        self.silence_deadline = self
+            .failover
+            .as_ref()
+            .filter(|f| !f.next.is_empty())
+            .map(|_| Instant::now() + self.ua.opts.t1.max(Duration::from_millis(10)) * 4);
+    }
+
     /// Tells the call layer the INVITE failed.
     fn report_failure(&self, failure: InviteFailed) {
         let InviteFailed { code, reason, .. } = failure;
@@ -828,6 +868,7 @@ impl Driver {
             self.dialog = attempt.dialog;
             self.sip_call_id = self.dialog.id().call_id;
             let requests = self.ua.open_door(&self.sip_call_id);
+            self.arm_silence_deadline();
             return Some((attempt.states, Some(attempt.handle), requests));
         }
         None

@@ -1,0 +1,227 @@
+//! Several PBXs (issue 13, part 1): the bridge on two real Kamailio instances registers to both,
+//! a PBX killed mid-test is given up for new calls within the health interval while a call up on
+//! the other one goes on, and registration returns when the dead PBX is started again. The
+//! measured times are printed (`--nocapture`) for the issue's closing note.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use srbridge::bridge::Bridge;
+use srbridge::config::Config;
+use support::rig::http_get_text;
+use support::{ports, Baresip, Pbx, WsClient};
+
+const APPID: &str = "multi-pbx-test";
+const T: Duration = Duration::from_secs(15);
+
+/// A bridge on both PBXs (equal priority and weight), pinging every second, a PBX down after
+/// one missed ping and up after one answer.
+async fn bridge_on(a: &Pbx, b: &Pbx) -> Bridge {
+    let rtp = ports::free_port_range(40);
+    let text = format!(
+        r#"
+[global]
+appid = "{APPID}"
+sip_local_port = 0
+[rtm2sip]
+on = true
+acc_rule = "10[01-19]"
+[proxy]
+on = true
+sip_account = "1000"
+sip_pwd = "1234"
+rtm_account = "bridge"
+[sip]
+listen_ip = "127.0.0.1"
+options_interval = 1
+pbx_down_after = 1
+pbx_up_after = 1
+register = "all"
+[[sip.pbx]]
+addr = "{a}"
+[[sip.pbx]]
+addr = "{b}"
+[media]
+rtp_port_min = {rtp}
+rtp_port_max = {rtp_max}
+[http]
+listen = "127.0.0.1:0"
+"#,
+        a = a.addr(),
+        b = b.addr(),
+        rtp_max = rtp + 39,
+    );
+    let config = Config::from_toml_str(Path::new("multi_pbx.toml"), &text).expect("config");
+    Bridge::start(config).await.expect("bridge starts")
+}
+
+async fn status(bridge: &Bridge) -> Value {
+    let body = http_get_text(bridge.http_addr(), "/api/status").await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("status JSON: {e}: {body}"))
+}
+
+/// The `/api/status` entry of the PBX at `addr`.
+fn pbx_entry(status: &Value, addr: &str) -> Value {
+    status["pbxs"]
+        .as_array()
+        .and_then(|list| list.iter().find(|p| p["address"] == addr))
+        .cloned()
+        .unwrap_or_else(|| panic!("no PBX {addr} in /api/status: {status}"))
+}
+
+/// Waits until `/api/status` shows `field` of the PBX at `addr` as `value`; returns when.
+async fn wait_pbx_field(bridge: &Bridge, addr: &str, field: &str, value: &str) -> Instant {
+    let deadline = Instant::now() + T;
+    loop {
+        let s = status(bridge).await;
+        if pbx_entry(&s, addr)[field] == value {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PBX {addr} {field} not {value} within {T:?}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn established(phone: &Baresip) -> usize {
+    phone
+        .events()
+        .iter()
+        .filter(|e| e.kind == "CALL_ESTABLISHED")
+        .count()
+}
+
+#[tokio::test]
+async fn a_dead_pbx_is_given_up_for_new_calls_and_registration_returns() {
+    let (a, b) = Pbx::start_two().await;
+    let mut pbxs = [a, b];
+    let addrs = [pbxs[0].addr().to_string(), pbxs[1].addr().to_string()];
+    let phones_1001 = [
+        support::baresip::silent_phone(&pbxs[0], "1001", true).await,
+        support::baresip::silent_phone(&pbxs[1], "1001", true).await,
+    ];
+    let bridge = bridge_on(&pbxs[0], &pbxs[1]).await;
+    for pbx in &pbxs {
+        pbx.wait_registered("1000", T).await;
+    }
+
+    // both PBXs listed, each with its own registration, in /api/status and /metrics
+    for addr in &addrs {
+        wait_pbx_field(&bridge, addr, "registration", "registered").await;
+        wait_pbx_field(&bridge, addr, "reachable", "up").await;
+    }
+    let metrics = http_get_text(bridge.http_addr(), "/metrics").await;
+    for addr in &addrs {
+        let series =
+            format!("srbridge_pbx_registration_state{{pbx=\"{addr}\",state=\"registered\"}} 1");
+        assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+        let up = format!("srbridge_pbx_reachable{{pbx=\"{addr}\"}} 1");
+        assert!(metrics.contains(&up), "{up} in:\n{metrics}");
+    }
+
+    // a call up on one PBX: that one survives, the other is killed
+    let ws = format!("ws://{}/ws", bridge.http_addr());
+    let mut alice = WsClient::login(&ws, APPID, "alice").await;
+    let ok = alice.invite("kept", "1001", "").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    alice.wait_local_state("kept", "ACCEPTED_BY_REMOTE", T).await;
+    let survivor = loop {
+        if let Some(i) = (0..2).find(|&i| established(&phones_1001[i]) == 1) {
+            break i;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let dead = 1 - survivor;
+    let phone_1002 = support::baresip::silent_phone(&pbxs[survivor], "1002", true).await;
+
+    let killed = Instant::now();
+    pbxs[dead].stop();
+
+    // new calls go through the survivor: the first one after the kill is answered there
+    let mut bob = WsClient::login(&ws, APPID, "bob").await;
+    let ok = bob.invite("after-kill", "1002", "").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let outcome = bob
+        .wait_for(
+            |v| {
+                v["type"] == "local_invitation_state"
+                    && v["callId"] == "after-kill"
+                    && ["ACCEPTED_BY_REMOTE", "REFUSED_BY_REMOTE", "FAILURE"]
+                        .contains(&v["state"].as_str().unwrap_or(""))
+            },
+            Duration::from_secs(40),
+        )
+        .await;
+    let first_call = killed.elapsed();
+    assert_eq!(
+        outcome["state"], "ACCEPTED_BY_REMOTE",
+        "the call after the kill is answered: {outcome}"
+    );
+    phone_1002.wait_for("CALL_ESTABLISHED", T).await;
+    let marked_down = wait_pbx_field(&bridge, &addrs[dead], "reachable", "down")
+        .await
+        .duration_since(killed);
+    // and later calls go straight there without waiting for the dead PBX
+    bob.request(json!({"type": "peer_message", "to": "1002", "text": "{\"Cmd\":\"EndCall\"}"}))
+        .await;
+    phone_1002.wait_for("CALL_CLOSED", T).await;
+    let second_started = Instant::now();
+    bob.invite("after-down", "1002", "").await;
+    bob.wait_local_state("after-down", "ACCEPTED_BY_REMOTE", T)
+        .await;
+    let second_call = second_started.elapsed();
+    bob.request(json!({"type": "peer_message", "to": "1002", "text": "{\"Cmd\":\"EndCall\"}"}))
+        .await;
+
+    // the call on the survivor was untouched all along
+    assert!(
+        phones_1001[survivor].try_wait_for("CALL_CLOSED", Duration::ZERO).await.is_none(),
+        "the call on the surviving PBX must not end"
+    );
+    let kept: Vec<_> = bridge
+        .calls()
+        .into_iter()
+        .filter(|c| c.id == "kept")
+        .collect();
+    assert_eq!(kept.len(), 1, "{:?}", bridge.calls());
+    assert_eq!(kept[0].state, "established");
+    assert!(
+        !alice.frames().iter().any(|f| f["type"] == "peer_message"
+            && f["text"].as_str().is_some_and(|t| t.contains("EndCall"))),
+        "alice got no EndCall"
+    );
+
+    // the dead PBX comes back: the bridge registers there again by itself
+    let restarted = Instant::now();
+    pbxs[dead].restart().await;
+    pbxs[dead].wait_registered("1000", Duration::from_secs(30)).await;
+    let registered_again = restarted.elapsed();
+    wait_pbx_field(&bridge, &addrs[dead], "registration", "registered").await;
+    wait_pbx_field(&bridge, &addrs[dead], "reachable", "up").await;
+
+    // the kept call still ends cleanly from the browser
+    alice
+        .request(json!({"type": "peer_message", "to": "1001", "text": "{\"Cmd\":\"EndCall\"}"}))
+        .await;
+    phones_1001[survivor].wait_for("CALL_CLOSED", T).await;
+
+    println!(
+        "multi-PBX failover (options_interval 1 s, pbx_down_after 1): PBX killed -> marked down {:.2} s; \
+         killed -> first new call answered on the survivor {:.2} s; a call once it is down: answered in {:.2} s; \
+         PBX restarted -> bridge registered there again {:.2} s",
+        marked_down.as_secs_f64(),
+        first_call.as_secs_f64(),
+        second_call.as_secs_f64(),
+        registered_again.as_secs_f64()
+    );
+    assert!(
+        first_call < Duration::from_secs(10),
+        "the first call after the kill took {first_call:?}"
+    );
+    bridge.shutdown().await;
+}
