@@ -20,6 +20,16 @@ const T: Duration = Duration::from_secs(15);
 /// A bridge on both PBXs (equal priority and weight), pinging every second, a PBX down after
 /// one missed ping and up after one answer.
 async fn bridge_on(a: &Pbx, b: &Pbx) -> Bridge {
+    bridge_with(
+        "options_interval = 1\npbx_down_after = 1\npbx_up_after = 1\nregister = \"all\"",
+        &format!("addr = \"{}\"", a.addr()),
+        &format!("addr = \"{}\"", b.addr()),
+    )
+    .await
+}
+
+/// A bridge with `sip_extra` in `[sip]` and the two `[[sip.pbx]]` tables' lines.
+async fn bridge_with(sip_extra: &str, pbx_a: &str, pbx_b: &str) -> Bridge {
     let rtp = ports::free_port_range(40);
     let text = format!(
         r#"
@@ -36,22 +46,17 @@ sip_pwd = "1234"
 rtm_account = "bridge"
 [sip]
 listen_ip = "127.0.0.1"
-options_interval = 1
-pbx_down_after = 1
-pbx_up_after = 1
-register = "all"
+{sip_extra}
 [[sip.pbx]]
-addr = "{a}"
+{pbx_a}
 [[sip.pbx]]
-addr = "{b}"
+{pbx_b}
 [media]
 rtp_port_min = {rtp}
 rtp_port_max = {rtp_max}
 [http]
 listen = "127.0.0.1:0"
 "#,
-        a = a.addr(),
-        b = b.addr(),
         rtp_max = rtp + 39,
     );
     let config = Config::from_toml_str(Path::new("multi_pbx.toml"), &text).expect("config");
@@ -115,13 +120,27 @@ async fn a_dead_pbx_is_given_up_for_new_calls_and_registration_returns() {
         wait_pbx_field(&bridge, addr, "registration", "registered").await;
         wait_pbx_field(&bridge, addr, "reachable", "up").await;
     }
-    let metrics = http_get_text(bridge.http_addr(), "/metrics").await;
-    for addr in &addrs {
-        let series =
-            format!("srbridge_pbx_registration_state{{pbx=\"{addr}\",state=\"registered\"}} 1");
-        assert!(metrics.contains(&series), "{series} in:\n{metrics}");
-        let up = format!("srbridge_pbx_reachable{{pbx=\"{addr}\"}} 1");
-        assert!(metrics.contains(&up), "{up} in:\n{metrics}");
+    // (the gauges are published once a second)
+    let wanted: Vec<String> = addrs
+        .iter()
+        .flat_map(|addr| {
+            [
+                format!("srbridge_pbx_registration_state{{pbx=\"{addr}\",state=\"registered\"}} 1"),
+                format!("srbridge_pbx_reachable{{pbx=\"{addr}\"}} 1"),
+            ]
+        })
+        .collect();
+    let deadline = Instant::now() + T;
+    loop {
+        let metrics = http_get_text(bridge.http_addr(), "/metrics").await;
+        if wanted.iter().all(|series| metrics.contains(series)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{wanted:?} not all in /metrics:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // a call up on one PBX: that one survives, the other is killed
@@ -129,7 +148,9 @@ async fn a_dead_pbx_is_given_up_for_new_calls_and_registration_returns() {
     let mut alice = WsClient::login(&ws, APPID, "alice").await;
     let ok = alice.invite("kept", "1001", "").await;
     assert_eq!(ok["type"], "ok", "{ok}");
-    alice.wait_local_state("kept", "ACCEPTED_BY_REMOTE", T).await;
+    alice
+        .wait_local_state("kept", "ACCEPTED_BY_REMOTE", T)
+        .await;
     let survivor = loop {
         if let Some(i) = (0..2).find(|&i| established(&phones_1001[i]) == 1) {
             break i;
@@ -141,6 +162,18 @@ async fn a_dead_pbx_is_given_up_for_new_calls_and_registration_returns() {
 
     let killed = Instant::now();
     pbxs[dead].stop();
+    let http = bridge.http_addr();
+    let dead_addr = addrs[dead].clone();
+    let marked_down = tokio::spawn(async move {
+        loop {
+            let body = http_get_text(http, "/api/status").await;
+            let s: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if pbx_entry(&s, &dead_addr)["reachable"] == "down" {
+                return killed.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
 
     // new calls go through the survivor: the first one after the kill is answered there
     let mut bob = WsClient::login(&ws, APPID, "bob").await;
@@ -163,9 +196,10 @@ async fn a_dead_pbx_is_given_up_for_new_calls_and_registration_returns() {
         "the call after the kill is answered: {outcome}"
     );
     phone_1002.wait_for("CALL_ESTABLISHED", T).await;
-    let marked_down = wait_pbx_field(&bridge, &addrs[dead], "reachable", "down")
+    let marked_down = tokio::time::timeout(T, marked_down)
         .await
-        .duration_since(killed);
+        .expect("the dead PBX is shown down")
+        .expect("status poller");
     // and later calls go straight there without waiting for the dead PBX
     bob.request(json!({"type": "peer_message", "to": "1002", "text": "{\"Cmd\":\"EndCall\"}"}))
         .await;
@@ -180,7 +214,10 @@ async fn a_dead_pbx_is_given_up_for_new_calls_and_registration_returns() {
 
     // the call on the survivor was untouched all along
     assert!(
-        phones_1001[survivor].try_wait_for("CALL_CLOSED", Duration::ZERO).await.is_none(),
+        phones_1001[survivor]
+            .try_wait_for("CALL_CLOSED", Duration::ZERO)
+            .await
+            .is_none(),
         "the call on the surviving PBX must not end"
     );
     let kept: Vec<_> = bridge
@@ -199,7 +236,9 @@ async fn a_dead_pbx_is_given_up_for_new_calls_and_registration_returns() {
     // the dead PBX comes back: the bridge registers there again by itself
     let restarted = Instant::now();
     pbxs[dead].restart().await;
-    pbxs[dead].wait_registered("1000", Duration::from_secs(30)).await;
+    pbxs[dead]
+        .wait_registered("1000", Duration::from_secs(30))
+        .await;
     let registered_again = restarted.elapsed();
     wait_pbx_field(&bridge, &addrs[dead], "registration", "registered").await;
     wait_pbx_field(&bridge, &addrs[dead], "reachable", "up").await;
@@ -222,6 +261,92 @@ async fn a_dead_pbx_is_given_up_for_new_calls_and_registration_returns() {
     assert!(
         first_call < Duration::from_secs(10),
         "the first call after the kill took {first_call:?}"
+    );
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invite_the_preferred_pbx_leaves_unanswered_is_retried_on_the_backup() {
+    // pings off: nothing tells the bridge the preferred PBX is dead but the INVITE itself
+    let (preferred, backup) = Pbx::start_two().await;
+    let mut preferred = preferred;
+    let phone = support::baresip::silent_phone(&backup, "1003", true).await;
+    let bridge = bridge_with(
+        "options_interval = 0",
+        &format!("addr = \"{}\"\npriority = 1", preferred.addr()),
+        &format!("addr = \"{}\"\npriority = 2", backup.addr()),
+    )
+    .await;
+    preferred.wait_registered("1000", T).await;
+    backup.wait_registered("1000", T).await;
+    preferred.stop();
+
+    let ws = format!("ws://{}/ws", bridge.http_addr());
+    let mut alice = WsClient::login(&ws, APPID, "alice").await;
+    let started = Instant::now();
+    alice.invite("retried", "1003", "").await;
+    let outcome = alice
+        .wait_for(
+            |v| {
+                v["type"] == "local_invitation_state"
+                    && v["callId"] == "retried"
+                    && ["ACCEPTED_BY_REMOTE", "REFUSED_BY_REMOTE", "FAILURE"]
+                        .contains(&v["state"].as_str().unwrap_or(""))
+            },
+            Duration::from_secs(40),
+        )
+        .await;
+    let answered = started.elapsed();
+    assert_eq!(outcome["state"], "ACCEPTED_BY_REMOTE", "{outcome}");
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    println!(
+        "INVITE failover (no pings; the preferred PBX dead): answered on the backup after {:.2} s",
+        answered.as_secs_f64()
+    );
+    assert!(
+        answered < Duration::from_secs(10),
+        "retried after the 4*T1 silence, not Timer B: {answered:?}"
+    );
+    alice
+        .request(json!({"type": "peer_message", "to": "1003", "text": "{\"Cmd\":\"EndCall\"}"}))
+        .await;
+    phone.wait_for("CALL_CLOSED", T).await;
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn active_backup_registers_only_to_the_active_pbx_and_moves_with_it() {
+    let (primary, backup) = Pbx::start_two().await;
+    let mut primary = primary;
+    let bridge = bridge_with(
+        "options_interval = 1\nregister = \"active_backup\"",
+        &format!("addr = \"{}\"\npriority = 1", primary.addr()),
+        &format!("addr = \"{}\"\npriority = 2", backup.addr()),
+    )
+    .await;
+    primary.wait_registered("1000", T).await;
+    let backup_addr = backup.addr().to_string();
+    wait_pbx_field(&bridge, &backup_addr, "registration", "disabled").await;
+    assert!(
+        !backup.is_registered("1000").await,
+        "the backup holds no registration while the primary is up"
+    );
+
+    let killed = Instant::now();
+    primary.stop();
+    backup.wait_registered("1000", T).await;
+    let moved = killed.elapsed();
+
+    let restarted = Instant::now();
+    primary.restart().await;
+    primary.wait_registered("1000", T).await;
+    backup.wait_unregistered("1000", T).await;
+    let back = restarted.elapsed();
+    println!(
+        "active/backup (options_interval 1 s): primary killed -> registered at the backup {:.2} s; \
+         primary restarted -> registered there and gone from the backup {:.2} s",
+        moved.as_secs_f64(),
+        back.as_secs_f64()
     );
     bridge.shutdown().await;
 }

@@ -1465,7 +1465,10 @@ fn sip_svr_lists_several_pbxs_with_weight_and_priority() {
     );
     let toml = toml("[global]\nappid = \"a\"\nsip_svr = \"10.0.0.1:5060;weight=3, 10.0.0.2:5080;priority=2;weight=2\"\n")
         .expect("valid");
-    assert_eq!(toml.global.sip_svr, config.global.sip_svr, "same in both forms");
+    assert_eq!(
+        toml.global.sip_svr, config.global.sip_svr,
+        "same in both forms"
+    );
 }
 
 #[test]
@@ -1492,10 +1495,7 @@ fn single_sip_svr_keeps_the_defaults() {
     assert_eq!(pbxs.len(), 1);
     assert_eq!((pbxs[0].weight, pbxs[0].priority), (1, 1));
     assert_eq!(config.sip.register_mode, RegisterMode::All);
-    assert_eq!(
-        (config.sip.pbx_down_after, config.sip.pbx_up_after),
-        (1, 1)
-    );
+    assert_eq!((config.sip.pbx_down_after, config.sip.pbx_up_after), (1, 1));
 }
 
 #[test]
@@ -1508,15 +1508,30 @@ fn sip_svr_list_bad_entries_name_the_item() {
             needle,
         );
     };
-    bad("10.0.0.1:5060,10.0.0.2", "item 2: \"10.0.0.2\" is not IP:port");
+    bad(
+        "10.0.0.1:5060,10.0.0.2",
+        "item 2: \"10.0.0.2\" is not IP:port",
+    );
     bad("10.0.0.1:5060,", "item 2: is empty (a comma too many?)");
     bad("10.0.0.1:5060;weight=0", "weight=0 is not a number 1-1000");
     bad("10.0.0.1:5060;weight=x", "weight=x is not a number 1-1000");
-    bad("10.0.0.1:5060;priority=1001", "priority=1001 is not a number 0-1000");
-    bad("10.0.0.1:5060;transport=tcp", "unknown parameter \"transport\"");
-    bad("10.0.0.1:5060;weight", "\"weight\" is not weight=N or priority=N");
+    bad(
+        "10.0.0.1:5060;priority=1001",
+        "priority=1001 is not a number 0-1000",
+    );
+    bad(
+        "10.0.0.1:5060;transport=tcp",
+        "unknown parameter \"transport\"",
+    );
+    bad(
+        "10.0.0.1:5060;weight",
+        "\"weight\" is not weight=N or priority=N",
+    );
     bad("10.0.0.1:5060;weight=2;weight=3", "weight is given twice");
-    bad("10.0.0.1:5060,10.0.0.1:5060", "10.0.0.1:5060 is listed twice");
+    bad(
+        "10.0.0.1:5060,10.0.0.1:5060",
+        "10.0.0.1:5060 is listed twice",
+    );
     let many: Vec<String> = (1..=17).map(|i| format!("10.0.0.{i}:5060")).collect();
     bad(&many.join(","), "lists 17 PBXs (at most 16)");
 }
@@ -1539,19 +1554,25 @@ fn sip_pbx_tables_bad_values() {
         "entry 2: \"10.0.0.2\" is not IP:port",
     );
     assert_error(
-        toml(&format!("{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\nweight = 0\n")),
+        toml(&format!(
+            "{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\nweight = 0\n"
+        )),
         Some(3),
         Some("[sip.pbx] weight"),
         "0 is out of range (1-1000)",
     );
     assert_error(
-        toml(&format!("{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\npriority = -1\n")),
+        toml(&format!(
+            "{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\npriority = -1\n"
+        )),
         Some(3),
         Some("[sip.pbx] priority"),
         "-1 is out of range (0-1000)",
     );
     assert_error(
-        toml(&format!("{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\nport = 5\n")),
+        toml(&format!(
+            "{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\nport = 5\n"
+        )),
         Some(3),
         Some("[sip.pbx] port"),
         "unknown key",

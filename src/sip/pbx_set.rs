@@ -109,7 +109,12 @@ impl PbxSet {
 
     /// An OPTIONS result for PBX `index`. Any final answer proves it runs except 408/503 (a
     /// proxy saying the PBX behind it is gone); a transport error counts as down at once.
-    pub(crate) fn on_ping(&mut self, index: usize, result: &PingResult, now: Instant) -> Transition {
+    pub(crate) fn on_ping(
+        &mut self,
+        index: usize,
+        result: &PingResult,
+        now: Instant,
+    ) -> Transition {
         let down_after = self.down_after;
         let up_after = self.up_after;
         let Some(pbx) = self.pbxs.get_mut(index) else {
@@ -287,7 +292,10 @@ mod tests {
             set.get(0).unwrap().state(),
             PbxInternal::Up { rtt_ms: 12 }
         ));
-        assert_eq!(set.on_ping(0, &PingResult::NoAnswer, t0), Transition::WentDown);
+        assert_eq!(
+            set.on_ping(0, &PingResult::NoAnswer, t0),
+            Transition::WentDown
+        );
         let later = t0 + Duration::from_secs(5);
         assert_eq!(
             set.on_ping(0, &PingResult::Transport("refused".into()), later),
@@ -316,7 +324,10 @@ mod tests {
             rtt: Duration::from_millis(1),
         };
         set.on_ping(0, &code(404), now);
-        assert!(set.get(0).unwrap().usable(), "404 still proves the PBX runs");
+        assert!(
+            set.get(0).unwrap().usable(),
+            "404 still proves the PBX runs"
+        );
         assert_eq!(set.on_ping(0, &code(503), now), Transition::WentDown);
         set.on_ping(0, &code(407), now);
         set.on_ping(0, &code(408), now);
@@ -334,8 +345,14 @@ mod tests {
         set.on_ping(0, &ok(), now);
         assert_eq!(set.on_ping(0, &PingResult::NoAnswer, now), Transition::None);
         assert_eq!(set.on_ping(0, &PingResult::NoAnswer, now), Transition::None);
-        assert!(set.get(0).unwrap().usable(), "a good answer resets the count");
-        assert_eq!(set.on_ping(0, &PingResult::NoAnswer, now), Transition::WentDown);
+        assert!(
+            set.get(0).unwrap().usable(),
+            "a good answer resets the count"
+        );
+        assert_eq!(
+            set.on_ping(0, &PingResult::NoAnswer, now),
+            Transition::WentDown
+        );
         assert_eq!(set.on_ping(0, &ok(), now), Transition::None);
         assert!(!set.get(0).unwrap().usable(), "one good answer is not two");
         assert_eq!(set.on_ping(0, &PingResult::NoAnswer, now), Transition::None);
@@ -402,7 +419,11 @@ mod tests {
         set.on_ping(0, &PingResult::NoAnswer, now);
         assert_eq!(set.call_order(draws(&[0, 0])), vec![1, 2]);
         set.on_ping(1, &PingResult::NoAnswer, now);
-        assert_eq!(set.call_order(draws(&[0])), vec![2], "the backup takes over");
+        assert_eq!(
+            set.call_order(draws(&[0])),
+            vec![2],
+            "the backup takes over"
+        );
         set.on_ping(2, &PingResult::NoAnswer, now);
         assert_eq!(
             set.call_order(draws(&[0, 0, 0])),
@@ -421,14 +442,23 @@ mod tests {
         assert!(set.should_register(RegisterMode::All, 1));
         assert!(!set.should_register(RegisterMode::All, 2));
         assert!(!set.should_register(RegisterMode::ActiveBackup, 0));
-        assert!(set.should_register(RegisterMode::ActiveBackup, 1), "priority 1 first");
+        assert!(
+            set.should_register(RegisterMode::ActiveBackup, 1),
+            "priority 1 first"
+        );
         set.on_ping(1, &PingResult::NoAnswer, now);
-        assert!(set.should_register(RegisterMode::ActiveBackup, 0), "backup takes it");
+        assert!(
+            set.should_register(RegisterMode::ActiveBackup, 0),
+            "backup takes it"
+        );
         assert!(!set.should_register(RegisterMode::ActiveBackup, 1));
         set.on_ping(0, &PingResult::NoAnswer, now);
         assert_eq!(set.active_index(), Some(1), "all down: the preferred one");
         set.on_ping(1, &ok(), now);
-        assert!(set.should_register(RegisterMode::ActiveBackup, 1), "back to the primary");
+        assert!(
+            set.should_register(RegisterMode::ActiveBackup, 1),
+            "back to the primary"
+        );
     }
 
     #[test]
@@ -439,7 +469,10 @@ mod tests {
         for code in [404, 480, 486, 487, 500, 502, 603] {
             assert!(!may_fail_over(InviteFailure::Status(code), false), "{code}");
         }
-        assert!(!may_fail_over(InviteFailure::Status(503), true), "never after a 1xx");
+        assert!(
+            !may_fail_over(InviteFailure::Status(503), true),
+            "never after a 1xx"
+        );
         assert!(!may_fail_over(InviteFailure::Transport, true));
     }
 }

@@ -30,7 +30,7 @@ use super::error::SipError;
 use super::inbound::{screen_invite, InviteFacts, PeerPolicy, Screening};
 use super::pbx_set::{PbxSet, PingResult, Transition};
 use super::session_timer::{TimerPolicy, UasAnswer};
-use super::status::{PbxInternal, SipPbxStatus, PbxState, RegState, RegistrationState, SipStatus};
+use super::status::{PbxInternal, PbxState, RegState, RegistrationState, SipPbxStatus, SipStatus};
 use super::target::TargetSources;
 use super::tcp_gate::TcpGate;
 use super::{options, register};
