@@ -350,3 +350,47 @@ async fn active_backup_registers_only_to_the_active_pbx_and_moves_with_it() {
     );
     bridge.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_503_before_any_ringing_is_retried_on_the_next_pbx() {
+    // the preferred "PBX" is SIPp answering every INVITE 503 at once; the backup is Kamailio
+    let unavailable = support::Sipp::new("uas_unavailable.xml")
+        .calls(4)
+        .timeout(Duration::from_secs(60))
+        .spawn(None);
+    let sipp_addr = format!("127.0.0.1:{}", unavailable.local_port());
+    let backup = Pbx::start().await;
+    let phone = support::baresip::silent_phone(&backup, "1004", true).await;
+    let bridge = bridge_with(
+        "options_interval = 0",
+        &format!("addr = \"{sipp_addr}\"\npriority = 1"),
+        &format!("addr = \"{}\"\npriority = 2", backup.addr()),
+    )
+    .await;
+    backup.wait_registered("1000", T).await;
+    wait_pbx_field(&bridge, &sipp_addr, "registration", "registered").await;
+
+    let ws = format!("ws://{}/ws", bridge.http_addr());
+    let mut alice = WsClient::login(&ws, APPID, "alice").await;
+    let started = Instant::now();
+    alice.invite("after-503", "1004", "").await;
+    alice
+        .wait_local_state("after-503", "ACCEPTED_BY_REMOTE", T)
+        .await;
+    let answered = started.elapsed();
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    let trace = unavailable.messages_so_far();
+    assert!(
+        trace.contains("INVITE sip:1004@") && trace.contains("SIP/2.0 503 Service Unavailable"),
+        "the preferred PBX got the INVITE first and refused it: {trace}"
+    );
+    println!(
+        "503 failover: answered on the backup {:.2} s after the browser's invitation",
+        answered.as_secs_f64()
+    );
+    alice
+        .request(json!({"type": "peer_message", "to": "1004", "text": "{\"Cmd\":\"EndCall\"}"}))
+        .await;
+    phone.wait_for("CALL_CLOSED", T).await;
+    bridge.shutdown().await;
+}
