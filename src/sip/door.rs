@@ -5,7 +5,7 @@
 //! else are dropped.
 //!
 //! Order of the checks: size, framing and start line, header lines, the mandatory headers, then
-//! the sender (only the PBX and `allowed_peers` may send requests, in or out of a dialog: SPEC §6),
+//! the sender (only the configured PBXs and `allowed_peers` may send requests, in or out of a dialog: SPEC §6),
 //! then the method.
 
 use std::net::IpAddr;

@@ -1208,6 +1208,55 @@ mod tests {
         assert_eq!(picked, bound, "the address used toward a loopback PBX");
     }
 
+    fn pbx(reachability: PbxState, registration: RegistrationState) -> SipPbxStatus {
+        SipPbxStatus {
+            addr: "10.0.0.1:5060".into(),
+            weight: 1,
+            priority: 1,
+            reachability,
+            registration,
+        }
+    }
+
+    #[test]
+    fn the_bridge_is_registered_and_up_when_any_pbx_is() {
+        let failed = RegistrationState::Failed {
+            last_error: "timeout".into(),
+            retry_in: 4,
+        };
+        let registered = RegistrationState::Registered { expires_in: 90 };
+        let down = PbxState::Down {
+            since_secs: 3,
+            last_error: "no answer to OPTIONS".into(),
+        };
+        let up = |rtt_ms| PbxState::Up { rtt_ms };
+        let one = [pbx(down.clone(), failed.clone())];
+        assert_eq!(overall_registration(&one), failed, "one PBX: its own state");
+        assert_eq!(overall_reachability(&one), down);
+        let two = [
+            pbx(down.clone(), failed.clone()),
+            pbx(up(7), registered.clone()),
+        ];
+        assert_eq!(overall_registration(&two), registered);
+        assert_eq!(overall_reachability(&two), up(7));
+        let standby = [
+            pbx(PbxState::Unknown, RegistrationState::Disabled),
+            pbx(up(9), RegistrationState::Registering),
+            pbx(up(3), RegistrationState::Disabled),
+        ];
+        assert_eq!(
+            overall_registration(&standby),
+            RegistrationState::Registering,
+            "an active/backup standby does not hide the active one"
+        );
+        assert_eq!(overall_reachability(&standby), up(3), "the fastest");
+        let unknown = [
+            pbx(down, failed),
+            pbx(PbxState::Unknown, RegistrationState::Disabled),
+        ];
+        assert_eq!(overall_reachability(&unknown), PbxState::Unknown);
+    }
+
     #[test]
     fn caller_ids_become_valid_uri_users() {
         assert_eq!(user_part("alice"), "alice");
