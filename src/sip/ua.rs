@@ -616,8 +616,12 @@ impl UaInner {
         self.update_health(index, |set, now| set.on_ping(index, result, now))
     }
 
-    /// A call to PBX `addr` failed on the transport: it is down from now on.
+    /// A call to PBX `addr` failed on the transport: it is down until its pings are answered
+    /// again. Without pings nothing would bring it back, so then it is left as it was.
     pub(crate) fn on_call_transport_error(&self, addr: SocketAddr, error: &str) {
+        if self.sip.options_interval.is_zero() {
+            return;
+        }
         let index = lock(&self.health).index_of(addr);
         if let Some(index) = index {
             let transition =
