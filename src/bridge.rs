@@ -27,11 +27,11 @@ use crate::events::{webhook_task, EventBus};
 use crate::media::session::SessionFactory;
 use crate::ops::http::{build_router, OpsContext};
 use crate::ops::lifecycle::{ConfigWatch, Lifecycle};
-use crate::ops::metrics::metrics;
+use crate::ops::metrics::{metrics, PbxSeries};
 use crate::ops::serve::{serve, ConnLimits};
 use crate::ops::status::{
-    CallStatus, PbxStatus, Reachability, RegistrationState as OpsRegistration, RegistrationStatus,
-    StatusSnapshot, StatusSource,
+    CallStatus, PbxEntryStatus, PbxStatus, Reachability, RegistrationState as OpsRegistration,
+    RegistrationStatus, StatusSnapshot, StatusSource,
 };
 use crate::ops::Direction as OpsDirection;
 use crate::signal::{self, BridgeEvent, Hub, HubSettings};
@@ -549,6 +549,21 @@ async fn publish_gauges(hub: Hub, sip: SipUa) {
             PbxState::Up { rtt_ms } => Some(Duration::from_millis(rtt_ms)),
             _ => None,
         });
+        m.set_pbxs(
+            status
+                .pbxs
+                .iter()
+                .map(|p| PbxSeries {
+                    pbx: p.addr.clone(),
+                    reachable: match p.reachability {
+                        PbxState::Up { .. } => Some(true),
+                        PbxState::Down { .. } => Some(false),
+                        PbxState::Unknown => None,
+                    },
+                    registration: registration_state(&p.registration),
+                })
+                .collect(),
+        );
         m.ws_sessions.set(hub.session_count() as i64);
         m.users_logged_in.set(hub.online_count() as i64);
     }
@@ -560,6 +575,14 @@ fn registration_state(state: &RegistrationState) -> OpsRegistration {
         RegistrationState::Registering => OpsRegistration::Registering,
         RegistrationState::Registered { .. } => OpsRegistration::Registered,
         RegistrationState::Failed { .. } => OpsRegistration::Failed,
+    }
+}
+
+fn reachability(state: &PbxState) -> (Reachability, Option<f64>) {
+    match state {
+        PbxState::Up { rtt_ms } => (Reachability::Up, Some(*rtt_ms as f64)),
+        PbxState::Down { .. } => (Reachability::Down, None),
+        PbxState::Unknown => (Reachability::Unknown, None),
     }
 }
 
@@ -595,11 +618,26 @@ impl StatusSource for BridgeStatus {
             RegistrationState::Failed { last_error, .. } => Some(last_error.clone()),
             _ => None,
         };
-        let (reachable, rtt_ms) = match &sip.pbx {
-            PbxState::Up { rtt_ms } => (Reachability::Up, Some(*rtt_ms as f64)),
-            PbxState::Down { .. } => (Reachability::Down, None),
-            PbxState::Unknown => (Reachability::Unknown, None),
-        };
+        let (reachable, rtt_ms) = reachability(&sip.pbx);
+        let pbxs = sip
+            .pbxs
+            .iter()
+            .map(|p| {
+                let (reachable, rtt_ms) = reachability(&p.reachability);
+                PbxEntryStatus {
+                    address: p.addr.clone(),
+                    weight: p.weight,
+                    priority: p.priority,
+                    reachable,
+                    rtt_ms,
+                    registration: registration_state(&p.registration),
+                    last_error: match &p.registration {
+                        RegistrationState::Failed { last_error, .. } => Some(last_error.clone()),
+                        _ => None,
+                    },
+                }
+            })
+            .collect();
         StatusSnapshot {
             registration: RegistrationStatus {
                 state: registration_state(&sip.registration),
@@ -611,6 +649,7 @@ impl StatusSource for BridgeStatus {
                 reachable,
                 rtt_ms,
             },
+            pbxs,
             calls: self.calls.list().into_iter().map(call_status).collect(),
             users_logged_in: self.hub.online_count(),
             cluster: self.cluster.as_ref().map(Cluster::status),

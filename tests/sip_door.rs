@@ -515,7 +515,8 @@ async fn outgoing_invites_carry_our_call_id_host_and_agent() {
     config.global.sip_svr = HostPort {
         host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
         port: gateway_addr.port(),
-    };
+    }
+    .into();
     config.global.sip_local_port = 0;
     config.proxy = Some(ProxyConfig {
         sip_account: "1000".into(),

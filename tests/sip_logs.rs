@@ -52,7 +52,8 @@ async fn the_password_never_reaches_the_logs_even_at_trace_level() {
     config.global.sip_svr = HostPort {
         host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
         port: pbx.port(),
-    };
+    }
+    .into();
     config.global.sip_local_port = 0;
     config.sip.listen_ip = IpAddr::from([127, 0, 0, 1]);
     config.proxy = Some(ProxyConfig {

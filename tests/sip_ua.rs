@@ -34,7 +34,8 @@ fn config_for(pbx: SocketAddr, password: &str, transport: SipTransport) -> Confi
     config.global.sip_svr = HostPort {
         host: Host::Ip(pbx.ip()),
         port: pbx.port(),
-    };
+    }
+    .into();
     config.global.sip_local_port = 0;
     config.proxy = Some(ProxyConfig {
         sip_account: PROXY_ACCOUNT.to_string(),

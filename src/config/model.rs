@@ -152,10 +152,130 @@ impl Config {
 pub struct GlobalConfig {
     /// Application id browsers must present at login.
     pub appid: String,
-    /// The PBX (FreeSWITCH) address; any port.
-    pub sip_svr: HostPort,
+    /// The PBX (FreeSWITCH) addresses, at least one; any port. `sip_svr` in rtx.conf (a
+    /// comma-separated list), `sip_svr` or `[[sip.pbx]]` in TOML.
+    pub sip_svr: PbxList,
     /// Local SIP port (SRProxy default 5086); 0 lets the OS choose (tests).
     pub sip_local_port: u16,
+}
+
+/// One PBX of `sip_svr` (`host:port;weight=N;priority=P`): where calls go and registrations are
+/// sent, chosen by priority then weight as Kamailio's dispatcher and FreeSWITCH's distributor do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PbxEntry {
+    /// Address or DNS name and port.
+    pub addr: HostPort,
+    /// Share of new calls among the PBXs of the same priority (1-1000, default 1).
+    pub weight: u32,
+    /// Lower is preferred, as in DNS SRV: a higher number is only used while every PBX with a
+    /// lower one is down (0-1000, default 1).
+    pub priority: u32,
+}
+
+impl PbxEntry {
+    /// Default weight and priority.
+    pub const DEFAULT_WEIGHT: u32 = 1;
+    /// See [`PbxEntry::DEFAULT_WEIGHT`].
+    pub const DEFAULT_PRIORITY: u32 = 1;
+
+    /// A PBX with the default weight and priority (the single `sip_svr` of rtx.conf).
+    pub fn new(addr: HostPort) -> Self {
+        PbxEntry {
+            addr,
+            weight: Self::DEFAULT_WEIGHT,
+            priority: Self::DEFAULT_PRIORITY,
+        }
+    }
+}
+
+impl fmt::Display for PbxEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if self.weight != Self::DEFAULT_WEIGHT {
+            write!(f, ";weight={}", self.weight)?;
+        }
+        if self.priority != Self::DEFAULT_PRIORITY {
+            write!(f, ";priority={}", self.priority)?;
+        }
+        Ok(())
+    }
+}
+
+/// The configured PBXs: never empty, no address twice, in file order (the first is the one
+/// single-PBX code paths and logs name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PbxList(Vec<PbxEntry>);
+
+impl PbxList {
+    /// Most PBXs one bridge serves.
+    pub const MAX: usize = 16;
+
+    /// Checks the list: non-empty, at most [`PbxList::MAX`], no address twice.
+    pub fn new(entries: Vec<PbxEntry>) -> Result<PbxList, String> {
+        if entries.is_empty() {
+            return Err("lists no PBX".to_string());
+        }
+        if entries.len() > Self::MAX {
+            return Err(format!(
+                "lists {} PBXs (at most {})",
+                entries.len(),
+                Self::MAX
+            ));
+        }
+        for (i, entry) in entries.iter().enumerate() {
+            if entries[..i].iter().any(|e| e.addr == entry.addr) {
+                return Err(format!("{} is listed twice", entry.addr));
+            }
+        }
+        Ok(PbxList(entries))
+    }
+
+    /// Every PBX, in file order.
+    pub fn entries(&self) -> &[PbxEntry] {
+        &self.0
+    }
+
+    /// The first PBX listed.
+    pub fn first(&self) -> &PbxEntry {
+        &self.0[0]
+    }
+}
+
+impl From<HostPort> for PbxList {
+    fn from(addr: HostPort) -> Self {
+        PbxList(vec![PbxEntry::new(addr)])
+    }
+}
+
+impl fmt::Display for PbxList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, entry) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{entry}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which PBXs hold the proxy account's registration (`[sip] register`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterMode {
+    /// Every PBX, each with its own state and back-off (calls may arrive from any).
+    All,
+    /// Only the preferred PBX that is up (best priority, then file order); when it goes down the
+    /// next one takes the registration.
+    ActiveBackup,
+}
+
+impl fmt::Display for RegisterMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegisterMode::All => "all",
+            RegisterMode::ActiveBackup => "active_backup",
+        })
+    }
 }
 
 /// `[rtm2sip]` when `on=1`.
@@ -315,6 +435,13 @@ pub struct SipConfig {
     pub register_expires: Duration,
     /// OPTIONS ping interval for PBX reachability; zero disables pinging.
     pub options_interval: Duration,
+    /// A PBX counts as down after this many failed OPTIONS in a row (a transport error on a
+    /// call or ping marks it down at once).
+    pub pbx_down_after: u32,
+    /// A PBX that is down counts as up again after this many answered OPTIONS in a row.
+    pub pbx_up_after: u32,
+    /// Registration to every PBX or to the active one only.
+    pub register_mode: RegisterMode,
     /// Stripped from the Request-URI (or To) user of incoming calls without a target header.
     pub dial_prefix: String,
     /// Header naming the web user of an incoming call (SRProxy's FreeSWITCH dialplan sets
@@ -348,6 +475,9 @@ impl Default for SipConfig {
             public_ip: None,
             register_expires: Duration::from_secs(300),
             options_interval: Duration::from_secs(30),
+            pbx_down_after: 1,
+            pbx_up_after: 1,
+            register_mode: RegisterMode::All,
             dial_prefix: "0".to_string(),
             target_header: "X-Number".to_string(),
             ring_timeout: Duration::from_secs(60),

@@ -92,6 +92,9 @@ impl Display for Config {
         row(f, "public_ip", opt(&sip.public_ip))?;
         row(f, "register_expires", secs(sip.register_expires))?;
         row(f, "options_interval", secs(sip.options_interval))?;
+        row(f, "pbx_down_after", sip.pbx_down_after)?;
+        row(f, "pbx_up_after", sip.pbx_up_after)?;
+        row(f, "register", sip.register_mode)?;
         row(f, "dial_prefix", format!("{:?}", sip.dial_prefix))?;
         row(f, "target_header", &sip.target_header)?;
         row(f, "ring_timeout", secs(sip.ring_timeout))?;

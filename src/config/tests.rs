@@ -1582,3 +1582,183 @@ fn cluster_bad_values_name_file_line_and_key() {
     assert!(config.cluster.is_none());
     assert!(config.warnings.iter().any(|w| w.contains("[cluster]")));
 }
+
+// ---- several PBXs ----
+
+#[test]
+fn sip_svr_lists_several_pbxs_with_weight_and_priority() {
+    let config = ini("[global]\nappid=a\nsip_svr=10.0.0.1:5060;weight=3,10.0.0.2:5080;priority=2;weight=2 ## two\n")
+        .expect("valid");
+    let pbxs = config.global.sip_svr.entries();
+    assert_eq!(pbxs.len(), 2);
+    assert_eq!(pbxs[0].addr.to_string(), "10.0.0.1:5060");
+    assert_eq!((pbxs[0].weight, pbxs[0].priority), (3, 1));
+    assert_eq!(pbxs[1].addr.to_string(), "10.0.0.2:5080");
+    assert_eq!((pbxs[1].weight, pbxs[1].priority), (2, 2));
+    assert_eq!(
+        config.global.sip_svr.to_string(),
+        "10.0.0.1:5060;weight=3,10.0.0.2:5080;weight=2;priority=2"
+    );
+    let toml = toml("[global]\nappid = \"a\"\nsip_svr = \"10.0.0.1:5060;weight=3, 10.0.0.2:5080;priority=2;weight=2\"\n")
+        .expect("valid");
+    assert_eq!(
+        toml.global.sip_svr, config.global.sip_svr,
+        "same in both forms"
+    );
+}
+
+#[test]
+fn sip_pbx_tables_list_the_pbxs_in_toml() {
+    let config = toml(
+        "[global]\nappid = \"a\"\n[sip]\nregister = \"active_backup\"\npbx_down_after = 3\npbx_up_after = 2\n\
+         [[sip.pbx]]\naddr = \"10.0.0.1:5060\"\nweight = 2\n[[sip.pbx]]\naddr = \"pbx2.example.org:5060\"\npriority = 5\n",
+    )
+    .expect("valid");
+    let pbxs = config.global.sip_svr.entries();
+    assert_eq!(pbxs.len(), 2);
+    assert_eq!((pbxs[0].weight, pbxs[0].priority), (2, 1));
+    assert_eq!(pbxs[1].addr.to_string(), "pbx2.example.org:5060");
+    assert_eq!((pbxs[1].weight, pbxs[1].priority), (1, 5));
+    assert_eq!(config.sip.register_mode, RegisterMode::ActiveBackup);
+    assert_eq!(config.sip.pbx_down_after, 3);
+    assert_eq!(config.sip.pbx_up_after, 2);
+}
+
+#[test]
+fn single_sip_svr_keeps_the_defaults() {
+    let config = ini(INI_BASE).expect("valid");
+    let pbxs = config.global.sip_svr.entries();
+    assert_eq!(pbxs.len(), 1);
+    assert_eq!((pbxs[0].weight, pbxs[0].priority), (1, 1));
+    assert_eq!(config.sip.register_mode, RegisterMode::All);
+    assert_eq!((config.sip.pbx_down_after, config.sip.pbx_up_after), (1, 1));
+}
+
+#[test]
+fn sip_svr_list_bad_entries_name_the_item() {
+    let bad = |value: &str, needle: &str| {
+        assert_error(
+            ini(&format!("[global]\nappid=a\nsip_svr={value}\n")),
+            Some(3),
+            Some("[global] sip_svr"),
+            needle,
+        );
+    };
+    bad(
+        "10.0.0.1:5060,10.0.0.2",
+        "item 2: \"10.0.0.2\" is not IP:port",
+    );
+    bad("10.0.0.1:5060,", "item 2: is empty (a comma too many?)");
+    bad("10.0.0.1:5060;weight=0", "weight=0 is not a number 1-1000");
+    bad("10.0.0.1:5060;weight=x", "weight=x is not a number 1-1000");
+    bad(
+        "10.0.0.1:5060;priority=1001",
+        "priority=1001 is not a number 0-1000",
+    );
+    bad(
+        "10.0.0.1:5060;transport=tcp",
+        "unknown parameter \"transport\"",
+    );
+    bad(
+        "10.0.0.1:5060;weight",
+        "\"weight\" is not weight=N or priority=N",
+    );
+    bad("10.0.0.1:5060;weight=2;weight=3", "weight is given twice");
+    bad(
+        "10.0.0.1:5060,10.0.0.1:5060",
+        "10.0.0.1:5060 is listed twice",
+    );
+    let many: Vec<String> = (1..=17).map(|i| format!("10.0.0.{i}:5060")).collect();
+    bad(&many.join(","), "lists 17 PBXs (at most 16)");
+}
+
+#[test]
+fn sip_pbx_tables_bad_values() {
+    let base = "[global]\nappid = \"a\"\n";
+    assert_error(
+        toml(&format!("{base}[[sip.pbx]]\nweight = 2\n")),
+        Some(3),
+        Some("[sip.pbx] addr"),
+        "entry 1: required",
+    );
+    assert_error(
+        toml(&format!(
+            "{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\n[[sip.pbx]]\naddr = \"10.0.0.2\"\n"
+        )),
+        Some(3),
+        Some("[sip.pbx] addr"),
+        "entry 2: \"10.0.0.2\" is not IP:port",
+    );
+    assert_error(
+        toml(&format!(
+            "{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\nweight = 0\n"
+        )),
+        Some(3),
+        Some("[sip.pbx] weight"),
+        "0 is out of range (1-1000)",
+    );
+    assert_error(
+        toml(&format!(
+            "{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\npriority = -1\n"
+        )),
+        Some(3),
+        Some("[sip.pbx] priority"),
+        "-1 is out of range (0-1000)",
+    );
+    assert_error(
+        toml(&format!(
+            "{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\nport = 5\n"
+        )),
+        Some(3),
+        Some("[sip.pbx] port"),
+        "unknown key",
+    );
+    assert_error(
+        toml(&format!(
+            "{base}[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\n[[sip.pbx]]\naddr = \"10.0.0.1:5060\"\n"
+        )),
+        Some(3),
+        Some("[sip] pbx"),
+        "10.0.0.1:5060 is listed twice",
+    );
+    assert_error(
+        toml(&format!("{base}[sip]\npbx = \"10.0.0.1:5060\"\n")),
+        Some(4),
+        Some("[sip] pbx"),
+        "expected an array of tables",
+    );
+    assert_error(
+        toml("[global]\nappid = \"a\"\nsip_svr = \"10.0.0.1:5060\"\n[[sip.pbx]]\naddr = \"10.0.0.2:5060\"\n"),
+        Some(4),
+        Some("[sip] pbx"),
+        "and [global] sip_svr (line 3) both list PBXs",
+    );
+    assert_error(
+        toml("[global]\nappid = \"a\"\n[sip]\n"),
+        Some(1),
+        Some("[global] sip_svr"),
+        "required",
+    );
+}
+
+#[test]
+fn register_mode_and_health_counts_bad_values() {
+    assert_error(
+        toml_with("[sip]\nregister = \"some\"\n"),
+        Some(5),
+        Some("[sip] register"),
+        "\"some\" is not all or active_backup",
+    );
+    assert_error(
+        toml_with("[sip]\npbx_down_after = 0\n"),
+        Some(5),
+        Some("[sip] pbx_down_after"),
+        "0 is out of range (1-100)",
+    );
+    assert_error(
+        toml_with("[sip]\npbx_up_after = 101\n"),
+        Some(5),
+        Some("[sip] pbx_up_after"),
+        "101 is out of range (1-100)",
+    );
+}

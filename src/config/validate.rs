@@ -661,30 +661,133 @@ fn codec_list(sec: &Sec, key: &'static str) -> Result<Option<Located<Vec<Codec>>
 
 // ---- sections ----
 
-fn global(s: &Sec) -> Result<GlobalConfig> {
+/// `[global]`; `sip_svr` may be left out in TOML when `[[sip.pbx]]` lists the PBXs (checked by
+/// [`build`]).
+fn global(s: &Sec) -> Result<GlobalKeys> {
     let appid = s.required("appid", None)?;
     let appid = parse_name(&appid.value).map_err(|m| s.err(Some(appid.line), "appid", m))?;
-    let sip_svr = match s.parsed("sip_svr", |t| parse_host_port(t, None))? {
-        Some(addr) => addr.value,
-        None => {
-            // Distinguish "absent" from "empty" for a precise message.
-            return Err(match s.string("sip_svr")? {
-                Some(empty) => s.err(
+    let sip_svr = match s.parsed("sip_svr", parse_pbx_list)? {
+        Some(list) => Some(list),
+        None => match s.string("sip_svr")? {
+            // distinguish "absent" from "empty" for a precise message
+            Some(empty) => {
+                return Err(s.err(
                     Some(empty.line),
                     "sip_svr",
                     "is empty (give IP:port of the PBX)",
-                ),
-                None => s.missing("sip_svr", None),
-            });
-        }
+                ))
+            }
+            None => None,
+        },
     };
     let sip_local_port = s.port("sip_local_port", 5086)?;
     s.finish()?;
-    Ok(GlobalConfig {
+    Ok(GlobalKeys {
         appid,
         sip_svr,
         sip_local_port,
     })
+}
+
+/// `[global]` as read, before `sip_svr` and `[[sip.pbx]]` are reconciled.
+struct GlobalKeys {
+    appid: String,
+    sip_svr: Option<Located<PbxList>>,
+    sip_local_port: u16,
+}
+
+/// `host:port[;weight=N][;priority=P]`: one PBX of `sip_svr`.
+fn parse_pbx_entry(text: &str) -> std::result::Result<PbxEntry, String> {
+    let mut parts = text.split(';');
+    let addr = parse_host_port(parts.next().unwrap_or_default().trim(), None)?;
+    let mut entry = PbxEntry::new(addr);
+    let mut seen: Vec<String> = Vec::new();
+    for param in parts {
+        let (name, value) = param
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: {param:?} is not weight=N or priority=N"))?;
+        let name = name.trim().to_ascii_lowercase();
+        if seen.contains(&name) {
+            return Err(format!("{text:?}: {name} is given twice"));
+        }
+        let number = |range: std::ops::RangeInclusive<u32>| {
+            value
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "{text:?}: {name}={value} is not a number {}-{}",
+                        range.start(),
+                        range.end()
+                    )
+                })
+        };
+        match name.as_str() {
+            "weight" => entry.weight = number(1..=1000)?,
+            "priority" => entry.priority = number(0..=1000)?,
+            _ => {
+                return Err(format!(
+                    "{text:?}: unknown parameter {name:?} (weight, priority)"
+                ))
+            }
+        }
+        seen.push(name);
+    }
+    Ok(entry)
+}
+
+/// A comma-separated `sip_svr` list (one entry is the classic single PBX).
+fn parse_pbx_list(text: &str) -> std::result::Result<PbxList, String> {
+    let items: Vec<&str> = text.split(',').collect();
+    let mut entries = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let entry = if item.trim().is_empty() {
+            Err("is empty (a comma too many?)".to_string())
+        } else {
+            parse_pbx_entry(item.trim())
+        };
+        let entry = entry.map_err(|m| {
+            if items.len() > 1 {
+                format!("item {}: {m}", i + 1)
+            } else {
+                m
+            }
+        })?;
+        entries.push(entry);
+    }
+    PbxList::new(entries)
+}
+
+/// `[[sip.pbx]]`: `addr`, `weight`, `priority` per table.
+fn sip_pbx_tables(s: &Sec) -> Result<Option<Located<PbxList>>> {
+    let line = s.entries.iter().find(|e| e.key == "pbx").map(|e| e.line);
+    let tables = s.tables("pbx")?;
+    let Some(line) = line else {
+        return Ok(None);
+    };
+    let mut entries = Vec::new();
+    for table in &tables {
+        let addr = table
+            .parsed("addr", |t| parse_host_port(t, None))?
+            .ok_or_else(|| table.missing("addr", None))?
+            .value;
+        let weight = table
+            .int("weight", 1, 1000)?
+            .map_or(PbxEntry::DEFAULT_WEIGHT, |v| v.value as u32);
+        let priority = table
+            .int("priority", 0, 1000)?
+            .map_or(PbxEntry::DEFAULT_PRIORITY, |v| v.value as u32);
+        table.finish()?;
+        entries.push(PbxEntry {
+            addr,
+            weight,
+            priority,
+        });
+    }
+    let list = PbxList::new(entries).map_err(|m| s.err(Some(line), "pbx", m))?;
+    Ok(Some(Located { value: list, line }))
 }
 
 fn rtm2sip(s: &Sec) -> Result<Option<Rtm2SipConfig>> {
@@ -803,8 +906,9 @@ fn ignored_cloud_section(ctx: &Ctx, raw: &RawSection) {
     );
 }
 
-fn sip(s: &Sec) -> Result<SipConfig> {
+fn sip(s: &Sec) -> Result<(SipConfig, Option<Located<PbxList>>)> {
     let d = SipConfig::default();
+    let pbx = sip_pbx_tables(s)?;
     let listen_ip = s
         .parsed("listen_ip", parse_ip)?
         .map_or(d.listen_ip, |v| v.value);
@@ -818,6 +922,15 @@ fn sip(s: &Sec) -> Result<SipConfig> {
     let public_ip = s.parsed("public_ip", parse_public_ip)?.map(|v| v.value);
     let register_expires = s.seconds("register_expires", 10, 86400, 300)?;
     let options_interval = s.seconds("options_interval", 0, 3600, 30)?;
+    let pbx_down_after = s.count("pbx_down_after", 100, d.pbx_down_after)?;
+    let pbx_up_after = s.count("pbx_up_after", 100, d.pbx_up_after)?;
+    let register_mode = s
+        .parsed("register", |t| match t.to_ascii_lowercase().as_str() {
+            "all" => Ok(RegisterMode::All),
+            "active_backup" => Ok(RegisterMode::ActiveBackup),
+            _ => Err(format!("{t:?} is not all or active_backup")),
+        })?
+        .map_or(d.register_mode, |v| v.value);
     let dial_prefix = match s.string("dial_prefix")? {
         Some(p) => parse_sip_user(&p.value).map_err(|m| s.err(Some(p.line), "dial_prefix", m))?,
         None => d.dial_prefix,
@@ -856,12 +969,15 @@ fn sip(s: &Sec) -> Result<SipConfig> {
         None => d.session_expires.max(min_se),
     };
     s.finish()?;
-    Ok(SipConfig {
+    let config = SipConfig {
         listen_ip,
         transport,
         public_ip,
         register_expires,
         options_interval,
+        pbx_down_after,
+        pbx_up_after,
+        register_mode,
         dial_prefix,
         target_header,
         ring_timeout,
@@ -872,7 +988,8 @@ fn sip(s: &Sec) -> Result<SipConfig> {
         tcp_max_per_ip,
         session_expires,
         min_se,
-    })
+    };
+    Ok((config, pbx))
 }
 
 fn media(s: &Sec) -> Result<MediaConfig> {
@@ -1316,16 +1433,36 @@ pub(crate) fn build(file: &Path, form: ConfigForm, doc: &RawDoc) -> Result<Confi
     }
 
     let sec = |name: &str| Sec::new(&ctx, name, doc.section(name));
-    let global = global(&sec("global"))?;
+    let global_sec = sec("global");
+    let global_keys = global(&global_sec)?;
     let rtm2sip = rtm2sip(&sec("rtm2sip"))?;
     let proxy = proxy(&sec("proxy"))?;
     let pstn = pstn(&sec("pstn"))?;
     let log = log(&sec("log"))?;
     let native = form == ConfigForm::Toml;
-    let sip = if native {
+    let (sip, sip_pbx) = if native {
         sip(&sec("sip"))?
     } else {
-        SipConfig::default()
+        (SipConfig::default(), None)
+    };
+    let sip_svr = match (global_keys.sip_svr, sip_pbx) {
+        (Some(list), None) | (None, Some(list)) => list.value,
+        (Some(svr), Some(pbx)) => {
+            return Err(ctx.error(
+                Some(pbx.line),
+                Some("[sip] pbx".to_string()),
+                format!(
+                    "and [global] sip_svr (line {}) both list PBXs: give one or the other",
+                    svr.line
+                ),
+            ))
+        }
+        (None, None) => return Err(global_sec.missing("sip_svr", None)),
+    };
+    let global = GlobalConfig {
+        appid: global_keys.appid,
+        sip_svr,
+        sip_local_port: global_keys.sip_local_port,
     };
     let media = if native {
         media(&sec("media"))?

@@ -236,7 +236,7 @@ const CONFIG_DICT: &[&str] = &[
 #[test]
 fn sip_message() {
     let peers = PeerPolicy {
-        pbx: PBX,
+        pbxs: vec![PBX],
         allowed: vec![],
     };
     let codecs = [Codec::Pcmu, Codec::Pcma];

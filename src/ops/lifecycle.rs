@@ -153,6 +153,20 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "[global] sip_local_port",
         old.global.sip_local_port != new.global.sip_local_port,
     );
+    // the PBX set, its health rules and the registration tasks are built once at start
+    check("[global] sip_svr", old.global.sip_svr != new.global.sip_svr);
+    check(
+        "[sip] register/pbx_down_after/pbx_up_after",
+        (
+            old.sip.register_mode,
+            old.sip.pbx_down_after,
+            old.sip.pbx_up_after,
+        ) != (
+            new.sip.register_mode,
+            new.sip.pbx_down_after,
+            new.sip.pbx_up_after,
+        ),
+    );
     check("[sip] listen_ip", old.sip.listen_ip != new.sip.listen_ip);
     check("[sip] transport", old.sip.transport != new.sip.transport);
     check("[log] file", old.log.file != new.log.file);
@@ -289,6 +303,23 @@ mod tests {
         lc.start_drain();
         assert!(!lc.wait_calls_done(Duration::from_millis(50)).await);
         assert_eq!(lc.calls_in_progress(), 1);
+    }
+
+    #[test]
+    fn restart_required_names_the_pbx_list_and_its_health_rules() {
+        let old = config("");
+        let new = Config::from_toml_str(
+            Path::new("t.toml"),
+            "[global]\nappid = \"a\"\nsip_svr = \"127.0.0.1:5060,127.0.0.1:5070\"\n[sip]\nregister = \"active_backup\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            restart_required(&old, &new),
+            vec![
+                "[global] sip_svr".to_string(),
+                "[sip] register/pbx_down_after/pbx_up_after".to_string()
+            ]
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::status::RegistrationState;
@@ -314,6 +315,11 @@ pub struct Metrics {
     pub pbx_up: Gauge,
     /// `srbridge_pbx_rtt_seconds` (stored in microseconds): last OPTIONS round trip.
     pub pbx_rtt_us: Gauge,
+    /// `srbridge_pbx_reachable{pbx}` and `srbridge_pbx_registration_state{pbx,state}`: one row
+    /// per configured PBX, set with [`Metrics::set_pbxs`].
+    pbxs: Mutex<Vec<PbxSeries>>,
+    /// `srbridge_call_failovers_total`: outgoing INVITEs retried on the next PBX.
+    pub call_failovers: Counter,
     /// `srbridge_ws_sessions`: WebSocket sessions open now (use [`Gauge::guard`]).
     pub ws_sessions: Gauge,
     /// `srbridge_ws_sessions_total`: WebSocket sessions accepted.
@@ -380,6 +386,8 @@ impl Metrics {
             registration_failures: Counter::new(),
             pbx_up: Gauge::new(),
             pbx_rtt_us: Gauge::new(),
+            pbxs: Mutex::new(Vec::new()),
+            call_failovers: Counter::new(),
             ws_sessions: Gauge::new(),
             ws_sessions_total: Counter::new(),
             users_logged_in: Gauge::new(),
@@ -468,6 +476,11 @@ impl Metrics {
     /// Records the cluster's NATS connection (`None`: not in a cluster, the metric is not shown).
     pub fn set_cluster_connected(&self, up: Option<bool>) {
         self.cluster_connected.set(up.map_or(-1, i64::from));
+    }
+
+    /// Records every PBX's reachability and registration (replaces the last set).
+    pub fn set_pbxs(&self, pbxs: Vec<PbxSeries>) {
+        *self.pbxs.lock().unwrap_or_else(|e| e.into_inner()) = pbxs;
     }
 
     /// Prometheus text exposition (format 0.0.4) of every metric, plus the process facts
@@ -631,6 +644,7 @@ impl Metrics {
             "",
             self.pbx_rtt_us.get() as f64 / 1e6,
         );
+        self.render_pbxs(o);
         header(
             o,
             "srbridge_ws_sessions",
@@ -699,6 +713,61 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// One PBX's row of the per-PBX series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PbxSeries {
+    /// `ip:port`, the `pbx` label.
+    pub pbx: String,
+    /// `Some(true)` answering, `Some(false)` down, `None` not known yet (no row).
+    pub reachable: Option<bool>,
+    /// The proxy account's registration there.
+    pub registration: RegistrationState,
+}
+
+impl Metrics {
+    fn render_pbxs(&self, o: &mut String) {
+        let pbxs = self.pbxs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        header(
+            o,
+            "srbridge_pbx_reachable",
+            "gauge",
+            "Per PBX: 1 when it counts as up, 0 when down (no row until known).",
+        );
+        for p in &pbxs {
+            if let Some(up) = p.reachable {
+                line(
+                    o,
+                    "srbridge_pbx_reachable",
+                    &format!("pbx=\"{}\"", p.pbx),
+                    i64::from(up),
+                );
+            }
+        }
+        header(
+            o,
+            "srbridge_pbx_registration_state",
+            "gauge",
+            "Per PBX: registration state of the proxy account (1 for the current state).",
+        );
+        for p in &pbxs {
+            for state in RegistrationState::ALL {
+                line(
+                    o,
+                    "srbridge_pbx_registration_state",
+                    &format!("pbx=\"{}\",state=\"{}\"", p.pbx, state.label()),
+                    i64::from(*state == p.registration),
+                );
+            }
+        }
+        counter(
+            o,
+            "srbridge_call_failovers_total",
+            "Outgoing INVITEs retried on the next PBX (503/408/transport error before any ringing).",
+            self.call_failovers.get(),
+        );
     }
 }
 

@@ -93,6 +93,25 @@ pub struct PbxStatus {
     pub rtt_ms: Option<f64>,
 }
 
+/// One configured PBX (`sip_svr` may list several): reachability and the registration there.
+#[derive(Debug, Clone, Serialize)]
+pub struct PbxEntryStatus {
+    /// `ip:port`.
+    pub address: String,
+    /// Share of new calls among PBXs of the same priority.
+    pub weight: u32,
+    /// Lower is preferred.
+    pub priority: u32,
+    /// Up/down/unknown (OPTIONS pings, transport errors of calls).
+    pub reachable: Reachability,
+    /// Last OPTIONS round trip in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// The proxy account's registration at this PBX (`disabled` on an active/backup standby).
+    pub registration: RegistrationState,
+    /// Why the last REGISTER there failed.
+    pub last_error: Option<String>,
+}
+
 /// One call in progress.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallStatus {
@@ -117,8 +136,10 @@ pub struct CallStatus {
 pub struct StatusSnapshot {
     /// Registration of `[proxy]`.
     pub registration: RegistrationStatus,
-    /// PBX reachability.
+    /// PBX reachability (up when any PBX is).
     pub pbx: PbxStatus,
+    /// Every configured PBX, in config order.
+    pub pbxs: Vec<PbxEntryStatus>,
     /// Calls in progress.
     pub calls: Vec<CallStatus>,
     /// Browser users logged in to the hub.

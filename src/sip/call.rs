@@ -30,6 +30,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 use super::crossing::{Admit, RequestOrder};
 use super::error::SipError;
 use super::origin::bump_origin_version;
+use super::pbx_set::{may_fail_over, InviteFailure};
 use super::session_timer::{
     session_from_2xx, SessionTimer, TimerAction, TimerHeaders, TimerPolicy, UasAnswer,
 };
@@ -146,7 +147,8 @@ impl CallShared {
 pub struct SipCall {
     log_id: String,
     direction: CallDirection,
-    dialog: InviteDialog,
+    /// The dialog of the current attempt (an outgoing call that fails over gets a new one).
+    current: Arc<Mutex<InviteDialog>>,
     events: mpsc::UnboundedReceiver<SipCallEvent>,
     shared: Arc<CallShared>,
     stop: CancellationToken,
@@ -174,15 +176,28 @@ impl SipCall {
         self.direction
     }
 
-    /// The SIP Call-ID of the dialog (for correlating with PBX logs).
+    /// The SIP Call-ID of the dialog (for correlating with PBX logs); an outgoing call retried on
+    /// another PBX has a new one from then on.
     pub fn sip_call_id(&self) -> String {
-        self.dialog.id().call_id
+        self.dialog().id().call_id
+    }
+
+    fn dialog(&self) -> InviteDialog {
+        lock(&self.current).clone()
+    }
+
+    /// Marks the call as ended by us and returns the dialog to end: under the same lock as a
+    /// failover's switch, so an attempt started meanwhile is cancelled by the driver.
+    fn end_locally(&self) -> InviteDialog {
+        let current = lock(&self.current);
+        self.shared.local_end.store(true, Ordering::SeqCst);
+        current.clone()
     }
 
     /// Incoming: send 180 Ringing.
     pub fn ringing(&self) -> Result<(), SipError> {
         self.expect_incoming("ringing")?;
-        self.dialog.ringing(None, None)?;
+        self.dialog().ringing(None, None)?;
         debug!(call_id = %self.log_id, "180 Ringing sent");
         Ok(())
     }
@@ -190,14 +205,15 @@ impl SipCall {
     /// Incoming: answer with 200 OK carrying `sdp`.
     pub fn answer(&self, sdp: String) -> Result<(), SipError> {
         self.expect_incoming("answer")?;
-        if self.dialog.state().is_terminated_state() {
+        let dialog = self.dialog();
+        if dialog.state().is_terminated_state() {
             return Err(self.invalid("answer"));
         }
         trace!(call_id = %self.log_id, sdp = ?sdp, "answer SDP");
         self.shared.set_sdp(&sdp);
         let mut headers = vec![Header::ContentType("application/sdp".into())];
         headers.extend(self.answer_headers.iter().cloned());
-        self.dialog.accept(Some(headers), Some(sdp.into_bytes()))?;
+        dialog.accept(Some(headers), Some(sdp.into_bytes()))?;
         self.shared.answered.store(true, Ordering::SeqCst);
         info!(call_id = %self.log_id, "answered (200 OK sent)");
         Ok(())
@@ -211,10 +227,10 @@ impl SipCall {
                 "reject code {code} is not a final error"
             )));
         }
-        self.shared.local_end.store(true, Ordering::SeqCst);
+        let dialog = self.end_locally();
         let reason =
             (!reason.is_empty()).then(|| format!("SIP;cause={code};text=\"{}\"", sanitize(reason)));
-        self.dialog.reject(Some(StatusCode::from(code)), reason)?;
+        dialog.reject(Some(StatusCode::from(code)), reason)?;
         info!(call_id = %self.log_id, code, "rejected");
         Ok(())
     }
@@ -228,7 +244,7 @@ impl SipCall {
         let body = format!("Signal={digit}\r\nDuration=160\r\n");
         let headers = vec![Header::ContentType("application/dtmf-relay".into())];
         let response = self
-            .dialog
+            .dialog()
             .info(Some(headers), Some(body.into_bytes()))
             .await
             .map_err(|e| SipError::Stack(e.to_string()))?;
@@ -241,17 +257,17 @@ impl SipCall {
         if self.direction != CallDirection::Outgoing {
             return Err(self.invalid("cancel"));
         }
-        self.shared.local_end.store(true, Ordering::SeqCst);
+        let dialog = self.end_locally();
         info!(call_id = %self.log_id, "cancelling");
-        self.dialog.cancel().await?;
+        dialog.cancel().await?;
         Ok(())
     }
 
     /// End an answered call with BYE (either direction).
     pub async fn bye(&self) -> Result<(), SipError> {
-        self.shared.local_end.store(true, Ordering::SeqCst);
+        let dialog = self.end_locally();
         info!(call_id = %self.log_id, "sending BYE");
-        self.dialog.bye().await?;
+        dialog.bye().await?;
         Ok(())
     }
 
@@ -275,7 +291,7 @@ impl SipCall {
             state: format!(
                 "{:?} call in state {}",
                 self.direction,
-                state_name(&self.dialog.state())
+                state_name(&self.dialog().state())
             ),
         }
     }
@@ -324,10 +340,83 @@ fn body_text(body: &[u8]) -> Option<String> {
     }
 }
 
+/// The INVITE transaction's result as a failure (`None`: it succeeded): the final response,
+/// 408 for a timeout, 503 for a transport error.
+fn invite_failure(r: Result<InviteAsyncResult, tokio::task::JoinError>) -> Option<InviteFailed> {
+    let (code, reason, failure) = match r {
+        Ok(Ok((_, Some(resp)))) if resp.status_code.kind() == StatusCodeKind::Successful => {
+            return None
+        }
+        Ok(Ok((_, Some(resp)))) => {
+            let code = resp.status_code.code();
+            (code, reason_of(&resp), InviteFailure::Status(code))
+        }
+        Ok(Ok((_, None))) => (
+            408,
+            "Request Timeout".to_string(),
+            InviteFailure::Status(408),
+        ),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            if text.to_ascii_lowercase().contains("timeout") {
+                (
+                    408,
+                    format!("Request Timeout ({text})"),
+                    InviteFailure::Status(408),
+                )
+            } else {
+                (
+                    503,
+                    format!("Service Unavailable ({text})"),
+                    InviteFailure::Transport,
+                )
+            }
+        }
+        Err(e) => (
+            500,
+            format!("Server Internal Error ({e})"),
+            InviteFailure::Status(500),
+        ),
+    };
+    Some(InviteFailed {
+        code,
+        reason,
+        failure,
+    })
+}
+
 fn reason_of(resp: &Response) -> String {
     resp.wire_reason
         .clone()
         .unwrap_or_else(|| resp.status_code.text().to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One INVITE sent: its dialog, its state stream and the transaction's outcome.
+pub(crate) struct InviteAttempt {
+    pub dialog: InviteDialog,
+    pub states: DialogStateReceiver,
+    pub handle: JoinHandle<InviteAsyncResult>,
+}
+
+/// What an outgoing call needs to be tried on the next PBX (see [`may_fail_over`]).
+pub(crate) struct Failover {
+    /// The call as the call layer asked for it.
+    pub invite: OutgoingInvite,
+    /// Where the current attempt went.
+    pub target: SocketAddr,
+    /// The PBXs still to try, in order.
+    pub next: VecDeque<SocketAddr>,
+}
+
+/// Why the INVITE failed, for the call layer and for failover.
+struct InviteFailed {
+    code: u16,
+    reason: String,
+    failure: InviteFailure,
 }
 
 /// Everything the driver needs.
@@ -341,6 +430,8 @@ pub(crate) struct CallStart {
     pub invite: Option<JoinHandle<InviteAsyncResult>>,
     /// The SDP we sent in the INVITE (outgoing).
     pub offer: Option<String>,
+    /// Outgoing calls to a PBX: how to retry on the next one.
+    pub failover: Option<Failover>,
 }
 
 /// Starts the driver task and returns the handle.
@@ -359,10 +450,11 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         )),
         CallDirection::Outgoing => UasAnswer::NoTimer,
     };
+    let current = Arc::new(Mutex::new(start.dialog.clone()));
     let call = SipCall {
         log_id: start.log_id.clone(),
         direction: start.direction,
-        dialog: start.dialog.clone(),
+        current: current.clone(),
         events,
         shared: shared.clone(),
         stop: stop.clone(),
@@ -386,7 +478,7 @@ pub(crate) fn start(start: CallStart) -> SipCall {
     };
     let (answers_tx, answers) = mpsc::unbounded_channel();
     let (refresh_tx, refreshes) = mpsc::unbounded_channel();
-    let driver = Driver {
+    let mut driver = Driver {
         ua: start.ua,
         direction: start.direction,
         dialog: start.dialog,
@@ -402,7 +494,12 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         peer_allows_update,
         refresh_tx,
         in_flight: FuturesUnordered::new(),
+        current,
+        silence_deadline: None,
+        failover: start.failover,
+        provisional_seen: false,
     };
+    driver.arm_silence_deadline();
     driver.ua.call_started();
     tokio::spawn(
         driver
@@ -451,6 +548,14 @@ struct Driver {
     /// rsipstack's handlers of in-dialog requests, polled by this task so that our answer to a
     /// re-offer is on the wire before the next request (a BYE behind it) is looked at.
     in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The handle's view of the current dialog (switched on failover).
+    current: Arc<Mutex<InviteDialog>>,
+    /// Outgoing calls to a PBX: the PBXs left to try.
+    failover: Option<Failover>,
+    /// A provisional answer beyond 100 Trying came: no failover from now on.
+    provisional_seen: bool,
+    /// While another PBX is left to try: when a PBX that has not answered at all is given up.
+    silence_deadline: Option<Instant>,
 }
 
 /// Longest we wait for the call layer to answer a re-INVITE/UPDATE before reusing the last SDP.
@@ -464,7 +569,7 @@ impl Driver {
 
     async fn run(
         mut self,
-        mut states: DialogStateReceiver,
+        states: DialogStateReceiver,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
         requests: Option<mpsc::UnboundedReceiver<Transaction>>,
         mut answers: mpsc::UnboundedReceiver<ReofferAnswer>,
@@ -473,6 +578,7 @@ impl Driver {
     ) {
         let mut failed = false;
         let mut requests = requests;
+        let mut states = states;
         loop {
             tokio::select! {
                 biased;
@@ -486,11 +592,22 @@ impl Driver {
                         if let Some(handle) = invite.take() {
                             // the INVITE's final response says why
                             if let Ok(r) = tokio::time::timeout(Duration::from_secs(5), handle).await {
-                                failed |= self.invite_outcome(r);
+                                if let Some(failure) = invite_failure(r) {
+                                    if let Some(next) = self.fail_over(&failure).await {
+                                        (states, invite, requests) = next;
+                                        continue;
+                                    }
+                                    self.report_failure(failure);
+                                    failed = true;
+                                }
                             }
                         }
                         self.terminated(reason, failed);
                         break;
+                    }
+                    if !matches!(state, DialogState::Calling(_)) {
+                        // the PBX answered something: it is alive, Timer B decides from here
+                        self.silence_deadline = None;
                     }
                     self.on_state(state).await;
                 }
@@ -504,10 +621,35 @@ impl Driver {
                 Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
                 Some((code, headers)) = refreshes.recv() => self.refresh_done(code, headers),
                 _ = sleep_until(self.timer.deadline()) => self.on_timer(),
+                _ = sleep_until(self.silence_deadline) => {
+                    self.silence_deadline = None;
+                    let failure = InviteFailed {
+                        code: 408,
+                        reason: "Request Timeout (the PBX sent nothing, not even 100 Trying)".into(),
+                        failure: InviteFailure::Status(408),
+                    };
+                    info!(reason = %failure.reason, "giving this PBX up");
+                    // the unanswered INVITE stops here; no CANCEL before a provisional (RFC 3261 §9.1)
+                    if let Some(handle) = invite.take() {
+                        handle.abort();
+                    }
+                    if let Some(next) = self.fail_over(&failure).await {
+                        (states, invite, requests) = next;
+                        continue;
+                    }
+                    self.report_failure(failure);
+                    self.emit(SipCallEvent::Terminated);
+                    break;
+                }
                 r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
                     invite = None;
-                    if self.invite_outcome(r) {
+                    if let Some(failure) = invite_failure(r) {
+                        if let Some(next) = self.fail_over(&failure).await {
+                            (states, invite, requests) = next;
+                            continue;
+                        }
                         // failed without a Terminated state (timeout, transport error)
+                        self.report_failure(failure);
                         self.emit(SipCallEvent::Terminated);
                         break;
                     }
@@ -658,27 +800,78 @@ impl Driver {
         }
     }
 
-    /// Handles the INVITE transaction's result; true if the call failed.
-    fn invite_outcome(&self, r: Result<InviteAsyncResult, tokio::task::JoinError>) -> bool {
-        let (code, reason) = match r {
-            Ok(Ok((_, Some(resp)))) if resp.status_code.kind() == StatusCodeKind::Successful => {
-                return false
-            }
-            Ok(Ok((_, Some(resp)))) => (resp.status_code.code(), reason_of(&resp)),
-            Ok(Ok((_, None))) => (408, "Request Timeout".to_string()),
-            Ok(Err(e)) => {
-                let text = e.to_string();
-                if text.to_ascii_lowercase().contains("timeout") {
-                    (408, format!("Request Timeout ({text})"))
-                } else {
-                    (503, format!("Service Unavailable ({text})"))
-                }
-            }
-            Err(e) => (500, format!("Server Internal Error ({e})")),
-        };
+    /// A PBX that does not answer an INVITE at all within 4*T1 (three sends over UDP; a live
+    /// PBX sends 100 Trying at once) is given up for the next one, as Kamailio's dispatcher does
+    /// with a short `fr_timer`, instead of waiting for Timer B (64*T1). Only while another PBX is
+    /// left: the last one gets the whole Timer B.
+    fn arm_silence_deadline(&mut self) {
+        self.silence_deadline = self
+            .failover
+            .as_ref()
+            .filter(|f| !f.next.is_empty())
+            .map(|_| Instant::now() + self.ua.opts.t1.max(Duration::from_millis(10)) * 4);
+    }
+
+    /// Tells the call layer the INVITE failed.
+    fn report_failure(&self, failure: InviteFailed) {
+        let InviteFailed { code, reason, .. } = failure;
         info!(code, reason = %reason, "outgoing call failed");
         self.emit(SipCallEvent::Failed { code, reason });
-        true
+    }
+
+    /// The INVITE failed: if the failover rule allows it and a PBX is left, sends the INVITE
+    /// there and switches the call to the new dialog; returns its states, outcome and requests.
+    async fn fail_over(
+        &mut self,
+        failed: &InviteFailed,
+    ) -> Option<(
+        DialogStateReceiver,
+        Option<JoinHandle<InviteAsyncResult>>,
+        Option<mpsc::UnboundedReceiver<Transaction>>,
+    )> {
+        let failover = self.failover.as_mut()?;
+        if failed.failure == InviteFailure::Transport {
+            self.ua
+                .on_call_transport_error(failover.target, &failed.reason);
+        }
+        if !may_fail_over(failed.failure, self.provisional_seen)
+            || self.shared.local_end.load(Ordering::SeqCst)
+        {
+            return None;
+        }
+        while let Some(next) = failover.next.pop_front() {
+            info!(code = failed.code, reason = %failed.reason, failed_pbx = %failover.target, next_pbx = %next, "no answer from this PBX: trying the next one");
+            let attempt = match self.ua.send_invite(&failover.invite, next).await {
+                Ok(attempt) => attempt,
+                Err(e) => {
+                    warn!(pbx = %next, error = %e, "INVITE not sent");
+                    continue;
+                }
+            };
+            failover.target = next;
+            metrics().call_failovers.inc();
+            let cancelled = {
+                let mut current = lock(&self.current);
+                *current = attempt.dialog.clone();
+                self.shared.local_end.load(Ordering::SeqCst)
+            };
+            if cancelled {
+                // the call layer cancelled while this INVITE went out: cancel it too
+                let dialog = attempt.dialog.clone();
+                tokio::spawn(async move {
+                    let _ = dialog.cancel().await;
+                });
+            }
+            let old = self.dialog.id();
+            self.ua.dialogs.remove_dialog(&old);
+            self.ua.close_door(&self.sip_call_id);
+            self.dialog = attempt.dialog;
+            self.sip_call_id = self.dialog.id().call_id;
+            let requests = self.ua.open_door(&self.sip_call_id);
+            self.arm_silence_deadline();
+            return Some((attempt.states, Some(attempt.handle), requests));
+        }
+        None
     }
 
     fn terminated(&self, reason: TerminatedReason, already_failed: bool) {
@@ -721,6 +914,7 @@ impl Driver {
     async fn on_state(&mut self, state: DialogState) {
         match state {
             DialogState::Early(_, resp) if self.direction == CallDirection::Outgoing => {
+                self.provisional_seen = true;
                 let sdp = body_text(&resp.body);
                 if let Some(sdp) = &sdp {
                     trace!(sdp = ?sdp, "early SDP");

@@ -5,7 +5,7 @@
 //! else are dropped.
 //!
 //! Order of the checks: size, framing and start line, header lines, the mandatory headers, then
-//! the sender (only the PBX and `allowed_peers` may send requests, in or out of a dialog: SPEC §6),
+//! the sender (only the configured PBXs and `allowed_peers` may send requests, in or out of a dialog: SPEC §6),
 //! then the method.
 
 use std::net::IpAddr;
@@ -452,7 +452,7 @@ mod tests {
 
     fn peers() -> PeerPolicy {
         PeerPolicy {
-            pbx: pbx(),
+            pbxs: vec![pbx()],
             allowed: vec!["127.0.0.3".parse().unwrap()],
         }
     }

@@ -23,17 +23,17 @@ pub(crate) struct InviteFacts<'a> {
     pub target: TargetSources<'a>,
 }
 
-/// Who may send us calls: the PBX and `sip.allowed_peers`.
+/// Who may send us calls: every configured PBX and `sip.allowed_peers`.
 #[derive(Debug, Clone)]
 pub(crate) struct PeerPolicy {
-    pub pbx: IpAddr,
+    pub pbxs: Vec<IpAddr>,
     pub allowed: Vec<IpAddr>,
 }
 
 impl PeerPolicy {
     /// Whether `ip` may send requests to the bridge.
     pub(crate) fn allows(&self, ip: IpAddr) -> bool {
-        ip == self.pbx || self.allowed.contains(&ip)
+        self.pbxs.contains(&ip) || self.allowed.contains(&ip)
     }
 }
 
@@ -64,7 +64,7 @@ mod tests {
 
     fn peers() -> PeerPolicy {
         PeerPolicy {
-            pbx: "10.0.0.1".parse().unwrap(),
+            pbxs: vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
             allowed: vec!["10.0.0.9".parse().unwrap()],
         }
     }
@@ -172,6 +172,11 @@ mod tests {
         );
         let s = screen_invite(&facts("10.0.0.9:5099", Some("alice"), None), &peers(), "0");
         assert!(matches!(s, Screening::Accept { .. }));
+        let s = screen_invite(&facts("10.0.0.2:5070", Some("alice"), None), &peers(), "0");
+        assert!(
+            matches!(s, Screening::Accept { .. }),
+            "the second PBX may call too"
+        );
     }
 
     #[test]

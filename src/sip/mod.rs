@@ -22,6 +22,7 @@ mod error;
 pub(crate) mod inbound;
 mod options;
 pub(crate) mod origin;
+pub(crate) mod pbx_set;
 mod register;
 pub mod sdp;
 mod session_timer;
@@ -32,7 +33,7 @@ mod ua;
 
 pub use call::{CallDirection, IncomingCall, OutgoingInvite, SipCall, SipCallEvent};
 pub use error::SipError;
-pub use status::{PbxState, RegistrationState, SipStatus};
+pub use status::{PbxState, RegistrationState, SipPbxStatus, SipStatus};
 pub use ua::{SipUa, UaOptions};
 
 /// `tracing` filter directives for the SIP stack at `level`: rsipstack logs whole messages at INFO,

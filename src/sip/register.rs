@@ -1,5 +1,5 @@
 //! Registration of the proxy account: a sans-IO policy (what the outcome of a REGISTER means and
-//! when to try again) and the task that drives rsipstack's `Registration` with it.
+//! when to try again) and the task, one per PBX, that drives rsipstack's `Registration` with it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,20 +121,26 @@ impl RegisterPolicy {
     }
 }
 
-/// Runs until `stop` is cancelled: REGISTER, refresh, back off, re-register at once when the PBX
-/// comes back (`UaInner::reregister`); finally unregisters (Expires: 0) if we were registered.
-pub(crate) async fn run(ua: Arc<UaInner>, mut policy: RegisterPolicy) {
-    let Some(credential) = ua.credential.clone() else {
+/// Runs until `stop` is cancelled for PBX `index`: REGISTER, refresh, back off, re-register at
+/// once when the PBX comes back (`PbxLink::reregister`); while the PBX should not hold the
+/// registration (an active/backup standby) it stays unregistered. Finally unregisters
+/// (Expires: 0) if registered.
+pub(crate) async fn run(ua: Arc<UaInner>, index: usize, mut policy: RegisterPolicy) {
+    let (Some(credential), Some(link)) = (ua.credential.clone(), ua.pbxs.get(index)) else {
         return;
     };
-    let server = match ua.registrar_uri() {
+    let pbx = link.addr;
+    let server = match ua.registrar_uri(pbx) {
         Ok(uri) => uri,
         Err(e) => {
-            warn!(error = %e, "cannot build the registrar URI; registration disabled");
-            ua.set_reg_state(RegState::Failed {
-                error: e.to_string(),
-                retry_at: Instant::now(),
-            });
+            warn!(%pbx, error = %e, "cannot build the registrar URI; registration disabled");
+            ua.set_reg_state(
+                index,
+                RegState::Failed {
+                    error: e.to_string(),
+                    retry_at: Instant::now(),
+                },
+            );
             return;
         }
     };
@@ -143,7 +149,19 @@ pub(crate) async fn run(ua: Arc<UaInner>, mut policy: RegisterPolicy) {
     let stop = ua.stop_register.clone();
     let mut registered = false;
     loop {
-        ua.set_reg_state(RegState::Registering);
+        if !ua.should_register(index) {
+            // standby: give the binding up (the active PBX holds it) and wait for a change
+            if registered {
+                unregister(&ua, &mut registration, &server, pbx).await;
+                registered = false;
+            }
+            ua.set_reg_state(index, RegState::Disabled);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = link.reregister.notified() => continue,
+            }
+        }
+        ua.set_reg_state(index, RegState::Registering);
         let attempt = tokio::time::timeout(
             ua.opts.request_timeout,
             registration.register(server.clone(), Some(policy.requested_secs())),
@@ -177,42 +195,54 @@ pub(crate) async fn run(ua: Arc<UaInner>, mut policy: RegisterPolicy) {
         match &state {
             RegState::Registered { .. } => {
                 if !registered {
-                    info!(account = %ua.account, pbx = %ua.pbx, "registered");
+                    info!(account = %ua.account, %pbx, "registered");
                 }
                 registered = true;
             }
             RegState::Failed { error, .. } => {
                 registered = false;
-                warn!(account = %ua.account, pbx = %ua.pbx, error = %error, retry_in_ms = wait.as_millis() as u64, "registration failed");
+                warn!(account = %ua.account, %pbx, error = %error, retry_in_ms = wait.as_millis() as u64, "registration failed");
             }
             _ => {}
         }
-        ua.set_reg_state(state);
+        ua.set_reg_state(index, state);
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
-            _ = ua.reregister.notified() => {
-                info!(account = %ua.account, "PBX is back: registering again now");
+            _ = link.reregister.notified() => {
+                if ua.should_register(index) {
+                    info!(account = %ua.account, %pbx, "PBX is back: registering again now");
+                }
             }
         }
     }
     if registered {
-        let unregister = tokio::time::timeout(
-            ua.opts.unregister_timeout,
-            registration.register(server, Some(0)),
-        );
-        match unregister.await {
-            Ok(Ok(resp)) if resp.status_code.kind() == StatusCodeKind::Successful => {
-                info!(account = %ua.account, "unregistered")
-            }
-            Ok(Ok(resp)) => {
-                warn!(account = %ua.account, status = %resp.status_code, "unregister refused")
-            }
-            Ok(Err(e)) => warn!(account = %ua.account, error = %e, "unregister failed"),
-            Err(_) => warn!(account = %ua.account, "unregister timed out"),
-        }
+        unregister(&ua, &mut registration, &server, pbx).await;
     }
-    ua.set_reg_state(RegState::Disabled);
+    ua.set_reg_state(index, RegState::Disabled);
+}
+
+/// REGISTER with Expires: 0, bounded by `unregister_timeout`.
+async fn unregister(
+    ua: &UaInner,
+    registration: &mut Registration,
+    server: &rsipstack::sip::Uri,
+    pbx: std::net::SocketAddr,
+) {
+    let unregister = tokio::time::timeout(
+        ua.opts.unregister_timeout,
+        registration.register(server.clone(), Some(0)),
+    );
+    match unregister.await {
+        Ok(Ok(resp)) if resp.status_code.kind() == StatusCodeKind::Successful => {
+            info!(account = %ua.account, %pbx, "unregistered")
+        }
+        Ok(Ok(resp)) => {
+            warn!(account = %ua.account, %pbx, status = %resp.status_code, "unregister refused")
+        }
+        Ok(Err(e)) => warn!(account = %ua.account, %pbx, error = %e, "unregister failed"),
+        Err(_) => warn!(account = %ua.account, %pbx, "unregister timed out"),
+    }
 }
 
 #[cfg(test)]

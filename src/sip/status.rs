@@ -7,12 +7,14 @@ use std::time::Instant;
 /// Snapshot of the UA for the status API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SipStatus {
-    /// Registration of the proxy account.
+    /// Registration of the proxy account: registered if any PBX holds it.
     pub registration: RegistrationState,
-    /// Reachability of the PBX from the OPTIONS pings.
+    /// Reachability from the OPTIONS pings: up if any PBX answers.
     pub pbx: PbxState,
-    /// Where the PBX is (`ip:port`).
+    /// Where the (first) PBX is (`ip:port`).
     pub pbx_addr: String,
+    /// Each configured PBX, in config order.
+    pub pbxs: Vec<SipPbxStatus>,
     /// `udp` or `tcp`.
     pub transport: String,
     /// The address we put in Contact/Via.
@@ -21,6 +23,21 @@ pub struct SipStatus {
     pub active_calls: usize,
     /// SIP dialogs rsipstack still holds (should follow `active_calls` back to 0).
     pub dialogs: usize,
+}
+
+/// One PBX of `sip_svr`: its place in the choice, health and registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SipPbxStatus {
+    /// `ip:port`.
+    pub addr: String,
+    /// Share of calls among PBXs of the same priority.
+    pub weight: u32,
+    /// Lower is preferred.
+    pub priority: u32,
+    /// Up/down from pings and call transport errors.
+    pub reachability: PbxState,
+    /// The proxy account's registration there (`disabled` on an active/backup standby).
+    pub registration: RegistrationState,
 }
 
 /// Registration of `proxy.sip_account` at the PBX.

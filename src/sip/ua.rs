@@ -28,12 +28,13 @@ use super::door::ALLOW;
 use super::doorman::{serve_tcp, Door, DoorInspector, DoorUdp, TcpWatch};
 use super::error::SipError;
 use super::inbound::{screen_invite, InviteFacts, PeerPolicy, Screening};
+use super::pbx_set::{PbxSet, PingResult, Transition};
 use super::session_timer::{TimerPolicy, UasAnswer};
-use super::status::{PbxInternal, RegState, SipStatus};
+use super::status::{PbxInternal, PbxState, RegState, RegistrationState, SipPbxStatus, SipStatus};
 use super::target::TargetSources;
 use super::tcp_gate::TcpGate;
 use super::{options, register};
-use crate::config::{Config, Host, SipConfig, SipTransport};
+use crate::config::{Config, Host, RegisterMode, SipConfig, SipTransport};
 use crate::events::{Event, EventBus};
 
 /// Retry-After (seconds) on the 503 sent to new INVITEs while draining.
@@ -73,6 +74,28 @@ impl Default for UaOptions {
     }
 }
 
+/// One PBX's registration bookkeeping (its health is in the UA's [`PbxSet`]).
+pub(crate) struct PbxLink {
+    pub(crate) addr: SocketAddr,
+    reg_state: Mutex<RegState>,
+    /// The last registration state published as an event.
+    reg_announced: Mutex<Option<RegState>>,
+    /// Poked when this PBX answers again after being down, or (active/backup) when the active
+    /// PBX may have changed.
+    pub(crate) reregister: Notify,
+}
+
+impl PbxLink {
+    fn new(addr: SocketAddr) -> Self {
+        PbxLink {
+            addr,
+            reg_state: Mutex::new(RegState::Disabled),
+            reg_announced: Mutex::new(None),
+            reregister: Notify::new(),
+        }
+    }
+}
+
 /// Cheap, cloneable handle to the running UA. It runs (endpoint, registration, pings, dispatcher)
 /// until [`SipUa::shutdown`] or the start-up token is cancelled, not until the last handle drops.
 #[derive(Clone)]
@@ -87,26 +110,24 @@ pub(crate) struct UaInner {
     pub(crate) local_addr: SocketAddr,
     pub(crate) contact_addr: SocketAddr,
     pub(crate) transport: SipTransport,
-    pub(crate) pbx: SocketAddr,
+    /// The configured PBXs in file order; indexes match `health`.
+    pub(crate) pbxs: Vec<PbxLink>,
+    /// Up/down of each PBX and the choice of where calls and registrations go.
+    health: Mutex<PbxSet>,
+    register_mode: RegisterMode,
     pub(crate) account: String,
     pub(crate) credential: Option<Credential>,
     pub(crate) opts: UaOptions,
     sip: SipConfig,
     peers: PeerPolicy,
-    reg_state: Mutex<RegState>,
-    /// The last registration state published as an event.
-    reg_announced: Mutex<Option<RegState>>,
-    pbx_state: Mutex<PbxInternal>,
     active_calls: AtomicUsize,
     /// Off while the bridge drains: new INVITEs get 503 with Retry-After.
     accepting: AtomicBool,
     /// Cancelled last: stops the endpoint, pings and dispatcher.
     pub(crate) token: CancellationToken,
-    /// Cancelled first on shutdown: the registration task unregisters and ends.
+    /// Cancelled first on shutdown: the registration tasks unregister and end.
     pub(crate) stop_register: CancellationToken,
-    /// Poked when the PBX answers again after being down.
-    pub(crate) reregister: Notify,
-    register_task: Mutex<Option<JoinHandle<()>>>,
+    register_tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown_done: OnceCell<()>,
     /// Per SIP Call-ID, the call driver that takes its in-dialog requests in arrival order.
     doors: Mutex<HashMap<String, mpsc::UnboundedSender<Transaction>>>,
@@ -116,7 +137,10 @@ impl std::fmt::Debug for SipUa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SipUa")
             .field("local_addr", &self.inner.local_addr)
-            .field("pbx", &self.inner.pbx)
+            .field(
+                "pbxs",
+                &self.inner.pbxs.iter().map(|p| p.addr).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -138,7 +162,24 @@ impl SipUa {
         shutdown: CancellationToken,
         opts: UaOptions,
     ) -> Result<(SipUa, mpsc::Receiver<IncomingCall>), SipError> {
-        let pbx = resolve(&config.global.sip_svr.host, config.global.sip_svr.port).await?;
+        let mut pbx_addrs = Vec::new();
+        for entry in config.global.sip_svr.entries() {
+            pbx_addrs.push(resolve(&entry.addr.host, entry.addr.port).await?);
+        }
+        let health = PbxSet::new(
+            config
+                .global
+                .sip_svr
+                .entries()
+                .iter()
+                .zip(&pbx_addrs)
+                .map(|(entry, addr)| (*addr, entry.weight, entry.priority))
+                .collect(),
+            config.sip.pbx_down_after,
+            config.sip.pbx_up_after,
+        );
+        // the address toward the first PBX is the one we advertise
+        let pbx = pbx_addrs[0];
         let sip = config.sip.clone();
         let token = CancellationToken::new();
 
@@ -158,7 +199,7 @@ impl SipUa {
         let external = (contact_addr != local_addr).then_some(contact_addr);
 
         let peers = PeerPolicy {
-            pbx: pbx.ip(),
+            pbxs: pbx_addrs.iter().map(SocketAddr::ip).collect(),
             allowed: door_peers(config, &sip).await,
         };
         let door = Arc::new(Door::new(peers.clone(), sip.user_agent.clone()));
@@ -282,31 +323,31 @@ impl SipUa {
             local_addr,
             contact_addr,
             transport: sip.transport,
-            pbx,
+            pbxs: pbx_addrs.iter().copied().map(PbxLink::new).collect(),
+            health: Mutex::new(health),
+            register_mode: sip.register_mode,
             account,
             credential,
             opts: opts.clone(),
             peers,
             sip,
-            reg_state: Mutex::new(RegState::Disabled),
-            reg_announced: Mutex::new(None),
-            pbx_state: Mutex::new(PbxInternal::Unknown),
             active_calls: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
             token,
             stop_register: CancellationToken::new(),
-            reregister: Notify::new(),
-            register_task: Mutex::new(None),
+            register_tasks: Mutex::new(Vec::new()),
             shutdown_done: OnceCell::new(),
             doors: Mutex::new(HashMap::new()),
         });
-        info!(local = %local_addr, contact = %contact_addr, pbx = %pbx, transport = %inner.transport, "SIP user agent started");
+        info!(local = %local_addr, contact = %contact_addr, pbx = %config.global.sip_svr, transport = %inner.transport, "SIP user agent started");
 
         if inner.transport == SipTransport::Tcp {
-            // one connection to the PBX, opened before registration and pings race to open two
-            let target = inner.pbx_sipaddr();
-            if let Err(e) = inner.endpoint.transport_layer.lookup(&target, None).await {
-                warn!(pbx = %pbx, error = %e, "cannot connect to the PBX over TCP yet");
+            // one connection per PBX, opened before registration and pings race to open two
+            for link in &inner.pbxs {
+                let target = inner.sipaddr(link.addr);
+                if let Err(e) = inner.endpoint.transport_layer.lookup(&target, None).await {
+                    warn!(pbx = %link.addr, error = %e, "cannot connect to the PBX over TCP yet");
+                }
             }
         }
         let (calls_tx, calls_rx) = mpsc::channel(opts.incoming_queue.max(1));
@@ -318,12 +359,26 @@ impl SipUa {
                 opts.register_backoff_min,
                 opts.register_backoff_max,
             );
-            inner.set_reg_state(RegState::Registering);
-            let task = tokio::spawn(register::run(inner.clone(), policy));
-            *lock(&inner.register_task) = Some(task);
+            let mut tasks = lock(&inner.register_tasks);
+            for index in 0..inner.pbxs.len() {
+                if inner.should_register(index) {
+                    inner.set_reg_state(index, RegState::Registering);
+                }
+                tasks.push(tokio::spawn(register::run(
+                    inner.clone(),
+                    index,
+                    policy.clone(),
+                )));
+            }
         }
         if !inner.sip.options_interval.is_zero() {
-            tokio::spawn(options::run(inner.clone(), inner.sip.options_interval));
+            for index in 0..inner.pbxs.len() {
+                tokio::spawn(options::run(
+                    inner.clone(),
+                    index,
+                    inner.sip.options_interval,
+                ));
+            }
         }
         let ua = SipUa { inner };
         let watcher = ua.clone();
@@ -346,13 +401,29 @@ impl SipUa {
         self.inner.contact_addr
     }
 
-    /// Registration, PBX reachability and call count for the status API.
+    /// Registration, PBX reachability (each PBX and overall) and call count for the status API.
     pub fn status(&self) -> SipStatus {
         let now = Instant::now();
+        let pbxs: Vec<SipPbxStatus> = {
+            let health = lock(&self.inner.health);
+            self.inner
+                .pbxs
+                .iter()
+                .zip(health.iter())
+                .map(|(link, pbx)| SipPbxStatus {
+                    addr: link.addr.to_string(),
+                    weight: pbx.weight,
+                    priority: pbx.priority,
+                    reachability: pbx.state().show(now),
+                    registration: lock(&link.reg_state).show(now),
+                })
+                .collect()
+        };
         SipStatus {
-            registration: lock(&self.inner.reg_state).show(now),
-            pbx: lock(&self.inner.pbx_state).show(now),
-            pbx_addr: self.inner.pbx.to_string(),
+            registration: overall_registration(&pbxs),
+            pbx: overall_reachability(&pbxs),
+            pbx_addr: self.inner.pbxs[0].addr.to_string(),
+            pbxs,
             transport: self.inner.transport.to_string(),
             contact_addr: self.inner.contact_addr.to_string(),
             active_calls: self.inner.active_calls.load(Ordering::Relaxed),
@@ -384,22 +455,6 @@ impl SipUa {
                 invite.callee
             )));
         }
-        let target = invite.gateway.unwrap_or(ua.pbx);
-        let callee = ua.uri(Some(&invite.callee), target)?;
-        let caller = parse_uri(&format!("sip:{}@{}", ua.account, ua.pbx))?;
-        let caller_id = call::sanitize(&invite.caller_id);
-        let mut headers = Vec::new();
-        if !caller_id.is_empty() {
-            let identity = format!("\"{caller_id}\" <sip:{}@{}>", user_part(&caller_id), ua.pbx);
-            headers.push(Header::Other(
-                "P-Asserted-Identity".into(),
-                identity.clone(),
-            ));
-            headers.push(Header::Other(
-                "Remote-Party-ID".into(),
-                format!("{identity};party=calling;screen=yes;privacy=off"),
-            ));
-        }
         for (name, value) in &invite.headers {
             let bad_name = name.is_empty()
                 || !name
@@ -408,52 +463,32 @@ impl SipUa {
             if bad_name || value.chars().any(|c| c == '\r' || c == '\n') {
                 return Err(SipError::Invalid(format!("header {name:?} cannot be sent")));
             }
-            headers.push(Header::Other(name.clone(), value.clone()));
         }
-        // RFC 4028: offer a session timer; the 2xx says who refreshes
-        headers.extend(call::other_headers(ua.timer_policy().offer(None)));
-        let option = InviteOption {
-            caller_display_name: (!caller_id.is_empty()).then_some(caller_id),
-            caller,
-            callee,
-            destination: Some(ua.sipaddr(target)),
-            content_type: Some("application/sdp".to_string()),
-            offer: Some(invite.sdp_offer.clone().into_bytes()),
-            contact: ua.contact_uri(&ua.account)?,
-            credential: ua.credential.clone(),
-            headers: Some(headers),
-            ..Default::default()
-        };
-        let (state_tx, states) = ua.dialogs.new_dialog_state_channel();
-        // rsipstack keeps retrying a refused TCP connect until Timer B (64*T1): check first, so
-        // an unreachable PBX fails the call at once with 503
-        let unreachable = match ua.transport {
-            SipTransport::Tcp => ua
-                .endpoint
-                .transport_layer
-                .lookup(&ua.sipaddr(target), None)
-                .await
-                .err(),
-            SipTransport::Udp => None,
-        };
-        let (dialog, handle) = match unreachable {
-            None => ua.dialogs.do_invite_async(option, state_tx)?,
-            Some(e) => {
-                warn!(call_id = %invite.log_id, target = %target, error = %e, "cannot connect");
-                let (dialog, _unsent) = ua.dialogs.create_client_invite_dialog(option, state_tx)?;
-                (dialog, tokio::spawn(async move { Err(e) }))
+        // a PSTN gateway is tried alone; PBXs in the set's order, the next one on failover
+        let mut targets: std::collections::VecDeque<SocketAddr> = match invite.gateway {
+            Some(gateway) => [gateway].into(),
+            None => {
+                let order = lock(&ua.health).call_order(|n| rand::random::<u32>() % n.max(1));
+                order.into_iter().map(|i| ua.pbxs[i].addr).collect()
             }
         };
-        info!(call_id = %invite.log_id, callee = %invite.callee, target = %target, sip_call_id = %dialog.id().call_id, "outgoing call");
-        trace!(call_id = %invite.log_id, sdp = ?invite.sdp_offer, "offer SDP");
+        let Some(target) = targets.pop_front() else {
+            return Err(SipError::Invalid("no PBX configured".into()));
+        };
+        let attempt = ua.send_invite(&invite, target).await?;
         Ok(call::start(CallStart {
             ua: ua.clone(),
-            log_id: invite.log_id,
+            log_id: invite.log_id.clone(),
             direction: CallDirection::Outgoing,
-            dialog,
-            states,
-            invite: Some(handle),
-            offer: Some(invite.sdp_offer),
+            dialog: attempt.dialog,
+            states: attempt.states,
+            invite: Some(attempt.handle),
+            offer: Some(invite.sdp_offer.clone()),
+            failover: Some(call::Failover {
+                invite,
+                target,
+                next: targets,
+            }),
         }))
     }
 
@@ -466,9 +501,9 @@ impl SipUa {
             .get_or_init(|| async move {
                 info!("SIP user agent shutting down");
                 ua.stop_register.cancel();
-                let task = lock(&ua.register_task).take();
-                if let Some(task) = task {
-                    let limit = ua.opts.unregister_timeout + Duration::from_secs(1);
+                let tasks = std::mem::take(&mut *lock(&ua.register_tasks));
+                let limit = ua.opts.unregister_timeout + Duration::from_secs(1);
+                for task in tasks {
                     if tokio::time::timeout(limit, task).await.is_err() {
                         warn!("registration task did not stop in time");
                     }
@@ -484,28 +519,153 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl UaInner {
-    pub(crate) fn set_reg_state(&self, state: RegState) {
+    /// Builds and sends the INVITE for `invite` to `target` (a PBX or the PSTN gateway).
+    pub(crate) async fn send_invite(
+        &self,
+        invite: &OutgoingInvite,
+        target: SocketAddr,
+    ) -> Result<call::InviteAttempt, SipError> {
+        let callee = self.uri(Some(&invite.callee), target)?;
+        let caller = parse_uri(&format!("sip:{}@{}", self.account, target))?;
+        let caller_id = call::sanitize(&invite.caller_id);
+        let mut headers = Vec::new();
+        if !caller_id.is_empty() {
+            let identity = format!("\"{caller_id}\" <sip:{}@{}>", user_part(&caller_id), target);
+            headers.push(Header::Other(
+                "P-Asserted-Identity".into(),
+                identity.clone(),
+            ));
+            headers.push(Header::Other(
+                "Remote-Party-ID".into(),
+                format!("{identity};party=calling;screen=yes;privacy=off"),
+            ));
+        }
+        for (name, value) in &invite.headers {
+            headers.push(Header::Other(name.clone(), value.clone()));
+        }
+        // RFC 4028: offer a session timer; the 2xx says who refreshes
+        headers.extend(call::other_headers(self.timer_policy().offer(None)));
+        let option = InviteOption {
+            caller_display_name: (!caller_id.is_empty()).then_some(caller_id),
+            caller,
+            callee,
+            destination: Some(self.sipaddr(target)),
+            content_type: Some("application/sdp".to_string()),
+            offer: Some(invite.sdp_offer.clone().into_bytes()),
+            contact: self.contact_uri(&self.account)?,
+            credential: self.credential.clone(),
+            headers: Some(headers),
+            ..Default::default()
+        };
+        let (state_tx, states) = self.dialogs.new_dialog_state_channel();
+        // rsipstack keeps retrying a refused TCP connect until Timer B (64*T1): check first, so
+        // an unreachable PBX fails the call at once with 503
+        let unreachable = match self.transport {
+            SipTransport::Tcp => self
+                .endpoint
+                .transport_layer
+                .lookup(&self.sipaddr(target), None)
+                .await
+                .err(),
+            SipTransport::Udp => None,
+        };
+        let (dialog, handle) = match unreachable {
+            None => self.dialogs.do_invite_async(option, state_tx)?,
+            Some(e) => {
+                warn!(call_id = %invite.log_id, target = %target, error = %e, "cannot connect");
+                let (dialog, _unsent) =
+                    self.dialogs.create_client_invite_dialog(option, state_tx)?;
+                (dialog, tokio::spawn(async move { Err(e) }))
+            }
+        };
+        info!(call_id = %invite.log_id, callee = %invite.callee, target = %target, sip_call_id = %dialog.id().call_id, "outgoing call");
+        trace!(call_id = %invite.log_id, sdp = ?invite.sdp_offer, "offer SDP");
+        Ok(call::InviteAttempt {
+            dialog,
+            states,
+            handle,
+        })
+    }
+
+    /// Whether PBX `index` should hold the registration now (`[sip] register`).
+    pub(crate) fn should_register(&self, index: usize) -> bool {
+        lock(&self.health).should_register(self.register_mode, index)
+    }
+
+    pub(crate) fn set_reg_state(&self, index: usize, state: RegState) {
+        let Some(link) = self.pbxs.get(index) else {
+            return;
+        };
         if let Some(events) = &self.opts.events {
-            let mut announced = lock(&self.reg_announced);
+            let mut announced = lock(&link.reg_announced);
             if RegState::announces(announced.as_ref(), &state) {
                 events.publish(Event::RegistrationChanged {
                     account: self.account.clone(),
-                    pbx: self.pbx.to_string(),
+                    pbx: link.addr.to_string(),
                     registration: state.show(Instant::now()),
                 });
                 *announced = Some(state.clone());
             }
         }
-        *lock(&self.reg_state) = state;
+        *lock(&link.reg_state) = state;
     }
 
-    pub(crate) fn set_pbx_state(&self, state: PbxInternal) {
-        let old = std::mem::replace(&mut *lock(&self.pbx_state), state.clone());
-        let Some(events) = &self.opts.events else {
+    /// An OPTIONS result for PBX `index`: updates its health, publishes `pbx.up/down`, and wakes
+    /// the registrations that may have to act (the PBX came back, or the active one changed).
+    pub(crate) fn on_ping(&self, index: usize, result: &PingResult) -> Transition {
+        self.update_health(index, |set, now| set.on_ping(index, result, now))
+    }
+
+    /// A call to PBX `addr` failed on the transport: it is down until its pings are answered
+    /// again. Without pings nothing would bring it back, so then it is left as it was.
+    pub(crate) fn on_call_transport_error(&self, addr: SocketAddr, error: &str) {
+        if self.sip.options_interval.is_zero() {
             return;
+        }
+        let index = lock(&self.health).index_of(addr);
+        if let Some(index) = index {
+            let transition =
+                self.update_health(index, |set, now| set.on_transport_error(index, error, now));
+            if transition == Transition::WentDown {
+                warn!(pbx = %addr, error, "PBX marked down after a transport error");
+            }
+        }
+    }
+
+    fn update_health(
+        &self,
+        index: usize,
+        change: impl FnOnce(&mut PbxSet, Instant) -> Transition,
+    ) -> Transition {
+        let (old, new, transition) = {
+            let mut set = lock(&self.health);
+            let old = set.get(index).map(|p| p.state().clone());
+            let transition = change(&mut set, Instant::now());
+            let new = set.get(index).map(|p| p.state().clone());
+            (old, new, transition)
         };
-        let pbx = self.pbx.to_string();
-        match (old, state) {
+        if transition != Transition::None {
+            match self.register_mode {
+                RegisterMode::All if transition == Transition::CameBack => {
+                    if let Some(link) = self.pbxs.get(index) {
+                        link.reregister.notify_one();
+                    }
+                }
+                RegisterMode::All => {}
+                RegisterMode::ActiveBackup => {
+                    for link in &self.pbxs {
+                        link.reregister.notify_one();
+                    }
+                }
+            }
+        }
+        let (Some(events), Some(old), Some(new), Some(link)) =
+            (&self.opts.events, old, new, self.pbxs.get(index))
+        else {
+            return transition;
+        };
+        let pbx = link.addr.to_string();
+        match (old, new) {
             (PbxInternal::Up { .. }, PbxInternal::Up { .. })
             | (PbxInternal::Down { .. }, PbxInternal::Down { .. })
             | (_, PbxInternal::Unknown) => {}
@@ -516,6 +676,7 @@ impl UaInner {
                 events.publish(Event::PbxDown { pbx, error });
             }
         }
+        transition
     }
 
     pub(crate) fn call_started(&self) {
@@ -584,8 +745,8 @@ impl UaInner {
         }
     }
 
-    pub(crate) fn pbx_sipaddr(&self) -> SipAddr {
-        self.sipaddr(self.pbx)
+    pub(crate) fn pbx_sipaddr(&self, index: usize) -> SipAddr {
+        self.sipaddr(self.pbxs[index.min(self.pbxs.len() - 1)].addr)
     }
 
     fn transport_param(&self) -> &'static str {
@@ -601,9 +762,9 @@ impl UaInner {
         parse_uri(&format!("sip:{user}{addr}{}", self.transport_param()))
     }
 
-    /// The REGISTER Request-URI: the PBX itself.
-    pub(crate) fn registrar_uri(&self) -> Result<Uri, SipError> {
-        self.uri(None, self.pbx)
+    /// The REGISTER Request-URI of PBX `addr`: the PBX itself.
+    pub(crate) fn registrar_uri(&self, addr: SocketAddr) -> Result<Uri, SipError> {
+        self.uri(None, addr)
     }
 
     /// Our Contact URI for `user`.
@@ -625,15 +786,17 @@ impl UaInner {
         }
     }
 
-    /// An out-of-dialog request to the PBX (OPTIONS pings), with a Via for the connection it will
-    /// actually use.
+    /// An out-of-dialog request to PBX `index` (OPTIONS pings), with a Via for the connection it
+    /// will actually use.
     pub(crate) async fn out_of_dialog_request(
         &self,
+        index: usize,
         method: Method,
         seq: u32,
         tag: String,
     ) -> Result<Request, SipError> {
-        let target = self.pbx_sipaddr();
+        let pbx = self.pbxs[index.min(self.pbxs.len() - 1)].addr;
+        let target = self.sipaddr(pbx);
         let via = match self.transport {
             SipTransport::Udp => self.endpoint.get_via(None, None)?,
             SipTransport::Tcp => {
@@ -642,10 +805,10 @@ impl UaInner {
                     .get_via(Some(connection.get_addr().clone()), None)?
             }
         };
-        let ruri = self.registrar_uri()?;
+        let ruri = self.registrar_uri(pbx)?;
         let from = rsipstack::sip::typed::From {
             display_name: None,
-            uri: parse_uri(&format!("sip:{}@{}", self.account, self.pbx))?,
+            uri: parse_uri(&format!("sip:{}@{}", self.account, pbx))?,
             params: vec![],
         }
         .with_tag(tag.into());
@@ -662,6 +825,41 @@ impl UaInner {
             .push(Header::Contact(self.contact_header(&self.account).into()));
         request.headers.push(Header::ContentLength(0u32.into()));
         Ok(request)
+    }
+}
+
+/// The registration to show as the bridge's own: registered if any PBX holds it, else the
+/// first PBX that tries (one PBX: exactly its state).
+fn overall_registration(pbxs: &[SipPbxStatus]) -> RegistrationState {
+    let states = || pbxs.iter().map(|p| &p.registration);
+    states()
+        .find(|r| matches!(r, RegistrationState::Registered { .. }))
+        .or_else(|| states().find(|r| !matches!(r, RegistrationState::Disabled)))
+        .cloned()
+        .unwrap_or(RegistrationState::Disabled)
+}
+
+/// Reachability as a whole: up if any PBX is (the fastest RTT), down if all are, else unknown.
+fn overall_reachability(pbxs: &[SipPbxStatus]) -> PbxState {
+    let fastest_up = pbxs
+        .iter()
+        .filter_map(|p| match p.reachability {
+            PbxState::Up { rtt_ms } => Some(rtt_ms),
+            _ => None,
+        })
+        .min();
+    if let Some(rtt_ms) = fastest_up {
+        return PbxState::Up { rtt_ms };
+    }
+    match pbxs.first() {
+        Some(first)
+            if pbxs
+                .iter()
+                .all(|p| matches!(p.reachability, PbxState::Down { .. })) =>
+        {
+            first.reachability.clone()
+        }
+        _ => PbxState::Unknown,
     }
 }
 
@@ -967,6 +1165,7 @@ async fn incoming_invite(
         states,
         invite: None,
         offer: None,
+        failover: None,
     });
     // drives the INVITE server transaction: 100 Trying now, then our answer, ACK or CANCEL
     let mut server_dialog = dialog;
@@ -1011,6 +1210,55 @@ mod tests {
         let picked = advertised_ip(None, any, pbx);
         assert!(!picked.is_unspecified(), "never 0.0.0.0 in headers");
         assert_eq!(picked, bound, "the address used toward a loopback PBX");
+    }
+
+    fn pbx(reachability: PbxState, registration: RegistrationState) -> SipPbxStatus {
+        SipPbxStatus {
+            addr: "10.0.0.1:5060".into(),
+            weight: 1,
+            priority: 1,
+            reachability,
+            registration,
+        }
+    }
+
+    #[test]
+    fn the_bridge_is_registered_and_up_when_any_pbx_is() {
+        let failed = RegistrationState::Failed {
+            last_error: "timeout".into(),
+            retry_in: 4,
+        };
+        let registered = RegistrationState::Registered { expires_in: 90 };
+        let down = PbxState::Down {
+            since_secs: 3,
+            last_error: "no answer to OPTIONS".into(),
+        };
+        let up = |rtt_ms| PbxState::Up { rtt_ms };
+        let one = [pbx(down.clone(), failed.clone())];
+        assert_eq!(overall_registration(&one), failed, "one PBX: its own state");
+        assert_eq!(overall_reachability(&one), down);
+        let two = [
+            pbx(down.clone(), failed.clone()),
+            pbx(up(7), registered.clone()),
+        ];
+        assert_eq!(overall_registration(&two), registered);
+        assert_eq!(overall_reachability(&two), up(7));
+        let standby = [
+            pbx(PbxState::Unknown, RegistrationState::Disabled),
+            pbx(up(9), RegistrationState::Registering),
+            pbx(up(3), RegistrationState::Disabled),
+        ];
+        assert_eq!(
+            overall_registration(&standby),
+            RegistrationState::Registering,
+            "an active/backup standby does not hide the active one"
+        );
+        assert_eq!(overall_reachability(&standby), up(3), "the fastest");
+        let unknown = [
+            pbx(down, failed),
+            pbx(PbxState::Unknown, RegistrationState::Disabled),
+        ];
+        assert_eq!(overall_reachability(&unknown), PbxState::Unknown);
     }
 
     #[test]

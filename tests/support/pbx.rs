@@ -42,6 +42,11 @@ impl Pbx {
         Pbx::start_with_defines(&[]).await
     }
 
+    /// Two PBXs on two ports of 127.0.0.1, started side by side (several-PBX tests).
+    pub async fn start_two() -> (Pbx, Pbx) {
+        tokio::join!(Pbx::start(), Pbx::start())
+    }
+
     /// Like [`Pbx::start`], overriding `#!define`s of the config (e.g. `("FR_INV_TIMER", "5000")`).
     pub async fn start_with_defines(defines: &[(&str, &str)]) -> Pbx {
         let dir = tempfile::Builder::new()
