@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # chromium + nodejs (web-demo browser tests; npm comes with nodesource's nodejs, else apt-get install
 # npm), espeak-ng (speech for the PESQ test), python3-pip, python3-dev and gcc (PyPI `pesq` is built
 # from C sources on install), openssl (TLS test certificates), fail2ban (fail2ban-regex runs the shipped
-# filter over a real log in tests/ops_fail2ban.rs).
+# filter over a real log in tests/ops_fail2ban.rs), nftables (random packet loss on the browser leg in
+# tests/browser_speech.rs: this kernel has no netem).
 APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip baresip-core sox iproute2 chromium procps curl
-  nodejs espeak-ng python3 python3-pip python3-dev gcc openssl fail2ban)
+  nodejs espeak-ng python3 python3-pip python3-dev gcc openssl fail2ban nftables)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
