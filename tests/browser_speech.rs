@@ -243,11 +243,17 @@ async fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let speech = make_speech(dir.path());
     let webrtc = ports::free_port_range(20);
+    // SRBRIDGE_SPEECH_MEDIA: extra `[media]` lines (e.g. `opus_narrowband = true`), to measure a
+    // setting live against the defaults.
+    let extra = std::env::var("SRBRIDGE_SPEECH_MEDIA").unwrap_or_default();
+    if !extra.is_empty() {
+        println!("PESQ bridge [media] settings: {extra}");
+    }
     let bridge = support::rig::start_bridge(
         APPID,
         "",
         &format!(
-            "webrtc_port_min = {webrtc}\nwebrtc_port_max = {}\n",
+            "webrtc_port_min = {webrtc}\nwebrtc_port_max = {}\n{extra}\n",
             webrtc + 19
         ),
         40,
@@ -299,7 +305,7 @@ async fn call(rig: &mut Rig, label: &str, loss: Option<&mut LossCount>) -> Run {
         .collect();
     let heard = rig.dir.path().join(format!("{file}-page.wav"));
     let probe = Probe::start();
-    let accept_sample = rig.page.accept_and_record(&heard, RECORD_MS).await;
+    let (accept_sample, jitter_buffer) = rig.page.accept_and_record(&heard, RECORD_MS).await;
     let load = probe.stop();
     rig.phone.wait_for("CALL_ESTABLISHED", T).await;
     rig.page
@@ -341,6 +347,11 @@ async fn call(rig: &mut Rig, label: &str, loss: Option<&mut LossCount>) -> Run {
         run.first_tone.as_millis(),
         FIRST_TONE.as_millis(),
         run.load
+    );
+    println!(
+        "PESQ {label}: the browser's jitter buffer: {jitter_buffer}; this process (the bridge, \
+         debug build) {:.1} ms CPU per call-second",
+        run.load.own_cpu_ms_per_s
     );
     run
 }

@@ -556,6 +556,9 @@ pub struct MediaConfig {
     pub rtp_hold_timeout: Duration,
     /// The Opus encoder toward browsers.
     pub opus: OpusSettings,
+    /// Ask browsers for narrowband Opus (`maxplaybackrate=8000;sprop-maxcapturerate=8000` in the
+    /// SDP toward them; `opus_narrowband`). Off by default: docs/audio.md has the measurements.
+    pub opus_narrowband: bool,
 }
 
 impl MediaConfig {
@@ -584,6 +587,7 @@ impl Default for MediaConfig {
             rtp_timeout: Duration::from_secs(60),
             rtp_hold_timeout: Duration::from_secs(3600),
             opus: OpusSettings::default(),
+            opus_narrowband: false,
         }
     }
 }

@@ -164,6 +164,11 @@ impl Display for Config {
                 opus.complexity, opus.bitrate, opus.bitrate_lossy, opus.fec
             ),
         )?;
+        row(
+            f,
+            "opus_narrowband",
+            if media.opus_narrowband { "on" } else { "off" },
+        )?;
 
         let http = &self.http;
         writeln!(f, "[http]")?;

@@ -1151,6 +1151,19 @@ fn media_opus_settings_load_and_default() {
 }
 
 #[test]
+fn media_opus_narrowband_is_off_unless_asked_for() {
+    assert!(!toml_with("").expect("valid").media.opus_narrowband);
+    let config = toml_with("[media]\nopus_narrowband = true\n").expect("valid");
+    assert!(config.media.opus_narrowband);
+    assert_error(
+        toml_with("[media]\nopus_narrowband = \"8000\"\n"),
+        Some(5),
+        Some("[media] opus_narrowband"),
+        "expected true or false",
+    );
+}
+
+#[test]
 fn media_bad_opus_settings() {
     let cases: &[(&str, usize, &str, &str)] = &[
         (

@@ -970,6 +970,9 @@ fn media(s: &Sec) -> Result<MediaConfig> {
     let rtp_timeout = s.seconds("rtp_timeout", 0, 86400, 60)?;
     let rtp_hold_timeout = s.seconds("rtp_hold_timeout", 0, 86400, 3600)?;
     let opus = opus_settings(s)?;
+    let opus_narrowband = s
+        .bool("opus_narrowband")?
+        .map_or(d.opus_narrowband, |v| v.value);
     s.finish()?;
     Ok(MediaConfig {
         rtp_port_min,
@@ -985,6 +988,7 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         rtp_timeout,
         rtp_hold_timeout,
         opus,
+        opus_narrowband,
     })
 }
 

@@ -123,6 +123,7 @@ pub fn webrtc_settings(config: &Config) -> WebRtcSettings {
     WebRtcSettings {
         bind_ips: vec![ip],
         ice_servers,
+        opus_narrowband: config.media.opus_narrowband,
         ..WebRtcSettings::default()
     }
 }

@@ -178,6 +178,9 @@ pub struct WebRtcSettings {
     pub ice_disconnected_timeout: Duration,
     /// Further time after Disconnected before [`LegState::Failed`]: end the call then.
     pub ice_failed_timeout: Duration,
+    /// Ask the browser for narrowband Opus: `maxplaybackrate=8000;sprop-maxcapturerate=8000` in
+    /// every SDP we hand out (`[media] opus_narrowband`; docs/audio.md has the measurements).
+    pub opus_narrowband: bool,
 }
 
 impl Default for WebRtcSettings {
@@ -190,6 +193,7 @@ impl Default for WebRtcSettings {
             resolve_mdns: false,
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(10),
+            opus_narrowband: false,
         }
     }
 }
@@ -540,6 +544,8 @@ pub struct WebRtcLeg {
     shared: Arc<Shared>,
     negotiated: Mutex<Option<NegotiatedCodecs>>,
     closed: AtomicBool,
+    /// [`WebRtcSettings::opus_narrowband`].
+    opus_narrowband: bool,
     /// The UDP ports the stack bound, reserved until the leg is dropped.
     _ports: Vec<PortLease>,
 }
@@ -650,6 +656,65 @@ fn untag_event_rates(sdp: &str) -> String {
         }
         out.push_str(trimmed);
         out.push_str(eol);
+    }
+    out
+}
+
+/// What [`ask_narrowband_opus`] adds to the Opus fmtp (RFC 7587 §7): we play what we receive at
+/// 8 kHz (G.711 on the other side) and send what was captured at 8 kHz.
+const NARROWBAND_OPUS: [&str; 2] = ["maxplaybackrate=8000", "sprop-maxcapturerate=8000"];
+
+/// Adds [`NARROWBAND_OPUS`] to every Opus format's fmtp in `sdp` (keys it already has are left
+/// alone; a format without an fmtp line gets one). webrtc-rs answers with the offerer's fmtp, so
+/// this is done on the SDP we hand out, not on the registered codec.
+fn ask_narrowband_opus(sdp: &str) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let opus: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| {
+            let (pt, codec) = l.trim().strip_prefix("a=rtpmap:")?.split_once(' ')?;
+            codec
+                .to_ascii_lowercase()
+                .starts_with("opus/")
+                .then_some(pt)
+        })
+        .collect();
+    let add = |params: &str| {
+        let mut all: Vec<&str> = params.split(';').filter(|p| !p.trim().is_empty()).collect();
+        for extra in NARROWBAND_OPUS {
+            let key = extra.split('=').next().unwrap_or(extra);
+            if !all.iter().any(|p| p.trim().split('=').next() == Some(key)) {
+                all.push(extra);
+            }
+        }
+        all.join(";")
+    };
+    let mut out = String::with_capacity(sdp.len() + 64);
+    for line in sdp.lines() {
+        let trimmed = line.trim();
+        let fmtp = trimmed
+            .strip_prefix("a=fmtp:")
+            .and_then(|rest| rest.split_once(' '))
+            .filter(|(pt, _)| opus.contains(pt));
+        match fmtp {
+            Some((pt, params)) => out.push_str(&format!("a=fmtp:{pt} {}{eol}", add(params))),
+            None => {
+                out.push_str(trimmed);
+                out.push_str(eol);
+            }
+        }
+        let bare = trimmed
+            .strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_once(' '))
+            .map(|(pt, _)| pt)
+            .filter(|pt| opus.contains(pt))
+            .filter(|pt| {
+                !sdp.lines()
+                    .any(|l| l.trim().starts_with(&format!("a=fmtp:{pt} ")))
+            });
+        if let Some(pt) = bare {
+            out.push_str(&format!("a=fmtp:{pt} {}{eol}", add("")));
+        }
     }
     out
 }
@@ -821,6 +886,7 @@ impl WebRtcLeg {
                 shared,
                 negotiated: Mutex::new(None),
                 closed: AtomicBool::new(false),
+                opus_narrowband: settings.opus_narrowband,
                 _ports: leases,
             },
             LegChannels {
@@ -850,7 +916,12 @@ impl WebRtcLeg {
             .local_description()
             .await
             .ok_or_else(|| WebRtcLegError::WebRtc("no local description".to_owned()))?;
-        Ok(untag_event_rates(&local.sdp))
+        let sdp = untag_event_rates(&local.sdp);
+        Ok(if self.opus_narrowband {
+            ask_narrowband_opus(&sdp)
+        } else {
+            sdp
+        })
     }
 
     /// Reads the negotiated payload types from the sender; fails if no audio codec is common.
@@ -1052,6 +1123,41 @@ mod tests {
         );
         assert!(tagged.contains("a=fmtp:111 minptime=10;useinbandfec=1\r\n"));
         assert_eq!(untag_event_rates(&tagged), sdp);
+    }
+
+    #[test]
+    fn narrowband_is_asked_for_on_every_opus_format_only() {
+        let sdp = "v=0\r\nm=audio 9 RTP/SAVPF 111 109 0 126\r\na=rtpmap:111 opus/48000/2\r\n\
+                   a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:109 OPUS/48000/2\r\n\
+                   a=rtpmap:0 PCMU/8000\r\na=rtpmap:126 telephone-event/8000\r\n\
+                   a=fmtp:126 0-15\r\n";
+        let nb = ask_narrowband_opus(sdp);
+        assert!(
+            nb.contains(
+                "a=fmtp:111 minptime=10;useinbandfec=1;maxplaybackrate=8000;sprop-maxcapturerate=8000\r\n"
+            ),
+            "{nb}"
+        );
+        assert!(
+            nb.contains("a=rtpmap:109 OPUS/48000/2\r\na=fmtp:109 maxplaybackrate=8000;sprop-maxcapturerate=8000\r\n"),
+            "{nb}"
+        );
+        assert!(nb.contains("a=fmtp:126 0-15\r\n"), "{nb}");
+        assert!(!nb.contains("a=fmtp:0 "), "{nb}");
+        // Keys already there are kept as they are, and applying it twice changes nothing.
+        let own = sdp.replace("useinbandfec=1", "useinbandfec=1;maxplaybackrate=16000");
+        let nb_own = ask_narrowband_opus(&own);
+        assert!(
+            nb_own.contains(
+                "a=fmtp:111 minptime=10;useinbandfec=1;maxplaybackrate=16000;sprop-maxcapturerate=8000\r\n"
+            ),
+            "{nb_own}"
+        );
+        assert_eq!(ask_narrowband_opus(&nb), nb);
+        assert_eq!(
+            ask_narrowband_opus("v=0\nm=audio 9 RTP/AVP 0\n"),
+            "v=0\nm=audio 9 RTP/AVP 0\n"
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pressure_us: Option<u64>,
     /// `/proc/stat` ticks of all cores: total, idle (idle + iowait), steal.
     ticks: Option<(u64, u64, u64)>,
+    /// This process's CPU time (user + system), ticks.
+    own_ticks: Option<u64>,
 }
 
 /// The host's load over a window.
@@ -48,6 +50,10 @@ pub struct Load {
     pub cores: usize,
     /// How late a 10 ms sleeper woke, 95th percentile (zero when not probed).
     pub wake_late_p95: Duration,
+    /// CPU this process used, ms per second of the window: with the bridge in-process and the
+    /// test waiting, the bridge's cost of the call (a debug build: its own code runs unoptimised,
+    /// libopus is the system library).
+    pub own_cpu_ms_per_s: f64,
 }
 
 impl Snapshot {
@@ -57,6 +63,7 @@ impl Snapshot {
             at: Instant::now(),
             pressure_us: read_pressure_us(),
             ticks: read_ticks(),
+            own_ticks: read_own_ticks(),
         }
     }
 
@@ -78,7 +85,13 @@ impl Snapshot {
             }
             _ => (0.0, 0.0),
         };
+        let wall_s = wall_us / 1e6;
+        let own_cpu_ms_per_s = match (self.own_ticks, end.own_ticks) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 * 1000.0 / TICKS_PER_S / wall_s,
+            _ => 0.0,
+        };
         Load {
+            own_cpu_ms_per_s,
             pressure_pct,
             busy_pct,
             steal_pct,
@@ -190,6 +203,17 @@ fn read_ticks() -> Option<(u64, u64, u64)> {
         return None;
     }
     Some((v.iter().sum(), v[3] + v[4], v[7]))
+}
+
+/// `/proc/*/stat` times are in USER_HZ, 100 on Linux.
+const TICKS_PER_S: f64 = 100.0;
+
+fn read_own_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: utime is the 12th.
+    let after = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn read_load1() -> Option<f64> {

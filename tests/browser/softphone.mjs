@@ -149,7 +149,31 @@ async function acceptAndRecord(path, ms) {
     return n;
   });
   await sleep(ms);
-  return { acceptSample, ...(await stopRecorder(path)) };
+  const inbound = await inboundAudioStats();
+  return { acceptSample, inbound, ...(await stopRecorder(path)) };
+}
+
+// What the browser's jitter buffer (NetEq) did with the call's incoming audio (getStats), in ms.
+async function inboundAudioStats() {
+  return page.evaluate(async () => {
+    const pc = window.srbridgeDemo.call?._pc;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    for (const s of report.values()) {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'audio') continue;
+      const ms = (samples) => Math.round((1000 * (samples ?? 0)) / 48000); // NetEq runs at 48 kHz
+      return {
+        packetsReceived: s.packetsReceived,
+        packetsLost: s.packetsLost,
+        concealedMs: ms(s.concealedSamples),
+        removedForAccelerationMs: ms(s.removedSamplesForAcceleration),
+        insertedForDecelerationMs: ms(s.insertedSamplesForDeceleration),
+        bridgeOpusFmtp: (pc.remoteDescription?.sdp.match(/a=fmtp:\d+ [^\r\n]*useinbandfec[^\r\n]*/) ?? [null])[0],
+        jitterBufferMs: s.jitterBufferEmittedCount ? Math.round((1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount) : null,
+      };
+    }
+    return null;
+  });
 }
 
 const commands = {
