@@ -559,6 +559,10 @@ pub struct MediaConfig {
     /// Ask browsers for narrowband Opus (`maxplaybackrate=8000;sprop-maxcapturerate=8000` in the
     /// SDP toward them; `opus_narrowband`). Off by default: docs/audio.md has the measurements.
     pub opus_narrowband: bool,
+    /// The Opus bitrate browsers are asked to send (`maxaveragebitrate`, b/s;
+    /// `opus_receive_bitrate`); `None`: the browser's default (Chromium: 32 kb/s, 12 kb/s when
+    /// narrowband).
+    pub opus_receive_bitrate: Option<u32>,
 }
 
 impl MediaConfig {
@@ -588,6 +592,7 @@ impl Default for MediaConfig {
             rtp_hold_timeout: Duration::from_secs(3600),
             opus: OpusSettings::default(),
             opus_narrowband: false,
+            opus_receive_bitrate: None,
         }
     }
 }

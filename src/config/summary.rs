@@ -169,6 +169,13 @@ impl Display for Config {
             "opus_narrowband",
             if media.opus_narrowband { "on" } else { "off" },
         )?;
+        row(
+            f,
+            "opus_receive_bitrate",
+            media
+                .opus_receive_bitrate
+                .map_or("browser default".to_owned(), |b| format!("{b} b/s")),
+        )?;
 
         let http = &self.http;
         writeln!(f, "[http]")?;

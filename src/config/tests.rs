@@ -1151,6 +1151,22 @@ fn media_opus_settings_load_and_default() {
 }
 
 #[test]
+fn media_opus_receive_bitrate_is_the_browsers_unless_set() {
+    assert_eq!(
+        toml_with("").expect("valid").media.opus_receive_bitrate,
+        None
+    );
+    let config = toml_with("[media]\nopus_receive_bitrate = 40000\n").expect("valid");
+    assert_eq!(config.media.opus_receive_bitrate, Some(40_000));
+    assert_error(
+        toml_with("[media]\nopus_receive_bitrate = 1000000\n"),
+        Some(5),
+        Some("[media] opus_receive_bitrate"),
+        "out of range (6000-64000)",
+    );
+}
+
+#[test]
 fn media_opus_narrowband_is_off_unless_asked_for() {
     assert!(!toml_with("").expect("valid").media.opus_narrowband);
     let config = toml_with("[media]\nopus_narrowband = true\n").expect("valid");

@@ -973,6 +973,10 @@ fn media(s: &Sec) -> Result<MediaConfig> {
     let opus_narrowband = s
         .bool("opus_narrowband")?
         .map_or(d.opus_narrowband, |v| v.value);
+    let (lo, hi) = OPUS_BITRATE_RANGE;
+    let opus_receive_bitrate = s
+        .int("opus_receive_bitrate", lo, hi)?
+        .map(|v| v.value as u32);
     s.finish()?;
     Ok(MediaConfig {
         rtp_port_min,
@@ -989,6 +993,7 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         rtp_hold_timeout,
         opus,
         opus_narrowband,
+        opus_receive_bitrate,
     })
 }
 

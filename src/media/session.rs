@@ -124,6 +124,7 @@ pub fn webrtc_settings(config: &Config) -> WebRtcSettings {
         bind_ips: vec![ip],
         ice_servers,
         opus_narrowband: config.media.opus_narrowband,
+        opus_receive_bitrate: config.media.opus_receive_bitrate,
         ..WebRtcSettings::default()
     }
 }
