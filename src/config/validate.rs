@@ -974,9 +974,19 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         .bool("opus_narrowband")?
         .map_or(d.opus_narrowband, |v| v.value);
     let (lo, hi) = OPUS_BITRATE_RANGE;
-    let opus_receive_bitrate = s
-        .int("opus_receive_bitrate", lo, hi)?
-        .map(|v| v.value as u32);
+    // 0: the browser's own default.
+    let opus_receive_bitrate = match s.int("opus_receive_bitrate", 0, hi)? {
+        None => d.opus_receive_bitrate,
+        Some(v) if v.value == 0 => None,
+        Some(v) if v.value < lo => {
+            return Err(s.err(
+                Some(v.line),
+                "opus_receive_bitrate",
+                format!("{} is out of range (0 or {lo}-{hi})", v.value),
+            ))
+        }
+        Some(v) => Some(v.value as u32),
+    };
     s.finish()?;
     Ok(MediaConfig {
         rtp_port_min,
