@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 # from C sources on install), openssl (TLS test certificates), fail2ban (fail2ban-regex runs the shipped
 # filter over a real log in tests/ops_fail2ban.rs), rtpengine-daemon (the peer srbridge-load --peer rtpengine
 # measures side by side, userspace forwarding: no kernel module), nats-server (the message bus
-# tests/cluster.rs starts on a free loopback port for a cluster of bridges).
+# tests/cluster.rs starts on a free loopback port for a cluster of bridges), nftables (random packet
+# loss on the browser leg in tests/browser_speech.rs: this kernel has no netem).
 APT_PACKAGES=(pkg-config libopus-dev kamailio sip-tester baresip baresip-core sox iproute2 chromium procps curl
-  nodejs espeak-ng python3 python3-pip python3-dev gcc openssl fail2ban rtpengine-daemon nats-server)
+  nodejs espeak-ng python3 python3-pip python3-dev gcc openssl fail2ban rtpengine-daemon nats-server nftables)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

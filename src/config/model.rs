@@ -691,6 +691,14 @@ pub struct MediaConfig {
     pub rtp_hold_timeout: Duration,
     /// The Opus encoder toward browsers.
     pub opus: OpusSettings,
+    /// Ask browsers for narrowband Opus (`maxplaybackrate=8000;sprop-maxcapturerate=8000` in the
+    /// SDP toward them; `opus_narrowband`): their bits go where G.711 can carry them. On by
+    /// default, with [`MediaConfig::opus_receive_bitrate`]: docs/audio.md has the measurements.
+    pub opus_narrowband: bool,
+    /// The Opus bitrate browsers are asked to send (`maxaveragebitrate`, b/s;
+    /// `opus_receive_bitrate`, 0 = `None`): `None` leaves it to the browser (Chromium: 32 kb/s
+    /// wideband, 12 kb/s narrowband).
+    pub opus_receive_bitrate: Option<u32>,
 }
 
 impl MediaConfig {
@@ -720,6 +728,8 @@ impl Default for MediaConfig {
             rtp_timeout: Duration::from_secs(60),
             rtp_hold_timeout: Duration::from_secs(3600),
             opus: OpusSettings::default(),
+            opus_narrowband: true,
+            opus_receive_bitrate: Some(24_000),
         }
     }
 }

@@ -175,6 +175,18 @@ impl Display for Config {
                 opus.complexity, opus.bitrate, opus.bitrate_lossy, opus.fec
             ),
         )?;
+        row(
+            f,
+            "opus_narrowband",
+            if media.opus_narrowband { "on" } else { "off" },
+        )?;
+        row(
+            f,
+            "opus_receive_bitrate",
+            media
+                .opus_receive_bitrate
+                .map_or("browser default".to_owned(), |b| format!("{b} b/s")),
+        )?;
 
         let http = &self.http;
         writeln!(f, "[http]")?;

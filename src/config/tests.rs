@@ -1195,6 +1195,37 @@ fn media_opus_settings_load_and_default() {
 }
 
 #[test]
+fn media_opus_receive_bitrate_defaults_to_24k_and_zero_is_the_browsers() {
+    let config = toml_with("").expect("valid");
+    assert_eq!(config.media.opus_receive_bitrate, Some(24_000));
+    let config = toml_with("[media]\nopus_receive_bitrate = 40000\n").expect("valid");
+    assert_eq!(config.media.opus_receive_bitrate, Some(40_000));
+    let config = toml_with("[media]\nopus_receive_bitrate = 0\n").expect("valid");
+    assert_eq!(config.media.opus_receive_bitrate, None);
+    for bad in ["1000000", "5000"] {
+        assert_error(
+            toml_with(&format!("[media]\nopus_receive_bitrate = {bad}\n")),
+            Some(5),
+            Some("[media] opus_receive_bitrate"),
+            "out of range",
+        );
+    }
+}
+
+#[test]
+fn media_opus_narrowband_is_on_unless_turned_off() {
+    assert!(toml_with("").expect("valid").media.opus_narrowband);
+    let config = toml_with("[media]\nopus_narrowband = false\n").expect("valid");
+    assert!(!config.media.opus_narrowband);
+    assert_error(
+        toml_with("[media]\nopus_narrowband = \"8000\"\n"),
+        Some(5),
+        Some("[media] opus_narrowband"),
+        "expected true or false",
+    );
+}
+
+#[test]
 fn media_bad_opus_settings() {
     let cases: &[(&str, usize, &str, &str)] = &[
         (

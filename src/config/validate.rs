@@ -1089,6 +1089,23 @@ fn media(s: &Sec) -> Result<MediaConfig> {
     let rtp_timeout = s.seconds("rtp_timeout", 0, 86400, 60)?;
     let rtp_hold_timeout = s.seconds("rtp_hold_timeout", 0, 86400, 3600)?;
     let opus = opus_settings(s)?;
+    let opus_narrowband = s
+        .bool("opus_narrowband")?
+        .map_or(d.opus_narrowband, |v| v.value);
+    let (lo, hi) = OPUS_BITRATE_RANGE;
+    // 0: the browser's own default.
+    let opus_receive_bitrate = match s.int("opus_receive_bitrate", 0, hi)? {
+        None => d.opus_receive_bitrate,
+        Some(v) if v.value == 0 => None,
+        Some(v) if v.value < lo => {
+            return Err(s.err(
+                Some(v.line),
+                "opus_receive_bitrate",
+                format!("{} is out of range (0 or {lo}-{hi})", v.value),
+            ))
+        }
+        Some(v) => Some(v.value as u32),
+    };
     s.finish()?;
     Ok(MediaConfig {
         rtp_port_min,
@@ -1105,6 +1122,8 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         rtp_timeout,
         rtp_hold_timeout,
         opus,
+        opus_narrowband,
+        opus_receive_bitrate,
     })
 }
 

@@ -123,6 +123,8 @@ pub fn webrtc_settings(config: &Config) -> WebRtcSettings {
     WebRtcSettings {
         bind_ips: vec![ip],
         ice_servers,
+        opus_narrowband: config.media.opus_narrowband,
+        opus_receive_bitrate: config.media.opus_receive_bitrate,
         ..WebRtcSettings::default()
     }
 }

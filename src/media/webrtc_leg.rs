@@ -178,6 +178,12 @@ pub struct WebRtcSettings {
     pub ice_disconnected_timeout: Duration,
     /// Further time after Disconnected before [`LegState::Failed`]: end the call then.
     pub ice_failed_timeout: Duration,
+    /// Ask the browser for narrowband Opus: `maxplaybackrate=8000;sprop-maxcapturerate=8000` in
+    /// every SDP we hand out (`[media] opus_narrowband`; docs/audio.md has the measurements).
+    pub opus_narrowband: bool,
+    /// Ask the browser to send Opus at this average bitrate (`maxaveragebitrate`, b/s) instead
+    /// of its default (`[media] opus_receive_bitrate`); `None`: its default.
+    pub opus_receive_bitrate: Option<u32>,
 }
 
 impl Default for WebRtcSettings {
@@ -190,6 +196,8 @@ impl Default for WebRtcSettings {
             resolve_mdns: false,
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(10),
+            opus_narrowband: false,
+            opus_receive_bitrate: None,
         }
     }
 }
@@ -553,6 +561,9 @@ pub struct WebRtcLeg {
     shared: Arc<Shared>,
     negotiated: Mutex<Option<NegotiatedCodecs>>,
     closed: AtomicBool,
+    /// What every SDP we hand out adds to the Opus fmtp ([`WebRtcSettings::opus_narrowband`],
+    /// [`WebRtcSettings::opus_receive_bitrate`]).
+    opus_fmtp: Vec<String>,
     /// The UDP ports the stack bound, reserved until the leg is dropped.
     _ports: Vec<PortLease>,
 }
@@ -663,6 +674,83 @@ pub(crate) fn untag_event_rates(sdp: &str) -> String {
         }
         out.push_str(trimmed);
         out.push_str(eol);
+    }
+    out
+}
+
+/// What narrowband adds to the Opus fmtp (RFC 7587 §7): we play what we receive at 8 kHz (G.711
+/// on the other side) and send what was captured at 8 kHz.
+const NARROWBAND_OPUS: [&str; 2] = ["maxplaybackrate=8000", "sprop-maxcapturerate=8000"];
+
+/// The Opus fmtp parameters `settings` asks browsers for (RFC 7587 §7).
+fn opus_fmtp_for(settings: &WebRtcSettings) -> Vec<String> {
+    let mut params = Vec::new();
+    if settings.opus_narrowband {
+        params.extend(NARROWBAND_OPUS.iter().map(|p| (*p).to_owned()));
+    }
+    if let Some(bitrate) = settings.opus_receive_bitrate {
+        params.push(format!("maxaveragebitrate={bitrate}"));
+    }
+    params
+}
+
+/// Adds `params` (`key=value`) to every Opus format's fmtp in `sdp` (keys it already has are
+/// left alone; a format without an fmtp line gets one). webrtc-rs answers with the offerer's
+/// fmtp, so this is done on the SDP we hand out, not on the registered codec.
+fn add_opus_fmtp(sdp: &str, params: &[String]) -> String {
+    if params.is_empty() {
+        return sdp.to_owned();
+    }
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let opus: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| {
+            let (pt, codec) = l.trim().strip_prefix("a=rtpmap:")?.split_once(' ')?;
+            codec
+                .to_ascii_lowercase()
+                .starts_with("opus/")
+                .then_some(pt)
+        })
+        .collect();
+    let add = |existing: &str| {
+        let mut all: Vec<&str> = existing
+            .split(';')
+            .filter(|p| !p.trim().is_empty())
+            .collect();
+        for extra in params {
+            let key = extra.split('=').next().unwrap_or(extra);
+            if !all.iter().any(|p| p.trim().split('=').next() == Some(key)) {
+                all.push(extra.as_str());
+            }
+        }
+        all.join(";")
+    };
+    let mut out = String::with_capacity(sdp.len() + 64);
+    for line in sdp.lines() {
+        let trimmed = line.trim();
+        let fmtp = trimmed
+            .strip_prefix("a=fmtp:")
+            .and_then(|rest| rest.split_once(' '))
+            .filter(|(pt, _)| opus.contains(pt));
+        match fmtp {
+            Some((pt, params)) => out.push_str(&format!("a=fmtp:{pt} {}{eol}", add(params))),
+            None => {
+                out.push_str(trimmed);
+                out.push_str(eol);
+            }
+        }
+        let bare = trimmed
+            .strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_once(' '))
+            .map(|(pt, _)| pt)
+            .filter(|pt| opus.contains(pt))
+            .filter(|pt| {
+                !sdp.lines()
+                    .any(|l| l.trim().starts_with(&format!("a=fmtp:{pt} ")))
+            });
+        if let Some(pt) = bare {
+            out.push_str(&format!("a=fmtp:{pt} {}{eol}", add("")));
+        }
     }
     out
 }
@@ -834,6 +922,7 @@ impl WebRtcLeg {
                 shared,
                 negotiated: Mutex::new(None),
                 closed: AtomicBool::new(false),
+                opus_fmtp: opus_fmtp_for(settings),
                 _ports: leases,
             },
             LegChannels {
@@ -863,7 +952,8 @@ impl WebRtcLeg {
             .local_description()
             .await
             .ok_or_else(|| WebRtcLegError::WebRtc("no local description".to_owned()))?;
-        Ok(untag_event_rates(&local.sdp))
+        let sdp = untag_event_rates(&local.sdp);
+        Ok(add_opus_fmtp(&sdp, &self.opus_fmtp))
     }
 
     /// Reads the negotiated payload types from the sender; fails if no audio codec is common.
@@ -1065,6 +1155,73 @@ mod tests {
         );
         assert!(tagged.contains("a=fmtp:111 minptime=10;useinbandfec=1\r\n"));
         assert_eq!(untag_event_rates(&tagged), sdp);
+    }
+
+    #[test]
+    fn narrowband_is_asked_for_on_every_opus_format_only() {
+        let sdp = "v=0\r\nm=audio 9 RTP/SAVPF 111 109 0 126\r\na=rtpmap:111 opus/48000/2\r\n\
+                   a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:109 OPUS/48000/2\r\n\
+                   a=rtpmap:0 PCMU/8000\r\na=rtpmap:126 telephone-event/8000\r\n\
+                   a=fmtp:126 0-15\r\n";
+        let nb_params = opus_fmtp_for(&WebRtcSettings {
+            opus_narrowband: true,
+            ..WebRtcSettings::default()
+        });
+        let ask_narrowband_opus = |sdp: &str| add_opus_fmtp(sdp, &nb_params);
+        let nb = ask_narrowband_opus(sdp);
+        assert!(
+            nb.contains(
+                "a=fmtp:111 minptime=10;useinbandfec=1;maxplaybackrate=8000;sprop-maxcapturerate=8000\r\n"
+            ),
+            "{nb}"
+        );
+        assert!(
+            nb.contains("a=rtpmap:109 OPUS/48000/2\r\na=fmtp:109 maxplaybackrate=8000;sprop-maxcapturerate=8000\r\n"),
+            "{nb}"
+        );
+        assert!(nb.contains("a=fmtp:126 0-15\r\n"), "{nb}");
+        assert!(!nb.contains("a=fmtp:0 "), "{nb}");
+        // Keys already there are kept as they are, and applying it twice changes nothing.
+        let own = sdp.replace("useinbandfec=1", "useinbandfec=1;maxplaybackrate=16000");
+        let nb_own = ask_narrowband_opus(&own);
+        assert!(
+            nb_own.contains(
+                "a=fmtp:111 minptime=10;useinbandfec=1;maxplaybackrate=16000;sprop-maxcapturerate=8000\r\n"
+            ),
+            "{nb_own}"
+        );
+        assert_eq!(ask_narrowband_opus(&nb), nb);
+        assert_eq!(
+            ask_narrowband_opus("v=0\nm=audio 9 RTP/AVP 0\n"),
+            "v=0\nm=audio 9 RTP/AVP 0\n"
+        );
+    }
+
+    #[test]
+    fn a_receive_bitrate_is_asked_for_with_or_without_narrowband() {
+        let sdp = "v=0\r\nm=audio 9 RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+                   a=fmtp:111 minptime=10;useinbandfec=1\r\n";
+        let settings = |narrowband, bitrate| WebRtcSettings {
+            opus_narrowband: narrowband,
+            opus_receive_bitrate: bitrate,
+            ..WebRtcSettings::default()
+        };
+        assert_eq!(
+            add_opus_fmtp(sdp, &opus_fmtp_for(&settings(false, None))),
+            sdp
+        );
+        let wide = add_opus_fmtp(sdp, &opus_fmtp_for(&settings(false, Some(40_000))));
+        assert!(
+            wide.contains("a=fmtp:111 minptime=10;useinbandfec=1;maxaveragebitrate=40000\r\n"),
+            "{wide}"
+        );
+        let narrow = add_opus_fmtp(sdp, &opus_fmtp_for(&settings(true, Some(24_000))));
+        assert!(
+            narrow.contains(
+                "useinbandfec=1;maxplaybackrate=8000;sprop-maxcapturerate=8000;maxaveragebitrate=24000\r\n"
+            ),
+            "{narrow}"
+        );
     }
 
     #[test]

@@ -133,6 +133,20 @@ impl Page {
             .await;
     }
 
+    /// For a ringing call whose audio path is already up (the bridge's early set-up): starts
+    /// recording its remote track, clicks Accept and records `ms` into a WAV at `path`. Returns
+    /// where in the recording the click was, in samples (to within one 4096-sample block), and
+    /// what the browser's jitter buffer did with the incoming audio (`getStats`, ms).
+    pub async fn accept_and_record(&mut self, path: &Path, ms: u64) -> (u64, Value) {
+        let answer = self
+            .cmd(json!({"cmd": "acceptAndRecord", "path": path, "ms": ms}))
+            .await;
+        (
+            answer["acceptSample"].as_u64().unwrap_or(0),
+            answer["inbound"].clone(),
+        )
+    }
+
     /// The JS errors the page had.
     pub async fn page_errors(&mut self) -> Value {
         self.cmd(json!({"cmd": "errors"})).await["pageErrors"].clone()

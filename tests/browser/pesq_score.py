@@ -4,7 +4,8 @@
 Usage: pesq_score.py REFERENCE.wav RECORDING.wav
 Both are 16-bit WAVs at any rate (resampled to 8 kHz). The recording may hold the reference
 several times (the sender looped it) surrounded by silence: the best-matching full copy, found
-by cross-correlation, is scored. Prints one JSON object: {"mos": MOS-LQO, "offset_s": ...}.
+by cross-correlation, is scored. Prints one JSON object: {"mos": MOS-LQO, "offset_s": ...,
+"level_db": gain of that copy against the reference over the reference's active speech}.
 Needs: pip install pesq numpy scipy (scripts/deps.sh).
 """
 import json
@@ -30,6 +31,18 @@ def load(path):
     return x
 
 
+def active_level_db(ref, segment):
+    """Level of `segment` against `ref` (dB) over the 20 ms frames where the reference speaks
+    (within 30 dB of its loudest frame): pauses and their noise do not count."""
+    frame = RATE // 50
+    n = len(ref) // frame
+    ref_e = np.sum(ref[:n * frame].reshape(n, frame) ** 2, axis=1)
+    seg_e = np.sum(segment[:n * frame].reshape(n, frame) ** 2, axis=1)
+    active = ref_e >= ref_e.max() * 1e-3
+    return 10 * np.log10((seg_e[active].sum() + 1e-12) / (ref_e[active].sum() + 1e-12)), \
+        10 * np.log10(ref_e[active].sum() / (active.sum() * frame) + 1e-12)
+
+
 def main():
     if len(sys.argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -44,11 +57,14 @@ def main():
     offset = int(np.argmax(corr))
     segment = rec[offset:offset + len(ref)]
     peak_corr = float(corr[offset] / (np.linalg.norm(ref) * np.linalg.norm(segment) + 1e-12))
+    level_db, ref_dbfs = active_level_db(ref, segment)
     mos = pesq(RATE, ref.astype(np.float32), segment.astype(np.float32), "nb")
     print(json.dumps({
         "mos": round(float(mos), 3),
         "offset_s": round(offset / RATE, 3),
         "correlation": round(peak_corr, 3),
+        "level_db": round(float(level_db), 2),
+        "reference_dbfs": round(float(ref_dbfs), 2),
         "reference_s": round(len(ref) / RATE, 3),
         "recording_s": round(len(rec) / RATE, 3),
     }))

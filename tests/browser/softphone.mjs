@@ -67,35 +67,48 @@ async function waitUntil(pred, timeoutMs, what) {
   return s;
 }
 
-// Records the remote stream (what the speaker plays) for `ms` and writes a 16-bit mono WAV.
-async function record(path, ms) {
-  const { rate, b64 } = await page.evaluate(async (ms) => {
-    const stream = window.srbridgeDemo.remoteStream;
-    if (!stream) throw new Error('no remote stream');
+// In-page recorder of a remote stream (what the speaker plays), 48 kHz mono: started on a stream,
+// stopped into 16-bit PCM (base64). `mark()` returns how many samples it has captured so far.
+async function startRecorder(which) {
+  await page.evaluate(async (which) => {
+    const d = window.srbridgeDemo;
+    // `held`: the call's remote track while it still rings (the early set-up), before the app has it.
+    const stream = which === 'held' ? d.call?.remoteStream : d.remoteStream;
+    if (!stream) throw new Error(which === 'held' ? 'no remote track while ringing (no early set-up)' : 'no remote stream');
     const ctx = new AudioContext({ sampleRate: 48000 });
     await ctx.resume();
     const src = ctx.createMediaStreamSource(stream);
     const proc = ctx.createScriptProcessor(4096, 1, 1);
     const mute = ctx.createGain();
     mute.gain.value = 0;
-    const chunks = [];
-    proc.onaudioprocess = (ev) => chunks.push(new Float32Array(ev.inputBuffer.getChannelData(0)));
+    const rec = { ctx, src, proc, chunks: [], n: 0 };
+    proc.onaudioprocess = (ev) => {
+      const c = new Float32Array(ev.inputBuffer.getChannelData(0));
+      rec.chunks.push(c);
+      rec.n += c.length;
+    };
     src.connect(proc);
     proc.connect(mute);
     mute.connect(ctx.destination);
-    await new Promise((r) => setTimeout(r, ms));
-    proc.disconnect();
-    src.disconnect();
-    await ctx.close();
-    const n = chunks.reduce((a, c) => a + c.length, 0);
-    const pcm = new Int16Array(n);
+    window.__srbridgeRecorder = rec;
+  }, which);
+}
+
+async function stopRecorder(path) {
+  const { rate, b64 } = await page.evaluate(async () => {
+    const rec = window.__srbridgeRecorder;
+    window.__srbridgeRecorder = null;
+    rec.proc.disconnect();
+    rec.src.disconnect();
+    await rec.ctx.close();
+    const pcm = new Int16Array(rec.n);
     let i = 0;
-    for (const c of chunks) for (const v of c) pcm[i++] = Math.max(-32768, Math.min(32767, Math.round(v * 32767)));
+    for (const c of rec.chunks) for (const v of c) pcm[i++] = Math.max(-32768, Math.min(32767, Math.round(v * 32767)));
     const bytes = new Uint8Array(pcm.buffer);
     let bin = '';
     for (let j = 0; j < bytes.length; j += 0x8000) bin += String.fromCharCode(...bytes.subarray(j, j + 0x8000));
-    return { rate: ctx.sampleRate, b64: btoa(bin) };
-  }, ms);
+    return { rate: rec.ctx.sampleRate, b64: btoa(bin) };
+  });
   const data = Buffer.from(b64, 'base64');
   const header = Buffer.alloc(44);
   header.write('RIFF', 0);
@@ -113,6 +126,54 @@ async function record(path, ms) {
   header.writeUInt32LE(data.length, 40);
   writeFileSync(path, Buffer.concat([header, data]));
   return { rate, seconds: data.length / 2 / rate };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Records the remote stream for `ms` into a WAV at `path`.
+async function record(path, ms) {
+  await startRecorder('app');
+  await sleep(ms);
+  return stopRecorder(path);
+}
+
+// Starts recording the ringing call's remote track, clicks Accept, records `ms`: the WAV holds
+// everything the page played from the click on (`acceptSample`: the click, in samples).
+async function acceptAndRecord(path, ms) {
+  await startRecorder('held');
+  // The recorder runs once it has delivered a first block.
+  await page.waitForFunction(() => window.__srbridgeRecorder.n > 0);
+  const acceptSample = await page.evaluate(() => {
+    const n = window.__srbridgeRecorder.n;
+    document.getElementById('accept-btn').click();
+    return n;
+  });
+  await sleep(ms);
+  const inbound = await inboundAudioStats();
+  return { acceptSample, inbound, ...(await stopRecorder(path)) };
+}
+
+// What the browser's jitter buffer (NetEq) did with the call's incoming audio (getStats), in ms.
+async function inboundAudioStats() {
+  return page.evaluate(async () => {
+    const pc = window.srbridgeDemo.call?._pc;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    for (const s of report.values()) {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'audio') continue;
+      const ms = (samples) => Math.round((1000 * (samples ?? 0)) / 48000); // NetEq runs at 48 kHz
+      return {
+        packetsReceived: s.packetsReceived,
+        packetsLost: s.packetsLost,
+        concealedMs: ms(s.concealedSamples),
+        removedForAccelerationMs: ms(s.removedSamplesForAcceleration),
+        insertedForDecelerationMs: ms(s.insertedSamplesForDeceleration),
+        bridgeOpusFmtp: (pc.remoteDescription?.sdp.match(/a=fmtp:\d+ [^\r\n]*useinbandfec[^\r\n]*/) ?? [null])[0],
+        jitterBufferMs: s.jitterBufferEmittedCount ? Math.round((1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount) : null,
+      };
+    }
+    return null;
+  });
 }
 
 const commands = {
@@ -180,6 +241,7 @@ const commands = {
     return { mic, spk };
   },
   record({ path, ms }) { return record(path, ms); },
+  acceptAndRecord({ path, ms }) { return acceptAndRecord(path, ms); },
   async screenshot({ path }) {
     await page.mouse.move(0, 0); // no hover highlight in the picture
     await page.screenshot({ path, fullPage: true });
