@@ -187,11 +187,6 @@ impl MediaCore {
         self.schedule.frame = Some(now);
     }
 
-    /// Whether the browser's offer was answered (its pipeline runs).
-    pub fn has_pipeline(&self) -> bool {
-        self.pipeline.is_some()
-    }
-
     /// A browser key for the SIP side (RFC 4733 events, or INFO with `dtmf_mode = "info"`).
     pub fn queue_digit(&mut self, digit: char) {
         if let Some(p) = &mut self.pipeline {
@@ -477,6 +472,7 @@ impl MediaCore {
     }
 
     /// What the SIP leg counted.
+    #[cfg(test)]
     pub fn sip_stats(&self) -> RtpStats {
         self.sip.stats()
     }

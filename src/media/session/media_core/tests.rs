@@ -246,11 +246,11 @@ fn a_flood_of_junk_and_strangers_is_counted_while_the_phone_plays_on() {
     let stranger: SocketAddr = "127.0.0.66:4000".parse().unwrap();
     let mut now = t0;
     for s in 0..50u16 {
+        core.on_sip_datagram(&tone_packet(s, 7), false, phone(), now, &mut io);
         for j in 0..20u16 {
             core.on_sip_datagram(&[0x55; 60], false, stranger, now, &mut io);
             core.on_sip_datagram(&tone_packet(s * 20 + j, 66), false, stranger, now, &mut io);
         }
-        core.on_sip_datagram(&tone_packet(s, 7), false, phone(), now, &mut io);
         core.on_timeout(now, &mut io);
         now += 20 * MS;
     }
