@@ -359,3 +359,63 @@ fn a_re_invite_that_holds_the_call_stops_sending_to_the_phone() {
     core.on_timeout(t0 + 40 * MS, &mut io);
     assert_eq!(io.to_sip.last().map(|(_, to)| *to), Some(moved));
 }
+
+/// Log lines written while `f` runs, on this thread only.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    text
+}
+
+#[test]
+fn a_flood_of_bad_datagrams_is_summed_up_in_one_line_every_10_s_not_one_per_packet() {
+    let t0 = Instant::now();
+    let mut core = core(t0, true, 0);
+    let mut io = Recorder {
+        ready: true,
+        ..Recorder::default()
+    };
+    let stranger: SocketAddr = "127.0.0.66:4000".parse().unwrap();
+    let text = logged(|| {
+        // 25 s of 100 junk datagrams per 20 ms beside the phone's audio.
+        let mut now = t0;
+        for s in 0..1250u16 {
+            core.on_sip_datagram(&tone_packet(s, 7), false, phone(), now, &mut io);
+            for _ in 0..100 {
+                core.on_sip_datagram(&[0x55; 60], false, stranger, now, &mut io);
+            }
+            core.on_timeout(now, &mut io);
+            now += 20 * MS;
+        }
+    });
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("datagrams refused"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines.iter().all(|l| l.contains("call_id=call-1")), "{text}");
+    assert!(lines[0].contains("total_malformed="), "{text}");
+    let others: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("datagrams refused") && !l.contains("browser leg ready"))
+        .collect();
+    assert!(others.is_empty(), "nothing else logged: {others:?}");
+    assert_eq!(core.sip_stats().dropped_malformed, 125_000);
+}
