@@ -65,7 +65,7 @@ async fn recv_on(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     (buf[..n].to_vec(), from)
 }
 
-async fn leg_recv(leg: &RtpLeg) -> (Vec<u8>, SocketAddr) {
+async fn leg_recv(leg: &mut RtpLeg) -> (Vec<u8>, SocketAddr) {
     let mut buf = [0u8; 1500];
     let (n, from) = timeout(HANG, leg.recv(&mut buf))
         .await
@@ -134,7 +134,7 @@ async fn an_address_that_is_not_local_is_a_bind_error_not_exhaustion() {
 #[tokio::test]
 async fn media_goes_to_the_sdp_address_then_follows_the_rtp_source() {
     let (alloc, _) = allocator(1);
-    let leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
+    let mut leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
     assert!(matches!(
         leg.send(&rtp_packet(1, b"x")).await,
         Err(RtpLegError::NoRemote)
@@ -152,7 +152,7 @@ async fn media_goes_to_the_sdp_address_then_follows_the_rtp_source() {
     nat.send_to(&rtp_packet(7, b"hello"), leg.local_addr())
         .await
         .unwrap();
-    let (got, from) = leg_recv(&leg).await;
+    let (got, from) = leg_recv(&mut leg).await;
     assert_eq!(from, nat.local_addr().unwrap());
     assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"hello");
     assert_eq!(leg.remote(), Some(nat.local_addr().unwrap()));
@@ -166,7 +166,7 @@ async fn media_goes_to_the_sdp_address_then_follows_the_rtp_source() {
         .send_to(&rtp_packet(8, b"moved"), leg.local_addr())
         .await
         .unwrap();
-    leg_recv(&leg).await;
+    leg_recv(&mut leg).await;
     leg.send(&rtp_packet(3, b"to-rebound")).await.unwrap();
     let (got, _) = recv_on(&rebound).await;
     assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"to-rebound");
@@ -178,7 +178,7 @@ async fn media_goes_to_the_sdp_address_then_follows_the_rtp_source() {
     let (got, _) = recv_on(&moved).await;
     assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"to-new-sdp");
 
-    let stats = leg.counters().snapshot();
+    let stats = leg.stats();
     assert_eq!(stats.packets_out, 4);
     assert_eq!(stats.packets_in, 2);
     assert_eq!(stats.relatched, 2);
@@ -188,7 +188,7 @@ async fn media_goes_to_the_sdp_address_then_follows_the_rtp_source() {
 #[tokio::test]
 async fn malformed_datagrams_are_counted_dropped_and_never_latched() {
     let (alloc, _) = allocator(1);
-    let leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
+    let mut leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
     let sdp_peer = peer().await;
     leg.set_remote(sdp_peer.local_addr().unwrap());
 
@@ -223,7 +223,7 @@ async fn malformed_datagrams_are_counted_dropped_and_never_latched() {
     assert_eq!(from, phone.local_addr().unwrap());
     assert_eq!(RtpPacket::parse(&buf[..n]).unwrap().payload, b"real");
     assert_eq!(leg.remote(), Some(phone.local_addr().unwrap()));
-    let stats = leg.counters().snapshot();
+    let stats = leg.stats();
     assert_eq!(stats.dropped_malformed, 4);
     assert_eq!(stats.stun_in, 1);
     assert_eq!(stats.dtls_in, 1);
@@ -233,7 +233,7 @@ async fn malformed_datagrams_are_counted_dropped_and_never_latched() {
 }
 
 /// Sends `secs` of a `freq` tone as 20 ms μ-law packets from `from` (to its remote).
-async fn send_tone(from: &RtpLeg, freq: f64, secs: u64) -> usize {
+async fn send_tone(from: &mut RtpLeg, freq: f64, secs: u64) -> usize {
     let samples: Vec<i16> = tone(freq, 0.5, Duration::from_secs(secs), 8000)
         .iter()
         .map(|s| (s * 32767.0) as i16)
@@ -257,7 +257,7 @@ async fn send_tone(from: &RtpLeg, freq: f64, secs: u64) -> usize {
 }
 
 /// Receives `count` packets, puts their decoded audio in sequence order, returns f32 samples.
-async fn receive_tone(on: &RtpLeg, count: usize) -> Vec<f32> {
+async fn receive_tone(on: &mut RtpLeg, count: usize) -> Vec<f32> {
     let mut frames: Vec<(u16, Vec<i16>)> = Vec::with_capacity(count);
     let mut buf = [0u8; 1500];
     for _ in 0..count {
@@ -280,25 +280,31 @@ async fn receive_tone(on: &RtpLeg, count: usize) -> Vec<f32> {
 #[tokio::test]
 async fn a_ulaw_tone_crosses_two_legs_in_both_directions() {
     let (alloc, _) = allocator(2);
-    let bridge = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
-    let phone = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
+    let mut bridge = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
+    let mut phone = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
     bridge.set_remote(phone.local_addr());
     phone.set_remote(bridge.local_addr());
 
-    let (sent, heard) = tokio::join!(send_tone(&bridge, 1000.0, 1), receive_tone(&phone, 50));
+    let (sent, heard) = tokio::join!(
+        send_tone(&mut bridge, 1000.0, 1),
+        receive_tone(&mut phone, 50)
+    );
     assert_eq!(sent, 50);
     assert_tone(&heard, 8000, 1000.0, 5.0, -12.0);
 
-    let (_, heard) = tokio::join!(send_tone(&phone, 440.0, 1), receive_tone(&bridge, 50));
+    let (_, heard) = tokio::join!(
+        send_tone(&mut phone, 440.0, 1),
+        receive_tone(&mut bridge, 50)
+    );
     assert_tone(&heard, 8000, 440.0, 5.0, -12.0);
-    assert_eq!(bridge.counters().snapshot().packets_in, 50);
-    assert_eq!(phone.counters().snapshot().bytes_in, 50 * 172);
+    assert_eq!(bridge.stats().packets_in, 50);
+    assert_eq!(phone.stats().bytes_in, 50 * 172);
 }
 
 #[tokio::test]
 async fn a_stranger_cannot_take_over_while_the_phone_talks() {
     let (alloc, _) = allocator(1);
-    let leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
+    let mut leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
     let phone = peer().await;
     leg.set_remote(phone.local_addr().unwrap());
     let attacker = stranger().await;
@@ -314,7 +320,7 @@ async fn a_stranger_cannot_take_over_while_the_phone_talks() {
             .send_to(&rtp_from(0xCAFE, seq, b"real"), leg.local_addr())
             .await
             .unwrap();
-        let (got, from) = leg_recv(&leg).await;
+        let (got, from) = leg_recv(&mut leg).await;
         assert_eq!(from, phone.local_addr().unwrap());
         assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"real");
     }
@@ -323,7 +329,7 @@ async fn a_stranger_cannot_take_over_while_the_phone_talks() {
     leg.send(&rtp_packet(1, b"to-phone")).await.unwrap();
     let (got, _) = recv_on(&phone).await;
     assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"to-phone");
-    let stats = leg.counters().snapshot();
+    let stats = leg.stats();
     assert_eq!(stats.packets_in, 40);
     assert_eq!(stats.relatched, 0);
     // The last stranger packet may still be queued; all before it were counted.
@@ -333,7 +339,7 @@ async fn a_stranger_cannot_take_over_while_the_phone_talks() {
 #[tokio::test]
 async fn a_phone_behind_nat_is_learned_after_probation_and_media_follows() {
     let (alloc, _) = allocator(1);
-    let leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
+    let mut leg = RtpLeg::bind(LOOPBACK, &alloc).unwrap();
     // The SDP names a private address nobody listens on; RTP comes from the NAT's address.
     leg.set_remote("127.0.0.1:9".parse().unwrap());
     let nat = stranger().await;
@@ -343,14 +349,14 @@ async fn a_phone_behind_nat_is_learned_after_probation_and_media_follows() {
             .unwrap();
     }
     // The first four are probation; the fifth is handed out and moves the target.
-    let (got, from) = leg_recv(&leg).await;
+    let (got, from) = leg_recv(&mut leg).await;
     assert_eq!(from, nat.local_addr().unwrap());
     assert_eq!(RtpPacket::parse(&got).unwrap().sequence, 104);
     assert_eq!(leg.remote(), Some(nat.local_addr().unwrap()));
     leg.send(&rtp_packet(1, b"to-nat")).await.unwrap();
     let (got, _) = recv_on(&nat).await;
     assert_eq!(RtpPacket::parse(&got).unwrap().payload, b"to-nat");
-    let stats = leg.counters().snapshot();
+    let stats = leg.stats();
     assert_eq!(stats.dropped_source, 4);
     assert_eq!(stats.relatched, 1);
 }

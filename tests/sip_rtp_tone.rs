@@ -7,7 +7,6 @@ mod support;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use srbridge::config::{Codec, Config};
@@ -59,7 +58,7 @@ async fn tone_flows_both_ways_through_the_sip_ua_and_rtp_leg() {
     let first = ports::free_port_range(4);
     let allocator = PortAllocator::new(PortRange::new(first, first + 3).expect("port range"));
     let ip: IpAddr = [127, 0, 0, 1].into();
-    let leg = Arc::new(RtpLeg::bind(ip, &allocator).expect("RTP leg"));
+    let mut leg = RtpLeg::bind(ip, &allocator).expect("RTP leg");
     let codecs = [Codec::Pcmu];
     let local = LocalMedia {
         ip,
@@ -93,43 +92,51 @@ async fn tone_flows_both_ways_through_the_sip_ua_and_rtp_leg() {
     leg.set_remote(negotiated.remote);
     phone.wait_for("CALL_ESTABLISHED", T).await;
 
-    // Send 3 s of a 1 kHz tone as PCMU, 20 ms a packet, while collecting what comes back.
-    let sender_leg = Arc::clone(&leg);
+    // Send 3 s of a 1 kHz tone as PCMU, 20 ms a packet, while collecting what comes back (one
+    // task owns the leg: it sends on each tick and reads between ticks).
     let pt = negotiated.payload_type;
-    let send = tokio::spawn(async move {
-        let samples = audio::tone(1000.0, 0.5, Duration::from_secs(3), 8000);
-        let mut rtp = RtpSender::random(8000);
-        let start = Instant::now();
-        let mut ticker = tokio::time::interval(Duration::from_millis(20));
-        let mut pcm = [0i16; 160];
-        let mut payload = [0u8; 160];
-        let mut packet = [0u8; 172];
-        for frame in samples.chunks_exact(160) {
-            ticker.tick().await;
-            for (out, s) in pcm.iter_mut().zip(frame) {
-                *out = (s * 32767.0) as i16;
-            }
-            g711::ulaw_encode(&pcm, &mut payload);
-            let header = rtp.audio(start.elapsed(), pt, 160);
-            let len = header.write(&payload, &mut packet).expect("packet");
-            sender_leg.send(&packet[..len]).await.expect("send RTP");
-        }
-    });
+    let samples = audio::tone(1000.0, 0.5, Duration::from_secs(3), 8000);
+    let mut frames = samples.chunks_exact(160);
+    let mut rtp = RtpSender::random(8000);
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut out_pcm = [0i16; 160];
+    let mut payload = [0u8; 160];
+    let mut packet = [0u8; 172];
     let mut received: Vec<f32> = Vec::new();
     let mut buf = [0u8; 1500];
     let mut pcm = [0i16; 1500];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while let Ok(Ok((n, _from))) = tokio::time::timeout_at(deadline, leg.recv(&mut buf)).await {
-        let Ok(packet) = RtpPacket::parse(&buf[..n]) else {
-            continue;
-        };
-        if packet.payload_type != 0 {
-            continue;
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            _ = ticker.tick(), if sending => {
+                let Some(frame) = frames.next() else {
+                    sending = false;
+                    continue;
+                };
+                for (out, s) in out_pcm.iter_mut().zip(frame) {
+                    *out = (s * 32767.0) as i16;
+                }
+                g711::ulaw_encode(&out_pcm, &mut payload);
+                let header = rtp.audio(start.elapsed(), pt, 160);
+                let len = header.write(&payload, &mut packet).expect("packet");
+                leg.send(&packet[..len]).await.expect("send RTP");
+            }
+            r = leg.recv(&mut buf) => {
+                let Ok((n, _from)) = r else { break };
+                let Ok(packet) = RtpPacket::parse(&buf[..n]) else {
+                    continue;
+                };
+                if packet.payload_type != 0 {
+                    continue;
+                }
+                let decoded = g711::ulaw_decode(packet.payload, &mut pcm);
+                received.extend(pcm[..decoded].iter().map(|s| f32::from(*s) / 32768.0));
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
         }
-        let decoded = g711::ulaw_decode(packet.payload, &mut pcm);
-        received.extend(pcm[..decoded].iter().map(|s| f32::from(*s) / 32768.0));
     }
-    send.await.expect("sender");
     assert!(
         received.len() > 8000,
         "about 3 s of audio came back, got {} samples",

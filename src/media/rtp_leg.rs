@@ -5,14 +5,13 @@
 //! back when the [`RtpLeg`] is dropped. [`RtpLeg`] sends to the SDP address until a source is
 //! learned, then to that source (symmetric RTP, RFC 4961, so phones behind NAT work), and accepts
 //! packets only from it: the strict-source rule of [`StrictSource`] decides, so a stranger's
-//! packets are dropped and counted, never played or latched onto. The socket shell shares the
-//! send target with the sending task through a lock-free cell, so the send path takes no lock;
-//! the receive path takes one uncontended lock per packet; neither allocates.
+//! packets are dropped and counted, never played or latched onto. The rule and the counters are
+//! [`SipRtpCore`], sans-IO and owned by one task: no lock, no atomic, no allocation per packet.
 
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket as StdUdpSocket};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
@@ -228,171 +227,176 @@ pub struct PortPair {
     pub lease: PortLease,
 }
 
-/// An `Option<SocketAddr>` readable without a lock (seqlock; writers serialise elsewhere).
-#[derive(Debug, Default)]
-struct AddrCell {
-    seq: AtomicU32,
-    words: [AtomicU64; 3],
-}
-
-impl AddrCell {
-    fn encode(addr: Option<SocketAddr>) -> [u64; 3] {
-        match addr {
-            None => [0; 3],
-            Some(SocketAddr::V4(a)) => [
-                4 | u64::from(a.port()) << 8,
-                u64::from(u32::from(*a.ip())),
-                0,
-            ],
-            Some(SocketAddr::V6(a)) => {
-                let ip = u128::from(*a.ip());
-                [
-                    6 | u64::from(a.port()) << 8 | u64::from(a.scope_id()) << 24,
-                    (ip >> 64) as u64,
-                    ip as u64,
-                ]
-            }
-        }
-    }
-
-    fn decode(w: [u64; 3]) -> Option<SocketAddr> {
-        let port = (w[0] >> 8) as u16;
-        match w[0] & 0xFF {
-            4 => Some(SocketAddr::new(
-                IpAddr::from((w[1] as u32).to_be_bytes()),
-                port,
-            )),
-            6 => {
-                let ip = Ipv6Addr::from((u128::from(w[1]) << 64) | u128::from(w[2]));
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    ip,
-                    port,
-                    0,
-                    (w[0] >> 24) as u32,
-                )))
-            }
-            _ => None,
-        }
-    }
-
-    fn load(&self) -> Option<SocketAddr> {
-        loop {
-            let before = self.seq.load(Ordering::Acquire);
-            if before & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let w = [
-                self.words[0].load(Ordering::Relaxed),
-                self.words[1].load(Ordering::Relaxed),
-                self.words[2].load(Ordering::Relaxed),
-            ];
-            fence(Ordering::Acquire);
-            if self.seq.load(Ordering::Relaxed) == before {
-                return Self::decode(w);
-            }
-        }
-    }
-
-    /// Only one writer at a time (callers hold the leg's latch mutex).
-    fn store(&self, addr: Option<SocketAddr>) {
-        let seq = self.seq.load(Ordering::Relaxed);
-        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (cell, w) in self.words.iter().zip(Self::encode(addr)) {
-            cell.store(w, Ordering::Relaxed);
-        }
-        self.seq.store(seq.wrapping_add(2), Ordering::Release);
-    }
-}
-
-/// Per-leg traffic counters, updated with relaxed atomics; the metrics read them any time.
-#[derive(Debug, Default)]
-pub struct RtpCounters {
-    /// Valid RTP packets received.
-    pub packets_in: AtomicU64,
-    /// Bytes of valid RTP received.
-    pub bytes_in: AtomicU64,
-    /// Packets sent.
-    pub packets_out: AtomicU64,
-    /// Bytes sent.
-    pub bytes_out: AtomicU64,
-    /// Datagrams dropped as not RTP (garbage, truncated, wrong version).
-    pub dropped_malformed: AtomicU64,
-    /// Valid RTP dropped because it came from a source the strict-source rule does not accept.
-    pub dropped_source: AtomicU64,
-    /// STUN datagrams (this port does no ICE: a probe or garbage), dropped.
-    pub stun_in: AtomicU64,
-    /// DTLS datagrams (this port does no DTLS: a probe or garbage), dropped.
-    pub dtls_in: AtomicU64,
-    /// RTCP packets received, multiplexed on the RTP port or on the RTCP port (not
-    /// interpreted; see [`RtpLeg::count_rtcp`]).
-    pub rtcp_in: AtomicU64,
-    /// Times the send target moved to a new RTP source.
-    pub relatched: AtomicU64,
-}
-
-/// A plain copy of [`RtpCounters`] at one moment.
+/// What the SIP leg counted: plain numbers owned by the leg (one owner, so no atomics or lock);
+/// the call's media task publishes them to the metrics once a second.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RtpStats {
-    /// See [`RtpCounters::packets_in`].
+    /// Valid RTP packets received from the accepted source.
     pub packets_in: u64,
-    /// See [`RtpCounters::bytes_in`].
+    /// Bytes of valid RTP received.
     pub bytes_in: u64,
-    /// See [`RtpCounters::packets_out`].
+    /// Packets sent.
     pub packets_out: u64,
-    /// See [`RtpCounters::bytes_out`].
+    /// Bytes sent.
     pub bytes_out: u64,
-    /// See [`RtpCounters::dropped_malformed`].
+    /// Packets not sent: no target yet, or the socket refused them (full buffer, ICMP error).
+    pub send_failed: u64,
+    /// Datagrams dropped as not RTP (garbage, truncated, wrong version).
     pub dropped_malformed: u64,
-    /// See [`RtpCounters::dropped_source`].
+    /// Valid RTP (or RTCP) dropped because it came from a source the strict-source rule does
+    /// not accept.
     pub dropped_source: u64,
-    /// See [`RtpCounters::stun_in`].
+    /// STUN datagrams (this port does no ICE: a probe or garbage), dropped.
     pub stun_in: u64,
-    /// See [`RtpCounters::dtls_in`].
+    /// DTLS datagrams (this port does no DTLS: a probe or garbage), dropped.
     pub dtls_in: u64,
-    /// See [`RtpCounters::rtcp_in`].
+    /// RTCP packets from the peer's host, multiplexed on the RTP port or on the RTCP port (not
+    /// interpreted: a sign of life for the RTP timeout).
     pub rtcp_in: u64,
-    /// See [`RtpCounters::relatched`].
+    /// Times the send target moved to a new RTP source.
     pub relatched: u64,
 }
 
-impl RtpCounters {
-    /// Reads every counter.
-    pub fn snapshot(&self) -> RtpStats {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        RtpStats {
-            packets_in: r(&self.packets_in),
-            bytes_in: r(&self.bytes_in),
-            packets_out: r(&self.packets_out),
-            bytes_out: r(&self.bytes_out),
-            dropped_malformed: r(&self.dropped_malformed),
-            dropped_source: r(&self.dropped_source),
-            stun_in: r(&self.stun_in),
-            dtls_in: r(&self.dtls_in),
-            rtcp_in: r(&self.rtcp_in),
-            relatched: r(&self.relatched),
-        }
+impl RtpStats {
+    /// Datagrams refused for any reason (malformed, stranger, STUN, DTLS): what a flood of bad
+    /// packets moves.
+    pub fn refused(&self) -> u64 {
+        self.dropped_malformed + self.dropped_source + self.stun_in + self.dtls_in
     }
 }
 
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
+/// The SIP leg without its sockets (sans-IO): fed each received datagram with its source and
+/// time, it says whether it is RTP to play; it knows where to send and counts everything.
+#[derive(Debug, Default)]
+pub struct SipRtpCore {
+    source: StrictSource,
+    stats: RtpStats,
 }
 
-/// One call's RTP endpoint toward the PBX. Share it in an `Arc`: `send`, `recv` and
-/// `set_remote` all take `&self` and may run in different tasks.
+impl SipRtpCore {
+    /// The peer's address from SDP (answer, or a re-INVITE's/UPDATE's offer): media goes there
+    /// and the source rule starts over when it changed.
+    pub fn set_remote(&mut self, addr: SocketAddr) {
+        self.source.set_signalled(addr);
+    }
+
+    /// Where to send now.
+    pub fn target(&self) -> Option<SocketAddr> {
+        self.source.target()
+    }
+
+    /// Counts one datagram from the RTCP port: a sign of life only from the host media goes
+    /// to, so a stranger's RTCP cannot keep a dead call alive past the RTP timeout.
+    pub fn on_rtcp(&mut self, source: SocketAddr) {
+        if self.rtcp_from_peer(source) {
+            self.stats.rtcp_in += 1;
+        } else {
+            self.stats.dropped_source += 1;
+        }
+    }
+
+    fn rtcp_from_peer(&self, source: SocketAddr) -> bool {
+        self.target().is_some_and(|t| t.ip() == source.ip())
+    }
+
+    /// One datagram from the RTP port, `truncated` when it filled the receive buffer. Returns
+    /// the packet when it is valid RTP from the accepted source; malformed datagrams, STUN,
+    /// DTLS, multiplexed RTCP and strangers' RTP are counted and give `None`.
+    pub fn on_datagram<'a>(
+        &mut self,
+        datagram: &'a [u8],
+        truncated: bool,
+        source: SocketAddr,
+        at: Instant,
+    ) -> Option<RtpPacket<'a>> {
+        if truncated {
+            self.stats.dropped_malformed += 1;
+            return None;
+        }
+        let packet = match RtpPacket::parse(datagram) {
+            Ok(p) => p,
+            Err(RtpError::Rtcp(_)) => {
+                self.on_rtcp(source);
+                return None;
+            }
+            Err(_) => {
+                let counter = match classify(datagram) {
+                    DatagramKind::Stun => &mut self.stats.stun_in,
+                    DatagramKind::Dtls => &mut self.stats.dtls_in,
+                    _ => &mut self.stats.dropped_malformed,
+                };
+                *counter += 1;
+                return None;
+            }
+        };
+        let arrival = RtpArrival {
+            source,
+            ssrc: packet.ssrc,
+            sequence: packet.sequence,
+            at,
+        };
+        match self.source.on_packet(arrival) {
+            SourceVerdict::Drop => {
+                self.stats.dropped_source += 1;
+                return None;
+            }
+            SourceVerdict::Moved => self.stats.relatched += 1,
+            SourceVerdict::Accept => {}
+        }
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        Some(packet)
+    }
+
+    /// Counts a send: `Some(bytes)` when it went out, `None` when it did not.
+    pub fn on_sent(&mut self, sent: Option<usize>) {
+        match sent {
+            Some(n) => {
+                self.stats.packets_out += 1;
+                self.stats.bytes_out += n as u64;
+            }
+            None => self.stats.send_failed += 1,
+        }
+    }
+
+    /// Everything counted so far.
+    pub fn stats(&self) -> RtpStats {
+        self.stats
+    }
+}
+
+/// Whether a receive error is an ICMP report of an earlier send (some systems surface those on
+/// the next read): not fatal, read on.
+pub fn is_icmp_echo(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One call's RTP endpoint toward the PBX: two sockets around a [`SipRtpCore`]. Owned by one
+/// task (the call's media task takes it apart with [`RtpLeg::into_parts`]).
 #[derive(Debug)]
 pub struct RtpLeg {
     socket: UdpSocket,
     /// The odd port: RTCP is only counted (a sign of life for the RTP timeout).
     rtcp: UdpSocket,
     local: SocketAddr,
-    source: Mutex<StrictSource>,
-    /// Mirrors `source.target()` for the send path.
-    target: AddrCell,
-    counters: Arc<RtpCounters>,
-    _lease: PortLease,
+    core: SipRtpCore,
+    lease: PortLease,
+}
+
+/// An [`RtpLeg`] taken apart, for a task that polls the sockets itself.
+#[derive(Debug)]
+pub struct RtpLegParts {
+    /// The RTP socket (even port).
+    pub socket: UdpSocket,
+    /// The RTCP socket (odd port).
+    pub rtcp: UdpSocket,
+    /// The sans-IO leg.
+    pub core: SipRtpCore,
+    /// Keeps the ports reserved; drop it after the sockets.
+    pub lease: PortLease,
 }
 
 impl RtpLeg {
@@ -412,10 +416,8 @@ impl RtpLeg {
             socket,
             rtcp,
             local,
-            source: Mutex::new(StrictSource::default()),
-            target: AddrCell::default(),
-            counters: Arc::new(RtpCounters::default()),
-            _lease: pair.lease,
+            core: SipRtpCore::default(),
+            lease: pair.lease,
         })
     }
 
@@ -429,130 +431,63 @@ impl RtpLeg {
         self.rtcp.local_addr()
     }
 
-    fn update<T>(&self, f: impl FnOnce(&mut StrictSource) -> T) -> T {
-        let mut source = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        let before = source.target();
-        let result = f(&mut source);
-        let after = source.target();
-        if after != before {
-            self.target.store(after);
-        }
-        result
-    }
-
-    /// The peer's address from SDP (answer, or a re-INVITE's/UPDATE's offer): media goes there
-    /// and the source rule starts over when it changed.
-    pub fn set_remote(&self, addr: SocketAddr) {
-        self.update(|s| s.set_signalled(addr));
+    /// See [`SipRtpCore::set_remote`].
+    pub fn set_remote(&mut self, addr: SocketAddr) {
+        self.core.set_remote(addr);
     }
 
     /// Where `send` goes now.
     pub fn remote(&self) -> Option<SocketAddr> {
-        self.target.load()
-    }
-
-    /// Whether RTCP from `source` counts as a sign of life: only from the host media goes to,
-    /// so a stranger's RTCP cannot keep a dead call alive past the RTP timeout.
-    fn rtcp_from_peer(&self, source: SocketAddr) -> bool {
-        self.target.load().is_some_and(|t| t.ip() == source.ip())
-    }
-
-    /// Reads the RTCP port until the socket fails, counting datagrams from the peer's host in
-    /// `rtcp_in`; run it in a task of the call (the packets themselves are not used).
-    pub async fn count_rtcp(&self) {
-        let mut buf = [0u8; 1500];
-        loop {
-            match self.rtcp.recv_from(&mut buf).await {
-                Ok((_, source)) if self.rtcp_from_peer(source) => bump(&self.counters.rtcp_in, 1),
-                Ok(_) => bump(&self.counters.dropped_source, 1),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-                    ) => {}
-                Err(_) => return,
-            }
-        }
+        self.core.target()
     }
 
     /// Sends one RTP packet to the current target.
-    pub async fn send(&self, packet: &[u8]) -> Result<usize, RtpLegError> {
-        let target = self.target.load().ok_or(RtpLegError::NoRemote)?;
-        let n = self.socket.send_to(packet, target).await?;
-        bump(&self.counters.packets_out, 1);
-        bump(&self.counters.bytes_out, n as u64);
-        Ok(n)
+    pub async fn send(&mut self, packet: &[u8]) -> Result<usize, RtpLegError> {
+        let Some(target) = self.core.target() else {
+            self.core.on_sent(None);
+            return Err(RtpLegError::NoRemote);
+        };
+        let sent = self.socket.send_to(packet, target).await;
+        self.core.on_sent(sent.as_ref().ok().copied());
+        Ok(sent?)
     }
 
     /// Receives the next valid RTP packet from the accepted source into `buf`; returns its length
-    /// and source.
-    ///
-    /// Malformed datagrams, STUN, DTLS, multiplexed RTCP and RTP from a source the strict-source
-    /// rule refuses are counted and skipped. `buf` must be larger
-    /// than any packet (1500 bytes is plenty): a datagram that fills it may be truncated and is
-    /// dropped as malformed.
-    pub async fn recv(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), RtpLegError> {
+    /// and source. Everything else is counted and skipped (see [`SipRtpCore::on_datagram`]).
+    /// `buf` must be larger than any packet (1500 bytes is plenty): a datagram that fills it may
+    /// be truncated and is dropped as malformed.
+    pub async fn recv(&mut self, buf: &mut [u8]) -> Result<(usize, SocketAddr), RtpLegError> {
         loop {
             let (n, source) = match self.socket.recv_from(buf).await {
                 Ok(r) => r,
-                // ICMP errors from an earlier send surface here on some systems: not fatal.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if is_icmp_echo(&e) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if n >= buf.len() {
-                bump(&self.counters.dropped_malformed, 1);
-                continue;
+            let truncated = n >= buf.len();
+            let at = Instant::now();
+            if self
+                .core
+                .on_datagram(&buf[..n], truncated, source, at)
+                .is_some()
+            {
+                return Ok((n, source));
             }
-            let arrival = match RtpPacket::parse(&buf[..n]) {
-                Ok(p) => RtpArrival {
-                    source,
-                    ssrc: p.ssrc,
-                    sequence: p.sequence,
-                    at: std::time::Instant::now(),
-                },
-                Err(RtpError::Rtcp(_)) => {
-                    let counter = if self.rtcp_from_peer(source) {
-                        &self.counters.rtcp_in
-                    } else {
-                        &self.counters.dropped_source
-                    };
-                    bump(counter, 1);
-                    continue;
-                }
-                Err(_) => {
-                    let counter = match classify(&buf[..n]) {
-                        DatagramKind::Stun => &self.counters.stun_in,
-                        DatagramKind::Dtls => &self.counters.dtls_in,
-                        _ => &self.counters.dropped_malformed,
-                    };
-                    bump(counter, 1);
-                    continue;
-                }
-            };
-            match self.update(|s| s.on_packet(arrival)) {
-                SourceVerdict::Drop => {
-                    bump(&self.counters.dropped_source, 1);
-                    continue;
-                }
-                SourceVerdict::Moved => bump(&self.counters.relatched, 1),
-                SourceVerdict::Accept => {}
-            }
-            bump(&self.counters.packets_in, 1);
-            bump(&self.counters.bytes_in, n as u64);
-            return Ok((n, source));
         }
     }
 
-    /// The leg's counters, for metrics and the status page.
-    pub fn counters(&self) -> &Arc<RtpCounters> {
-        &self.counters
+    /// What the leg counted.
+    pub fn stats(&self) -> RtpStats {
+        self.core.stats()
+    }
+
+    /// The sockets, the sans-IO leg and the port lease, for a task that owns them all.
+    pub fn into_parts(self) -> RtpLegParts {
+        RtpLegParts {
+            socket: self.socket,
+            rtcp: self.rtcp,
+            core: self.core,
+            lease: self.lease,
+        }
     }
 }
 
@@ -588,24 +523,6 @@ mod tests {
     }
 
     #[test]
-    fn addr_cell_round_trips_every_kind_of_address() {
-        let cell = AddrCell::default();
-        assert_eq!(cell.load(), None);
-        let v6 = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 5004, 0, 3));
-        for a in [
-            Some(addr("127.0.0.1:20000")),
-            Some(addr("255.255.255.255:65535")),
-            Some(addr("[2001:db8::1]:1")),
-            Some(v6),
-            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
-            None,
-        ] {
-            cell.store(a);
-            assert_eq!(cell.load(), a);
-        }
-    }
-
-    #[test]
     fn bind_outside_runtime_is_an_error() {
         let alloc = PortAllocator::new(PortRange::new(20000, 20001).unwrap());
         assert!(matches!(
@@ -615,32 +532,77 @@ mod tests {
         assert_eq!(alloc.in_use(), 0);
     }
 
+    fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 160, 0, 0, 0, 0];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xFF; 160]);
+        p
+    }
+
     #[test]
-    fn addr_cell_reads_are_never_torn() {
-        let a = Some(addr("[2001:db8::1]:1111"));
-        let b = Some(addr("10.9.8.7:2222"));
-        let cell = Arc::new(AddrCell::default());
-        cell.store(a);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (cell, stop) = (Arc::clone(&cell), Arc::clone(&stop));
-                std::thread::spawn(move || {
-                    let mut reads = 0u64;
-                    while !stop.load(Ordering::Relaxed) || reads < 1000 {
-                        let v = cell.load();
-                        assert!(v == a || v == b, "torn read {v:?}");
-                        reads += 1;
-                    }
-                })
-            })
-            .collect();
-        for i in 0..200_000 {
-            cell.store(if i % 2 == 0 { b } else { a });
+    fn the_core_plays_the_peers_rtp_and_counts_everything_else_by_kind() {
+        let t0 = Instant::now();
+        let phone = addr("127.0.0.1:4000");
+        let stranger = addr("127.0.0.66:4000");
+        let mut core = SipRtpCore::default();
+        core.set_remote(phone);
+        let good = rtp(7, 1);
+        let packet = core.on_datagram(&good, false, phone, t0).expect("played");
+        assert_eq!((packet.ssrc, packet.sequence), (7, 1));
+        assert!(core.on_datagram(&good, true, phone, t0).is_none());
+        assert!(core.on_datagram(b"hi", false, phone, t0).is_none());
+        let mut stun = [0u8; 20];
+        stun[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+        assert!(core.on_datagram(&stun, false, stranger, t0).is_none());
+        let dtls = [22u8, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(core.on_datagram(&dtls, false, stranger, t0).is_none());
+        let mut rtcp = [0u8; 8];
+        rtcp[0] = 0x80;
+        rtcp[1] = 201;
+        assert!(core.on_datagram(&rtcp, false, phone, t0).is_none());
+        assert!(core.on_datagram(&rtcp, false, stranger, t0).is_none());
+        assert!(core.on_datagram(&rtp(9, 1), false, stranger, t0).is_none());
+        core.on_rtcp(phone);
+        core.on_rtcp(stranger);
+        let s = core.stats();
+        assert_eq!((s.packets_in, s.bytes_in), (1, good.len() as u64));
+        assert_eq!(s.dropped_malformed, 2);
+        assert_eq!((s.stun_in, s.dtls_in), (1, 1));
+        assert_eq!(s.rtcp_in, 2);
+        assert_eq!(s.dropped_source, 3);
+        assert_eq!(s.refused(), 7);
+        assert_eq!(core.target(), Some(phone));
+    }
+
+    #[test]
+    fn a_flood_of_bad_datagrams_is_only_counted_and_the_peer_still_plays() {
+        let t0 = Instant::now();
+        let phone = addr("127.0.0.1:4000");
+        let mut core = SipRtpCore::default();
+        core.set_remote(phone);
+        assert!(core.on_datagram(&rtp(7, 0), false, phone, t0).is_some());
+        for i in 0..10_000u16 {
+            let junk = [0x55u8; 40];
+            assert!(core
+                .on_datagram(&junk, false, addr("127.0.0.66:1"), t0)
+                .is_none());
+            assert!(core
+                .on_datagram(&rtp(1, i), false, addr("127.0.0.66:2"), t0)
+                .is_none());
         }
-        stop.store(true, Ordering::Relaxed);
-        for r in readers {
-            r.join().unwrap();
-        }
+        assert!(core.on_datagram(&rtp(7, 1), false, phone, t0).is_some());
+        let s = core.stats();
+        assert_eq!((s.dropped_malformed, s.dropped_source), (10_000, 10_000));
+        assert_eq!(s.packets_in, 2);
+    }
+
+    #[test]
+    fn sends_count_bytes_and_failures() {
+        let mut core = SipRtpCore::default();
+        core.on_sent(Some(172));
+        core.on_sent(None);
+        let s = core.stats();
+        assert_eq!((s.packets_out, s.bytes_out, s.send_failed), (1, 172, 1));
     }
 }

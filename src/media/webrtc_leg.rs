@@ -1051,7 +1051,8 @@ impl WebRtcLeg {
     /// Sends one RTP packet to the browser (Opus, PCMU, PCMA or telephone-event). The caller owns
     /// sequence numbers and timestamps (see `transcode::RtpClock`): telephone-event packets go
     /// on the same SSRC, so they must continue the audio's sequence numbers (SRTP's replay check
-    /// drops anything else). The payload is copied once into the packet the stack takes.
+    /// drops anything else). The payload is copied once into a new buffer the stack takes; the
+    /// call's media task uses [`WebRtcLeg::send_rtp_bytes`] with buffers it reuses instead.
     pub async fn send_rtp(
         &self,
         payload_type: u8,
@@ -1067,6 +1068,28 @@ impl WebRtcLeg {
         if negotiated.codec(payload_type).is_none() {
             return Err(WebRtcLegError::NotNegotiated(payload_type));
         }
+        self.send_rtp_bytes(
+            payload_type,
+            seq,
+            timestamp,
+            marker,
+            Bytes::copy_from_slice(payload),
+        )
+        .await
+    }
+
+    /// [`WebRtcLeg::send_rtp`] for the media path: the payload is a slice of the caller's reused
+    /// buffer (no copy), and `payload_type` is not looked up again (no lock per packet): the
+    /// caller took it from [`WebRtcLeg::negotiated`] once, as the pipeline's `BrowserParams` do.
+    pub async fn send_rtp_bytes(
+        &self,
+        payload_type: u8,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        payload: Bytes,
+    ) -> Result<(), WebRtcLegError> {
+        self.check_open()?;
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::Header {
                 version: 2,
@@ -1077,7 +1100,7 @@ impl WebRtcLeg {
                 ssrc: self.ssrc,
                 ..Default::default()
             },
-            payload: Bytes::copy_from_slice(payload),
+            payload,
         };
         self.track.write_rtp(packet).await?;
         Ok(())

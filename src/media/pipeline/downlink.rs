@@ -54,12 +54,22 @@ pub struct Downlink {
 }
 
 impl Downlink {
-    /// A pipeline sending to a browser that negotiated `browser`.
+    /// A pipeline sending to a browser that negotiated `browser`, with the default Opus settings.
     pub fn new(
         browser: BrowserParams,
         counters: Arc<PipelineCounters>,
     ) -> Result<Downlink, OpusError> {
-        let policy = EncoderPolicy::new(OpusSettings::default());
+        Downlink::with_opus(browser, OpusSettings::default(), counters)
+    }
+
+    /// A pipeline whose Opus encoder is built once with the configured settings (`[media]
+    /// opus_*`), not built with defaults and reconfigured.
+    pub fn with_opus(
+        browser: BrowserParams,
+        opus: OpusSettings,
+        counters: Arc<PipelineCounters>,
+    ) -> Result<Downlink, OpusError> {
+        let policy = EncoderPolicy::new(opus);
         let (encoder, ticks) = match browser.codec {
             BrowserCodec::Opus => (
                 Some(OpusEncoder::new(policy.settings())?),

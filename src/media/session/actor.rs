@@ -1,0 +1,341 @@
+//! The call's media task: one task per call that owns the SIP leg's two sockets, the browser
+//! leg ([`BrowserLink`]) and the [`MediaCore`], and waits on all of them and on one timer set to
+//! the core's next deadline. Control from the call layer arrives on one channel.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::browser::{BrowserInput, BrowserLink};
+use super::media_core::{MediaCore, MediaIo};
+use crate::call::ports::MediaEvent;
+use crate::media::pipeline::{Downlink, SipParams, Uplink};
+use crate::media::recording::RecorderTap;
+use crate::media::rtp_leg::{is_icmp_echo, PortLease};
+use crate::media::transcode::RtpStamp;
+use crate::media::webrtc_leg::{LegEvent, LegState};
+
+/// Datagrams read in one go when the RTP socket is readable, before the task looks at its
+/// other inputs again.
+const READ_BURST: usize = 32;
+
+/// Receive buffer: larger than any RTP packet, so a datagram that fills it was truncated.
+const DATAGRAM: usize = 1500;
+
+/// The SIP leg's sockets and the lease that keeps their ports.
+pub struct LegSockets {
+    /// RTP (even port).
+    pub socket: UdpSocket,
+    /// RTCP (odd port).
+    pub rtcp: UdpSocket,
+    /// Dropped after the sockets.
+    pub lease: PortLease,
+}
+
+/// What the call layer tells the media task.
+pub enum Control {
+    /// The SIP side's negotiated media (answer, re-INVITE, UPDATE).
+    Sip {
+        /// The peer's RTP address from its SDP.
+        remote: SocketAddr,
+        /// Codec, payload types, whether to send.
+        params: SipParams,
+        /// The phone holds the call.
+        on_hold: bool,
+    },
+    /// The browser's offer was answered: its leg and the pipeline.
+    Browser(Box<Attach>),
+    /// A browser key for the SIP side.
+    Digit(char),
+    /// The call is answered: audio passes from now on.
+    Answered,
+    /// The call is established: watch for silent legs.
+    Established,
+    /// The call ended: publish the last counters, close the browser leg, release the ports.
+    Close,
+}
+
+/// The browser leg and the pipeline built for it.
+pub struct Attach {
+    /// The answered browser leg.
+    pub link: BrowserLink,
+    /// Browser → SIP.
+    pub up: Uplink,
+    /// SIP → browser.
+    pub down: Downlink,
+    /// The recording, if the call is recorded.
+    pub tap: Option<RecorderTap>,
+}
+
+/// The call's media task. See the module docs.
+pub struct MediaTask {
+    call_id: String,
+    socket: UdpSocket,
+    rtcp: UdpSocket,
+    core: MediaCore,
+    browser: Option<BrowserLink>,
+    /// The browser leg's channels closed: stop polling it.
+    browser_gone: bool,
+    /// The browser leg failed or closed (reported once).
+    browser_failed: bool,
+    control: mpsc::UnboundedReceiver<Control>,
+    events: mpsc::Sender<MediaEvent>,
+    /// Events the core produced during one step, delivered after it.
+    pending: Vec<MediaEvent>,
+    buf: Box<[u8; DATAGRAM]>,
+    rtcp_buf: Box<[u8; DATAGRAM]>,
+    /// Dropped after the sockets (field order): the ports go back to the range.
+    _lease: PortLease,
+}
+
+/// The core's outputs in this task: the RTP socket, the browser leg's send queue, the events.
+struct ShellIo<'a> {
+    socket: &'a UdpSocket,
+    browser: Option<&'a mut BrowserLink>,
+    events: &'a mut Vec<MediaEvent>,
+}
+
+impl MediaIo for ShellIo<'_> {
+    fn send_sip(&mut self, packet: &[u8], to: SocketAddr) -> Option<usize> {
+        // UDP: a full socket buffer drops the packet (counted), the task never waits.
+        self.socket.try_send_to(packet, to).ok()
+    }
+
+    fn browser_ready(&self) -> bool {
+        self.browser.as_ref().is_some_and(|b| b.ready())
+    }
+
+    fn send_browser(&mut self, payload_type: u8, stamp: RtpStamp, payload: &[u8]) {
+        if let Some(b) = self.browser.as_mut() {
+            b.queue(payload_type, stamp, payload);
+        }
+    }
+
+    fn event(&mut self, event: MediaEvent) {
+        self.events.push(event);
+    }
+}
+
+async fn next_browser(browser: &mut Option<BrowserLink>) -> BrowserInput {
+    match browser {
+        Some(b) => b.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl MediaTask {
+    /// The task for a call: `sockets` are the SIP leg's (its sans-IO part is in `core`).
+    pub fn new(
+        call_id: &str,
+        sockets: LegSockets,
+        core: MediaCore,
+        control: mpsc::UnboundedReceiver<Control>,
+        events: mpsc::Sender<MediaEvent>,
+    ) -> MediaTask {
+        MediaTask {
+            call_id: call_id.to_owned(),
+            socket: sockets.socket,
+            rtcp: sockets.rtcp,
+            core,
+            browser: None,
+            browser_gone: false,
+            browser_failed: false,
+            control,
+            events,
+            pending: Vec::with_capacity(4),
+            buf: Box::new([0; DATAGRAM]),
+            rtcp_buf: Box::new([0; DATAGRAM]),
+            _lease: sockets.lease,
+        }
+    }
+
+    fn io(&mut self) -> (&mut MediaCore, ShellIo<'_>) {
+        (
+            &mut self.core,
+            ShellIo {
+                socket: &self.socket,
+                browser: self.browser.as_mut(),
+                events: &mut self.pending,
+            },
+        )
+    }
+
+    /// Runs until the call layer sends [`Control::Close`] or drops its end.
+    pub async fn run(mut self) {
+        let sleep = tokio::time::sleep_until(self.core.next_deadline().into());
+        tokio::pin!(sleep);
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.core.next_deadline());
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            let poll_browser = !self.browser_gone;
+            tokio::select! {
+                c = self.control.recv() => match c {
+                    Some(Control::Close) | None => break,
+                    Some(c) => self.on_control(c),
+                },
+                r = self.socket.recv_from(&mut self.buf[..]) => {
+                    if !self.on_rtp(r) {
+                        break;
+                    }
+                },
+                r = self.rtcp.recv_from(&mut self.rtcp_buf[..]) => match r {
+                    Ok((_, source)) => self.core.on_sip_rtcp(source),
+                    Err(e) if is_icmp_echo(&e) => {}
+                    Err(e) => {
+                        tracing::warn!(call_id = %self.call_id, error = %e, "RTCP socket failed");
+                        break;
+                    }
+                },
+                input = next_browser(&mut self.browser), if poll_browser => self.on_browser(input).await,
+                () = &mut sleep => {
+                    let now = Instant::now();
+                    if let Some(b) = &mut self.browser {
+                        b.on_timer(now);
+                    }
+                    let (core, mut io) = self.io();
+                    core.on_timeout(now, &mut io);
+                },
+            }
+            self.deliver().await;
+        }
+        self.core.publish(Instant::now());
+        if let Some(b) = self.browser.take() {
+            b.close().await;
+        }
+    }
+
+    fn on_control(&mut self, control: Control) {
+        let now = Instant::now();
+        match control {
+            Control::Sip {
+                remote,
+                params,
+                on_hold,
+            } => self.core.set_sip(remote, params, on_hold),
+            Control::Browser(attach) => {
+                let Attach {
+                    link,
+                    up,
+                    down,
+                    tap,
+                } = *attach;
+                self.core.attach(up, down, tap, now);
+                self.browser = Some(link);
+            }
+            Control::Digit(d) => self.core.queue_digit(d),
+            Control::Answered => self.core.answered(),
+            Control::Established => self.core.established(now),
+            Control::Close => {}
+        }
+    }
+
+    /// The RTP socket was readable: this datagram and whatever else is queued, up to a burst.
+    /// False when the socket failed for good.
+    fn on_rtp(&mut self, first: io::Result<(usize, SocketAddr)>) -> bool {
+        let mut next = first;
+        for _ in 0..READ_BURST {
+            match next {
+                Ok((n, source)) => {
+                    let now = Instant::now();
+                    let MediaTask {
+                        core,
+                        socket,
+                        browser,
+                        pending,
+                        buf,
+                        ..
+                    } = self;
+                    let mut io = ShellIo {
+                        socket,
+                        browser: browser.as_mut(),
+                        events: pending,
+                    };
+                    core.on_sip_datagram(&buf[..n], n >= DATAGRAM, source, now, &mut io);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if is_icmp_echo(&e) => {}
+                Err(e) => {
+                    tracing::warn!(call_id = %self.call_id, error = %e, "RTP socket failed");
+                    return false;
+                }
+            }
+            next = self.socket.try_recv_from(&mut self.buf[..]);
+        }
+        true
+    }
+
+    async fn on_browser(&mut self, input: BrowserInput) {
+        match input {
+            BrowserInput::Rtp(p) => self.core.on_browser_rtp(
+                p.payload_type,
+                p.seq,
+                p.timestamp,
+                p.ssrc,
+                &p.payload,
+                Instant::now(),
+            ),
+            BrowserInput::Report(r) => self.core.on_loss_report(r.fraction_lost, Instant::now()),
+            BrowserInput::Event(e) => self.on_leg_event(e),
+            BrowserInput::Gone => self.browser_gone = true,
+        }
+    }
+
+    /// Candidates and state changes of the browser leg, turned into media events.
+    fn on_leg_event(&mut self, event: LegEvent) {
+        if self.browser_failed {
+            return;
+        }
+        let message = match event {
+            LegEvent::LocalCandidate(c) => match serde_json::from_str::<Value>(&c) {
+                Ok(c) => MediaEvent::ToBrowser(json!({"kind": "candidate", "candidate": c})),
+                Err(_) => return,
+            },
+            LegEvent::GatheringComplete => {
+                MediaEvent::ToBrowser(json!({"kind": "candidate", "candidate": null}))
+            }
+            LegEvent::State(state) => {
+                tracing::debug!(call_id = %self.call_id, ?state, "browser leg state");
+                self.core.set_browser_consent(state == LegState::Connected);
+                match state {
+                    LegState::Failed => MediaEvent::Failed("browser media: ICE/DTLS failed".into()),
+                    LegState::Closed => {
+                        MediaEvent::Failed("browser media: connection closed".into())
+                    }
+                    _ => return,
+                }
+            }
+        };
+        self.browser_failed = matches!(message, MediaEvent::Failed(_));
+        self.pending.push(message);
+    }
+
+    /// Sends what the last step queued: packets to the browser, events to the call layer.
+    async fn deliver(&mut self) {
+        if let Some(b) = &mut self.browser {
+            b.flush().await;
+        }
+        for event in self.pending.drain(..) {
+            match event {
+                // DTMF both ways: a full queue drops it, the media never waits for the call.
+                MediaEvent::ToBrowser(ref v) if v["kind"] == "dtmf" => {
+                    if self.events.try_send(event).is_err() {
+                        tracing::warn!(call_id = %self.call_id, "media message to the browser dropped (queue full)");
+                    }
+                }
+                MediaEvent::SipDtmf(_) => {
+                    let _ = self.events.try_send(event);
+                }
+                // Candidates and failures must arrive.
+                other => {
+                    let _ = self.events.send(other).await;
+                }
+            }
+        }
+    }
+}
