@@ -26,7 +26,7 @@ use crate::events::{webhook_task, EventBus};
 use crate::media::session::SessionFactory;
 use crate::ops::http::{build_router, OpsContext};
 use crate::ops::lifecycle::{ConfigWatch, Lifecycle};
-use crate::ops::metrics::metrics;
+use crate::ops::metrics::Metrics;
 use crate::ops::serve::{serve, ConnLimits};
 use crate::ops::status::{
     CallStatus, PbxStatus, Reachability, RegistrationState as OpsRegistration, RegistrationStatus,
@@ -281,6 +281,7 @@ pub struct Bridge {
     /// The browser legs' ports when set apart from the RTP range.
     webrtc_ports: Option<crate::media::rtp_leg::PortAllocator>,
     events: EventBus,
+    metrics: Arc<Metrics>,
 }
 
 /// The address the PBX reaches us on, for SDP: the configured public IP, else the SIP contact's.
@@ -301,17 +302,24 @@ impl Bridge {
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let lifecycle = Lifecycle::new();
         let events = EventBus::new();
+        let metrics = Arc::new(Metrics::new());
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on [http] listen {listen}"))?;
         let http_addr = listener.local_addr().context("HTTP listener address")?;
-        let mut bridge =
-            Bridge::start_parts(config_rx.clone(), lifecycle.clone(), events.clone()).await?;
-        let limits = ConnLimits::from_config(&config_rx.borrow());
+        let mut bridge = Bridge::start_parts(
+            config_rx.clone(),
+            lifecycle.clone(),
+            events.clone(),
+            Arc::clone(&metrics),
+        )
+        .await?;
+        let limits = ConnLimits::from_config(&config_rx.borrow(), Arc::clone(&metrics));
         let ctx = OpsContext {
             config: config_rx,
             lifecycle,
             events,
+            metrics,
         };
         let router = build_router(bridge.router(), bridge.status(), ctx);
         let stop = bridge.stop.clone();
@@ -325,29 +333,36 @@ impl Bridge {
 
     /// Starts the SIP user agent, the hub and the call manager, following `config` (reloads
     /// apply to new calls) and `lifecycle` (the drain), publishing to `events` (and its
-    /// webhook). HTTP is the caller's: serve [`Bridge::router`] and [`Bridge::status`].
+    /// webhook) and counting into `metrics`. HTTP is the caller's: serve [`Bridge::router`] and
+    /// [`Bridge::status`], and `metrics` on `/metrics`.
     pub async fn start_parts(
         config: ConfigWatch,
         lifecycle: Lifecycle,
         events: EventBus,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Bridge> {
         let current = Arc::clone(&config.borrow());
         let stop = CancellationToken::new();
         let ua_options = UaOptions {
             events: Some(events.clone()),
+            metrics: Arc::clone(&metrics),
             ..UaOptions::default()
         };
         let (sip, mut incoming) = SipUa::start_with(&current, stop.child_token(), ua_options)
             .await
             .context("SIP user agent")?;
         let (bridge_tx, mut bridge_rx) = mpsc::channel(1024);
-        let hub = Hub::new(HubSettings::from_config(&current), bridge_tx);
+        let hub = Hub::new(
+            HubSettings::from_config(&current),
+            bridge_tx,
+            Arc::clone(&metrics),
+        );
         hub.publish_events_to(events.clone());
 
         let bind_ip = current.sip.listen_ip;
         let sdp_ip = sdp_address(&current, sip.contact_addr());
         let pstn = current.pstn.as_ref().and_then(|p| p.addr.socket_addr());
-        let media = SessionFactory::new(config.clone(), bind_ip, sdp_ip)
+        let media = SessionFactory::new(config.clone(), bind_ip, sdp_ip, Arc::clone(&metrics))
             .map_err(|e| anyhow::anyhow!("media: {e}"))?;
         let media_ports = media.port_allocator();
         let webrtc_ports = media.webrtc_port_allocator();
@@ -361,6 +376,7 @@ impl Bridge {
             config.clone(),
             lifecycle.clone(),
             events.clone(),
+            Arc::clone(&metrics),
         );
 
         let mut tasks = vec![webhook_task::spawn(
@@ -396,8 +412,8 @@ impl Bridge {
             }));
         }
         {
-            let (hub, sip) = (hub.clone(), sip.clone());
-            tasks.push(tokio::spawn(publish_gauges(hub, sip)));
+            let (hub, sip, metrics) = (hub.clone(), sip.clone(), Arc::clone(&metrics));
+            tasks.push(tokio::spawn(publish_gauges(hub, sip, metrics)));
         }
         {
             // Reloads reach the hub: reserved ids, origins, timeouts apply to the next login.
@@ -422,6 +438,7 @@ impl Bridge {
             media_ports,
             webrtc_ports,
             events,
+            metrics,
         })
     }
 
@@ -482,6 +499,11 @@ impl Bridge {
         &self.events
     }
 
+    /// This bridge's metrics registry (what its `/metrics` shows).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The signalling hub.
     pub fn hub(&self) -> &Hub {
         &self.hub
@@ -511,12 +533,11 @@ impl Bridge {
 }
 
 /// Keeps the registration, PBX and session gauges of `/metrics` current.
-async fn publish_gauges(hub: Hub, sip: SipUa) {
+async fn publish_gauges(hub: Hub, sip: SipUa, m: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let status = sip.status();
-        let m = metrics();
         m.set_registration(registration_state(&status.registration));
         m.set_pbx_ping(match status.pbx {
             PbxState::Up { rtt_ms } => Some(Duration::from_millis(rtt_ms)),

@@ -24,7 +24,7 @@ use super::ports::{
 use crate::config::Config;
 use crate::events::{CallEnd, CallFacts, Event as StreamEvent, EventBus};
 use crate::ops::lifecycle::{CallGuard, Lifecycle};
-use crate::ops::metrics::{metrics, Limit};
+use crate::ops::metrics::{Limit, Metrics};
 
 /// What the browser side reports to the call layer (the hub's events for the bridge).
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +167,7 @@ struct Inner<B, S, M> {
     setups: Mutex<SetupRate>,
     idle: Notify,
     events: EventBus,
+    metrics: Arc<Metrics>,
 }
 
 /// The calls in progress and the rules for starting new ones. Cheap to clone.
@@ -201,14 +202,14 @@ impl Refusal {
         }
     }
 
-    fn count(self) {
+    fn count(self, metrics: &Metrics) {
         let limit = match self {
             Refusal::Draining => Limit::Draining,
             Refusal::TooManyCalls => Limit::MaxCalls,
             Refusal::TooManySetups => Limit::MaxSetupsPerSec,
             Refusal::DuplicateId => return,
         };
-        metrics().limit_hit(limit);
+        metrics.limit_hit(limit);
     }
 }
 
@@ -224,6 +225,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         config: watch::Receiver<Arc<Config>>,
         lifecycle: Lifecycle,
         events: EventBus,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let burst = f64::from(config.borrow().limits.max_setups_per_sec);
         CallManager {
@@ -240,6 +242,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 }),
                 idle: Notify::new(),
                 events,
+                metrics,
             }),
         }
     }
@@ -360,7 +363,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 .ok_or(Refusal::Draining)
         });
         if let Err(refusal) = &result {
-            refusal.count();
+            refusal.count(&self.inner.metrics);
         }
         result
     }
@@ -571,7 +574,8 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 _guard: guard,
             },
         );
-        metrics()
+        self.inner
+            .metrics
             .calls_started
             .get(ops_direction(call.direction()))
             .inc();
@@ -584,7 +588,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
             if phase == Phase::Established && slot.info.answered.is_none() {
                 let now = Instant::now();
                 slot.info.answered = Some(now);
-                let m = metrics();
+                let m = &self.inner.metrics;
                 m.calls_answered
                     .get(if slot.info.direction == "web_to_sip" {
                         crate::ops::Direction::WebToSip
@@ -990,7 +994,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
             _ => None,
         };
         if let Some(code) = failed_code {
-            metrics().call_failed(code);
+            self.manager.inner.metrics.call_failed(code);
         }
         let now = Instant::now();
         let detail = match &reason {

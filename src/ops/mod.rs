@@ -3,7 +3,8 @@
 //! * [`logging`] + [`redact`]: the `tracing` subscriber from `[log]` (levels 0-5, file with
 //!   size rotation, SIGHUP level change) that never writes a password or token.
 //! * [`auth_log`]: the fixed `AUTH_FAILURE kind=… src=…` line fail2ban reads.
-//! * [`metrics`]: the process-wide Prometheus registry (`metrics::metrics()`).
+//! * [`metrics`]: a bridge instance's Prometheus registry ([`metrics::Metrics`], passed to each
+//!   part as an `Arc` when it is built).
 //! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
 //! * [`http`]: `/api/status`, `/api/calls/{id}`, `/api/events`, `/metrics`, `/healthz` (admin auth).
 //! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.

@@ -28,10 +28,11 @@ use super::core::{
 };
 use super::origin::origin_allowed;
 use super::protocol::{
-    ErrorCode, FailureReason, LocalInvitationState, RemoteFailureReason, ServerMsg,
+    count_error, ErrorCode, FailureReason, LocalInvitationState, RemoteFailureReason, ServerMsg,
 };
 use crate::events::EventBus;
 use crate::ops::auth_log::{log_auth_failure, AuthFailure};
+use crate::ops::metrics::Metrics;
 
 /// The JS client library browsers import from `/sdk/rtm-client.js`.
 pub const RTM_CLIENT_JS: &str = include_str!("../../web-demo/rtm-client.js");
@@ -74,6 +75,8 @@ struct Inner {
     started: AtomicBool,
     /// Where logins and logouts are published, once the bridge says so.
     events: OnceLock<EventBus>,
+    /// Where sessions and error answers are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// The signalling hub; a cheap `Clone` handle shared by the HTTP server and the call layer.
@@ -92,8 +95,13 @@ fn now() -> Now {
 }
 
 impl Hub {
-    /// A hub that hands browser events for the call layer to `bridge`.
-    pub fn new(settings: HubSettings, bridge: mpsc::Sender<BridgeEvent>) -> Hub {
+    /// A hub that hands browser events for the call layer to `bridge` and counts sessions and
+    /// error answers in `metrics`.
+    pub fn new(
+        settings: HubSettings,
+        bridge: mpsc::Sender<BridgeEvent>,
+        metrics: Arc<Metrics>,
+    ) -> Hub {
         let (queue, queue_rx) = mpsc::unbounded_channel();
         Hub {
             inner: Arc::new(Inner {
@@ -108,6 +116,7 @@ impl Hub {
                 next_sid: AtomicU64::new(1),
                 started: AtomicBool::new(false),
                 events: OnceLock::new(),
+                metrics,
             }),
         }
     }
@@ -184,6 +193,7 @@ impl Hub {
         for output in outputs {
             match output {
                 Output::Send(sid, msg) => {
+                    self.count_sent(&msg);
                     if let Some(ip) = shared.peers.get(&sid) {
                         log_refused_login(*ip, &msg);
                     }
@@ -213,6 +223,12 @@ impl Hub {
         }
     }
 
+    fn count_sent(&self, msg: &ServerMsg) {
+        if let ServerMsg::Error { code, .. } = msg {
+            count_error(&self.inner.metrics, *code);
+        }
+    }
+
     async fn run_session(self, mut socket: WebSocket, peer: Option<IpAddr>) {
         let sid = self.inner.next_sid.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
@@ -233,12 +249,14 @@ impl Hub {
             info!(session = sid, "session refused: limit reached");
             for output in outputs {
                 if let Output::Send(_, msg) = output {
+                    self.count_sent(&msg);
                     let _ = socket.send(Message::Text(msg.to_text().into())).await;
                 }
             }
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(None))).await;
             return;
         }
+        self.inner.metrics.ws_sessions_total.inc();
         debug!(session = sid, "session opened");
         loop {
             tokio::select! {

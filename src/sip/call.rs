@@ -34,7 +34,7 @@ use super::session_timer::{
     session_from_2xx, SessionTimer, TimerAction, TimerHeaders, TimerPolicy, UasAnswer,
 };
 use super::ua::UaInner;
-use crate::ops::metrics::{metrics, Ending};
+use crate::ops::metrics::Ending;
 
 /// A call the bridge places toward the PBX (or a PSTN gateway).
 #[derive(Debug, Clone)]
@@ -881,7 +881,7 @@ impl Driver {
             Some(TimerAction::Refresh) => self.send_refresh(),
             Some(TimerAction::Expire) => {
                 warn!("session timer expired: no refresh from the peer, sending BYE");
-                metrics().call_ended(Ending::SessionExpired);
+                self.ua.opts.metrics.call_ended(Ending::SessionExpired);
                 self.end_with_bye();
             }
             None => {}

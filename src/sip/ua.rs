@@ -35,6 +35,7 @@ use super::tcp_gate::TcpGate;
 use super::{options, register};
 use crate::config::{Config, Host, SipConfig, SipTransport};
 use crate::events::{Event, EventBus};
+use crate::ops::metrics::Metrics;
 
 /// Retry-After (seconds) on the 503 sent to new INVITEs while draining.
 const DRAIN_RETRY_AFTER: &str = "60";
@@ -57,6 +58,9 @@ pub struct UaOptions {
     pub t1: Duration,
     /// Where registration and PBX reachability changes are published, if anywhere.
     pub events: Option<EventBus>,
+    /// Where REGISTERs, refusals at the door and expired sessions are counted (the bridge's
+    /// registry; a UA of its own gets a fresh one).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for UaOptions {
@@ -69,6 +73,7 @@ impl Default for UaOptions {
             incoming_queue: 64,
             t1: Duration::from_millis(500),
             events: None,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -161,7 +166,11 @@ impl SipUa {
             pbx: pbx.ip(),
             allowed: door_peers(config, &sip).await,
         };
-        let door = Arc::new(Door::new(peers.clone(), sip.user_agent.clone()));
+        let door = Arc::new(Door::new(
+            peers.clone(),
+            sip.user_agent.clone(),
+            Arc::clone(&opts.metrics),
+        ));
         let transport_layer = TransportLayer::new(token.child_token());
         transport_layer.set_stream_idle_timeout(sip.tcp_idle_timeout);
         let tcp_listener = if sip.transport == SipTransport::Tcp {
@@ -211,10 +220,10 @@ impl SipUa {
         .await;
         transport_layer.add_transport(udp.into());
 
-        let tcp_watch = TcpWatch::shared(TcpGate::new(
-            sip.tcp_max_per_ip as usize,
-            sip.tcp_first_message_timeout,
-        ));
+        let tcp_watch = TcpWatch::shared(
+            TcpGate::new(sip.tcp_max_per_ip as usize, sip.tcp_first_message_timeout),
+            Arc::clone(&opts.metrics),
+        );
         let t1 = opts.t1.max(Duration::from_millis(10));
         let endpoint = EndpointBuilder::new()
             .with_option(EndpointOption {
