@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::machine::{FailureReason, LocalState};
-use crate::call::manager::{BrowserEvent, CallInfo, CallManager};
+use crate::call::manager::{CallInfo, CallManager};
 use crate::call::ports::{
     BrowserSide, IncomingSipCall, OutgoingCallRequest, SipLeg, SipLegCommand, SipLegEvent,
     SipLegRemote, SipSide,
@@ -32,11 +32,9 @@ use crate::ops::status::{
     CallStatus, PbxStatus, Reachability, RegistrationState as OpsRegistration, RegistrationStatus,
     StatusSnapshot, StatusSource,
 };
-use crate::ops::Direction as OpsDirection;
-use crate::signal::{self, BridgeEvent, Hub, HubSettings};
+use crate::signal::{self, Hub, HubSettings};
 use crate::sip::{
-    IncomingCall, OutgoingInvite, PbxState, RegistrationState, SipCall, SipCallEvent, SipStatus,
-    SipUa, UaOptions,
+    IncomingCall, OutgoingInvite, PbxState, RegistrationState, SipCall, SipStatus, SipUa, UaOptions,
 };
 
 /// The browser side of calls: the hub.
@@ -142,18 +140,6 @@ impl SipSide for UaSip {
     }
 }
 
-fn leg_event(event: SipCallEvent) -> SipLegEvent {
-    match event {
-        SipCallEvent::Provisional { code, sdp } => SipLegEvent::Provisional { code, sdp },
-        SipCallEvent::Answered { sdp } => SipLegEvent::Answered { sdp },
-        SipCallEvent::Failed { code, reason } => SipLegEvent::Failed { code, reason },
-        SipCallEvent::Canceled => SipLegEvent::Canceled,
-        SipCallEvent::RemoteBye => SipLegEvent::RemoteBye,
-        SipCallEvent::Reoffer { sdp, reply } => SipLegEvent::Reoffer { sdp, reply },
-        SipCallEvent::Terminated => SipLegEvent::Terminated,
-    }
-}
-
 /// Runs one dialog until it ends or the call layer lets go of it (dropping [`SipCall`] ends the
 /// dialog: BYE, CANCEL or 480 as its state requires).
 async fn drive_dialog(mut call: SipCall, mut remote: SipLegRemote) {
@@ -161,8 +147,8 @@ async fn drive_dialog(mut call: SipCall, mut remote: SipLegRemote) {
         tokio::select! {
             event = call.next_event() => match event {
                 Some(event) => {
-                    let last = matches!(event, SipCallEvent::Terminated);
-                    if remote.events.send(leg_event(event)).await.is_err() || last {
+                    let last = matches!(event, SipLegEvent::Terminated);
+                    if remote.events.send(event).await.is_err() || last {
                         break;
                     }
                 }
@@ -206,59 +192,6 @@ fn incoming_call(incoming: IncomingCall) -> IncomingSipCall {
         sdp_offer: incoming.sdp_offer,
         sip_call_id,
         leg,
-    }
-}
-
-fn browser_event(event: BridgeEvent) -> BrowserEvent {
-    match event {
-        BridgeEvent::LocalInvitation {
-            call_id,
-            from_uid,
-            callee,
-            content,
-        } => BrowserEvent::Invite {
-            call_id,
-            from_uid,
-            callee,
-            content,
-        },
-        BridgeEvent::LocalInvitationCanceled { call_id, from_uid } => {
-            BrowserEvent::Cancel { call_id, from_uid }
-        }
-        BridgeEvent::RemoteInvitationReceived { call_id, uid } => {
-            BrowserEvent::InvitationReceived { call_id, uid }
-        }
-        BridgeEvent::RemoteInvitationAccepted {
-            call_id,
-            uid,
-            response,
-        } => BrowserEvent::Accepted {
-            call_id,
-            uid,
-            response,
-        },
-        BridgeEvent::RemoteInvitationRefused {
-            call_id,
-            uid,
-            response,
-        } => BrowserEvent::Refused {
-            call_id,
-            uid,
-            response,
-        },
-        BridgeEvent::PeerMessage { from_uid, to, text } => {
-            BrowserEvent::PeerMessage { from_uid, to, text }
-        }
-        BridgeEvent::Media {
-            call_id,
-            from_uid,
-            payload,
-        } => BrowserEvent::Media {
-            call_id,
-            from_uid,
-            payload,
-        },
-        BridgeEvent::SessionClosed { uid } => BrowserEvent::SessionClosed { uid },
     }
 }
 
@@ -389,7 +322,7 @@ impl Bridge {
             let calls = calls.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(event) = bridge_rx.recv().await {
-                    calls.handle_browser(browser_event(event));
+                    calls.handle_browser(event);
                 }
             }));
         }
@@ -567,11 +500,7 @@ struct BridgeStatus {
 
 fn call_status(info: CallInfo) -> CallStatus {
     CallStatus {
-        direction: if info.direction == "web_to_sip" {
-            OpsDirection::WebToSip
-        } else {
-            OpsDirection::SipToWeb
-        },
+        direction: info.direction,
         id: info.id,
         web_user: info.uid,
         sip_number: info.sip_number,

@@ -7,6 +7,7 @@ pub mod app;
 pub mod bridge;
 pub mod call;
 pub mod config;
+pub mod domain;
 pub mod events;
 pub mod media;
 pub mod ops;

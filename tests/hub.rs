@@ -503,7 +503,7 @@ async fn calls_to_sip_numbers_go_through_the_bridge() {
     assert_eq!(alice.invite("sip-1", "1005").await["type"], "ok");
     assert_eq!(
         s.bridge_event().await,
-        BridgeEvent::LocalInvitation {
+        BridgeEvent::Invite {
             call_id: "sip-1".into(),
             from_uid: "alice".into(),
             callee: "1005".into(),
@@ -618,7 +618,7 @@ async fn sip_phone_rings_a_browser_through_the_bridge() {
         .await;
     assert_eq!(
         s.bridge_event().await,
-        BridgeEvent::RemoteInvitationReceived {
+        BridgeEvent::InvitationReceived {
             call_id: "in-1".into(),
             uid: "alice".into()
         }
@@ -628,7 +628,7 @@ async fn sip_phone_rings_a_browser_through_the_bridge() {
         .await;
     assert_eq!(
         s.bridge_event().await,
-        BridgeEvent::RemoteInvitationAccepted {
+        BridgeEvent::Accepted {
             call_id: "in-1".into(),
             uid: "alice".into(),
             response: "ok".into()

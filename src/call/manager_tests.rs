@@ -13,7 +13,6 @@ use super::ports::*;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::ops::metrics::{Limit, Metrics};
-use crate::ops::Direction as OpsDirection;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
@@ -539,8 +538,8 @@ async fn limits_and_drain_refuse_new_calls_but_keep_calls_in_progress() {
     let m = &rig.metrics;
     assert_eq!(m.limits_hit(Limit::MaxCalls), 2);
     assert_eq!(m.limits_hit(Limit::Draining), 1);
-    assert_eq!(m.calls_started.get(OpsDirection::WebToSip).get(), 2);
-    assert_eq!(m.calls_started.get(OpsDirection::SipToWeb).get(), 0);
+    assert_eq!(m.calls_started.get(Direction::WebToSip).get(), 2);
+    assert_eq!(m.calls_started.get(Direction::SipToWeb).get(), 0);
 }
 
 #[tokio::test]

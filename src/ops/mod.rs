@@ -28,24 +28,5 @@ pub mod status;
 pub mod tls;
 pub mod trim;
 
-use serde::Serialize;
-
-/// Which way a call (or its media) goes; a label in metrics and status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Browser → SIP (the browser called / browser audio toward the PBX).
-    WebToSip,
-    /// SIP → browser (a phone called / PBX audio toward the browser).
-    SipToWeb,
-}
-
-impl Direction {
-    /// The label used in JSON and Prometheus.
-    pub fn label(self) -> &'static str {
-        match self {
-            Direction::WebToSip => "web_to_sip",
-            Direction::SipToWeb => "sip_to_web",
-        }
-    }
-}
+/// Which way a call (or its media) goes: the one [`crate::domain::Direction`].
+pub use crate::domain::Direction;

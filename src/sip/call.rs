@@ -71,43 +71,10 @@ pub struct IncomingCall {
     pub source: SocketAddr,
 }
 
-/// What happens on a call, in order; `Terminated` is always last.
-#[derive(Debug)]
-pub enum SipCallEvent {
-    /// Outgoing: 180/183 (with early-media SDP if the callee sent one).
-    Provisional {
-        /// 180, 183, ...
-        code: u16,
-        /// SDP of a 183 (or 180 with body).
-        sdp: Option<String>,
-    },
-    /// Outgoing: 200 OK with the answer SDP (ACK already sent).
-    Answered {
-        /// The SDP answer (may be empty if the callee sent none).
-        sdp: String,
-    },
-    /// The call failed: a final error response, 408 on timeout, 503 on transport failure.
-    Failed {
-        /// SIP status code.
-        code: u16,
-        /// Reason phrase.
-        reason: String,
-    },
-    /// Incoming: the caller gave up before the answer (CANCEL, answered 487).
-    Canceled,
-    /// The other side hung up (BYE, answered 200).
-    RemoteBye,
-    /// A re-INVITE or UPDATE with (or without) an offer: reply with the SDP answer, or `None` to
-    /// reuse the last SDP we sent. A dropped reply also reuses the last SDP.
-    Reoffer {
-        /// The new offer, if the request had a body.
-        sdp: Option<String>,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Option<String>>,
-    },
-    /// The dialog is gone; nothing more will come.
-    Terminated,
-}
+/// What happens on a call, in order; `Terminated` is always last: the call layer's
+/// [`SipLegEvent`](crate::call::ports::SipLegEvent), one definition for both (a `SipCall` never
+/// sends `Dialog`, which the bridge adds for outgoing calls).
+pub use crate::call::ports::SipLegEvent as SipCallEvent;
 
 /// Which side started the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
