@@ -76,14 +76,9 @@ pub struct IncomingCall {
 /// sends `Dialog`, which the bridge adds for outgoing calls).
 pub use crate::call::ports::SipLegEvent as SipCallEvent;
 
-/// Which side started the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallDirection {
-    /// From the PBX to a web user.
-    Incoming,
-    /// From a web user to the PBX.
-    Outgoing,
-}
+/// Which side started the call: the one [`crate::domain::Direction`] (`SipToWeb`: from the PBX
+/// to a web user; `WebToSip`: from a web user to the PBX).
+pub use crate::domain::Direction as CallDirection;
 
 /// State shared by the handle and its driver.
 #[derive(Debug, Default)]
@@ -205,7 +200,7 @@ impl SipCall {
 
     /// Outgoing: CANCEL the unanswered INVITE (a `Failed 487` and `Terminated` follow).
     pub async fn cancel(&self) -> Result<(), SipError> {
-        if self.direction != CallDirection::Outgoing {
+        if self.direction != CallDirection::WebToSip {
             return Err(self.invalid("cancel"));
         }
         self.shared.local_end.store(true, Ordering::SeqCst);
@@ -228,7 +223,7 @@ impl SipCall {
     }
 
     fn expect_incoming(&self, action: &'static str) -> Result<(), SipError> {
-        if self.direction == CallDirection::Incoming {
+        if self.direction == CallDirection::SipToWeb {
             Ok(())
         } else {
             Err(self.invalid(action))
@@ -320,11 +315,11 @@ pub(crate) fn start(start: CallStart) -> SipCall {
     let stop = CancellationToken::new();
     let policy = start.ua.timer_policy();
     let initial_answer = match start.direction {
-        CallDirection::Incoming => policy.answer(&timer_headers(
+        CallDirection::SipToWeb => policy.answer(&timer_headers(
             &start.dialog.initial_request().headers,
             false,
         )),
-        CallDirection::Outgoing => UasAnswer::NoTimer,
+        CallDirection::WebToSip => UasAnswer::NoTimer,
     };
     let call = SipCall {
         log_id: start.log_id.clone(),
@@ -336,20 +331,20 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         answer_headers: other_headers(initial_answer.headers()),
     };
     let peer_allows_update = match start.direction {
-        CallDirection::Incoming => allows_update(&start.dialog.initial_request().headers),
-        CallDirection::Outgoing => false,
+        CallDirection::SipToWeb => allows_update(&start.dialog.initial_request().headers),
+        CallDirection::WebToSip => false,
     };
     let span = tracing::info_span!("sip_call", call_id = %start.log_id);
     let sip_call_id = start.dialog.id().call_id;
     let requests = start.ua.open_door(&sip_call_id);
     let initial_cseq = match start.direction {
-        CallDirection::Incoming => start
+        CallDirection::SipToWeb => start
             .dialog
             .initial_request()
             .cseq_header()
             .ok()
             .and_then(|c| c.seq().ok()),
-        CallDirection::Outgoing => None,
+        CallDirection::WebToSip => None,
     };
     let (answers_tx, answers) = mpsc::unbounded_channel();
     let (refresh_tx, refreshes) = mpsc::unbounded_channel();
@@ -687,7 +682,7 @@ impl Driver {
 
     async fn on_state(&mut self, state: DialogState) {
         match state {
-            DialogState::Early(_, resp) if self.direction == CallDirection::Outgoing => {
+            DialogState::Early(_, resp) if self.direction == CallDirection::WebToSip => {
                 let sdp = body_text(&resp.body);
                 if let Some(sdp) = &sdp {
                     trace!(sdp = ?sdp, "early SDP");
@@ -698,7 +693,7 @@ impl Driver {
                     sdp,
                 });
             }
-            DialogState::Confirmed(_, resp) if self.direction == CallDirection::Outgoing => {
+            DialogState::Confirmed(_, resp) if self.direction == CallDirection::WebToSip => {
                 if !self.shared.answered.swap(true, Ordering::SeqCst) {
                     let sdp = body_text(&resp.body).unwrap_or_default();
                     trace!(sdp = ?sdp, "answer SDP");
@@ -941,11 +936,11 @@ impl Driver {
                 info!("handle dropped: sending BYE");
                 timeout(self.dialog.bye()).await
             }
-            (_, CallDirection::Outgoing) => {
+            (_, CallDirection::WebToSip) => {
                 info!("handle dropped: cancelling");
                 timeout(self.dialog.cancel()).await
             }
-            (_, CallDirection::Incoming) => {
+            (_, CallDirection::SipToWeb) => {
                 info!("handle dropped before answer: 480");
                 self.dialog
                     .reject(Some(StatusCode::TemporarilyUnavailable), None)

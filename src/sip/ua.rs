@@ -458,7 +458,7 @@ impl SipUa {
         Ok(call::start(CallStart {
             ua: ua.clone(),
             log_id: invite.log_id,
-            direction: CallDirection::Outgoing,
+            direction: CallDirection::WebToSip,
             dialog,
             states,
             invite: Some(handle),
@@ -971,7 +971,7 @@ async fn incoming_invite(
     let call = call::start(CallStart {
         ua: ua.clone(),
         log_id: log_id.clone(),
-        direction: CallDirection::Incoming,
+        direction: CallDirection::SipToWeb,
         dialog: dialog.clone(),
         states,
         invite: None,
