@@ -2,8 +2,8 @@
 //! drain then exit 0, a second one exits at once; SIGHUP reloads the config).
 //!
 //! [`run`] is what `main` calls. The SIP stack, signalling hub and call registry plug in
-//! between [`App::start`] and [`App::serve`]: they take [`App::config_watch`] and
-//! [`App::lifecycle`], and hand back a `Router` (the hub's `/ws`, the web-demo) to merge
+//! between [`App::start`] and [`App::serve`]: they take [`App::config_watch`],
+//! [`App::lifecycle`] and [`App::metrics`] (the registry `/metrics` shows), and hand back a `Router` (the hub's `/ws`, the web-demo) to merge
 //! and a [`StatusSource`] for `/api/status`.
 
 use std::future::Future;
