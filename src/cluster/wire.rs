@@ -162,7 +162,7 @@ mod tests {
     fn messages_round_trip_as_tagged_json() {
         let msg = NodeMsg::FromBrowser {
             from: "a".into(),
-            event: BridgeEvent::RemoteInvitationAccepted {
+            event: BridgeEvent::Accepted {
                 call_id: "c".into(),
                 uid: "alice".into(),
                 response: "{}".into(),

@@ -28,7 +28,7 @@ use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg};
 use crate::media::webrtc_leg::{
     IceServer, InboundRtp, LegEvent, LegState, WebRtcLeg, WebRtcSettings,
 };
-use crate::ops::metrics::{metrics, Ending, ErrorKind};
+use crate::ops::metrics::{Ending, ErrorKind, Metrics};
 use crate::ops::Direction as OpsDirection;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
 
@@ -44,15 +44,18 @@ pub struct SessionFactory {
     bind_ip: IpAddr,
     sdp_ip: IpAddr,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
+    /// The bridge's registry: each call's packets, losses, jitter and transcoding time.
+    metrics: Arc<Metrics>,
 }
 
 impl SessionFactory {
     /// `sdp_ip` is the address put in SDP (`media.public_ip`, else the address the PBX reaches
-    /// us on); RTP sockets bind on `bind_ip`.
+    /// us on); RTP sockets bind on `bind_ip`; calls count into `metrics`.
     pub fn new(
         config: tokio::sync::watch::Receiver<Arc<Config>>,
         bind_ip: IpAddr,
         sdp_ip: IpAddr,
+        metrics: Arc<Metrics>,
     ) -> Result<SessionFactory, MediaError> {
         let media = config.borrow().media.clone();
         let range =
@@ -70,6 +73,7 @@ impl SessionFactory {
             bind_ip,
             sdp_ip,
             config,
+            metrics,
         })
     }
 
@@ -155,6 +159,7 @@ impl MediaFactory for SessionFactory {
         let stats = tokio::spawn(publish_rtp_every_second(
             Arc::clone(&leg),
             Arc::clone(&published),
+            Arc::clone(&self.metrics),
         ));
         let rtcp_leg = Arc::clone(&leg);
         let rtcp = tokio::spawn(async move { rtcp_leg.count_rtcp().await });
@@ -182,6 +187,7 @@ impl MediaFactory for SessionFactory {
                 drain: Some(drain),
                 tasks: vec![stats, rtcp],
                 published,
+                metrics: Arc::clone(&self.metrics),
                 counters: Arc::new(PipelineCounters::default()),
                 rtp_timeout: config.media.rtp_timeout,
                 rtp_hold_timeout: config.media.rtp_hold_timeout,
@@ -229,6 +235,7 @@ pub struct Session {
     events: mpsc::Sender<MediaEvent>,
     /// What of the SIP leg's counters `/metrics` already has.
     published: Arc<PublishedRtp>,
+    metrics: Arc<Metrics>,
     /// `media.dtmf_mode = "info"`: browser keys go to the SIP side as INFO requests.
     dtmf_info: bool,
     /// `[media] opus_*`: the encoder policy toward the browser.
@@ -419,6 +426,7 @@ impl Session {
             tap.clone(),
             self.events.clone(),
             Arc::clone(&self.answered),
+            Arc::clone(&self.metrics),
         )));
         self.tasks.push(tokio::spawn(downlink_task(
             Arc::clone(&self.leg),
@@ -430,6 +438,7 @@ impl Session {
                 events: self.events.clone(),
                 tap,
                 answered: Arc::clone(&self.answered),
+                metrics: Arc::clone(&self.metrics),
             },
         )));
         self.browser = Some(BrowserSide {
@@ -530,13 +539,12 @@ struct JitterReport {
 }
 
 impl JitterReport {
-    fn tick(&mut self, (lost, jitter_ms): (u64, u32), direction: OpsDirection) {
+    fn tick(&mut self, (lost, jitter_ms): (u64, u32), direction: OpsDirection, m: &Metrics) {
         self.ticks += 1;
         if self.ticks < 50 {
             return;
         }
         self.ticks = 0;
-        let m = metrics();
         m.rtp_lost
             .get(direction)
             .add(lost.saturating_sub(self.lost));
@@ -563,13 +571,12 @@ struct PublishedRtp {
 /// Adds what the SIP leg counted since the last call to `/metrics` (packets and bytes per
 /// direction: sent to the PBX is web→SIP, received from it SIP→web; malformed datagrams as
 /// `errors{kind="rtp"}`, strangers' RTP as `rtp_source`, STUN/DTLS probes as `stun`/`dtls`).
-fn publish_rtp(leg: &RtpLeg, published: &PublishedRtp) {
+fn publish_rtp(leg: &RtpLeg, published: &PublishedRtp, m: &Metrics) {
     let c = leg.counters();
     let delta = |now: &AtomicU64, seen: &AtomicU64| {
         let now = now.load(Ordering::Relaxed);
         now.saturating_sub(seen.swap(now, Ordering::Relaxed))
     };
-    let m = metrics();
     m.rtp_packets
         .web_to_sip
         .add(delta(&c.packets_out, &published.packets_out));
@@ -594,11 +601,15 @@ fn publish_rtp(leg: &RtpLeg, published: &PublishedRtp) {
     m.errors_add(ErrorKind::Dtls, delta(&c.dtls_in, &published.dtls));
 }
 
-async fn publish_rtp_every_second(leg: Arc<RtpLeg>, published: Arc<PublishedRtp>) {
+async fn publish_rtp_every_second(
+    leg: Arc<RtpLeg>,
+    published: Arc<PublishedRtp>,
+    metrics: Arc<Metrics>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        publish_rtp(&leg, &published);
+        publish_rtp(&leg, &published, &metrics);
     }
 }
 
@@ -630,6 +641,7 @@ async fn watch_activity(
     mut watch: InactivityWatch,
     events: mpsc::Sender<MediaEvent>,
     call_id: String,
+    metrics: Arc<Metrics>,
 ) {
     let mut tick = tokio::time::interval(watch.period());
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -645,7 +657,7 @@ async fn watch_activity(
         };
         let limit_s = limit.map_or(0, |l| l.as_secs());
         tracing::warn!(call_id = %call_id, leg, limit_s, "RTP timeout: nothing received from the {leg} leg, ending the call");
-        metrics().call_ended(Ending::RtpTimeout);
+        metrics.call_ended(Ending::RtpTimeout);
         let _ = events
             .send(MediaEvent::Failed(format!("RTP timeout on the {leg} leg")))
             .await;
@@ -661,6 +673,7 @@ fn ticker() -> tokio::time::Interval {
 }
 
 /// Browser → SIP: packets in as they come, one frame out per tick.
+#[allow(clippy::too_many_arguments)] // the task's whole state, moved in once
 async fn uplink_task(
     mut rtp: mpsc::Receiver<InboundRtp>,
     sip: Arc<RtpLeg>,
@@ -670,6 +683,7 @@ async fn uplink_task(
     events: mpsc::Sender<MediaEvent>,
     // SIP → web calls send nothing to the phone before the 200 OK.
     answered: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) {
     let start = Instant::now();
     let mut tick = ticker();
@@ -696,10 +710,10 @@ async fn uplink_task(
                 None => rtp_open = false,
             },
             _ = tick.tick() => {
-                report.tick(up.jitter_report(), OpsDirection::WebToSip);
+                report.tick(up.jitter_report(), OpsDirection::WebToSip, &metrics);
                 let started = std::time::Instant::now();
                 let frame = up.tick();
-                metrics().transcode.web_to_sip.observe(started.elapsed());
+                metrics.transcode.web_to_sip.observe(started.elapsed());
                 if let Some(tap) = &tap {
                     tap.record(Side::Browser, frame.pcm);
                 }
@@ -724,6 +738,7 @@ struct DownlinkShell {
     events: mpsc::Sender<MediaEvent>,
     tap: Option<RecorderTap>,
     answered: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 /// SIP → browser: the SIP socket read as packets come, one frame to the browser per tick.
@@ -737,6 +752,7 @@ async fn downlink_task(sip: Arc<RtpLeg>, browser: Arc<WebRtcLeg>, shell: Downlin
         events,
         tap,
         answered,
+        metrics,
     } = shell;
     let start = Instant::now();
     let mut tick = ticker();
@@ -791,13 +807,13 @@ async fn downlink_task(sip: Arc<RtpLeg>, browser: Arc<WebRtcLeg>, shell: Downlin
                 Err(_) => tokio::time::sleep(TICK).await,
             },
             _ = tick.tick() => {
-                report.tick(down.jitter_report(), OpsDirection::SipToWeb);
+                report.tick(down.jitter_report(), OpsDirection::SipToWeb, &metrics);
                 ticks += 1;
                 // Retry once a second if reports were not available yet (track not bound).
                 rtcp_open |= ticks.is_multiple_of(50);
                 let started = std::time::Instant::now();
                 let frame = down.tick();
-                metrics().transcode.sip_to_web.observe(started.elapsed());
+                metrics.transcode.sip_to_web.observe(started.elapsed());
                 let Ok(frame) = frame else { continue };
                 if let Some(tap) = &tap {
                     tap.record(Side::Sip, frame.pcm);
@@ -907,6 +923,7 @@ impl CallMedia for Session {
             watch,
             self.events.clone(),
             self.call_id.clone(),
+            Arc::clone(&self.metrics),
         )));
     }
 
@@ -915,7 +932,7 @@ impl CallMedia for Session {
     }
 
     fn close(&mut self) {
-        publish_rtp(&self.leg, &self.published);
+        publish_rtp(&self.leg, &self.published, &self.metrics);
         if let Some(drain) = self.drain.take() {
             drain.abort();
         }
