@@ -2,8 +2,8 @@
 //! drain then exit 0, a second one exits at once; SIGHUP reloads the config).
 //!
 //! [`run`] is what `main` calls. The SIP stack, signalling hub and call registry plug in
-//! between [`App::start`] and [`App::serve`]: they take [`App::config_watch`] and
-//! [`App::lifecycle`], and hand back a `Router` (the hub's `/ws`, the web-demo) to merge
+//! between [`App::start`] and [`App::serve`]: they take [`App::config_watch`],
+//! [`App::lifecycle`] and [`App::metrics`] (the registry `/metrics` shows), and hand back a `Router` (the hub's `/ws`, the web-demo) to merge
 //! and a [`StatusSource`] for `/api/status`.
 
 use std::future::Future;
@@ -25,6 +25,7 @@ use crate::ops::lifecycle::{
     http_listen_override, ConfigReloader, ConfigWatch, Lifecycle, HTTP_LISTEN_ENV,
 };
 use crate::ops::logging;
+use crate::ops::metrics::Metrics;
 use crate::ops::serve::{serve, ConnLimits};
 use crate::ops::status::StatusSource;
 
@@ -33,9 +34,13 @@ use crate::ops::status::StatusSource;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = App::start(config)?;
     tokio::spawn(crate::ops::trim::trim_periodically());
-    let bridge =
-        crate::bridge::Bridge::start_parts(app.config_watch(), app.lifecycle(), app.events())
-            .await?;
+    let bridge = crate::bridge::Bridge::start_parts(
+        app.config_watch(),
+        app.lifecycle(),
+        app.events(),
+        app.metrics(),
+    )
+    .await?;
     let result = app.serve(bridge.router(), bridge.status()).await;
     bridge.shutdown().await;
     result
@@ -46,6 +51,7 @@ pub struct App {
     reloader: ConfigReloader,
     lifecycle: Lifecycle,
     events: EventBus,
+    metrics: Arc<Metrics>,
     signals: Signals,
 }
 
@@ -87,6 +93,7 @@ impl App {
             reloader: ConfigReloader::new(config, log, http_listen),
             lifecycle: Lifecycle::new(),
             events: EventBus::new(),
+            metrics: Arc::new(Metrics::new()),
             signals: Signals::install()?,
         })
     }
@@ -111,12 +118,18 @@ impl App {
         self.events.clone()
     }
 
+    /// This bridge's metrics registry (`/metrics`), for every part to count into.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// What the ops endpoints need.
     pub fn context(&self) -> OpsContext {
         OpsContext {
             config: self.config_watch(),
             lifecycle: self.lifecycle(),
             events: self.events(),
+            metrics: self.metrics(),
         }
     }
 
@@ -133,7 +146,7 @@ impl App {
         };
         let tls = tls.as_ref();
         // One gate for both listeners: they share the process's descriptors.
-        let limits = ConnLimits::from_config(&config);
+        let limits = ConnLimits::from_config(&config, self.metrics());
         match config.http.status_listen {
             Some(status_addr) => {
                 let public = with_request_log(extra.merge(health_router(ctx.clone())));

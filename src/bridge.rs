@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::machine::{FailureReason, LocalState};
-use crate::call::manager::{BrowserEvent, CallInfo, CallManager};
+use crate::call::manager::{CallInfo, CallManager};
 use crate::call::ports::{
     BrowserSide, IncomingSipCall, OutgoingCallRequest, SipLeg, SipLegCommand, SipLegEvent,
     SipLegRemote, SipSide,
@@ -27,17 +27,15 @@ use crate::events::{webhook_task, EventBus};
 use crate::media::session::SessionFactory;
 use crate::ops::http::{build_router, OpsContext};
 use crate::ops::lifecycle::{ConfigWatch, Lifecycle};
-use crate::ops::metrics::{metrics, PbxSeries};
+use crate::ops::metrics::{Metrics, PbxSeries};
 use crate::ops::serve::{serve, ConnLimits};
 use crate::ops::status::{
     CallStatus, PbxEntryStatus, PbxStatus, Reachability, RegistrationState as OpsRegistration,
     RegistrationStatus, StatusSnapshot, StatusSource,
 };
-use crate::ops::Direction as OpsDirection;
-use crate::signal::{self, BridgeEvent, Hub, HubSettings};
+use crate::signal::{self, Hub, HubSettings};
 use crate::sip::{
-    IncomingCall, OutgoingInvite, PbxState, RegistrationState, SipCall, SipCallEvent, SipStatus,
-    SipUa, UaOptions,
+    IncomingCall, OutgoingInvite, PbxState, RegistrationState, SipCall, SipStatus, SipUa, UaOptions,
 };
 
 /// The browser side of calls: the hub.
@@ -143,18 +141,6 @@ impl SipSide for UaSip {
     }
 }
 
-fn leg_event(event: SipCallEvent) -> SipLegEvent {
-    match event {
-        SipCallEvent::Provisional { code, sdp } => SipLegEvent::Provisional { code, sdp },
-        SipCallEvent::Answered { sdp } => SipLegEvent::Answered { sdp },
-        SipCallEvent::Failed { code, reason } => SipLegEvent::Failed { code, reason },
-        SipCallEvent::Canceled => SipLegEvent::Canceled,
-        SipCallEvent::RemoteBye => SipLegEvent::RemoteBye,
-        SipCallEvent::Reoffer { sdp, reply } => SipLegEvent::Reoffer { sdp, reply },
-        SipCallEvent::Terminated => SipLegEvent::Terminated,
-    }
-}
-
 /// Runs one dialog until it ends or the call layer lets go of it (dropping [`SipCall`] ends the
 /// dialog: BYE, CANCEL or 480 as its state requires).
 async fn drive_dialog(mut call: SipCall, mut remote: SipLegRemote) {
@@ -162,8 +148,8 @@ async fn drive_dialog(mut call: SipCall, mut remote: SipLegRemote) {
         tokio::select! {
             event = call.next_event() => match event {
                 Some(event) => {
-                    let last = matches!(event, SipCallEvent::Terminated);
-                    if remote.events.send(leg_event(event)).await.is_err() || last {
+                    let last = matches!(event, SipLegEvent::Terminated);
+                    if remote.events.send(event).await.is_err() || last {
                         break;
                     }
                 }
@@ -210,59 +196,6 @@ fn incoming_call(incoming: IncomingCall) -> IncomingSipCall {
     }
 }
 
-fn browser_event(event: BridgeEvent) -> BrowserEvent {
-    match event {
-        BridgeEvent::LocalInvitation {
-            call_id,
-            from_uid,
-            callee,
-            content,
-        } => BrowserEvent::Invite {
-            call_id,
-            from_uid,
-            callee,
-            content,
-        },
-        BridgeEvent::LocalInvitationCanceled { call_id, from_uid } => {
-            BrowserEvent::Cancel { call_id, from_uid }
-        }
-        BridgeEvent::RemoteInvitationReceived { call_id, uid } => {
-            BrowserEvent::InvitationReceived { call_id, uid }
-        }
-        BridgeEvent::RemoteInvitationAccepted {
-            call_id,
-            uid,
-            response,
-        } => BrowserEvent::Accepted {
-            call_id,
-            uid,
-            response,
-        },
-        BridgeEvent::RemoteInvitationRefused {
-            call_id,
-            uid,
-            response,
-        } => BrowserEvent::Refused {
-            call_id,
-            uid,
-            response,
-        },
-        BridgeEvent::PeerMessage { from_uid, to, text } => {
-            BrowserEvent::PeerMessage { from_uid, to, text }
-        }
-        BridgeEvent::Media {
-            call_id,
-            from_uid,
-            payload,
-        } => BrowserEvent::Media {
-            call_id,
-            from_uid,
-            payload,
-        },
-        BridgeEvent::SessionClosed { uid } => BrowserEvent::SessionClosed { uid },
-    }
-}
-
 /// The call manager with the real ports (browsers here or, with `[cluster]`, on other nodes).
 pub type Calls = CallManager<ClusterBrowser<HubBrowser>, UaSip, SessionFactory>;
 
@@ -284,6 +217,7 @@ pub struct Bridge {
     events: EventBus,
     /// This node's cluster membership, with `[cluster]`.
     cluster: Option<Cluster>,
+    metrics: Arc<Metrics>,
 }
 
 /// The address the PBX reaches us on, for SDP: the configured public IP, else the SIP contact's.
@@ -304,17 +238,24 @@ impl Bridge {
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let lifecycle = Lifecycle::new();
         let events = EventBus::new();
+        let metrics = Arc::new(Metrics::new());
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on [http] listen {listen}"))?;
         let http_addr = listener.local_addr().context("HTTP listener address")?;
-        let mut bridge =
-            Bridge::start_parts(config_rx.clone(), lifecycle.clone(), events.clone()).await?;
-        let limits = ConnLimits::from_config(&config_rx.borrow());
+        let mut bridge = Bridge::start_parts(
+            config_rx.clone(),
+            lifecycle.clone(),
+            events.clone(),
+            Arc::clone(&metrics),
+        )
+        .await?;
+        let limits = ConnLimits::from_config(&config_rx.borrow(), Arc::clone(&metrics));
         let ctx = OpsContext {
             config: config_rx,
             lifecycle,
             events,
+            metrics,
         };
         let router = build_router(bridge.router(), bridge.status(), ctx);
         let stop = bridge.stop.clone();
@@ -328,31 +269,43 @@ impl Bridge {
 
     /// Starts the SIP user agent, the hub and the call manager, following `config` (reloads
     /// apply to new calls) and `lifecycle` (the drain), publishing to `events` (and its
-    /// webhook). HTTP is the caller's: serve [`Bridge::router`] and [`Bridge::status`].
+    /// webhook) and counting into `metrics`. HTTP is the caller's: serve [`Bridge::router`] and
+    /// [`Bridge::status`], and `metrics` on `/metrics`.
     pub async fn start_parts(
         config: ConfigWatch,
         lifecycle: Lifecycle,
         events: EventBus,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Bridge> {
         let current = Arc::clone(&config.borrow());
         let stop = CancellationToken::new();
         let ua_options = UaOptions {
             events: Some(events.clone()),
+            metrics: Arc::clone(&metrics),
             ..UaOptions::default()
         };
         let (sip, mut incoming) = SipUa::start_with(&current, stop.child_token(), ua_options)
             .await
             .context("SIP user agent")?;
         let (bridge_tx, mut bridge_rx) = mpsc::channel(1024);
-        let hub = Hub::new(HubSettings::from_config(&current), bridge_tx.clone());
+        let hub = Hub::new(
+            HubSettings::from_config(&current),
+            bridge_tx.clone(),
+            Arc::clone(&metrics),
+        );
         hub.publish_events_to(events.clone());
         let mut tasks = Vec::new();
         let cluster = match &current.cluster {
             Some(cluster_config) => {
-                let (cluster, cluster_tasks) =
-                    Cluster::start(cluster_config, hub.clone(), bridge_tx, stop.child_token())
-                        .await
-                        .context("cluster")?;
+                let (cluster, cluster_tasks) = Cluster::start(
+                    cluster_config,
+                    hub.clone(),
+                    bridge_tx,
+                    Arc::clone(&metrics),
+                    stop.child_token(),
+                )
+                .await
+                .context("cluster")?;
                 tasks.extend(cluster_tasks);
                 Some(cluster)
             }
@@ -362,7 +315,7 @@ impl Bridge {
         let bind_ip = current.sip.listen_ip;
         let sdp_ip = sdp_address(&current, sip.contact_addr());
         let pstn = current.pstn.as_ref().and_then(|p| p.addr.socket_addr());
-        let media = SessionFactory::new(config.clone(), bind_ip, sdp_ip)
+        let media = SessionFactory::new(config.clone(), bind_ip, sdp_ip, Arc::clone(&metrics))
             .map_err(|e| anyhow::anyhow!("media: {e}"))?;
         let media_ports = media.port_allocator();
         let webrtc_ports = media.webrtc_port_allocator();
@@ -376,6 +329,7 @@ impl Bridge {
             config.clone(),
             lifecycle.clone(),
             events.clone(),
+            Arc::clone(&metrics),
         );
 
         tasks.push(webhook_task::spawn(
@@ -394,7 +348,7 @@ impl Bridge {
                         None => Some(event),
                     };
                     if let Some(event) = event {
-                        calls.handle_browser(browser_event(event));
+                        calls.handle_browser(event);
                     }
                 }
             }));
@@ -418,8 +372,8 @@ impl Bridge {
             }));
         }
         {
-            let (hub, sip) = (hub.clone(), sip.clone());
-            tasks.push(tokio::spawn(publish_gauges(hub, sip)));
+            let (hub, sip, metrics) = (hub.clone(), sip.clone(), Arc::clone(&metrics));
+            tasks.push(tokio::spawn(publish_gauges(hub, sip, metrics)));
         }
         {
             // Reloads reach the hub: reserved ids, origins, timeouts apply to the next login.
@@ -445,6 +399,7 @@ impl Bridge {
             webrtc_ports,
             events,
             cluster,
+            metrics,
         })
     }
 
@@ -506,6 +461,11 @@ impl Bridge {
         &self.events
     }
 
+    /// This bridge's metrics registry (what its `/metrics` shows).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The signalling hub.
     pub fn hub(&self) -> &Hub {
         &self.hub
@@ -538,12 +498,11 @@ impl Bridge {
 }
 
 /// Keeps the registration, PBX and session gauges of `/metrics` current.
-async fn publish_gauges(hub: Hub, sip: SipUa) {
+async fn publish_gauges(hub: Hub, sip: SipUa, m: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let status = sip.status();
-        let m = metrics();
         m.set_registration(registration_state(&status.registration));
         m.set_pbx_ping(match status.pbx {
             PbxState::Up { rtt_ms } => Some(Duration::from_millis(rtt_ms)),
@@ -597,11 +556,7 @@ struct BridgeStatus {
 
 fn call_status(info: CallInfo) -> CallStatus {
     CallStatus {
-        direction: if info.direction == "web_to_sip" {
-            OpsDirection::WebToSip
-        } else {
-            OpsDirection::SipToWeb
-        },
+        direction: info.direction,
         id: info.id,
         web_user: info.uid,
         sip_number: info.sip_number,

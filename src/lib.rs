@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod call;
 pub mod cluster;
 pub mod config;
+pub mod domain;
 pub mod events;
 pub mod media;
 pub mod ops;

@@ -61,6 +61,7 @@ async fn js_client_rings_accepts_and_messages_in_chromium() {
             allowed_origins: Vec::new(),
         },
         tx,
+        Default::default(),
     );
     let port = ports::free_port();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -207,7 +207,10 @@ async fn sip_to_web_rings_only_after_delivery_and_answers_only_after_accept() {
         .await;
     assert_eq!(ok["type"], "ok", "{ok}");
     phone.wait_for("CALL_ESTABLISHED", T).await;
-    assert_eq!(rig.bridge.calls()[0].direction, "sip_to_web");
+    assert_eq!(
+        rig.bridge.calls()[0].direction,
+        srbridge::domain::Direction::SipToWeb
+    );
     // EndCall from the browser hangs up the phone
     alice
         .request(json!({"type": "peer_message", "to": "1007", "text": "{\"Cmd\":\"EndCall\"}"}))

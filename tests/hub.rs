@@ -5,11 +5,13 @@
 mod ports;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use srbridge::config::Secret;
+use srbridge::ops::metrics::{ErrorKind, Limit, Metrics};
 use srbridge::signal::{
     mint_token, BridgeEvent, FailureReason, Hub, HubSettings, LocalInvitationState,
 };
@@ -40,6 +42,8 @@ struct Served {
     secret: Option<String>,
     hub: Hub,
     bridge: mpsc::Receiver<BridgeEvent>,
+    /// This hub's own registry.
+    metrics: Arc<Metrics>,
     url: String,
     port: u16,
 }
@@ -51,7 +55,8 @@ impl Served {
             .token_secret
             .as_ref()
             .map(|s| s.expose().to_string());
-        let hub = Hub::new(settings, tx);
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(settings, tx, Arc::clone(&metrics));
         let port = ports::free_port();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
@@ -62,6 +67,7 @@ impl Served {
             secret,
             hub,
             bridge,
+            metrics,
             url: format!("ws://127.0.0.1:{port}/ws"),
             port,
         }
@@ -232,6 +238,9 @@ async fn login_tokens_are_checked() {
     );
     let good = mint_token("operator-secret", "alice", unix_now() + 600);
     assert_eq!(c.login("alice", Some(&good)).await["type"], "ok");
+    // each refusal counted once, in this hub's registry
+    assert_eq!(s.metrics.errors(ErrorKind::Auth), 4);
+    assert_eq!(s.metrics.ws_sessions_total.get(), 1);
 }
 
 #[tokio::test]
@@ -453,6 +462,10 @@ async fn bad_frames_get_errors_and_nobody_is_hurt() {
     assert_eq!(ok["hasPeerReceived"], true);
     assert_eq!(bob.event("peer_message").await["text"], "after all that");
     assert!(s.hub.is_online("alice"));
+    // bad JSON, unknown type, binary frame; content and frame too large
+    assert_eq!(s.metrics.errors(ErrorKind::Json), 3);
+    assert_eq!(s.metrics.errors(ErrorKind::Oversize), 2);
+    assert_eq!(s.metrics.errors(ErrorKind::Auth), 0);
 }
 
 #[tokio::test]
@@ -474,6 +487,12 @@ async fn session_limit_refuses_the_extra_socket() {
         .await;
     assert_eq!(ok["type"], "ok");
     assert_eq!(bob.event("peer_message").await["text"], "fine");
+    assert_eq!(s.metrics.limits_hit(Limit::MaxWsSessions), 1);
+    assert_eq!(
+        s.metrics.ws_sessions_total.get(),
+        2,
+        "the refused socket is not counted"
+    );
 }
 
 #[tokio::test]
@@ -484,7 +503,7 @@ async fn calls_to_sip_numbers_go_through_the_bridge() {
     assert_eq!(alice.invite("sip-1", "1005").await["type"], "ok");
     assert_eq!(
         s.bridge_event().await,
-        BridgeEvent::LocalInvitation {
+        BridgeEvent::Invite {
             call_id: "sip-1".into(),
             from_uid: "alice".into(),
             callee: "1005".into(),
@@ -599,7 +618,7 @@ async fn sip_phone_rings_a_browser_through_the_bridge() {
         .await;
     assert_eq!(
         s.bridge_event().await,
-        BridgeEvent::RemoteInvitationReceived {
+        BridgeEvent::InvitationReceived {
             call_id: "in-1".into(),
             uid: "alice".into()
         }
@@ -609,7 +628,7 @@ async fn sip_phone_rings_a_browser_through_the_bridge() {
         .await;
     assert_eq!(
         s.bridge_event().await,
-        BridgeEvent::RemoteInvitationAccepted {
+        BridgeEvent::Accepted {
             call_id: "in-1".into(),
             uid: "alice".into(),
             response: "ok".into()

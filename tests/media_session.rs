@@ -37,7 +37,11 @@ fn factory_with_ports(count: u16) -> (SessionFactory, u16) {
     );
     let config = Config::from_toml_str(std::path::Path::new("s.toml"), &text).expect("config");
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config));
-    (SessionFactory::new(rx, LOCAL, LOCAL).expect("factory"), rtp)
+    let metrics = Arc::new(srbridge::ops::metrics::Metrics::new());
+    (
+        SessionFactory::new(rx, LOCAL, LOCAL, metrics).expect("factory"),
+        rtp,
+    )
 }
 
 fn alive_tasks() -> usize {

@@ -14,10 +14,6 @@ use support::sipp::registered_uas;
 use support::webrtc_peer::BrowserPeer;
 use support::{Baresip, BaresipOptions, Sipp, WsClient};
 
-/// The bridge counts into process-wide metrics: the tests of this file read counter deltas from
-/// `/metrics`, so they run one at a time (another test's refusals or timeouts would show up).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 const APPID: &str = "timeout-test";
 const T: Duration = Duration::from_secs(15);
 /// The `[media] rtp_timeout` of these tests.
@@ -27,8 +23,7 @@ async fn rig() -> support::rig::BridgeRig {
     support::rig::start_bridge(APPID, "", "rtp_timeout = 3", 10).await
 }
 
-/// `srbridge_calls_ended_total{reason}` of this test binary's bridges (only these tests end
-/// calls for these reasons).
+/// `srbridge_calls_ended_total{reason}` in this test's own bridge's `/metrics`.
 async fn calls_ended(rig: &support::rig::BridgeRig, reason: &str) -> u64 {
     rig.counter(&format!(
         "srbridge_calls_ended_total{{reason=\"{reason}\"}}"
@@ -42,9 +37,12 @@ async fn rtp_timeouts(rig: &support::rig::BridgeRig) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_that_answers_and_sends_nothing_is_hung_up_after_rtp_timeout() {
-    let _serial = SERIAL.lock().await;
     let rig = rig().await;
-    let before = rtp_timeouts(&rig).await;
+    assert_eq!(
+        rtp_timeouts(&rig).await,
+        0,
+        "a new bridge has ended no call"
+    );
     // answers, never sends RTP, and passes only if a BYE comes (answered 200)
     let mut uas = registered_uas(
         rig.pbx.addr(),
@@ -79,13 +77,13 @@ async fn a_phone_that_answers_and_sends_nothing_is_hung_up_after_rtp_timeout() {
         result.messages.contains("BYE sip:"),
         "the phone got the bridge's BYE"
     );
-    assert_eq!(rtp_timeouts(&rig).await, before + 1);
+    assert_eq!(rtp_timeouts(&rig).await, 1);
+    assert_eq!(calls_ended(&rig, "session_expired").await, 0);
     peer.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_goes_away_ends_the_call_for_the_phone() {
-    let _serial = SERIAL.lock().await;
     let rig = rig().await;
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("tone.wav");
@@ -102,7 +100,6 @@ async fn a_browser_that_goes_away_ends_the_call_for_the_phone() {
     )
     .await;
     phone.wait_registered(T).await;
-    let before = rtp_timeouts(&rig).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite("t2", "1001", "").await;
     assert_eq!(ok["type"], "ok", "{ok}");
@@ -122,16 +119,14 @@ async fn a_browser_that_goes_away_ends_the_call_for_the_phone() {
     alice.wait_peer_message("EndCall", T).await;
     assert_eq!(
         rtp_timeouts(&rig).await,
-        before + 1,
+        1,
         "ended by the RTP timeout (after {lasted:?}), not by ICE failing"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_that_does_not_refresh_its_session_is_hung_up_and_the_browser_gets_end_call() {
-    let _serial = SERIAL.lock().await;
     let rig = support::rig::start_bridge(APPID, "session_expires = 6\nmin_se = 2", "", 10).await;
-    let before = calls_ended(&rig, "session_expired").await;
     let alice = Arc::new(WsClient::login(&rig.url, APPID, "alice").await);
     // the phone (from the PBX's address) calls alice with Session-Expires: 6;refresher=uac, then
     // never refreshes; it passes only if the bridge's BYE comes
@@ -169,6 +164,7 @@ async fn a_phone_that_does_not_refresh_its_session_is_hung_up_and_the_browser_ge
     );
     let result = phone.wait(T).await;
     result.assert_success();
-    assert_eq!(calls_ended(&rig, "session_expired").await, before + 1);
+    assert_eq!(calls_ended(&rig, "session_expired").await, 1);
+    assert_eq!(rtp_timeouts(&rig).await, 0, "ended by the session timer");
     peer.close().await;
 }

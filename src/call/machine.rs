@@ -14,14 +14,8 @@ use super::content::{
 /// (RFC 3261 Timer B: 64 × T1).
 pub const CANCEL_GUARD: Duration = Duration::from_secs(32);
 
-/// Which side started the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// A browser invited a SIP number.
-    WebToSip,
-    /// A phone dialled `0<uid>` and the bridge invites the browser.
-    SipToWeb,
-}
+/// Which side started the call: the one [`crate::domain::Direction`].
+pub use crate::domain::Direction;
 
 /// RTM `LocalInvitation` states the caller's browser is moved through (web → SIP calls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,86 +24,18 @@ use super::ports::{
 use crate::config::Config;
 use crate::events::{CallEnd, CallFacts, Event as StreamEvent, EventBus};
 use crate::ops::lifecycle::{CallGuard, Lifecycle};
-use crate::ops::metrics::{metrics, Limit};
+use crate::ops::metrics::{Limit, Metrics};
 
-/// What the browser side reports to the call layer (the hub's events for the bridge).
-#[derive(Debug, Clone, PartialEq)]
-pub enum BrowserEvent {
-    /// A browser invites a SIP number (or the bridge's own id).
-    Invite {
-        /// The invitation's id, chosen by the browser.
-        call_id: String,
-        /// The caller's uid.
-        from_uid: String,
-        /// The number invited.
-        callee: String,
-        /// The invitation content (ARCall JSON or any string).
-        content: String,
-    },
-    /// The caller cancelled its invitation.
-    Cancel {
-        /// The invitation.
-        call_id: String,
-        /// Who cancelled.
-        from_uid: String,
-    },
-    /// The callee's browser has the remote invitation (`INVITATION_RECEIVED`).
-    InvitationReceived {
-        /// The invitation.
-        call_id: String,
-        /// The callee.
-        uid: String,
-    },
-    /// The callee accepted.
-    Accepted {
-        /// The invitation.
-        call_id: String,
-        /// The callee.
-        uid: String,
-        /// The response string.
-        response: String,
-    },
-    /// The callee refused.
-    Refused {
-        /// The invitation.
-        call_id: String,
-        /// The callee.
-        uid: String,
-        /// The response string ("decline" forms give 603).
-        response: String,
-    },
-    /// A peer message to a SIP number or the bridge (e.g. `{"Cmd":"EndCall"}`).
-    PeerMessage {
-        /// The sender.
-        from_uid: String,
-        /// The addressee.
-        to: String,
-        /// The text.
-        text: String,
-    },
-    /// A media signalling message for a call.
-    Media {
-        /// The call.
-        call_id: String,
-        /// The sender.
-        from_uid: String,
-        /// The message.
-        payload: serde_json::Value,
-    },
-    /// The user's WebSocket closed, it logged out, or another login replaced it.
-    SessionClosed {
-        /// The user.
-        uid: String,
-    },
-}
+/// What the browser side reports (defined with the other ports).
+pub use super::ports::BrowserEvent;
 
 /// A call in progress, as the status API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallInfo {
     /// The call id (the invitation id for browser calls).
     pub id: String,
-    /// `web_to_sip` or `sip_to_web`.
-    pub direction: &'static str,
+    /// Who started the call (`web_to_sip` or `sip_to_web` in JSON).
+    pub direction: Direction,
     /// The web user.
     pub uid: String,
     /// The SIP party.
@@ -127,13 +59,6 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Cancelling => "cancelling",
         Phase::Established => "established",
         Phase::Ended => "ended",
-    }
-}
-
-fn direction_name(direction: Direction) -> &'static str {
-    match direction {
-        Direction::WebToSip => "web_to_sip",
-        Direction::SipToWeb => "sip_to_web",
     }
 }
 
@@ -167,6 +92,7 @@ struct Inner<B, S, M> {
     setups: Mutex<SetupRate>,
     idle: Notify,
     events: EventBus,
+    metrics: Arc<Metrics>,
 }
 
 /// The calls in progress and the rules for starting new ones. Cheap to clone.
@@ -201,14 +127,14 @@ impl Refusal {
         }
     }
 
-    fn count(self) {
+    fn count(self, metrics: &Metrics) {
         let limit = match self {
             Refusal::Draining => Limit::Draining,
             Refusal::TooManyCalls => Limit::MaxCalls,
             Refusal::TooManySetups => Limit::MaxSetupsPerSec,
             Refusal::DuplicateId => return,
         };
-        metrics().limit_hit(limit);
+        metrics.limit_hit(limit);
     }
 }
 
@@ -224,6 +150,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
         config: watch::Receiver<Arc<Config>>,
         lifecycle: Lifecycle,
         events: EventBus,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let burst = f64::from(config.borrow().limits.max_setups_per_sec);
         CallManager {
@@ -240,6 +167,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 }),
                 idle: Notify::new(),
                 events,
+                metrics,
             }),
         }
     }
@@ -360,7 +288,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 .ok_or(Refusal::Draining)
         });
         if let Err(refusal) = &result {
-            refusal.count();
+            refusal.count(&self.inner.metrics);
         }
         result
     }
@@ -558,7 +486,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
             Slot {
                 info: CallInfo {
                     id: call_id.to_string(),
-                    direction: direction_name(call.direction()),
+                    direction: call.direction(),
                     uid: call.uid().to_string(),
                     sip_number: call.sip_number().to_string(),
                     state: phase_name(call.phase()),
@@ -571,10 +499,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 _guard: guard,
             },
         );
-        metrics()
-            .calls_started
-            .get(ops_direction(call.direction()))
-            .inc();
+        self.inner.metrics.calls_started.get(call.direction()).inc();
         rx
     }
 
@@ -584,14 +509,8 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
             if phase == Phase::Established && slot.info.answered.is_none() {
                 let now = Instant::now();
                 slot.info.answered = Some(now);
-                let m = metrics();
-                m.calls_answered
-                    .get(if slot.info.direction == "web_to_sip" {
-                        crate::ops::Direction::WebToSip
-                    } else {
-                        crate::ops::Direction::SipToWeb
-                    })
-                    .inc();
+                let m = &self.inner.metrics;
+                m.calls_answered.get(slot.info.direction).inc();
                 m.call_setup.observe(now.duration_since(slot.info.started));
             }
         }
@@ -663,13 +582,6 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallManager<B, S, M> {
                 return self.active();
             }
         }
-    }
-}
-
-fn ops_direction(direction: Direction) -> crate::ops::Direction {
-    match direction {
-        Direction::WebToSip => crate::ops::Direction::WebToSip,
-        Direction::SipToWeb => crate::ops::Direction::SipToWeb,
     }
 }
 
@@ -799,7 +711,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
         CallFacts {
             call_id: self.call_id.clone(),
             sip_call_id: self.report.sip_call_id.clone(),
-            direction: ops_direction(self.call.direction()),
+            direction: self.call.direction(),
             web_user: self.call.uid().to_string(),
             number: self.call.sip_number().to_string(),
         }
@@ -993,7 +905,7 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
             _ => None,
         };
         if let Some(code) = failed_code {
-            metrics().call_failed(code);
+            self.manager.inner.metrics.call_failed(code);
         }
         let now = Instant::now();
         let detail = match &reason {

@@ -12,6 +12,7 @@ use super::manager::{BrowserEvent, CallManager};
 use super::ports::*;
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::ops::metrics::{Limit, Metrics};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
@@ -161,6 +162,8 @@ struct Rig {
     placed: mpsc::UnboundedReceiver<(OutgoingCallRequest, SipLegRemote)>,
     config: watch::Sender<Arc<Config>>,
     events: EventBus,
+    /// This manager's own registry: what it counted, and nothing else.
+    metrics: Arc<Metrics>,
 }
 
 fn config(extra: &str) -> Arc<Config> {
@@ -178,6 +181,7 @@ fn rig_with(extra: &str, media: FakeMedia) -> Rig {
     let (placed_tx, placed) = mpsc::unbounded_channel();
     let (config, config_rx) = watch::channel(config(extra));
     let events = EventBus::new();
+    let metrics = Arc::new(Metrics::new());
     let manager = CallManager::new(
         browser.clone(),
         FakeSip { placed: placed_tx },
@@ -185,6 +189,7 @@ fn rig_with(extra: &str, media: FakeMedia) -> Rig {
         config_rx,
         crate::ops::lifecycle::Lifecycle::new(),
         events.clone(),
+        Arc::clone(&metrics),
     );
     Rig {
         manager,
@@ -193,6 +198,7 @@ fn rig_with(extra: &str, media: FakeMedia) -> Rig {
         placed,
         config,
         events,
+        metrics,
     }
 }
 
@@ -528,6 +534,12 @@ async fn limits_and_drain_refuse_new_calls_but_keep_calls_in_progress() {
     assert_eq!(rig.manager.active(), 2, "calls in progress go on");
     drop(remote);
     assert_eq!(rig.manager.wait_idle(Duration::from_millis(10)).await, 1);
+    // counted in this manager's registry: bob's and carol's refusals, dave's, two calls started
+    let m = &rig.metrics;
+    assert_eq!(m.limits_hit(Limit::MaxCalls), 2);
+    assert_eq!(m.limits_hit(Limit::Draining), 1);
+    assert_eq!(m.calls_started.get(Direction::WebToSip).get(), 2);
+    assert_eq!(m.calls_started.get(Direction::SipToWeb).get(), 0);
 }
 
 #[tokio::test]

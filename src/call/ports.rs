@@ -94,6 +94,87 @@ pub enum SipLegEvent {
     Terminated,
 }
 
+/// What a browser did that the call layer must handle: the hub's events for the bridge
+/// (anything addressed to someone who is not a logged-in web user). Serializable: in a cluster
+/// it travels to the bridge that runs the call (`crate::cluster`); the wire names are the hub's
+/// original ones and must stay stable across versions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BrowserEvent {
+    /// A browser invites a SIP number (or anyone who is not a logged-in web user).
+    #[serde(rename = "local_invitation")]
+    Invite {
+        /// The invitation's id, chosen by the browser.
+        call_id: String,
+        /// The caller's uid.
+        from_uid: String,
+        /// The number invited.
+        callee: String,
+        /// The invitation content (ARCall JSON or any string).
+        content: String,
+    },
+    /// The caller cancelled its invitation; answer with `local_state(Canceled)`.
+    #[serde(rename = "local_invitation_canceled")]
+    Cancel {
+        /// The invitation.
+        call_id: String,
+        /// Who cancelled.
+        from_uid: String,
+    },
+    /// The callee's browser has the bridge's invitation (`INVITATION_RECEIVED`): send 180.
+    #[serde(rename = "remote_invitation_received")]
+    InvitationReceived {
+        /// The invitation.
+        call_id: String,
+        /// The callee.
+        uid: String,
+    },
+    /// The callee accepted.
+    #[serde(rename = "remote_invitation_accepted")]
+    Accepted {
+        /// The invitation.
+        call_id: String,
+        /// The callee.
+        uid: String,
+        /// The response string.
+        response: String,
+    },
+    /// The callee refused.
+    #[serde(rename = "remote_invitation_refused")]
+    Refused {
+        /// The invitation.
+        call_id: String,
+        /// The callee.
+        uid: String,
+        /// The response string ("decline" forms give 603).
+        response: String,
+    },
+    /// A peer message to a SIP number or the bridge (e.g. `{"Cmd":"EndCall"}`).
+    PeerMessage {
+        /// The sender.
+        from_uid: String,
+        /// The addressee.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Media signalling for a call that is not web↔web; the call layer checks it is
+    /// `from_uid`'s.
+    Media {
+        /// The call.
+        call_id: String,
+        /// The sender.
+        from_uid: String,
+        /// The message.
+        payload: serde_json::Value,
+    },
+    /// The user's WebSocket closed, it logged out, or another login replaced it.
+    SessionClosed {
+        /// The user.
+        uid: String,
+    },
+}
+
 /// What the call layer tells a SIP dialog to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SipLegCommand {

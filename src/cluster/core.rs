@@ -385,9 +385,9 @@ impl ClusterCore {
                 .is_some_and(|b| b.node == from && b.uid == uid)
         };
         let allowed = match &event {
-            BridgeEvent::RemoteInvitationReceived { call_id, uid }
-            | BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. }
-            | BridgeEvent::RemoteInvitationRefused { call_id, uid, .. }
+            BridgeEvent::InvitationReceived { call_id, uid }
+            | BridgeEvent::Accepted { call_id, uid, .. }
+            | BridgeEvent::Refused { call_id, uid, .. }
             | BridgeEvent::Media {
                 call_id,
                 from_uid: uid,
@@ -398,9 +398,7 @@ impl ClusterCore {
                 .remote_browsers
                 .values()
                 .any(|b| b.node == from && &b.uid == from_uid),
-            BridgeEvent::LocalInvitation { .. } | BridgeEvent::LocalInvitationCanceled { .. } => {
-                false
-            }
+            BridgeEvent::Invite { .. } | BridgeEvent::Cancel { .. } => false,
         };
         if let BridgeEvent::SessionClosed { uid } = &event {
             self.remote_browsers
@@ -457,7 +455,7 @@ impl ClusterCore {
                 local,
             };
         }
-        if let BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. } = &event {
+        if let BridgeEvent::Accepted { call_id, uid, .. } = &event {
             if let Some(r) = self.relayed.get_mut(call_id).filter(|r| &r.uid == uid) {
                 r.answered = true;
             }
@@ -469,9 +467,9 @@ impl ClusterCore {
                 .map(|r| r.node.clone())
         };
         let node = match &event {
-            BridgeEvent::RemoteInvitationReceived { call_id, uid }
-            | BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. }
-            | BridgeEvent::RemoteInvitationRefused { call_id, uid, .. }
+            BridgeEvent::InvitationReceived { call_id, uid }
+            | BridgeEvent::Accepted { call_id, uid, .. }
+            | BridgeEvent::Refused { call_id, uid, .. }
             | BridgeEvent::Media {
                 call_id,
                 from_uid: uid,
@@ -500,9 +498,7 @@ impl ClusterCore {
                     local: Some(event),
                 };
             }
-            BridgeEvent::LocalInvitation { .. } | BridgeEvent::LocalInvitationCanceled { .. } => {
-                None
-            }
+            BridgeEvent::Invite { .. } | BridgeEvent::Cancel { .. } => None,
         };
         match node {
             Some(node) => Route::Remote {
@@ -522,7 +518,7 @@ impl ClusterCore {
         };
         match event {
             // The hub hands the bridge invitations to anyone not logged in here.
-            BridgeEvent::LocalInvitation {
+            BridgeEvent::Invite {
                 call_id,
                 from_uid,
                 callee,
@@ -542,8 +538,8 @@ impl ClusterCore {
                 );
                 Some(node)
             }
-            BridgeEvent::LocalInvitationCanceled { call_id, from_uid }
-            | BridgeEvent::RemoteInvitationRefused {
+            BridgeEvent::Cancel { call_id, from_uid }
+            | BridgeEvent::Refused {
                 call_id,
                 uid: from_uid,
                 ..
@@ -552,14 +548,14 @@ impl ClusterCore {
                 self.web_calls.remove(call_id);
                 Some(node)
             }
-            BridgeEvent::RemoteInvitationAccepted { call_id, uid, .. } => {
+            BridgeEvent::Accepted { call_id, uid, .. } => {
                 let node = ours(&self.web_calls, call_id, uid)?;
                 if let Some(web) = self.web_calls.get_mut(call_id) {
                     web.answered = true;
                 }
                 Some(node)
             }
-            BridgeEvent::RemoteInvitationReceived { call_id, uid }
+            BridgeEvent::InvitationReceived { call_id, uid }
             | BridgeEvent::Media {
                 call_id,
                 from_uid: uid,
@@ -618,7 +614,7 @@ impl ClusterCore {
                 reason: None,
             };
         match event {
-            BridgeEvent::LocalInvitation {
+            BridgeEvent::Invite {
                 call_id,
                 from_uid,
                 callee,
@@ -645,7 +641,7 @@ impl ClusterCore {
                     content: content.clone(),
                 })
             }
-            BridgeEvent::LocalInvitationCanceled { call_id, from_uid } => {
+            BridgeEvent::Cancel { call_id, from_uid } => {
                 let uid = theirs(&self.web_calls, call_id, from_uid)?;
                 self.web_calls.remove(call_id);
                 Some(ForHub::Canceled {
@@ -653,7 +649,7 @@ impl ClusterCore {
                     call_id: call_id.clone(),
                 })
             }
-            BridgeEvent::RemoteInvitationReceived { call_id, uid } => {
+            BridgeEvent::InvitationReceived { call_id, uid } => {
                 let local = theirs(&self.web_calls, call_id, uid)?;
                 Some(state(
                     local,
@@ -662,7 +658,7 @@ impl ClusterCore {
                     None,
                 ))
             }
-            BridgeEvent::RemoteInvitationAccepted {
+            BridgeEvent::Accepted {
                 call_id,
                 uid,
                 response,
@@ -678,7 +674,7 @@ impl ClusterCore {
                     Some(response),
                 ))
             }
-            BridgeEvent::RemoteInvitationRefused {
+            BridgeEvent::Refused {
                 call_id,
                 uid,
                 response,
@@ -755,7 +751,7 @@ mod tests {
     }
 
     fn accepted(call_id: &str, uid: &str) -> BridgeEvent {
-        BridgeEvent::RemoteInvitationAccepted {
+        BridgeEvent::Accepted {
             call_id: call_id.into(),
             uid: uid.into(),
             response: String::new(),
@@ -926,7 +922,7 @@ mod tests {
         c.local_login("carol", 1);
         a.on_presence(heartbeat("c", &["carol"]), t0);
         c.on_presence(heartbeat("a", &["alice"]), t0);
-        let invite = BridgeEvent::LocalInvitation {
+        let invite = BridgeEvent::Invite {
             call_id: "w1".into(),
             from_uid: "alice".into(),
             callee: "carol".into(),
@@ -947,7 +943,7 @@ mod tests {
         );
         // A node cannot invite for someone else's call id twice, nor reach a user not here.
         assert!(c.web_event("a", &invite, Instant::now()).is_empty());
-        let stray = BridgeEvent::LocalInvitation {
+        let stray = BridgeEvent::Invite {
             call_id: "w9".into(),
             from_uid: "alice".into(),
             callee: "nobody".into(),
@@ -1013,7 +1009,7 @@ mod tests {
         let mut c = ClusterCore::new("c", Duration::from_secs(600));
         c.local_login("carol", 1);
         a.on_presence(heartbeat("c", &["carol"]), t0);
-        let invite = |call_id: &str| BridgeEvent::LocalInvitation {
+        let invite = |call_id: &str| BridgeEvent::Invite {
             call_id: call_id.into(),
             from_uid: "alice".into(),
             callee: "carol".into(),
@@ -1064,7 +1060,7 @@ mod tests {
         assert_eq!(b.event_from("c", accepted("call-1", "alice")), None);
         assert_eq!(b.event_from("a", accepted("call-1", "carol")), None);
         assert_eq!(b.event_from("a", accepted("call-9", "alice")), None);
-        let invite = BridgeEvent::LocalInvitation {
+        let invite = BridgeEvent::Invite {
             call_id: "x".into(),
             from_uid: "alice".into(),
             callee: "1002".into(),

@@ -20,7 +20,7 @@ use super::wire::{
 };
 use crate::config::ClusterConfig;
 use crate::events::Event;
-use crate::ops::metrics::metrics;
+use crate::ops::metrics::Metrics;
 use crate::ops::status::{ClusterState, ClusterStatus};
 use crate::signal::{BridgeEvent, Hub, LocalInvitationState, RemoteFailureReason};
 
@@ -136,6 +136,7 @@ impl Cluster {
         config: &ClusterConfig,
         hub: Hub,
         to_calls: mpsc::Sender<BridgeEvent>,
+        metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> anyhow::Result<(Cluster, Vec<JoinHandle<()>>)> {
         let url = config.nats_url();
@@ -168,13 +169,14 @@ impl Cluster {
         };
         let (logins_tx, logins) = mpsc::unbounded_channel();
         hub.watch_logins(logins_tx);
-        metrics().set_cluster_connected(Some(false));
+        metrics.set_cluster_connected(Some(false));
         info!(node = %config.node_id, nats = %url, "joining the cluster");
         let driver = Driver {
             link: link.clone(),
             client: client.clone(),
             hub: hub.clone(),
             to_calls,
+            metrics,
             heartbeat: (config.presence_ttl / 5)
                 .clamp(Duration::from_millis(200), Duration::from_secs(2)),
         };
@@ -206,7 +208,7 @@ impl Cluster {
                 for (node, event) in to {
                     // The caller's cancel of a web ↔ web invitation is answered here, as the
                     // call layer answers it for SIP calls.
-                    if let BridgeEvent::LocalInvitationCanceled { call_id, from_uid } = &event {
+                    if let BridgeEvent::Cancel { call_id, from_uid } = &event {
                         self.hub.local_invitation_state(
                             from_uid,
                             call_id,
@@ -293,6 +295,8 @@ struct Driver {
     client: async_nats::Client,
     hub: Hub,
     to_calls: mpsc::Sender<BridgeEvent>,
+    /// The bridge's registry (`srbridge_cluster_connected`).
+    metrics: Arc<Metrics>,
     heartbeat: Duration,
 }
 
@@ -337,7 +341,7 @@ impl Driver {
         );
         let was = self.link.shared.connected.swap(up, Ordering::Relaxed);
         if up != was {
-            metrics().set_cluster_connected(Some(up));
+            self.metrics.set_cluster_connected(Some(up));
             if up {
                 info!("cluster: NATS connected");
             } else {

@@ -162,7 +162,7 @@ mod tests {
     fn messages_round_trip_as_tagged_json() {
         let msg = NodeMsg::FromBrowser {
             from: "a".into(),
-            event: BridgeEvent::RemoteInvitationAccepted {
+            event: BridgeEvent::Accepted {
                 call_id: "c".into(),
                 uid: "alice".into(),
                 response: "{}".into(),
@@ -182,6 +182,79 @@ mod tests {
             at_ms: 7,
         };
         assert_eq!(decode::<PresenceMsg>(&encode(&presence)).unwrap(), presence);
+    }
+
+    /// The hub's events kept their original wire names when their variants were renamed:
+    /// nodes of different versions in one cluster still understand each other.
+    #[test]
+    fn browser_event_wire_names_are_stable() {
+        let (c, u, r) = (String::from("c"), String::from("u"), String::from("r"));
+        for (event, kind) in [
+            (
+                BridgeEvent::Invite {
+                    call_id: c.clone(),
+                    from_uid: u.clone(),
+                    callee: "100".into(),
+                    content: r.clone(),
+                },
+                "local_invitation",
+            ),
+            (
+                BridgeEvent::Cancel {
+                    call_id: c.clone(),
+                    from_uid: u.clone(),
+                },
+                "local_invitation_canceled",
+            ),
+            (
+                BridgeEvent::InvitationReceived {
+                    call_id: c.clone(),
+                    uid: u.clone(),
+                },
+                "remote_invitation_received",
+            ),
+            (
+                BridgeEvent::Accepted {
+                    call_id: c.clone(),
+                    uid: u.clone(),
+                    response: r.clone(),
+                },
+                "remote_invitation_accepted",
+            ),
+            (
+                BridgeEvent::Refused {
+                    call_id: c.clone(),
+                    uid: u.clone(),
+                    response: r.clone(),
+                },
+                "remote_invitation_refused",
+            ),
+            (
+                BridgeEvent::PeerMessage {
+                    from_uid: u.clone(),
+                    to: "100".into(),
+                    text: r.clone(),
+                },
+                "peer_message",
+            ),
+            (
+                BridgeEvent::Media {
+                    call_id: c.clone(),
+                    from_uid: u.clone(),
+                    payload: serde_json::json!({"sdp": "x"}),
+                },
+                "media",
+            ),
+            (
+                BridgeEvent::SessionClosed { uid: u.clone() },
+                "session_closed",
+            ),
+        ] {
+            let bytes = encode(&event);
+            let text = std::str::from_utf8(&bytes).unwrap();
+            assert!(text.contains(&format!(r#""kind":"{kind}""#)), "{text}");
+            assert_eq!(decode::<BridgeEvent>(&bytes).unwrap(), event);
+        }
     }
 
     #[test]

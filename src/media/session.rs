@@ -27,6 +27,7 @@ use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParam
 use crate::media::recording;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg, RtpLegParts};
 use crate::media::webrtc_leg::{IceServer, WebRtcLeg, WebRtcSettings};
+use crate::ops::metrics::Metrics;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
 use actor::{Attach, Control, LegSockets, MediaTask};
 use browser::BrowserLink;
@@ -41,15 +42,17 @@ pub struct SessionFactory {
     bind_ip: IpAddr,
     sdp_ip: IpAddr,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
+    metrics: Arc<Metrics>,
 }
 
 impl SessionFactory {
     /// `sdp_ip` is the address put in SDP (`media.public_ip`, else the address the PBX reaches
-    /// us on); RTP sockets bind on `bind_ip`.
+    /// us on); RTP sockets bind on `bind_ip`; calls count into `metrics`.
     pub fn new(
         config: tokio::sync::watch::Receiver<Arc<Config>>,
         bind_ip: IpAddr,
         sdp_ip: IpAddr,
+        metrics: Arc<Metrics>,
     ) -> Result<SessionFactory, MediaError> {
         let media = config.borrow().media.clone();
         let range =
@@ -67,6 +70,7 @@ impl SessionFactory {
             bind_ip,
             sdp_ip,
             config,
+            metrics,
         })
     }
 
@@ -167,6 +171,7 @@ impl MediaFactory for SessionFactory {
             // early media from the start.
             direction == CallDirection::WebToSip,
             Instant::now(),
+            Arc::clone(&self.metrics),
         );
         let sockets = LegSockets {
             socket,

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::auth_log::{log_auth_failure, AuthFailure};
 use super::lifecycle::{ConfigWatch, Lifecycle};
-use super::metrics::metrics;
+use super::metrics::Metrics;
 use super::status::{StatusResponse, StatusSource};
 use crate::events::{sse, EventBus};
 
@@ -33,6 +33,8 @@ pub struct OpsContext {
     pub lifecycle: Lifecycle,
     /// The bridge's events, for `/api/events`.
     pub events: EventBus,
+    /// This bridge instance's registry, for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Clone)]
@@ -42,7 +44,7 @@ struct AppState {
 }
 
 /// Prometheus text exposition content type.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// `/healthz` only (for the public listener when status has its own).
 pub fn health_router(ctx: OpsContext) -> Router {
@@ -187,10 +189,9 @@ async fn api_events(State(state): State<AppState>, headers: HeaderMap) -> Respon
 }
 
 async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
-    let lc = &state.ctx.lifecycle;
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        metrics().render(lc.uptime(), lc.is_draining()),
+        state.ctx.metrics.render(&state.ctx.lifecycle),
     )
 }
 

@@ -3,8 +3,8 @@
 //! * [`Lifecycle`] (cheap to clone): call [`Lifecycle::try_start_call`] when a call
 //!   begins and keep the returned [`CallGuard`] for the call's life; it returns `None`
 //!   while draining, so new calls are refused (answer 503 / refuse the invitation) and
-//!   the drain ends when the last guard drops. The guard also keeps the
-//!   `srbridge_calls_active` gauge. [`Lifecycle::draining`] resolves when
+//!   the drain ends when the last guard drops. `/metrics` reads its
+//!   `srbridge_calls_active` from the guards. [`Lifecycle::draining`] resolves when
 //!   the drain starts, for listeners that should stop accepting.
 //! * [`ConfigWatch`]: the current `Arc<Config>`; a successful SIGHUP reload publishes a new
 //!   one (`changed().await`, then `borrow().clone()`). Settings that need new sockets are
@@ -82,7 +82,6 @@ impl Lifecycle {
             return None;
         }
         self.inner.calls.send_modify(|n| *n += 1);
-        super::metrics::metrics().calls_active.inc();
         Some(CallGuard {
             lifecycle: self.clone(),
         })
@@ -101,8 +100,8 @@ impl Lifecycle {
     }
 }
 
-/// One call in progress; dropping it ends the call for the drain. It also maintains
-/// `srbridge_calls_active`, so call code must not count that gauge separately.
+/// One call in progress; dropping it ends the call for the drain (and for
+/// `srbridge_calls_active`, which is read from the guards).
 #[must_use = "the call counts as ended when this guard is dropped"]
 pub struct CallGuard {
     lifecycle: Lifecycle,
@@ -110,7 +109,6 @@ pub struct CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        super::metrics::metrics().calls_active.dec();
         self.lifecycle
             .inner
             .calls

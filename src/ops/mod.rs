@@ -3,7 +3,8 @@
 //! * [`logging`] + [`redact`]: the `tracing` subscriber from `[log]` (levels 0-5, file with
 //!   size rotation, SIGHUP level change) that never writes a password or token.
 //! * [`auth_log`]: the fixed `AUTH_FAILURE kind=… src=…` line fail2ban reads.
-//! * [`metrics`]: the process-wide Prometheus registry (`metrics::metrics()`).
+//! * [`metrics`]: a bridge instance's Prometheus registry ([`metrics::Metrics`], passed to each
+//!   part as an `Arc` when it is built).
 //! * [`status`]: the [`status::StatusSource`] seam the SIP/call parts implement.
 //! * [`http`]: `/api/status`, `/api/calls/{id}`, `/api/events`, `/metrics`, `/healthz` (admin auth).
 //! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.
@@ -27,24 +28,5 @@ pub mod status;
 pub mod tls;
 pub mod trim;
 
-use serde::Serialize;
-
-/// Which way a call (or its media) goes; a label in metrics and status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Browser → SIP (the browser called / browser audio toward the PBX).
-    WebToSip,
-    /// SIP → browser (a phone called / PBX audio toward the browser).
-    SipToWeb,
-}
-
-impl Direction {
-    /// The label used in JSON and Prometheus.
-    pub fn label(self) -> &'static str {
-        match self {
-            Direction::WebToSip => "web_to_sip",
-            Direction::SipToWeb => "sip_to_web",
-        }
-    }
-}
+/// Which way a call (or its media) goes: the one [`crate::domain::Direction`].
+pub use crate::domain::Direction;

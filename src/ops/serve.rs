@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conn_gate::{default_fd_reserve, ConnGate, Refusal};
 use super::fd_limit::{nofile_limit, open_fds};
-use super::metrics::{metrics, Limit};
+use super::metrics::{Limit, Metrics};
 use crate::config::Config;
 
 /// How long a client may take to finish the TLS handshake.
@@ -42,12 +42,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct ConnLimits {
     gate: Arc<Mutex<ConnGate>>,
     header_timeout: Duration,
+    /// Where refusals are counted (`srbridge_limits_hit_total`).
+    metrics: Arc<Metrics>,
 }
 
 impl ConnLimits {
     /// From `[http] header_timeout`, `[limits] max_conns_per_ip` and `fd_reserve`, with the
-    /// process's descriptor limit as it is now (raise it first).
-    pub fn from_config(config: &Config) -> ConnLimits {
+    /// process's descriptor limit as it is now (raise it first); refusals count in `metrics`.
+    pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> ConnLimits {
         let fd_limit = nofile_limit();
         let reserve = config
             .limits
@@ -60,6 +62,7 @@ impl ConnLimits {
                 reserve,
             ))),
             header_timeout: config.http.header_timeout,
+            metrics,
         }
     }
 
@@ -176,7 +179,7 @@ pub async fn serve(
             Ok(permit) => permit,
             Err(refusal) => {
                 drop(tcp);
-                metrics().limit_hit(match refusal {
+                limits.metrics.limit_hit(match refusal {
                     Refusal::PerIp(_) => Limit::MaxConnsPerIp,
                     Refusal::FdBudget { .. } => Limit::FdReserve,
                 });

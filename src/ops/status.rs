@@ -50,13 +50,6 @@ impl RegistrationState {
             RegistrationState::Failed => "failed",
         }
     }
-
-    pub(crate) fn from_index(i: i64) -> RegistrationState {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| Self::ALL.get(i).copied())
-            .unwrap_or(RegistrationState::Unregistered)
-    }
 }
 
 /// Registration part of the status.

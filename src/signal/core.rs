@@ -112,78 +112,9 @@ impl HubSettings {
     }
 }
 
-/// What a browser did that the bridge (the call layer) must handle. Serializable: in a cluster
-/// it travels to the bridge that runs the call (`crate::cluster`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum BridgeEvent {
-    /// A browser invites a SIP number (or anyone who is not a logged-in web user).
-    LocalInvitation {
-        /// Client-generated call id.
-        call_id: String,
-        /// The caller.
-        from_uid: String,
-        /// Who is called.
-        callee: String,
-        /// Invitation content (≤ max_content).
-        content: String,
-    },
-    /// The caller cancelled that invitation; answer with `local_invitation_state(CANCELED)`.
-    LocalInvitationCanceled {
-        /// The call id.
-        call_id: String,
-        /// The caller.
-        from_uid: String,
-    },
-    /// The callee's browser has the bridge's invitation (`INVITATION_RECEIVED`): send 180.
-    RemoteInvitationReceived {
-        /// The call id.
-        call_id: String,
-        /// The callee.
-        uid: String,
-    },
-    /// The callee accepted the bridge's invitation.
-    RemoteInvitationAccepted {
-        /// The call id.
-        call_id: String,
-        /// The callee.
-        uid: String,
-        /// The callee's response string.
-        response: String,
-    },
-    /// The callee refused the bridge's invitation.
-    RemoteInvitationRefused {
-        /// The call id.
-        call_id: String,
-        /// The callee.
-        uid: String,
-        /// The callee's response string.
-        response: String,
-    },
-    /// A peer message to someone who is not a logged-in web user, e.g. `{"Cmd":"EndCall"}`.
-    PeerMessage {
-        /// Sender.
-        from_uid: String,
-        /// Target (SIP number or the bridge uid).
-        to: String,
-        /// The text.
-        text: String,
-    },
-    /// Media signalling for a call that is not web↔web; the bridge checks it is `from_uid`'s.
-    Media {
-        /// The call id.
-        call_id: String,
-        /// Sender.
-        from_uid: String,
-        /// Opaque JSON object.
-        payload: Value,
-    },
-    /// The user's session ended (socket closed, logout, or replaced): end their calls.
-    SessionClosed {
-        /// The user.
-        uid: String,
-    },
-}
+/// What a browser did that the bridge (the call layer) must handle: the call layer's
+/// [`BrowserEvent`](crate::call::ports::BrowserEvent), under the hub's name.
+pub use crate::call::ports::BrowserEvent as BridgeEvent;
 
 /// Something the shell must do.
 #[derive(Debug, Clone, PartialEq)]

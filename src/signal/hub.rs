@@ -28,10 +28,11 @@ use super::core::{
 };
 use super::origin::origin_allowed;
 use super::protocol::{
-    ErrorCode, FailureReason, LocalInvitationState, RemoteFailureReason, ServerMsg,
+    count_error, ErrorCode, FailureReason, LocalInvitationState, RemoteFailureReason, ServerMsg,
 };
 use crate::events::{Event, EventBus};
 use crate::ops::auth_log::{log_auth_failure, AuthFailure};
+use crate::ops::metrics::Metrics;
 
 /// The JS client library browsers import from `/sdk/rtm-client.js`.
 pub const RTM_CLIENT_JS: &str = include_str!("../../web-demo/rtm-client.js");
@@ -76,6 +77,8 @@ struct Inner {
     events: OnceLock<EventBus>,
     /// Where logins and logouts also go, in order and never dropped (the cluster's presence).
     logins: OnceLock<mpsc::UnboundedSender<Event>>,
+    /// Where sessions and error answers are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// The signalling hub; a cheap `Clone` handle shared by the HTTP server and the call layer.
@@ -94,8 +97,13 @@ fn now() -> Now {
 }
 
 impl Hub {
-    /// A hub that hands browser events for the call layer to `bridge`.
-    pub fn new(settings: HubSettings, bridge: mpsc::Sender<BridgeEvent>) -> Hub {
+    /// A hub that hands browser events for the call layer to `bridge` and counts sessions and
+    /// error answers in `metrics`.
+    pub fn new(
+        settings: HubSettings,
+        bridge: mpsc::Sender<BridgeEvent>,
+        metrics: Arc<Metrics>,
+    ) -> Hub {
         let (queue, queue_rx) = mpsc::unbounded_channel();
         Hub {
             inner: Arc::new(Inner {
@@ -111,6 +119,7 @@ impl Hub {
                 started: AtomicBool::new(false),
                 events: OnceLock::new(),
                 logins: OnceLock::new(),
+                metrics,
             }),
         }
     }
@@ -193,6 +202,7 @@ impl Hub {
         for output in outputs {
             match output {
                 Output::Send(sid, msg) => {
+                    self.count_sent(&msg);
                     if let Some(ip) = shared.peers.get(&sid) {
                         log_refused_login(*ip, &msg);
                     }
@@ -227,6 +237,12 @@ impl Hub {
         }
     }
 
+    fn count_sent(&self, msg: &ServerMsg) {
+        if let ServerMsg::Error { code, .. } = msg {
+            count_error(&self.inner.metrics, *code);
+        }
+    }
+
     async fn run_session(self, mut socket: WebSocket, peer: Option<IpAddr>) {
         let sid = self.inner.next_sid.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
@@ -247,12 +263,14 @@ impl Hub {
             info!(session = sid, "session refused: limit reached");
             for output in outputs {
                 if let Output::Send(_, msg) = output {
+                    self.count_sent(&msg);
                     let _ = socket.send(Message::Text(msg.to_text().into())).await;
                 }
             }
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(None))).await;
             return;
         }
+        self.inner.metrics.ws_sessions_total.inc();
         debug!(session = sid, "session opened");
         loop {
             tokio::select! {

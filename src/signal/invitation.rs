@@ -304,7 +304,7 @@ impl HubCore {
                 }
             }
             None => {
-                out.push(Output::Bridge(BridgeEvent::LocalInvitation {
+                out.push(Output::Bridge(BridgeEvent::Invite {
                     call_id: call_id.clone(),
                     from_uid: uid.to_string(),
                     callee: callee.clone(),
@@ -403,7 +403,7 @@ impl HubCore {
                 }
                 inv.canceling = true;
                 out.push(Output::Send(sid, ServerMsg::ok(id.clone())));
-                out.push(Output::Bridge(BridgeEvent::LocalInvitationCanceled {
+                out.push(Output::Bridge(BridgeEvent::Cancel {
                     call_id: call_id.to_string(),
                     from_uid: uid.to_string(),
                 }));
@@ -451,7 +451,7 @@ impl HubCore {
                     reason: None,
                 },
             )),
-            Party::Bridge(_) => out.push(Output::Bridge(BridgeEvent::RemoteInvitationReceived {
+            Party::Bridge(_) => out.push(Output::Bridge(BridgeEvent::InvitationReceived {
                 call_id: call_id.to_string(),
                 uid: uid.to_string(),
             })),
@@ -527,13 +527,13 @@ impl HubCore {
                 let call_id = call_id.to_string();
                 let uid = uid.to_string();
                 out.push(Output::Bridge(if accept {
-                    BridgeEvent::RemoteInvitationAccepted {
+                    BridgeEvent::Accepted {
                         call_id: call_id.clone(),
                         uid,
                         response,
                     }
                 } else {
-                    BridgeEvent::RemoteInvitationRefused {
+                    BridgeEvent::Refused {
                         call_id: call_id.clone(),
                         uid,
                         response,

@@ -300,10 +300,10 @@ pub enum ServerMsg {
     },
 }
 
-/// Every error answer is counted in `/metrics` by kind (bad input, oversize, auth, limits).
-fn count_error(code: ErrorCode) {
-    use crate::ops::metrics::{metrics, ErrorKind, Limit};
-    let m = metrics();
+/// Every error answer the hub sends is counted in `/metrics` by kind (bad input, oversize,
+/// auth, limits).
+pub(crate) fn count_error(m: &crate::ops::metrics::Metrics, code: ErrorCode) {
+    use crate::ops::metrics::{ErrorKind, Limit};
     match code {
         ErrorCode::BadJson
         | ErrorCode::BadMessage
@@ -328,7 +328,6 @@ fn count_error(code: ErrorCode) {
 impl ServerMsg {
     /// An `error` answer.
     pub fn error(id: RequestId, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
-        count_error(code);
         ServerMsg::Error {
             id,
             code,

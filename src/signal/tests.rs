@@ -1037,7 +1037,7 @@ fn invitation_to_a_sip_number_goes_to_the_bridge_and_states_come_back() {
     let out = t.invite(1, "c1", "1005");
     assert_eq!(
         bridge(&out),
-        vec![BridgeEvent::LocalInvitation {
+        vec![BridgeEvent::Invite {
             call_id: "c1".into(),
             from_uid: "alice".into(),
             callee: "1005".into(),
@@ -1100,7 +1100,7 @@ fn cancel_of_a_sip_call_goes_to_the_bridge_once() {
     assert!(is_ok(&out, 1));
     assert_eq!(
         bridge(&out),
-        vec![BridgeEvent::LocalInvitationCanceled {
+        vec![BridgeEvent::Cancel {
             call_id: "c1".into(),
             from_uid: "alice".into()
         }]
@@ -1156,7 +1156,7 @@ fn sip_caller_rings_a_browser() {
     let out = t.send(1, json!({"type":"received","id":1,"callId":"s1"}));
     assert_eq!(
         bridge(&out),
-        vec![BridgeEvent::RemoteInvitationReceived {
+        vec![BridgeEvent::InvitationReceived {
             call_id: "s1".into(),
             uid: "alice".into()
         }]
@@ -1171,7 +1171,7 @@ fn sip_caller_rings_a_browser() {
     );
     assert_eq!(
         bridge(&out),
-        vec![BridgeEvent::RemoteInvitationAccepted {
+        vec![BridgeEvent::Accepted {
             call_id: "s1".into(),
             uid: "alice".into(),
             response: "ok".into()
@@ -1202,11 +1202,11 @@ fn refusing_a_sip_call_without_confirming_reports_received_first() {
     assert_eq!(
         bridge(&out),
         vec![
-            BridgeEvent::RemoteInvitationReceived {
+            BridgeEvent::InvitationReceived {
                 call_id: "s1".into(),
                 uid: "alice".into()
             },
-            BridgeEvent::RemoteInvitationRefused {
+            BridgeEvent::Refused {
                 call_id: "s1".into(),
                 uid: "alice".into(),
                 response: "busy".into()

@@ -35,7 +35,7 @@ use super::session_timer::{
     session_from_2xx, SessionTimer, TimerAction, TimerHeaders, TimerPolicy, UasAnswer,
 };
 use super::ua::UaInner;
-use crate::ops::metrics::{metrics, Ending};
+use crate::ops::metrics::Ending;
 
 /// A call the bridge places toward the PBX (or a PSTN gateway).
 #[derive(Debug, Clone)]
@@ -72,52 +72,14 @@ pub struct IncomingCall {
     pub source: SocketAddr,
 }
 
-/// What happens on a call, in order; `Terminated` is always last.
-#[derive(Debug)]
-pub enum SipCallEvent {
-    /// Outgoing: 180/183 (with early-media SDP if the callee sent one).
-    Provisional {
-        /// 180, 183, ...
-        code: u16,
-        /// SDP of a 183 (or 180 with body).
-        sdp: Option<String>,
-    },
-    /// Outgoing: 200 OK with the answer SDP (ACK already sent).
-    Answered {
-        /// The SDP answer (may be empty if the callee sent none).
-        sdp: String,
-    },
-    /// The call failed: a final error response, 408 on timeout, 503 on transport failure.
-    Failed {
-        /// SIP status code.
-        code: u16,
-        /// Reason phrase.
-        reason: String,
-    },
-    /// Incoming: the caller gave up before the answer (CANCEL, answered 487).
-    Canceled,
-    /// The other side hung up (BYE, answered 200).
-    RemoteBye,
-    /// A re-INVITE or UPDATE with (or without) an offer: reply with the SDP answer, or `None` to
-    /// reuse the last SDP we sent. A dropped reply also reuses the last SDP.
-    Reoffer {
-        /// The new offer, if the request had a body.
-        sdp: Option<String>,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Option<String>>,
-    },
-    /// The dialog is gone; nothing more will come.
-    Terminated,
-}
+/// What happens on a call, in order; `Terminated` is always last: the call layer's
+/// [`SipLegEvent`](crate::call::ports::SipLegEvent), one definition for both (a `SipCall` never
+/// sends `Dialog`, which the bridge adds for outgoing calls).
+pub use crate::call::ports::SipLegEvent as SipCallEvent;
 
-/// Which side started the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallDirection {
-    /// From the PBX to a web user.
-    Incoming,
-    /// From a web user to the PBX.
-    Outgoing,
-}
+/// Which side started the call: the one [`crate::domain::Direction`] (`SipToWeb`: from the PBX
+/// to a web user; `WebToSip`: from a web user to the PBX).
+pub use crate::domain::Direction as CallDirection;
 
 /// State shared by the handle and its driver.
 #[derive(Debug, Default)]
@@ -254,7 +216,7 @@ impl SipCall {
 
     /// Outgoing: CANCEL the unanswered INVITE (a `Failed 487` and `Terminated` follow).
     pub async fn cancel(&self) -> Result<(), SipError> {
-        if self.direction != CallDirection::Outgoing {
+        if self.direction != CallDirection::WebToSip {
             return Err(self.invalid("cancel"));
         }
         let dialog = self.end_locally();
@@ -277,7 +239,7 @@ impl SipCall {
     }
 
     fn expect_incoming(&self, action: &'static str) -> Result<(), SipError> {
-        if self.direction == CallDirection::Incoming {
+        if self.direction == CallDirection::SipToWeb {
             Ok(())
         } else {
             Err(self.invalid(action))
@@ -444,11 +406,11 @@ pub(crate) fn start(start: CallStart) -> SipCall {
     let stop = CancellationToken::new();
     let policy = start.ua.timer_policy();
     let initial_answer = match start.direction {
-        CallDirection::Incoming => policy.answer(&timer_headers(
+        CallDirection::SipToWeb => policy.answer(&timer_headers(
             &start.dialog.initial_request().headers,
             false,
         )),
-        CallDirection::Outgoing => UasAnswer::NoTimer,
+        CallDirection::WebToSip => UasAnswer::NoTimer,
     };
     let current = Arc::new(Mutex::new(start.dialog.clone()));
     let call = SipCall {
@@ -461,20 +423,20 @@ pub(crate) fn start(start: CallStart) -> SipCall {
         answer_headers: other_headers(initial_answer.headers()),
     };
     let peer_allows_update = match start.direction {
-        CallDirection::Incoming => allows_update(&start.dialog.initial_request().headers),
-        CallDirection::Outgoing => false,
+        CallDirection::SipToWeb => allows_update(&start.dialog.initial_request().headers),
+        CallDirection::WebToSip => false,
     };
     let span = tracing::info_span!("sip_call", call_id = %start.log_id);
     let sip_call_id = start.dialog.id().call_id;
     let requests = start.ua.open_door(&sip_call_id);
     let initial_cseq = match start.direction {
-        CallDirection::Incoming => start
+        CallDirection::SipToWeb => start
             .dialog
             .initial_request()
             .cseq_header()
             .ok()
             .and_then(|c| c.seq().ok()),
-        CallDirection::Outgoing => None,
+        CallDirection::WebToSip => None,
     };
     let (answers_tx, answers) = mpsc::unbounded_channel();
     let (refresh_tx, refreshes) = mpsc::unbounded_channel();
@@ -849,7 +811,7 @@ impl Driver {
                 }
             };
             failover.target = next;
-            metrics().call_failovers.inc();
+            self.ua.opts.metrics.call_failovers.inc();
             let cancelled = {
                 let mut current = lock(&self.current);
                 *current = attempt.dialog.clone();
@@ -913,7 +875,7 @@ impl Driver {
 
     async fn on_state(&mut self, state: DialogState) {
         match state {
-            DialogState::Early(_, resp) if self.direction == CallDirection::Outgoing => {
+            DialogState::Early(_, resp) if self.direction == CallDirection::WebToSip => {
                 self.provisional_seen = true;
                 let sdp = body_text(&resp.body);
                 if let Some(sdp) = &sdp {
@@ -925,7 +887,7 @@ impl Driver {
                     sdp,
                 });
             }
-            DialogState::Confirmed(_, resp) if self.direction == CallDirection::Outgoing => {
+            DialogState::Confirmed(_, resp) if self.direction == CallDirection::WebToSip => {
                 if !self.shared.answered.swap(true, Ordering::SeqCst) {
                     let sdp = body_text(&resp.body).unwrap_or_default();
                     trace!(sdp = ?sdp, "answer SDP");
@@ -1075,7 +1037,7 @@ impl Driver {
             Some(TimerAction::Refresh) => self.send_refresh(),
             Some(TimerAction::Expire) => {
                 warn!("session timer expired: no refresh from the peer, sending BYE");
-                metrics().call_ended(Ending::SessionExpired);
+                self.ua.opts.metrics.call_ended(Ending::SessionExpired);
                 self.end_with_bye();
             }
             None => {}
@@ -1168,11 +1130,11 @@ impl Driver {
                 info!("handle dropped: sending BYE");
                 timeout(self.dialog.bye()).await
             }
-            (_, CallDirection::Outgoing) => {
+            (_, CallDirection::WebToSip) => {
                 info!("handle dropped: cancelling");
                 timeout(self.dialog.cancel()).await
             }
-            (_, CallDirection::Incoming) => {
+            (_, CallDirection::SipToWeb) => {
                 info!("handle dropped before answer: 480");
                 self.dialog
                     .reject(Some(StatusCode::TemporarilyUnavailable), None)

@@ -31,7 +31,7 @@ use super::door::{self, Verdict};
 use super::inbound::PeerPolicy;
 use super::tcp_gate::TcpGate;
 use crate::ops::auth_log::{log_auth_failure, AuthFailure};
-use crate::ops::metrics::{metrics, ErrorKind};
+use crate::ops::metrics::{ErrorKind, Metrics};
 
 /// Largest datagram read from the socket (anything bigger than rsipstack's buffer is 513).
 const DATAGRAM_MAX: usize = 65_536;
@@ -56,11 +56,16 @@ pub(crate) enum Screened {
 pub(crate) struct Door {
     peers: PeerPolicy,
     server: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Door {
-    pub(crate) fn new(peers: PeerPolicy, server: String) -> Door {
-        Door { peers, server }
+    pub(crate) fn new(peers: PeerPolicy, server: String, metrics: Arc<Metrics>) -> Door {
+        Door {
+            peers,
+            server,
+            metrics,
+        }
     }
 
     /// Checks `raw` from `source`, counts and logs a refusal.
@@ -93,7 +98,7 @@ impl Door {
         transport: &str,
         code: u16,
     ) {
-        metrics().error(kind);
+        self.metrics.error(kind);
         // a stranger's ACK is mostly the ACK of our own 403: one refusal, one line
         if kind == ErrorKind::SipPeerRefused && method != "ACK" {
             let port = source.port().to_string();
@@ -169,6 +174,8 @@ impl rsipstack::platform::net::UdpSocket for DoorUdp {
 pub(crate) struct TcpWatch {
     gate: TcpGate,
     pending: HashMap<SocketAddr, std::net::TcpStream>,
+    /// Where refused and silent connections are counted.
+    metrics: Arc<Metrics>,
 }
 
 pub(crate) type SharedTcpWatch = Arc<Mutex<TcpWatch>>;
@@ -178,10 +185,11 @@ fn lock(watch: &SharedTcpWatch) -> std::sync::MutexGuard<'_, TcpWatch> {
 }
 
 impl TcpWatch {
-    pub(crate) fn shared(gate: TcpGate) -> SharedTcpWatch {
+    pub(crate) fn shared(gate: TcpGate, metrics: Arc<Metrics>) -> SharedTcpWatch {
         Arc::new(Mutex::new(TcpWatch {
             gate,
             pending: HashMap::new(),
+            metrics,
         }))
     }
 
@@ -273,7 +281,7 @@ pub(crate) async fn serve_tcp(
         };
         let admitted = lock(&watch).gate.on_accept(remote, Instant::now());
         if !admitted {
-            metrics().error(ErrorKind::SipConnection);
+            lock(&watch).metrics.error(ErrorKind::SipConnection);
             debug!(%remote, "SIP TCP connection refused: too many from this IP");
             drop(stream);
             continue;
@@ -311,7 +319,7 @@ fn close_overdue(watch: &SharedTcpWatch, now: Instant) {
     for remote in w.gate.overdue(now) {
         if let Some(socket) = w.pending.remove(&remote) {
             let _ = socket.shutdown(std::net::Shutdown::Both);
-            metrics().error(ErrorKind::SipConnection);
+            w.metrics.error(ErrorKind::SipConnection);
             debug!(%remote, "SIP TCP connection closed: no complete message in time");
         }
     }

@@ -186,7 +186,7 @@ pub(crate) async fn run(ua: Arc<UaInner>, index: usize, mut policy: RegisterPoli
                     .unwrap_or_else(|| resp.status_code.text().to_string()),
             },
         };
-        let m = crate::ops::metrics::metrics();
+        let m = &ua.opts.metrics;
         m.registration_attempts.inc();
         if !matches!(outcome, RegisterOutcome::Accepted { .. }) {
             m.registration_failures.inc();

@@ -36,6 +36,7 @@ use super::tcp_gate::TcpGate;
 use super::{options, register};
 use crate::config::{Config, Host, RegisterMode, SipConfig, SipTransport};
 use crate::events::{Event, EventBus};
+use crate::ops::metrics::Metrics;
 
 /// Retry-After (seconds) on the 503 sent to new INVITEs while draining.
 const DRAIN_RETRY_AFTER: &str = "60";
@@ -58,6 +59,9 @@ pub struct UaOptions {
     pub t1: Duration,
     /// Where registration and PBX reachability changes are published, if anywhere.
     pub events: Option<EventBus>,
+    /// Where REGISTERs, refusals at the door and expired sessions are counted (the bridge's
+    /// registry; a UA of its own gets a fresh one).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for UaOptions {
@@ -70,6 +74,7 @@ impl Default for UaOptions {
             incoming_queue: 64,
             t1: Duration::from_millis(500),
             events: None,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -202,7 +207,11 @@ impl SipUa {
             pbxs: pbx_addrs.iter().map(SocketAddr::ip).collect(),
             allowed: door_peers(config, &sip).await,
         };
-        let door = Arc::new(Door::new(peers.clone(), sip.user_agent.clone()));
+        let door = Arc::new(Door::new(
+            peers.clone(),
+            sip.user_agent.clone(),
+            Arc::clone(&opts.metrics),
+        ));
         let transport_layer = TransportLayer::new(token.child_token());
         transport_layer.set_stream_idle_timeout(sip.tcp_idle_timeout);
         let tcp_listener = if sip.transport == SipTransport::Tcp {
@@ -252,10 +261,10 @@ impl SipUa {
         .await;
         transport_layer.add_transport(udp.into());
 
-        let tcp_watch = TcpWatch::shared(TcpGate::new(
-            sip.tcp_max_per_ip as usize,
-            sip.tcp_first_message_timeout,
-        ));
+        let tcp_watch = TcpWatch::shared(
+            TcpGate::new(sip.tcp_max_per_ip as usize, sip.tcp_first_message_timeout),
+            Arc::clone(&opts.metrics),
+        );
         let t1 = opts.t1.max(Duration::from_millis(10));
         let endpoint = EndpointBuilder::new()
             .with_option(EndpointOption {
@@ -479,7 +488,7 @@ impl SipUa {
         Ok(call::start(CallStart {
             ua: ua.clone(),
             log_id: invite.log_id.clone(),
-            direction: CallDirection::Outgoing,
+            direction: CallDirection::WebToSip,
             dialog: attempt.dialog,
             states: attempt.states,
             invite: Some(attempt.handle),
@@ -1160,7 +1169,7 @@ async fn incoming_invite(
     let call = call::start(CallStart {
         ua: ua.clone(),
         log_id: log_id.clone(),
-        direction: CallDirection::Incoming,
+        direction: CallDirection::SipToWeb,
         dialog: dialog.clone(),
         states,
         invite: None,

@@ -111,8 +111,8 @@ impl BridgeRig {
     }
 
     /// The value of one counter series, e.g. `srbridge_errors_total{kind="sip_parse"}`, in this
-    /// bridge's `/metrics`; panics when the series is absent. The registry is process-wide: a
-    /// test reading deltas must not run beside another test of its binary that moves the series.
+    /// bridge's `/metrics`; panics when the series is absent. Each bridge has its own registry:
+    /// the value is what this test's bridge counted, whatever other tests run beside it.
     pub async fn counter(&self, series: &str) -> u64 {
         let text = self.metrics().await;
         let prefix = format!("{series} ");

@@ -18,7 +18,7 @@ use crate::media::pipeline::{
 use crate::media::recording::{RecorderTap, Side};
 use crate::media::rtp_leg::{RtpStats, SipRtpCore};
 use crate::media::transcode::RtpStamp;
-use crate::ops::metrics::{metrics, Ending, ErrorKind};
+use crate::ops::metrics::{Ending, ErrorKind, Metrics};
 use crate::ops::Direction as OpsDirection;
 
 /// The pipeline's tick: one 20 ms frame per direction.
@@ -103,6 +103,7 @@ pub struct MediaCore {
     /// What of the SIP leg's counters `/metrics` already has.
     published: RtpStats,
     refused: RefusedLog,
+    metrics: Arc<Metrics>,
 }
 
 /// What the RTP-timeout watch needs to know at start.
@@ -124,6 +125,7 @@ impl MediaCore {
         timeouts: Timeouts,
         answered: bool,
         now: Instant,
+        metrics: Arc<Metrics>,
     ) -> MediaCore {
         MediaCore {
             call_id: call_id.to_owned(),
@@ -146,6 +148,7 @@ impl MediaCore {
             timed_out: false,
             published: RtpStats::default(),
             refused: RefusedLog::default(),
+            metrics,
         }
     }
 
@@ -333,7 +336,7 @@ impl MediaCore {
         };
         let started = Instant::now();
         let frame = p.up.tick();
-        metrics().transcode.web_to_sip.observe(started.elapsed());
+        self.metrics.transcode.web_to_sip.observe(started.elapsed());
         if let Some(tap) = &p.tap {
             tap.record(Side::Browser, frame.pcm);
         }
@@ -351,7 +354,7 @@ impl MediaCore {
 
         let started = Instant::now();
         let frame = p.down.tick();
-        metrics().transcode.sip_to_web.observe(started.elapsed());
+        self.metrics.transcode.sip_to_web.observe(started.elapsed());
         let Ok(frame) = frame else {
             return;
         };
@@ -388,7 +391,7 @@ impl MediaCore {
         };
         let limit_s = limit.map_or(0, |l| l.as_secs());
         tracing::warn!(call_id = %self.call_id, leg, limit_s, "RTP timeout: nothing received from the {leg} leg, ending the call");
-        metrics().call_ended(Ending::RtpTimeout);
+        self.metrics.call_ended(Ending::RtpTimeout);
         io.event(MediaEvent::Failed(format!("RTP timeout on the {leg} leg")));
         self.watch = None;
         self.timed_out = true;
@@ -403,7 +406,7 @@ impl MediaCore {
         let c = self.sip.stats();
         let seen = self.published;
         self.published = c;
-        let m = metrics();
+        let m = &self.metrics;
         m.rtp_packets
             .web_to_sip
             .add(c.packets_out.saturating_sub(seen.packets_out));

@@ -67,6 +67,7 @@ fn core(t0: Instant, answered: bool, rtp_timeout: u64) -> MediaCore {
         },
         answered,
         t0,
+        Arc::new(crate::ops::metrics::Metrics::new()),
     );
     core.set_sip(phone(), pcmu(), false);
     let browser = BrowserParams {
@@ -168,6 +169,7 @@ fn without_a_pipeline_only_the_metrics_and_the_watch_wake_the_task() {
         },
         true,
         t0,
+        Arc::new(crate::ops::metrics::Metrics::new()),
     );
     assert_eq!(core.next_deadline(), t0 + PUBLISH_EVERY);
     core.established(t0);
