@@ -906,6 +906,14 @@ fn webrtc_single_port_is_off_unless_set() {
     );
     let config = toml_with("[media]\nwebrtc_single_port = 3478\n").expect("valid");
     assert_eq!(config.media.webrtc_single_port, Some(3478));
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("webrtc_single_port") && w.contains("not in effect yet")),
+        "{:?}",
+        config.warnings
+    );
     let config = toml_with(
         "[media]\nwebrtc_port_min = 40000\nwebrtc_port_max = 40999\nwebrtc_single_port = 41000\n",
     )
