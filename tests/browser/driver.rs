@@ -134,12 +134,13 @@ impl Page {
     }
 
     /// For a ringing call whose audio path is already up (the bridge's early set-up): starts
-    /// recording its remote track, clicks Accept and records `ms` into a WAV at `path`. Returns
+    /// recording its remote track, lets it ring `ring_ms` more, clicks Accept and records `ms`
+    /// into a WAV at `path`. Returns
     /// where in the recording the click was, in samples (to within one 4096-sample block), and
     /// what the browser's jitter buffer did with the incoming audio (`getStats`, ms).
-    pub async fn accept_and_record(&mut self, path: &Path, ms: u64) -> (u64, Value) {
+    pub async fn accept_and_record(&mut self, path: &Path, ms: u64, ring_ms: u64) -> (u64, Value) {
         let answer = self
-            .cmd(json!({"cmd": "acceptAndRecord", "path": path, "ms": ms}))
+            .cmd(json!({"cmd": "acceptAndRecord", "path": path, "ms": ms, "ringMs": ring_ms}))
             .await;
         (
             answer["acceptSample"].as_u64().unwrap_or(0),

@@ -3,9 +3,13 @@
 
 Usage: pesq_score.py REFERENCE.wav RECORDING.wav
 Both are 16-bit WAVs at any rate (resampled to 8 kHz). The recording may hold the reference
-several times (the sender looped it) surrounded by silence: the best-matching full copy, found
-by cross-correlation, is scored. Prints one JSON object: {"mos": MOS-LQO, "offset_s": ...,
-"level_db": gain of that copy against the reference over the reference's active speech}.
+several times (the sender looped it) surrounded by silence. Every full copy is found by
+cross-correlation (the best match, then the best match outside it, ... while a match reaches half
+the best one's) and scored; the *last* one is the call's steady state and gives "mos", the first
+one (the call's first seconds, where the receivers' jitter buffers still settle) "first_mos".
+Scoring a fixed copy, not the best-correlated one, keeps the figure from jumping between copies
+from run to run. Prints one JSON object: {"mos": MOS-LQO, "offset_s": ..., "level_db": gain of
+that copy against the reference over the reference's active speech, "copies": [...]}.
 Needs: pip install pesq numpy scipy (scripts/deps.sh).
 """
 import json
@@ -52,19 +56,37 @@ def main():
     if len(rec) < len(ref):
         print(json.dumps({"error": f"recording ({len(rec) / RATE:.2f} s) shorter than the reference ({len(ref) / RATE:.2f} s)"}))
         return 1
-    # Cross-correlation of the recording with the reference: the peak is where a full copy starts.
+    # Cross-correlation of the recording with the reference: a peak is where a full copy starts.
     corr = fftconvolve(rec, ref[::-1], mode="valid")
-    offset = int(np.argmax(corr))
-    segment = rec[offset:offset + len(ref)]
-    peak_corr = float(corr[offset] / (np.linalg.norm(ref) * np.linalg.norm(segment) + 1e-12))
-    level_db, ref_dbfs = active_level_db(ref, segment)
-    mos = pesq(RATE, ref.astype(np.float32), segment.astype(np.float32), "nb")
+    offsets = []
+    masked = corr.copy()
+    best = float(np.max(corr))
+    while True:
+        offset = int(np.argmax(masked))
+        if masked[offset] < 0.5 * best:
+            break
+        offsets.append(offset)
+        lo, hi = max(0, offset - len(ref) * 9 // 10), offset + len(ref) * 9 // 10
+        masked[lo:hi] = -np.inf
+    copies = []
+    for offset in sorted(offsets):
+        segment = rec[offset:offset + len(ref)]
+        peak_corr = float(corr[offset] / (np.linalg.norm(ref) * np.linalg.norm(segment) + 1e-12))
+        level_db, ref_dbfs = active_level_db(ref, segment)
+        mos = pesq(RATE, ref.astype(np.float32), segment.astype(np.float32), "nb")
+        copies.append({
+            "mos": round(float(mos), 3),
+            "offset_s": round(offset / RATE, 3),
+            "correlation": round(peak_corr, 3),
+            "level_db": round(float(level_db), 2),
+            "reference_dbfs": round(float(ref_dbfs), 2),
+        })
+    steady = copies[-1]
     print(json.dumps({
-        "mos": round(float(mos), 3),
-        "offset_s": round(offset / RATE, 3),
-        "correlation": round(peak_corr, 3),
-        "level_db": round(float(level_db), 2),
-        "reference_dbfs": round(float(ref_dbfs), 2),
+        **steady,
+        "first_mos": copies[0]["mos"],
+        "first_offset_s": copies[0]["offset_s"],
+        "copies": copies,
         "reference_s": round(len(ref) / RATE, 3),
         "recording_s": round(len(rec) / RATE, 3),
     }))

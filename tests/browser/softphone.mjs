@@ -137,12 +137,14 @@ async function record(path, ms) {
   return stopRecorder(path);
 }
 
-// Starts recording the ringing call's remote track, clicks Accept, records `ms`: the WAV holds
-// everything the page played from the click on (`acceptSample`: the click, in samples).
-async function acceptAndRecord(path, ms) {
+// Starts recording the ringing call's remote track, lets it ring `ringMs` more (a person takes a
+// moment to answer), clicks Accept, records `ms`: the WAV holds everything the page played from
+// the click on (`acceptSample`: the click, in samples).
+async function acceptAndRecord(path, ms, ringMs) {
   await startRecorder('held');
   // The recorder runs once it has delivered a first block.
   await page.waitForFunction(() => window.__srbridgeRecorder.n > 0);
+  await sleep(ringMs ?? 0);
   const acceptSample = await page.evaluate(() => {
     const n = window.__srbridgeRecorder.n;
     document.getElementById('accept-btn').click();
@@ -241,7 +243,7 @@ const commands = {
     return { mic, spk };
   },
   record({ path, ms }) { return record(path, ms); },
-  acceptAndRecord({ path, ms }) { return acceptAndRecord(path, ms); },
+  acceptAndRecord({ path, ms, ringMs }) { return acceptAndRecord(path, ms, ringMs); },
   async screenshot({ path }) {
     await page.mouse.move(0, 0); // no hover highlight in the picture
     await page.screenshot({ path, fullPage: true });

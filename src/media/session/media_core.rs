@@ -352,6 +352,13 @@ impl MediaCore {
             io.event(MediaEvent::SipDtmf(digit));
         }
 
+        // A SIP → web call sends the browser nothing before it accepts. Nothing of the phone's
+        // passes yet, and a browser that does not play the ringing call's track (Chrome pulls a
+        // remote track only once it has a sink) queues every frame in its jitter buffer: the
+        // phone's first words would then come that much late and be time-compressed for seconds.
+        if !self.answered {
+            return;
+        }
         let started = Instant::now();
         let frame = p.down.tick();
         self.metrics.transcode.sip_to_web.observe(started.elapsed());
