@@ -385,6 +385,11 @@ impl BrowserToSip {
         self.jitter.jitter_ms()
     }
 
+    /// The coming tick's time on the arrival clock ([`JitterBuffer::set_now`]).
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.jitter.set_now(now_ms);
+    }
+
     /// Packets libopus could not decode (concealed instead).
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors

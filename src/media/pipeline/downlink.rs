@@ -134,6 +134,12 @@ impl Downlink {
         self.dtmf_pt = params.dtmf_pt;
     }
 
+    /// The coming tick's time on the clock packets are pushed with: playout starts with a margin
+    /// ([`JitterBuffer::set_now`]).
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.jitter.set_now(now_ms);
+    }
+
     /// Packets from the PBX the jitter buffer gave up on, and its inter-arrival jitter (ms).
     pub fn jitter_report(&self) -> (u64, u32) {
         (self.jitter.stats().lost, self.jitter.jitter_ms())

@@ -103,6 +103,15 @@ impl Uplink {
         self.sip = Some(params);
     }
 
+    /// The coming tick's time on the clock packets are pushed with: playout starts with a margin
+    /// ([`JitterBuffer::set_now`]).
+    pub fn set_now(&mut self, now_ms: u64) {
+        match &mut self.decode {
+            Decode::Opus(t) => t.set_now(now_ms),
+            Decode::G711 { jitter, .. } => jitter.set_now(now_ms),
+        }
+    }
+
     /// Packets from the browser the jitter buffer gave up on, and its inter-arrival jitter (ms).
     pub fn jitter_report(&self) -> (u64, u32) {
         match &self.decode {

@@ -316,7 +316,7 @@ impl MediaCore {
     /// follows wall time), the metrics, the RTP-timeout check.
     pub fn on_timeout(&mut self, now: Instant, io: &mut impl MediaIo) {
         while let Some(at) = self.schedule.frame.filter(|&at| at <= now) {
-            self.frame(io);
+            self.frame(now, io);
             self.schedule.frame = Some(at + TICK);
         }
         if self.schedule.publish <= now {
@@ -330,10 +330,13 @@ impl MediaCore {
     }
 
     /// One 20 ms frame each way.
-    fn frame(&mut self, io: &mut impl MediaIo) {
+    fn frame(&mut self, now: Instant, io: &mut impl MediaIo) {
+        let now_ms = self.ms_since_start(now);
         let Some(p) = &mut self.pipeline else {
             return;
         };
+        p.up.set_now(now_ms);
+        p.down.set_now(now_ms);
         let started = Instant::now();
         let frame = p.up.tick();
         self.metrics.transcode.web_to_sip.observe(started.elapsed());
