@@ -225,16 +225,15 @@ async fn phone_to_browser_leg_is_up_while_ringing_and_the_first_syllable_is_hear
     wait_media(&bob, &call_id, "prepare", T).await;
     let mut peer = BrowserPeer::offer(Arc::clone(&bob), &call_id, vec![LegCodec::Opus]).await;
     peer.wait_connected().await;
-    // Ringing with the media path up: the phone is not connected to the browser yet.
+    // Ringing with the media path up (connected above): nothing reaches the browser before it
+    // accepts, not even silence (a page that does not play the ringing call's track yet would
+    // queue it in its jitter buffer and hear the phone late after the answer).
     tokio::time::sleep(Duration::from_millis(600)).await;
     let before = peer.take_received();
     assert!(
-        !before.is_empty(),
-        "the leg is up before answer: frames flow"
-    );
-    assert!(
-        rms_dbfs(&before) < -50.0,
-        "phone audio reached the browser before it accepted: {:.1} dBFS",
+        before.is_empty(),
+        "the browser was sent {} ms of audio before it accepted ({:.1} dBFS)",
+        before.len() / 48,
         rms_dbfs(&before)
     );
 
