@@ -458,17 +458,16 @@ async fn speech_holds_the_pesq_line_clean_and_under_loss_from_the_first_syllable
             |m| m.abs() <= LEVEL_TOLERANCE_DB,
         );
     }
-    // The check: the first 300 ms after the answer are present (energy and pitch, from
-    // the tone's first frames). Quiet-host runs heard 260-300 ms of the 300 ms tone: up to two
-    // 20 ms frames go to time compression (the bridge's jitter buffer adapts in whole frames,
-    // Chrome's NetEq accelerates 0.3-0.4 s per call), so the bar is 80 % of the tone, not all
-    // of it; the figures are printed for the table.
+    // The check: the first 300 ms after the answer are heard (energy and pitch, counted
+    // over the tone's length and a frame at either edge). While the bridge sent the ringing page
+    // silence, Chrome queued it and time-compressed the start: 200-280 ms heard. Since it sends
+    // nothing before the answer, 300-340 ms in every run; the bar leaves one frame of slack.
     verdict.check(
         "clean: the phone's first 300 ms heard by the page (ms)",
         &clean,
         levels(|r| r.first_tone.as_millis() as f64),
-        ">= 240",
-        |m| m >= 240.0,
+        ">= 280",
+        |m| m >= 280.0,
     );
 
     let mut count = LossCount::default();
