@@ -447,12 +447,27 @@ async fn web_to_web_invitations_and_messages_cross_nodes() {
     );
     let accepted = alice.wait_local_state("w1", "ACCEPTED_BY_REMOTE", T).await;
     assert_eq!(accepted["response"], "ok-carol");
+    // Media messages carry the sending browser's uid as `from`, as on one hub.
+    let media = |call_id: &'static str, kind: &'static str| {
+        move |v: &Value| {
+            v["type"] == "media" && v["callId"] == call_id && v["payload"]["kind"] == kind
+        }
+    };
     support::webrtc_peer::send_media(&alice, "w1", json!({"kind": "offer", "sdp": "v=0 alice"}));
-    let offer = support::webrtc_peer::wait_media(&carol, "w1", "offer", T).await;
-    assert_eq!(offer["sdp"], "v=0 alice");
+    let offer = carol.wait_for(media("w1", "offer"), T).await;
+    assert_eq!(offer["payload"]["sdp"], "v=0 alice");
+    assert_eq!(offer["from"], "alice", "{offer}");
     support::webrtc_peer::send_media(&carol, "w1", json!({"kind": "answer", "sdp": "v=0 carol"}));
-    let answer = support::webrtc_peer::wait_media(&alice, "w1", "answer", T).await;
-    assert_eq!(answer["sdp"], "v=0 carol");
+    let answer = alice.wait_for(media("w1", "answer"), T).await;
+    assert_eq!(answer["payload"]["sdp"], "v=0 carol");
+    assert_eq!(answer["from"], "carol", "{answer}");
+    support::webrtc_peer::send_media(
+        &carol,
+        "w1",
+        json!({"kind": "candidate", "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}),
+    );
+    let candidate = alice.wait_for(media("w1", "candidate"), T).await;
+    assert_eq!(candidate["from"], "carol", "{candidate}");
     let sent = carol
         .request(json!({"type": "peer_message", "to": "alice", "text": "{\"Cmd\":\"EndCall\"}"}))
         .await;
@@ -473,4 +488,46 @@ async fn web_to_web_invitations_and_messages_cross_nodes() {
     alice.send_raw(&json!({"type": "cancel", "id": 4, "callId": "w3"}).to_string());
     carol.wait_remote_state("w3", "CANCELED", T).await;
     alice.wait_local_state("w3", "CANCELED", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_web_invitation_across_nodes_fails_after_the_hubs_receive_timeout() {
+    let nats = NatsServer::start().await;
+    let pbx: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let a = Node::start(APPID, pbx, &nats.url(), "a", TTL_S, "").await;
+    let c = Node::start(APPID, pbx, &nats.url(), "c", TTL_S, "").await;
+    let mut alice = WsClient::login(&a.ws_url(), APPID, "alice").await;
+    let carol = WsClient::login(&c.ws_url(), APPID, "carol").await;
+    wait_cluster(a.http_addr(), "carol on c", |cl| {
+        has_peer(cl, "c") && cl["remote_users"] == 1
+    })
+    .await;
+    wait_cluster(c.http_addr(), "alice on a", |cl| {
+        has_peer(cl, "a") && cl["remote_users"] == 1
+    })
+    .await;
+
+    // carol's client never confirms the invitation: both sides give up after the hub's 30 s
+    // receive timeout, as on one hub (not the 60 s invitation timeout).
+    let sent = Instant::now();
+    assert_eq!(alice.invite("w5", "carol", "").await["type"], "ok");
+    carol.wait_remote_invitation(T).await;
+    let failed = alice
+        .wait_local_state("w5", "FAILURE", Duration::from_secs(50))
+        .await;
+    let took = sent.elapsed();
+    assert_eq!(failed["reason"], "PEER_NO_RESPONSE", "{failed}");
+    let expired = carol
+        .wait_remote_state("w5", "FAILURE", Duration::from_secs(5))
+        .await;
+    assert_eq!(expired["reason"], "INVITATION_EXPIRE", "{expired}");
+    println!(
+        "MEASURED unconfirmed cross-node invitation -> caller FAILURE: {:.2} s",
+        took.as_secs_f64()
+    );
+    let receive_timeout = srbridge::signal::core::RECEIVE_TIMEOUT;
+    assert!(
+        took >= receive_timeout && took < receive_timeout + Duration::from_secs(10),
+        "{took:?}"
+    );
 }

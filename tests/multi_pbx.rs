@@ -370,6 +370,9 @@ async fn a_503_before_any_ringing_is_retried_on_the_next_pbx() {
     backup.wait_registered("1000", T).await;
     wait_pbx_field(&bridge, &sipp_addr, "registration", "registered").await;
 
+    let events = support::sse::SseClient::open(bridge.http_addr(), &[])
+        .await
+        .expect("event stream");
     let ws = format!("ws://{}/ws", bridge.http_addr());
     let mut alice = WsClient::login(&ws, APPID, "alice").await;
     let started = Instant::now();
@@ -378,7 +381,7 @@ async fn a_503_before_any_ringing_is_retried_on_the_next_pbx() {
         .wait_local_state("after-503", "ACCEPTED_BY_REMOTE", T)
         .await;
     let answered = started.elapsed();
-    phone.wait_for("CALL_ESTABLISHED", T).await;
+    let established = phone.wait_for("CALL_ESTABLISHED", T).await;
     let trace = unavailable.messages_so_far();
     assert!(
         trace.contains("INVITE sip:1004@") && trace.contains("SIP/2.0 503 Service Unavailable"),
@@ -392,5 +395,31 @@ async fn a_503_before_any_ringing_is_retried_on_the_next_pbx() {
         .request(json!({"type": "peer_message", "to": "1004", "text": "{\"Cmd\":\"EndCall\"}"}))
         .await;
     phone.wait_for("CALL_CLOSED", T).await;
+
+    // The call's events carry the Call-ID of the dialog that answered (the phone's), not the
+    // one the 503 ended.
+    let answered_call_id = established.raw["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("baresip names the call's Call-ID: {established:?}"))
+        .to_string();
+    assert!(
+        !trace.contains(&answered_call_id),
+        "a new dialog on the backup: {trace}"
+    );
+    let call = events.call("after-503", T).await;
+    let kinds: Vec<&str> = call.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "call.created",
+            "call.ringing",
+            "call.answered",
+            "call.ended"
+        ],
+        "{call:#?}"
+    );
+    for event in &call[1..] {
+        assert_eq!(event["sip_call_id"], answered_call_id.as_str(), "{event}");
+    }
     bridge.shutdown().await;
 }

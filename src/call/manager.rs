@@ -1008,7 +1008,12 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
         };
         match event {
             SipLegEvent::Dialog { sip_call_id } => {
-                tracing::debug!(%sip_call_id, "SIP dialog");
+                match &self.report.sip_call_id {
+                    Some(first) => {
+                        tracing::info!(%sip_call_id, previous = %first, "SIP dialog retried")
+                    }
+                    None => tracing::debug!(%sip_call_id, "SIP dialog"),
+                }
                 self.report.sip_call_id = Some(sip_call_id);
             }
             SipLegEvent::Provisional { code, sdp } => {

@@ -55,7 +55,8 @@ pub struct OutgoingCallRequest {
 /// What happened on a SIP dialog (either direction).
 #[derive(Debug)]
 pub enum SipLegEvent {
-    /// Outgoing: the INVITE went out as this SIP dialog (its Call-ID), before any answer.
+    /// Outgoing: the INVITE went out as this SIP dialog (its Call-ID), before any answer; again
+    /// with the new dialog's Call-ID when it is retried on the next PBX.
     Dialog {
         /// The dialog's Call-ID header.
         sip_call_id: String,

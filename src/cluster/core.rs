@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::wire::PresenceMsg;
-use crate::signal::core::INVITATION_TIMEOUT;
+use crate::signal::core::{INVITATION_TIMEOUT, RECEIVE_TIMEOUT};
 use crate::signal::{BridgeEvent, FailureReason, LocalInvitationState};
 
 /// A node heard from, with its users.
@@ -48,6 +48,8 @@ struct WebCall {
     node: String,
     /// The user here is the caller (else the callee).
     caller_here: bool,
+    /// The callee confirmed it (`received`): the hub's receive timeout no longer applies.
+    received: bool,
     /// Accepted: no expiry any more.
     answered: bool,
     created: Instant,
@@ -96,6 +98,8 @@ pub enum ForHub {
     },
     /// Media signalling from the other browser.
     Media {
+        /// The sender there (what the browser here sees as `from`).
+        from: String,
         /// The user here.
         uid: String,
         /// The call.
@@ -276,10 +280,16 @@ impl ClusterCore {
             .map(|(n, _)| n.clone())
             .collect();
         let mut lapsed = self.drop_nodes(dead);
+        // The hub's own timers for a web ↔ web invitation: confirmed within the receive
+        // timeout, answered within the invitation timeout.
         let mut expired: Vec<(String, WebCall)> = self
             .web_calls
             .iter()
-            .filter(|(_, w)| !w.answered && now.duration_since(w.created) >= INVITATION_TIMEOUT)
+            .filter(|(_, w)| {
+                let age = now.saturating_duration_since(w.created);
+                !w.answered
+                    && (age >= INVITATION_TIMEOUT || (!w.received && age >= RECEIVE_TIMEOUT))
+            })
             .map(|(id, w)| (id.clone(), w.clone()))
             .collect();
         expired.sort_by(|a, b| a.0.cmp(&b.0));
@@ -291,7 +301,11 @@ impl ClusterCore {
                     call_id,
                     state: LocalInvitationState::Failure,
                     response: None,
-                    reason: Some(FailureReason::InvitationExpire),
+                    reason: Some(if web.received {
+                        FailureReason::InvitationExpire
+                    } else {
+                        FailureReason::PeerNoResponse
+                    }),
                 }
             } else {
                 ForHub::Expired {
@@ -532,6 +546,7 @@ impl ClusterCore {
                         peer_uid: callee.clone(),
                         node: node.clone(),
                         caller_here: true,
+                        received: false,
                         answered: false,
                         created: now,
                     },
@@ -555,8 +570,14 @@ impl ClusterCore {
                 }
                 Some(node)
             }
-            BridgeEvent::InvitationReceived { call_id, uid }
-            | BridgeEvent::Media {
+            BridgeEvent::InvitationReceived { call_id, uid } => {
+                let node = ours(&self.web_calls, call_id, uid)?;
+                if let Some(web) = self.web_calls.get_mut(call_id) {
+                    web.received = true;
+                }
+                Some(node)
+            }
+            BridgeEvent::Media {
                 call_id,
                 from_uid: uid,
                 ..
@@ -630,6 +651,7 @@ impl ClusterCore {
                         peer_uid: from_uid.clone(),
                         node: from.to_string(),
                         caller_here: false,
+                        received: false,
                         answered: false,
                         created: now,
                     },
@@ -651,6 +673,9 @@ impl ClusterCore {
             }
             BridgeEvent::InvitationReceived { call_id, uid } => {
                 let local = theirs(&self.web_calls, call_id, uid)?;
+                if let Some(web) = self.web_calls.get_mut(call_id) {
+                    web.received = true;
+                }
                 Some(state(
                     local,
                     call_id,
@@ -695,6 +720,7 @@ impl ClusterCore {
             } => {
                 let uid = theirs(&self.web_calls, call_id, from_uid)?;
                 Some(ForHub::Media {
+                    from: from_uid.clone(),
                     uid,
                     call_id: call_id.clone(),
                     payload: payload.clone(),
@@ -965,6 +991,25 @@ mod tests {
                 reason: None,
             }]
         );
+        // The callee's media reaches the caller as sent by the callee, not by the bridge.
+        let answer = BridgeEvent::Media {
+            call_id: "w1".into(),
+            from_uid: "carol".into(),
+            payload: serde_json::json!({"kind": "answer"}),
+        };
+        assert!(matches!(
+            c.route(answer.clone(), Instant::now()),
+            Route::Remote { .. }
+        ));
+        assert_eq!(
+            a.web_event("c", &answer, Instant::now()),
+            vec![ForHub::Media {
+                from: "carol".into(),
+                uid: "alice".into(),
+                call_id: "w1".into(),
+                payload: serde_json::json!({"kind": "answer"}),
+            }]
+        );
         // Only the callee's node speaks for the callee.
         assert!(a.web_event("b", &accept, Instant::now()).is_empty());
         // The callee's session closes: the caller's invitation fails as offline.
@@ -1003,7 +1048,7 @@ mod tests {
     }
 
     #[test]
-    fn unanswered_web_invitations_across_nodes_expire_on_both_sides() {
+    fn unanswered_web_invitations_across_nodes_expire_on_both_sides_as_on_one_hub() {
         let t0 = Instant::now();
         let mut a = ClusterCore::new("a", Duration::from_secs(600));
         let mut c = ClusterCore::new("c", Duration::from_secs(600));
@@ -1015,35 +1060,57 @@ mod tests {
             callee: "carol".into(),
             content: String::new(),
         };
-        for id in ["ringing", "answered"] {
+        for id in ["unconfirmed", "confirmed", "answered"] {
             a.route(invite(id), t0);
             c.web_event("a", &invite(id), t0);
         }
+        for id in ["confirmed", "answered"] {
+            let received = BridgeEvent::InvitationReceived {
+                call_id: id.into(),
+                uid: "carol".into(),
+            };
+            assert!(matches!(
+                c.route(received.clone(), t0),
+                Route::Remote { .. }
+            ));
+            a.web_event("c", &received, t0);
+        }
         c.route(accepted("answered", "carol"), t0);
         a.web_event("c", &accepted("answered", "carol"), t0);
-        let later = t0 + INVITATION_TIMEOUT - Duration::from_secs(1);
-        a.on_presence(heartbeat("c", &["carol"]), later);
-        assert!(a.expire(later).web_expired.is_empty());
-        let at = t0 + INVITATION_TIMEOUT;
-        a.on_presence(heartbeat("c", &["carol"]), at);
+        let failed = |call_id: &str, reason| ForHub::LocalState {
+            uid: "alice".into(),
+            call_id: call_id.into(),
+            state: LocalInvitationState::Failure,
+            response: None,
+            reason: Some(reason),
+        };
+        let expired = |call_id: &str| ForHub::Expired {
+            uid: "carol".into(),
+            call_id: call_id.into(),
+        };
+        // Not confirmed within the hub's receive timeout: PEER_NO_RESPONSE, as on one hub.
+        let before = t0 + RECEIVE_TIMEOUT - Duration::from_millis(1);
+        assert!(a.expire(before).web_expired.is_empty());
+        assert!(c.expire(before).web_expired.is_empty());
+        let at = t0 + RECEIVE_TIMEOUT;
         assert_eq!(
             a.expire(at).web_expired,
-            vec![ForHub::LocalState {
-                uid: "alice".into(),
-                call_id: "ringing".into(),
-                state: LocalInvitationState::Failure,
-                response: None,
-                reason: Some(FailureReason::InvitationExpire),
-            }]
+            vec![failed("unconfirmed", FailureReason::PeerNoResponse)]
         );
+        assert_eq!(c.expire(at).web_expired, vec![expired("unconfirmed")]);
+        // Confirmed but not answered within the invitation timeout: INVITATION_EXPIRE.
+        let before = t0 + INVITATION_TIMEOUT - Duration::from_millis(1);
+        assert!(a.expire(before).web_expired.is_empty());
+        assert!(c.expire(before).web_expired.is_empty());
+        let at = t0 + INVITATION_TIMEOUT;
         assert_eq!(
-            c.expire(at).web_expired,
-            vec![ForHub::Expired {
-                uid: "carol".into(),
-                call_id: "ringing".into(),
-            }]
+            a.expire(at).web_expired,
+            vec![failed("confirmed", FailureReason::InvitationExpire)]
         );
+        assert_eq!(c.expire(at).web_expired, vec![expired("confirmed")]);
+        // The answered call never expires.
         assert!(a.expire(at + INVITATION_TIMEOUT).web_expired.is_empty());
+        assert!(c.expire(at + INVITATION_TIMEOUT).web_expired.is_empty());
     }
 
     #[test]

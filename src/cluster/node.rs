@@ -359,8 +359,9 @@ impl Driver {
         let lapsed = self.link.core().expire(Instant::now());
         if !lapsed.nodes.is_empty() {
             self.hub.set_remote_online(self.link.core().remote_online());
-            self.on_lapsed(lapsed).await;
         }
+        // Also without a lapsed node: web ↔ web invitations nobody answered expire here.
+        self.on_lapsed(lapsed).await;
     }
 
     fn on_login(&self, event: Event) {
@@ -487,11 +488,12 @@ impl Driver {
                 RemoteFailureReason::InvitationExpire,
             ),
             ForHub::Media {
+                from: sender,
                 uid,
                 call_id,
                 payload,
             } => {
-                if let Err(e) = self.hub.send_media(&uid, &call_id, payload) {
+                if let Err(e) = self.hub.send_media_from(&sender, &uid, &call_id, payload) {
                     debug!(error = %e, "media message from another node not delivered");
                 }
             }

@@ -785,6 +785,18 @@ impl HubCore {
         call_id: &str,
         payload: Value,
     ) -> Result<Vec<Output>, DeliveryError> {
+        self.send_media_from(&self.settings.bridge_uid, uid, call_id, payload)
+    }
+
+    /// Media signalling for a call from `from`: the bridge, or a web user on another cluster
+    /// node (the browser sees its real peer, as on one hub).
+    pub fn send_media_from(
+        &self,
+        from: &str,
+        uid: &str,
+        call_id: &str,
+        payload: Value,
+    ) -> Result<Vec<Output>, DeliveryError> {
         let sid = self
             .web_sid(uid)
             .ok_or_else(|| DeliveryError::NotOnline(uid.to_string()))?;
@@ -792,7 +804,7 @@ impl HubCore {
             sid,
             ServerMsg::Media {
                 call_id: call_id.to_string(),
-                from: self.settings.bridge_uid.clone(),
+                from: from.to_string(),
                 payload,
             },
         )])

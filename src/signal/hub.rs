@@ -372,6 +372,17 @@ impl Hub {
         self.try_apply(|core| core.send_media(uid, call_id, payload))
     }
 
+    /// Cluster → browser: media signalling from web user `from` on another node.
+    pub fn send_media_from(
+        &self,
+        from: &str,
+        uid: &str,
+        call_id: &str,
+        payload: Value,
+    ) -> Result<(), DeliveryError> {
+        self.try_apply(|core| core.send_media_from(from, uid, call_id, payload))
+    }
+
     fn try_apply(
         &self,
         f: impl FnOnce(&mut HubCore) -> Result<Vec<Output>, DeliveryError>,

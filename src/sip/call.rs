@@ -830,6 +830,10 @@ impl Driver {
             self.dialog = attempt.dialog;
             self.sip_call_id = self.dialog.id().call_id;
             let requests = self.ua.open_door(&self.sip_call_id);
+            // The call's reports and events carry the dialog that may answer, not the first.
+            self.emit(SipCallEvent::Dialog {
+                sip_call_id: self.sip_call_id.clone(),
+            });
             self.arm_silence_deadline();
             return Some((attempt.states, Some(attempt.handle), requests));
         }
