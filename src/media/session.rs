@@ -380,7 +380,7 @@ impl Session {
             Ok((leg, answer)) => {
                 let negotiated = leg.negotiated();
                 Some((
-                    Browser::Owned(leg),
+                    Browser::Owned(Box::new(leg)),
                     CandidateSink::MediaTask,
                     negotiated,
                     answer,

@@ -71,8 +71,8 @@ pub enum Control {
 
 /// The browser leg of a call, in one of its two shapes (see the module docs).
 pub enum Browser {
-    /// Driven by this task: the sans-IO stack and its socket.
-    Owned(OwnedBrowserLeg),
+    /// Driven by this task: the sans-IO stack and its socket (boxed: the stack is large).
+    Owned(Box<OwnedBrowserLeg>),
     /// The async webrtc-rs leg (STUN/TURN configured).
     Link(BrowserLink),
 }
