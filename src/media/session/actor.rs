@@ -295,6 +295,7 @@ impl MediaTask {
                     ));
                 }
                 self.browser = Some(browser);
+                self.drain_owned(now);
             }
             Control::Candidate(json) => {
                 if let Some(Browser::Owned(leg)) = &mut self.browser {
@@ -305,6 +306,7 @@ impl MediaTask {
                         ));
                     }
                 }
+                self.drain_owned(now);
             }
             Control::Digit(d) => self.core.queue_digit(d),
             Control::Answered => self.core.answered(),
