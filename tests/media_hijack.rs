@@ -249,7 +249,7 @@ async fn a_stranger_spraying_every_media_port_is_heard_by_nobody() {
         .collect();
     assert!(
         !webrtc_targets.is_empty(),
-        "the bridge trickled no UDP candidate"
+        "the bridge gave no UDP candidate"
     );
     let lines_before = std::fs::read_to_string(&log_file).unwrap().lines().count();
     let sent = spray(rtp_targets, webrtc_targets.clone()).await;

@@ -3,8 +3,9 @@
 //! DTMF) and the pipeline between them (`media::pipeline`).
 //!
 //! Each call's media runs in one task ([`actor::MediaTask`]) that owns the SIP leg's sockets, the
-//! browser leg and the sans-IO [`media_core::MediaCore`], with one timer for the next deadline
-//! (20 ms frames, the once-a-second metrics, the RTP-timeout check). [`Session`] stays with the
+//! browser leg (the sans-IO WebRTC stack and its socket, [`owned_browser::OwnedBrowserLeg`]) and
+//! the sans-IO [`media_core::MediaCore`], with one timer for the next deadline (20 ms frames, the
+//! once-a-second metrics, the RTP-timeout check, the browser leg's ICE/DTLS/RTCP timers). [`Session`] stays with the
 //! call layer: it does the SDP work and tells the task what changed on one channel.
 //!
 //! Media signalling with the browser is `docs/protocol.md` "Media": the browser always offers.
@@ -12,6 +13,7 @@
 mod actor;
 mod browser;
 mod media_core;
+mod owned_browser;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,12 +28,15 @@ use crate::config::{Codec, Config, OpusSettings, RecordingMode};
 use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParams, Uplink};
 use crate::media::recording;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg, RtpLegParts};
-use crate::media::webrtc_leg::{IceServer, WebRtcLeg, WebRtcSettings};
+use crate::media::webrtc_leg::{
+    IceServer, NegotiatedCodecs, WebRtcLeg, WebRtcLegError, WebRtcSettings,
+};
 use crate::ops::metrics::Metrics;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
-use actor::{Attach, Control, LegSockets, MediaTask};
+use actor::{Attach, Browser, Control, LegSockets, MediaTask};
 use browser::BrowserLink;
 use media_core::{MediaCore, Timeouts};
+use owned_browser::OwnedBrowserLeg;
 
 /// Creates each call's media from the configuration in force when the call starts.
 pub struct SessionFactory {
@@ -228,11 +233,18 @@ pub struct Session {
     opus: OpusSettings,
     settings: WebRtcSettings,
     recording: Option<(std::path::PathBuf, RecordingMode)>,
-    /// The browser leg, once its offer was answered and it went to the media task: trickled
-    /// candidates are added from here.
-    browser: Option<Arc<WebRtcLeg>>,
+    /// Where the browser's trickled candidates go, once its offer was answered.
+    browser: Option<CandidateSink>,
     counters: Arc<PipelineCounters>,
     closed: bool,
+}
+
+/// Where the browser's trickled candidates go.
+enum CandidateSink {
+    /// The media task, which drives the browser leg itself.
+    MediaTask,
+    /// The async webrtc-rs leg, shared with the media task.
+    Leg(Arc<WebRtcLeg>),
 }
 
 fn without_origin(sdp: &str) -> String {
@@ -319,42 +331,25 @@ impl Session {
             self.fail("offer without \"sdp\"".into());
             return;
         };
-        let (leg, channels) = match WebRtcLeg::new(&self.settings).await {
-            Ok(leg) => leg,
-            Err(e) => {
-                self.fail(format!("cannot create the WebRTC leg: {e}"));
-                return;
-            }
+        // The sans-IO leg has host candidates only; STUN/TURN need the async leg's gathering.
+        let answered = if self.settings.ice_servers.is_empty() {
+            self.answer_owned(sdp)
+        } else {
+            self.answer_linked(sdp).await
         };
-        let answer = match leg.accept_offer(sdp).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                let _ = leg.close().await;
-                self.fail(format!("offer refused: {e}"));
-                return;
-            }
-        };
-        let Some(params) = leg
-            .negotiated()
-            .as_ref()
-            .and_then(BrowserParams::from_negotiated)
-        else {
-            let _ = leg.close().await;
-            self.fail("offer refused: no common audio codec".into());
+        let Some((browser, sink, negotiated, answer)) = answered else {
             return;
         };
-        let (mut up, down) = match (
-            Uplink::new(params, Arc::clone(&self.counters)),
-            Downlink::with_opus(params, self.opus, Arc::clone(&self.counters)),
-        ) {
-            (Ok(up), Ok(down)) => (up, down),
-            (Err(e), _) | (_, Err(e)) => {
-                let _ = leg.close().await;
-                self.fail(format!("codec setup failed: {e}"));
+        let (up, down, params) = match self.pipeline(negotiated) {
+            Ok(p) => p,
+            Err(message) => {
+                if let Browser::Link(link) = browser {
+                    link.close().await;
+                }
+                self.fail(message);
                 return;
             }
         };
-        up.send_digits_as_info(self.dtmf_info);
         let tap =
             self.recording
                 .as_ref()
@@ -367,14 +362,90 @@ impl Session {
                 });
         self.to_browser(json!({"kind": "answer", "sdp": answer}));
         tracing::info!(call_id = %self.call_id, browser_codec = ?params.codec, "browser media leg answered");
-        let leg = Arc::new(leg);
-        self.browser = Some(Arc::clone(&leg));
+        self.browser = Some(sink);
         self.tell(Control::Browser(Box::new(Attach {
-            link: BrowserLink::new(leg, channels),
+            browser,
             up,
             down,
             tap,
         })));
+    }
+
+    /// Answers with the sans-IO leg the media task drives itself.
+    fn answer_owned(
+        &self,
+        sdp: &str,
+    ) -> Option<(Browser, CandidateSink, Option<NegotiatedCodecs>, String)> {
+        match OwnedBrowserLeg::answer(&self.settings, sdp) {
+            Ok((leg, answer)) => {
+                let negotiated = leg.negotiated();
+                Some((
+                    Browser::Owned(Box::new(leg)),
+                    CandidateSink::MediaTask,
+                    negotiated,
+                    answer,
+                ))
+            }
+            Err(e @ WebRtcLegError::NoFreePort(_)) => {
+                self.fail(format!("cannot create the WebRTC leg: {e}"));
+                None
+            }
+            Err(e) => {
+                self.fail(format!("offer refused: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Answers with the async webrtc-rs leg (STUN/TURN configured).
+    async fn answer_linked(
+        &self,
+        sdp: &str,
+    ) -> Option<(Browser, CandidateSink, Option<NegotiatedCodecs>, String)> {
+        let (leg, channels) = match WebRtcLeg::new(&self.settings).await {
+            Ok(leg) => leg,
+            Err(e) => {
+                self.fail(format!("cannot create the WebRTC leg: {e}"));
+                return None;
+            }
+        };
+        let answer = match leg.accept_offer(sdp).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let _ = leg.close().await;
+                self.fail(format!("offer refused: {e}"));
+                return None;
+            }
+        };
+        let negotiated = leg.negotiated();
+        let leg = Arc::new(leg);
+        Some((
+            Browser::Link(BrowserLink::new(Arc::clone(&leg), channels)),
+            CandidateSink::Leg(leg),
+            negotiated,
+            answer,
+        ))
+    }
+
+    /// The pipeline for the codecs agreed with the browser; the message for the browser if
+    /// there is none.
+    fn pipeline(
+        &self,
+        negotiated: Option<NegotiatedCodecs>,
+    ) -> Result<(Uplink, Downlink, BrowserParams), String> {
+        let params = negotiated
+            .as_ref()
+            .and_then(BrowserParams::from_negotiated)
+            .ok_or_else(|| "offer refused: no common audio codec".to_owned())?;
+        let (mut up, down) = match (
+            Uplink::new(params, Arc::clone(&self.counters)),
+            Downlink::with_opus(params, self.opus, Arc::clone(&self.counters)),
+        ) {
+            (Ok(up), Ok(down)) => (up, down),
+            (Err(e), _) | (_, Err(e)) => return Err(format!("codec setup failed: {e}")),
+        };
+        up.send_digits_as_info(self.dtmf_info);
+        Ok((up, down, params))
     }
 
     async fn on_candidate(&mut self, candidate: &Value) {
@@ -389,11 +460,14 @@ impl Session {
             self.complain("candidate must be an RTCIceCandidateInit object or null".into());
             return;
         }
-        let Some(leg) = &self.browser else {
-            return;
-        };
-        if let Err(e) = leg.add_remote_candidate(&candidate.to_string()).await {
-            self.complain(format!("candidate refused: {e}"));
+        match &self.browser {
+            Some(CandidateSink::MediaTask) => self.tell(Control::Candidate(candidate.to_string())),
+            Some(CandidateSink::Leg(leg)) => {
+                if let Err(e) = leg.add_remote_candidate(&candidate.to_string()).await {
+                    self.complain(format!("candidate refused: {e}"));
+                }
+            }
+            None => {}
         }
     }
 

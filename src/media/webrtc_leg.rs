@@ -683,7 +683,7 @@ pub(crate) fn untag_event_rates(sdp: &str) -> String {
 const NARROWBAND_OPUS: [&str; 2] = ["maxplaybackrate=8000", "sprop-maxcapturerate=8000"];
 
 /// The Opus fmtp parameters `settings` asks browsers for (RFC 7587 §7).
-fn opus_fmtp_for(settings: &WebRtcSettings) -> Vec<String> {
+pub(crate) fn opus_fmtp_for(settings: &WebRtcSettings) -> Vec<String> {
     let mut params = Vec::new();
     if settings.opus_narrowband {
         params.extend(NARROWBAND_OPUS.iter().map(|p| (*p).to_owned()));
@@ -697,7 +697,7 @@ fn opus_fmtp_for(settings: &WebRtcSettings) -> Vec<String> {
 /// Adds `params` (`key=value`) to every Opus format's fmtp in `sdp` (keys it already has are
 /// left alone; a format without an fmtp line gets one). webrtc-rs answers with the offerer's
 /// fmtp, so this is done on the SDP we hand out, not on the registered codec.
-fn add_opus_fmtp(sdp: &str, params: &[String]) -> String {
+pub(crate) fn add_opus_fmtp(sdp: &str, params: &[String]) -> String {
     if params.is_empty() {
         return sdp.to_owned();
     }

@@ -35,7 +35,8 @@ pub struct BrowserPeer {
     pub dtmf: Arc<Mutex<Vec<String>>>,
     /// `error` messages the bridge sent.
     pub errors: Arc<Mutex<Vec<String>>>,
-    /// The bridge's ICE candidates as it trickled them (`candidate:…` lines).
+    /// The bridge's ICE candidates, from its answer's `a=candidate` lines and as it trickled
+    /// them (`candidate:…` lines).
     pub bridge_candidates: Arc<Mutex<Vec<String>>>,
     state: watch::Receiver<LegState>,
     tone: Arc<Mutex<Option<f64>>>,
@@ -72,6 +73,14 @@ impl BrowserPeer {
         let offer = leg.create_offer().await.expect("offer");
         send_media(&ws, call_id, json!({"kind": "offer", "sdp": offer}));
         let answer = wait_media(&ws, call_id, "answer", T).await;
+        let answered_candidates: Vec<String> = answer["sdp"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a="))
+            .filter(|l| l.starts_with("candidate:"))
+            .map(str::to_string)
+            .collect();
         let negotiated = leg
             .set_answer(answer["sdp"].as_str().expect("answer sdp"))
             .await
@@ -103,7 +112,7 @@ impl BrowserPeer {
         }
         let dtmf = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
-        let bridge_candidates = Arc::new(Mutex::new(Vec::new()));
+        let bridge_candidates = Arc::new(Mutex::new(answered_candidates));
         {
             let (ws, leg) = (Arc::clone(&ws), Arc::clone(&leg));
             let (dtmf, errors) = (Arc::clone(&dtmf), Arc::clone(&errors));

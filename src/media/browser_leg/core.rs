@@ -31,9 +31,9 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::media::demux::{classify, DatagramKind};
 use crate::media::webrtc_leg::{
-    offers_common_audio, report_about, tag_event_rates, untag_event_rates, InboundRtp, LegCodec,
-    LegState, LossReportForwarder, NegotiatedCodecs, ReceiverReport, WebRtcLegError,
-    WebRtcSettings, LOSS_REPORT_SLOT,
+    add_opus_fmtp, offers_common_audio, opus_fmtp_for, report_about, tag_event_rates,
+    untag_event_rates, InboundRtp, LegCodec, LegState, LossReportForwarder, NegotiatedCodecs,
+    ReceiverReport, WebRtcLegError, WebRtcSettings, LOSS_REPORT_SLOT,
 };
 
 /// Largest datagram the receive buffer is sized for (an MTU).
@@ -165,7 +165,7 @@ impl BrowserLeg {
             .map_err(stack_error)?;
         leg.add_host_candidates()?;
         leg.learn_codecs()?;
-        let sdp = leg.local_sdp()?;
+        let sdp = add_opus_fmtp(&leg.local_sdp()?, &opus_fmtp_for(settings));
         Ok((leg, sdp))
     }
 
@@ -182,7 +182,7 @@ impl BrowserLeg {
             .set_local_description(now, offer)
             .map_err(stack_error)?;
         leg.add_host_candidates()?;
-        let sdp = leg.local_sdp()?;
+        let sdp = add_opus_fmtp(&leg.local_sdp()?, &opus_fmtp_for(settings));
         Ok((leg, sdp))
     }
 

@@ -1,6 +1,11 @@
 //! The call's media task: one task per call that owns the SIP leg's two sockets, the browser
-//! leg ([`BrowserLink`]) and the [`MediaCore`], and waits on all of them and on one timer set to
-//! the core's next deadline. Control from the call layer arrives on one channel.
+//! leg and the [`MediaCore`], and waits on all of them and on one timer set to the earliest
+//! deadline of the core and the browser leg. Control from the call layer arrives on one channel.
+//!
+//! The browser leg is normally an [`OwnedBrowserLeg`]: the sans-IO WebRTC stack and its socket,
+//! driven from this loop (no task or channel of its own). With STUN/TURN servers configured it is
+//! the async webrtc-rs leg behind [`BrowserLink`], which gathers server-reflexive and relay
+//! candidates.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +17,9 @@ use tokio::sync::mpsc;
 
 use super::browser::{BrowserInput, BrowserLink};
 use super::media_core::{MediaCore, MediaIo};
+use super::owned_browser::OwnedBrowserLeg;
 use crate::call::ports::MediaEvent;
+use crate::media::browser_leg::BrowserLegEvent;
 use crate::media::pipeline::{Downlink, SipParams, Uplink};
 use crate::media::recording::RecorderTap;
 use crate::media::rtp_leg::{is_icmp_echo, PortLease};
@@ -49,6 +56,9 @@ pub enum Control {
     },
     /// The browser's offer was answered: its leg and the pipeline.
     Browser(Box<Attach>),
+    /// A candidate the browser trickled (JSON of an `RTCIceCandidateInit`), for an
+    /// [`OwnedBrowserLeg`].
+    Candidate(String),
     /// A browser key for the SIP side.
     Digit(char),
     /// The call is answered: audio passes from now on.
@@ -59,10 +69,27 @@ pub enum Control {
     Close,
 }
 
+/// The browser leg of a call, in one of its two shapes (see the module docs).
+pub enum Browser {
+    /// Driven by this task: the sans-IO stack and its socket (boxed: the stack is large).
+    Owned(Box<OwnedBrowserLeg>),
+    /// The async webrtc-rs leg (STUN/TURN configured).
+    Link(BrowserLink),
+}
+
+impl Browser {
+    fn ready(&self) -> bool {
+        match self {
+            Browser::Owned(leg) => leg.ready(),
+            Browser::Link(link) => link.ready(),
+        }
+    }
+}
+
 /// The browser leg and the pipeline built for it.
 pub struct Attach {
     /// The answered browser leg.
-    pub link: BrowserLink,
+    pub browser: Browser,
     /// Browser → SIP.
     pub up: Uplink,
     /// SIP → browser.
@@ -77,8 +104,8 @@ pub struct MediaTask {
     socket: UdpSocket,
     rtcp: UdpSocket,
     core: MediaCore,
-    browser: Option<BrowserLink>,
-    /// The browser leg's channels closed: stop polling it.
+    browser: Option<Browser>,
+    /// The browser leg's channels or socket closed: stop polling it.
     browser_gone: bool,
     /// The browser leg failed or closed (reported once).
     browser_failed: bool,
@@ -88,14 +115,16 @@ pub struct MediaTask {
     pending: Vec<MediaEvent>,
     buf: Box<[u8; DATAGRAM]>,
     rtcp_buf: Box<[u8; DATAGRAM]>,
+    browser_buf: Box<[u8; DATAGRAM]>,
     /// Dropped after the sockets (field order): the ports go back to the range.
     _lease: PortLease,
 }
 
-/// The core's outputs in this task: the RTP socket, the browser leg's send queue, the events.
+/// The core's outputs in this task: the RTP socket, the browser leg, the events.
 struct ShellIo<'a> {
+    now: Instant,
     socket: &'a UdpSocket,
-    browser: Option<&'a mut BrowserLink>,
+    browser: Option<&'a mut Browser>,
     events: &'a mut Vec<MediaEvent>,
 }
 
@@ -110,8 +139,10 @@ impl MediaIo for ShellIo<'_> {
     }
 
     fn send_browser(&mut self, payload_type: u8, stamp: RtpStamp, payload: &[u8]) {
-        if let Some(b) = self.browser.as_mut() {
-            b.queue(payload_type, stamp, payload);
+        match self.browser.as_mut() {
+            Some(Browser::Owned(leg)) => leg.send_rtp(self.now, payload_type, stamp, payload),
+            Some(Browser::Link(link)) => link.queue(payload_type, stamp, payload),
+            None => {}
         }
     }
 
@@ -120,9 +151,12 @@ impl MediaIo for ShellIo<'_> {
     }
 }
 
-async fn next_browser(browser: &mut Option<BrowserLink>) -> BrowserInput {
+/// The next input of the browser leg: a datagram on the owned leg's socket, or what the async
+/// leg's channels bring.
+async fn next_browser(browser: &mut Option<Browser>, buf: &mut [u8]) -> BrowserInput {
     match browser {
-        Some(b) => b.next().await,
+        Some(Browser::Owned(leg)) => BrowserInput::Datagram(leg.socket().recv_from(buf).await),
+        Some(Browser::Link(b)) => b.next().await,
         None => std::future::pending().await,
     }
 }
@@ -149,14 +183,16 @@ impl MediaTask {
             pending: Vec::with_capacity(4),
             buf: Box::new([0; DATAGRAM]),
             rtcp_buf: Box::new([0; DATAGRAM]),
+            browser_buf: Box::new([0; DATAGRAM]),
             _lease: sockets.lease,
         }
     }
 
-    fn io(&mut self) -> (&mut MediaCore, ShellIo<'_>) {
+    fn io(&mut self, now: Instant) -> (&mut MediaCore, ShellIo<'_>) {
         (
             &mut self.core,
             ShellIo {
+                now,
                 socket: &self.socket,
                 browser: self.browser.as_mut(),
                 events: &mut self.pending,
@@ -164,12 +200,21 @@ impl MediaTask {
         )
     }
 
+    /// The earliest of the core's and the browser leg's deadlines.
+    fn next_deadline(&mut self) -> Instant {
+        let core = self.core.next_deadline();
+        match &mut self.browser {
+            Some(Browser::Owned(leg)) => leg.next_deadline().map_or(core, |at| at.min(core)),
+            _ => core,
+        }
+    }
+
     /// Runs until the call layer sends [`Control::Close`] or drops its end.
     pub async fn run(mut self) {
-        let sleep = tokio::time::sleep_until(self.core.next_deadline().into());
+        let sleep = tokio::time::sleep_until(self.next_deadline().into());
         tokio::pin!(sleep);
         loop {
-            let deadline = tokio::time::Instant::from_std(self.core.next_deadline());
+            let deadline = tokio::time::Instant::from_std(self.next_deadline());
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
@@ -192,22 +237,39 @@ impl MediaTask {
                         break;
                     }
                 },
-                input = next_browser(&mut self.browser), if poll_browser => self.on_browser(input).await,
-                () = &mut sleep => {
-                    let now = Instant::now();
-                    if let Some(b) = &mut self.browser {
-                        b.on_timer(now);
-                    }
-                    let (core, mut io) = self.io();
-                    core.on_timeout(now, &mut io);
+                input = next_browser(&mut self.browser, &mut self.browser_buf[..]), if poll_browser => {
+                    self.on_browser(input);
                 },
+                () = &mut sleep => self.on_timer(Instant::now()),
             }
-            self.deliver().await;
+            if self.has_queued() {
+                self.deliver().await;
+            }
         }
         self.core.publish(Instant::now());
-        if let Some(b) = self.browser.take() {
-            b.close().await;
+        match self.browser.take() {
+            Some(Browser::Owned(mut leg)) => {
+                leg.close();
+                if leg.send_drops() > 0 {
+                    tracing::debug!(call_id = %self.call_id, dropped = leg.send_drops(), "datagrams to the browser dropped (socket buffer full)");
+                }
+            }
+            Some(Browser::Link(link)) => link.close().await,
+            None => {}
         }
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        match &mut self.browser {
+            Some(Browser::Owned(leg)) => {
+                leg.on_timeout(now);
+                self.drain_owned(now);
+            }
+            Some(Browser::Link(link)) => link.on_timer(now),
+            None => {}
+        }
+        let (core, mut io) = self.io(now);
+        core.on_timeout(now, &mut io);
     }
 
     fn on_control(&mut self, control: Control) {
@@ -220,13 +282,31 @@ impl MediaTask {
             } => self.core.set_sip(remote, params, on_hold),
             Control::Browser(attach) => {
                 let Attach {
-                    link,
+                    browser,
                     up,
                     down,
                     tap,
                 } = *attach;
                 self.core.attach(up, down, tap, now);
-                self.browser = Some(link);
+                if matches!(browser, Browser::Owned(_)) {
+                    // Every candidate is in the answer: end of gathering, as a trickling leg says.
+                    self.pending.push(MediaEvent::ToBrowser(
+                        json!({"kind": "candidate", "candidate": null}),
+                    ));
+                }
+                self.browser = Some(browser);
+                self.drain_owned(now);
+            }
+            Control::Candidate(json) => {
+                if let Some(Browser::Owned(leg)) = &mut self.browser {
+                    if let Err(e) = leg.add_remote_candidate(&json) {
+                        tracing::info!(call_id = %self.call_id, error = %e, "browser media message refused");
+                        self.pending.push(MediaEvent::ToBrowser(
+                            json!({"kind": "error", "message": format!("candidate refused: {e}")}),
+                        ));
+                    }
+                }
+                self.drain_owned(now);
             }
             Control::Digit(d) => self.core.queue_digit(d),
             Control::Answered => self.core.answered(),
@@ -252,6 +332,7 @@ impl MediaTask {
                         ..
                     } = self;
                     let mut io = ShellIo {
+                        now,
                         socket,
                         browser: browser.as_mut(),
                         events: pending,
@@ -270,7 +351,64 @@ impl MediaTask {
         true
     }
 
-    async fn on_browser(&mut self, input: BrowserInput) {
+    /// The browser leg's socket was readable: this datagram and whatever else is queued, up to a
+    /// burst, then what the leg made of them.
+    fn on_browser_datagram(&mut self, first: io::Result<(usize, SocketAddr)>) {
+        let Some(Browser::Owned(leg)) = &mut self.browser else {
+            return;
+        };
+        let now = Instant::now();
+        let mut next = first;
+        let mut failed = false;
+        for _ in 0..READ_BURST {
+            match next {
+                Ok((n, from)) => leg.on_datagram(now, from, &self.browser_buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if is_icmp_echo(&e) => {}
+                Err(e) => {
+                    tracing::warn!(call_id = %self.call_id, error = %e, "browser media socket failed");
+                    failed = true;
+                    break;
+                }
+            }
+            next = leg.socket().try_recv_from(&mut self.browser_buf[..]);
+        }
+        self.drain_owned(now);
+        if failed {
+            self.browser_gone = true;
+            self.on_leg_state(LegState::Failed);
+        }
+    }
+
+    /// What the owned browser leg produced: datagrams to send, RTP for the pipeline, state
+    /// changes and loss reports.
+    fn drain_owned(&mut self, now: Instant) {
+        let Some(Browser::Owned(leg)) = &mut self.browser else {
+            return;
+        };
+        leg.transmit();
+        while let Some(p) = leg.poll_rtp() {
+            self.core
+                .on_browser_rtp(p.payload_type, p.seq, p.timestamp, p.ssrc, &p.payload, now);
+        }
+        while let Some(event) = self.browser_event() {
+            match event {
+                BrowserLegEvent::State(state) => self.on_leg_state(state),
+                BrowserLegEvent::ReceiverReport(r) => {
+                    self.core.on_loss_report(r.fraction_lost, now)
+                }
+            }
+        }
+    }
+
+    fn browser_event(&mut self) -> Option<BrowserLegEvent> {
+        match &mut self.browser {
+            Some(Browser::Owned(leg)) => leg.poll_event(),
+            _ => None,
+        }
+    }
+
+    fn on_browser(&mut self, input: BrowserInput) {
         match input {
             BrowserInput::Rtp(p) => self.core.on_browser_rtp(
                 p.payload_type,
@@ -282,11 +420,12 @@ impl MediaTask {
             ),
             BrowserInput::Report(r) => self.core.on_loss_report(r.fraction_lost, Instant::now()),
             BrowserInput::Event(e) => self.on_leg_event(e),
+            BrowserInput::Datagram(r) => self.on_browser_datagram(r),
             BrowserInput::Gone => self.browser_gone = true,
         }
     }
 
-    /// Candidates and state changes of the browser leg, turned into media events.
+    /// Candidates and state changes of the async browser leg, turned into media events.
     fn on_leg_event(&mut self, event: LegEvent) {
         if self.browser_failed {
             return;
@@ -299,25 +438,38 @@ impl MediaTask {
             LegEvent::GatheringComplete => {
                 MediaEvent::ToBrowser(json!({"kind": "candidate", "candidate": null}))
             }
-            LegEvent::State(state) => {
-                tracing::debug!(call_id = %self.call_id, ?state, "browser leg state");
-                self.core.set_browser_consent(state == LegState::Connected);
-                match state {
-                    LegState::Failed => MediaEvent::Failed("browser media: ICE/DTLS failed".into()),
-                    LegState::Closed => {
-                        MediaEvent::Failed("browser media: connection closed".into())
-                    }
-                    _ => return,
-                }
-            }
+            LegEvent::State(state) => return self.on_leg_state(state),
         };
-        self.browser_failed = matches!(message, MediaEvent::Failed(_));
         self.pending.push(message);
     }
 
-    /// Sends what the last step queued: packets to the browser, events to the call layer.
+    /// A state change of the browser leg: consent for the core; a failed or closed leg ends the
+    /// call (reported once).
+    fn on_leg_state(&mut self, state: LegState) {
+        if self.browser_failed {
+            return;
+        }
+        tracing::debug!(call_id = %self.call_id, ?state, "browser leg state");
+        self.core.set_browser_consent(state == LegState::Connected);
+        let reason = match state {
+            LegState::Failed => "browser media: ICE/DTLS failed",
+            LegState::Closed => "browser media: connection closed",
+            _ => return,
+        };
+        self.browser_failed = true;
+        self.pending.push(MediaEvent::Failed(reason.into()));
+    }
+
+    /// Whether the last step queued anything for [`Self::deliver`].
+    fn has_queued(&self) -> bool {
+        !self.pending.is_empty()
+            || matches!(&self.browser, Some(Browser::Link(link)) if link.has_queued())
+    }
+
+    /// Sends what the last step queued: packets to the async browser leg, events to the call
+    /// layer.
     async fn deliver(&mut self) {
-        if let Some(b) = &mut self.browser {
+        if let Some(Browser::Link(b)) = &mut self.browser {
             b.flush().await;
         }
         for event in self.pending.drain(..) {

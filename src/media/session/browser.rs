@@ -23,6 +23,8 @@ pub enum BrowserInput {
     Event(LegEvent),
     /// The browser's report about the audio we send.
     Report(ReceiverReport),
+    /// The owned leg's socket was readable (see `actor::OwnedBrowserLeg`): this datagram.
+    Datagram(std::io::Result<(usize, std::net::SocketAddr)>),
     /// The leg's channels closed: nothing more will come.
     Gone,
 }
@@ -159,6 +161,11 @@ impl BrowserLink {
             stamp,
             payload,
         });
+    }
+
+    /// Whether packets wait for [`BrowserLink::flush`].
+    pub fn has_queued(&self) -> bool {
+        !self.outgoing.is_empty()
     }
 
     /// Sends what was queued, in order. A closed or failed leg drops them (its state change

@@ -1,0 +1,162 @@
+//! The browser leg as the call's media task drives it itself: the sans-IO [`BrowserLeg`] and the
+//! UDP socket its one host candidate names (a port from the configured range). No task, channel
+//! or timer of its own: the media task reads the socket, feeds datagrams and time in, and sends
+//! what the leg wants sent straight from its loop.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+
+use crate::media::browser_leg::{BrowserLeg, BrowserLegEvent};
+use crate::media::rtp_leg::{PortLease, RtpLegError};
+use crate::media::transcode::RtpStamp;
+use crate::media::webrtc_leg::{InboundRtp, NegotiatedCodecs, WebRtcLegError, WebRtcSettings};
+
+/// One browser leg with its socket, owned by the call's media task.
+pub struct OwnedBrowserLeg {
+    leg: BrowserLeg,
+    socket: UdpSocket,
+    local: SocketAddr,
+    /// Datagrams the socket refused (full buffer): dropped like lost packets, counted.
+    send_drops: u64,
+    /// Dropped after the socket (field order): the port goes back to the range.
+    _lease: Option<PortLease>,
+}
+
+impl std::fmt::Debug for OwnedBrowserLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedBrowserLeg")
+            .field("local", &self.local)
+            .field("leg", &self.leg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_error(e: io::Error) -> WebRtcLegError {
+    WebRtcLegError::NoFreePort(RtpLegError::Io(e))
+}
+
+impl OwnedBrowserLeg {
+    /// Binds the leg's socket (a pair from `settings.ports` on the first bind address, its odd
+    /// port unused because of rtcp-mux; an ephemeral port without a range) and answers `offer`
+    /// with that address as the host candidate. Returns the leg and the answer SDP.
+    pub fn answer(
+        settings: &WebRtcSettings,
+        offer: &str,
+    ) -> Result<(OwnedBrowserLeg, String), WebRtcLegError> {
+        let ip = settings
+            .bind_ips
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let (socket, lease) = match &settings.ports {
+            Some(ports) => {
+                let pair = ports.allocate(ip)?;
+                drop(pair.rtcp);
+                (pair.rtp, Some(pair.lease))
+            }
+            None => (std::net::UdpSocket::bind((ip, 0)).map_err(io_error)?, None),
+        };
+        socket.set_nonblocking(true).map_err(io_error)?;
+        let socket = UdpSocket::from_std(socket).map_err(io_error)?;
+        let local = socket.local_addr().map_err(io_error)?;
+        let (leg, answer) = BrowserLeg::answer(Instant::now(), settings, &[local], offer)?;
+        Ok((
+            OwnedBrowserLeg {
+                leg,
+                socket,
+                local,
+                send_drops: 0,
+                _lease: lease,
+            },
+            answer,
+        ))
+    }
+
+    /// Payload types agreed with the browser.
+    pub fn negotiated(&self) -> Option<NegotiatedCodecs> {
+        self.leg.negotiated()
+    }
+
+    /// The socket the browser's datagrams arrive on.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Whether packets to the browser can be encrypted (ICE and DTLS completed once).
+    pub fn ready(&self) -> bool {
+        self.leg.media_ready()
+    }
+
+    /// Datagrams dropped because the socket's buffer was full.
+    pub fn send_drops(&self) -> u64 {
+        self.send_drops
+    }
+
+    /// Feeds one datagram from the browser's side; then drain with [`Self::poll_rtp`],
+    /// [`Self::poll_event`] and [`Self::transmit`].
+    pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.leg.handle_datagram(now, self.local, from, datagram);
+    }
+
+    /// When [`Self::on_timeout`] is next due.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.leg.poll_timeout()
+    }
+
+    /// Runs the leg's timers (ICE checks and consent, DTLS retransmits, RTCP) if they are due.
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.leg.poll_timeout().is_some_and(|at| at <= now) {
+            self.leg.handle_timeout(now);
+        }
+    }
+
+    /// Encrypts and sends one packet to the browser. Before media is ready, or with a payload
+    /// type the browser did not agree to, the packet is dropped (the pipeline only sends
+    /// negotiated types once [`Self::ready`]).
+    pub fn send_rtp(&mut self, now: Instant, payload_type: u8, stamp: RtpStamp, payload: &[u8]) {
+        let _ = self.leg.send_rtp(
+            now,
+            payload_type,
+            stamp.seq,
+            stamp.timestamp,
+            stamp.marker,
+            payload,
+        );
+        self.transmit();
+    }
+
+    /// Sends every datagram the leg queued. UDP: a full socket buffer drops it (counted); the
+    /// task never waits.
+    pub fn transmit(&mut self) {
+        while let Some(t) = self.leg.poll_transmit() {
+            if self.socket.try_send_to(&t.payload, t.to).is_err() {
+                self.send_drops += 1;
+            }
+        }
+    }
+
+    /// The next RTP packet from the browser.
+    pub fn poll_rtp(&mut self) -> Option<InboundRtp> {
+        self.leg.poll_rtp()
+    }
+
+    /// The next state change or receiver report.
+    pub fn poll_event(&mut self) -> Option<BrowserLegEvent> {
+        self.leg.poll_event()
+    }
+
+    /// Adds a candidate the browser trickled (JSON of an `RTCIceCandidate`).
+    pub fn add_remote_candidate(&mut self, json: &str) -> Result<(), WebRtcLegError> {
+        self.leg.add_remote_candidate(json)
+    }
+
+    /// Closes the connection: the DTLS close_notify goes out now; the socket and its port are
+    /// released when the leg is dropped.
+    pub fn close(&mut self) {
+        self.leg.close();
+        self.transmit();
+    }
+}
