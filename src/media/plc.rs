@@ -29,6 +29,10 @@ const SILENT_AFTER: usize = 6 * TEN_MS;
 const SPLICE_LEN: usize = 40;
 /// Three periods plus the overlap before them.
 const PB_LEN: usize = 3 * PITCH_MAX + OVERLAP_MAX;
+/// Samples the period search looks at: the correlation window and the longest lag behind it.
+const HISTORY: usize = CORR_LEN + PITCH_MAX;
+/// Partial sums per correlation (`CORR_LEN` is a multiple of it).
+const LANES: usize = 8;
 
 /// Where the concealer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,17 +201,28 @@ impl G711Concealer {
     }
 
     /// The pitch period of the recent history: the lag with the best normalised correlation.
+    /// Runs once per loss; the history is first laid out flat (no ring wrapping per sample) and
+    /// the sums are kept in [`LANES`] partial sums the compiler turns into vector adds.
     fn find_period(&self) -> usize {
+        let mut history = [0.0f32; HISTORY];
+        for (age, h) in history.iter_mut().enumerate() {
+            *h = self.at(age);
+        }
+        let recent = &history[..CORR_LEN];
         let mut best = PITCH_MAX;
         let mut best_score = 0.0f32;
         for lag in PITCH_MIN..=PITCH_MAX {
-            let mut cross = 0.0f32;
-            let mut energy = 0.0f32;
-            for a in 0..CORR_LEN {
-                let older = self.at(a + lag);
-                cross += self.at(a) * older;
-                energy += older * older;
+            let older = &history[lag..lag + CORR_LEN];
+            let mut cross = [0.0f32; LANES];
+            let mut energy = [0.0f32; LANES];
+            for (r, o) in recent.chunks_exact(LANES).zip(older.chunks_exact(LANES)) {
+                for (((c, e), r), o) in cross.iter_mut().zip(&mut energy).zip(r).zip(o) {
+                    *c += r * o;
+                    *e += o * o;
+                }
             }
+            let cross: f32 = cross.iter().sum();
+            let energy: f32 = energy.iter().sum();
             if energy <= 0.0 || cross <= 0.0 {
                 continue;
             }

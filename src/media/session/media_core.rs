@@ -315,9 +315,15 @@ impl MediaCore {
     /// Does what is due at `now`: the frames (catching up after a stall, so the sample count
     /// follows wall time), the metrics, the RTP-timeout check.
     pub fn on_timeout(&mut self, now: Instant, io: &mut impl MediaIo) {
+        // The first frame's transcoding is timed from `now`, a frame caught up after it from a
+        // reading of its own (the sends in between are not transcoding).
+        let mut started = now;
         while let Some(at) = self.schedule.frame.filter(|&at| at <= now) {
-            self.frame(now, io);
+            self.frame(started, io);
             self.schedule.frame = Some(at + TICK);
+            if self.schedule.frame.is_some_and(|next| next <= now) {
+                started = Instant::now();
+            }
         }
         if self.schedule.publish <= now {
             self.publish(now);
@@ -329,22 +335,40 @@ impl MediaCore {
         }
     }
 
-    /// One 20 ms frame each way.
-    fn frame(&mut self, now: Instant, io: &mut impl MediaIo) {
-        let now_ms = self.ms_since_start(now);
+    /// One 20 ms frame each way, `started` being a clock reading taken just before. Both
+    /// directions are transcoded first, back to back, so two clock readings time them; then
+    /// what they made goes out.
+    /// The jitter buffers are told that time, so playout starts with a margin.
+    fn frame(&mut self, started: Instant, io: &mut impl MediaIo) {
+        let now_ms = self.ms_since_start(started);
         let Some(p) = &mut self.pipeline else {
             return;
         };
         p.up.set_now(now_ms);
         p.down.set_now(now_ms);
-        let started = Instant::now();
-        let frame = p.up.tick();
-        self.metrics.transcode.web_to_sip.observe(started.elapsed());
+        let up = p.up.tick();
+        let up_done = Instant::now();
+        let transcode = &self.metrics.transcode;
+        transcode
+            .web_to_sip
+            .observe(up_done.saturating_duration_since(started));
+        // A SIP → web call sends the browser nothing before it accepts. Nothing of the phone's
+        // passes yet, and a browser that does not play the ringing call's track (Chrome pulls a
+        // remote track only once it has a sink) queues every frame in its jitter buffer: the
+        // phone's first words would then come that much late and be time-compressed for seconds.
+        let down = self.answered.then(|| {
+            let down = p.down.tick();
+            transcode
+                .sip_to_web
+                .observe(Instant::now().saturating_duration_since(up_done));
+            down
+        });
+
         if let Some(tap) = &p.tap {
-            tap.record(Side::Browser, frame.pcm);
+            tap.record(Side::Browser, up.pcm);
         }
         // SIP → web calls send nothing to the phone before the 200 OK.
-        if let Some(packet) = frame.packet.filter(|_| self.answered) {
+        if let Some(packet) = up.packet.filter(|_| self.answered) {
             // No target yet (no SDP, no RTP): nothing to count, the next frame tries again.
             if let Some(to) = self.sip.target() {
                 let sent = io.send_sip(packet, to);
@@ -355,17 +379,7 @@ impl MediaCore {
             io.event(MediaEvent::SipDtmf(digit));
         }
 
-        // A SIP → web call sends the browser nothing before it accepts. Nothing of the phone's
-        // passes yet, and a browser that does not play the ringing call's track (Chrome pulls a
-        // remote track only once it has a sink) queues every frame in its jitter buffer: the
-        // phone's first words would then come that much late and be time-compressed for seconds.
-        if !self.answered {
-            return;
-        }
-        let started = Instant::now();
-        let frame = p.down.tick();
-        self.metrics.transcode.sip_to_web.observe(started.elapsed());
-        let Ok(frame) = frame else {
+        let Some(Ok(frame)) = down else {
             return;
         };
         if let Some(tap) = &p.tap {

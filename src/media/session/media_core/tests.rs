@@ -56,6 +56,16 @@ fn pcmu() -> SipParams {
 /// A core for a call whose browser talks PCMU (so what it hears is plain to read), its SIP side
 /// negotiated with the phone, the pipeline attached at `t0`.
 fn core(t0: Instant, answered: bool, rtp_timeout: u64) -> MediaCore {
+    core_counting_into(t0, answered, rtp_timeout, Arc::new(Metrics::new()))
+}
+
+/// [`core`], counting into `metrics`.
+fn core_counting_into(
+    t0: Instant,
+    answered: bool,
+    rtp_timeout: u64,
+    metrics: Arc<Metrics>,
+) -> MediaCore {
     let counters = Arc::new(PipelineCounters::default());
     let mut core = MediaCore::new(
         "call-1",
@@ -67,7 +77,7 @@ fn core(t0: Instant, answered: bool, rtp_timeout: u64) -> MediaCore {
         },
         answered,
         t0,
-        Arc::new(crate::ops::metrics::Metrics::new()),
+        metrics,
     );
     core.set_sip(phone(), pcmu(), false);
     let browser = BrowserParams {
@@ -154,6 +164,30 @@ fn one_frame_each_way_every_20_ms_and_missed_frames_caught_up_after_a_stall() {
         "{seqs:?}"
     );
     assert_eq!(core.sip_stats().packets_out, 6);
+}
+
+#[test]
+fn each_frame_is_timed_once_a_direction_and_the_phone_side_only_once_answered() {
+    let t0 = Instant::now();
+    let metrics = Arc::new(Metrics::new());
+    let mut core = core_counting_into(t0, false, 0, Arc::clone(&metrics));
+    let mut io = Recorder {
+        ready: true,
+        ..Recorder::default()
+    };
+    let timed = || {
+        (
+            metrics.transcode.web_to_sip.count(),
+            metrics.transcode.sip_to_web.count(),
+        )
+    };
+    // Three frames due at once (a stall): each timed, none toward the browser before the answer.
+    core.on_timeout(t0 + 40 * MS, &mut io);
+    assert_eq!(timed(), (3, 0));
+    core.answered();
+    core.on_timeout(t0 + 60 * MS, &mut io);
+    assert_eq!(timed(), (4, 1));
+    assert_eq!((io.to_sip.len(), io.to_browser.len()), (1, 1));
 }
 
 #[test]
