@@ -34,7 +34,7 @@ use super::pbx_set::{may_fail_over, InviteFailure};
 use super::session_timer::{
     session_from_2xx, SessionTimer, TimerAction, TimerHeaders, TimerPolicy, UasAnswer,
 };
-use super::ua::UaInner;
+use super::ua::{DoorRequest, UaInner};
 use crate::ops::metrics::Ending;
 
 /// A call the bridge places toward the PBX (or a PSTN gateway).
@@ -533,7 +533,7 @@ impl Driver {
         mut self,
         states: DialogStateReceiver,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
-        requests: Option<mpsc::UnboundedReceiver<Transaction>>,
+        requests: Option<mpsc::UnboundedReceiver<DoorRequest>>,
         mut answers: mpsc::UnboundedReceiver<ReofferAnswer>,
         mut refreshes: mpsc::UnboundedReceiver<RefreshOutcome>,
         stop: CancellationToken,
@@ -574,7 +574,7 @@ impl Driver {
                     self.on_state(state).await;
                 }
                 tx = recv_some(&mut requests) => match tx {
-                    Some(tx) => self.on_request(tx).await,
+                    Some(tx) => self.on_request(*tx).await,
                     None => requests = None,
                 },
                 Some((cseq, method, sdp, timer)) = answers.recv() => {
@@ -635,7 +635,7 @@ impl Driver {
     async fn close(
         &mut self,
         mut states: DialogStateReceiver,
-        requests: Option<mpsc::UnboundedReceiver<Transaction>>,
+        requests: Option<mpsc::UnboundedReceiver<DoorRequest>>,
     ) {
         self.ua.close_door(&self.sip_call_id);
         for handle in self.order.end() {
@@ -659,7 +659,7 @@ impl Driver {
         let mut late: Vec<Transaction> = self.deferred.drain(..).collect();
         if let Some(mut requests) = requests {
             while let Ok(tx) = requests.try_recv() {
-                late.push(tx);
+                late.push(*tx);
             }
         }
         for mut tx in late {
@@ -789,7 +789,7 @@ impl Driver {
     ) -> Option<(
         DialogStateReceiver,
         Option<JoinHandle<InviteAsyncResult>>,
-        Option<mpsc::UnboundedReceiver<Transaction>>,
+        Option<mpsc::UnboundedReceiver<DoorRequest>>,
     )> {
         let failover = self.failover.as_mut()?;
         if failed.failure == InviteFailure::Transport {
