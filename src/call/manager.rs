@@ -959,7 +959,9 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
                     Some(CallInput::Machine(event)) => self.feed(event),
                     Some(CallInput::Media(payload)) => {
                         if let Some(media) = self.media.as_mut() {
-                            media.browser_message(payload).await;
+                            // Boxed: setting up the browser leg is a large future, and inline it
+                            // would stay part of this task's memory for the whole call.
+                            Box::pin(media.browser_message(payload)).await;
                         }
                     }
                     None => input = None,

@@ -6,6 +6,12 @@
 //! inter-arrival jitter (RFC 3550 §6.4.1) between a minimum and a maximum (20–80 ms by default), and
 //! tells the consumer when a packet is lost so it can conceal it (Opus PLC/FEC) instead of stalling.
 //!
+//! Memory: the payloads live in one contiguous arena shared by the slots, sized for the codec's
+//! byte rate rather than `slots` × the largest payload (a 32-slot buffer of 1500-byte slots was
+//! 48 KB, two per call; a G.711 arena is 5 KB, an Opus one 10 KB). Payloads are written one after
+//! the other, wrapping at the end; a burst that fills it overwrites the oldest written packets,
+//! which are counted as trimmed, as the playout trim would have dropped them anyway.
+//!
 //! It is sans-IO: arrival times are passed in as milliseconds, so it is tested without a clock.
 //!
 //! Playout phase: packets arrive on the sender's 20 ms grid, frames are taken on ours. When playout
@@ -29,10 +35,21 @@ pub struct JitterConfig {
     pub slots: usize,
     /// Largest payload kept; larger ones are dropped and counted.
     pub max_payload: usize,
+    /// Bytes of payload held at once, shared by all slots (at least `max_payload`).
+    pub arena_bytes: usize,
 }
 
+/// Arena of a G.711 buffer (8 kHz clock): a full window of 20 ms packets (32 × 160 bytes), so
+/// a 20 ms G.711 stream is never cut short of what the slots allow; 60 ms packets fit ten.
+const G711_ARENA: usize = 32 * 160;
+/// Arena of an Opus buffer: eight frames at the 1275-byte maximum (RFC 6716 §3.4, 510 kb/s),
+/// more than the 80 ms maximum delay plus a frame and the space lost wrapping at the end; voice
+/// at the browsers' 32–64 kb/s (80–160-byte frames) fills the whole window of slots.
+const OPUS_ARENA: usize = 8 * 1275;
+
 impl JitterConfig {
-    /// The defaults for a 20 ms audio stream at `clock_rate`: 20–80 ms, 32 slots, 1500-byte payloads.
+    /// The defaults for a 20 ms audio stream at `clock_rate`: 20–80 ms, 32 slots, payloads up to
+    /// 1500 bytes, an arena for G.711 at 8 kHz and for Opus at any other rate.
     pub fn audio(clock_rate: u32) -> Self {
         Self {
             clock_rate,
@@ -40,6 +57,11 @@ impl JitterConfig {
             max_delay_ms: 80,
             slots: 32,
             max_payload: 1500,
+            arena_bytes: if clock_rate == 8000 {
+                G711_ARENA
+            } else {
+                OPUS_ARENA
+            },
         }
     }
 }
@@ -107,8 +129,16 @@ struct Slot {
     occupied: bool,
     seq: u16,
     timestamp: u32,
+    /// Where the payload starts in the arena.
+    offset: usize,
     len: usize,
-    data: Box<[u8]>,
+}
+
+impl Slot {
+    /// Whether the held payload shares a byte with `start..end` of the arena.
+    fn overlaps(&self, start: usize, end: usize) -> bool {
+        self.occupied && self.len > 0 && self.offset < end && start < self.offset + self.len
+    }
 }
 
 /// A sequence jump larger than this (either way) is a new stream, not reordering.
@@ -118,6 +148,10 @@ const MAX_SEQ_JUMP: u16 = 3000;
 pub struct JitterBuffer {
     config: JitterConfig,
     slots: Vec<Slot>,
+    /// The slots' payloads, written one after the other (see the module docs).
+    arena: Box<[u8]>,
+    /// Where the next payload is written in `arena`.
+    write_at: usize,
     ssrc: Option<u32>,
     /// Next sequence number to play; `None` until the first packet.
     next_seq: Option<u16>,
@@ -152,16 +186,20 @@ impl JitterBuffer {
                 occupied: false,
                 seq: 0,
                 timestamp: 0,
+                offset: 0,
                 len: 0,
-                data: vec![0u8; config.max_payload].into_boxed_slice(),
             })
             .collect();
+        let arena_bytes = config.arena_bytes.max(config.max_payload);
         Self {
             config: JitterConfig {
                 slots: slots_count,
+                arena_bytes,
                 ..config
             },
             slots,
+            arena: vec![0u8; arena_bytes].into_boxed_slice(),
+            write_at: 0,
             ssrc: None,
             next_seq: None,
             highest_seq: 0,
@@ -262,6 +300,7 @@ impl JitterBuffer {
             slot.occupied = false;
         }
         self.held = 0;
+        self.write_at = 0;
         self.next_seq = None;
         self.playing = false;
         self.last_transit = None;
@@ -276,6 +315,25 @@ impl JitterBuffer {
             self.jitter_q4 = self.jitter_q4 + d - (self.jitter_q4 + 8) / 16;
         }
         self.last_transit = Some(transit);
+    }
+
+    /// Where a payload of `len` bytes (at most the arena's size) goes in the arena: after the last
+    /// one written, or at the start when it does not fit before the end. Held packets in the way
+    /// are given up (counted as trimmed).
+    fn make_room(&mut self, len: usize) -> usize {
+        let at = if self.write_at + len > self.arena.len() {
+            0
+        } else {
+            self.write_at
+        };
+        for slot in &mut self.slots {
+            if slot.overlaps(at, at + len) {
+                slot.occupied = false;
+                self.held -= 1;
+                self.stats.trimmed += 1;
+            }
+        }
+        at
     }
 
     /// Stores a packet that arrived at `arrival_ms` (any monotonic millisecond clock).
@@ -329,21 +387,27 @@ impl JitterBuffer {
                 self.next_seq = Some(next.wrapping_add(over as u16));
             }
         }
-        let had_stored = self.any_stored();
         let idx = self.index(seq);
-        let slot = &mut self.slots[idx];
-        if slot.occupied && slot.seq == seq {
-            self.stats.duplicates += 1;
-            return Pushed::Duplicate;
+        {
+            let slot = &self.slots[idx];
+            if slot.occupied && slot.seq == seq {
+                self.stats.duplicates += 1;
+                return Pushed::Duplicate;
+            }
         }
+        let at = self.make_room(payload.len());
+        let had_stored = self.any_stored();
+        let slot = &mut self.slots[idx];
         if !slot.occupied {
             self.held += 1;
         }
         slot.occupied = true;
         slot.seq = seq;
         slot.timestamp = timestamp;
+        slot.offset = at;
         slot.len = payload.len();
-        slot.data[..payload.len()].copy_from_slice(payload);
+        self.arena[at..at + payload.len()].copy_from_slice(payload);
+        self.write_at = at + payload.len();
         self.stats.stored += 1;
 
         // Learn the frame length from consecutive packets (10–120 ms are plausible).
@@ -371,7 +435,8 @@ impl JitterBuffer {
     pub fn peek_next(&self) -> Option<&[u8]> {
         let next = self.next_seq?;
         let slot = &self.slots[self.index(next)];
-        (slot.occupied && slot.seq == next).then(|| &slot.data[..slot.len])
+        (slot.occupied && slot.seq == next)
+            .then(|| &self.arena[slot.offset..slot.offset + slot.len])
     }
 
     /// Takes the next frame to decode, copying its payload into `out` (at least `max_payload` long
@@ -407,7 +472,7 @@ impl JitterBuffer {
         if self.take_slot(seq) {
             let slot = &self.slots[idx];
             let len = slot.len.min(out.len());
-            out[..len].copy_from_slice(&slot.data[..len]);
+            out[..len].copy_from_slice(&self.arena[slot.offset..slot.offset + len]);
             self.stats.played += 1;
             Popped::Packet {
                 len,
@@ -645,6 +710,110 @@ mod tests {
         let mut jb = buf();
         assert_eq!(jb.push(1, 1, 0, &[0u8; 1501], 0), Pushed::TooLarge);
         assert_eq!(jb.stats().too_large, 1);
+    }
+
+    /// A payload of `len` bytes that tells which packet it is.
+    fn numbered(seq: u16, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (usize::from(seq) * 31 + i) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn oversized_payloads_are_refused_without_disturbing_held_packets() {
+        for rate in [8000, 48_000] {
+            let mut jb = JitterBuffer::new(JitterConfig::audio(rate));
+            let step = rate / 50;
+            jb.push(1, 1, 0, &numbered(1, 160), 0);
+            // Larger than the G.711 arena and than any slot: refused, whatever the codec.
+            for len in [1501, 6000, 65_000] {
+                assert_eq!(jb.push(1, 2, step, &vec![9u8; len], 20), Pushed::TooLarge);
+            }
+            assert_eq!(jb.stats().too_large, 3);
+            assert_eq!(jb.push(1, 2, step, &numbered(2, 1500), 20), Pushed::Stored);
+            let mut out = [0u8; 1500];
+            for seq in 1..=2u16 {
+                match jb.pop(&mut out) {
+                    Popped::Packet { len, seq: got, .. } => {
+                        assert_eq!(got, seq);
+                        assert_eq!(&out[..len], &numbered(seq, len)[..], "rate {rate}");
+                    }
+                    other => panic!("rate {rate}: {other:?}"),
+                }
+            }
+            assert_eq!(jb.stats().trimmed, 0, "rate {rate}");
+        }
+    }
+
+    #[test]
+    fn opus_at_the_largest_frame_size_plays_intact_while_the_arena_wraps() {
+        // 1275-byte frames (510 kb/s) arriving in bursts of four every 80 ms, last first: the
+        // delay grows to its 80 ms maximum, and the arena holds all of it.
+        let mut jb = buf();
+        let mut out = [0u8; 1500];
+        let arrival = |n: u16| 80 * u64::from(n / 4) + 65;
+        let mut pending: Vec<u16> = (0..300).collect();
+        let mut played = Vec::new();
+        for tick in (10..6000u64).step_by(20) {
+            let mut due: Vec<u16> = pending
+                .iter()
+                .copied()
+                .filter(|&seq| arrival(seq) <= tick)
+                .collect();
+            due.sort_by_key(|&seq| (arrival(seq), std::cmp::Reverse(seq)));
+            for seq in due {
+                jb.push(
+                    7,
+                    seq,
+                    u32::from(seq) * FRAME,
+                    &numbered(seq, 1275),
+                    arrival(seq),
+                );
+            }
+            pending.retain(|&seq| arrival(seq) > tick);
+            jb.set_now(tick);
+            if let Popped::Packet { len, seq, .. } = jb.pop(&mut out) {
+                assert_eq!(&out[..len], &numbered(seq, 1275)[..], "packet {seq}");
+                played.push(seq);
+            }
+        }
+        let stats = jb.stats();
+        assert_eq!(stats.trimmed, 0, "{stats:?}");
+        assert!(played.len() >= 290, "{stats:?}");
+        assert!(
+            played[50..].windows(2).all(|w| w[1] == w[0] + 1),
+            "{played:?}"
+        );
+    }
+
+    #[test]
+    fn a_g711_buffer_holds_a_full_window_of_20_ms_packets() {
+        let mut jb = JitterBuffer::new(JitterConfig::audio(8000));
+        for seq in 0..32u16 {
+            jb.push(1, seq, u32::from(seq) * 160, &numbered(seq, 160), 0);
+        }
+        assert_eq!(jb.stats().trimmed, 0);
+        assert_eq!(jb.buffered_ms(), 640);
+    }
+
+    #[test]
+    fn a_burst_larger_than_the_arena_gives_up_the_oldest_and_plays_the_newest_intact() {
+        let mut jb = buf();
+        // 20 maximum-size frames at once: more than the arena holds.
+        for seq in 0..20u16 {
+            jb.push(7, seq, u32::from(seq) * FRAME, &numbered(seq, 1275), 0);
+        }
+        assert!(jb.stats().trimmed > 0);
+        let mut out = [0u8; 1500];
+        let mut played = Vec::new();
+        for _ in 0..20 {
+            if let Popped::Packet { len, seq, .. } = jb.pop(&mut out) {
+                assert_eq!(&out[..len], &numbered(seq, 1275)[..], "packet {seq}");
+                played.push(seq);
+            }
+        }
+        assert_eq!(played.last(), Some(&19), "{played:?}");
+        assert!(played.windows(2).all(|w| w[1] == w[0] + 1), "{played:?}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::pbx_set::{may_fail_over, InviteFailure};
 use super::session_timer::{
     session_from_2xx, SessionTimer, TimerAction, TimerHeaders, TimerPolicy, UasAnswer,
 };
-use super::ua::UaInner;
+use super::ua::{DoorRequest, UaInner};
 use crate::ops::metrics::Ending;
 
 /// A call the bridge places toward the PBX (or a PSTN gateway).
@@ -529,11 +529,14 @@ impl Driver {
         let _ = self.events.send(event);
     }
 
+    /// The driver's loop. Its rare steps (a dialog state, an in-dialog request, a failover, the
+    /// close) are boxed futures: inline, the largest of them would be part of the task's memory
+    /// for the whole call.
     async fn run(
         mut self,
         states: DialogStateReceiver,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
-        requests: Option<mpsc::UnboundedReceiver<Transaction>>,
+        requests: Option<mpsc::UnboundedReceiver<DoorRequest>>,
         mut answers: mpsc::UnboundedReceiver<ReofferAnswer>,
         mut refreshes: mpsc::UnboundedReceiver<RefreshOutcome>,
         stop: CancellationToken,
@@ -545,7 +548,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
-                    self.cleanup_after_drop().await;
+                    Box::pin(self.cleanup_after_drop()).await;
                     break;
                 }
                 state = states.recv() => {
@@ -555,7 +558,7 @@ impl Driver {
                             // the INVITE's final response says why
                             if let Ok(r) = tokio::time::timeout(Duration::from_secs(5), handle).await {
                                 if let Some(failure) = invite_failure(r) {
-                                    if let Some(next) = self.fail_over(&failure).await {
+                                    if let Some(next) = Box::pin(self.fail_over(&failure)).await {
                                         (states, invite, requests) = next;
                                         continue;
                                     }
@@ -571,14 +574,14 @@ impl Driver {
                         // the PBX answered something: it is alive, Timer B decides from here
                         self.silence_deadline = None;
                     }
-                    self.on_state(state).await;
+                    Box::pin(self.on_state(state)).await;
                 }
                 tx = recv_some(&mut requests) => match tx {
-                    Some(tx) => self.on_request(tx).await,
+                    Some(tx) => Box::pin(self.on_request(*tx)).await,
                     None => requests = None,
                 },
                 Some((cseq, method, sdp, timer)) = answers.recv() => {
-                    self.send_reoffer_answer(cseq, method, sdp, timer).await
+                    Box::pin(self.send_reoffer_answer(cseq, method, sdp, timer)).await
                 }
                 Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
                 Some((code, headers)) = refreshes.recv() => self.refresh_done(code, headers),
@@ -595,7 +598,7 @@ impl Driver {
                     if let Some(handle) = invite.take() {
                         handle.abort();
                     }
-                    if let Some(next) = self.fail_over(&failure).await {
+                    if let Some(next) = Box::pin(self.fail_over(&failure)).await {
                         (states, invite, requests) = next;
                         continue;
                     }
@@ -606,7 +609,7 @@ impl Driver {
                 r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
                     invite = None;
                     if let Some(failure) = invite_failure(r) {
-                        if let Some(next) = self.fail_over(&failure).await {
+                        if let Some(next) = Box::pin(self.fail_over(&failure)).await {
                             (states, invite, requests) = next;
                             continue;
                         }
@@ -618,7 +621,7 @@ impl Driver {
                 }
             }
         }
-        self.close(states, requests).await;
+        Box::pin(self.close(states, requests)).await;
         let rest = std::mem::take(&mut self.in_flight);
         if !rest.is_empty() {
             // the last answers (200 to the BYE, 487s) still go out
@@ -635,7 +638,7 @@ impl Driver {
     async fn close(
         &mut self,
         mut states: DialogStateReceiver,
-        requests: Option<mpsc::UnboundedReceiver<Transaction>>,
+        requests: Option<mpsc::UnboundedReceiver<DoorRequest>>,
     ) {
         self.ua.close_door(&self.sip_call_id);
         for handle in self.order.end() {
@@ -659,7 +662,7 @@ impl Driver {
         let mut late: Vec<Transaction> = self.deferred.drain(..).collect();
         if let Some(mut requests) = requests {
             while let Ok(tx) = requests.try_recv() {
-                late.push(tx);
+                late.push(*tx);
             }
         }
         for mut tx in late {
@@ -789,7 +792,7 @@ impl Driver {
     ) -> Option<(
         DialogStateReceiver,
         Option<JoinHandle<InviteAsyncResult>>,
-        Option<mpsc::UnboundedReceiver<Transaction>>,
+        Option<mpsc::UnboundedReceiver<DoorRequest>>,
     )> {
         let failover = self.failover.as_mut()?;
         if failed.failure == InviteFailure::Transport {

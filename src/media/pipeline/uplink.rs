@@ -23,6 +23,8 @@ enum Decode {
         jitter: Box<JitterBuffer>,
         fifo: ByteFifo,
         plc: Box<G711Concealer>,
+        /// Scratch for the payload taken from `jitter` (Opus has its own in the transcoder).
+        payload: Box<[u8]>,
     },
 }
 
@@ -49,7 +51,6 @@ pub struct Uplink {
     /// `media.dtmf_mode = "info"`: keys leave through [`Uplink::take_info_digit`], not RTP.
     info_digits: bool,
     event: Option<(DtmfEvent, u32, u8)>,
-    payload: Box<[u8]>,
     pcm: [i16; FRAME],
     codes: [u8; FRAME],
     packet: [u8; RTP_HEADER_LEN + FRAME],
@@ -70,6 +71,7 @@ impl Uplink {
                 jitter: Box::new(JitterBuffer::new(JitterConfig::audio(PCM_RATE))),
                 fifo: ByteFifo::new(),
                 plc: Box::default(),
+                payload: vec![0u8; MAX_PAYLOAD].into_boxed_slice(),
             },
         };
         Ok(Uplink {
@@ -84,7 +86,6 @@ impl Uplink {
             digits: DigitQueue::default(),
             info_digits: false,
             event: None,
-            payload: vec![0u8; MAX_PAYLOAD].into_boxed_slice(),
             pcm: [0; FRAME],
             codes: [0; FRAME],
             packet: [0; RTP_HEADER_LEN + FRAME],
@@ -207,11 +208,12 @@ impl Uplink {
                 jitter,
                 fifo,
                 plc,
+                payload,
             } => {
                 let fill = fill_g711(
                     jitter,
                     fifo,
-                    &mut self.payload,
+                    payload,
                     &mut self.codes,
                     g711::silence(*codec),
                 );
