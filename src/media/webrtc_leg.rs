@@ -426,6 +426,50 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for LossReportForwarder {
     }
 }
 
+/// The media engine of both browser legs (this one and the sans-IO `browser_leg`): the audio
+/// codecs `settings` allows, all of them when it names none.
+pub(crate) fn audio_media_engine(settings: &WebRtcSettings) -> Result<MediaEngine, WebRtcLegError> {
+    let mut media = MediaEngine::default();
+    let codecs = if settings.codecs.is_empty() {
+        LegCodec::ALL.as_slice()
+    } else {
+        settings.codecs.as_slice()
+    };
+    for codec in codecs {
+        media
+            .register_codec(codec.parameters(), RtpCodecKind::Audio)
+            .map_err(|e| WebRtcLegError::WebRtc(e.to_string()))?;
+    }
+    Ok(media)
+}
+
+/// The interceptors of both browser legs: sender/receiver reports only (NACK and TWCC are for
+/// video), and the forwarder that lets the browser's reports about our stream reach the leg.
+pub(crate) fn audio_interceptors() -> Registry {
+    configure_rtcp_reports(Registry::new())
+        .with(Slot::from(LOSS_REPORT_SLOT), LossReportForwarder::new())
+}
+
+/// Our outgoing audio track (both browser legs), SSRC `ssrc`, random ids. No codec in its
+/// encoding: one would become the transceiver's only codec preference and our offers would list
+/// nothing else; the payload type of each packet decides.
+pub(crate) fn audio_track(ssrc: u32) -> MediaStreamTrack {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    MediaStreamTrack::new(
+        format!("srbridge-{id}"),
+        format!("audio-{id}"),
+        "srbridge-audio".to_owned(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+    )
+}
+
 impl LossReportForwarder {
     /// An empty forwarder, for a registry's [`LOSS_REPORT_SLOT`].
     pub(crate) fn new() -> Self {
@@ -807,23 +851,8 @@ pub(crate) fn audio_mid(sdp: &str) -> Option<String> {
 impl WebRtcLeg {
     /// Builds the peer connection (binding its sockets) with an outgoing audio track.
     pub async fn new(settings: &WebRtcSettings) -> Result<(Self, LegChannels), WebRtcLegError> {
-        let mut media = MediaEngine::default();
-        let codecs = if settings.codecs.is_empty() {
-            LegCodec::ALL.to_vec()
-        } else {
-            settings.codecs.clone()
-        };
-        for codec in &codecs {
-            media.register_codec(codec.parameters(), RtpCodecKind::Audio)?;
-        }
-        // Sender/receiver reports only: NACK and TWCC are for video.
-        let registry = configure_rtcp_reports(Registry::new()).with(
-            Slot::from(LOSS_REPORT_SLOT),
-            LossReportForwarder {
-                read: VecDeque::new(),
-                write: VecDeque::new(),
-            },
-        );
+        let media = audio_media_engine(settings)?;
+        let registry = audio_interceptors();
 
         let mut bind = Vec::new();
         let mut leases = Vec::new();
@@ -895,22 +924,7 @@ impl WebRtcLeg {
             .await?;
 
         let ssrc: u32 = rand::random();
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            format!("srbridge-{id}"),
-            format!("audio-{id}"),
-            "srbridge-audio".to_owned(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                // No codec here: one would become the transceiver's only codec preference and
-                // our offers would list nothing else. The payload type of each packet decides.
-                ..Default::default()
-            }],
-        )));
+        let track = Arc::new(TrackLocalStaticRTP::new(audio_track(ssrc)));
         pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
             .await?;
 

@@ -7,10 +7,6 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
-use rtc::interceptor::Slot;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::{configure_rtcp_reports, Registry};
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
@@ -22,18 +18,15 @@ use rtc::peer_connection::transport::{
     RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::media::demux::{classify, DatagramKind};
 use crate::media::webrtc_leg::{
-    add_opus_fmtp, offers_common_audio, opus_fmtp_for, report_about, tag_event_rates,
-    untag_event_rates, InboundRtp, LegCodec, LegState, LossReportForwarder, NegotiatedCodecs,
-    ReceiverReport, WebRtcLegError, WebRtcSettings, LOSS_REPORT_SLOT,
+    add_opus_fmtp, audio_interceptors, audio_media_engine, audio_track, offers_common_audio,
+    opus_fmtp_for, report_about, tag_event_rates, untag_event_rates, InboundRtp, LegState,
+    NegotiatedCodecs, ReceiverReport, WebRtcLegError, WebRtcSettings,
 };
 
 /// Largest datagram the receive buffer is sized for (an MTU).
@@ -207,21 +200,8 @@ impl BrowserLeg {
         settings: &WebRtcSettings,
         local_addrs: &[SocketAddr],
     ) -> Result<Self, WebRtcLegError> {
-        let mut media = MediaEngine::default();
-        let codecs = if settings.codecs.is_empty() {
-            LegCodec::ALL.to_vec()
-        } else {
-            settings.codecs.clone()
-        };
-        for codec in &codecs {
-            media
-                .register_codec(codec.parameters(), RtpCodecKind::Audio)
-                .map_err(stack_error)?;
-        }
-        // Sender/receiver reports only (NACK and TWCC are for video); the forwarder lets the
-        // browser's reports about our stream reach `poll_read`.
-        let registry = configure_rtcp_reports(Registry::new())
-            .with(Slot::from(LOSS_REPORT_SLOT), LossReportForwarder::new());
+        let media = audio_media_engine(settings)?;
+        let registry = audio_interceptors();
         let ice = IceCredentials::random();
         let setting_engine = SettingEngineBuilder::new()
             // RFC 8842 §5: the answerer should take the DTLS client role.
@@ -243,22 +223,7 @@ impl BrowserLeg {
             .map_err(stack_error)?;
 
         let ssrc: u32 = rand::random();
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let track = MediaStreamTrack::new(
-            format!("srbridge-{id}"),
-            format!("audio-{id}"),
-            "srbridge-audio".to_owned(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                // No codec: it would become the only one offered (see WebRtcLeg::new).
-                ..Default::default()
-            }],
-        );
-        let sender = pc.add_track(track).map_err(stack_error)?;
+        let sender = pc.add_track(audio_track(ssrc)).map_err(stack_error)?;
         Ok(BrowserLeg {
             pc,
             sender,
