@@ -470,6 +470,29 @@ pub(crate) fn audio_track(ssrc: u32) -> MediaStreamTrack {
     )
 }
 
+/// One RTP packet of our audio stream (both browser legs).
+pub(crate) fn audio_rtp(
+    ssrc: u32,
+    payload_type: u8,
+    seq: u16,
+    timestamp: u32,
+    marker: bool,
+    payload: Bytes,
+) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::Header {
+            version: 2,
+            marker,
+            payload_type,
+            sequence_number: seq,
+            timestamp,
+            ssrc,
+            ..Default::default()
+        },
+        payload,
+    }
+}
+
 impl LossReportForwarder {
     /// An empty forwarder, for a registry's [`LOSS_REPORT_SLOT`].
     pub(crate) fn new() -> Self {
@@ -1104,18 +1127,7 @@ impl WebRtcLeg {
         payload: Bytes,
     ) -> Result<(), WebRtcLegError> {
         self.check_open()?;
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::Header {
-                version: 2,
-                marker,
-                payload_type,
-                sequence_number: seq,
-                timestamp,
-                ssrc: self.ssrc,
-                ..Default::default()
-            },
-            payload,
-        };
+        let packet = audio_rtp(self.ssrc, payload_type, seq, timestamp, marker, payload);
         self.track.write_rtp(packet).await?;
         Ok(())
     }

@@ -24,9 +24,9 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::media::demux::{classify, DatagramKind};
 use crate::media::webrtc_leg::{
-    add_opus_fmtp, audio_interceptors, audio_media_engine, audio_track, offers_common_audio,
-    opus_fmtp_for, report_about, tag_event_rates, untag_event_rates, InboundRtp, LegState,
-    NegotiatedCodecs, ReceiverReport, WebRtcLegError, WebRtcSettings,
+    add_opus_fmtp, audio_interceptors, audio_media_engine, audio_rtp, audio_track,
+    offers_common_audio, opus_fmtp_for, report_about, tag_event_rates, untag_event_rates,
+    InboundRtp, LegState, NegotiatedCodecs, ReceiverReport, WebRtcLegError, WebRtcSettings,
 };
 
 /// Largest datagram the receive buffer is sized for (an MTU).
@@ -510,18 +510,7 @@ impl BrowserLeg {
         self.tx.reserve(payload.len().max(DATAGRAM_CAPACITY));
         self.tx.extend_from_slice(payload);
         let payload: Bytes = self.tx.split().freeze();
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::Header {
-                version: 2,
-                marker,
-                payload_type,
-                sequence_number: seq,
-                timestamp,
-                ssrc: self.ssrc,
-                ..Default::default()
-            },
-            payload,
-        };
+        let packet = audio_rtp(self.ssrc, payload_type, seq, timestamp, marker, payload);
         self.pc
             .rtp_sender(self.sender)
             .ok_or(WebRtcLegError::Closed)?
