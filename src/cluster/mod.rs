@@ -8,10 +8,12 @@
 //! the browser's answers back. No media travels over NATS.
 //!
 //! [`core`] holds the rules without sockets (presence, which call's browser is where);
-//! [`wire`] is the JSON on the NATS subjects; [`node`] is the tokio shell.
+//! [`health`] says why NATS is unreachable (credentials, TLS, outage); [`wire`] is the JSON on
+//! the NATS subjects; [`node`] is the tokio shell.
 
 pub mod browser;
 pub mod core;
+pub mod health;
 pub mod node;
 pub mod wire;
 

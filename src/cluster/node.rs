@@ -12,13 +12,14 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::core::{ClusterCore, ForHub, Lapsed, PresenceOutcome, Route};
+use super::health::{HealthChange, NatsHealth, NatsTrouble};
 use super::wire::{
     decode, encode, node_subject, NodeMsg, PresenceMsg, ToBrowser, PRESENCE_SUBJECT,
 };
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, NatsAuth};
 use crate::events::Event;
 use crate::ops::metrics::Metrics;
 use crate::ops::status::{ClusterState, ClusterStatus};
@@ -33,6 +34,8 @@ struct Shared {
     core: Mutex<ClusterCore>,
     outbox: mpsc::UnboundedSender<(String, Bytes)>,
     connected: AtomicBool,
+    /// Why the connection is down, from the client's events.
+    health: Mutex<NatsHealth>,
 }
 
 /// What the call layer's browser side needs from the cluster: where a call's browser is, and a
@@ -140,13 +143,11 @@ impl Cluster {
         stop: CancellationToken,
     ) -> anyhow::Result<(Cluster, Vec<JoinHandle<()>>)> {
         let url = config.nats_url();
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("srbridge {}", config.node_id))
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(2))
-            .ping_interval(Duration::from_secs(2))
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((attempts as u64 * 200).min(1000))
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let client = connect_options(config)
+            .event_callback(move |event| {
+                let _ = events_tx.send(event);
+                async {}
             })
             .connect(url.as_str())
             .await
@@ -165,6 +166,7 @@ impl Cluster {
                 core: Mutex::new(ClusterCore::new(&config.node_id, config.presence_ttl)),
                 outbox,
                 connected: AtomicBool::new(false),
+                health: Mutex::new(NatsHealth::default()),
             }),
         };
         let (logins_tx, logins) = mpsc::unbounded_channel();
@@ -179,6 +181,7 @@ impl Cluster {
             metrics,
             heartbeat: (config.presence_ttl / 5)
                 .clamp(Duration::from_millis(200), Duration::from_secs(2)),
+            url: url.clone(),
         };
         let tasks = vec![
             tokio::spawn(publisher(
@@ -187,7 +190,7 @@ impl Cluster {
                 outbox_rx,
                 stop.clone(),
             )),
-            tokio::spawn(driver.run(presence, own, logins, stop)),
+            tokio::spawn(driver.run(presence, own, logins, events, stop)),
         ];
         Ok((Cluster { link, client, hub }, tasks))
     }
@@ -233,14 +236,20 @@ impl Cluster {
 
     /// What `/api/status` shows under `cluster`.
     pub fn status(&self) -> ClusterStatus {
+        let connected = self.link.connected();
+        let error = match connected {
+            true => None,
+            false => self.link.shared.trouble().map(|t| t.describe().to_string()),
+        };
         let core = self.link.core();
         ClusterStatus {
             node_id: core.me().to_string(),
-            state: if self.link.connected() {
+            state: if connected {
                 ClusterState::Connected
             } else {
                 ClusterState::Disconnected
             },
+            error,
             peers: core.peers(),
             remote_users: core.remote_online().len(),
         }
@@ -260,6 +269,49 @@ impl Cluster {
         })
         .await;
     }
+}
+
+impl Shared {
+    fn health(&self) -> MutexGuard<'_, NatsHealth> {
+        // One field, replaced whole: a poisoned lock still holds a consistent value.
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn trouble(&self) -> Option<NatsTrouble> {
+        self.health().trouble()
+    }
+}
+
+/// The client's settings: retried for as long as the bridge runs (a server that is down, or
+/// refuses us, is tried again every second), with `[cluster]`'s credentials and TLS.
+fn connect_options(config: &ClusterConfig) -> async_nats::ConnectOptions {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("srbridge {}", config.node_id))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 200).min(1000))
+        });
+    match &config.nats_auth {
+        NatsAuth::None => {}
+        NatsAuth::UserPassword { user, password } => {
+            options = options.user_and_password(user.clone(), password.expose().to_string());
+        }
+        NatsAuth::Token(token) => options = options.token(token.expose().to_string()),
+    }
+    if let Some(tls) = &config.nats_tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some(client) = &tls.client {
+            options = options.add_client_certificate(client.cert.clone(), client.key.clone());
+        }
+    }
+    options
 }
 
 /// Sends what the node says, in order; while NATS is down it is dropped (presence is re-sent
@@ -298,6 +350,8 @@ struct Driver {
     /// The bridge's registry (`srbridge_cluster_connected`).
     metrics: Arc<Metrics>,
     heartbeat: Duration,
+    /// The server's URL, for log lines (holds no credentials).
+    url: String,
 }
 
 impl Driver {
@@ -306,6 +360,7 @@ impl Driver {
         mut presence: async_nats::Subscriber,
         mut own: async_nats::Subscriber,
         mut logins: mpsc::UnboundedReceiver<Event>,
+        mut nats_events: mpsc::UnboundedReceiver<async_nats::Event>,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(self.heartbeat);
@@ -315,6 +370,7 @@ impl Driver {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => self.on_tick().await,
                 Some(event) = logins.recv() => self.on_login(event),
+                Some(event) = nats_events.recv() => self.on_nats_event(&event),
                 Some(msg) = presence.next() => match decode::<PresenceMsg>(&msg.payload) {
                     Ok(msg) => {
                         let outcome = self.link.core().on_presence(msg, Instant::now());
@@ -362,6 +418,23 @@ impl Driver {
         }
         // Also without a lapsed node: web ↔ web invitations nobody answered expire here.
         self.on_lapsed(lapsed).await;
+    }
+
+    /// The client's connection events: a new reason for being cut off is logged once.
+    fn on_nats_event(&self, event: &async_nats::Event) {
+        let change = self.link.shared.health().on_event(event);
+        match change {
+            HealthChange::Trouble(trouble) if trouble.is_misconfiguration() => error!(
+                nats = %self.url,
+                "cluster: {}; serving this node's users only (retrying every second)",
+                trouble.describe()
+            ),
+            HealthChange::Trouble(trouble) => {
+                debug!(nats = %self.url, "cluster: {}", trouble.describe())
+            }
+            HealthChange::Cleared => info!(nats = %self.url, "cluster: NATS accepts this node again"),
+            HealthChange::Same => {}
+        }
     }
 
     fn on_login(&self, event: Event) {

@@ -734,8 +734,8 @@ impl Default for MediaConfig {
     }
 }
 
-/// TLS certificate and key for the web side.
-#[derive(Debug, Clone)]
+/// A TLS certificate and its key (the web side's, or the cluster's client certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -851,13 +851,48 @@ pub struct ClusterConfig {
     /// How long a node's users stay online without a heartbeat from it: the bound on how long
     /// a dead node's users look online and its calls elsewhere go on.
     pub presence_ttl: Duration,
+    /// How this node proves who it is to the NATS server.
+    pub nats_auth: NatsAuth,
+    /// TLS toward the NATS server; `None` = plain TCP.
+    pub nats_tls: Option<NatsTls>,
 }
 
 impl ClusterConfig {
-    /// The URL handed to the NATS client.
+    /// The URL handed to the NATS client (`tls://` when TLS is required).
     pub fn nats_url(&self) -> String {
-        format!("nats://{}", self.nats)
+        let scheme = if self.nats_tls.is_some() {
+            "tls"
+        } else {
+            "nats"
+        };
+        format!("{scheme}://{}", self.nats)
     }
+}
+
+/// `[cluster] nats_user`/`nats_password` or `nats_token`: one way of logging in to NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NatsAuth {
+    /// The server asks for nothing.
+    #[default]
+    None,
+    /// A user and password from the server's `authorization` block.
+    UserPassword {
+        /// `nats_user` (not a secret: shown by `srbridge check`).
+        user: String,
+        /// `nats_password`.
+        password: Secret,
+    },
+    /// `nats_token`.
+    Token(Secret),
+}
+
+/// `[cluster] nats_tls*`: TLS toward the NATS server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NatsTls {
+    /// PEM CA certificates the server's certificate must chain to; `None` trusts the system's.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key, for a server that verifies its clients (mutual TLS).
+    pub client: Option<TlsConfig>,
 }
 
 /// `[events]`: where the live event stream also goes (TOML only).

@@ -255,6 +255,34 @@ impl Display for Config {
                 row(f, "nats", c.nats_url())?;
                 row(f, "node_id", c.node_id.clone())?;
                 row(f, "presence_ttl", secs(c.presence_ttl))?;
+                match &c.nats_auth {
+                    NatsAuth::None => row(f, "nats_auth", "none")?,
+                    NatsAuth::UserPassword { user, password } => {
+                        row(f, "nats_user", user)?;
+                        row(f, "nats_password", password)?;
+                    }
+                    NatsAuth::Token(token) => row(f, "nats_token", token)?,
+                }
+                match &c.nats_tls {
+                    None => row(f, "nats_tls", "off")?,
+                    Some(tls) => {
+                        row(f, "nats_tls", "on")?;
+                        row(
+                            f,
+                            "nats_tls_ca",
+                            tls.ca.as_ref().map_or("(system roots)".to_string(), |p| {
+                                p.display().to_string()
+                            }),
+                        )?;
+                        row(
+                            f,
+                            "nats_tls_cert",
+                            tls.client.as_ref().map_or("(none)".to_string(), |c| {
+                                format!("{}, key {}", c.cert.display(), c.key.display())
+                            }),
+                        )?;
+                    }
+                }
             }
             None => row(f, "nats", "(not set: a lone bridge)".to_string())?,
         }

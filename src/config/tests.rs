@@ -1569,12 +1569,12 @@ fn cluster_needs_nats_and_node_id_together() {
 #[test]
 fn cluster_bad_values_name_file_line_and_key() {
     let nats_cases = [
-        ("\"127.0.0.1:4222\"", "is not a nats:// URL"),
-        ("\"http://127.0.0.1:4222\"", "is not a nats:// URL"),
+        ("\"127.0.0.1:4222\"", "is not a nats:// or tls:// URL"),
+        ("\"http://127.0.0.1:4222\"", "is not a nats:// or tls:// URL"),
         ("\"nats://user:pw@127.0.0.1\"", "user:password"),
         ("\"nats://127.0.0.1:0\"", "port"),
         ("\"nats://127.0.0.1:99999\"", "port"),
-        ("\"nats://\"", "is not nats://host[:port]"),
+        ("\"nats://\"", "is not nats://host[:port] or tls://host[:port]"),
         ("\"nats://host/path\"", "is not nats://host[:port]"),
         ("\"nats://bad host\"", "is not nats://host[:port]"),
         ("true", "expected a string"),
@@ -1620,6 +1620,162 @@ fn cluster_bad_values_name_file_line_and_key() {
     let config = ini_with("[cluster]\nnats=nats://127.0.0.1\n").expect("valid");
     assert!(config.cluster.is_none());
     assert!(config.warnings.iter().any(|w| w.contains("[cluster]")));
+}
+
+/// A temp dir holding `cert.pem` (a self-signed certificate), `key.pem` (its key), `empty.pem`
+/// and `junk.pem`, for the cluster's TLS keys.
+fn pem_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    std::fs::write(dir.path().join("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("key.pem"),
+        made.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    std::fs::write(dir.path().join("junk.pem"), "not PEM at all\n").unwrap();
+    dir
+}
+
+const CLUSTER: &str = "[cluster]\nnats = \"nats://127.0.0.1:4333\"\nnode_id = \"a\"\n";
+
+#[test]
+fn cluster_credentials_load_and_are_never_shown() {
+    let password = "pa55-Word-only-here";
+    let config = toml_with(&format!(
+        "{CLUSTER}nats_user = \"bridge\"\nnats_password = \"{password}\"\n"
+    ))
+    .expect("valid");
+    let cluster = config.cluster.clone().expect("set");
+    assert_eq!(
+        cluster.nats_auth,
+        NatsAuth::UserPassword {
+            user: "bridge".to_string(),
+            password: Secret::new(password),
+        }
+    );
+    assert_eq!(cluster.nats_tls, None);
+    let shown = config.to_string();
+    let debug = format!("{config:?}");
+    assert!(shown.contains("bridge") && shown.contains("***"), "{shown}");
+    for text in [&shown, &debug] {
+        assert!(!text.contains(password), "password shown: {text}");
+    }
+
+    let token = "t0ken-only-here";
+    let config = toml_with(&format!("{CLUSTER}nats_token = \"{token}\"\n")).expect("valid");
+    assert_eq!(
+        config.cluster.as_ref().expect("set").nats_auth,
+        NatsAuth::Token(Secret::new(token))
+    );
+    for text in [config.to_string(), format!("{config:?}")] {
+        assert!(!text.contains(token), "token shown: {text}");
+    }
+}
+
+#[test]
+fn cluster_tls_is_on_by_url_flag_or_certificates() {
+    let dir = pem_dir();
+    let pem = |name: &str| dir.path().join(name).display().to_string();
+    let cluster = |extra: &str| {
+        toml_with(&format!("{CLUSTER}{extra}"))
+            .expect("valid")
+            .cluster
+            .expect("set")
+    };
+    let plain = cluster("");
+    assert_eq!(plain.nats_tls, None);
+    assert_eq!(plain.nats_auth, NatsAuth::None);
+    let by_flag = cluster("nats_tls = true\n");
+    assert_eq!(by_flag.nats_tls, Some(NatsTls::default()));
+    assert_eq!(by_flag.nats_url(), "tls://127.0.0.1:4333");
+    assert_eq!(cluster("nats_tls = false\n").nats_tls, None);
+    let by_url = toml_with("[cluster]\nnats = \"tls://nats.example.net\"\nnode_id = \"a\"\n")
+        .expect("valid")
+        .cluster
+        .expect("set");
+    assert_eq!(by_url.nats_url(), "tls://nats.example.net:4222");
+    let mutual = cluster(&format!(
+        "nats_tls_ca = \"{}\"\nnats_tls_cert = \"{}\"\nnats_tls_key = \"{}\"\n",
+        pem("cert.pem"),
+        pem("cert.pem"),
+        pem("key.pem")
+    ));
+    assert_eq!(
+        mutual.nats_tls,
+        Some(NatsTls {
+            ca: Some(dir.path().join("cert.pem")),
+            client: Some(TlsConfig {
+                cert: dir.path().join("cert.pem"),
+                key: dir.path().join("key.pem"),
+            }),
+        })
+    );
+    assert_eq!(mutual.nats_url(), "tls://127.0.0.1:4333");
+    let shown = toml_with(&format!("{CLUSTER}nats_tls_ca = \"{}\"\n", pem("cert.pem")))
+        .expect("valid")
+        .to_string();
+    assert!(shown.contains("tls://127.0.0.1:4333"), "{shown}");
+    assert!(shown.contains(&pem("cert.pem")), "{shown}");
+}
+
+#[test]
+fn cluster_bad_credentials_and_tls_settings_name_file_line_and_key() {
+    let dir = pem_dir();
+    let pem = |name: &str| dir.path().join(name).display().to_string();
+    // CLUSTER ends on line 6: the first extra line is 7
+    let cases: Vec<(String, usize, &str, &str)> = vec![
+        ("nats_user = \"u\"\n".into(), 7, "[cluster] nats_password", "required when nats_user"),
+        ("nats_password = \"p\"\n".into(), 7, "[cluster] nats_user", "required when nats_password"),
+        ("nats_user = \"u\"\nnats_password = \"p\"\nnats_token = \"t\"\n".into(), 9, "[cluster] nats_token", "two ways to log in"),
+        ("nats_token = \"t\"\nnats_user = \"u\"\n".into(), 7, "[cluster] nats_token", "two ways to log in"),
+        ("nats_password = \"\"\n".into(), 7, "[cluster] nats_password", "is empty"),
+        ("nats_token = \"\"\n".into(), 7, "[cluster] nats_token", "is empty"),
+        ("nats_token = [\"hidden\"]\n".into(), 7, "[cluster] nats_token", "expected a string, found array"),
+        ("nats_tls = \"maybe\"\n".into(), 7, "[cluster] nats_tls", "expected true or false"),
+        (format!("nats_tls = false\nnats_tls_ca = \"{}\"\n", pem("cert.pem")), 7, "[cluster] nats_tls", "is false, but nats_tls_ca is set (line 8)"),
+        (format!("nats_tls_cert = \"{}\"\n", pem("cert.pem")), 7, "[cluster] nats_tls_cert", "without [cluster] nats_tls_key"),
+        (format!("nats_tls_key = \"{}\"\n", pem("key.pem")), 7, "[cluster] nats_tls_key", "without [cluster] nats_tls_cert"),
+        ("nats_tls_ca = \"/nonexistent/ca.pem\"\n".into(), 7, "[cluster] nats_tls_ca", "\"/nonexistent/ca.pem\" cannot be read"),
+        (format!("nats_tls_ca = \"{}\"\n", dir.path().display()), 7, "[cluster] nats_tls_ca", "is not a file"),
+        (format!("nats_tls_ca = \"{}\"\n", pem("empty.pem")), 7, "[cluster] nats_tls_ca", "holds no PEM certificate"),
+        (format!("nats_tls_ca = \"{}\"\n", pem("junk.pem")), 7, "[cluster] nats_tls_ca", "holds no PEM certificate"),
+        (format!("nats_tls_ca = \"{}\"\n", pem("key.pem")), 7, "[cluster] nats_tls_ca", "holds no PEM certificate"),
+        (format!("nats_tls_cert = \"{}\"\nnats_tls_key = \"{}\"\n", pem("cert.pem"), pem("cert.pem")), 8, "[cluster] nats_tls_key", "holds no PEM private key"),
+        (format!("nats_tls_cert = \"{}\"\nnats_tls_key = \"/nonexistent/key.pem\"\n", pem("cert.pem")), 8, "[cluster] nats_tls_key", "cannot be read"),
+        ("nats_tls_ca = \"\"\nnats_tls = false\nnats_pass = \"x\"\n".into(), 9, "[cluster] nats_pass", "unknown key"),
+    ];
+    for (extra, line, key, needle) in cases {
+        let text = assert_error(toml_with(&format!("{CLUSTER}{extra}")), Some(line), Some(key), needle);
+        assert!(!text.contains("hidden"), "a secret echoed: {text}");
+    }
+    // a tls:// URL and nats_tls = false contradict each other
+    assert_error(
+        toml_with("[cluster]\nnats = \"tls://127.0.0.1\"\nnode_id = \"a\"\nnats_tls = false\n"),
+        Some(7),
+        Some("[cluster] nats_tls"),
+        "is false, but nats is a tls:// URL (line 5)",
+    );
+    // credentials or TLS for no server: `nats` is missing
+    for extra in ["nats_user = \"u\"\nnats_password = \"p\"\n", "nats_tls = true\n"] {
+        assert_error(
+            toml_with(&format!("[cluster]\n{extra}")),
+            Some(5),
+            Some("[cluster] nats"),
+            "required when nats_",
+        );
+    }
+    // a password in the URL is refused without being echoed, whatever the scheme
+    for url in ["nats://u:hidden@127.0.0.1", "https://u:hidden@127.0.0.1", "tls://hidden@host"] {
+        let text = assert_error(
+            toml_with(&format!("[cluster]\nnode_id = \"a\"\nnats = \"{url}\"\n")),
+            Some(6),
+            Some("[cluster] nats"),
+            "use nats_user and nats_password",
+        );
+        assert!(!text.contains("hidden"), "{text}");
+    }
 }
 
 // ---- several PBXs ----

@@ -1365,19 +1365,59 @@ fn events(s: &Sec) -> Result<EventsConfig> {
     Ok(EventsConfig { webhook_url })
 }
 
-/// `nats://host[:port]`: plain NATS only (no credentials in the URL, no TLS in this build).
-fn parse_nats_url(text: &str) -> std::result::Result<HostPort, String> {
-    let Some(rest) = text.strip_prefix("nats://") else {
-        return Err(format!("{text:?} is not a nats:// URL"));
-    };
-    if rest.contains('@') {
-        return Err("user:password in the URL is not supported".to_string());
+/// `nats://host[:port]` or `tls://host[:port]`; the flag says TLS. Credentials have keys of
+/// their own, never the URL (it is shown in logs and `/api/status`).
+fn parse_nats_url(text: &str) -> std::result::Result<(HostPort, bool), String> {
+    // Before anything echoes the text: it may hold a password.
+    if text.contains('@') {
+        return Err(
+            "user:password in the URL is not supported: use nats_user and nats_password"
+                .to_string(),
+        );
     }
+    let (rest, tls) = match (text.strip_prefix("nats://"), text.strip_prefix("tls://")) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return Err(format!("{text:?} is not a nats:// or tls:// URL")),
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() || rest.contains(['/', '?', '#']) || rest.contains(char::is_whitespace) {
-        return Err(format!("{text:?} is not nats://host[:port]"));
+        return Err(format!("{text:?} is not nats://host[:port] or tls://host[:port]"));
     }
-    parse_host_port(rest, Some(4222))
+    Ok((parse_host_port(rest, Some(4222))?, tls))
+}
+
+/// A file that opens and holds at least one PEM certificate.
+fn pem_certificates(text: &str) -> std::result::Result<PathBuf, String> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let path = readable_file(text)?;
+    let certs = CertificateDer::pem_file_iter(&path)
+        .and_then(|items| items.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| format!("{text:?} is not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{text:?} holds no PEM certificate"));
+    }
+    Ok(path)
+}
+
+/// A file that opens and holds a PEM private key (its parse error is not echoed: it may quote
+/// the key).
+fn pem_private_key(text: &str) -> std::result::Result<PathBuf, String> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    let path = readable_file(text)?;
+    PrivateKeyDer::from_pem_file(&path)
+        .map_err(|_| format!("{text:?} holds no PEM private key"))?;
+    Ok(path)
+}
+
+/// A regular file this process can open.
+fn readable_file(text: &str) -> std::result::Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    match std::fs::File::open(&path) {
+        Ok(_) if path.is_file() => Ok(path),
+        Ok(_) => Err(format!("{text:?} is not a file")),
+        Err(e) => Err(format!("{text:?} cannot be read: {e}")),
+    }
 }
 
 /// A node id is one NATS subject token, so it must not hold `.`, `*`, `>` or spaces.
@@ -1400,16 +1440,109 @@ fn cluster(s: &Sec) -> Result<Option<ClusterConfig>> {
     let nats = s.parsed("nats", parse_nats_url)?;
     let node_id = s.parsed("node_id", parse_node_id)?;
     let presence_ttl = s.seconds("presence_ttl", 2, 600, 5)?;
+    let nats_auth = nats_auth(s)?;
+    let nats_tls = nats_tls(s, nats.as_ref().map(|n| (n.value.1, n.line)))?;
     s.finish()?;
-    match (nats, node_id) {
+    let (nats, node_id) = match (nats, node_id) {
+        (None, None) => {
+            // Credentials or TLS for no server: most likely `nats` was forgotten.
+            let stray = s.entries.iter().find(|e| e.key.starts_with("nats_"));
+            return match stray {
+                Some(entry) => Err(s.missing("nats", Some((&entry.key, entry.line)))),
+                None => Ok(None),
+            };
+        }
+        (Some(nats), Some(node_id)) => (nats, node_id),
+        (Some(nats), None) => return Err(s.missing("node_id", Some(("nats", nats.line)))),
+        (None, Some(node)) => return Err(s.missing("nats", Some(("node_id", node.line)))),
+    };
+    Ok(Some(ClusterConfig {
+        nats: nats.value.0,
+        node_id: node_id.value,
+        presence_ttl,
+        nats_auth,
+        nats_tls,
+    }))
+}
+
+/// `nats_user` + `nats_password`, or `nats_token`, or neither.
+fn nats_auth(s: &Sec) -> Result<NatsAuth> {
+    let user = s.optional("nats_user")?;
+    let password = s.secret("nats_password")?;
+    let token = s.secret("nats_token")?;
+    if let Some(token) = &token {
+        if let Some(line) = user.as_ref().map(|u| u.line).or(password.as_ref().map(|p| p.line)) {
+            return Err(s.err(
+                Some(token.line),
+                "nats_token",
+                format!("and nats_user/nats_password (line {line}) are two ways to log in: give one"),
+            ));
+        }
+    }
+    match (user, password, token) {
+        (Some(user), Some(password), None) => Ok(NatsAuth::UserPassword {
+            user: user.value,
+            password: password.value,
+        }),
+        (Some(user), None, None) => Err(s.missing("nats_password", Some(("nats_user", user.line)))),
+        (None, Some(password), None) => {
+            Err(s.missing("nats_user", Some(("nats_password", password.line))))
+        }
+        (None, None, Some(token)) => Ok(NatsAuth::Token(token.value)),
+        _ => Ok(NatsAuth::None),
+    }
+}
+
+/// TLS is on with a `tls://` URL, `nats_tls = true`, or a CA or client certificate given;
+/// `nats_tls = false` beside any of those is a contradiction. `url` is the URL's TLS flag and line.
+fn nats_tls(s: &Sec, url: Option<(bool, usize)>) -> Result<Option<NatsTls>> {
+    let flag = s.bool("nats_tls")?;
+    let ca = s.parsed("nats_tls_ca", pem_certificates)?;
+    let cert = s.parsed("nats_tls_cert", pem_certificates)?;
+    let key = s.parsed("nats_tls_key", pem_private_key)?;
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => Some(Located {
+            line: cert.line,
+            value: TlsConfig {
+                cert: cert.value,
+                key: key.value,
+            },
+        }),
+        (Some(cert), None) => {
+            return Err(s.err(
+                Some(cert.line),
+                "nats_tls_cert",
+                "is set without [cluster] nats_tls_key (give both or neither)",
+            ))
+        }
+        (None, Some(key)) => {
+            return Err(s.err(
+                Some(key.line),
+                "nats_tls_key",
+                "is set without [cluster] nats_tls_cert (give both or neither)",
+            ))
+        }
+        (None, None) => None,
+    };
+    let wanted_by = match url {
+        Some((true, line)) => Some(("nats is a tls:// URL", line)),
+        _ => ca
+            .as_ref()
+            .map(|c| ("nats_tls_ca is set", c.line))
+            .or(client.as_ref().map(|c| ("nats_tls_cert is set", c.line))),
+    };
+    match (flag, wanted_by) {
+        (Some(flag), Some((why, line))) if !flag.value => Err(s.err(
+            Some(flag.line),
+            "nats_tls",
+            format!("is false, but {why} (line {line})"),
+        )),
+        (Some(flag), None) if !flag.value => Ok(None),
         (None, None) => Ok(None),
-        (Some(nats), Some(node_id)) => Ok(Some(ClusterConfig {
-            nats: nats.value,
-            node_id: node_id.value,
-            presence_ttl,
+        _ => Ok(Some(NatsTls {
+            ca: ca.map(|c| c.value),
+            client: client.map(|c| c.value),
         })),
-        (Some(nats), None) => Err(s.missing("node_id", Some(("nats", nats.line)))),
-        (None, Some(node)) => Err(s.missing("nats", Some(("node_id", node.line)))),
     }
 }
 

@@ -135,9 +135,10 @@ pub fn open_log_file(config: &LogConfig, path: &Path) -> Result<Box<dyn Write + 
 }
 
 /// Crates whose debug/trace lines print network payloads (tungstenite: every WebSocket frame as
-/// `payload: 0x7b22…`, i.e. login tokens and SDP with ICE passwords). Held at WARN at every
-/// `[log] level` and under `RUST_LOG` too, so no frame is ever formatted into a line.
-const PAYLOAD_DUMPERS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+/// `payload: 0x7b22…`, i.e. login tokens and SDP with ICE passwords; async_nats: every cluster
+/// message, the same browser signalling). Held at WARN at every `[log] level` and under
+/// `RUST_LOG` too, so no frame is ever formatted into a line.
+const PAYLOAD_DUMPERS: &[&str] = &["tungstenite", "tokio_tungstenite", "async_nats"];
 
 /// The directives capping [`PAYLOAD_DUMPERS`] at WARN (or lower when `level` is lower).
 fn payload_caps(level: LogLevel) -> Vec<String> {

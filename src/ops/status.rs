@@ -159,6 +159,9 @@ pub struct ClusterStatus {
     pub node_id: String,
     /// The NATS connection.
     pub state: ClusterState,
+    /// Why it is down, when known: credentials refused, TLS failed, or unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// The other nodes heard from within the presence TTL.
     pub peers: Vec<String>,
     /// Users logged in to those nodes.
