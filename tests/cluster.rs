@@ -531,3 +531,169 @@ async fn an_unconfirmed_web_invitation_across_nodes_fails_after_the_hubs_receive
         "{took:?}"
     );
 }
+
+/// A PBX address for nodes that never talk SIP in a test (no `[proxy]`, no pings).
+fn no_pbx() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9))
+}
+
+/// `[cluster]` lines logging in as `user` with `password`.
+fn nats_login(user: &str, password: &str) -> String {
+    format!("nats_user = \"{user}\"\nnats_password = \"{password}\"")
+}
+
+/// The node's cluster status says NATS refuses it for `why` (a piece of `cluster.error`).
+fn refused_for(cluster: &Value, why: &str) -> bool {
+    cluster["state"] == "disconnected" && cluster["error"].as_str().is_some_and(|e| e.contains(why))
+}
+
+/// Its log's ERROR line containing `text`; panics (with the log) when there is none.
+#[track_caller]
+fn error_line(node: &Node, text: &str) -> String {
+    let log = node.log();
+    let found = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains(text));
+    match found {
+        Some(line) => line.to_string(),
+        None => panic!("node {}: no ERROR line with {text:?}:\n{log}", node.id),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_the_right_nats_password_form_a_cluster_and_a_refused_one_says_why() {
+    const USER: &str = "bridges";
+    const PASSWORD: &str = "Sesame-7f3a9c";
+    const WRONG: &str = "Wrong-e41b02";
+    const CHANGED: &str = "Changed-5d77aa";
+    let mut nats = NatsServer::start_with(&["--user", USER, "--pass", PASSWORD]).await;
+    let login = nats_login(USER, PASSWORD);
+    let a = Node::start(APPID, no_pbx(), &nats.url(), "a", TTL_S, &login).await;
+    let b = Node::start(APPID, no_pbx(), &nats.url(), "b", TTL_S, &login).await;
+    let alice = WsClient::login(&a.ws_url(), APPID, "alice").await;
+    wait_cluster(b.http_addr(), "alice on a, seen from b", |c| {
+        has_peer(c, "a") && c["remote_users"] == 1
+    })
+    .await;
+    let mut bob = WsClient::login(&b.ws_url(), APPID, "bob").await;
+    assert!(query_online(&mut bob, "alice").await, "alice online on b");
+
+    // A wrong password: refused, said so in /api/status and once in the log as an ERROR.
+    let started = Instant::now();
+    let c = Node::start(
+        APPID,
+        no_pbx(),
+        &nats.url(),
+        "c",
+        TTL_S,
+        &nats_login(USER, WRONG),
+    )
+    .await;
+    wait_cluster(c.http_addr(), "c refused", |cl| {
+        refused_for(cl, "refused this node's credentials")
+    })
+    .await;
+    let refused_after = started.elapsed();
+    // It serves its own users all the same, and nobody else's.
+    let mut carol = WsClient::login(&c.ws_url(), APPID, "carol").await;
+    let _dave = WsClient::login(&c.ws_url(), APPID, "dave").await;
+    assert!(query_online(&mut carol, "dave").await, "c serves its users");
+    assert!(!query_online(&mut carol, "alice").await, "c is cut off");
+    let a_status = status(a.http_addr()).await["cluster"].clone();
+    assert!(!has_peer(&a_status, "c"), "c never joined: {a_status}");
+    println!(
+        "c says: {}",
+        error_line(&c, "refused this node's credentials")
+    );
+
+    // The server's password changes: on reconnecting, a and b are refused in turn, and still
+    // serve their own users.
+    let changed = Instant::now();
+    nats.restart_with(&["--user", USER, "--pass", CHANGED])
+        .await;
+    wait_cluster(a.http_addr(), "a refused after reconnecting", |cl| {
+        refused_for(cl, "refused this node's credentials")
+    })
+    .await;
+    let reconnect_refused = changed.elapsed();
+    error_line(&a, "refused this node's credentials");
+    let _erin = WsClient::login(&a.ws_url(), APPID, "erin").await;
+    assert!(!alice.is_closed(), "alice stays logged in to a");
+
+    // No node wrote a password, in any encoding (the refused ones above included).
+    for node in [&a, &b, &c] {
+        let log = node.log();
+        for secret in [PASSWORD, WRONG, CHANGED] {
+            support::log_scan::assert_no_secret(&log, secret, &format!("node {}", node.id));
+        }
+    }
+    println!(
+        "MEASURED wrong NATS password: node started -> /api/status says refused {:.2} s; \
+         server password changed -> a connected node says refused {:.2} s",
+        refused_after.as_secs_f64(),
+        reconnect_refused.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_trusting_the_ca_join_over_mutual_tls_and_one_without_it_says_why() {
+    let pki = support::certs::TestPki::generate();
+    let (server_cert, server_key) = pki.server();
+    let (client_cert, client_key) = pki.client();
+    let path = |p: &std::path::Path| p.display().to_string();
+    // The server verifies clients too: every node shows the client certificate.
+    let nats = NatsServer::start_with(&[
+        "--tlsverify",
+        "--tlscert",
+        &path(&server_cert),
+        "--tlskey",
+        &path(&server_key),
+        "--tlscacert",
+        &path(&pki.ca()),
+    ])
+    .await;
+    let client = format!(
+        "nats_tls_cert = \"{}\"\nnats_tls_key = \"{}\"",
+        path(&client_cert),
+        path(&client_key)
+    );
+    let trusting = format!("{client}\nnats_tls_ca = \"{}\"", path(&pki.ca()));
+
+    let started = Instant::now();
+    let a = Node::start(APPID, no_pbx(), &nats.tls_url(), "a", TTL_S, &trusting).await;
+    wait_cluster(a.http_addr(), "a connected over TLS", |c| {
+        c["state"] == "connected"
+    })
+    .await;
+    let a_joined = started.elapsed();
+    let b = Node::start(APPID, no_pbx(), &nats.tls_url(), "b", TTL_S, &trusting).await;
+    let _alice = WsClient::login(&a.ws_url(), APPID, "alice").await;
+    wait_cluster(b.http_addr(), "alice on a, seen from b over TLS", |c| {
+        has_peer(c, "a") && c["remote_users"] == 1
+    })
+    .await;
+
+    // Without the CA (the system's roots do not know it): refused, and it says why.
+    let started = Instant::now();
+    let c = Node::start(APPID, no_pbx(), &nats.tls_url(), "c", TTL_S, &client).await;
+    wait_cluster(c.http_addr(), "c fails TLS", |cl| refused_for(cl, "TLS")).await;
+    let c_failed = started.elapsed();
+    println!(
+        "c says: {}",
+        error_line(&c, "TLS with the NATS server failed")
+    );
+    let mut carol = WsClient::login(&c.ws_url(), APPID, "carol").await;
+    assert!(
+        query_online(&mut carol, "carol").await,
+        "c serves its users"
+    );
+    assert!(!query_online(&mut carol, "alice").await, "c is cut off");
+    let b_status = status(b.http_addr()).await["cluster"].clone();
+    assert!(!has_peer(&b_status, "c"), "c never joined: {b_status}");
+    println!(
+        "MEASURED NATS over mutual TLS: node started -> connected {:.2} s; \
+         node without the CA started -> /api/status says TLS failed {:.2} s",
+        a_joined.as_secs_f64(),
+        c_failed.as_secs_f64()
+    );
+}

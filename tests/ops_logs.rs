@@ -88,46 +88,6 @@ fn level_0_log_rotates_bounded_and_never_shows_secrets() {
     );
 }
 
-/// Every hex (`0x…` or bare) and base64 span of `log`, decoded: what a reader of the log
-/// could recover with `xxd -r -p` or `base64 -d`.
-fn decoded_spans(log: &str) -> String {
-    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-    use base64::engine::{DecodePaddingMode, Engine};
-    let lenient = |alphabet| {
-        GeneralPurpose::new(
-            alphabet,
-            GeneralPurposeConfig::new()
-                .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-                .with_decode_allow_trailing_bits(true),
-        )
-    };
-    let engines = [
-        lenient(&base64::alphabet::STANDARD),
-        lenient(&base64::alphabet::URL_SAFE),
-    ];
-    let mut out = String::new();
-    let runs = log.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-".contains(c)));
-    for run in runs.filter(|r| r.len() >= 8) {
-        let hex_part = run.strip_prefix("0x").unwrap_or(run);
-        if hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            if let Ok(bytes) = hex::decode(&hex_part[..hex_part.len() & !1]) {
-                out.push_str(&String::from_utf8_lossy(&bytes));
-                out.push('\n');
-            }
-        }
-        for piece in run.split('=').filter(|p| p.len() >= 8) {
-            let body = &piece[..piece.len() - usize::from(piece.len() % 4 == 1)];
-            for engine in &engines {
-                if let Ok(bytes) = engine.decode(body) {
-                    out.push_str(&String::from_utf8_lossy(&bytes));
-                    out.push('\n');
-                }
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn level_0_log_holds_no_login_token_ice_password_or_cookie_in_any_encoding() {
     const ICE_PWD: &str = "icepw-K8j3v0Lq2Xz";
@@ -183,7 +143,7 @@ async fn level_0_log_holds_no_login_token_ice_password_or_cookie_in_any_encoding
 
     let text = read_log(&log);
     assert!(text.contains("http request"), "level 0 lines were written");
-    let everything = format!("{text}\n{}", decoded_spans(&text));
+    let everything = format!("{text}\n{}", support::log_scan::decoded_spans(&text));
     for secret in ["pw-Q7x1", "adm-Z9k2", "tsec-M3v8", ICE_PWD] {
         assert!(!everything.contains(secret), "{secret} found in the log");
     }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::core::{ClusterCore, ForHub, Lapsed, PresenceOutcome, Route};
-use super::health::{HealthChange, NatsHealth, NatsTrouble};
+use super::health::{diagnose, HealthChange, NatsHealth, NatsTrouble};
 use super::wire::{
     decode, encode, node_subject, NodeMsg, PresenceMsg, ToBrowser, PRESENCE_SUBJECT,
 };
@@ -29,6 +29,8 @@ use crate::signal::{BridgeEvent, Hub, LocalInvitationState, RemoteFailureReason}
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on the goodbye at shutdown.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on one diagnostic connection attempt.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Shared {
     core: Mutex<ClusterCore>,
@@ -145,6 +147,7 @@ impl Cluster {
         let url = config.nats_url();
         let (events_tx, events) = mpsc::unbounded_channel();
         let client = connect_options(config)
+            .retry_on_initial_connect()
             .event_callback(move |event| {
                 let _ = events_tx.send(event);
                 async {}
@@ -170,6 +173,7 @@ impl Cluster {
             }),
         };
         let (logins_tx, logins) = mpsc::unbounded_channel();
+        let (probes, probe_outcomes) = mpsc::unbounded_channel();
         hub.watch_logins(logins_tx);
         metrics.set_cluster_connected(Some(false));
         info!(node = %config.node_id, nats = %url, "joining the cluster");
@@ -182,6 +186,8 @@ impl Cluster {
             heartbeat: (config.presence_ttl / 5)
                 .clamp(Duration::from_millis(200), Duration::from_secs(2)),
             url: url.clone(),
+            config: config.clone(),
+            probes,
         };
         let tasks = vec![
             tokio::spawn(publisher(
@@ -190,7 +196,7 @@ impl Cluster {
                 outbox_rx,
                 stop.clone(),
             )),
-            tokio::spawn(driver.run(presence, own, logins, events, stop)),
+            tokio::spawn(driver.run(presence, own, logins, events, probe_outcomes, stop)),
         ];
         Ok((Cluster { link, client, hub }, tasks))
     }
@@ -239,7 +245,7 @@ impl Cluster {
         let connected = self.link.connected();
         let error = match connected {
             true => None,
-            false => self.link.shared.trouble().map(|t| t.describe().to_string()),
+            false => self.link.shared.trouble(),
         };
         let core = self.link.core();
         ClusterStatus {
@@ -279,17 +285,16 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn trouble(&self) -> Option<NatsTrouble> {
-        self.health().trouble()
+    fn trouble(&self) -> Option<String> {
+        self.health().describe()
     }
 }
 
-/// The client's settings: retried for as long as the bridge runs (a server that is down, or
-/// refuses us, is tried again every second), with `[cluster]`'s credentials and TLS.
+/// The client's settings with `[cluster]`'s credentials and TLS: once connected, a lost
+/// connection is retried every second at most for as long as the bridge runs.
 fn connect_options(config: &ClusterConfig) -> async_nats::ConnectOptions {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("srbridge {}", config.node_id))
-        .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .ping_interval(Duration::from_secs(2))
         .reconnect_delay_callback(|attempts| {
@@ -352,6 +357,10 @@ struct Driver {
     heartbeat: Duration,
     /// The server's URL, for log lines (holds no credentials).
     url: String,
+    /// For diagnostic connection attempts.
+    config: ClusterConfig,
+    /// Their outcomes.
+    probes: mpsc::UnboundedSender<Option<(NatsTrouble, String)>>,
 }
 
 impl Driver {
@@ -361,6 +370,7 @@ impl Driver {
         mut own: async_nats::Subscriber,
         mut logins: mpsc::UnboundedReceiver<Event>,
         mut nats_events: mpsc::UnboundedReceiver<async_nats::Event>,
+        mut probe_outcomes: mpsc::UnboundedReceiver<Option<(NatsTrouble, String)>>,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(self.heartbeat);
@@ -371,6 +381,10 @@ impl Driver {
                 _ = tick.tick() => self.on_tick().await,
                 Some(event) = logins.recv() => self.on_login(event),
                 Some(event) = nats_events.recv() => self.on_nats_event(&event),
+                Some(outcome) = probe_outcomes.recv() => {
+                    let change = self.link.shared.health().on_probe(outcome);
+                    self.report(change);
+                }
                 Some(msg) = presence.next() => match decode::<PresenceMsg>(&msg.payload) {
                     Ok(msg) => {
                         let outcome = self.link.core().on_presence(msg, Instant::now());
@@ -391,6 +405,7 @@ impl Driver {
     }
 
     async fn on_tick(&self) {
+        self.maybe_probe();
         let up = matches!(
             self.client.connection_state(),
             async_nats::connection::State::Connected
@@ -420,21 +435,47 @@ impl Driver {
         self.on_lapsed(lapsed).await;
     }
 
-    /// The client's connection events: a new reason for being cut off is logged once.
+    /// The client's connection events.
     fn on_nats_event(&self, event: &async_nats::Event) {
         let change = self.link.shared.health().on_event(event);
+        self.report(change);
+        self.maybe_probe();
+    }
+
+    /// A new reason for being cut off is logged once (an ERROR when a setting is to blame).
+    fn report(&self, change: HealthChange) {
+        let text = self.link.shared.trouble().unwrap_or_default();
         match change {
             HealthChange::Trouble(trouble) if trouble.is_misconfiguration() => error!(
                 nats = %self.url,
-                "cluster: {}; serving this node's users only (retrying every second)",
-                trouble.describe()
+                "cluster: {text}; serving this node's users only (retrying every second)"
             ),
-            HealthChange::Trouble(trouble) => {
-                debug!(nats = %self.url, "cluster: {}", trouble.describe())
-            }
-            HealthChange::Cleared => info!(nats = %self.url, "cluster: NATS accepts this node again"),
+            HealthChange::Trouble(_) => debug!(nats = %self.url, "cluster: {text}"),
+            HealthChange::Cleared => info!(nats = %self.url, "cluster: NATS accepts this node"),
             HealthChange::Same => {}
         }
+    }
+
+    /// Cut off for no clear reason: one connection attempt of our own, whose full error says
+    /// why (the client's events do not).
+    fn maybe_probe(&self) {
+        if !self.link.shared.health().probe_due(Instant::now()) {
+            return;
+        }
+        let (options, url, outcomes) = (
+            connect_options(&self.config),
+            self.url.clone(),
+            self.probes.clone(),
+        );
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(PROBE_TIMEOUT, options.connect(url)).await {
+                // Connected: dropping the client closes the connection.
+                Ok(Ok(_client)) => None,
+                Ok(Err(e)) => Some(diagnose(&e)),
+                Err(_) => Some((NatsTrouble::Unreachable, "timed out".to_string())),
+            };
+            let _ = outcomes.send(outcome);
+        });
     }
 
     fn on_login(&self, event: Event) {

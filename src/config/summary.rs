@@ -270,9 +270,9 @@ impl Display for Config {
                         row(
                             f,
                             "nats_tls_ca",
-                            tls.ca.as_ref().map_or("(system roots)".to_string(), |p| {
-                                p.display().to_string()
-                            }),
+                            tls.ca
+                                .as_ref()
+                                .map_or("(system roots)".to_string(), |p| p.display().to_string()),
                         )?;
                         row(
                             f,

@@ -1570,11 +1570,17 @@ fn cluster_needs_nats_and_node_id_together() {
 fn cluster_bad_values_name_file_line_and_key() {
     let nats_cases = [
         ("\"127.0.0.1:4222\"", "is not a nats:// or tls:// URL"),
-        ("\"http://127.0.0.1:4222\"", "is not a nats:// or tls:// URL"),
+        (
+            "\"http://127.0.0.1:4222\"",
+            "is not a nats:// or tls:// URL",
+        ),
         ("\"nats://user:pw@127.0.0.1\"", "user:password"),
         ("\"nats://127.0.0.1:0\"", "port"),
         ("\"nats://127.0.0.1:99999\"", "port"),
-        ("\"nats://\"", "is not nats://host[:port] or tls://host[:port]"),
+        (
+            "\"nats://\"",
+            "is not nats://host[:port] or tls://host[:port]",
+        ),
         ("\"nats://host/path\"", "is not nats://host[:port]"),
         ("\"nats://bad host\"", "is not nats://host[:port]"),
         ("true", "expected a string"),
@@ -1628,11 +1634,7 @@ fn pem_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
     std::fs::write(dir.path().join("cert.pem"), made.cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("key.pem"),
-        made.signing_key.serialize_pem(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("empty.pem"), "").unwrap();
     std::fs::write(dir.path().join("junk.pem"), "not PEM at all\n").unwrap();
     dir
@@ -1726,28 +1728,135 @@ fn cluster_bad_credentials_and_tls_settings_name_file_line_and_key() {
     let pem = |name: &str| dir.path().join(name).display().to_string();
     // CLUSTER ends on line 6: the first extra line is 7
     let cases: Vec<(String, usize, &str, &str)> = vec![
-        ("nats_user = \"u\"\n".into(), 7, "[cluster] nats_password", "required when nats_user"),
-        ("nats_password = \"p\"\n".into(), 7, "[cluster] nats_user", "required when nats_password"),
-        ("nats_user = \"u\"\nnats_password = \"p\"\nnats_token = \"t\"\n".into(), 9, "[cluster] nats_token", "two ways to log in"),
-        ("nats_token = \"t\"\nnats_user = \"u\"\n".into(), 7, "[cluster] nats_token", "two ways to log in"),
-        ("nats_password = \"\"\n".into(), 7, "[cluster] nats_password", "is empty"),
-        ("nats_token = \"\"\n".into(), 7, "[cluster] nats_token", "is empty"),
-        ("nats_token = [\"hidden\"]\n".into(), 7, "[cluster] nats_token", "expected a string, found array"),
-        ("nats_tls = \"maybe\"\n".into(), 7, "[cluster] nats_tls", "expected true or false"),
-        (format!("nats_tls = false\nnats_tls_ca = \"{}\"\n", pem("cert.pem")), 7, "[cluster] nats_tls", "is false, but nats_tls_ca is set (line 8)"),
-        (format!("nats_tls_cert = \"{}\"\n", pem("cert.pem")), 7, "[cluster] nats_tls_cert", "without [cluster] nats_tls_key"),
-        (format!("nats_tls_key = \"{}\"\n", pem("key.pem")), 7, "[cluster] nats_tls_key", "without [cluster] nats_tls_cert"),
-        ("nats_tls_ca = \"/nonexistent/ca.pem\"\n".into(), 7, "[cluster] nats_tls_ca", "\"/nonexistent/ca.pem\" cannot be read"),
-        (format!("nats_tls_ca = \"{}\"\n", dir.path().display()), 7, "[cluster] nats_tls_ca", "is not a file"),
-        (format!("nats_tls_ca = \"{}\"\n", pem("empty.pem")), 7, "[cluster] nats_tls_ca", "holds no PEM certificate"),
-        (format!("nats_tls_ca = \"{}\"\n", pem("junk.pem")), 7, "[cluster] nats_tls_ca", "holds no PEM certificate"),
-        (format!("nats_tls_ca = \"{}\"\n", pem("key.pem")), 7, "[cluster] nats_tls_ca", "holds no PEM certificate"),
-        (format!("nats_tls_cert = \"{}\"\nnats_tls_key = \"{}\"\n", pem("cert.pem"), pem("cert.pem")), 8, "[cluster] nats_tls_key", "holds no PEM private key"),
-        (format!("nats_tls_cert = \"{}\"\nnats_tls_key = \"/nonexistent/key.pem\"\n", pem("cert.pem")), 8, "[cluster] nats_tls_key", "cannot be read"),
-        ("nats_tls_ca = \"\"\nnats_tls = false\nnats_pass = \"x\"\n".into(), 9, "[cluster] nats_pass", "unknown key"),
+        (
+            "nats_user = \"u\"\n".into(),
+            7,
+            "[cluster] nats_password",
+            "required when nats_user",
+        ),
+        (
+            "nats_password = \"p\"\n".into(),
+            7,
+            "[cluster] nats_user",
+            "required when nats_password",
+        ),
+        (
+            "nats_user = \"u\"\nnats_password = \"p\"\nnats_token = \"t\"\n".into(),
+            9,
+            "[cluster] nats_token",
+            "two ways to log in",
+        ),
+        (
+            "nats_token = \"t\"\nnats_user = \"u\"\n".into(),
+            7,
+            "[cluster] nats_token",
+            "two ways to log in",
+        ),
+        (
+            "nats_password = \"\"\n".into(),
+            7,
+            "[cluster] nats_password",
+            "is empty",
+        ),
+        (
+            "nats_token = \"\"\n".into(),
+            7,
+            "[cluster] nats_token",
+            "is empty",
+        ),
+        (
+            "nats_token = [\"hidden\"]\n".into(),
+            7,
+            "[cluster] nats_token",
+            "expected a string, found array",
+        ),
+        (
+            "nats_tls = \"maybe\"\n".into(),
+            7,
+            "[cluster] nats_tls",
+            "expected true or false",
+        ),
+        (
+            format!("nats_tls = false\nnats_tls_ca = \"{}\"\n", pem("cert.pem")),
+            7,
+            "[cluster] nats_tls",
+            "is false, but nats_tls_ca is set (line 8)",
+        ),
+        (
+            format!("nats_tls_cert = \"{}\"\n", pem("cert.pem")),
+            7,
+            "[cluster] nats_tls_cert",
+            "without [cluster] nats_tls_key",
+        ),
+        (
+            format!("nats_tls_key = \"{}\"\n", pem("key.pem")),
+            7,
+            "[cluster] nats_tls_key",
+            "without [cluster] nats_tls_cert",
+        ),
+        (
+            "nats_tls_ca = \"/nonexistent/ca.pem\"\n".into(),
+            7,
+            "[cluster] nats_tls_ca",
+            "\"/nonexistent/ca.pem\" cannot be read",
+        ),
+        (
+            format!("nats_tls_ca = \"{}\"\n", dir.path().display()),
+            7,
+            "[cluster] nats_tls_ca",
+            "is not a file",
+        ),
+        (
+            format!("nats_tls_ca = \"{}\"\n", pem("empty.pem")),
+            7,
+            "[cluster] nats_tls_ca",
+            "holds no PEM certificate",
+        ),
+        (
+            format!("nats_tls_ca = \"{}\"\n", pem("junk.pem")),
+            7,
+            "[cluster] nats_tls_ca",
+            "holds no PEM certificate",
+        ),
+        (
+            format!("nats_tls_ca = \"{}\"\n", pem("key.pem")),
+            7,
+            "[cluster] nats_tls_ca",
+            "holds no PEM certificate",
+        ),
+        (
+            format!(
+                "nats_tls_cert = \"{}\"\nnats_tls_key = \"{}\"\n",
+                pem("cert.pem"),
+                pem("cert.pem")
+            ),
+            8,
+            "[cluster] nats_tls_key",
+            "holds no PEM private key",
+        ),
+        (
+            format!(
+                "nats_tls_cert = \"{}\"\nnats_tls_key = \"/nonexistent/key.pem\"\n",
+                pem("cert.pem")
+            ),
+            8,
+            "[cluster] nats_tls_key",
+            "cannot be read",
+        ),
+        (
+            "nats_tls_ca = \"\"\nnats_tls = false\nnats_pass = \"x\"\n".into(),
+            9,
+            "[cluster] nats_pass",
+            "unknown key",
+        ),
     ];
     for (extra, line, key, needle) in cases {
-        let text = assert_error(toml_with(&format!("{CLUSTER}{extra}")), Some(line), Some(key), needle);
+        let text = assert_error(
+            toml_with(&format!("{CLUSTER}{extra}")),
+            Some(line),
+            Some(key),
+            needle,
+        );
         assert!(!text.contains("hidden"), "a secret echoed: {text}");
     }
     // a tls:// URL and nats_tls = false contradict each other
@@ -1758,7 +1867,10 @@ fn cluster_bad_credentials_and_tls_settings_name_file_line_and_key() {
         "is false, but nats is a tls:// URL (line 5)",
     );
     // credentials or TLS for no server: `nats` is missing
-    for extra in ["nats_user = \"u\"\nnats_password = \"p\"\n", "nats_tls = true\n"] {
+    for extra in [
+        "nats_user = \"u\"\nnats_password = \"p\"\n",
+        "nats_tls = true\n",
+    ] {
         assert_error(
             toml_with(&format!("[cluster]\n{extra}")),
             Some(5),
@@ -1767,7 +1879,11 @@ fn cluster_bad_credentials_and_tls_settings_name_file_line_and_key() {
         );
     }
     // a password in the URL is refused without being echoed, whatever the scheme
-    for url in ["nats://u:hidden@127.0.0.1", "https://u:hidden@127.0.0.1", "tls://hidden@host"] {
+    for url in [
+        "nats://u:hidden@127.0.0.1",
+        "https://u:hidden@127.0.0.1",
+        "tls://hidden@host",
+    ] {
         let text = assert_error(
             toml_with(&format!("[cluster]\nnode_id = \"a\"\nnats = \"{url}\"\n")),
             Some(6),

@@ -1382,7 +1382,9 @@ fn parse_nats_url(text: &str) -> std::result::Result<(HostPort, bool), String> {
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() || rest.contains(['/', '?', '#']) || rest.contains(char::is_whitespace) {
-        return Err(format!("{text:?} is not nats://host[:port] or tls://host[:port]"));
+        return Err(format!(
+            "{text:?} is not nats://host[:port] or tls://host[:port]"
+        ));
     }
     Ok((parse_host_port(rest, Some(4222))?, tls))
 }
@@ -1471,11 +1473,17 @@ fn nats_auth(s: &Sec) -> Result<NatsAuth> {
     let password = s.secret("nats_password")?;
     let token = s.secret("nats_token")?;
     if let Some(token) = &token {
-        if let Some(line) = user.as_ref().map(|u| u.line).or(password.as_ref().map(|p| p.line)) {
+        if let Some(line) = user
+            .as_ref()
+            .map(|u| u.line)
+            .or(password.as_ref().map(|p| p.line))
+        {
             return Err(s.err(
                 Some(token.line),
                 "nats_token",
-                format!("and nats_user/nats_password (line {line}) are two ways to log in: give one"),
+                format!(
+                    "and nats_user/nats_password (line {line}) are two ways to log in: give one"
+                ),
             ));
         }
     }

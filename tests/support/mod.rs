@@ -2,6 +2,8 @@
 //! Real-peer test harness shared by the integration tests (`mod support;`).
 //!
 //! * [`ports`]: loopback ports that no other test (thread or process) is using.
+//! * [`certs`]: a CA, server and client certificate made with rcgen (TLS toward NATS).
+//! * [`log_scan`]: a log's hex and base64 spans decoded, to look for secrets in any encoding.
 //! * [`nats`]: a `nats-server` on a free loopback port, stoppable and restartable (cluster tests).
 //! * [`node`]: the `srbridge` daemon as a separate process (a cluster node that can be killed).
 //! * [`pbx`]: Kamailio started from `config/kamailio/kamailio.cfg` as a FreeSWITCH-like registrar.
@@ -17,6 +19,8 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod certs;
+pub mod log_scan;
 pub mod nats;
 pub mod node;
 pub mod pbx;

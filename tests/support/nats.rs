@@ -14,11 +14,19 @@ pub struct NatsServer {
     port: u16,
     dir: TempDir,
     child: Option<ChildGuard>,
+    /// Options after the address and port (credentials, TLS).
+    args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts `nats-server` on 127.0.0.1 and waits until it accepts connections.
     pub async fn start() -> NatsServer {
+        NatsServer::start_with(&[]).await
+    }
+
+    /// Like [`NatsServer::start`] with more `nats-server` options, e.g. `--user u --pass p` or
+    /// `--tls --tlscert … --tlskey …`.
+    pub async fn start_with(args: &[&str]) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("srbridge-nats-")
             .tempdir()
@@ -27,6 +35,7 @@ impl NatsServer {
             port: ports::free_port(),
             dir,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         nats.spawn().await;
         nats
@@ -37,9 +46,15 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// `tls://127.0.0.1:PORT`, for a server started with `--tls`.
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
+
     async fn spawn(&mut self) {
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd.args(&self.args);
         let log = self.dir.path().join("nats.log");
         let child = ChildGuard::spawn("nats-server", cmd, &log)
             .expect("nats-server starts (scripts/deps.sh installs it)");
@@ -72,6 +87,12 @@ impl NatsServer {
     pub async fn start_again(&mut self) {
         self.stop();
         self.spawn().await;
+    }
+
+    /// Starts it again on the same port with other options (e.g. a changed password).
+    pub async fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.start_again().await;
     }
 
     /// The server's output so far.
