@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use srbridge::bridge::Bridge;
-use srbridge::config::Config;
 use support::rig::http_get_text;
-use support::{ports, Baresip, Pbx, WsClient};
+use support::{Baresip, Pbx, WsClient};
 
 const APPID: &str = "multi-pbx-test";
 const T: Duration = Duration::from_secs(15);
@@ -30,37 +28,8 @@ async fn bridge_on(a: &Pbx, b: &Pbx) -> Bridge {
 
 /// A bridge with `sip_extra` in `[sip]` and the two `[[sip.pbx]]` tables' lines.
 async fn bridge_with(sip_extra: &str, pbx_a: &str, pbx_b: &str) -> Bridge {
-    let rtp = ports::free_port_range(40);
-    let text = format!(
-        r#"
-[global]
-appid = "{APPID}"
-sip_local_port = 0
-[rtm2sip]
-on = true
-acc_rule = "10[01-19]"
-[proxy]
-on = true
-sip_account = "1000"
-sip_pwd = "1234"
-rtm_account = "bridge"
-[sip]
-listen_ip = "127.0.0.1"
-{sip_extra}
-[[sip.pbx]]
-{pbx_a}
-[[sip.pbx]]
-{pbx_b}
-[media]
-rtp_port_min = {rtp}
-rtp_port_max = {rtp_max}
-[http]
-listen = "127.0.0.1:0"
-"#,
-        rtp_max = rtp + 39,
-    );
-    let config = Config::from_toml_str(Path::new("multi_pbx.toml"), &text).expect("config");
-    Bridge::start(config).await.expect("bridge starts")
+    support::rig::start_bridge_on_pbxs(APPID, sip_extra, &[pbx_a.to_string(), pbx_b.to_string()])
+        .await
 }
 
 async fn status(bridge: &Bridge) -> Value {
@@ -421,5 +390,101 @@ async fn a_503_before_any_ringing_is_retried_on_the_next_pbx() {
     for event in &call[1..] {
         assert_eq!(event["sip_call_id"], answered_call_id.as_str(), "{event}");
     }
+    bridge.shutdown().await;
+}
+
+/// Whether a TCP connection to 127.0.0.1:`port` is established in this network namespace (what
+/// `ss -tn state established dst :PORT` shows; the tests run in a namespace of their own).
+fn tcp_established_to(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let remote_port = cols
+            .get(2)
+            .and_then(|remote| remote.rsplit(':').next())
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+        cols.get(3) == Some(&"01") && remote_port == Some(port)
+    })
+}
+
+#[tokio::test]
+async fn over_tcp_a_dead_pbx_refuses_the_connection_and_the_next_call_goes_to_the_other() {
+    // pings every 30 s (the first at start): within the test only the refused TCP connection can
+    // tell the bridge the preferred PBX died
+    let (preferred, backup) = Pbx::start_two().await;
+    let mut preferred = preferred;
+    let phones = [
+        support::baresip::silent_phone(&preferred, "1005", true).await,
+        support::baresip::silent_phone(&backup, "1005", true).await,
+    ];
+    let bridge = bridge_with(
+        "transport = \"tcp\"\noptions_interval = 30",
+        &format!("addr = \"{}\"\npriority = 1", preferred.addr()),
+        &format!("addr = \"{}\"\npriority = 2", backup.addr()),
+    )
+    .await;
+    preferred.wait_registered("1000", T).await;
+    backup.wait_registered("1000", T).await;
+    for pbx in [&preferred, &backup] {
+        assert!(
+            tcp_established_to(pbx.port()),
+            "the bridge registered at {} over TCP",
+            pbx.addr()
+        );
+    }
+
+    // calls go through the preferred PBX
+    let ws = format!("ws://{}/ws", bridge.http_addr());
+    let mut alice = WsClient::login(&ws, APPID, "alice").await;
+    alice.invite("via-first", "1005", "").await;
+    alice
+        .wait_local_state("via-first", "ACCEPTED_BY_REMOTE", T)
+        .await;
+    phones[0].wait_for("CALL_ESTABLISHED", T).await;
+    assert_eq!(established(&phones[1]), 0, "the backup's phone never rang");
+    alice
+        .request(json!({"type": "peer_message", "to": "1005", "text": "{\"Cmd\":\"EndCall\"}"}))
+        .await;
+    phones[0].wait_for("CALL_CLOSED", T).await;
+
+    // the preferred PBX dies: the next call's connection is refused and it goes to the backup
+    let killed = Instant::now();
+    preferred.stop();
+    alice.invite("via-second", "1005", "").await;
+    let outcome = alice
+        .wait_for(
+            |v| {
+                v["type"] == "local_invitation_state"
+                    && v["callId"] == "via-second"
+                    && ["ACCEPTED_BY_REMOTE", "REFUSED_BY_REMOTE", "FAILURE"]
+                        .contains(&v["state"].as_str().unwrap_or(""))
+            },
+            Duration::from_secs(40),
+        )
+        .await;
+    let answered = killed.elapsed();
+    assert_eq!(outcome["state"], "ACCEPTED_BY_REMOTE", "{outcome}");
+    phones[1].wait_for("CALL_ESTABLISHED", T).await;
+    assert_eq!(
+        established(&phones[0]),
+        1,
+        "nothing more reached the dead PBX"
+    );
+    // no ping since the start: the refused connection marked it down
+    let dead = pbx_entry(&status(&bridge).await, &preferred.addr().to_string());
+    assert_eq!(dead["reachable"], "down", "{dead}");
+    println!(
+        "TCP failover (no ping in between): preferred PBX killed -> next call answered via the \
+         other {:.2} s; the dead one in /api/status: {dead}",
+        answered.as_secs_f64()
+    );
+    assert!(
+        answered < Duration::from_secs(10),
+        "the refused connection moves the call at once, not after timers: {answered:?}"
+    );
+    alice
+        .request(json!({"type": "peer_message", "to": "1005", "text": "{\"Cmd\":\"EndCall\"}"}))
+        .await;
+    phones[1].wait_for("CALL_CLOSED", T).await;
     bridge.shutdown().await;
 }

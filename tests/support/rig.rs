@@ -1,6 +1,8 @@
 //! The bridge in-process on a fresh Kamailio, registered as the proxy account 1000: what the
 //! end-to-end tests (`calls`, `media_calls`, `browser_call`) start from.
 
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,11 +46,61 @@ pub async fn start_bridge_on(
     rtp_ports: u16,
 ) -> BridgeRig {
     let rtp = ports::free_port_range(rtp_ports);
-    let text = format!(
+    let rtp_ports = rtp..=rtp + rtp_ports - 1;
+    let text = bridge_config(
+        appid,
+        Pbxs::One(pbx.addr()),
+        sip_extra,
+        media_extra,
+        &rtp_ports,
+    );
+    let config = Config::from_toml_str(Path::new("rig.toml"), &text).expect("config");
+    let bridge = Bridge::start(config).await.expect("bridge starts");
+    pbx.wait_registered("1000", Duration::from_secs(15)).await;
+    let url = format!("ws://{}/ws", bridge.http_addr());
+    let base = format!("http://{}", bridge.http_addr());
+    BridgeRig {
+        pbx,
+        bridge,
+        url,
+        base,
+        rtp_ports,
+    }
+}
+
+/// The PBXs a rig bridge is given.
+pub enum Pbxs<'a> {
+    /// One, as `[global] sip_svr`.
+    One(SocketAddr),
+    /// Several, each `[[sip.pbx]]` table's lines (`addr = …`, `priority = …`).
+    Tables(&'a [String]),
+}
+
+/// The rig's bridge config text: `appid`, proxy account 1000 (password 1234),
+/// `acc_rule = "10[01-19]"`, SIP on 127.0.0.1 with `sip_extra` (OPTIONS pings off unless it sets
+/// `options_interval`), RTP on `rtp_ports` plus `media_extra`, HTTP on any loopback port.
+pub fn bridge_config(
+    appid: &str,
+    pbxs: Pbxs<'_>,
+    sip_extra: &str,
+    media_extra: &str,
+    rtp_ports: &RangeInclusive<u16>,
+) -> String {
+    let (sip_svr, pbx_tables) = match pbxs {
+        Pbxs::One(addr) => (format!("sip_svr = \"{addr}\""), String::new()),
+        Pbxs::Tables(tables) => (
+            String::new(),
+            tables
+                .iter()
+                .map(|lines| format!("[[sip.pbx]]\n{lines}\n"))
+                .collect(),
+        ),
+    };
+    format!(
         r#"
 [global]
 appid = "{appid}"
-sip_svr = "{pbx}"
+{sip_svr}
 sip_local_port = 0
 [rtm2sip]
 on = true
@@ -61,6 +113,7 @@ rtm_account = "bridge"
 [sip]
 listen_ip = "127.0.0.1"
 {pings}{sip_extra}
+{pbx_tables}
 [media]
 rtp_port_min = {rtp}
 rtp_port_max = {rtp_max}
@@ -68,26 +121,29 @@ rtp_port_max = {rtp_max}
 [http]
 listen = "127.0.0.1:0"
 "#,
-        pbx = pbx.addr(),
-        rtp_max = rtp + rtp_ports - 1,
+        rtp = rtp_ports.start(),
+        rtp_max = rtp_ports.end(),
         pings = if sip_extra.contains("options_interval") {
             ""
         } else {
             "options_interval = 0\n"
         },
+    )
+}
+
+/// A bridge as the rig makes it on the PBXs of `[[sip.pbx]]` `tables` (started by the test),
+/// with `sip_extra` in `[sip]` and 40 RTP ports; it does not wait for any registration.
+pub async fn start_bridge_on_pbxs(appid: &str, sip_extra: &str, tables: &[String]) -> Bridge {
+    let rtp = ports::free_port_range(40);
+    let text = bridge_config(
+        appid,
+        Pbxs::Tables(tables),
+        sip_extra,
+        "",
+        &(rtp..=rtp + 39),
     );
     let config = Config::from_toml_str(Path::new("rig.toml"), &text).expect("config");
-    let bridge = Bridge::start(config).await.expect("bridge starts");
-    pbx.wait_registered("1000", Duration::from_secs(15)).await;
-    let url = format!("ws://{}/ws", bridge.http_addr());
-    let base = format!("http://{}", bridge.http_addr());
-    BridgeRig {
-        pbx,
-        bridge,
-        url,
-        base,
-        rtp_ports: rtp..=rtp + rtp_ports - 1,
-    }
+    Bridge::start(config).await.expect("bridge starts")
 }
 
 /// `GET path` over plain HTTP/1.1 to `addr`; returns the body.
