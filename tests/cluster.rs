@@ -605,6 +605,14 @@ async fn nodes_with_the_right_nats_password_form_a_cluster_and_a_refused_one_say
         "c says: {}",
         error_line(&c, "refused this node's credentials")
     );
+    // It retries (the server logs each refusal) and says it once.
+    let deadline = Instant::now() + T;
+    while nats.log().matches("authentication error").count() < 3 {
+        assert!(Instant::now() < deadline, "c retries:\n{}", nats.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let errors = c.log().lines().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(errors, 1, "one ERROR line for 3 refusals:\n{}", c.log());
 
     // The server's password changes: on reconnecting, a and b are refused in turn, and still
     // serve their own users.
@@ -620,6 +628,11 @@ async fn nodes_with_the_right_nats_password_form_a_cluster_and_a_refused_one_say
     let _erin = WsClient::login(&a.ws_url(), APPID, "erin").await;
     assert!(!alice.is_closed(), "alice stays logged in to a");
 
+    // Still one ERROR line per refused node, however many times it retried.
+    for node in [&a, &c] {
+        let errors = node.log().lines().filter(|l| l.contains("ERROR")).count();
+        assert_eq!(errors, 1, "node {}:\n{}", node.id, node.log());
+    }
     // No node wrote a password, in any encoding (the refused ones above included).
     for node in [&a, &b, &c] {
         let log = node.log();
@@ -696,4 +709,28 @@ async fn nodes_trusting_the_ca_join_over_mutual_tls_and_one_without_it_says_why(
         a_joined.as_secs_f64(),
         c_failed.as_secs_f64()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_nats_token_connects_and_one_without_credentials_is_refused() {
+    const TOKEN: &str = "tok-91be0c";
+    let nats = NatsServer::start_with(&["--auth", TOKEN]).await;
+    let a = Node::start(
+        APPID,
+        no_pbx(),
+        &nats.url(),
+        "a",
+        TTL_S,
+        &format!("nats_token = \"{TOKEN}\""),
+    )
+    .await;
+    let b = Node::start(APPID, no_pbx(), &nats.url(), "b", TTL_S, "").await;
+    wait_cluster(a.http_addr(), "a connected", |c| c["state"] == "connected").await;
+    wait_cluster(b.http_addr(), "b refused", |c| {
+        refused_for(c, "refused this node's credentials")
+    })
+    .await;
+    for node in [&a, &b] {
+        support::log_scan::assert_no_secret(&node.log(), TOKEN, &format!("node {}", node.id));
+    }
 }

@@ -135,10 +135,15 @@ pub fn open_log_file(config: &LogConfig, path: &Path) -> Result<Box<dyn Write + 
 }
 
 /// Crates whose debug/trace lines print network payloads (tungstenite: every WebSocket frame as
-/// `payload: 0x7b22…`, i.e. login tokens and SDP with ICE passwords; async_nats: every cluster
-/// message, the same browser signalling). Held at WARN at every `[log] level` and under
-/// `RUST_LOG` too, so no frame is ever formatted into a line.
-const PAYLOAD_DUMPERS: &[&str] = &["tungstenite", "tokio_tungstenite", "async_nats"];
+/// `payload: 0x7b22…`, i.e. login tokens and SDP with ICE passwords). Held at WARN at every
+/// `[log] level` and under `RUST_LOG` too, so no frame is ever formatted into a line.
+const PAYLOAD_DUMPERS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// Crates kept out of the log altogether, at every level and under `RUST_LOG`. async_nats: its
+/// trace lines dump every cluster message (browser signalling, ICE passwords), and it logs an
+/// ERROR per connection attempt while the NATS server refuses us (every second);
+/// `src/cluster/health.rs` says each new reason once instead.
+const SILENCED: &[&str] = &["async_nats"];
 
 /// The directives capping [`PAYLOAD_DUMPERS`] at WARN (or lower when `level` is lower).
 fn payload_caps(level: LogLevel) -> Vec<String> {
@@ -151,7 +156,8 @@ fn payload_caps(level: LogLevel) -> Vec<String> {
 
 fn filter_for(level: LogLevel) -> (EnvFilter, bool) {
     let (mut filter, from_env) = base_filter(level);
-    for cap in payload_caps(level) {
+    let silenced = SILENCED.iter().map(|target| format!("{target}=off"));
+    for cap in payload_caps(level).into_iter().chain(silenced) {
         if let Ok(directive) = cap.parse() {
             filter = filter.add_directive(directive);
         }
@@ -299,6 +305,8 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             tracing::trace!(target: "tungstenite::protocol", "received frame payload: 0x7b22");
             tracing::debug!(target: "tokio_tungstenite", "frame");
+            tracing::trace!(target: "async_nats::connection", "read operation: frame MSG");
+            tracing::error!(target: "async_nats::connector", "authorization violation frame");
             tracing::trace!(target: "srbridge::x", "kept");
         });
         let text = String::from_utf8(shared.0.lock().unwrap().clone()).unwrap();
