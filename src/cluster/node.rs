@@ -36,7 +36,7 @@ struct Shared {
     core: Mutex<ClusterCore>,
     outbox: mpsc::UnboundedSender<(String, Bytes)>,
     connected: AtomicBool,
-    /// Why the connection is down, from the client's events.
+    /// Why the connection is down, from the client's events and our diagnostic attempts.
     health: Mutex<NatsHealth>,
 }
 
@@ -279,7 +279,8 @@ impl Cluster {
 
 impl Shared {
     fn health(&self) -> MutexGuard<'_, NatsHealth> {
-        // One field, replaced whole: a poisoned lock still holds a consistent value.
+        // Each update is one call on a small state machine: a poisoned lock still holds a
+        // consistent value.
         self.health
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
