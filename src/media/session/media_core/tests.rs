@@ -452,3 +452,69 @@ fn a_flood_of_bad_datagrams_is_summed_up_in_one_line_every_10_s_not_one_per_pack
     assert!(others.is_empty(), "nothing else logged: {others:?}");
     assert_eq!(core.sip_stats().dropped_malformed, 125_000);
 }
+
+#[test]
+fn the_opus_encoder_follows_the_bridges_cpu_within_a_second() {
+    let t0 = Instant::now();
+    let busy = BusySignal::new();
+    let counters = Arc::new(PipelineCounters::default());
+    let mut core = MediaCore::new(
+        "call-1",
+        SipRtpCore::default(),
+        Arc::clone(&counters),
+        Timeouts {
+            rtp: Duration::ZERO,
+            hold: Duration::ZERO,
+        },
+        true,
+        t0,
+        Arc::new(Metrics::new()),
+    )
+    .with_busy_signal(busy.clone());
+    core.set_sip(phone(), pcmu(), false);
+    let browser = BrowserParams {
+        codec: BrowserCodec::Opus,
+        payload_type: 111,
+        dtmf_pts: [None, Some(126)],
+    };
+    let up = Uplink::new(browser, Arc::clone(&counters)).unwrap();
+    let down = Downlink::new(browser, counters).unwrap();
+    core.attach(up, down, None, t0);
+    let normal = crate::config::OpusSettings::default();
+    let complexity = |core: &MediaCore| core.encoder_settings().map(|s| s.complexity);
+    assert_eq!(complexity(&core), Some(normal.complexity));
+
+    let mut io = Recorder {
+        ready: true,
+        ..Recorder::default()
+    };
+    busy.set(true);
+    core.on_timeout(t0 + 500 * MS, &mut io);
+    assert_eq!(complexity(&core), Some(normal.complexity), "read once a second");
+    core.on_timeout(t0 + 1000 * MS, &mut io);
+    assert_eq!(complexity(&core), Some(normal.complexity_busy));
+    busy.set(false);
+    core.on_timeout(t0 + 2000 * MS, &mut io);
+    assert_eq!(complexity(&core), Some(normal.complexity));
+
+    // A call whose browser leg is answered while the bridge is busy starts cheap.
+    busy.set(true);
+    let counters = Arc::new(PipelineCounters::default());
+    let mut late = MediaCore::new(
+        "call-2",
+        SipRtpCore::default(),
+        Arc::clone(&counters),
+        Timeouts {
+            rtp: Duration::ZERO,
+            hold: Duration::ZERO,
+        },
+        true,
+        t0,
+        Arc::new(Metrics::new()),
+    )
+    .with_busy_signal(busy);
+    let up = Uplink::new(browser, Arc::clone(&counters)).unwrap();
+    let down = Downlink::new(browser, counters).unwrap();
+    late.attach(up, down, None, t0);
+    assert_eq!(complexity(&late), Some(normal.complexity_busy));
+}
