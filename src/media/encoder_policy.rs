@@ -265,11 +265,17 @@ mod tests {
     fn a_busy_bridge_encodes_cheaper_and_keeps_the_loss_rule() {
         let mut p = EncoderPolicy::new(settings(OpusFec::Auto));
         let busy = p.set_busy(true).expect("complexity changes");
-        assert_eq!((busy.complexity, busy.fec, busy.bitrate_bps), (1, false, 24_000));
+        assert_eq!(
+            (busy.complexity, busy.fec, busy.bitrate_bps),
+            (1, false, 24_000)
+        );
         assert_eq!(p.set_busy(true), None, "no change, no new settings");
         // Loss while busy: FEC comes on at the lossy bitrate, still cheap.
         let lossy = p.on_loss_report(0.05, 0).expect("FEC on");
-        assert_eq!((lossy.complexity, lossy.fec, lossy.bitrate_bps), (1, true, 32_000));
+        assert_eq!(
+            (lossy.complexity, lossy.fec, lossy.bitrate_bps),
+            (1, true, 32_000)
+        );
         let calm = p.set_busy(false).expect("complexity back");
         assert_eq!((calm.complexity, calm.fec), (4, true));
         // A busy complexity above the normal one is never used.

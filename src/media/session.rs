@@ -25,13 +25,13 @@ use tokio::sync::mpsc;
 use crate::call::machine::Direction as CallDirection;
 use crate::call::ports::{CallMedia, MediaError, MediaEvent, MediaFactory};
 use crate::config::{Codec, Config, OpusSettings, RecordingMode};
-use crate::ops::cpu_load::BusySignal;
 use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParams, Uplink};
 use crate::media::recording;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg, RtpLegParts};
 use crate::media::webrtc_leg::{
     IceServer, NegotiatedCodecs, WebRtcLeg, WebRtcLegError, WebRtcSettings,
 };
+use crate::ops::cpu_load::BusySignal;
 use crate::ops::metrics::Metrics;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
 use actor::{Attach, Browser, Control, LegSockets, MediaTask};

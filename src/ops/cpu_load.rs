@@ -256,7 +256,11 @@ mod tests {
         let changes = run(&mut load, 1.0, &[90.0, 50.0, 90.0, 50.0, 86.0, 84.0, 86.0]);
         assert!(busy_at(&changes).is_empty(), "{changes:?}");
         let mut load = CpuLoad::new(85, 1);
-        let changes = run(&mut load, 1.0, &[90.0, 90.0, 80.0, 60.0, 80.0, 60.0, 60.0, 60.0]);
+        let changes = run(
+            &mut load,
+            1.0,
+            &[90.0, 90.0, 80.0, 60.0, 80.0, 60.0, 60.0, 60.0],
+        );
         assert_eq!(busy_at(&changes), vec![(1, true)], "{changes:?}");
     }
 
@@ -281,7 +285,10 @@ mod tests {
             None
         );
         // CPU time never goes backwards; if a reading did, it counts as idle, not as a panic.
-        assert_eq!(load.sample(Duration::ZERO, t + Duration::from_secs(1)), None);
+        assert_eq!(
+            load.sample(Duration::ZERO, t + Duration::from_secs(1)),
+            None
+        );
         assert_eq!(load.percent(), Some(0.0));
     }
 
@@ -298,7 +305,10 @@ mod tests {
         let mut load = CpuLoad::new(0, 1);
         assert!(busy_at(&run(&mut load, 1.0, &[100.0, 100.0, 100.0])).is_empty());
         let mut load = CpuLoad::new(80, 1);
-        assert_eq!(busy_at(&run(&mut load, 1.0, &[90.0, 90.0])), vec![(1, true)]);
+        assert_eq!(
+            busy_at(&run(&mut load, 1.0, &[90.0, 90.0])),
+            vec![(1, true)]
+        );
         load.set_threshold(0);
         let t = Instant::now() + Duration::from_secs(60);
         assert!(matches!(

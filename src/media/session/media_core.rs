@@ -15,7 +15,6 @@ use crate::media::inactivity::{Activity, InactivityWatch};
 use crate::media::pipeline::{
     Downlink, HeldFrames, PipelineCounters, SipParams, Uplink, HELD_FRAMES,
 };
-use crate::media::opus::OpusEncoderConfig;
 use crate::media::recording::{RecorderTap, Side};
 use crate::media::rtp_leg::{RtpStats, SipRtpCore};
 use crate::media::transcode::RtpStamp;
@@ -422,7 +421,8 @@ impl MediaCore {
 
     /// The settings the Opus encoder toward the browser runs with (`None` before the browser
     /// leg is answered, or when the browser takes G.711).
-    pub fn encoder_settings(&self) -> Option<OpusEncoderConfig> {
+    #[cfg(test)]
+    pub fn encoder_settings(&self) -> Option<crate::media::opus::OpusEncoderConfig> {
         let down = &self.pipeline.as_ref()?.down;
         down.encodes_opus().then(|| down.encoder_settings())
     }

@@ -490,7 +490,11 @@ fn the_opus_encoder_follows_the_bridges_cpu_within_a_second() {
     };
     busy.set(true);
     core.on_timeout(t0 + 500 * MS, &mut io);
-    assert_eq!(complexity(&core), Some(normal.complexity), "read once a second");
+    assert_eq!(
+        complexity(&core),
+        Some(normal.complexity),
+        "read once a second"
+    );
     core.on_timeout(t0 + 1000 * MS, &mut io);
     assert_eq!(complexity(&core), Some(normal.complexity_busy));
     busy.set(false);
