@@ -362,6 +362,7 @@ fn main() {
         for &complexity in complexities {
             let settings = OpusSettings {
                 complexity,
+                complexity_busy: complexity,
                 bitrate: setting.bitrate,
                 bitrate_lossy: setting.bitrate_lossy,
                 fec: setting.fec,

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::events::webhook::WebhookSettings;
 use crate::events::{webhook_task, EventBus};
 use crate::media::session::SessionFactory;
+use crate::ops::cpu_load::{watch_cpu, BusySignal};
 use crate::ops::http::{build_router, OpsContext};
 use crate::ops::lifecycle::{ConfigWatch, Lifecycle};
 use crate::ops::metrics::{Metrics, PbxSeries};
@@ -315,8 +316,15 @@ impl Bridge {
         let bind_ip = current.sip.listen_ip;
         let sdp_ip = sdp_address(&current, sip.contact_addr());
         let pstn = current.pstn.as_ref().and_then(|p| p.addr.socket_addr());
+        let busy = BusySignal::new();
+        tasks.push(tokio::spawn(watch_cpu(
+            config.clone(),
+            busy.clone(),
+            Arc::clone(&metrics),
+        )));
         let media = SessionFactory::new(config.clone(), bind_ip, sdp_ip, Arc::clone(&metrics))
-            .map_err(|e| anyhow::anyhow!("media: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("media: {e}"))?
+            .with_busy_signal(busy);
         let media_ports = media.port_allocator();
         let webrtc_ports = media.webrtc_port_allocator();
         let calls = CallManager::new(

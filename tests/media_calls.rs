@@ -76,6 +76,17 @@ async fn web_to_sip_call(
     call_id: &str,
     codecs: Vec<LegCodec>,
 ) -> Vec<serde_json::Value> {
+    web_to_sip_call_checking(rig, call_id, codecs, false).await
+}
+
+/// [`web_to_sip_call`]; with `busy`, the tones are checked only once the bridge's `/metrics`
+/// says it is short of CPU (`srbridge_cpu_busy 1`).
+async fn web_to_sip_call_checking(
+    rig: &Rig,
+    call_id: &str,
+    codecs: Vec<LegCodec>,
+    busy: bool,
+) -> Vec<serde_json::Value> {
     let (phone, _dir) = phone(&rig.pbx, "1001", true, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite(call_id, "1001", "").await;
@@ -88,6 +99,9 @@ async fn web_to_sip_call(
     phone.wait_for("CALL_ESTABLISHED", T).await;
     peer.wait_connected().await;
     peer.play(Some(1000.0));
+    if busy {
+        wait_busy(rig).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     peer.take_received();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -219,6 +233,33 @@ fn metric_value(text: &str, name: &str, direction: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Waits (at most 15 s) until the bridge's `/metrics` says it is short of CPU.
+async fn wait_busy(rig: &Rig) {
+    for _ in 0..150 {
+        if rig.counter("srbridge_cpu_busy").await == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("srbridge_cpu_busy never 1:\n{}", rig.metrics().await);
+}
+
+/// `busy_cpu_percent = 1`: any call makes the bridge count as short of CPU. It says so in
+/// `/metrics` (and its Opus encoders take `opus_complexity_busy`, unit-tested in the media
+/// core), and the call keeps its audio both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_short_of_cpu_says_so_and_its_calls_keep_their_audio() {
+    let rig = rig_with("busy_cpu_percent = 1\n").await;
+    assert_eq!(rig.counter("srbridge_cpu_busy").await, 0, "idle at start");
+    web_to_sip_call_checking(
+        &rig,
+        "busy1",
+        vec![LegCodec::Opus, LegCodec::TelephoneEvent48k],
+        true,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

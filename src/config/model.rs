@@ -637,6 +637,8 @@ impl fmt::Display for OpusFec {
 pub struct OpusSettings {
     /// Encoder complexity 0..=10 (CPU against quality).
     pub complexity: u8,
+    /// Complexity while the bridge is short of CPU (`ops::cpu_load`), at most `complexity`.
+    pub complexity_busy: u8,
     /// Bitrate on a clean path, bits per second.
     pub bitrate: u32,
     /// Bitrate while FEC is on (loss reported, or `opus_fec = "on"`).
@@ -649,6 +651,7 @@ impl Default for OpusSettings {
     fn default() -> Self {
         OpusSettings {
             complexity: 5,
+            complexity_busy: 0,
             bitrate: 32_000,
             bitrate_lossy: 40_000,
             fec: OpusFec::Auto,
@@ -699,6 +702,9 @@ pub struct MediaConfig {
     /// `opus_receive_bitrate`, 0 = `None`): `None` leaves it to the browser (Chromium: 32 kb/s
     /// wideband, 12 kb/s narrowband).
     pub opus_receive_bitrate: Option<u32>,
+    /// CPU use (percent of the cores the process may use) at which the bridge counts as busy
+    /// and encodes toward browsers at `opus_complexity_busy` (`busy_cpu_percent`); 0: never.
+    pub busy_cpu_percent: u8,
 }
 
 impl MediaConfig {
@@ -730,6 +736,7 @@ impl Default for MediaConfig {
             opus: OpusSettings::default(),
             opus_narrowband: true,
             opus_receive_bitrate: Some(24_000),
+            busy_cpu_percent: 85,
         }
     }
 }

@@ -171,9 +171,17 @@ impl Display for Config {
             f,
             "opus",
             format!(
-                "complexity {}, {} b/s clean, {} b/s lossy, FEC {}",
-                opus.complexity, opus.bitrate, opus.bitrate_lossy, opus.fec
+                "complexity {} ({} when busy), {} b/s clean, {} b/s lossy, FEC {}",
+                opus.complexity, opus.complexity_busy, opus.bitrate, opus.bitrate_lossy, opus.fec
             ),
+        )?;
+        row(
+            f,
+            "busy_cpu_percent",
+            match media.busy_cpu_percent {
+                0 => "never busy".to_owned(),
+                p => format!("{p} % of the usable cores"),
+            },
         )?;
         row(
             f,

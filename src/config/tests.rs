@@ -1192,6 +1192,7 @@ fn media_opus_settings_load_and_default() {
         config.media.opus,
         OpusSettings {
             complexity: 3,
+            complexity_busy: 0,
             bitrate: 20_000,
             bitrate_lossy: 28_000,
             fec: OpusFec::Off,
@@ -1200,6 +1201,22 @@ fn media_opus_settings_load_and_default() {
     // A clean bitrate above the default lossy one lifts the lossy default with it.
     let config = toml_with("[media]\nopus_bitrate = 48000\n").expect("valid");
     assert_eq!(config.media.opus.bitrate_lossy, 48_000);
+}
+
+#[test]
+fn media_busy_cpu_percent_and_opus_complexity_busy() {
+    let config = toml_with("").expect("valid");
+    assert_eq!(config.media.busy_cpu_percent, 85);
+    assert_eq!(config.media.opus.complexity_busy, 0);
+    let config =
+        toml_with("[media]\nbusy_cpu_percent = 0\nopus_complexity_busy = 3\n").expect("valid");
+    assert_eq!(config.media.busy_cpu_percent, 0);
+    assert_eq!(config.media.opus.complexity_busy, 3);
+    // Busy never costs more than calm.
+    let config =
+        toml_with("[media]\nopus_complexity = 2\nopus_complexity_busy = 8\n").expect("valid");
+    assert_eq!(config.media.opus.complexity_busy, 2);
+    assert!(config.to_string().contains("busy_cpu_percent"));
 }
 
 #[test]
@@ -1273,6 +1290,24 @@ fn media_bad_opus_settings() {
             "\"sometimes\" is not auto, on or off",
         ),
         ("opus_fec = true", 5, "opus_fec", ""),
+        (
+            "opus_complexity_busy = 11",
+            5,
+            "opus_complexity_busy",
+            "11 is out of range (0-10)",
+        ),
+        (
+            "busy_cpu_percent = 101",
+            5,
+            "busy_cpu_percent",
+            "101 is out of range (0-100)",
+        ),
+        (
+            "busy_cpu_percent = \"high\"",
+            5,
+            "busy_cpu_percent",
+            "expected a whole number",
+        ),
     ];
     for (lines, line, key, needle) in cases {
         assert_error(

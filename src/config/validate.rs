@@ -1106,6 +1106,9 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         }
         Some(v) => Some(v.value as u32),
     };
+    let busy_cpu_percent = s
+        .int("busy_cpu_percent", 0, 100)?
+        .map_or(d.busy_cpu_percent, |v| v.value as u8);
     s.finish()?;
     Ok(MediaConfig {
         rtp_port_min,
@@ -1124,6 +1127,7 @@ fn media(s: &Sec) -> Result<MediaConfig> {
         opus,
         opus_narrowband,
         opus_receive_bitrate,
+        busy_cpu_percent,
     })
 }
 
@@ -1131,13 +1135,19 @@ fn media(s: &Sec) -> Result<MediaConfig> {
 /// 64 kb/s an 8 kHz source gains nothing.
 const OPUS_BITRATE_RANGE: (i64, i64) = (6_000, 64_000);
 
-/// `[media] opus_complexity`, `opus_bitrate`, `opus_bitrate_lossy`, `opus_fec`.
+/// `[media] opus_complexity`, `opus_complexity_busy`, `opus_bitrate`, `opus_bitrate_lossy`,
+/// `opus_fec`.
 fn opus_settings(s: &Sec) -> Result<OpusSettings> {
     let d = OpusSettings::default();
     let (lo, hi) = OPUS_BITRATE_RANGE;
     let complexity = s
         .int("opus_complexity", 0, 10)?
         .map_or(d.complexity, |v| v.value as u8);
+    // Never above opus_complexity: busy means cheaper, not dearer.
+    let complexity_busy = s
+        .int("opus_complexity_busy", 0, 10)?
+        .map_or(d.complexity_busy, |v| v.value as u8)
+        .min(complexity);
     let bitrate = s
         .int("opus_bitrate", lo, hi)?
         .map_or(d.bitrate, |v| v.value as u32);
@@ -1164,6 +1174,7 @@ fn opus_settings(s: &Sec) -> Result<OpusSettings> {
         .map_or(d.fec, |v| v.value);
     Ok(OpusSettings {
         complexity,
+        complexity_busy,
         bitrate,
         bitrate_lossy,
         fec,

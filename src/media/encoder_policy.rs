@@ -34,6 +34,8 @@ pub struct EncoderPolicy {
     lossy: bool,
     /// When a report last showed loss at or above [`LEAVE_LOSS`].
     last_loss_ms: Option<u64>,
+    /// The bridge is short of CPU: `complexity_busy` instead of `complexity`.
+    busy: bool,
     current: OpusEncoderConfig,
 }
 
@@ -45,6 +47,7 @@ impl EncoderPolicy {
             smoothed: 0.0,
             lossy: false,
             last_loss_ms: None,
+            busy: false,
             current: OpusEncoderConfig::default(),
         };
         policy.current = policy.decide();
@@ -90,6 +93,17 @@ impl EncoderPolicy {
         })
     }
 
+    /// The bridge became short of CPU (or calm again): returns the new settings when they
+    /// changed (only the complexity does).
+    pub fn set_busy(&mut self, busy: bool) -> Option<OpusEncoderConfig> {
+        self.busy = busy;
+        let next = self.decide();
+        (next != self.current).then(|| {
+            self.current = next;
+            next
+        })
+    }
+
     fn loss_percent(&self) -> u8 {
         ((self.smoothed * 100.0).ceil() as u8).min(MAX_LOSS_PERCENT)
     }
@@ -106,9 +120,14 @@ impl EncoderPolicy {
             OpusFec::Auto if self.lossy => (true, s.bitrate_lossy, self.loss_percent().max(1)),
             OpusFec::Auto => (false, s.bitrate, 0),
         };
+        let complexity = if self.busy {
+            s.complexity_busy.min(s.complexity)
+        } else {
+            s.complexity
+        };
         OpusEncoderConfig {
             bitrate_bps: bitrate.min(i32::MAX as u32) as i32,
-            complexity: s.complexity.min(10),
+            complexity: complexity.min(10),
             packet_loss_percent: loss,
             fec,
         }
@@ -122,6 +141,7 @@ mod tests {
     fn settings(fec: OpusFec) -> OpusSettings {
         OpusSettings {
             complexity: 4,
+            complexity_busy: 1,
             bitrate: 24_000,
             bitrate_lossy: 32_000,
             fec,
@@ -239,5 +259,31 @@ mod tests {
         p.on_loss_report(7.0, 2);
         assert_eq!(p.settings().packet_loss_percent, MAX_LOSS_PERCENT);
         assert!(p.smoothed_loss() <= 1.0);
+    }
+
+    #[test]
+    fn a_busy_bridge_encodes_cheaper_and_keeps_the_loss_rule() {
+        let mut p = EncoderPolicy::new(settings(OpusFec::Auto));
+        let busy = p.set_busy(true).expect("complexity changes");
+        assert_eq!(
+            (busy.complexity, busy.fec, busy.bitrate_bps),
+            (1, false, 24_000)
+        );
+        assert_eq!(p.set_busy(true), None, "no change, no new settings");
+        // Loss while busy: FEC comes on at the lossy bitrate, still cheap.
+        let lossy = p.on_loss_report(0.05, 0).expect("FEC on");
+        assert_eq!(
+            (lossy.complexity, lossy.fec, lossy.bitrate_bps),
+            (1, true, 32_000)
+        );
+        let calm = p.set_busy(false).expect("complexity back");
+        assert_eq!((calm.complexity, calm.fec), (4, true));
+        // A busy complexity above the normal one is never used.
+        let mut odd = EncoderPolicy::new(OpusSettings {
+            complexity_busy: 9,
+            ..settings(OpusFec::Off)
+        });
+        assert_eq!(odd.set_busy(true), None);
+        assert_eq!(odd.settings().complexity, 4);
     }
 }

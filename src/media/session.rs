@@ -31,6 +31,7 @@ use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg, RtpLegParts};
 use crate::media::webrtc_leg::{
     IceServer, NegotiatedCodecs, WebRtcLeg, WebRtcLegError, WebRtcSettings,
 };
+use crate::ops::cpu_load::BusySignal;
 use crate::ops::metrics::Metrics;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
 use actor::{Attach, Browser, Control, LegSockets, MediaTask};
@@ -48,6 +49,8 @@ pub struct SessionFactory {
     sdp_ip: IpAddr,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
     metrics: Arc<Metrics>,
+    /// Whether the bridge is short of CPU (`ops::cpu_load`): each call's Opus encoder follows.
+    busy: BusySignal,
 }
 
 impl SessionFactory {
@@ -76,7 +79,15 @@ impl SessionFactory {
             sdp_ip,
             config,
             metrics,
+            busy: BusySignal::new(),
         })
+    }
+
+    /// Calls' Opus encoders take `opus_complexity_busy` while `busy` says the bridge is short
+    /// of CPU.
+    pub fn with_busy_signal(mut self, busy: BusySignal) -> Self {
+        self.busy = busy;
+        self
     }
 
     /// Port pairs held by this factory's legs, SIP (RTP) and browser (ICE): for status and leak
@@ -177,7 +188,8 @@ impl MediaFactory for SessionFactory {
             direction == CallDirection::WebToSip,
             Instant::now(),
             Arc::clone(&self.metrics),
-        );
+        )
+        .with_busy_signal(self.busy.clone());
         let sockets = LegSockets {
             socket,
             rtcp,

@@ -305,6 +305,8 @@ pub struct Metrics {
     registry: Registry,
     uptime: SecondsGauge,
     draining: Gauge,
+    /// `srbridge_cpu_busy`: 1 while the bridge is short of CPU (`ops::cpu_load`).
+    pub cpu_busy: Gauge,
     /// `srbridge_calls_started_total{direction}`.
     pub calls_started: PerDirection<Counter>,
     /// `srbridge_calls_answered_total{direction}`.
@@ -481,6 +483,11 @@ impl Metrics {
             "srbridge_draining",
             "1 after SIGTERM while calls finish.",
         );
+        let cpu_busy = gauge(
+            r,
+            "srbridge_cpu_busy",
+            "1 while the bridge is short of CPU (Opus toward browsers at opus_complexity_busy).",
+        );
         // counters are registered without `_total`: the encoder appends it
         let calls_started = direction_counters(r, "srbridge_calls_started", "Calls started.");
         let calls_answered = direction_counters(r, "srbridge_calls_answered", "Calls answered.");
@@ -613,6 +620,7 @@ impl Metrics {
             registry: std::mem::take(r),
             uptime,
             draining,
+            cpu_busy,
             calls_started,
             calls_answered,
             calls_failed,

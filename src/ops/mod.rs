@@ -10,12 +10,14 @@
 //! * [`tls`]: HTTPS/WSS when `[http] tls_cert`/`tls_key` are set.
 //! * [`serve`] + [`conn_gate`] + [`fd_limit`]: the HTTP accept loop: `TCP_NODELAY`, header-read
 //!   timeout, connections per address, and a file-descriptor budget that keeps room for media.
+//! * [`cpu_load`]: is the bridge short of CPU? (cheaper Opus encoding while it is).
 //! * [`trim`]: freed heap returned to the system on a timer (RSS comes back after floods).
 //! * [`lifecycle`]: drain on SIGTERM ([`lifecycle::Lifecycle`]) and config reload on SIGHUP
 //!   ([`lifecycle::ConfigReloader`], published as a [`lifecycle::ConfigWatch`]).
 
 pub mod auth_log;
 pub mod conn_gate;
+pub mod cpu_load;
 mod encoded;
 pub mod fd_limit;
 pub mod http;

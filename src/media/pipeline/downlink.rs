@@ -116,6 +116,21 @@ impl Downlink {
         Ok(changed)
     }
 
+    /// The bridge became short of CPU, or calm again (`ops::cpu_load`): the encoder's
+    /// complexity follows. Returns the encoder settings when they changed.
+    pub fn set_busy(&mut self, busy: bool) -> Result<Option<OpusEncoderConfig>, OpusError> {
+        let changed = self.policy.set_busy(busy);
+        if let Some(settings) = changed {
+            self.apply_encoder(settings)?;
+        }
+        Ok(changed)
+    }
+
+    /// Whether the browser gets Opus (else G.711 is relayed and no encoder runs).
+    pub fn encodes_opus(&self) -> bool {
+        self.encoder.is_some()
+    }
+
     /// The settings the Opus encoder runs with now.
     pub fn encoder_settings(&self) -> OpusEncoderConfig {
         self.policy.settings()

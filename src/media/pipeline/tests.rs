@@ -416,6 +416,7 @@ fn loss_the_browser_reports_turns_fec_on_with_more_bits_and_a_clean_path_has_non
     down.set_sip(sip(Codec::Pcmu));
     down.set_opus(OpusSettings {
         complexity: 5,
+        complexity_busy: 0,
         bitrate: 16_000,
         bitrate_lossy: 32_000,
         fec: OpusFec::Auto,

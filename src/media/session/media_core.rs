@@ -18,6 +18,7 @@ use crate::media::pipeline::{
 use crate::media::recording::{RecorderTap, Side};
 use crate::media::rtp_leg::{RtpStats, SipRtpCore};
 use crate::media::transcode::RtpStamp;
+use crate::ops::cpu_load::BusySignal;
 use crate::ops::metrics::{Ending, ErrorKind, Metrics};
 use crate::ops::Direction as OpsDirection;
 
@@ -104,6 +105,10 @@ pub struct MediaCore {
     published: RtpStats,
     refused: RefusedLog,
     metrics: Arc<Metrics>,
+    /// Whether the bridge is short of CPU (read once a second), and what the encoder was last
+    /// told.
+    busy: BusySignal,
+    busy_applied: bool,
 }
 
 /// What the RTP-timeout watch needs to know at start.
@@ -149,7 +154,16 @@ impl MediaCore {
             published: RtpStats::default(),
             refused: RefusedLog::default(),
             metrics,
+            busy: BusySignal::new(),
+            busy_applied: false,
         }
+    }
+
+    /// Follows `busy` (`ops::cpu_load`): while the bridge is short of CPU the Opus encoder
+    /// toward the browser takes `opus_complexity_busy`.
+    pub fn with_busy_signal(mut self, busy: BusySignal) -> Self {
+        self.busy = busy;
+        self
     }
 
     /// The SIP side's negotiated media (answer, re-INVITE, UPDATE): where to send, what codec,
@@ -177,6 +191,10 @@ impl MediaCore {
         if let Some(params) = self.sip_params {
             up.set_sip(params);
             down.set_sip(params);
+        }
+        self.busy_applied = self.busy.is_busy();
+        if let Err(e) = down.set_busy(self.busy_applied) {
+            tracing::warn!(call_id = %self.call_id, error = %e, "Opus encoder complexity not changed");
         }
         self.pipeline = Some(Pipeline {
             up,
@@ -401,6 +419,38 @@ impl MediaCore {
         io.send_browser(frame.payload_type, frame.stamp, frame.payload);
     }
 
+    /// The settings the Opus encoder toward the browser runs with (`None` before the browser
+    /// leg is answered, or when the browser takes G.711).
+    #[cfg(test)]
+    pub fn encoder_settings(&self) -> Option<crate::media::opus::OpusEncoderConfig> {
+        let down = &self.pipeline.as_ref()?.down;
+        down.encodes_opus().then(|| down.encoder_settings())
+    }
+
+    /// Tells the encoder when the bridge became short of CPU or calm again.
+    fn follow_busy(&mut self) {
+        let busy = self.busy.is_busy();
+        if busy == self.busy_applied {
+            return;
+        }
+        self.busy_applied = busy;
+        let Some(p) = &mut self.pipeline else {
+            return;
+        };
+        match p.down.set_busy(busy) {
+            Ok(Some(s)) => tracing::debug!(
+                call_id = %self.call_id,
+                busy,
+                complexity = s.complexity,
+                "Opus encoder complexity follows the bridge's CPU"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(call_id = %self.call_id, error = %e, "Opus encoder complexity not changed")
+            }
+        }
+    }
+
     fn check_activity(&mut self, now: Instant, io: &mut impl MediaIo) {
         let activity = self.activity();
         let Some(w) = &mut self.watch else {
@@ -427,6 +477,7 @@ impl MediaCore {
     /// loss and jitter of both jitter buffers), and sums refused datagrams up in one line at
     /// most every [`REFUSED_LOG_EVERY`].
     pub fn publish(&mut self, now: Instant) {
+        self.follow_busy();
         let c = self.sip.stats();
         let seen = self.published;
         self.published = c;

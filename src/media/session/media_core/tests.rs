@@ -66,6 +66,31 @@ fn core_counting_into(
     rtp_timeout: u64,
     metrics: Arc<Metrics>,
 ) -> MediaCore {
+    let browser = BrowserParams {
+        codec: BrowserCodec::G711(Codec::Pcmu),
+        payload_type: 0,
+        dtmf_pts: [None, Some(126)],
+    };
+    attached_core(
+        t0,
+        answered,
+        rtp_timeout,
+        metrics,
+        browser,
+        BusySignal::new(),
+    )
+}
+
+/// A core whose SIP side is negotiated (PCMU) and whose browser leg talks `browser`, the
+/// pipeline attached at `t0`, following `busy`.
+fn attached_core(
+    t0: Instant,
+    answered: bool,
+    rtp_timeout: u64,
+    metrics: Arc<Metrics>,
+    browser: BrowserParams,
+    busy: BusySignal,
+) -> MediaCore {
     let counters = Arc::new(PipelineCounters::default());
     let mut core = MediaCore::new(
         "call-1",
@@ -78,13 +103,9 @@ fn core_counting_into(
         answered,
         t0,
         metrics,
-    );
+    )
+    .with_busy_signal(busy);
     core.set_sip(phone(), pcmu(), false);
-    let browser = BrowserParams {
-        codec: BrowserCodec::G711(Codec::Pcmu),
-        payload_type: 0,
-        dtmf_pts: [None, Some(126)],
-    };
     let up = Uplink::new(browser, Arc::clone(&counters)).unwrap();
     let down = Downlink::new(browser, counters).unwrap();
     core.attach(up, down, None, t0);
@@ -451,4 +472,43 @@ fn a_flood_of_bad_datagrams_is_summed_up_in_one_line_every_10_s_not_one_per_pack
         .collect();
     assert!(others.is_empty(), "nothing else logged: {others:?}");
     assert_eq!(core.sip_stats().dropped_malformed, 125_000);
+}
+
+#[test]
+fn the_opus_encoder_follows_the_bridges_cpu_within_a_second() {
+    let t0 = Instant::now();
+    let busy = BusySignal::new();
+    let opus = BrowserParams {
+        codec: BrowserCodec::Opus,
+        payload_type: 111,
+        dtmf_pts: [None, Some(126)],
+    };
+    let opus_core = |busy: &BusySignal| {
+        attached_core(t0, true, 0, Arc::new(Metrics::new()), opus, busy.clone())
+    };
+    let mut core = opus_core(&busy);
+    let normal = crate::config::OpusSettings::default();
+    let complexity = |core: &MediaCore| core.encoder_settings().map(|s| s.complexity);
+    assert_eq!(complexity(&core), Some(normal.complexity));
+
+    let mut io = Recorder {
+        ready: true,
+        ..Recorder::default()
+    };
+    busy.set(true);
+    core.on_timeout(t0 + 500 * MS, &mut io);
+    assert_eq!(
+        complexity(&core),
+        Some(normal.complexity),
+        "read once a second"
+    );
+    core.on_timeout(t0 + 1000 * MS, &mut io);
+    assert_eq!(complexity(&core), Some(normal.complexity_busy));
+    busy.set(false);
+    core.on_timeout(t0 + 2000 * MS, &mut io);
+    assert_eq!(complexity(&core), Some(normal.complexity));
+
+    // A call whose browser leg is answered while the bridge is busy starts cheap.
+    busy.set(true);
+    assert_eq!(complexity(&opus_core(&busy)), Some(normal.complexity_busy));
 }
