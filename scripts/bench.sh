@@ -22,6 +22,8 @@
 #                         tool over ng on 127.0.0.1:2223) or both: each mode runs both on the same
 #                         steps, and the ratio of CPU per call, srbridge / rtpengine, is printed
 #   OUT [target/bench]    JSON reports and logs
+#   MEDIA_EXTRA []        lines added to the bridge's [media] section, e.g.
+#                         MEDIA_EXTRA="webrtc_single_port = 3478" (every browser call on one port)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,7 +60,7 @@ if [ -z "${SRBRIDGE_BENCH_INSIDE:-}" ]; then
     exit 2
   fi
   export CALLS RELAY_CALLS DURATION RATE DIRECTION MODES SETUP_CALLS SETUP_RATE BRIDGE_CPU TOOL_CPUS \
-    PROFILE OUT BIN_DIR BRIDGE_BIN LIMITS_EXTRA PEER
+    PROFILE OUT BIN_DIR BRIDGE_BIN LIMITS_EXTRA MEDIA_EXTRA PEER
   exec unshare --net -- env SRBRIDGE_BENCH_INSIDE=1 bash -c 'ip link set lo up && exec bash "$0"' "$0"
 fi
 
@@ -108,6 +110,7 @@ options_interval = 0
 [media]
 rtp_port_min = 20000
 rtp_port_max = 29998
+${MEDIA_EXTRA:-}
 [http]
 listen = "127.0.0.1:8080"
 [limits]
