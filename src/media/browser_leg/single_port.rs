@@ -453,4 +453,31 @@ mod tests {
         r.route(addr(5000), &mut slab_with(&SRTP));
         assert_eq!(r.demux.counters().unknown_source, 1);
     }
+
+    #[tokio::test]
+    async fn a_thousand_calls_come_and_go_without_a_trace() {
+        let metrics = Arc::new(Metrics::new());
+        let port = SinglePort::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(Arc::clone(&metrics)),
+        )
+        .unwrap();
+        let kept = port.attach(&creds("kept")).await.unwrap();
+        for i in 0..1000 {
+            let share = port.attach(&creds(&format!("call{i}"))).await.unwrap();
+            // A ufrag in use is refused (the caller makes new credentials), not shadowed.
+            assert_eq!(
+                port.attach(&creds(&format!("call{i}"))).await.unwrap_err(),
+                SinglePortError::Demux(IceDemuxError::DuplicateUfrag(format!("call{i}")))
+            );
+            drop(share);
+        }
+        // The reader handles control messages in order: once this answers, every drop is done.
+        port.counters().await;
+        assert_eq!(metrics.webrtc_port_calls.get(), 1);
+        drop(kept);
+        port.counters().await;
+        assert_eq!(metrics.webrtc_port_calls.get(), 0);
+        port.attach(&creds("call0")).await.unwrap();
+    }
 }
