@@ -132,19 +132,25 @@ impl SinglePort {
     }
 }
 
-/// Best effort: the kernel caps it at `net.core.rmem_max`; a small buffer only drops earlier.
+/// Best effort: `SO_RCVBUFFORCE` when privileged, else `SO_RCVBUF`, which the kernel caps at
+/// `net.core.rmem_max`; a small buffer only drops earlier when the reader is starved.
 fn raise_receive_buffer(socket: &std::net::UdpSocket) {
     use std::os::fd::AsRawFd;
     let size = SOCKET_RCVBUF;
-    // SAFETY: a valid descriptor, a c_int option value of the length given.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::addr_of!(size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+    let set = |option| {
+        // SAFETY: a valid descriptor, a c_int option value of the length given.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) != 0 {
+        set(libc::SO_RCVBUF);
     }
 }
 
