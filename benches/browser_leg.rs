@@ -10,6 +10,11 @@
 //!   media path: tokio tasks, channels, interceptors), one packet in flight at a time.
 //!
 //! * `*/answer`: call set-up, a leg built and answering an offer.
+//! * `receive/*`: one datagram from a browser's socket to the call's media task, 32 in flight,
+//!   on a socket of the call's own (`recv_from`) against the shared port of
+//!   `[media] webrtc_single_port` (the port's reader: `recvfrom`, demux, the call's queue; the
+//!   call: `recv` and the copy into its buffer). One current-thread runtime, so both wake-ups
+//!   are counted.
 //!
 //! Timings are process CPU time (user + system, from `getrusage`) per packet, not wall time, so
 //! waiting on the other core or the scheduler is not counted. The box is shared: compare runs
@@ -22,7 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
-use srbridge::media::browser_leg::{BrowserLeg, BrowserLegEvent};
+use srbridge::media::browser_leg::single_port::{PortShare, SinglePort};
+use srbridge::media::browser_leg::stun::build_binding_request;
+use srbridge::media::browser_leg::{BrowserLeg, BrowserLegEvent, IceCredentials};
 use srbridge::media::webrtc_leg::{LegChannels, LegEvent, LegState, WebRtcLeg, WebRtcSettings};
 
 struct Counting;
@@ -325,13 +332,107 @@ fn answer_offer(c: &mut Criterion) {
     });
 }
 
+/// SRTP-sized datagram (12-byte header, 80-byte payload, 10-byte tag).
+const DATAGRAM: [u8; 102] = [0x80; 102];
+const IN_FLIGHT: u64 = 32;
+
+/// Sends `iters` datagrams from `client` to `to`, `IN_FLIGHT` at a time, each burst received
+/// with `receive` (given `state`, which it keeps between calls); returns the CPU time taken.
+async fn carry_bursts<S>(
+    client: &UdpSocket,
+    to: SocketAddr,
+    iters: u64,
+    state: &mut S,
+    receive: impl AsyncReceive<S>,
+) -> Duration {
+    let start = cpu_time();
+    let mut buf = [0u8; 1500];
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(IN_FLIGHT);
+        for _ in 0..n {
+            client.send_to(&DATAGRAM, to).unwrap();
+        }
+        for _ in 0..n {
+            receive.receive(state, &mut buf).await;
+        }
+        left -= n;
+    }
+    black_box(&buf);
+    cpu_time() - start
+}
+
+/// One way of receiving a datagram into the call's buffer.
+trait AsyncReceive<S> {
+    async fn receive(&self, state: &mut S, buf: &mut [u8]);
+}
+
+struct OwnSocket;
+
+impl AsyncReceive<tokio::net::UdpSocket> for OwnSocket {
+    async fn receive(&self, socket: &mut tokio::net::UdpSocket, buf: &mut [u8]) {
+        black_box(socket.recv_from(buf).await.unwrap());
+    }
+}
+
+struct SharedPort;
+
+impl AsyncReceive<PortShare> for SharedPort {
+    async fn receive(&self, share: &mut PortShare, buf: &mut [u8]) {
+        // As the call's transport does: the routed bytes into the task's buffer.
+        let (_, bytes) = share.recv().await.unwrap();
+        buf[..bytes.len()].copy_from_slice(&bytes);
+    }
+}
+
+fn receive_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut own = rt.block_on(async { tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap() });
+    let own_addr = own.local_addr().unwrap();
+    c.bench_function("receive/own-socket: one datagram to the call", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(carry_bursts(&client, own_addr, iters, &mut own, OwnSocket))
+        })
+    });
+    let credentials = IceCredentials {
+        ufrag: "bench".into(),
+        pwd: "bench-password-0123456789".into(),
+    };
+    let (port, mut share) = rt.block_on(async {
+        let port = SinglePort::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let share = port.attach(&credentials).await.unwrap();
+        (port, share)
+    });
+    // The client's address is bound to the call by a valid check, as a browser's first one.
+    let check = build_binding_request("bench:client", &credentials.pwd, [0; 12]);
+    client.send_to(&check, port.local_addr()).unwrap();
+    rt.block_on(share.recv()).unwrap();
+    c.bench_function("receive/single-port: one datagram to the call", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(carry_bursts(
+                &client,
+                port.local_addr(),
+                iters,
+                &mut share,
+                SharedPort,
+            ))
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = core_in_memory, core_loopback, webrtc_leg_loopback, answer_offer
+    targets = core_in_memory, core_loopback, webrtc_leg_loopback, answer_offer, receive_path
 }
 
 fn main() {

@@ -23,6 +23,8 @@
 #                         steps, and the ratio of CPU per call, srbridge / rtpengine, is printed
 #   MEDIA_EXTRA           lines added to the bridge's [media] section (e.g. "busy_cpu_percent = 0")
 #   OUT [target/bench]    JSON reports and logs
+#   MEDIA_EXTRA []        lines added to the bridge's [media] section, e.g.
+#                         MEDIA_EXTRA="webrtc_single_port = 3478" (every browser call on one port)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1250,13 +1250,6 @@ fn webrtc_single_port(
             format!("{value} is inside webrtc_port_min/max {lo}-{hi} (pick a port outside it)"),
         ));
     }
-    // The sans-IO browser leg serves it, but the call's media task does not drive that leg yet
-    // (issue 11): say so rather than let a firewall be opened for a port nobody listens on.
-    s.ctx.warn(
-        Some(port.line),
-        Some(s.key_name("webrtc_single_port")),
-        "not in effect yet: browser calls still get their own ports from the ranges".to_string(),
-    );
     Ok(Some(value))
 }
 

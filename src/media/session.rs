@@ -12,6 +12,7 @@
 
 mod actor;
 mod browser;
+mod browser_transport;
 mod media_core;
 mod owned_browser;
 
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::call::machine::Direction as CallDirection;
 use crate::call::ports::{CallMedia, MediaError, MediaEvent, MediaFactory};
 use crate::config::{Codec, Config, OpusSettings, RecordingMode};
+use crate::media::browser_leg::single_port::SinglePort;
 use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParams, Uplink};
 use crate::media::recording;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg, RtpLegParts};
@@ -45,6 +47,8 @@ pub struct SessionFactory {
     /// The browser legs' ports: the RTP allocator itself unless `[media] webrtc_port_min/max`
     /// sets a range apart.
     webrtc_ports: PortAllocator,
+    /// `[media] webrtc_single_port`: the one port every browser leg uses instead.
+    single_port: Option<SinglePort>,
     bind_ip: IpAddr,
     sdp_ip: IpAddr,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
@@ -55,7 +59,9 @@ pub struct SessionFactory {
 
 impl SessionFactory {
     /// `sdp_ip` is the address put in SDP (`media.public_ip`, else the address the PBX reaches
-    /// us on); RTP sockets bind on `bind_ip`; calls count into `metrics`.
+    /// us on); RTP sockets bind on `bind_ip`; calls count into `metrics`. With
+    /// `[media] webrtc_single_port` the shared port is bound here (on the browser legs'
+    /// candidate address), on the current tokio runtime: failing to bind it fails the start.
     pub fn new(
         config: tokio::sync::watch::Receiver<Arc<Config>>,
         bind_ip: IpAddr,
@@ -72,9 +78,28 @@ impl SessionFactory {
             ),
             None => ports.clone(),
         };
+        let single_port = match media.webrtc_single_port {
+            Some(port) => {
+                let ip = webrtc_settings(&config.borrow())
+                    .bind_ips
+                    .first()
+                    .copied()
+                    .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+                let addr = SocketAddr::new(ip, port);
+                let shared = SinglePort::start(addr, Some(Arc::clone(&metrics))).map_err(|e| {
+                    MediaError::Resources(format!(
+                        "cannot listen on [media] webrtc_single_port {addr}: {e}"
+                    ))
+                })?;
+                tracing::info!(addr = %addr, "every browser call's media on one UDP port");
+                Some(shared)
+            }
+            None => None,
+        };
         Ok(SessionFactory {
             ports: Arc::new(ports),
             webrtc_ports,
+            single_port,
             bind_ip,
             sdp_ip,
             config,
@@ -213,6 +238,7 @@ impl MediaFactory for SessionFactory {
                     ports: Some(self.webrtc_ports.clone()),
                     ..webrtc_settings(&config)
                 },
+                single_port: self.single_port.clone(),
                 recording,
                 dtmf_info: config.media.dtmf_mode == crate::config::DtmfMode::Info,
                 opus: config.media.opus,
@@ -244,6 +270,8 @@ pub struct Session {
     /// `[media] opus_*`: the encoder policy toward the browser.
     opus: OpusSettings,
     settings: WebRtcSettings,
+    /// `[media] webrtc_single_port`: the browser leg's candidate and datagrams are there.
+    single_port: Option<SinglePort>,
     recording: Option<(std::path::PathBuf, RecordingMode)>,
     /// Where the browser's trickled candidates go, once its offer was answered.
     browser: Option<CandidateSink>,
@@ -343,9 +371,10 @@ impl Session {
             self.fail("offer without \"sdp\"".into());
             return;
         };
-        // The sans-IO leg has host candidates only; STUN/TURN need the async leg's gathering.
-        let answered = if self.settings.ice_servers.is_empty() {
-            self.answer_owned(sdp)
+        // The sans-IO leg has host candidates only; STUN/TURN need the async leg's gathering,
+        // unless every call is on the shared port (which the async leg cannot serve).
+        let answered = if self.settings.ice_servers.is_empty() || self.single_port.is_some() {
+            self.answer_owned(sdp).await
         } else {
             self.answer_linked(sdp).await
         };
@@ -383,12 +412,17 @@ impl Session {
         })));
     }
 
-    /// Answers with the sans-IO leg the media task drives itself.
-    fn answer_owned(
+    /// Answers with the sans-IO leg the media task drives itself, on a port of its own or on
+    /// the shared one.
+    async fn answer_owned(
         &self,
         sdp: &str,
     ) -> Option<(Browser, CandidateSink, Option<NegotiatedCodecs>, String)> {
-        match OwnedBrowserLeg::answer(&self.settings, sdp) {
+        let answered = match &self.single_port {
+            Some(port) => OwnedBrowserLeg::answer_on_shared_port(&self.settings, port, sdp).await,
+            None => OwnedBrowserLeg::answer(&self.settings, sdp),
+        };
+        match answered {
             Ok((leg, answer)) => {
                 let negotiated = leg.negotiated();
                 Some((

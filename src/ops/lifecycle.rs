@@ -167,6 +167,10 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     );
     check("[sip] listen_ip", old.sip.listen_ip != new.sip.listen_ip);
     check("[sip] transport", old.sip.transport != new.sip.transport);
+    check(
+        "[media] webrtc_single_port",
+        old.media.webrtc_single_port != new.media.webrtc_single_port,
+    );
     check("[log] file", old.log.file != new.log.file);
     check(
         "[log] max_file_size",
@@ -339,6 +343,13 @@ mod tests {
                 "[sip] transport"
             ]
         );
+    }
+
+    #[test]
+    fn restart_required_names_the_single_webrtc_port() {
+        let old = config("[media]\nwebrtc_single_port = 3478\n");
+        let new = config("[media]\nwebrtc_single_port = 3479\n");
+        assert_eq!(restart_required(&old, &new), ["[media] webrtc_single_port"]);
     }
 
     #[test]

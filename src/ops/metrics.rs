@@ -264,6 +264,21 @@ labelled_enum!(
     }
 );
 
+labelled_enum!(
+    /// Datagrams the shared WebRTC port (`[media] webrtc_single_port`) dropped, counted in
+    /// `srbridge_webrtc_port_dropped_total{reason}`.
+    PortDrop {
+        /// An ICE check naming a ufrag no call has.
+        UnknownUfrag = "unknown_ufrag",
+        /// An ICE check for a call whose MESSAGE-INTEGRITY is missing or wrong.
+        BadIntegrity = "bad_integrity",
+        /// Anything else from an address no valid check bound to a call.
+        UnknownSource = "unknown_source",
+        /// A call's queue was full (its media task is behind): dropped like a lost packet.
+        QueueFull = "queue_full",
+    }
+);
+
 const MS: u64 = 1_000_000;
 const US: u64 = 1_000;
 const SETUP_BOUNDS: &[u64] = &[
@@ -364,6 +379,10 @@ pub struct Metrics {
     limits: Vec<Counter>,
     /// `srbridge_calls_ended_total{reason}`, in [`Ending::ALL`] order.
     endings: Vec<Counter>,
+    /// `srbridge_webrtc_port_dropped_total{reason}`, in [`PortDrop::ALL`] order.
+    port_drops: Vec<Counter>,
+    /// `srbridge_webrtc_port_calls`: calls registered on the shared WebRTC port now.
+    pub webrtc_port_calls: Gauge,
 }
 
 impl Default for Metrics {
@@ -616,6 +635,18 @@ impl Metrics {
             "reason",
             Ending::ALL.iter().map(|e| e.label()),
         );
+        let port_drops = counters(
+            r,
+            "srbridge_webrtc_port_dropped",
+            "Datagrams the shared WebRTC port ([media] webrtc_single_port) dropped, by reason.",
+            "reason",
+            PortDrop::ALL.iter().map(|d| d.label()),
+        );
+        let webrtc_port_calls = gauge(
+            r,
+            "srbridge_webrtc_port_calls",
+            "Calls registered on the shared WebRTC port ([media] webrtc_single_port).",
+        );
         let metrics = Metrics {
             registry: std::mem::take(r),
             uptime,
@@ -649,6 +680,8 @@ impl Metrics {
             errors,
             limits,
             endings,
+            port_drops,
+            webrtc_port_calls,
         };
         metrics.set_registration(RegistrationState::Disabled);
         metrics
@@ -704,6 +737,18 @@ impl Metrics {
     /// Calls ended for `reason` so far.
     pub fn calls_ended(&self, reason: Ending) -> u64 {
         self.endings.get(reason as usize).map_or(0, Counter::get)
+    }
+
+    /// Counts `n` datagrams the shared WebRTC port dropped for `reason`.
+    pub fn webrtc_port_dropped(&self, reason: PortDrop, n: u64) {
+        if let Some(c) = self.port_drops.get(reason as usize) {
+            c.add(n);
+        }
+    }
+
+    /// Datagrams the shared WebRTC port dropped for `reason` so far.
+    pub fn webrtc_port_drops(&self, reason: PortDrop) -> u64 {
+        self.port_drops.get(reason as usize).map_or(0, Counter::get)
     }
 
     /// Records the PBX registration state.

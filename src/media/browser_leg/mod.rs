@@ -9,13 +9,14 @@
 //! [`NegotiatedCodecs`](super::webrtc_leg::NegotiatedCodecs), [`LegState`](super::webrtc_leg::LegState),
 //! [`WebRtcLegError`](super::webrtc_leg::WebRtcLegError)).
 //!
-//! [`ice_demux::IceDemux`] lets every call share one UDP port (`[media] webrtc_single_port`), and
-//! [`shell`] is a thin tokio driver for one leg (one task, sleep until the next deadline), used by
-//! the tests and the micro-benchmark until the call actor drives the core itself.
+//! [`ice_demux::IceDemux`] tells calls apart on one shared UDP port, [`single_port::SinglePort`]
+//! serves that port (`[media] webrtc_single_port`), and [`shell`] is a thin tokio driver for one
+//! leg (one task, sleep until the next deadline), used by the tests and the micro-benchmark.
 
 mod core;
 pub mod ice_demux;
 pub mod shell;
+pub mod single_port;
 pub mod stun;
 
 pub use self::core::{BrowserLeg, BrowserLegEvent, IceCredentials, Transmit};

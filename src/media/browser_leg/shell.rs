@@ -2,23 +2,21 @@
 //! socket (a port from the configured range) or by a [`SinglePort`] shared by every call, and
 //! one `sleep_until` for the core's next deadline.
 //!
-//! It exists so the core runs against real peers now; the call actor is meant to drive the core
+//! The tests and the micro-benchmark drive the core this way; the call's media task drives it
 //! itself (same loop, its own select). Commands and received RTP cross channels here, which the
-//! actor does not need.
+//! task does not need.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 
 use super::core::{BrowserLeg, BrowserLegEvent};
-use super::ice_demux::{IceDemux, IceDemuxCounters, IceDemuxError};
+pub use super::single_port::{PortShare, SinglePort};
 use crate::media::rtp_leg::{PortAllocator, PortLease, RtpLegError};
 use crate::media::webrtc_leg::{InboundRtp, NegotiatedCodecs, WebRtcLegError, WebRtcSettings};
 
@@ -199,89 +197,7 @@ pub async fn answer_on_own_port(
     Ok((handle, answer))
 }
 
-/// Every call's WebRTC media on one UDP port: a reader task routes datagrams to calls with an
-/// [`IceDemux`]; each call's task sends through the same socket.
-#[derive(Debug, Clone)]
-pub struct SinglePort {
-    socket: Arc<UdpSocket>,
-    control: mpsc::UnboundedSender<PortControl>,
-    local: SocketAddr,
-}
-
-#[derive(Debug)]
-enum PortControl {
-    Register {
-        call: u64,
-        credentials: super::core::IceCredentials,
-        input: mpsc::Sender<(SocketAddr, Bytes)>,
-        reply: oneshot::Sender<Result<(), IceDemuxError>>,
-    },
-    Unregister(u64),
-    Counters(oneshot::Sender<IceDemuxCounters>),
-}
-
 impl SinglePort {
-    /// Binds `addr` and starts its reader.
-    pub async fn bind(addr: SocketAddr) -> Result<SinglePort, WebRtcLegError> {
-        let socket = Arc::new(UdpSocket::bind(addr).await.map_err(io_error)?);
-        let local = socket.local_addr().map_err(io_error)?;
-        let (control, control_rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_port(Arc::clone(&socket), control_rx));
-        Ok(SinglePort {
-            socket,
-            control,
-            local,
-        })
-    }
-
-    /// The shared address every call's candidate names.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// What the demultiplexer dropped so far.
-    pub async fn counters(&self) -> IceDemuxCounters {
-        let (tx, rx) = oneshot::channel();
-        if self.control.send(PortControl::Counters(tx)).is_err() {
-            return IceDemuxCounters::default();
-        }
-        rx.await.unwrap_or_default()
-    }
-
-    /// Registers a call's ICE credentials: datagrams whose check names them (and then their
-    /// address) arrive on the returned share until it is dropped. This is what a call actor
-    /// driving [`BrowserLeg`] itself uses.
-    pub async fn attach(
-        &self,
-        credentials: &super::core::IceCredentials,
-    ) -> Result<PortShare, WebRtcLegError> {
-        static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
-        let call = NEXT_CALL.fetch_add(1, Ordering::Relaxed);
-        let (input, datagrams) = mpsc::channel(QUEUE);
-        let (reply, registered) = oneshot::channel();
-        self.control
-            .send(PortControl::Register {
-                call,
-                credentials: credentials.clone(),
-                input,
-                reply,
-            })
-            .map_err(|_| WebRtcLegError::Closed)?;
-        registered
-            .await
-            .map_err(|_| WebRtcLegError::Closed)?
-            .map_err(|e| WebRtcLegError::WebRtc(e.to_string()))?;
-        Ok(PortShare {
-            datagrams,
-            socket: Arc::clone(&self.socket),
-            local: self.local,
-            _registration: Registration {
-                call,
-                control: self.control.clone(),
-            },
-        })
-    }
-
     /// Answers `offer` with a candidate on the shared port, driven by the shell.
     pub async fn answer(
         &self,
@@ -291,84 +207,15 @@ impl SinglePort {
         let (leg, answer) = BrowserLeg::answer(
             TokioInstant::now().into_std(),
             settings,
-            &[self.local],
+            &[self.local_addr()],
             offer,
         )?;
-        let share = self.attach(leg.ice_credentials()).await?;
-        let socket = Arc::clone(&share.socket);
+        let share = self
+            .attach(leg.ice_credentials())
+            .await
+            .map_err(|e| WebRtcLegError::WebRtc(e.to_string()))?;
+        let socket = Arc::clone(share.socket());
         Ok((spawn(leg, socket, Input::Shared(share), None), answer))
-    }
-}
-
-/// One call's part of a [`SinglePort`]: its datagrams, and the socket to answer on. Dropping it
-/// unregisters the call (its ufrag and addresses are forgotten).
-#[derive(Debug)]
-pub struct PortShare {
-    /// `(from, datagram)` routed to this call; bounded, overflow dropped like a lost packet.
-    pub datagrams: mpsc::Receiver<(SocketAddr, Bytes)>,
-    socket: Arc<UdpSocket>,
-    local: SocketAddr,
-    _registration: Registration,
-}
-
-impl PortShare {
-    /// The shared socket: send the leg's transmits with `send_to`.
-    pub fn socket(&self) -> &Arc<UdpSocket> {
-        &self.socket
-    }
-
-    /// The shared port's address (the leg's `local` for `handle_datagram`).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-}
-
-#[derive(Debug)]
-struct Registration {
-    call: u64,
-    control: mpsc::UnboundedSender<PortControl>,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let _ = self.control.send(PortControl::Unregister(self.call));
-    }
-}
-
-/// The shared port's reader: routes each datagram to its call (one copy into `Bytes`).
-async fn read_port(socket: Arc<UdpSocket>, mut control: mpsc::UnboundedReceiver<PortControl>) {
-    let mut demux = IceDemux::new();
-    let mut inputs: HashMap<u64, mpsc::Sender<(SocketAddr, Bytes)>> = HashMap::new();
-    let mut buf = vec![0u8; RECV_BUF];
-    loop {
-        tokio::select! {
-            biased;
-            c = control.recv() => match c {
-                Some(PortControl::Register { call, credentials, input, reply }) => {
-                    let result = demux.register(call, &credentials);
-                    if result.is_ok() {
-                        inputs.insert(call, input);
-                    }
-                    let _ = reply.send(result);
-                }
-                Some(PortControl::Unregister(call)) => {
-                    demux.unregister(call);
-                    inputs.remove(&call);
-                }
-                Some(PortControl::Counters(reply)) => {
-                    let _ = reply.send(demux.counters());
-                }
-                None => return,
-            },
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
-                let datagram = &buf[..n];
-                if let Some(input) = demux.route(from, datagram).and_then(|c| inputs.get(&c)) {
-                    // Full: the call's task is behind; the datagram is dropped like a lost one.
-                    let _ = input.try_send((from, Bytes::copy_from_slice(datagram)));
-                }
-            }
-        }
     }
 }
 
@@ -483,7 +330,7 @@ async fn next_datagram(input: &mut Input, buf: &mut [u8]) -> Option<(SocketAddr,
             }
         },
         Input::Shared(share) => {
-            let (from, bytes) = share.datagrams.recv().await?;
+            let (from, bytes) = share.recv().await?;
             let n = bytes.len().min(buf.len());
             buf[..n].copy_from_slice(&bytes[..n]);
             Some((from, n))

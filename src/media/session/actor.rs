@@ -155,7 +155,7 @@ impl MediaIo for ShellIo<'_> {
 /// leg's channels bring.
 async fn next_browser(browser: &mut Option<Browser>, buf: &mut [u8]) -> BrowserInput {
     match browser {
-        Some(Browser::Owned(leg)) => BrowserInput::Datagram(leg.socket().recv_from(buf).await),
+        Some(Browser::Owned(leg)) => BrowserInput::Datagram(leg.recv_from(buf).await),
         Some(Browser::Link(b)) => b.next().await,
         None => std::future::pending().await,
     }
@@ -371,7 +371,7 @@ impl MediaTask {
                     break;
                 }
             }
-            next = leg.socket().try_recv_from(&mut self.browser_buf[..]);
+            next = leg.try_recv_from(&mut self.browser_buf[..]);
         }
         self.drain_owned(now);
         if failed {

@@ -1,7 +1,8 @@
 //! The browser leg as the call's media task drives it itself: the sans-IO [`BrowserLeg`] and the
-//! UDP socket its one host candidate names (a port from the configured range). No task, channel
-//! or timer of its own: the media task reads the socket, feeds datagrams and time in, and sends
-//! what the leg wants sent straight from its loop.
+//! transport its one host candidate names (a socket on a port from the configured range, or the
+//! call's share of `[media] webrtc_single_port`). No task, channel or timer of its own: the media
+//! task reads the transport, feeds datagrams and time in, and sends what the leg wants sent
+//! straight from its loop.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -9,20 +10,24 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
+use super::browser_transport::BrowserTransport;
+use crate::media::browser_leg::ice_demux::IceDemuxError;
+use crate::media::browser_leg::single_port::{SinglePort, SinglePortError};
 use crate::media::browser_leg::{BrowserLeg, BrowserLegEvent};
-use crate::media::rtp_leg::{PortLease, RtpLegError};
+use crate::media::rtp_leg::RtpLegError;
 use crate::media::transcode::RtpStamp;
 use crate::media::webrtc_leg::{InboundRtp, NegotiatedCodecs, WebRtcLegError, WebRtcSettings};
 
-/// One browser leg with its socket, owned by the call's media task.
+/// New credentials tried when a call's ICE ufrag is already taken on the shared port.
+const UFRAG_ATTEMPTS: usize = 4;
+
+/// One browser leg with its transport, owned by the call's media task.
 pub struct OwnedBrowserLeg {
     leg: BrowserLeg,
-    socket: UdpSocket,
+    transport: BrowserTransport,
     local: SocketAddr,
     /// Datagrams the socket refused (full buffer): dropped like lost packets, counted.
     send_drops: u64,
-    /// Dropped after the socket (field order): the port goes back to the range.
-    _lease: Option<PortLease>,
 }
 
 impl std::fmt::Debug for OwnedBrowserLeg {
@@ -63,16 +68,49 @@ impl OwnedBrowserLeg {
         let socket = UdpSocket::from_std(socket).map_err(io_error)?;
         let local = socket.local_addr().map_err(io_error)?;
         let (leg, answer) = BrowserLeg::answer(Instant::now(), settings, &[local], offer)?;
-        Ok((
-            OwnedBrowserLeg {
-                leg,
-                socket,
-                local,
-                send_drops: 0,
-                _lease: lease,
-            },
-            answer,
-        ))
+        let transport = BrowserTransport::Own {
+            socket,
+            _lease: lease,
+        };
+        Ok((OwnedBrowserLeg::new(leg, transport, local), answer))
+    }
+
+    /// Answers `offer` with the shared port as the host candidate and registers the leg's ICE
+    /// credentials there (new ones if its ufrag is taken). The registration lasts as long as
+    /// the leg.
+    pub async fn answer_on_shared_port(
+        settings: &WebRtcSettings,
+        port: &SinglePort,
+        offer: &str,
+    ) -> Result<(OwnedBrowserLeg, String), WebRtcLegError> {
+        let local = port.local_addr();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (leg, answer) = BrowserLeg::answer(Instant::now(), settings, &[local], offer)?;
+            match port.attach(leg.ice_credentials()).await {
+                Ok(share) => {
+                    let transport = BrowserTransport::Shared(share);
+                    return Ok((OwnedBrowserLeg::new(leg, transport, local), answer));
+                }
+                Err(SinglePortError::Demux(IceDemuxError::DuplicateUfrag(_)))
+                    if attempts < UFRAG_ATTEMPTS => {}
+                Err(e) => {
+                    return Err(WebRtcLegError::NoFreePort(RtpLegError::Io(
+                        io::Error::other(e),
+                    )))
+                }
+            }
+        }
+    }
+
+    fn new(leg: BrowserLeg, transport: BrowserTransport, local: SocketAddr) -> OwnedBrowserLeg {
+        OwnedBrowserLeg {
+            leg,
+            transport,
+            local,
+            send_drops: 0,
+        }
     }
 
     /// Payload types agreed with the browser.
@@ -80,9 +118,14 @@ impl OwnedBrowserLeg {
         self.leg.negotiated()
     }
 
-    /// The socket the browser's datagrams arrive on.
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
+    /// Waits for the next datagram from the browser's side.
+    pub async fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.transport.recv_from(buf).await
+    }
+
+    /// A datagram already waiting; `WouldBlock` when there is none.
+    pub fn try_recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.transport.try_recv_from(buf)
     }
 
     /// Whether packets to the browser can be encrypted (ICE and DTLS completed once).
@@ -132,7 +175,7 @@ impl OwnedBrowserLeg {
     /// task never waits.
     pub fn transmit(&mut self) {
         while let Some(t) = self.leg.poll_transmit() {
-            if self.socket.try_send_to(&t.payload, t.to).is_err() {
+            if self.transport.try_send_to(&t.payload, t.to).is_err() {
                 self.send_drops += 1;
             }
         }
