@@ -21,10 +21,10 @@
 #                         userspace forwarding, pinned to BRIDGE_CPU like the bridge, driven by the
 #                         tool over ng on 127.0.0.1:2223) or both: each mode runs both on the same
 #                         steps, and the ratio of CPU per call, srbridge / rtpengine, is printed
-#   MEDIA_EXTRA           lines added to the bridge's [media] section (e.g. "busy_cpu_percent = 0")
 #   OUT [target/bench]    JSON reports and logs
 #   MEDIA_EXTRA []        lines added to the bridge's [media] section, e.g.
 #                         MEDIA_EXTRA="webrtc_single_port = 3478" (every browser call on one port)
+#                         or "busy_cpu_percent = 0" (never switch to the cheaper busy encoder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
