@@ -13,6 +13,7 @@
 mod actor;
 mod browser;
 mod media_core;
+mod media_socket;
 mod owned_browser;
 
 use std::net::{IpAddr, SocketAddr};

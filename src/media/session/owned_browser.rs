@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
+use super::media_socket::{Datagram, MediaSocket};
 use crate::media::browser_leg::{BrowserLeg, BrowserLegEvent};
 use crate::media::rtp_leg::{PortLease, RtpLegError};
 use crate::media::transcode::RtpStamp;
@@ -17,7 +18,7 @@ use crate::media::webrtc_leg::{InboundRtp, NegotiatedCodecs, WebRtcLegError, Web
 /// One browser leg with its socket, owned by the call's media task.
 pub struct OwnedBrowserLeg {
     leg: BrowserLeg,
-    socket: UdpSocket,
+    socket: MediaSocket,
     local: SocketAddr,
     /// Datagrams the socket refused (full buffer): dropped like lost packets, counted.
     send_drops: u64,
@@ -66,7 +67,7 @@ impl OwnedBrowserLeg {
         Ok((
             OwnedBrowserLeg {
                 leg,
-                socket,
+                socket: MediaSocket::new(socket),
                 local,
                 send_drops: 0,
                 _lease: lease,
@@ -81,8 +82,25 @@ impl OwnedBrowserLeg {
     }
 
     /// The socket the browser's datagrams arrive on.
-    pub fn socket(&self) -> &UdpSocket {
+    pub fn socket(&self) -> &MediaSocket {
         &self.socket
+    }
+
+    /// From now on the socket is read on the task's tick ([`Self::read_ticked`]), not on
+    /// readiness (see `media_socket`).
+    pub fn to_tick(&mut self) -> io::Result<()> {
+        self.socket.to_tick()
+    }
+
+    /// Feeds the leg every datagram queued on a socket read on the tick, at most `batches` ×
+    /// 16, each with its arrival time; then drain as after [`Self::on_datagram`].
+    pub fn read_ticked(&mut self, batches: usize) -> io::Result<usize> {
+        let OwnedBrowserLeg {
+            leg, socket, local, ..
+        } = self;
+        socket.read_batch(batches, |d: Datagram<'_>| {
+            leg.handle_datagram(d.at, *local, d.from, d.bytes)
+        })
     }
 
     /// Whether packets to the browser can be encrypted (ICE and DTLS completed once).
@@ -113,9 +131,10 @@ impl OwnedBrowserLeg {
         }
     }
 
-    /// Encrypts and sends one packet to the browser. Before media is ready, or with a payload
-    /// type the browser did not agree to, the packet is dropped (the pipeline only sends
-    /// negotiated types once [`Self::ready`]).
+    /// Encrypts one packet for the browser; [`Self::transmit`] sends it (once per tick for
+    /// all of them: each drain walks the stack's whole write pipeline). Before media is ready,
+    /// or with a payload type the browser did not agree to, the packet is dropped (the
+    /// pipeline only sends negotiated types once [`Self::ready`]).
     pub fn send_rtp(&mut self, now: Instant, payload_type: u8, stamp: RtpStamp, payload: &[u8]) {
         let _ = self.leg.send_rtp(
             now,
@@ -125,7 +144,6 @@ impl OwnedBrowserLeg {
             stamp.marker,
             payload,
         );
-        self.transmit();
     }
 
     /// Sends every datagram the leg queued. UDP: a full socket buffer drops it (counted); the
@@ -138,9 +156,9 @@ impl OwnedBrowserLeg {
         }
     }
 
-    /// The next RTP packet from the browser.
-    pub fn poll_rtp(&mut self) -> Option<InboundRtp> {
-        self.leg.poll_rtp()
+    /// The next RTP packet from the browser, with when its datagram arrived.
+    pub fn poll_rtp(&mut self) -> Option<(Instant, InboundRtp)> {
+        self.leg.poll_media()
     }
 
     /// The next state change or receiver report.
