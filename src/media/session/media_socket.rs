@@ -61,7 +61,10 @@ pub struct MediaSocket {
 }
 
 fn lost() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "socket lost leaving the reactor")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "socket lost leaving the reactor",
+    )
 }
 
 impl MediaSocket {
@@ -293,7 +296,10 @@ fn realtime() -> Duration {
 }
 
 fn timespec(ts: &libc::timespec) -> Duration {
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// The `SCM_TIMESTAMPNS` stamp of a received message, if the kernel gave one.
@@ -316,7 +322,8 @@ fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(name.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
-            let a = unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
                 u16::from_be(a.sin_port),
@@ -376,10 +383,19 @@ mod tests {
             assert!(!truncated);
             assert_eq!(*from, peer.local_addr().unwrap());
             // Stamped when they arrived, ~30 ms before they were read.
-            assert!(*at >= before - Duration::from_millis(5), "{i}: stamped before it was sent");
-            assert!(*at + Duration::from_millis(20) <= read_at, "{i}: stamped when read");
+            assert!(
+                *at >= before - Duration::from_millis(5),
+                "{i}: stamped before it was sent"
+            );
+            assert!(
+                *at + Duration::from_millis(20) <= read_at,
+                "{i}: stamped when read"
+            );
         }
-        assert!(collect(&socket, 8).is_empty(), "nothing queued: nothing read");
+        assert!(
+            collect(&socket, 8).is_empty(),
+            "nothing queued: nothing read"
+        );
     }
 
     #[tokio::test]
@@ -399,7 +415,8 @@ mod tests {
     async fn an_oversized_datagram_is_marked_truncated() {
         let (mut socket, peer) = pair().await;
         socket.to_tick().unwrap();
-        peer.send_to(&[0x80; 2000], socket.local_addr().unwrap()).unwrap();
+        peer.send_to(&[0x80; 2000], socket.local_addr().unwrap())
+            .unwrap();
         std::thread::sleep(Duration::from_millis(10));
         let got = collect(&socket, 1);
         assert_eq!(got.len(), 1);
@@ -412,10 +429,14 @@ mod tests {
         let (mut socket, peer) = pair().await;
         assert!(!socket.ticked());
         assert!(socket.read_batch(1, |_| {}).is_err());
-        peer.send_to(b"\x80x", socket.local_addr().unwrap()).unwrap();
+        peer.send_to(b"\x80x", socket.local_addr().unwrap())
+            .unwrap();
         let mut buf = [0; 64];
         let (n, from) = socket.recv_from(&mut buf).await.unwrap();
-        assert_eq!((&buf[..n], from), (&b"\x80x"[..], peer.local_addr().unwrap()));
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"\x80x"[..], peer.local_addr().unwrap())
+        );
         socket.to_tick().unwrap();
         socket.to_tick().unwrap();
         socket
@@ -424,11 +445,8 @@ mod tests {
         let n = peer.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"back");
         // Once ticked, readiness never completes.
-        let waited = tokio::time::timeout(
-            Duration::from_millis(20),
-            socket.recv_from(&mut buf),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(Duration::from_millis(20), socket.recv_from(&mut buf)).await;
         assert!(waited.is_err());
     }
 }
