@@ -353,7 +353,11 @@ impl MediaTask {
         if self.browser_gone {
             return true;
         }
-        if let Err(e) = leg.read_ticked(TICK_BATCHES) {
+        let core = &mut self.core;
+        let read = leg.read_ticked(TICK_BATCHES, |at, p| {
+            core.on_browser_rtp(p.payload_type, p.seq, p.timestamp, p.ssrc, &p.payload, at)
+        });
+        if let Err(e) = read {
             tracing::warn!(call_id = %self.call_id, error = %e, "browser media socket failed");
             self.browser_gone = true;
             self.on_leg_state(LegState::Failed);

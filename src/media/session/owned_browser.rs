@@ -93,13 +93,23 @@ impl OwnedBrowserLeg {
     }
 
     /// Feeds the leg every datagram queued on a socket read on the tick, at most `batches` ×
-    /// 16, each with its arrival time; then drain as after [`Self::on_datagram`].
-    pub fn read_ticked(&mut self, batches: usize) -> io::Result<usize> {
+    /// 16, each with its arrival time, and hands each RTP packet they carried to `on_rtp` as
+    /// soon as it is out of the stack, so no batch of packets waits in the stack's queues (they
+    /// would keep a receive buffer each, and the queues would keep the capacity); then drain
+    /// events and transmits as after [`Self::on_datagram`].
+    pub fn read_ticked(
+        &mut self,
+        batches: usize,
+        mut on_rtp: impl FnMut(Instant, InboundRtp),
+    ) -> io::Result<usize> {
         let OwnedBrowserLeg {
             leg, socket, local, ..
         } = self;
         socket.read_batch(batches, |d: Datagram<'_>| {
-            leg.handle_datagram(d.at, *local, d.from, d.bytes)
+            leg.handle_datagram(d.at, *local, d.from, d.bytes);
+            while let Some((at, rtp)) = leg.poll_media() {
+                on_rtp(at, rtp);
+            }
         })
     }
 
