@@ -110,9 +110,14 @@ pub struct BrowserLeg {
     tx: BytesMut,
     /// Errors from the stack's timers, counted rather than logged.
     timer_errors: u64,
-    /// The stack's next deadline, asked once after each input rather than on every loop turn:
-    /// each ask walks every handler and the interceptor chain. `None`: ask again.
+    /// The stack's next deadline, asked once after an input that can move it rather than on
+    /// every loop turn: each ask walks every handler and the interceptor chain. `None`: ask
+    /// again. SRTP both ways moves it only with a stream's first packet (the report
+    /// interceptors start their timers then); later packets leave it where it was.
     timeout: Option<Option<Instant>>,
+    /// An SRTP datagram came in, and a packet went out: the report timers are running.
+    srtp_in: bool,
+    srtp_out: bool,
     /// Whether the stack may hold state changes (after a timer, a STUN or DTLS datagram, a
     /// description or candidate, a close). An SRTP datagram raises none, so draining events
     /// after one would only sweep every handler for nothing.
@@ -252,6 +257,8 @@ impl BrowserLeg {
             tx: BytesMut::with_capacity(DATAGRAM_CAPACITY * 4),
             timer_errors: 0,
             timeout: None,
+            srtp_in: false,
+            srtp_out: false,
             events_due: true,
             reads_due: true,
         })
@@ -384,9 +391,12 @@ impl BrowserLeg {
         let message = self.rx.split();
         let kind = classify(datagram);
         let dtls = kind == DatagramKind::Dtls;
-        self.timeout = None;
         if kind != DatagramKind::Rtp {
+            self.timeout = None;
             self.events_due = true;
+        } else if !self.srtp_in {
+            self.srtp_in = true;
+            self.timeout = None;
         }
         // `handle_read` of rtc 0.21 cannot fail: each handler drops what it refuses.
         let _ = self.pc.handle_read(TaggedBytesMut {
@@ -565,8 +575,11 @@ impl BrowserLeg {
         self.tx.extend_from_slice(payload);
         let payload: Bytes = self.tx.split().freeze();
         let packet = audio_rtp(self.ssrc, payload_type, seq, timestamp, marker, payload);
-        // The interceptors' timers (sender reports) may start with the first packet.
-        self.timeout = None;
+        // The sender report timer starts with the first packet.
+        if !self.srtp_out {
+            self.srtp_out = true;
+            self.timeout = None;
+        }
         self.pc
             .rtp_sender(self.sender)
             .ok_or(WebRtcLegError::Closed)?
