@@ -298,10 +298,6 @@ impl MediaTask {
         }
         let (core, mut io) = self.io(now);
         core.on_timeout(now, &mut io);
-        // What the frame sent the browser goes out in one drain of the stack.
-        if let Some(Browser::Owned(leg)) = &mut self.browser {
-            leg.transmit();
-        }
         true
     }
 

@@ -141,10 +141,11 @@ impl OwnedBrowserLeg {
         }
     }
 
-    /// Encrypts one packet for the browser; [`Self::transmit`] sends it (once per tick for
-    /// all of them: each drain walks the stack's whole write pipeline). Before media is ready,
-    /// or with a payload type the browser did not agree to, the packet is dropped (the
-    /// pipeline only sends negotiated types once [`Self::ready`]).
+    /// Encrypts and sends one packet to the browser. Before media is ready, or with a payload
+    /// type the browser did not agree to, the packet is dropped (the pipeline only sends
+    /// negotiated types once [`Self::ready`]). Sent at once rather than once per tick: the
+    /// stack's queues keep the capacity of the most packets they ever held (a burst of held
+    /// audio would cost every call tens of KB for good), and a tick sends one packet anyway.
     pub fn send_rtp(&mut self, now: Instant, payload_type: u8, stamp: RtpStamp, payload: &[u8]) {
         let _ = self.leg.send_rtp(
             now,
@@ -154,6 +155,7 @@ impl OwnedBrowserLeg {
             stamp.marker,
             payload,
         );
+        self.transmit();
     }
 
     /// Sends every datagram the leg queued. UDP: a full socket buffer drops it (counted); the
