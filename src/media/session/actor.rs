@@ -310,7 +310,7 @@ impl MediaTask {
         if self.next_read.is_some() {
             return;
         }
-        if let Err(e) = self.socket.to_tick().and_then(|()| leg.to_tick()) {
+        if let Err(e) = self.socket.move_to_tick().and_then(|()| leg.move_to_tick()) {
             tracing::warn!(call_id = %self.call_id, error = %e, "media socket left on readiness failed");
             return;
         }

@@ -1,6 +1,6 @@
 //! A media socket of the call's task, read one of two ways. While a call sets up (ICE, DTLS)
 //! the task waits on the socket's readiness like any tokio socket, so a handshake never waits
-//! for a tick. Once the browser leg is up the socket leaves the reactor ([`MediaSocket::to_tick`])
+//! for a tick. Once the browser leg is up the socket leaves the reactor ([`MediaSocket::move_to_tick`])
 //! and the task drains it on its own 20 ms tick in one `recvmmsg`: no wake-up, epoll event or
 //! `EAGAIN` read per packet. The kernel stamps each datagram's arrival (`SO_TIMESTAMPNS`), so
 //! the jitter buffers still see when a packet arrived, not when it was read; and as frames are
@@ -120,7 +120,7 @@ impl MediaSocket {
 
     /// Takes the socket out of the reactor and asks the kernel to stamp arrivals: from now on
     /// the owner reads it with [`Self::read_batch`] on its tick. Idempotent.
-    pub fn to_tick(&mut self) -> io::Result<()> {
+    pub fn move_to_tick(&mut self) -> io::Result<()> {
         if !matches!(self.mode, Mode::Reactor(_)) {
             return Ok(());
         }
@@ -367,7 +367,7 @@ mod tests {
     #[tokio::test]
     async fn a_ticked_socket_hands_over_every_queued_datagram_with_its_arrival_time() {
         let (mut socket, peer) = pair().await;
-        socket.to_tick().unwrap();
+        socket.move_to_tick().unwrap();
         assert!(socket.ticked());
         let to = socket.local_addr().unwrap();
         let before = Instant::now();
@@ -401,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_read_stops_at_its_limit_and_the_rest_waits_for_the_next_tick() {
         let (mut socket, peer) = pair().await;
-        socket.to_tick().unwrap();
+        socket.move_to_tick().unwrap();
         let to = socket.local_addr().unwrap();
         for i in 0..40u8 {
             peer.send_to(&[128, i], to).unwrap();
@@ -414,7 +414,7 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_datagram_is_marked_truncated() {
         let (mut socket, peer) = pair().await;
-        socket.to_tick().unwrap();
+        socket.move_to_tick().unwrap();
         peer.send_to(&[0x80; 2000], socket.local_addr().unwrap())
             .unwrap();
         std::thread::sleep(Duration::from_millis(10));
@@ -437,8 +437,8 @@ mod tests {
             (&buf[..n], from),
             (&b"\x80x"[..], peer.local_addr().unwrap())
         );
-        socket.to_tick().unwrap();
-        socket.to_tick().unwrap();
+        socket.move_to_tick().unwrap();
+        socket.move_to_tick().unwrap();
         socket
             .try_send_to(b"back", peer.local_addr().unwrap())
             .unwrap();

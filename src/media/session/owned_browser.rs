@@ -88,8 +88,8 @@ impl OwnedBrowserLeg {
 
     /// From now on the socket is read on the task's tick ([`Self::read_ticked`]), not on
     /// readiness (see `media_socket`).
-    pub fn to_tick(&mut self) -> io::Result<()> {
-        self.socket.to_tick()
+    pub fn move_to_tick(&mut self) -> io::Result<()> {
+        self.socket.move_to_tick()
     }
 
     /// Feeds the leg every datagram queued on a socket read on the tick, at most `batches` ×
