@@ -14,6 +14,7 @@ mod actor;
 mod browser;
 mod browser_transport;
 mod media_core;
+mod media_socket;
 mod owned_browser;
 
 use std::net::{IpAddr, SocketAddr};

@@ -110,6 +110,22 @@ pub struct BrowserLeg {
     tx: BytesMut,
     /// Errors from the stack's timers, counted rather than logged.
     timer_errors: u64,
+    /// The stack's next deadline, asked once after an input that can move it rather than on
+    /// every loop turn: each ask walks every handler and the interceptor chain. `None`: ask
+    /// again. SRTP both ways moves it only with a stream's first packet (the report
+    /// interceptors start their timers then); later packets leave it where it was.
+    timeout: Option<Option<Instant>>,
+    /// An SRTP datagram came in, and a packet went out: the report timers are running.
+    srtp_in: bool,
+    srtp_out: bool,
+    /// Whether the stack may hold state changes (after a timer, a STUN or DTLS datagram, a
+    /// description or candidate, a close). An SRTP datagram raises none, so draining events
+    /// after one would only sweep every handler for nothing.
+    events_due: bool,
+    /// Whether reads may wait inside the handlers (after a timer or an event sweep):
+    /// `handle_read` itself pushes a datagram through every handler, so after it the media
+    /// queue is popped without another sweep.
+    reads_due: bool,
 }
 
 impl std::fmt::Debug for BrowserLeg {
@@ -191,6 +207,7 @@ impl BrowserLeg {
             reason: e.to_string(),
         };
         let answer = RTCSessionDescription::answer(tag_event_rates(answer_sdp)).map_err(bad)?;
+        self.touched();
         self.pc.set_remote_description(now, answer).map_err(bad)?;
         self.learn_codecs()
     }
@@ -239,6 +256,11 @@ impl BrowserLeg {
             rx: BytesMut::with_capacity(DATAGRAM_CAPACITY * 4),
             tx: BytesMut::with_capacity(DATAGRAM_CAPACITY * 4),
             timer_errors: 0,
+            timeout: None,
+            srtp_in: false,
+            srtp_out: false,
+            events_due: true,
+            reads_due: true,
         })
     }
 
@@ -310,6 +332,7 @@ impl BrowserLeg {
         if init.candidate.trim().is_empty() {
             return Ok(());
         }
+        self.touched();
         self.pc
             .add_remote_candidate(init)
             .map_err(|e| WebRtcLegError::BadCandidate(e.to_string()))
@@ -366,7 +389,15 @@ impl BrowserLeg {
         self.rx.reserve(datagram.len().max(DATAGRAM_CAPACITY));
         self.rx.extend_from_slice(datagram);
         let message = self.rx.split();
-        let dtls = classify(datagram) == DatagramKind::Dtls;
+        let kind = classify(datagram);
+        let dtls = kind == DatagramKind::Dtls;
+        if kind != DatagramKind::Rtp {
+            self.timeout = None;
+            self.events_due = true;
+        } else if !self.srtp_in {
+            self.srtp_in = true;
+            self.timeout = None;
+        }
         // `handle_read` of rtc 0.21 cannot fail: each handler drops what it refuses.
         let _ = self.pc.handle_read(TaggedBytesMut {
             now,
@@ -411,7 +442,7 @@ impl BrowserLeg {
         if self.closed {
             return None;
         }
-        self.pc.poll_timeout()
+        *self.timeout.get_or_insert_with(|| self.pc.poll_timeout())
     }
 
     /// Lets the stack's timers run up to `now`.
@@ -419,27 +450,52 @@ impl BrowserLeg {
         if self.closed {
             return;
         }
+        self.touched();
         if self.pc.handle_timeout(now).is_err() {
             self.timer_errors += 1;
         }
+    }
+
+    /// Something other than an SRTP datagram went in: the deadline may have moved, and events
+    /// or reads may wait in the handlers.
+    fn touched(&mut self) {
+        self.timeout = None;
+        self.events_due = true;
+        self.reads_due = true;
     }
 
     /// The next RTP packet from the browser (audio or telephone-event; the payload type says
     /// which, see [`NegotiatedCodecs::codec`]). RTCP reports met on the way become
     /// [`BrowserLegEvent::ReceiverReport`]s.
     pub fn poll_rtp(&mut self) -> Option<InboundRtp> {
-        while let Some(message) = self.pc.poll_read() {
+        self.poll_media().map(|(_, rtp)| rtp)
+    }
+
+    /// [`Self::poll_rtp`] with the instant the packet's datagram was handed in (its arrival).
+    pub fn poll_media(&mut self) -> Option<(Instant, InboundRtp)> {
+        loop {
+            let message = match self.pc.poll_media_read() {
+                Some(m) => m,
+                None if self.reads_due => {
+                    self.reads_due = false;
+                    self.pc.poll_read()?
+                }
+                None => return None,
+            };
             match message.message {
                 RTCMessage::RtpPacket(_, packet) => {
                     let h = &packet.header;
-                    return Some(InboundRtp {
-                        payload_type: h.payload_type,
-                        seq: h.sequence_number,
-                        timestamp: h.timestamp,
-                        ssrc: h.ssrc,
-                        marker: h.marker,
-                        payload: packet.payload,
-                    });
+                    return Some((
+                        message.now,
+                        InboundRtp {
+                            payload_type: h.payload_type,
+                            seq: h.sequence_number,
+                            timestamp: h.timestamp,
+                            ssrc: h.ssrc,
+                            marker: h.marker,
+                            payload: packet.payload,
+                        },
+                    ));
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
                     if let Some(report) = report_about(self.ssrc, &packets) {
@@ -450,11 +506,19 @@ impl BrowserLeg {
                 _ => {}
             }
         }
-        None
     }
 
     /// The next event: state changes and receiver reports. Drain after every `handle_*`.
     pub fn poll_event(&mut self) -> Option<BrowserLegEvent> {
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        if !self.events_due {
+            return None;
+        }
+        self.events_due = false;
+        // A sweep can queue reads (the stack pumps them after events).
+        self.reads_due = true;
         while let Some(event) = self.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
                 let state = match state {
@@ -511,6 +575,11 @@ impl BrowserLeg {
         self.tx.extend_from_slice(payload);
         let payload: Bytes = self.tx.split().freeze();
         let packet = audio_rtp(self.ssrc, payload_type, seq, timestamp, marker, payload);
+        // The sender report timer starts with the first packet.
+        if !self.srtp_out {
+            self.srtp_out = true;
+            self.timeout = None;
+        }
         self.pc
             .rtp_sender(self.sender)
             .ok_or(WebRtcLegError::Closed)?
@@ -525,6 +594,7 @@ impl BrowserLeg {
             return;
         }
         self.closed = true;
+        self.touched();
         let _ = self.pc.close();
         self.report_state(LegState::Closed);
     }

@@ -6,10 +6,16 @@
 //! driven from this loop (no task or channel of its own). With STUN/TURN servers configured it is
 //! the async webrtc-rs leg behind [`BrowserLink`], which gathers server-reflexive and relay
 //! candidates.
+//!
+//! While the call sets up, the task wakes on each socket's readiness. Once the owned browser leg
+//! is connected (ICE and DTLS done) the SIP RTP socket and the browser's leave the reactor and
+//! are drained on the 20 ms tick, just before the frame, in one `recvmmsg` each
+//! ([`MediaSocket`]): one wake-up per call and tick instead of one per packet and socket. The
+//! RTCP socket and the control channel stay on readiness.
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
@@ -17,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::browser::{BrowserInput, BrowserLink};
 use super::media_core::{MediaCore, MediaIo};
+use super::media_socket::{Datagram, MediaSocket};
 use super::owned_browser::OwnedBrowserLeg;
 use crate::call::ports::MediaEvent;
 use crate::media::browser_leg::BrowserLegEvent;
@@ -32,6 +39,13 @@ const READ_BURST: usize = 32;
 
 /// Receive buffer: larger than any RTP packet, so a datagram that fills it was truncated.
 const DATAGRAM: usize = 1500;
+
+/// How often a socket read on the tick is drained at the latest (the frame period).
+const TICK_READ: Duration = Duration::from_millis(20);
+
+/// `recvmmsg` calls of 16 per socket and tick at most (a flood waits in the kernel's buffer,
+/// or is dropped there, rather than starving the other calls).
+const TICK_BATCHES: usize = 4;
 
 /// The SIP leg's sockets and the lease that keeps their ports.
 pub struct LegSockets {
@@ -101,8 +115,10 @@ pub struct Attach {
 /// The call's media task. See the module docs.
 pub struct MediaTask {
     call_id: String,
-    socket: UdpSocket,
+    socket: MediaSocket,
     rtcp: UdpSocket,
+    /// The RTP and browser sockets are read on the tick (see the module docs); by then.
+    next_read: Option<Instant>,
     core: MediaCore,
     browser: Option<Browser>,
     /// The browser leg's channels or socket closed: stop polling it.
@@ -123,7 +139,7 @@ pub struct MediaTask {
 /// The core's outputs in this task: the RTP socket, the browser leg, the events.
 struct ShellIo<'a> {
     now: Instant,
-    socket: &'a UdpSocket,
+    socket: &'a MediaSocket,
     browser: Option<&'a mut Browser>,
     events: &'a mut Vec<MediaEvent>,
 }
@@ -172,8 +188,9 @@ impl MediaTask {
     ) -> MediaTask {
         MediaTask {
             call_id: call_id.to_owned(),
-            socket: sockets.socket,
+            socket: MediaSocket::new(sockets.socket),
             rtcp: sockets.rtcp,
+            next_read: None,
             core,
             browser: None,
             browser_gone: false,
@@ -203,6 +220,7 @@ impl MediaTask {
     /// The earliest of the core's and the browser leg's deadlines.
     fn next_deadline(&mut self) -> Instant {
         let core = self.core.next_deadline();
+        let core = self.next_read.map_or(core, |at| at.min(core));
         match &mut self.browser {
             Some(Browser::Owned(leg)) => leg.next_deadline().map_or(core, |at| at.min(core)),
             _ => core,
@@ -218,13 +236,19 @@ impl MediaTask {
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
-            let poll_browser = !self.browser_gone;
+            let ticked = self.next_read.is_some();
+            // A leg on the shared port stays on readiness after the tick took over the rest.
+            let browser_ticked = match &mut self.browser {
+                Some(Browser::Owned(leg)) => leg.ticked(),
+                _ => false,
+            };
+            let poll_browser = !self.browser_gone && !browser_ticked;
             tokio::select! {
                 c = self.control.recv() => match c {
                     Some(Control::Close) | None => break,
                     Some(c) => self.on_control(c),
                 },
-                r = self.socket.recv_from(&mut self.buf[..]) => {
+                r = self.socket.recv_from(&mut self.buf[..]), if !ticked => {
                     if !self.on_rtp(r) {
                         break;
                     }
@@ -240,7 +264,11 @@ impl MediaTask {
                 input = next_browser(&mut self.browser, &mut self.browser_buf[..]), if poll_browser => {
                     self.on_browser(input);
                 },
-                () = &mut sleep => self.on_timer(Instant::now()),
+                () = &mut sleep => {
+                    if !self.on_timer(Instant::now()) {
+                        break;
+                    }
+                }
             }
             if self.has_queued() {
                 self.deliver().await;
@@ -259,7 +287,12 @@ impl MediaTask {
         }
     }
 
-    fn on_timer(&mut self, now: Instant) {
+    /// The timer fired: the sockets read on the tick, then the leg's and the core's timers.
+    /// False when the RTP socket failed for good.
+    fn on_timer(&mut self, now: Instant) -> bool {
+        if self.next_read.is_some() && !self.read_ticked(now) {
+            return false;
+        }
         match &mut self.browser {
             Some(Browser::Owned(leg)) => {
                 leg.on_timeout(now);
@@ -270,6 +303,67 @@ impl MediaTask {
         }
         let (core, mut io) = self.io(now);
         core.on_timeout(now, &mut io);
+        true
+    }
+
+    /// Moves the RTP and browser sockets from readiness to the tick, once the owned browser
+    /// leg is connected. A socket that cannot be moved is reported like a failed one.
+    fn read_on_tick(&mut self, now: Instant) {
+        let Some(Browser::Owned(leg)) = &mut self.browser else {
+            return;
+        };
+        if self.next_read.is_some() {
+            return;
+        }
+        if let Err(e) = self.socket.move_to_tick().and_then(|()| leg.move_to_tick()) {
+            tracing::warn!(call_id = %self.call_id, error = %e, "media socket left on readiness failed");
+            return;
+        }
+        tracing::debug!(call_id = %self.call_id, "media sockets read on the tick from now on");
+        self.next_read = Some(now);
+    }
+
+    /// Drains the RTP and browser sockets (read on the tick) into the core and the leg, each
+    /// datagram with its arrival time. False when the RTP socket failed for good (the task
+    /// ends); a failed browser socket fails the leg.
+    fn read_ticked(&mut self, now: Instant) -> bool {
+        self.next_read = Some(now + TICK_READ);
+        let MediaTask {
+            core,
+            socket,
+            browser,
+            pending,
+            ..
+        } = self;
+        let mut io = ShellIo {
+            now,
+            socket,
+            browser: browser.as_mut(),
+            events: pending,
+        };
+        let read = socket.read_batch(TICK_BATCHES, |d: Datagram<'_>| {
+            core.on_sip_datagram(d.bytes, d.truncated, d.from, d.at, &mut io)
+        });
+        if let Err(e) = read {
+            tracing::warn!(call_id = %self.call_id, error = %e, "RTP socket failed");
+            return false;
+        }
+        let Some(Browser::Owned(leg)) = &mut self.browser else {
+            return true;
+        };
+        if self.browser_gone {
+            return true;
+        }
+        let core = &mut self.core;
+        let read = leg.read_ticked(TICK_BATCHES, |at, p| {
+            core.on_browser_rtp(p.payload_type, p.seq, p.timestamp, p.ssrc, &p.payload, at)
+        });
+        if let Err(e) = read {
+            tracing::warn!(call_id = %self.call_id, error = %e, "browser media socket failed");
+            self.browser_gone = true;
+            self.on_leg_state(LegState::Failed);
+        }
+        true
     }
 
     fn on_control(&mut self, control: Control) {
@@ -387,9 +481,9 @@ impl MediaTask {
             return;
         };
         leg.transmit();
-        while let Some(p) = leg.poll_rtp() {
+        while let Some((at, p)) = leg.poll_rtp() {
             self.core
-                .on_browser_rtp(p.payload_type, p.seq, p.timestamp, p.ssrc, &p.payload, now);
+                .on_browser_rtp(p.payload_type, p.seq, p.timestamp, p.ssrc, &p.payload, at);
         }
         while let Some(event) = self.browser_event() {
             match event {
@@ -451,6 +545,9 @@ impl MediaTask {
         }
         tracing::debug!(call_id = %self.call_id, ?state, "browser leg state");
         self.core.set_browser_consent(state == LegState::Connected);
+        if state == LegState::Connected {
+            self.read_on_tick(Instant::now());
+        }
         let reason = match state {
             LegState::Failed => "browser media: ICE/DTLS failed",
             LegState::Closed => "browser media: connection closed",

@@ -5,9 +5,9 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TryRecvError;
 
+use super::media_socket::MediaSocket;
 use crate::media::browser_leg::single_port::{PortShare, SinglePortError};
 use crate::media::rtp_leg::PortLease;
 
@@ -17,8 +17,9 @@ pub enum BrowserTransport {
     /// A socket of the call's own; the lease keeps its port pair until dropped (after the
     /// socket: field order).
     Own {
-        /// The socket its host candidate names.
-        socket: UdpSocket,
+        /// The socket its host candidate names (read on readiness while the call sets up, on
+        /// the tick once it is up).
+        socket: MediaSocket,
         /// The port pair's reservation, `None` for an ephemeral port.
         _lease: Option<PortLease>,
     },
@@ -60,6 +61,14 @@ impl BrowserTransport {
                 Err(TryRecvError::Empty) => Err(io::ErrorKind::WouldBlock.into()),
                 Err(TryRecvError::Disconnected) => Err(port_closed()),
             },
+        }
+    }
+
+    /// The call's own socket (`None` on the shared port).
+    pub fn own_socket(&mut self) -> Option<&mut MediaSocket> {
+        match self {
+            BrowserTransport::Own { socket, .. } => Some(socket),
+            BrowserTransport::Shared(_) => None,
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 
 use super::browser_transport::BrowserTransport;
+use super::media_socket::{Datagram, MediaSocket};
 use crate::media::browser_leg::ice_demux::IceDemuxError;
 use crate::media::browser_leg::single_port::{SinglePort, SinglePortError};
 use crate::media::browser_leg::{BrowserLeg, BrowserLegEvent};
@@ -65,7 +66,7 @@ impl OwnedBrowserLeg {
             None => (std::net::UdpSocket::bind((ip, 0)).map_err(io_error)?, None),
         };
         socket.set_nonblocking(true).map_err(io_error)?;
-        let socket = UdpSocket::from_std(socket).map_err(io_error)?;
+        let socket = MediaSocket::new(UdpSocket::from_std(socket).map_err(io_error)?);
         let local = socket.local_addr().map_err(io_error)?;
         let (leg, answer) = BrowserLeg::answer(Instant::now(), settings, &[local], offer)?;
         let transport = BrowserTransport::Own {
@@ -128,6 +129,48 @@ impl OwnedBrowserLeg {
         self.transport.try_recv_from(buf)
     }
 
+    /// From now on a socket of the leg's own is read on the task's tick
+    /// ([`Self::read_ticked`]), not on readiness (see `media_socket`). The shared port's
+    /// datagrams keep coming through its queue, on readiness.
+    pub fn move_to_tick(&mut self) -> io::Result<()> {
+        match self.transport.own_socket() {
+            Some(socket) => socket.move_to_tick(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the leg is read on the task's tick (else on readiness, [`Self::recv_from`]).
+    pub fn ticked(&mut self) -> bool {
+        self.transport.own_socket().is_some_and(|s| s.ticked())
+    }
+
+    /// Feeds the leg every datagram queued on a socket read on the tick, at most `batches` ×
+    /// 16, each with its arrival time, and hands each RTP packet they carried to `on_rtp` as
+    /// soon as it is out of the stack, so no batch of packets waits in the stack's queues (they
+    /// would keep a receive buffer each, and the queues would keep the capacity); then drain
+    /// events and transmits as after [`Self::on_datagram`].
+    pub fn read_ticked(
+        &mut self,
+        batches: usize,
+        mut on_rtp: impl FnMut(Instant, InboundRtp),
+    ) -> io::Result<usize> {
+        let OwnedBrowserLeg {
+            leg,
+            transport,
+            local,
+            ..
+        } = self;
+        let Some(socket) = transport.own_socket() else {
+            return Ok(0);
+        };
+        socket.read_batch(batches, |d: Datagram<'_>| {
+            leg.handle_datagram(d.at, *local, d.from, d.bytes);
+            while let Some((at, rtp)) = leg.poll_media() {
+                on_rtp(at, rtp);
+            }
+        })
+    }
+
     /// Whether packets to the browser can be encrypted (ICE and DTLS completed once).
     pub fn ready(&self) -> bool {
         self.leg.media_ready()
@@ -158,7 +201,9 @@ impl OwnedBrowserLeg {
 
     /// Encrypts and sends one packet to the browser. Before media is ready, or with a payload
     /// type the browser did not agree to, the packet is dropped (the pipeline only sends
-    /// negotiated types once [`Self::ready`]).
+    /// negotiated types once [`Self::ready`]). Sent at once rather than once per tick: the
+    /// stack's queues keep the capacity of the most packets they ever held (a burst of held
+    /// audio would cost every call tens of KB for good), and a tick sends one packet anyway.
     pub fn send_rtp(&mut self, now: Instant, payload_type: u8, stamp: RtpStamp, payload: &[u8]) {
         let _ = self.leg.send_rtp(
             now,
@@ -181,9 +226,9 @@ impl OwnedBrowserLeg {
         }
     }
 
-    /// The next RTP packet from the browser.
-    pub fn poll_rtp(&mut self) -> Option<InboundRtp> {
-        self.leg.poll_rtp()
+    /// The next RTP packet from the browser, with when its datagram arrived.
+    pub fn poll_rtp(&mut self) -> Option<(Instant, InboundRtp)> {
+        self.leg.poll_media()
     }
 
     /// The next state change or receiver report.
