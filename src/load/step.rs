@@ -341,6 +341,7 @@ pub async fn run_step(
         echo_round_trip_p99_ms: round_trips.quantile(0.99).filter(|_| tagged),
         calls_with_audio: with_audio,
         setup_ms,
+        accepted_ms: Percentiles::of(&tally.accepted_ms),
         setups_per_sec,
     })
 }
@@ -416,6 +417,7 @@ struct Tally {
     failed: usize,
     dropped: usize,
     setups_ms: Vec<f64>,
+    accepted_ms: Vec<f64>,
     last_up: Instant,
     reasons: BTreeSet<String>,
 }
@@ -427,6 +429,7 @@ impl Tally {
             failed: 0,
             dropped: 0,
             setups_ms: Vec::new(),
+            accepted_ms: Vec::new(),
             last_up: start,
             reasons: BTreeSet::new(),
         }
@@ -434,11 +437,14 @@ impl Tally {
 
     fn apply(&mut self, news: CallNews) {
         match news {
-            CallNews::Up { setup, .. } => {
+            CallNews::Up { setup, accepted } => {
                 self.up += 1;
                 self.last_up = Instant::now();
                 if let Some(s) = setup {
                     self.setups_ms.push(s.as_secs_f64() * 1000.0);
+                }
+                if let Some(a) = accepted {
+                    self.accepted_ms.push(a.as_secs_f64() * 1000.0);
                 }
             }
             CallNews::Failed { was_up, reason, .. } => {

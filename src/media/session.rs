@@ -19,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rtc::peer_connection::certificate::RTCCertificate;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -29,7 +30,7 @@ use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParam
 use crate::media::recording;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg, RtpLegParts};
 use crate::media::webrtc_leg::{
-    IceServer, NegotiatedCodecs, WebRtcLeg, WebRtcLegError, WebRtcSettings,
+    dtls_certificate, IceServer, NegotiatedCodecs, WebRtcLeg, WebRtcLegError, WebRtcSettings,
 };
 use crate::ops::metrics::Metrics;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SdpError, DEFAULT_DTMF_PT};
@@ -44,6 +45,9 @@ pub struct SessionFactory {
     /// The browser legs' ports: the RTP allocator itself unless `[media] webrtc_port_min/max`
     /// sets a range apart.
     webrtc_ports: PortAllocator,
+    /// The DTLS certificate of every browser leg: made once here, not per call (an ECDSA key
+    /// and a self-signed certificate were a per-setup cost).
+    certificate: RTCCertificate,
     bind_ip: IpAddr,
     sdp_ip: IpAddr,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
@@ -69,9 +73,11 @@ impl SessionFactory {
             ),
             None => ports.clone(),
         };
+        let certificate = dtls_certificate().map_err(|e| MediaError::Resources(e.to_string()))?;
         Ok(SessionFactory {
             ports: Arc::new(ports),
             webrtc_ports,
+            certificate,
             bind_ip,
             sdp_ip,
             config,
@@ -199,6 +205,7 @@ impl MediaFactory for SessionFactory {
                 control: control_tx,
                 settings: WebRtcSettings {
                     ports: Some(self.webrtc_ports.clone()),
+                    certificate: Some(self.certificate.clone()),
                     ..webrtc_settings(&config)
                 },
                 recording,

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::Rng;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_TELEPHONE_EVENT,
 };
@@ -184,6 +186,31 @@ pub struct WebRtcSettings {
     /// Ask the browser to send Opus at this average bitrate (`maxaveragebitrate`, b/s) instead
     /// of its default (`[media] opus_receive_bitrate`); `None`: its default.
     pub opus_receive_bitrate: Option<u32>,
+    /// The DTLS certificate every leg presents ([`dtls_certificate`], made once per process the
+    /// way Janus and str0m do); `None`: each leg makes its own (an ECDSA key and a self-signed
+    /// certificate per call).
+    pub certificate: Option<RTCCertificate>,
+}
+
+/// A fresh self-signed ECDSA P-256 certificate for the browser legs' DTLS. Browsers check the
+/// fingerprint in our SDP, not a chain, so one per process serves every call; the bridge makes
+/// it at start (a restart gives a new one).
+pub fn dtls_certificate() -> Result<RTCCertificate, WebRtcLegError> {
+    let provider =
+        rtc::crypto::default_provider().map_err(|e| WebRtcLegError::WebRtc(e.to_string()))?;
+    let name: String = rand::thread_rng()
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect();
+    let params =
+        CertificateParams::new(vec![name]).map_err(|e| WebRtcLegError::WebRtc(e.to_string()))?;
+    RTCCertificate::generate(
+        provider.crypto(),
+        rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+        params,
+    )
+    .map_err(|e| WebRtcLegError::WebRtc(e.to_string()))
 }
 
 impl Default for WebRtcSettings {
@@ -198,6 +225,7 @@ impl Default for WebRtcSettings {
             ice_failed_timeout: Duration::from_secs(10),
             opus_narrowband: false,
             opus_receive_bitrate: None,
+            certificate: None,
         }
     }
 }
@@ -921,6 +949,7 @@ impl WebRtcLeg {
                     })
                     .collect(),
             )
+            .with_certificates(settings.certificate.iter().cloned().collect())
             .build();
 
         let (events_tx, events_rx) = mpsc::unbounded_channel();

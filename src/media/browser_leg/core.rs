@@ -215,7 +215,11 @@ impl BrowserLeg {
             .with_ice_credentials(ice.ufrag.clone(), ice.pwd.clone())
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(settings.certificate.iter().cloned().collect())
+                    .build(),
+            )
             .with_media_engine(media)
             .with_setting_engine(setting_engine)
             .with_interceptor_registry(registry)
