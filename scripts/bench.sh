@@ -16,7 +16,7 @@
 #                         "soak" (not in the default): SOAK_CALLS [10000] short web→SIP relayed calls
 #                         back to back, SOAK_CONCURRENCY [50] at a time, each held SOAK_HOLD [1s],
 #                         started at most SOAK_RATE [200]/s; the bridge's RSS, fds, threads and tokio
-#                         tasks at baseline, peak and SOAK_SETTLE [15s] after (srbridge only)
+#                         tasks at baseline, peak and SOAK_SETTLE [40s] after (srbridge only)
 #   BRIDGE_CPU [1]        core the bridge is pinned to; everything else runs on TOOL_CPUS [0]
 #   PROFILE [release]     "debug" for a quick check of the script itself
 #   BIN_DIR               take srbridge and srbridge-load from here, nothing built
@@ -41,7 +41,7 @@ SOAK_CALLS="${SOAK_CALLS:-10000}"
 SOAK_CONCURRENCY="${SOAK_CONCURRENCY:-50}"
 SOAK_HOLD="${SOAK_HOLD:-1s}"
 SOAK_RATE="${SOAK_RATE:-200}"
-SOAK_SETTLE="${SOAK_SETTLE:-15s}"
+SOAK_SETTLE="${SOAK_SETTLE:-40s}"
 BRIDGE_CPU="${BRIDGE_CPU:-1}"
 TOOL_CPUS="${TOOL_CPUS:-0}"
 PROFILE="${PROFILE:-release}"
@@ -191,7 +191,7 @@ for mode in $MODES; do
       start_rtpengine
       report="$mode-rtpengine"
     fi
-    echo "== $peer $mode: calls $steps, $duration each, ramp $rate/s, $DIRECTION"
+    echo "== $peer $mode: calls $steps, $duration each, ramp $rate/s, $direction"
     taskset -c "$TOOL_CPUS" "$bin/srbridge-load" --peer "$peer" --ng 127.0.0.1:2223 \
       --ws ws://127.0.0.1:8080/ws --appid bench \
       --pbx 127.0.0.1:5060 --callee 1005 --caller 1002 --bridge-pid "$bridge" \

@@ -174,6 +174,8 @@ async fn relayed_calls_both_directions() {
 
 /// `--soak`: 20 short calls back to back, 5 at a time, each a fresh login; every one completes,
 /// the tool reads the bridge's task count from `/api/status` and sees it back where it started.
+/// The settle outlasts RFC 6026's Timer M: each call's client INVITE transaction (a task of
+/// rsipstack's) absorbs retransmitted 200s for 64 × T1 = 32 s after the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_completes_every_call_and_reads_the_bridges_holdings() {
     let rig = support::rig::start_bridge(APPID, "", "", 40).await;
@@ -185,7 +187,7 @@ async fn a_short_soak_completes_every_call_and_reads_the_bridges_holdings() {
         .args(["--callee", "1005", "--direction", "web-to-sip", "--relay"])
         .args(["--bridge-pid", &std::process::id().to_string()])
         .args(["--soak", "20", "--calls", "5", "--duration", "500ms"])
-        .args(["--rate", "20", "--soak-settle", "3s"])
+        .args(["--rate", "20", "--soak-settle", "40s"])
         .arg("--json")
         .arg(&json)
         .stdin(Stdio::null())

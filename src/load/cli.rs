@@ -127,8 +127,10 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub soak: Option<usize>,
 
-    /// After a soak, wait this long before reading the bridge's holdings again
-    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    /// After a soak, wait this long before reading the bridge's holdings again (longer than
+    /// the 32 s a SIP client INVITE transaction lives after its 200, RFC 6026 Timer M, and the
+    /// bridge's 10 s heap trim)
+    #[arg(long, value_parser = parse_duration, default_value = "40s")]
     pub soak_settle: Duration,
 
     /// The bridge's /api/status, for its tokio task count in a soak (default: the --ws
