@@ -12,7 +12,13 @@
 #   RATE [50]             call setups started per second in a ramp
 #   DIRECTION [both]      web-to-sip, sip-to-web or both
 #   MODES [transcoded relay setups]  "setups": a fast ramp of SETUP_CALLS [200] relayed calls
-#                         at SETUP_RATE [500]/s both ways, held 5 s: the setups/s column is the point
+#                         at SETUP_RATE [500]/s both ways, held 5 s: the setups/s column is the point;
+#                         "soak" (not in the default): SOAK_CALLS [10000] short web→SIP relayed calls
+#                         back to back, SOAK_CONCURRENCY [50] at a time, each held SOAK_HOLD [1s],
+#                         started at most SOAK_RATE [200]/s; the bridge's RSS, fds, threads and tokio
+#                         tasks at baseline, peak and SOAK_SETTLE [40s] after (srbridge only);
+#                         SOAK_ROUNDS [1] soaks in a row on the same bridge: growth that stops after
+#                         the first round is retention (caches, allocator), growth each round a leak
 #   BRIDGE_CPU [1]        core the bridge is pinned to; everything else runs on TOOL_CPUS [0]
 #   PROFILE [release]     "debug" for a quick check of the script itself
 #   BIN_DIR               take srbridge and srbridge-load from here, nothing built
@@ -36,6 +42,12 @@ DIRECTION="${DIRECTION:-both}"
 MODES="${MODES:-transcoded relay setups}"
 SETUP_CALLS="${SETUP_CALLS:-200}"
 SETUP_RATE="${SETUP_RATE:-500}"
+SOAK_CALLS="${SOAK_CALLS:-10000}"
+SOAK_CONCURRENCY="${SOAK_CONCURRENCY:-50}"
+SOAK_HOLD="${SOAK_HOLD:-1s}"
+SOAK_RATE="${SOAK_RATE:-200}"
+SOAK_SETTLE="${SOAK_SETTLE:-40s}"
+SOAK_ROUNDS="${SOAK_ROUNDS:-1}"
 BRIDGE_CPU="${BRIDGE_CPU:-1}"
 TOOL_CPUS="${TOOL_CPUS:-0}"
 PROFILE="${PROFILE:-release}"
@@ -61,7 +73,7 @@ if [ -z "${SRBRIDGE_BENCH_INSIDE:-}" ]; then
     exit 2
   fi
   export CALLS RELAY_CALLS DURATION RATE DIRECTION MODES SETUP_CALLS SETUP_RATE BRIDGE_CPU TOOL_CPUS \
-    PROFILE OUT BIN_DIR BRIDGE_BIN LIMITS_EXTRA MEDIA_EXTRA PEER
+    SOAK_CALLS SOAK_CONCURRENCY SOAK_HOLD SOAK_RATE SOAK_SETTLE SOAK_ROUNDS PROFILE OUT BIN_DIR BRIDGE_BIN LIMITS_EXTRA MEDIA_EXTRA PEER
   exec unshare --net -- env SRBRIDGE_BENCH_INSIDE=1 bash -c 'ip link set lo up && exec bash "$0"' "$0"
 fi
 
@@ -168,14 +180,17 @@ PY
 
 status=0
 for mode in $MODES; do
-  steps="$CALLS" duration="$DURATION" rate="$RATE" flags=()
+  steps="$CALLS" duration="$DURATION" rate="$RATE" direction="$DIRECTION" flags=()
   case "$mode" in
     transcoded) ;;
     relay) steps="$RELAY_CALLS" flags=(--relay) ;;
     setups) steps="$SETUP_CALLS" duration=5s rate="$SETUP_RATE" flags=(--relay) ;;
+    soak) steps="$SOAK_CONCURRENCY" duration="$SOAK_HOLD" rate="$SOAK_RATE" direction=web-to-sip
+      flags=(--relay --soak "$SOAK_CALLS" --soak-settle "$SOAK_SETTLE") ;;
     *) echo "bench.sh: unknown mode $mode" >&2; exit 2 ;;
   esac
   for peer in "${peers[@]}"; do
+    [ "$mode" = soak ] && [ "$peer" = rtpengine ] && continue
     if [ "$peer" = srbridge ]; then
       start_bridge
       report="$mode"
@@ -183,12 +198,19 @@ for mode in $MODES; do
       start_rtpengine
       report="$mode-rtpengine"
     fi
-    echo "== $peer $mode: calls $steps, $duration each, ramp $rate/s, $DIRECTION"
-    taskset -c "$TOOL_CPUS" "$bin/srbridge-load" --peer "$peer" --ng 127.0.0.1:2223 \
-      --ws ws://127.0.0.1:8080/ws --appid bench \
-      --pbx 127.0.0.1:5060 --callee 1005 --caller 1002 --bridge-pid "$bridge" \
-      --calls "$steps" --duration "$duration" --rate "$rate" --direction "$DIRECTION" \
-      --json "$OUT/$report.json" "${flags[@]}" | tee "$OUT/$report.txt" || status=$?
+    rounds=1
+    [ "$mode" = soak ] && rounds="$SOAK_ROUNDS"
+    : >"$OUT/$report.txt"
+    for round in $(seq "$rounds"); do
+      json="$OUT/$report.json"
+      [ "$round" -gt 1 ] && json="$OUT/$report-$round.json"
+      echo "== $peer $mode: calls $steps, $duration each, ramp $rate/s, $direction (round $round/$rounds)"
+      taskset -c "$TOOL_CPUS" "$bin/srbridge-load" --peer "$peer" --ng 127.0.0.1:2223 \
+        --ws ws://127.0.0.1:8080/ws --appid bench --uid-prefix "r${round}x" \
+        --pbx 127.0.0.1:5060 --callee 1005 --caller 1002 --bridge-pid "$bridge" \
+        --calls "$steps" --duration "$duration" --rate "$rate" --direction "$direction" \
+        --json "$json" "${flags[@]}" | tee -a "$OUT/$report.txt" || status=$?
+    done
     kill "$bridge"
     wait "$bridge" 2>/dev/null || true
   done
@@ -196,6 +218,7 @@ done
 echo "== reports in $OUT"
 for mode in $MODES; do
   for peer in "${peers[@]}"; do
+    [ "$mode" = soak ] && [ "$peer" = rtpengine ] && continue
     report="$mode"
     [ "$peer" = rtpengine ] && report="$mode-rtpengine"
     echo "-- $peer $mode"

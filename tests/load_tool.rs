@@ -172,6 +172,70 @@ async fn relayed_calls_both_directions() {
     everything_released(&rig.bridge).await;
 }
 
+/// `--soak`: 20 short calls back to back, 5 at a time, each a fresh login; every one completes,
+/// the tool reads the bridge's task count from `/api/status` and sees it back where it started.
+/// The settle outlasts RFC 6026's Timer M: each call's client INVITE transaction (a task of
+/// rsipstack's) absorbs retransmitted 200s for 64 × T1 = 32 s after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_completes_every_call_and_reads_the_bridges_holdings() {
+    let rig = support::rig::start_bridge(APPID, "", "", 40).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("soak.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_srbridge-load"))
+        .args(["--ws", &rig.url, "--appid", APPID])
+        .args(["--pbx", &rig.pbx.addr().to_string()])
+        .args(["--callee", "1005", "--direction", "web-to-sip", "--relay"])
+        .args(["--bridge-pid", &std::process::id().to_string()])
+        .args(["--soak", "20", "--calls", "5", "--duration", "500ms"])
+        .args(["--rate", "20", "--soak-settle", "40s"])
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(150), output)
+        .await
+        .expect("srbridge-load finishes within 150 s")
+        .expect("srbridge-load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "srbridge-load failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("baseline"),
+        "the table is printed: {stdout}"
+    );
+    assert!(
+        stderr.contains("20/20 done") || stderr.contains("20 completed"),
+        "progress: {stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report")).unwrap();
+    let context = format!("{report:#}\n{stderr}");
+    assert_eq!(report["completed"].as_u64(), Some(20), "{context}");
+    assert_eq!(report["failed"].as_u64(), Some(0), "{context}");
+    assert!(report["setup_ms"]["p50"].as_f64().is_some(), "{context}");
+    assert!(report["accepted_ms"]["p50"].as_f64().is_some(), "{context}");
+    let tasks = |at: &str| {
+        report[at]["tasks"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{at}: {context}"))
+    };
+    assert!(
+        tasks("peak") > tasks("baseline"),
+        "calls ran tasks: {context}"
+    );
+    assert_eq!(
+        tasks("after"),
+        tasks("baseline"),
+        "every call's tasks ended: {context}"
+    );
+    everything_released(&rig.bridge).await;
+}
+
 /// rtpengine from Debian (scripts/deps.sh installs rtpengine-daemon), in the foreground with
 /// userspace forwarding on loopback, its ng port and media ports free; killed on drop.
 struct Rtpengine {

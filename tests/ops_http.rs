@@ -49,6 +49,8 @@ fn status_json_metrics_and_health_without_token_on_loopback() {
     let json: serde_json::Value = serde_json::from_str(&status.body).expect("JSON");
     assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
     assert!(json["uptime_s"].is_u64(), "{json}");
+    // An idle bridge still runs its listeners, SIP stack and timers.
+    assert!(json["tasks"].as_u64().is_some_and(|n| n > 0), "{json}");
     assert_eq!(json["draining"], false);
     // Nothing answers at the PBX address: the bridge keeps trying to register.
     assert!(

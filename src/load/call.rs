@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rtc::peer_connection::certificate::RTCCertificate;
 use serde_json::{json, Value};
 use srbridge::media::g711;
 use srbridge::media::opus::{
@@ -82,6 +83,10 @@ pub struct CallPlan {
     pub setup_timeout: Duration,
     /// Arrival times are measured from here.
     pub epoch: Instant,
+    /// The DTLS certificate of every browser the tool plays, made once: a browser keeps its
+    /// own for many calls too, and a key per call would be the generator's cost, not the
+    /// bridge's.
+    pub certificate: RTCCertificate,
 }
 
 /// Which side the tool's browser is on.
@@ -106,8 +111,13 @@ pub struct CallProbe {
 /// Progress of one call, reported to the step.
 #[derive(Debug)]
 pub enum CallNews {
-    /// Accepted and media connected; `setup` is invite → `ACCEPTED_BY_REMOTE` for callers.
-    Up { setup: Option<Duration> },
+    /// Accepted and media connected. Callers (web→SIP) time both from their invitation:
+    /// `setup` until the call is up (accepted and media connected), `accepted` until
+    /// `ACCEPTED_BY_REMOTE` (the signalling part: hub, SIP, PBX, far end and back).
+    Up {
+        setup: Option<Duration>,
+        accepted: Option<Duration>,
+    },
     /// Failed before being up, or ended early (`was_up`).
     Failed { was_up: bool, reason: String },
 }
@@ -162,6 +172,7 @@ impl Call {
         let settings = WebRtcSettings {
             bind_ips: vec![self.plan.local_ip],
             codecs: self.plan.replay.offered(),
+            certificate: Some(self.plan.certificate.clone()),
             ..WebRtcSettings::default()
         };
         let new_leg = || async {
@@ -318,8 +329,9 @@ impl Call {
             if !self.up && connected {
                 if let Some(at) = accepted_at {
                     self.up = true;
-                    let setup = invite_id.map(|_| at.duration_since(started));
-                    let _ = self.news.send(CallNews::Up { setup });
+                    let accepted = invite_id.map(|_| at.duration_since(started));
+                    let setup = invite_id.map(|_| started.elapsed());
+                    let _ = self.news.send(CallNews::Up { setup, accepted });
                 }
             }
         };

@@ -19,7 +19,8 @@ use srbridge::ops::Direction;
 /// bridge's CPU (% of one core, and ms of CPU per call-second, from /proc/PID/stat of
 /// --bridge-pid), RSS per call and per logged-in session (from /proc/PID/status, baseline
 /// subtracted), loss, jitter p99, setup time p50/p99 (web→SIP: invite → ACCEPTED_BY_REMOTE at the
-/// browser; SIP→web: authenticated INVITE → 200 at SIPp) and the setups per second achieved.
+/// browser; SIP→web: authenticated INVITE → 200 at SIPp), invite → accepted p50/p99 (web→SIP)
+/// and the setups per second achieved.
 ///
 /// With --peer rtpengine the same browsers and SIPp echo go through rtpengine instead, the tool
 /// signalling each call over rtpengine's ng protocol (offer, answer, delete: ICE and DTLS-SRTP
@@ -29,6 +30,7 @@ use srbridge::ops::Direction;
 /// Example (bridge on ws://127.0.0.1:8080/ws, Kamailio on 5060, --callee within its acc_rule):
 ///   srbridge-load --bridge-pid $(pidof srbridge) --calls 10,50,100 --duration 30s --json r.json
 ///   srbridge-load --peer rtpengine --ng 127.0.0.1:2223 --bridge-pid $(pidof rtpengine) --calls 20
+///   srbridge-load --soak 10000 --calls 50 --duration 1s --rate 100 --bridge-pid $(pidof srbridge)
 #[derive(Debug, Parser)]
 #[command(name = "srbridge-load", version, verbatim_doc_comment)]
 pub struct Args {
@@ -118,6 +120,23 @@ pub struct Args {
     /// --bridge-pid $(pidof rtpengine))
     #[arg(long, value_enum, default_value_t = Peer::Srbridge)]
     pub peer: Peer,
+
+    /// Soak instead of steps: this many short web→SIP calls back to back, the first of --calls
+    /// at a time, each a fresh login held up for --duration; prints progress, and the bridge's
+    /// RSS, open fds, threads and tokio tasks at baseline, at peak and after --soak-settle
+    #[arg(long, value_name = "N")]
+    pub soak: Option<usize>,
+
+    /// After a soak, wait this long before reading the bridge's holdings again (longer than
+    /// the 32 s a SIP client INVITE transaction lives after its 200, RFC 6026 Timer M, and the
+    /// bridge's 10 s heap trim)
+    #[arg(long, value_parser = parse_duration, default_value = "40s")]
+    pub soak_settle: Duration,
+
+    /// The bridge's /api/status, for its tokio task count in a soak (default: the --ws
+    /// listener's http://HOST:PORT/api/status; admin endpoints answer loopback without a token)
+    #[arg(long, value_name = "URL")]
+    pub status_url: Option<String>,
 
     /// rtpengine's ng control port (UDP), with --peer rtpengine
     #[arg(long, default_value = "127.0.0.1:2223")]

@@ -9,6 +9,7 @@ pub mod procfs;
 pub mod report;
 pub mod rtpengine;
 pub mod sipp;
+pub mod soak;
 pub mod stats;
 pub mod step;
 
@@ -25,8 +26,8 @@ use self::rtpengine::{NgClient, RtpenginePlan};
 use self::sipp::SippSettings;
 use self::step::{run_step, StepContext, Target};
 
-/// Runs every step of `args`; prints the table and writes the JSON report.
-pub async fn run(args: Args) -> anyhow::Result<RunReport> {
+/// Runs every step of `args` (or the soak); prints the table and writes the JSON report.
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let codec = if args.relay {
         LegCodec::Pcmu
     } else {
@@ -37,6 +38,7 @@ pub async fn run(args: Args) -> anyhow::Result<RunReport> {
         replay: Replay::new(codec)?,
         setup_timeout: args.setup_timeout,
         epoch: tokio::time::Instant::now(),
+        certificate: srbridge::media::webrtc_leg::dtls_certificate()?,
     });
     let sipp = SippSettings {
         sipp: args.sipp.clone(),
@@ -72,6 +74,21 @@ pub async fn run(args: Args) -> anyhow::Result<RunReport> {
             })
         }
     };
+    if let Some(total) = args.soak {
+        if !matches!(target, Target::Bridge) || !directions.contains(&Direction::WebToSip) {
+            anyhow::bail!("--soak makes web→SIP calls through srbridge (--peer srbridge, --direction web-to-sip)");
+        }
+        let report = soak::run_soak(&args, Arc::clone(&plan), total).await?;
+        println!("{}", report.table());
+        for f in &report.failures {
+            eprintln!("  failure: {f}");
+        }
+        if let Some(path) = &args.json {
+            let text = serde_json::to_string_pretty(&report)?;
+            std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let mut report = RunReport {
         peer: args.peer,
         bridge_pid: args.bridge_pid,
@@ -106,7 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<RunReport> {
         }
     }
     println!("{}", report::table(&report.steps));
-    Ok(report)
+    Ok(())
 }
 
 fn write_json(path: &std::path::Path, report: &RunReport) -> anyhow::Result<()> {

@@ -81,10 +81,16 @@ pub struct StepReport {
     pub echo_round_trip_p99_ms: Option<f64>,
     /// Calls whose returned audio was above -30 dBFS (the echoed tone came back).
     pub calls_with_audio: usize,
-    /// Setup times in ms (web→SIP: invite → ACCEPTED_BY_REMOTE; SIP→web: INVITE → 200 at SIPp).
+    /// Setup times in ms (web→SIP: invite → call up, i.e. accepted and media connected;
+    /// SIP→web: INVITE → 200 at SIPp).
     pub setup_ms: Option<Percentiles>,
+    /// web→SIP: invite → `ACCEPTED_BY_REMOTE` at the browser, ms (the signalling alone).
+    pub accepted_ms: Option<Percentiles>,
     /// Calls up per second from the first invitation to the last call up.
     pub setups_per_sec: f64,
+    /// The bridge's CPU from the first invitation to the last call up, ms per call up (the
+    /// media of calls already up included): the set-up cost; 2 ms is 500 setups/s per core.
+    pub cpu_ms_per_setup: Option<f64>,
 }
 
 /// The whole run.
@@ -98,6 +104,11 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
 }
 
+/// "5.9/13.1", or "-" without samples.
+pub fn p50_p99(p: Option<Percentiles>) -> String {
+    p.map_or("-".into(), |p| format!("{:.1}/{:.1}", p.p50, p.p99))
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
@@ -108,7 +119,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// `rtt99` the tagged round trip of relayed calls; `tool%` the generator's own CPU.
 pub fn table(steps: &[StepReport]) -> String {
     let mut out = format!(
-        "{:<9} {:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>13} {:>8} {:>7} {:>7} {:>6}\n",
+        "{:<9} {:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>13} {:>11} {:>8} {:>8} {:>7} {:>7} {:>6}\n",
         "peer",
         "direction",
         "codec",
@@ -121,7 +132,9 @@ pub fn table(steps: &[StepReport]) -> String {
         "loss%",
         "jit99",
         "setup p50/p99",
+        "acc p50/p99",
         "setups/s",
+        "ms/setup",
         "echo%",
         "rtt99",
         "tool%",
@@ -137,7 +150,7 @@ pub fn table(steps: &[StepReport]) -> String {
 pub fn row(s: &StepReport) -> String {
     let b = s.bridge.as_ref();
     format!(
-        "{:<9} {:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7.2} {:>7} {:>13} {:>8.1} {:>7} {:>7} {:>6.0}",
+        "{:<9} {:<10} {:<5} {:>5} {:>5} {:>6} {:>9} {:>8} {:>8} {:>7.2} {:>7} {:>13} {:>11} {:>8.1} {:>8} {:>7} {:>7} {:>6.0}",
         s.peer.label(),
         s.direction.label(),
         s.codec,
@@ -149,9 +162,10 @@ pub fn row(s: &StepReport) -> String {
         opt(b.map(|b| b.rss_per_session_kb), 0),
         s.missing_percent,
         opt(s.jitter_p99_ms, 1),
-        s.setup_ms
-            .map_or("-".into(), |p| format!("{:.1}/{:.1}", p.p50, p.p99)),
+        p50_p99(s.setup_ms),
+        p50_p99(s.accepted_ms),
         s.setups_per_sec,
+        opt(s.cpu_ms_per_setup, 2),
         opt(s.echo_loss_percent, 2),
         opt(s.echo_round_trip_p99_ms, 1),
         s.tool_cpu_percent,

@@ -76,6 +76,7 @@ pub async fn run_step(
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let probes: Vec<Arc<CallProbe>> = (0..n).map(|_| Arc::new(CallProbe::default())).collect();
+    let ramp_cpu_start = sample_bridge(args.bridge_pid);
     let ramp_start = Instant::now();
     let start_at = |k: usize| ramp_start + Duration::from_secs_f64(k as f64 / args.rate.max(0.001));
     let mut tasks = Vec::new();
@@ -143,9 +144,18 @@ pub async fn run_step(
         }
     }
     let setups_per_sec = tally.setups_per_sec(ramp_start);
+    // The bridge's CPU while the calls came up, per call up (the media of the calls already up
+    // is in it too): 2 ms per setup is 500 setups/s on a core.
+    let cpu_ms_per_setup = match (ramp_cpu_start, sample_bridge(args.bridge_pid)) {
+        (Some(a), Some(b)) if tally.up > 0 => {
+            Some(procfs::cpu_seconds(&a, &b) * 1000.0 / tally.up as f64)
+        }
+        _ => None,
+    };
     eprintln!(
-        "[{label} {n}] {} calls up ({setups_per_sec:.1}/s), {} failed; settling",
+        "[{label} {n}] {} calls up ({setups_per_sec:.1}/s, bridge CPU {} ms per setup), {} failed; settling",
         tally.up,
+        cpu_ms_per_setup.map_or("-".to_string(), |c| format!("{c:.2}")),
         n - tally.up
     );
 
@@ -341,7 +351,9 @@ pub async fn run_step(
         echo_round_trip_p99_ms: round_trips.quantile(0.99).filter(|_| tagged),
         calls_with_audio: with_audio,
         setup_ms,
+        accepted_ms: Percentiles::of(&tally.accepted_ms),
         setups_per_sec,
+        cpu_ms_per_setup,
     })
 }
 
@@ -416,6 +428,7 @@ struct Tally {
     failed: usize,
     dropped: usize,
     setups_ms: Vec<f64>,
+    accepted_ms: Vec<f64>,
     last_up: Instant,
     reasons: BTreeSet<String>,
 }
@@ -427,6 +440,7 @@ impl Tally {
             failed: 0,
             dropped: 0,
             setups_ms: Vec::new(),
+            accepted_ms: Vec::new(),
             last_up: start,
             reasons: BTreeSet::new(),
         }
@@ -434,11 +448,14 @@ impl Tally {
 
     fn apply(&mut self, news: CallNews) {
         match news {
-            CallNews::Up { setup, .. } => {
+            CallNews::Up { setup, accepted } => {
                 self.up += 1;
                 self.last_up = Instant::now();
                 if let Some(s) = setup {
                     self.setups_ms.push(s.as_secs_f64() * 1000.0);
+                }
+                if let Some(a) = accepted {
+                    self.accepted_ms.push(a.as_secs_f64() * 1000.0);
                 }
             }
             CallNews::Failed { was_up, reason, .. } => {

@@ -21,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rtc::peer_connection::certificate::RTCCertificate;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -32,7 +33,7 @@ use crate::media::pipeline::{BrowserParams, Downlink, PipelineCounters, SipParam
 use crate::media::recording;
 use crate::media::rtp_leg::{PortAllocator, PortRange, RtpLeg, RtpLegParts};
 use crate::media::webrtc_leg::{
-    IceServer, NegotiatedCodecs, WebRtcLeg, WebRtcLegError, WebRtcSettings,
+    dtls_certificate, IceServer, NegotiatedCodecs, WebRtcLeg, WebRtcLegError, WebRtcSettings,
 };
 use crate::ops::cpu_load::BusySignal;
 use crate::ops::metrics::Metrics;
@@ -50,6 +51,9 @@ pub struct SessionFactory {
     webrtc_ports: PortAllocator,
     /// `[media] webrtc_single_port`: the one port every browser leg uses instead.
     single_port: Option<SinglePort>,
+    /// The DTLS certificate of every browser leg: made once here, not per call (an ECDSA key
+    /// and a self-signed certificate were a per-setup cost).
+    certificate: RTCCertificate,
     bind_ip: IpAddr,
     sdp_ip: IpAddr,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
@@ -97,10 +101,12 @@ impl SessionFactory {
             }
             None => None,
         };
+        let certificate = dtls_certificate().map_err(|e| MediaError::Resources(e.to_string()))?;
         Ok(SessionFactory {
             ports: Arc::new(ports),
             webrtc_ports,
             single_port,
+            certificate,
             bind_ip,
             sdp_ip,
             config,
@@ -237,6 +243,7 @@ impl MediaFactory for SessionFactory {
                 control: control_tx,
                 settings: WebRtcSettings {
                     ports: Some(self.webrtc_ports.clone()),
+                    certificate: Some(self.certificate.clone()),
                     ..webrtc_settings(&config)
                 },
                 single_port: self.single_port.clone(),

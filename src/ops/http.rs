@@ -162,6 +162,9 @@ async fn api_status(State(state): State<AppState>) -> Json<StatusResponse> {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: state.ctx.lifecycle.uptime().as_secs(),
         draining: state.ctx.lifecycle.is_draining(),
+        tasks: tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
         snapshot: state.status.snapshot(),
     })
 }

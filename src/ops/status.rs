@@ -177,6 +177,9 @@ pub struct StatusResponse {
     pub uptime_s: u64,
     /// True after SIGTERM while calls finish.
     pub draining: bool,
+    /// Tokio tasks alive in the bridge's runtime: back to its idle figure once calls and
+    /// sessions are gone (a leak shows here first; `srbridge-load --soak` reads it).
+    pub tasks: usize,
     /// The rest.
     #[serde(flatten)]
     pub snapshot: StatusSnapshot,

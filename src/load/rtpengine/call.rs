@@ -77,6 +77,7 @@ impl RtpengineCall {
         let settings = WebRtcSettings {
             bind_ips: vec![plan.local_ip],
             codecs: plan.replay.offered(),
+            certificate: Some(plan.certificate.clone()),
             ..WebRtcSettings::default()
         };
         let (leg, mut channels) = WebRtcLeg::new(&settings)
@@ -179,6 +180,7 @@ impl RtpengineCall {
                 self.up = true;
                 let _ = self.news.send(CallNews::Up {
                     setup: Some(signalled),
+                    accepted: None,
                 });
             }
         };

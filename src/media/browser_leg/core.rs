@@ -27,6 +27,7 @@ use crate::media::webrtc_leg::{
     add_opus_fmtp, audio_interceptors, audio_media_engine, audio_rtp, audio_track,
     offers_common_audio, opus_fmtp_for, report_about, tag_event_rates, untag_event_rates,
     InboundRtp, LegState, NegotiatedCodecs, ReceiverReport, WebRtcLegError, WebRtcSettings,
+    ICE_CHECK_INTERVAL, ICE_MAX_BINDING_REQUESTS,
 };
 
 /// Largest datagram the receive buffer is sized for (an MTU).
@@ -229,10 +230,15 @@ impl BrowserLeg {
                 Some(std::time::Duration::from_secs(2)),
             )
             .with_include_loopback_candidate(local_addrs.iter().any(|a| a.ip().is_loopback()))
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
             .with_ice_credentials(ice.ufrag.clone(), ice.pwd.clone())
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(settings.certificate.iter().cloned().collect())
+                    .build(),
+            )
             .with_media_engine(media)
             .with_setting_engine(setting_engine)
             .with_interceptor_registry(registry)
