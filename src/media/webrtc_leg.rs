@@ -321,6 +321,21 @@ pub struct InboundRtp {
     pub payload: Bytes,
 }
 
+impl From<rtc::rtp::Packet> for InboundRtp {
+    /// What both browser legs hand the pipeline of a decrypted packet (the payload not copied).
+    fn from(packet: rtc::rtp::Packet) -> Self {
+        let h = &packet.header;
+        InboundRtp {
+            payload_type: h.payload_type,
+            seq: h.sequence_number,
+            timestamp: h.timestamp,
+            ssrc: h.ssrc,
+            marker: h.marker,
+            payload: packet.payload,
+        }
+    }
+}
+
 /// Payload types agreed with the browser, `None` for codecs not negotiated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NegotiatedCodecs {
@@ -633,15 +648,7 @@ impl PeerConnectionEventHandler for Handler {
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
-                    let h = &packet.header;
-                    let rtp = InboundRtp {
-                        payload_type: h.payload_type,
-                        seq: h.sequence_number,
-                        timestamp: h.timestamp,
-                        ssrc: h.ssrc,
-                        marker: h.marker,
-                        payload: packet.payload,
-                    };
+                    let rtp = InboundRtp::from(packet);
                     match shared.rtp.try_send(rtp) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {

@@ -490,18 +490,7 @@ impl BrowserLeg {
             };
             match message.message {
                 RTCMessage::RtpPacket(_, packet) => {
-                    let h = &packet.header;
-                    return Some((
-                        message.now,
-                        InboundRtp {
-                            payload_type: h.payload_type,
-                            seq: h.sequence_number,
-                            timestamp: h.timestamp,
-                            ssrc: h.ssrc,
-                            marker: h.marker,
-                            payload: packet.payload,
-                        },
-                    ));
+                    return Some((message.now, InboundRtp::from(packet)));
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
                     if let Some(report) = report_about(self.ssrc, &packets) {
