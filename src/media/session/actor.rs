@@ -117,7 +117,8 @@ pub struct MediaTask {
     call_id: String,
     socket: MediaSocket,
     rtcp: UdpSocket,
-    /// The RTP and browser sockets are read on the tick (see the module docs); by then.
+    /// When the sockets read on the tick (see the module docs) are drained at the latest;
+    /// `None` while they are read on readiness.
     next_read: Option<Instant>,
     core: MediaCore,
     browser: Option<Browser>,
@@ -236,7 +237,7 @@ impl MediaTask {
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
-            let ticked = self.next_read.is_some();
+            let ticked = self.socket.ticked();
             // A leg on the shared port stays on readiness after the tick took over the rest.
             let browser_ticked = match &mut self.browser {
                 Some(Browser::Owned(leg)) => leg.ticked(),
@@ -290,7 +291,7 @@ impl MediaTask {
     /// The timer fired: the sockets read on the tick, then the leg's and the core's timers.
     /// False when the RTP socket failed for good.
     fn on_timer(&mut self, now: Instant) -> bool {
-        if self.next_read.is_some() && !self.read_ticked(now) {
+        if self.socket.ticked() && !self.read_ticked(now) {
             return false;
         }
         match &mut self.browser {
@@ -307,17 +308,20 @@ impl MediaTask {
     }
 
     /// Moves the RTP and browser sockets from readiness to the tick, once the owned browser
-    /// leg is connected. A socket that cannot be moved is reported like a failed one.
+    /// leg is connected. A socket that cannot leave the reactor is lost: its next read on the
+    /// tick reports the error (the RTP socket's ends the task, the browser's fails the leg), so
+    /// neither is left unread.
     fn read_on_tick(&mut self, now: Instant) {
         let Some(Browser::Owned(leg)) = &mut self.browser else {
             return;
         };
-        if self.next_read.is_some() {
+        if self.socket.ticked() {
             return;
         }
-        if let Err(e) = self.socket.move_to_tick().and_then(|()| leg.move_to_tick()) {
-            tracing::warn!(call_id = %self.call_id, error = %e, "media socket left on readiness failed");
-            return;
+        for moved in [self.socket.move_to_tick(), leg.move_to_tick()] {
+            if let Err(e) = moved {
+                tracing::warn!(call_id = %self.call_id, error = %e, "media socket could not leave the reactor");
+            }
         }
         tracing::debug!(call_id = %self.call_id, "media sockets read on the tick from now on");
         self.next_read = Some(now);
@@ -328,19 +332,8 @@ impl MediaTask {
     /// ends); a failed browser socket fails the leg.
     fn read_ticked(&mut self, now: Instant) -> bool {
         self.next_read = Some(now + TICK_READ);
-        let MediaTask {
-            core,
-            socket,
-            browser,
-            pending,
-            ..
-        } = self;
-        let mut io = ShellIo {
-            now,
-            socket,
-            browser: browser.as_mut(),
-            events: pending,
-        };
+        let (core, mut io) = self.io(now);
+        let socket = io.socket;
         let read = socket.read_batch(TICK_BATCHES, |d: Datagram<'_>| {
             core.on_sip_datagram(d.bytes, d.truncated, d.from, d.at, &mut io)
         });
@@ -481,7 +474,7 @@ impl MediaTask {
             return;
         };
         leg.transmit();
-        while let Some((at, p)) = leg.poll_rtp() {
+        while let Some((at, p)) = leg.poll_media() {
             self.core
                 .on_browser_rtp(p.payload_type, p.seq, p.timestamp, p.ssrc, &p.payload, at);
         }

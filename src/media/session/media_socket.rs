@@ -117,13 +117,16 @@ impl MediaSocket {
     }
 
     /// Takes the socket out of the reactor and asks the kernel to stamp arrivals: from now on
-    /// the owner reads it with [`Self::read_batch`] on its tick. Idempotent.
+    /// the owner reads it with [`Self::read_batch`] on its tick. Idempotent. An error leaves it
+    /// lost (every read reports it), or, when only the stamps were refused, read on the tick
+    /// with the read time as arrival.
     pub fn move_to_tick(&mut self) -> io::Result<()> {
-        if !matches!(self.mode, Mode::Reactor(_)) {
-            return Ok(());
-        }
-        let Mode::Reactor(socket) = std::mem::replace(&mut self.mode, Mode::Lost) else {
-            return Ok(());
+        let socket = match std::mem::replace(&mut self.mode, Mode::Lost) {
+            Mode::Reactor(socket) => socket,
+            other => {
+                self.mode = other;
+                return Ok(());
+            }
         };
         // Still non-blocking after `into_std`.
         let socket = socket.into_std()?;

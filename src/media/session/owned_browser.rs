@@ -181,7 +181,7 @@ impl OwnedBrowserLeg {
         self.send_drops
     }
 
-    /// Feeds one datagram from the browser's side; then drain with [`Self::poll_rtp`],
+    /// Feeds one datagram from the browser's side; then drain with [`Self::poll_media`],
     /// [`Self::poll_event`] and [`Self::transmit`].
     pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.leg.handle_datagram(now, self.local, from, datagram);
@@ -227,7 +227,7 @@ impl OwnedBrowserLeg {
     }
 
     /// The next RTP packet from the browser, with when its datagram arrived.
-    pub fn poll_rtp(&mut self) -> Option<(Instant, InboundRtp)> {
+    pub fn poll_media(&mut self) -> Option<(Instant, InboundRtp)> {
         self.leg.poll_media()
     }
 
