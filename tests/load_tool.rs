@@ -10,7 +10,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use srbridge::bridge::Bridge;
 
 const APPID: &str = "load-test";
 const CALLS: u64 = 5;
@@ -105,21 +104,6 @@ fn assert_carried_by(report: &Value, directions: &[&str], codec: &str, peer: &st
     }
 }
 
-/// The tool hung up every call: the bridge holds no call and no RTP port.
-async fn everything_released(bridge: &Bridge) {
-    for _ in 0..100 {
-        if bridge.calls().is_empty() && bridge.media_ports_in_use() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "left behind: calls {:?}, RTP ports {}",
-        bridge.calls(),
-        bridge.media_ports_in_use()
-    );
-}
-
 #[test]
 fn help_documents_what_a_run_measures() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_srbridge-load"))
@@ -161,7 +145,7 @@ async fn transcoded_calls_both_directions() {
     let rig = support::rig::start_bridge(APPID, "", "", 40).await;
     let report = run_load_tool(&rig, &[]).await;
     assert_calls_carried_media(&report, &["web_to_sip", "sip_to_web"], "opus");
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +153,7 @@ async fn relayed_calls_both_directions() {
     let rig = support::rig::start_bridge(APPID, "", "", 40).await;
     let report = run_load_tool(&rig, &["--relay"]).await;
     assert_calls_carried_media(&report, &["web_to_sip", "sip_to_web"], "pcmu");
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
 }
 
 /// `--soak`: 20 short calls back to back, 5 at a time, each a fresh login; every one completes,
@@ -233,7 +217,7 @@ async fn a_short_soak_completes_every_call_and_reads_the_bridges_holdings() {
         tasks("baseline"),
         "every call's tasks ended: {context}"
     );
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
 }
 
 /// rtpengine from Debian (scripts/deps.sh installs rtpengine-daemon), in the foreground with

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use srbridge::bridge::Bridge;
 use srbridge::media::webrtc_leg::LegCodec;
 use support::webrtc_peer::{send_media, wait_media, BrowserPeer};
 use support::{assert_tone, assert_wav_tone, ports, Baresip, BaresipOptions, Pbx, WsClient};
@@ -44,22 +43,6 @@ async fn phone(
     .await;
     phone.wait_registered(T).await;
     (phone, dir)
-}
-
-/// Waits until the bridge has no call and no RTP port. (Task counts are checked per session in
-/// `tests/media_session.rs`: here the SIP stack keeps BYE transactions for 32 s, timer J.)
-async fn everything_released(bridge: &Bridge) {
-    for _ in 0..100 {
-        if bridge.calls().is_empty() && bridge.media_ports_in_use() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "left behind: calls {:?}, RTP ports {}",
-        bridge.calls(),
-        bridge.media_ports_in_use(),
-    );
 }
 
 fn end_call(ws: &WsClient, to: &str) {
@@ -112,7 +95,7 @@ async fn web_to_sip_call_checking(
     peer.close().await;
     let recording = phone.received_wav().expect("baresip recorded the call");
     assert_wav_tone(&recording, 1000.0, 15.0, -20.0);
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
     alice.frames()
 }
 
@@ -419,7 +402,7 @@ async fn hold_and_resume_from_the_phone_keeps_the_call_and_the_phone_is_heard_ag
     end_call(&alice, "1004");
     phone.wait_for("CALL_CLOSED", T).await;
     peer.close().await;
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,7 +419,7 @@ async fn stereo_recording_holds_the_browser_left_and_the_phone_right() {
     end_call(&alice, "1005");
     phone.wait_for("CALL_CLOSED", T).await;
     peer.close().await;
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
     let path = rec.path().join("rec-1.wav");
     let mut samples = Vec::new();
     for _ in 0..50 {
@@ -481,7 +464,7 @@ async fn garbage_offer_ends_the_call_with_a_clear_error() {
         error["message"].as_str().unwrap().contains("offer"),
         "{error}"
     );
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,7 +484,7 @@ async fn offer_without_audio_is_refused() {
         error["message"].as_str().unwrap().contains("audio"),
         "{error}"
     );
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,5 +590,5 @@ async fn reinvite_hold_then_new_port_and_codec_via_sipp_echo() {
     end_call(&alice, "1009");
     uas.wait(T).await.assert_success();
     peer.close().await;
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
 }

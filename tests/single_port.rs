@@ -176,20 +176,6 @@ async fn wait_port_calls(rig: &Rig, calls: f64) {
     panic!("expected {calls} calls on the shared port:\n{last}");
 }
 
-async fn everything_released(bridge: &Bridge) {
-    for _ in 0..100 {
-        if bridge.calls().is_empty() && bridge.media_ports_in_use() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "left behind: calls {:?}, RTP ports {}",
-        bridge.calls(),
-        bridge.media_ports_in_use(),
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_share_one_port_strangers_are_dropped_and_calls_end_cleanly() {
     let shared = ports::free_port();
@@ -250,7 +236,7 @@ async fn concurrent_calls_share_one_port_strangers_are_dropped_and_calls_end_cle
         );
     }
     tokio::join!(first.end(), second.end());
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
     wait_port_calls(&rig, 0.0).await;
 
     // The port serves a later call after the others unregistered.
@@ -262,7 +248,7 @@ async fn concurrent_calls_share_one_port_strangers_are_dropped_and_calls_end_cle
     let heard = third.peer.take_received();
     third.assert_browser_hears_its_phone(&heard);
     third.end().await;
-    everything_released(&rig.bridge).await;
+    support::rig::everything_released(&rig.bridge).await;
     wait_port_calls(&rig, 0.0).await;
 }
 

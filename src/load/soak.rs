@@ -13,7 +13,6 @@ use anyhow::{anyhow, Context};
 use serde::Serialize;
 use serde_json::Value;
 use srbridge::signal::mint_token;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -147,29 +146,46 @@ pub fn status_url_for(ws: &str) -> Option<String> {
     Some(format!("http://{host}/api/status"))
 }
 
-/// `tasks` from the bridge's `/api/status` (plain HTTP, loopback admin access), less the task
-/// serving the request.
+/// `tasks` from the bridge's `/api/status` (plain HTTP through hyper's client, as the webhook
+/// posts; loopback admin access), less the task serving the request.
 async fn tasks_of(status_url: &str) -> anyhow::Result<u64> {
-    let rest = status_url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("{status_url}: only http:// is supported"))?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = tokio::net::TcpStream::connect(host)
+    use http_body_util::{BodyExt, Empty};
+    let uri: hyper::Uri = status_url
+        .parse()
+        .with_context(|| format!("{status_url}: not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        anyhow::bail!("{status_url}: only http:// is supported");
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| anyhow!("{status_url}: no host"))?
+        .as_str()
+        .to_owned();
+    let stream = tokio::net::TcpStream::connect(authority.as_str())
         .await
         .with_context(|| format!("connect {status_url}"))?;
-    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("{status_url}: no HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("{status_url}: {}", head.lines().next().unwrap_or_default());
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get(uri.path())
+        .header(hyper::header::HOST, authority)
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            connection.abort();
+            return Err(e.into());
+        }
+    };
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    connection.abort();
+    if !status.is_success() {
+        anyhow::bail!("{status_url}: HTTP {status}");
     }
     let status: Value =
-        serde_json::from_str(body).with_context(|| format!("{status_url}: not JSON"))?;
+        serde_json::from_slice(&body).with_context(|| format!("{status_url}: not JSON"))?;
     let tasks = status["tasks"]
         .as_u64()
         .ok_or_else(|| anyhow!("{status_url}: no `tasks` (a bridge older than that field?)"))?;

@@ -177,3 +177,20 @@ impl BridgeRig {
             .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
     }
 }
+
+/// Waits (at most 10 s) until `bridge` holds no call and no RTP port: what a call that ended
+/// must leave behind. (Task counts are checked per session in `tests/media_session.rs`: the SIP
+/// stack keeps BYE transactions for 32 s, timer J.)
+pub async fn everything_released(bridge: &Bridge) {
+    for _ in 0..100 {
+        if bridge.calls().is_empty() && bridge.media_ports_in_use() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "left behind: calls {:?}, RTP ports {}",
+        bridge.calls(),
+        bridge.media_ports_in_use(),
+    );
+}
