@@ -17,6 +17,7 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --locked --all-targets
 cargo test --locked --no-run
+echo "== disk after build: $(du -sh target 2>/dev/null | cut -f1) in target; $(df -h . | awk 'NR==2 {print $4}') free"
 
 threads="${TEST_THREADS:-2}"
 run_tests="cargo test --locked --offline --no-fail-fast -- --test-threads=$threads"
