@@ -735,7 +735,7 @@ impl Default for MediaConfig {
             rtp_hold_timeout: Duration::from_secs(3600),
             opus: OpusSettings::default(),
             opus_narrowband: true,
-            opus_receive_bitrate: Some(24_000),
+            opus_receive_bitrate: Some(32_000),
             busy_cpu_percent: 85,
         }
     }

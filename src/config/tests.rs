@@ -1220,9 +1220,9 @@ fn media_busy_cpu_percent_and_opus_complexity_busy() {
 }
 
 #[test]
-fn media_opus_receive_bitrate_defaults_to_24k_and_zero_is_the_browsers() {
+fn media_opus_receive_bitrate_defaults_to_32k_and_zero_is_the_browsers() {
     let config = toml_with("").expect("valid");
-    assert_eq!(config.media.opus_receive_bitrate, Some(24_000));
+    assert_eq!(config.media.opus_receive_bitrate, Some(32_000));
     let config = toml_with("[media]\nopus_receive_bitrate = 40000\n").expect("valid");
     assert_eq!(config.media.opus_receive_bitrate, Some(40_000));
     let config = toml_with("[media]\nopus_receive_bitrate = 0\n").expect("valid");

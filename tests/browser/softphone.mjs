@@ -26,6 +26,20 @@ const browser = await chromium.launch({
 });
 const context = await browser.newContext({ viewport: { width: 400, height: 800 }, deviceScaleFactor: 2 });
 if (denyMic) await context.clearPermissions();
+// `preferCodec`: offers made after it list only that audio codec (and telephone-event), as a
+// browser forced to G.711 would; the page's own code is untouched.
+await context.addInitScript(() => {
+  const createOffer = RTCPeerConnection.prototype.createOffer;
+  RTCPeerConnection.prototype.createOffer = function (...args) {
+    const mime = window.__srbridgeTestCodec;
+    if (mime) {
+      const keep = (c) => [mime.toLowerCase(), 'audio/telephone-event'].includes(c.mimeType.toLowerCase());
+      const codecs = RTCRtpReceiver.getCapabilities('audio').codecs.filter(keep);
+      for (const t of this.getTransceivers()) t.setCodecPreferences(codecs);
+    }
+    return createOffer.apply(this, args);
+  };
+});
 const page = await context.newPage();
 const pageErrors = [];
 page.on('pageerror', (e) => pageErrors.push(e.message));
@@ -165,6 +179,7 @@ async function inboundAudioStats() {
       if (s.type !== 'inbound-rtp' || s.kind !== 'audio') continue;
       const ms = (samples) => Math.round((1000 * (samples ?? 0)) / 48000); // NetEq runs at 48 kHz
       return {
+        codec: report.get(s.codecId)?.mimeType ?? null,
         packetsReceived: s.packetsReceived,
         packetsLost: s.packetsLost,
         concealedMs: ms(s.concealedSamples),
@@ -247,6 +262,10 @@ const commands = {
   async screenshot({ path }) {
     await page.mouse.move(0, 0); // no hover highlight in the picture
     await page.screenshot({ path, fullPage: true });
+    return {};
+  },
+  async preferCodec({ mime }) {
+    await page.evaluate((m) => { window.__srbridgeTestCodec = m; }, mime);
     return {};
   },
   state() { return state(); },
