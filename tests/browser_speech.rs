@@ -199,7 +199,7 @@ fn score(reference: &Path, recording: &Path, way: &str) -> Score {
 }
 
 /// One call: both directions, the phone's first tone as the page heard it, the host's load.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Run {
     to_sip: Score,
     to_web: Score,
