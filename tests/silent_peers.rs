@@ -1,10 +1,13 @@
 //! Calls the bridge ends because a peer went silent (issue #9), end to end: the RTP inactivity
 //! timeout (`[media] rtp_timeout`: a phone that answers and then sends nothing), a browser that
-//! goes away (its DTLS close_notify ends the call at once), and an RFC 4028 session that the
+//! goes away (its DTLS close_notify ends the call at once), one that vanishes without a word (its
+//! packets dropped by nftables: the RTP timeout ends the call), and an RFC 4028 session that the
 //! phone does not refresh. Each ends with BYE toward
 //! SIP and `{"Cmd":"EndCall"}` to the browser, and is counted. The bridge runs in-process on the
 //! Kamailio rig; the browser is `support::webrtc_peer`, the phones SIPp and baresip.
 
+#[path = "browser/packet_loss.rs"]
+mod packet_loss;
 mod support;
 
 use std::sync::Arc;
@@ -122,6 +125,67 @@ async fn a_browser_that_goes_away_ends_the_call_for_the_phone_at_once() {
         "the close was noticed, not waited out: {lasted:?}"
     );
     assert_eq!(rtp_timeouts(&rig).await, 0, "not by the RTP timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_vanishes_without_a_word_is_hung_up_after_rtp_timeout() {
+    // Its own WebRTC ports, so the drop rule below touches this bridge's browser leg only.
+    let webrtc = support::ports::free_port_range(10);
+    let rig = support::rig::start_bridge(
+        APPID,
+        "",
+        &format!(
+            "rtp_timeout = 3\nwebrtc_port_min = {webrtc}\nwebrtc_port_max = {}",
+            webrtc + 9
+        ),
+        10,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    support::write_tone_wav(&wav, 440.0, 0.5, Duration::from_secs(40), 8000);
+    let phone = Baresip::start(
+        rig.pbx.addr(),
+        "1001",
+        BaresipOptions {
+            auto_answer: true,
+            play_wav: Some(wav),
+            record_dir: None,
+        },
+    )
+    .await;
+    phone.wait_registered(T).await;
+    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
+    let ok = alice.invite("t4", "1001", "").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let alice = Arc::new(alice);
+    let mut peer = BrowserPeer::offer(Arc::clone(&alice), "t4", vec![LegCodec::Opus]).await;
+    alice.wait_local_state("t4", "ACCEPTED_BY_REMOTE", T).await;
+    phone.wait_for("CALL_ESTABLISHED", T).await;
+    peer.wait_connected().await;
+    peer.play(Some(1000.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The browser's machine drops off the network: no close_notify, no RTCP BYE, nothing.
+    let vanished = Instant::now();
+    let cut = packet_loss::PacketLoss::start(webrtc..=webrtc + 9, 100);
+    // The leg counts as alive while its ICE consent is fresh (a browser on hold sends no RTP):
+    // consent goes stale after 5 s without answers (`ice_disconnected_timeout`), then the RTP
+    // timeout runs; ICE failure (10 s) would end it later and under another reason.
+    phone
+        .wait_for("CALL_CLOSED", RTP_TIMEOUT + Duration::from_secs(10))
+        .await;
+    let lasted = vanished.elapsed();
+    println!("browser vanished: phone hung up {lasted:?} later (rtp_timeout {RTP_TIMEOUT:?})");
+    assert!(cut.count().dropped > 0, "the rule cut the browser off");
+    assert!(
+        lasted >= RTP_TIMEOUT - Duration::from_millis(500),
+        "ended after {lasted:?}: before the timeout, so not for the silence"
+    );
+    // The hub's WebSocket is TCP, untouched: the page still learns the call ended.
+    alice.wait_peer_message("EndCall", T).await;
+    assert_eq!(rtp_timeouts(&rig).await, 1, "counted as an RTP timeout");
+    drop(cut);
+    peer.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

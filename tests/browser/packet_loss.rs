@@ -8,7 +8,8 @@ use std::io::Write;
 use std::ops::RangeInclusive;
 use std::process::{Command, Stdio};
 
-/// Drops `percent` % of the UDP packets from or to `ports` while it lives.
+/// Drops `percent` % of the UDP packets from or to `ports` while it lives (100: all of them, a
+/// peer gone from the network).
 pub struct PacketLoss {
     table: String,
 }
@@ -25,6 +26,12 @@ impl PacketLoss {
     pub fn start(ports: RangeInclusive<u16>, percent: u8) -> PacketLoss {
         let table = format!("srbridge_loss_{}", std::process::id());
         let (lo, hi) = (ports.start(), ports.end());
+        // numgen's range is 0-99: "< 100" is refused, so everything is a plain drop.
+        let verdict = if percent >= 100 {
+            "counter drop".to_string()
+        } else {
+            format!("numgen random mod 100 < {percent} counter drop")
+        };
         let script = format!(
             "table inet {table} {{\n\
              \x20 chain out {{\n\
@@ -33,7 +40,7 @@ impl PacketLoss {
              \x20   udp dport {lo}-{hi} counter jump lossy\n\
              \x20 }}\n\
              \x20 chain lossy {{\n\
-             \x20   numgen random mod 100 < {percent} counter drop\n\
+             \x20   {verdict}\n\
              \x20 }}\n\
              }}\n"
         );
