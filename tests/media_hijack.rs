@@ -19,7 +19,7 @@ use srbridge::media::rtp::RtpHeader;
 use srbridge::media::webrtc_leg::LegCodec;
 use support::audio::{dominant_frequency, read_wav, rms_dbfs};
 use support::webrtc_peer::BrowserPeer;
-use support::{Baresip, BaresipOptions, WsClient};
+use support::{Baresip, WsClient};
 use tokio::net::UdpSocket;
 
 const APPID: &str = "hijack-test";
@@ -203,20 +203,8 @@ async fn a_stranger_spraying_every_media_port_is_heard_by_nobody() {
     })
     .expect("logging");
     let rig = support::rig::start_bridge(APPID, "", "", 20).await;
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("tone.wav");
-    support::write_tone_wav(&wav, PHONE_HZ, 0.5, Duration::from_secs(12), 8000);
-    let phone = Baresip::start(
-        rig.pbx.addr(),
-        "1001",
-        BaresipOptions {
-            auto_answer: true,
-            play_wav: Some(wav),
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
+    let phone =
+        Baresip::tone_phone(rig.pbx.addr(), "1001", PHONE_HZ, Duration::from_secs(12)).await;
 
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite("h1", "1001", "").await;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use srbridge::media::webrtc_leg::LegCodec;
 use support::sipp::registered_uas;
 use support::webrtc_peer::BrowserPeer;
-use support::{Baresip, BaresipOptions, Sipp, WsClient};
+use support::{Baresip, Sipp, WsClient};
 
 const APPID: &str = "timeout-test";
 const T: Duration = Duration::from_secs(15);
@@ -89,20 +89,7 @@ async fn a_phone_that_answers_and_sends_nothing_is_hung_up_after_rtp_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_goes_away_ends_the_call_for_the_phone_at_once() {
     let rig = rig().await;
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("tone.wav");
-    support::write_tone_wav(&wav, 440.0, 0.5, Duration::from_secs(40), 8000);
-    let phone = Baresip::start(
-        rig.pbx.addr(),
-        "1001",
-        BaresipOptions {
-            auto_answer: true,
-            play_wav: Some(wav),
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
+    let phone = Baresip::tone_phone(rig.pbx.addr(), "1001", 440.0, Duration::from_secs(40)).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite("t2", "1001", "").await;
     assert_eq!(ok["type"], "ok", "{ok}");
@@ -141,20 +128,7 @@ async fn a_browser_that_vanishes_without_a_word_is_hung_up_after_rtp_timeout() {
         10,
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("tone.wav");
-    support::write_tone_wav(&wav, 440.0, 0.5, Duration::from_secs(40), 8000);
-    let phone = Baresip::start(
-        rig.pbx.addr(),
-        "1001",
-        BaresipOptions {
-            auto_answer: true,
-            play_wav: Some(wav),
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
+    let phone = Baresip::tone_phone(rig.pbx.addr(), "1001", 440.0, Duration::from_secs(40)).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite("t4", "1001", "").await;
     assert_eq!(ok["type"], "ok", "{ok}");

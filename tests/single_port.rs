@@ -18,7 +18,7 @@ use srbridge::config::Config;
 use srbridge::media::browser_leg::stun::build_binding_request;
 use srbridge::media::webrtc_leg::LegCodec;
 use support::webrtc_peer::BrowserPeer;
-use support::{assert_tone, assert_wav_tone, ports, Baresip, BaresipOptions, WsClient};
+use support::{assert_tone, assert_wav_tone, ports, Baresip, WsClient};
 use tokio::net::UdpSocket;
 
 const APPID: &str = "single-port-test";
@@ -36,7 +36,6 @@ struct Call {
     phone: Baresip,
     phone_hz: f64,
     browser_hz: f64,
-    _dir: tempfile::TempDir,
 }
 
 /// `uid` calls `number` (a baresip phone playing `phone_hz` for 25 s) and plays `browser_hz`
@@ -49,20 +48,8 @@ async fn call(
     phone_hz: f64,
     browser_hz: f64,
 ) -> Call {
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("tone.wav");
-    support::write_tone_wav(&wav, phone_hz, 0.5, Duration::from_secs(25), 8000);
-    let phone = Baresip::start(
-        rig.pbx.addr(),
-        number,
-        BaresipOptions {
-            auto_answer: true,
-            play_wav: Some(wav),
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
+    let phone =
+        Baresip::tone_phone(rig.pbx.addr(), number, phone_hz, Duration::from_secs(25)).await;
     let mut ws = WsClient::login(&rig.url, APPID, uid).await;
     let ok = ws.invite(id, number, "").await;
     assert_eq!(ok["type"], "ok", "{ok}");
@@ -79,7 +66,6 @@ async fn call(
         phone,
         phone_hz,
         browser_hz,
-        _dir: dir,
     }
 }
 

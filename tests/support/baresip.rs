@@ -81,6 +81,8 @@ pub struct Baresip {
     events: Arc<Mutex<Vec<BaresipEvent>>>,
     event_notify: Arc<Notify>,
     cursor: Mutex<usize>,
+    /// The tone a [`Baresip::tone_phone`] plays, kept as long as the phone runs.
+    _tone: Option<TempDir>,
 }
 
 impl Baresip {
@@ -197,6 +199,7 @@ impl Baresip {
             events,
             event_notify,
             cursor: Mutex::new(0),
+            _tone: None,
         };
         phone.wait_registered(Duration::from_secs(10)).await;
         phone
@@ -212,6 +215,30 @@ impl Baresip {
     }
 
     /// Polls `reginfo` until the account shows "OK"; panics with the log after `timeout`.
+    /// The phone most media tests need: registered as `account`, answering by itself and
+    /// playing a half-scale `hz` tone (8 kHz) for `length`.
+    pub async fn tone_phone(pbx: SocketAddr, account: &str, hz: f64, length: Duration) -> Baresip {
+        let tone_dir = tempfile::Builder::new()
+            .prefix("srbridge-tone-")
+            .tempdir()
+            .expect("temp dir for the tone");
+        let wav = tone_dir.path().join("tone.wav");
+        audio::write_tone_wav(&wav, hz, 0.5, length, 8000);
+        let mut phone = Baresip::start(
+            pbx,
+            account,
+            BaresipOptions {
+                auto_answer: true,
+                play_wav: Some(wav),
+                record_dir: None,
+            },
+        )
+        .await;
+        phone._tone = Some(tone_dir);
+        phone.wait_registered(Duration::from_secs(20)).await;
+        phone
+    }
+
     pub async fn wait_registered(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
