@@ -110,7 +110,9 @@ impl Baresip {
                 path
             }
         };
-        let sip_port = ports::free_port();
+        // baresip also opens SIP/TLS on the next port (it cannot be turned off in the config):
+        // claim both, or another test's port may sit there and baresip fails to start.
+        let sip_port = ports::free_port_pair();
         let ctrl_port = ports::free_port();
         let rtp_first = ports::free_port_range(8);
         let config = format!(
