@@ -13,9 +13,7 @@ use std::time::Duration;
 use driver::Page;
 use serde_json::json;
 use srbridge::bridge::Bridge;
-use support::{
-    assert_wav_tone, audio, ports, read_wav, write_tone_wav, Baresip, BaresipOptions, Pbx,
-};
+use support::{assert_wav_tone, audio, ports, read_wav, write_tone_wav, Baresip, Pbx};
 
 const APPID: &str = "browser-test";
 const T: Duration = Duration::from_secs(20);
@@ -45,20 +43,14 @@ async fn rig_on(pbx: Pbx) -> Rig {
 
 /// A phone that plays a 440 Hz tone (60 s, then baresip hangs up) and records what it hears.
 async fn tone_phone(rig: &Rig, account: &str, auto_answer: bool) -> Baresip {
-    let wav = rig.dir.path().join(format!("phone-{account}.wav"));
-    write_tone_wav(&wav, 440.0, 0.5, Duration::from_secs(60), 8000);
-    let phone = Baresip::start(
+    Baresip::tone_phone(
         rig.pbx.addr(),
         account,
-        BaresipOptions {
-            auto_answer,
-            play_wav: Some(wav),
-            record_dir: None,
-        },
+        440.0,
+        Duration::from_secs(60),
+        auto_answer,
     )
-    .await;
-    phone.wait_registered(T).await;
-    phone
+    .await
 }
 
 /// Chromium whose microphone plays a 1 kHz tone, on the web-demo page (raw microphone).

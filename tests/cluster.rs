@@ -18,7 +18,7 @@ use support::nats::NatsServer;
 use support::node::Node;
 use support::rig::{http_get_text, BridgeRig};
 use support::webrtc_peer::BrowserPeer;
-use support::{assert_tone, assert_wav_tone, Baresip, BaresipOptions, WsClient};
+use support::{assert_tone, assert_wav_tone, Baresip, WsClient};
 
 const APPID: &str = "cluster-test";
 const T: Duration = Duration::from_secs(15);
@@ -72,22 +72,8 @@ fn has_peer(cluster: &Value, node: &str) -> bool {
 }
 
 /// A phone account playing `hz` (baresip hangs up when its 20 s file ends).
-async fn phone(rig: &BridgeRig, account: &str, hz: f64) -> (Baresip, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("tone.wav");
-    support::write_tone_wav(&wav, hz, 0.5, Duration::from_secs(20), 8000);
-    let phone = Baresip::start(
-        rig.pbx.addr(),
-        account,
-        BaresipOptions {
-            auto_answer: false,
-            play_wav: Some(wav),
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
-    (phone, dir)
+async fn phone(rig: &BridgeRig, account: &str, hz: f64) -> Baresip {
+    Baresip::tone_phone(rig.pbx.addr(), account, hz, Duration::from_secs(20), false).await
 }
 
 async fn query_online(ws: &mut WsClient, uid: &str) -> bool {
@@ -122,7 +108,7 @@ async fn phone_on_b_talks_to_alice_on_a_and_a_dying_ends_the_call_with_bye() {
     );
 
     // The phone calls alice through B.
-    let (phone, _dir) = phone(&rig, "1002", 440.0).await;
+    let phone = phone(&rig, "1002", 440.0).await;
     phone.dial("0alice").await;
     let invitation = alice.wait_remote_invitation(T).await;
     let call_id = invitation["callId"].as_str().unwrap().to_string();
@@ -259,7 +245,7 @@ async fn nats_outage_leaves_each_node_serving_its_own_users_and_the_cluster_heal
     );
 
     // Routing works again: a phone call through B rings alice on A; she refuses it.
-    let (phone, _dir) = phone(&rig, "1003", 440.0).await;
+    let phone = phone(&rig, "1003", 440.0).await;
     phone.dial("0alice").await;
     let invitation = alice.wait_remote_invitation(T).await;
     let call_id = invitation["callId"].as_str().unwrap().to_string();
@@ -337,20 +323,8 @@ async fn the_call_node_dying_ends_the_call_in_the_browser_on_another_node() {
     })
     .await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("tone.wav");
-    support::write_tone_wav(&wav, 440.0, 0.5, Duration::from_secs(20), 8000);
-    let phone = Baresip::start(
-        pbx.addr(),
-        "1004",
-        BaresipOptions {
-            auto_answer: false,
-            play_wav: Some(wav),
-            record_dir: None,
-        },
-    )
-    .await;
-    phone.wait_registered(T).await;
+    let phone =
+        Baresip::tone_phone(pbx.addr(), "1004", 440.0, Duration::from_secs(20), false).await;
     phone.dial("0alice").await;
     let invitation = alice.wait_remote_invitation(T).await;
     let call_id = invitation["callId"].as_str().unwrap().to_string();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use srbridge::media::webrtc_leg::LegCodec;
 use support::webrtc_peer::{send_media, wait_media, BrowserPeer};
-use support::{assert_tone, assert_wav_tone, ports, Baresip, BaresipOptions, Pbx, WsClient};
+use support::{assert_tone, assert_wav_tone, ports, Baresip, Pbx, WsClient};
 
 const APPID: &str = "media-test";
 const T: Duration = Duration::from_secs(15);
@@ -22,27 +22,15 @@ async fn rig_with(media_extra: &str) -> Rig {
 }
 
 /// A phone playing `hz` (12 s: baresip hangs up when its file ends).
-async fn phone(
-    pbx: &Pbx,
-    account: &str,
-    auto_answer: bool,
-    hz: f64,
-) -> (Baresip, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("tone.wav");
-    support::write_tone_wav(&wav, hz, 0.5, Duration::from_secs(12), 8000);
-    let phone = Baresip::start(
+async fn phone(pbx: &Pbx, account: &str, auto_answer: bool, hz: f64) -> Baresip {
+    Baresip::tone_phone(
         pbx.addr(),
         account,
-        BaresipOptions {
-            auto_answer,
-            play_wav: Some(wav),
-            record_dir: None,
-        },
+        hz,
+        Duration::from_secs(12),
+        auto_answer,
     )
-    .await;
-    phone.wait_registered(T).await;
-    (phone, dir)
+    .await
 }
 
 fn end_call(ws: &WsClient, to: &str) {
@@ -70,7 +58,7 @@ async fn web_to_sip_call_checking(
     codecs: Vec<LegCodec>,
     busy: bool,
 ) -> Vec<serde_json::Value> {
-    let (phone, _dir) = phone(&rig.pbx, "1001", true, 440.0).await;
+    let phone = phone(&rig.pbx, "1001", true, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite(call_id, "1001", "").await;
     assert_eq!(ok["type"], "ok", "{ok}");
@@ -254,7 +242,7 @@ async fn same_codec_relay_when_the_browser_offers_pcmu_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sip_to_web_opus_tone_both_ways() {
     let rig = rig_with("").await;
-    let (phone, _dir) = phone(&rig.pbx, "1002", true, 440.0).await;
+    let phone = phone(&rig.pbx, "1002", true, 440.0).await;
     let bob_ws = Arc::new(WsClient::login(&rig.url, APPID, "bob").await);
     phone.dial("0bob").await;
     let invitation = bob_ws.wait_remote_invitation(T).await;
@@ -295,7 +283,7 @@ async fn sip_to_web_opus_tone_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtmf_both_ways() {
     let rig = rig_with("").await;
-    let (phone, _dir) = phone(&rig.pbx, "1003", true, 440.0).await;
+    let phone = phone(&rig.pbx, "1003", true, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     alice.invite("d1", "1003", "").await;
     let alice = Arc::new(alice);
@@ -338,7 +326,7 @@ async fn dtmf_both_ways() {
 #[tokio::test]
 async fn dtmf_as_sip_info_when_configured() {
     let rig = rig_with("dtmf_mode = \"info\"").await;
-    let (phone, _dir) = phone(&rig.pbx, "1008", true, 440.0).await;
+    let phone = phone(&rig.pbx, "1008", true, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     alice.invite("i1", "1008", "").await;
     let alice = Arc::new(alice);
@@ -368,8 +356,8 @@ async fn connected_call(
     rig: &Rig,
     account: &str,
     call_id: &str,
-) -> (Baresip, tempfile::TempDir, Arc<WsClient>, BrowserPeer) {
-    let (phone, dir) = phone(&rig.pbx, account, true, 440.0).await;
+) -> (Baresip, Arc<WsClient>, BrowserPeer) {
+    let phone = phone(&rig.pbx, account, true, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite(call_id, account, "").await;
     assert_eq!(ok["type"], "ok", "{ok}");
@@ -382,13 +370,13 @@ async fn connected_call(
     .await;
     phone.wait_for("CALL_ESTABLISHED", T).await;
     peer.wait_connected().await;
-    (phone, dir, alice, peer)
+    (phone, alice, peer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_and_resume_from_the_phone_keeps_the_call_and_the_phone_is_heard_again() {
     let rig = rig_with("").await;
-    let (phone, _dir, alice, peer) = connected_call(&rig, "1004", "h1").await;
+    let (phone, alice, peer) = connected_call(&rig, "1004", "h1").await;
     // (baresip 1.0 stops its recorder on hold, so the direction toward the phone after resume is
     // checked with SIPp's echo in `reinvite_hold_then_new_port_and_codec_via_sipp_echo`.)
     phone.command("hold", "").await.expect("hold");
@@ -413,7 +401,7 @@ async fn stereo_recording_holds_the_browser_left_and_the_phone_right() {
         rec.path().display()
     ))
     .await;
-    let (phone, _dir, alice, peer) = connected_call(&rig, "1005", "rec-1").await;
+    let (phone, alice, peer) = connected_call(&rig, "1005", "rec-1").await;
     peer.play(Some(1000.0));
     tokio::time::sleep(Duration::from_secs(3)).await;
     end_call(&alice, "1005");
@@ -451,7 +439,7 @@ async fn stereo_recording_holds_the_browser_left_and_the_phone_right() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_offer_ends_the_call_with_a_clear_error() {
     let rig = rig_with("").await;
-    let (_phone, _dir) = phone(&rig.pbx, "1006", false, 440.0).await;
+    let _phone = phone(&rig.pbx, "1006", false, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     alice.invite("g1", "1006", "").await;
     send_media(
@@ -470,7 +458,7 @@ async fn garbage_offer_ends_the_call_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offer_without_audio_is_refused() {
     let rig = rig_with("").await;
-    let (_phone, _dir) = phone(&rig.pbx, "1007", false, 440.0).await;
+    let _phone = phone(&rig.pbx, "1007", false, 440.0).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     alice.invite("g2", "1007", "").await;
     let video_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
@@ -490,7 +478,7 @@ async fn offer_without_audio_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stray_media_messages_leave_a_running_call_unaffected() {
     let rig = rig_with("").await;
-    let (phone, _dir, alice, peer) = connected_call(&rig, "1008", "s1").await;
+    let (phone, alice, peer) = connected_call(&rig, "1008", "s1").await;
     // A candidate for a call that does not exist, and nonsense for ours.
     let bogus = json!({"kind": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0}});
     send_media(&alice, "no-such-call", bogus);

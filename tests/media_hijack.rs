@@ -203,8 +203,14 @@ async fn a_stranger_spraying_every_media_port_is_heard_by_nobody() {
     })
     .expect("logging");
     let rig = support::rig::start_bridge(APPID, "", "", 20).await;
-    let phone =
-        Baresip::tone_phone(rig.pbx.addr(), "1001", PHONE_HZ, Duration::from_secs(12)).await;
+    let phone = Baresip::tone_phone(
+        rig.pbx.addr(),
+        "1001",
+        PHONE_HZ,
+        Duration::from_secs(12),
+        true,
+    )
+    .await;
 
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
     let ok = alice.invite("h1", "1001", "").await;

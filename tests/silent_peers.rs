@@ -86,20 +86,33 @@ async fn a_phone_that_answers_and_sends_nothing_is_hung_up_after_rtp_timeout() {
     peer.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_that_goes_away_ends_the_call_for_the_phone_at_once() {
-    let rig = rig().await;
-    let phone = Baresip::tone_phone(rig.pbx.addr(), "1001", 440.0, Duration::from_secs(40)).await;
+/// alice's browser calls phone 1001 (which answers and plays 440 Hz); both legs up and the
+/// browser playing 1 kHz for a second.
+async fn browser_calls_a_phone(
+    rig: &support::rig::BridgeRig,
+    call_id: &str,
+) -> (Baresip, Arc<WsClient>, BrowserPeer) {
+    let phone =
+        Baresip::tone_phone(rig.pbx.addr(), "1001", 440.0, Duration::from_secs(40), true).await;
     let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
-    let ok = alice.invite("t2", "1001", "").await;
+    let ok = alice.invite(call_id, "1001", "").await;
     assert_eq!(ok["type"], "ok", "{ok}");
     let alice = Arc::new(alice);
-    let mut peer = BrowserPeer::offer(Arc::clone(&alice), "t2", vec![LegCodec::Opus]).await;
-    alice.wait_local_state("t2", "ACCEPTED_BY_REMOTE", T).await;
+    let mut peer = BrowserPeer::offer(Arc::clone(&alice), call_id, vec![LegCodec::Opus]).await;
+    alice
+        .wait_local_state(call_id, "ACCEPTED_BY_REMOTE", T)
+        .await;
     phone.wait_for("CALL_ESTABLISHED", T).await;
     peer.wait_connected().await;
     peer.play(Some(1000.0));
     tokio::time::sleep(Duration::from_secs(1)).await;
+    (phone, alice, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_goes_away_ends_the_call_for_the_phone_at_once() {
+    let rig = rig().await;
+    let (phone, alice, peer) = browser_calls_a_phone(&rig, "t2").await;
     // the browser closes its peer connection (DTLS close_notify) without hanging up the call
     let closed = Instant::now();
     peer.close().await;
@@ -128,17 +141,7 @@ async fn a_browser_that_vanishes_without_a_word_is_hung_up_after_rtp_timeout() {
         10,
     )
     .await;
-    let phone = Baresip::tone_phone(rig.pbx.addr(), "1001", 440.0, Duration::from_secs(40)).await;
-    let mut alice = WsClient::login(&rig.url, APPID, "alice").await;
-    let ok = alice.invite("t4", "1001", "").await;
-    assert_eq!(ok["type"], "ok", "{ok}");
-    let alice = Arc::new(alice);
-    let mut peer = BrowserPeer::offer(Arc::clone(&alice), "t4", vec![LegCodec::Opus]).await;
-    alice.wait_local_state("t4", "ACCEPTED_BY_REMOTE", T).await;
-    phone.wait_for("CALL_ESTABLISHED", T).await;
-    peer.wait_connected().await;
-    peer.play(Some(1000.0));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (phone, alice, peer) = browser_calls_a_phone(&rig, "t4").await;
     // The browser's machine drops off the network: no close_notify, no RTCP BYE, nothing.
     let vanished = Instant::now();
     let cut = packet_loss::PacketLoss::start(webrtc..=webrtc + 9, 100);

@@ -48,8 +48,14 @@ async fn call(
     phone_hz: f64,
     browser_hz: f64,
 ) -> Call {
-    let phone =
-        Baresip::tone_phone(rig.pbx.addr(), number, phone_hz, Duration::from_secs(25)).await;
+    let phone = Baresip::tone_phone(
+        rig.pbx.addr(),
+        number,
+        phone_hz,
+        Duration::from_secs(25),
+        true,
+    )
+    .await;
     let mut ws = WsClient::login(&rig.url, APPID, uid).await;
     let ok = ws.invite(id, number, "").await;
     assert_eq!(ok["type"], "ok", "{ok}");

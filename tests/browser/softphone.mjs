@@ -177,7 +177,7 @@ async function inboundAudioStats() {
     const report = await pc.getStats();
     for (const s of report.values()) {
       if (s.type !== 'inbound-rtp' || s.kind !== 'audio') continue;
-      const ms = (samples) => Math.round((1000 * (samples ?? 0)) / 48000); // NetEq runs at 48 kHz
+      const ms = (samples) => Math.round((1000 * (samples ?? 0)) / 48000); // at 48 kHz: Opus; NetEq may count PCMU at 8 kHz (6× these)
       return {
         codec: report.get(s.codecId)?.mimeType ?? null,
         packetsReceived: s.packetsReceived,

@@ -216,10 +216,15 @@ impl Baresip {
         self.sip_port
     }
 
-    /// Polls `reginfo` until the account shows "OK"; panics with the log after `timeout`.
-    /// The phone most media tests need: registered as `account`, answering by itself and
-    /// playing a half-scale `hz` tone (8 kHz) for `length`.
-    pub async fn tone_phone(pbx: SocketAddr, account: &str, hz: f64, length: Duration) -> Baresip {
+    /// The phone most media tests need: registered as `account` (as every started phone),
+    /// playing a half-scale `hz` tone (8 kHz) for `length` (baresip hangs up when it ends).
+    pub async fn tone_phone(
+        pbx: SocketAddr,
+        account: &str,
+        hz: f64,
+        length: Duration,
+        auto_answer: bool,
+    ) -> Baresip {
         let tone_dir = tempfile::Builder::new()
             .prefix("srbridge-tone-")
             .tempdir()
@@ -230,17 +235,17 @@ impl Baresip {
             pbx,
             account,
             BaresipOptions {
-                auto_answer: true,
+                auto_answer,
                 play_wav: Some(wav),
                 record_dir: None,
             },
         )
         .await;
         phone._tone = Some(tone_dir);
-        phone.wait_registered(Duration::from_secs(20)).await;
         phone
     }
 
+    /// Polls `reginfo` until the account shows "OK"; panics with the log after `timeout`.
     pub async fn wait_registered(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
