@@ -170,17 +170,15 @@ async fn tasks_of(status_url: &str) -> anyhow::Result<u64> {
     let request = hyper::Request::get(uri.path())
         .header(hyper::header::HOST, authority)
         .body(Empty::<bytes::Bytes>::new())?;
-    let response = sender.send_request(request).await;
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => {
-            connection.abort();
-            return Err(e.into());
-        }
+    let exchange = async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        anyhow::Ok((status, response.into_body().collect().await?.to_bytes()))
     };
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    // The connection task ends with the exchange, whatever its outcome.
+    let outcome = exchange.await;
     connection.abort();
+    let (status, body) = outcome?;
     if !status.is_success() {
         anyhow::bail!("{status_url}: HTTP {status}");
     }
