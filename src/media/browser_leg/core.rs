@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -22,13 +22,15 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use super::srtp_path::{MediaRoute, SrtpPath, Unprotected};
 use crate::media::demux::{classify, DatagramKind};
 use crate::media::webrtc_leg::{
-    add_opus_fmtp, audio_interceptors, audio_media_engine, audio_rtp, audio_track,
-    offers_common_audio, opus_fmtp_for, report_about, tag_event_rates, untag_event_rates,
-    InboundRtp, LegState, NegotiatedCodecs, ReceiverReport, WebRtcLegError, WebRtcSettings,
-    ICE_CHECK_INTERVAL, ICE_MAX_BINDING_REQUESTS,
+    add_opus_fmtp, audio_media_engine, audio_track, offers_common_audio, opus_fmtp_for,
+    report_about, tag_event_rates, untag_event_rates, InboundRtp, LegCodec, LegState,
+    NegotiatedCodecs, ReceiverReport, WebRtcLegError, WebRtcSettings, ICE_CHECK_INTERVAL,
+    ICE_MAX_BINDING_REQUESTS,
 };
+use rtc::interceptor::Registry;
 
 /// Largest datagram the receive buffer is sized for (an MTU).
 const DATAGRAM_CAPACITY: usize = 1500;
@@ -107,18 +109,21 @@ pub struct BrowserLeg {
     /// Receive buffer: each datagram is copied in and split off; the allocation is reclaimed
     /// once the stack and the application dropped the previous one.
     rx: BytesMut,
-    /// Payload buffer for [`BrowserLeg::send_rtp`], reclaimed the same way.
-    tx: BytesMut,
+    /// Media once connected: SRTP and RTCP done here, not in `rtc` (see [`SrtpPath`]).
+    srtp: Option<SrtpPath>,
+    /// The selected ICE pair media goes over; `None`: ask `rtc` again (after any input that
+    /// can change it).
+    route: Option<MediaRoute>,
+    /// Protected media and reports waiting for [`Self::poll_transmit`].
+    outbound: VecDeque<Transmit>,
+    /// Unprotected packets waiting for [`Self::poll_media`], with their arrival.
+    inbound: VecDeque<(Instant, InboundRtp)>,
     /// Errors from the stack's timers, counted rather than logged.
     timer_errors: u64,
     /// The stack's next deadline, asked once after an input that can move it rather than on
-    /// every loop turn: each ask walks every handler and the interceptor chain. `None`: ask
-    /// again. SRTP both ways moves it only with a stream's first packet (the report
-    /// interceptors start their timers then); later packets leave it where it was.
+    /// every loop turn: each ask walks every handler. `None`: ask again. SRTP moves it not at
+    /// all (the peer connection runs no report interceptors; [`SrtpPath`] reports).
     timeout: Option<Option<Instant>>,
-    /// An SRTP datagram came in, and a packet went out: the report timers are running.
-    srtp_in: bool,
-    srtp_out: bool,
     /// Whether the stack may hold state changes (after a timer, a STUN or DTLS datagram, a
     /// description or candidate, a close). An SRTP datagram raises none, so draining events
     /// after one would only sweep every handler for nothing.
@@ -219,7 +224,9 @@ impl BrowserLeg {
         local_addrs: &[SocketAddr],
     ) -> Result<Self, WebRtcLegError> {
         let media = audio_media_engine(settings)?;
-        let registry = audio_interceptors();
+        // No interceptors: once connected RTP and RTCP bypass the stack (see `SrtpPath`),
+        // and before that there is nothing to report on.
+        let registry = Registry::new();
         let ice = IceCredentials::random();
         let setting_engine = SettingEngineBuilder::new()
             // RFC 8842 §5: the answerer should take the DTLS client role.
@@ -260,11 +267,12 @@ impl BrowserLeg {
             closed_reported: false,
             events: VecDeque::new(),
             rx: BytesMut::with_capacity(DATAGRAM_CAPACITY * 4),
-            tx: BytesMut::with_capacity(DATAGRAM_CAPACITY * 4),
+            srtp: None,
+            route: None,
+            outbound: VecDeque::new(),
+            inbound: VecDeque::new(),
             timer_errors: 0,
             timeout: None,
-            srtp_in: false,
-            srtp_out: false,
             events_due: true,
             reads_due: true,
         })
@@ -392,17 +400,19 @@ impl BrowserLeg {
         if self.closed || datagram.is_empty() {
             return;
         }
+        let kind = classify(datagram);
+        if kind == DatagramKind::Rtp && self.take_over_media(now) {
+            self.unprotect(now, datagram);
+            return;
+        }
         self.rx.reserve(datagram.len().max(DATAGRAM_CAPACITY));
         self.rx.extend_from_slice(datagram);
         let message = self.rx.split();
-        let kind = classify(datagram);
         let dtls = kind == DatagramKind::Dtls;
         if kind != DatagramKind::Rtp {
             self.timeout = None;
             self.events_due = true;
-        } else if !self.srtp_in {
-            self.srtp_in = true;
-            self.timeout = None;
+            self.route = None;
         }
         // `handle_read` of rtc 0.21 cannot fail: each handler drops what it refuses.
         let _ = self.pc.handle_read(TaggedBytesMut {
@@ -420,6 +430,53 @@ impl BrowserLeg {
         }
     }
 
+    /// Whether media goes through [`SrtpPath`]: from the first moment after ICE and DTLS
+    /// completed that the stack has its keys, taken then.
+    fn take_over_media(&mut self, now: Instant) -> bool {
+        if self.srtp.is_some() {
+            return true;
+        }
+        if !self.media_ready {
+            return false;
+        }
+        match self.pc.take_srtp_contexts() {
+            Some((local, remote)) => {
+                self.srtp = Some(SrtpPath::new(now, self.ssrc, local, remote));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unprotect(&mut self, now: Instant, datagram: &[u8]) {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return;
+        };
+        let negotiated = self.negotiated;
+        let clock_rate = |pt| audio_clock_rate(negotiated.and_then(|n| n.codec(pt)));
+        match srtp.unprotect(now, datagram, clock_rate) {
+            Unprotected::Rtp(rtp) => self.inbound.push_back((now, rtp)),
+            Unprotected::Rtcp(Some(report)) => self
+                .events
+                .push_back(BrowserLegEvent::ReceiverReport(report)),
+            Unprotected::Rtcp(None) | Unprotected::Rejected => {}
+        }
+    }
+
+    /// The selected ICE pair, asked of the stack again after any input that may change it.
+    fn media_route(&mut self) -> Option<MediaRoute> {
+        if self.route.is_none() {
+            self.route = self.pc.selected_pair_addrs();
+        }
+        self.route
+    }
+
+    /// Datagrams from the browser dropped on the media path: failed SRTP authentication,
+    /// replays, unparsable packets.
+    pub fn rejected_media(&self) -> u64 {
+        self.srtp.as_ref().map_or(0, SrtpPath::rejected)
+    }
+
     /// rtc 0.21 marks the DTLS transport closed on the browser's close_notify but keeps the
     /// connection `Connected` (ICE still is); the call must end then, so it is reported here.
     fn notice_peer_close(&mut self) {
@@ -435,6 +492,9 @@ impl BrowserLeg {
 
     /// The next datagram to send; drain until `None` after every `handle_*` and `send_rtp`.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(transmit) = self.outbound.pop_front() {
+            return Some(transmit);
+        }
         self.pc.poll_write().map(|t| Transmit {
             from: t.transport.local_addr,
             to: t.transport.peer_addr,
@@ -448,7 +508,12 @@ impl BrowserLeg {
         if self.closed {
             return None;
         }
-        *self.timeout.get_or_insert_with(|| self.pc.poll_timeout())
+        let stack = *self.timeout.get_or_insert_with(|| self.pc.poll_timeout());
+        let reports = self.srtp.as_ref().map(SrtpPath::poll_timeout);
+        match (stack, reports) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Lets the stack's timers run up to `now`.
@@ -456,9 +521,24 @@ impl BrowserLeg {
         if self.closed {
             return;
         }
-        self.touched();
-        if self.pc.handle_timeout(now).is_err() {
-            self.timer_errors += 1;
+        let stack_due = self.timeout.flatten().is_none_or(|at| at <= now);
+        if stack_due {
+            self.touched();
+            if self.pc.handle_timeout(now).is_err() {
+                self.timer_errors += 1;
+            }
+        }
+        let report = self.srtp.as_mut().and_then(|s| s.poll_report(now));
+        if let Some(payload) = report {
+            self.queue_media(payload);
+        }
+    }
+
+    /// Queues a protected datagram on the selected pair; without one (ICE lost it) it is
+    /// dropped, as the stack would.
+    fn queue_media(&mut self, payload: BytesMut) {
+        if let Some((from, to)) = self.media_route() {
+            self.outbound.push_back(Transmit { from, to, payload });
         }
     }
 
@@ -468,6 +548,7 @@ impl BrowserLeg {
         self.timeout = None;
         self.events_due = true;
         self.reads_due = true;
+        self.route = None;
     }
 
     /// The next RTP packet from the browser (audio or telephone-event; the payload type says
@@ -479,6 +560,9 @@ impl BrowserLeg {
 
     /// [`Self::poll_rtp`] with the instant the packet's datagram was handed in (its arrival).
     pub fn poll_media(&mut self) -> Option<(Instant, InboundRtp)> {
+        if let Some(media) = self.inbound.pop_front() {
+            return Some(media);
+        }
         loop {
             let message = match self.pc.poll_media_read() {
                 Some(m) => m,
@@ -563,23 +647,26 @@ impl BrowserLeg {
         if negotiated.codec(payload_type).is_none() {
             return Err(WebRtcLegError::NotNegotiated(payload_type));
         }
-        if !self.media_ready {
+        if !self.media_ready || !self.take_over_media(now) {
             return Err(WebRtcLegError::WebRtc("media is not ready yet".to_owned()));
         }
-        self.tx.reserve(payload.len().max(DATAGRAM_CAPACITY));
-        self.tx.extend_from_slice(payload);
-        let payload: Bytes = self.tx.split().freeze();
-        let packet = audio_rtp(self.ssrc, payload_type, seq, timestamp, marker, payload);
-        // The sender report timer starts with the first packet.
-        if !self.srtp_out {
-            self.srtp_out = true;
-            self.timeout = None;
-        }
-        self.pc
-            .rtp_sender(self.sender)
-            .ok_or(WebRtcLegError::Closed)?
-            .write_rtp(now, packet)
-            .map_err(stack_error)
+        let clock_rate = audio_clock_rate(negotiated.codec(payload_type));
+        let Some(srtp) = self.srtp.as_mut() else {
+            return Err(WebRtcLegError::WebRtc("media is not ready yet".to_owned()));
+        };
+        let protected = srtp
+            .protect_rtp(
+                now,
+                payload_type,
+                seq,
+                timestamp,
+                marker,
+                payload,
+                clock_rate,
+            )
+            .map_err(stack_error)?;
+        self.queue_media(protected);
+        Ok(())
     }
 
     /// Closes the connection: a DTLS close_notify is queued (drain [`Self::poll_transmit`]
@@ -592,5 +679,14 @@ impl BrowserLeg {
         self.touched();
         let _ = self.pc.close();
         self.report_state(LegState::Closed);
+    }
+}
+
+/// The RTP clock of an audio codec; `None` for telephone-event and unknown payload types.
+fn audio_clock_rate(codec: Option<LegCodec>) -> Option<u32> {
+    match codec? {
+        LegCodec::Opus => Some(48_000),
+        LegCodec::Pcmu | LegCodec::Pcma => Some(8000),
+        LegCodec::TelephoneEvent48k | LegCodec::TelephoneEvent8k => None,
     }
 }

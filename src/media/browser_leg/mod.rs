@@ -17,6 +17,7 @@ mod core;
 pub mod ice_demux;
 pub mod shell;
 pub mod single_port;
+mod srtp_path;
 pub mod stun;
 
 pub use self::core::{BrowserLeg, BrowserLegEvent, IceCredentials, Transmit};
