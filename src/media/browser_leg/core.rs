@@ -128,6 +128,9 @@ pub struct BrowserLeg {
     /// description or candidate, a close). An SRTP datagram raises none, so draining events
     /// after one would only sweep every handler for nothing.
     events_due: bool,
+    /// Whether the stack may hold datagrams to send (after any input to it): asking it walks
+    /// every handler and the interceptor chain, so it is not asked after media alone.
+    writes_due: bool,
     /// Whether reads may wait inside the handlers (after a timer or an event sweep):
     /// `handle_read` itself pushes a datagram through every handler, so after it the media
     /// queue is popped without another sweep.
@@ -274,6 +277,7 @@ impl BrowserLeg {
             timer_errors: 0,
             timeout: None,
             events_due: true,
+            writes_due: true,
             reads_due: true,
         })
     }
@@ -409,6 +413,7 @@ impl BrowserLeg {
         self.rx.extend_from_slice(datagram);
         let message = self.rx.split();
         let dtls = kind == DatagramKind::Dtls;
+        self.writes_due = true;
         if kind != DatagramKind::Rtp {
             self.timeout = None;
             self.events_due = true;
@@ -495,11 +500,16 @@ impl BrowserLeg {
         if let Some(transmit) = self.outbound.pop_front() {
             return Some(transmit);
         }
-        self.pc.poll_write().map(|t| Transmit {
+        if !self.writes_due {
+            return None;
+        }
+        let transmit = self.pc.poll_write().map(|t| Transmit {
             from: t.transport.local_addr,
             to: t.transport.peer_addr,
             payload: t.message,
-        })
+        });
+        self.writes_due = transmit.is_some();
+        transmit
     }
 
     /// When [`Self::handle_timeout`] is next due (ICE checks and consent, DTLS retransmits,
@@ -547,6 +557,7 @@ impl BrowserLeg {
     fn touched(&mut self) {
         self.timeout = None;
         self.events_due = true;
+        self.writes_due = true;
         self.reads_due = true;
         self.route = None;
     }
