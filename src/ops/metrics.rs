@@ -210,8 +210,11 @@ labelled_enum!(
         RtpSource = "rtp_source",
         /// Invalid STUN/ICE packet.
         Stun = "stun",
-        /// DTLS/SRTP failure.
+        /// DTLS failure, or a DTLS datagram where none belongs.
         Dtls = "dtls",
+        /// SRTP or SRTCP from the browser's side failing authentication, replayed or
+        /// unparsable once its leg is connected: dropped.
+        Srtp = "srtp",
         /// Content or message over its size limit.
         Oversize = "oversize",
         /// Login or digest authentication failure.

@@ -297,6 +297,7 @@ impl MediaTask {
         match &mut self.browser {
             Some(Browser::Owned(leg)) => {
                 leg.on_timeout(now);
+                self.core.note_browser_rejected(leg.rejected_media());
                 self.drain_owned(now);
             }
             Some(Browser::Link(link)) => link.on_timer(now),

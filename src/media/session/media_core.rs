@@ -103,6 +103,8 @@ pub struct MediaCore {
     timed_out: bool,
     /// What of the SIP leg's counters `/metrics` already has.
     published: RtpStats,
+    /// SRTP/SRTCP datagrams the browser leg refused: (its total, as last published).
+    browser_rejected: (u64, u64),
     refused: RefusedLog,
     metrics: Arc<Metrics>,
     /// Whether the bridge is short of CPU (read once a second), and what the encoder was last
@@ -152,6 +154,7 @@ impl MediaCore {
             watch: None,
             timed_out: false,
             published: RtpStats::default(),
+            browser_rejected: (0, 0),
             refused: RefusedLog::default(),
             metrics,
             busy: BusySignal::new(),
@@ -504,6 +507,9 @@ impl MediaCore {
         );
         m.errors_add(ErrorKind::Stun, c.stun_in.saturating_sub(seen.stun_in));
         m.errors_add(ErrorKind::Dtls, c.dtls_in.saturating_sub(seen.dtls_in));
+        let (rejected, published) = &mut self.browser_rejected;
+        m.errors_add(ErrorKind::Srtp, rejected.saturating_sub(*published));
+        *published = *rejected;
         if let Some(p) = &mut self.pipeline {
             for (direction, (lost, jitter_ms), last) in [
                 (OpsDirection::WebToSip, p.up.jitter_report(), &mut p.lost_up),
@@ -521,6 +527,12 @@ impl MediaCore {
             }
         }
         self.log_refused(c, now);
+    }
+
+    /// The browser leg's count of refused SRTP/SRTCP datagrams so far, published with the rest
+    /// as `errors{kind="srtp"}`.
+    pub fn note_browser_rejected(&mut self, total: u64) {
+        self.browser_rejected.0 = total;
     }
 
     fn log_refused(&mut self, c: RtpStats, now: Instant) {

@@ -176,6 +176,12 @@ impl OwnedBrowserLeg {
         self.leg.media_ready()
     }
 
+    /// Datagrams from the browser's side refused on the media path (see
+    /// [`BrowserLeg::rejected_media`]).
+    pub fn rejected_media(&self) -> u64 {
+        self.leg.rejected_media()
+    }
+
     /// Datagrams dropped because the socket's buffer was full.
     pub fn send_drops(&self) -> u64 {
         self.send_drops
