@@ -106,8 +106,10 @@ pub struct BrowserLeg {
     closed: bool,
     closed_reported: bool,
     events: VecDeque<BrowserLegEvent>,
-    /// Receive buffer: each datagram is copied in and split off; the allocation is reclaimed
-    /// once the stack and the application dropped the previous one.
+    /// Receive buffer for the stack (STUN, DTLS, and SRTP until [`SrtpPath`] takes over): each
+    /// datagram is copied in and split off; the allocation is reclaimed once the stack dropped
+    /// the previous one. Empty until the first datagram, and one datagram's size: once
+    /// connected it sees only a consent check every few seconds.
     rx: BytesMut,
     /// Media once connected: SRTP and RTCP done here, not in `rtc` (see [`SrtpPath`]).
     srtp: Option<SrtpPath>,
@@ -269,7 +271,7 @@ impl BrowserLeg {
             closed: false,
             closed_reported: false,
             events: VecDeque::new(),
-            rx: BytesMut::with_capacity(DATAGRAM_CAPACITY * 4),
+            rx: BytesMut::new(),
             srtp: None,
             route: None,
             outbound: VecDeque::new(),
