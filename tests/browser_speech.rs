@@ -326,6 +326,17 @@ async fn call(rig: &mut Rig, label: &str, loss: Option<&mut LossCount>) -> Run {
     let (accept_sample, jitter_buffer) =
         rig.page.accept_and_record(&heard, RECORD_MS, RING_MS).await;
     let load = probe.stop();
+    // The bridge's RTCP reached the page and made sense there: its report blocks about the
+    // page's audio (SRTCP protected by the bridge's own SRTP path) give Chrome a round trip
+    // (from our LSR/DLSR). (Their loss is not checked: see packet_loss.rs on why the page's
+    // direction barely loses anything here.)
+    let reports = &jitter_buffer["bridgeReports"];
+    let rtt_ms = reports["roundTripTimeMs"].as_u64();
+    assert!(
+        reports["roundTripTimeMeasurements"].as_u64().unwrap_or(0) > 0
+            && rtt_ms.is_some_and(|ms| ms < 100),
+        "{label}: the page got no usable report from the bridge: {jitter_buffer}"
+    );
     rig.phone.wait_for("CALL_ESTABLISHED", T).await;
     rig.page
         .cmd(json!({"cmd": "click", "selector": "#hangup-btn"}))

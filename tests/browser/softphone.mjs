@@ -175,6 +175,18 @@ async function inboundAudioStats() {
     const pc = window.srbridgeDemo.call?._pc;
     if (!pc) return null;
     const report = await pc.getStats();
+    // The bridge's RTCP report blocks about what the page sends (Chrome's remote-inbound-rtp):
+    // the loss and round trip its encoder adapts to.
+    let bridgeReports = null;
+    for (const s of report.values()) {
+      if (s.type !== 'remote-inbound-rtp' || s.kind !== 'audio') continue;
+      bridgeReports = {
+        packetsLost: s.packetsLost,
+        fractionLost: s.fractionLost,
+        roundTripTimeMs: s.roundTripTime === undefined ? null : Math.round(1000 * s.roundTripTime),
+        roundTripTimeMeasurements: s.roundTripTimeMeasurements ?? 0,
+      };
+    }
     for (const s of report.values()) {
       if (s.type !== 'inbound-rtp' || s.kind !== 'audio') continue;
       const ms = (samples) => Math.round((1000 * (samples ?? 0)) / 48000); // at 48 kHz: Opus; NetEq may count PCMU at 8 kHz (6× these)
@@ -187,6 +199,7 @@ async function inboundAudioStats() {
         insertedForDecelerationMs: ms(s.insertedSamplesForDeceleration),
         bridgeOpusFmtp: (pc.remoteDescription?.sdp.match(/a=fmtp:\d+ [^\r\n]*useinbandfec[^\r\n]*/) ?? [null])[0],
         jitterBufferMs: s.jitterBufferEmittedCount ? Math.round((1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount) : null,
+        bridgeReports,
       };
     }
     return null;
