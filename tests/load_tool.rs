@@ -212,9 +212,11 @@ async fn a_short_soak_completes_every_call_and_reads_the_bridges_holdings() {
         tasks("peak") > tasks("baseline"),
         "calls ran tasks: {context}"
     );
-    assert_eq!(
-        tasks("after"),
-        tasks("baseline"),
+    // No more tasks than before the calls: a task alive at the baseline (say a SIP transaction
+    // in flight) may have ended since — a CI simulation saw 16 → 15 — while a call leaving
+    // anything behind would add its tasks 20 times over.
+    assert!(
+        tasks("after") <= tasks("baseline"),
         "every call's tasks ended: {context}"
     );
     support::rig::everything_released(&rig.bridge).await;
