@@ -643,7 +643,7 @@ impl BrowserLeg {
 
     /// Sends one RTP packet to the browser (Opus, PCMU, PCMA or telephone-event); the caller owns
     /// sequence numbers and timestamps (telephone-event continues the audio's sequence). The
-    /// payload is copied once into a reused buffer; the stack then builds the SRTP datagram.
+    /// packet is written once into a reused buffer and encrypted by [`SrtpPath`].
     pub fn send_rtp(
         &mut self,
         now: Instant,

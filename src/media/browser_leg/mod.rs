@@ -9,6 +9,9 @@
 //! [`NegotiatedCodecs`](super::webrtc_leg::NegotiatedCodecs), [`LegState`](super::webrtc_leg::LegState),
 //! [`WebRtcLegError`](super::webrtc_leg::WebRtcLegError)).
 //!
+//! Once connected, the leg's RTP and RTCP bypass the peer connection: `srtp_path` protects,
+//! unprotects and reports with the DTLS-SRTP keys taken from it.
+//!
 //! [`ice_demux::IceDemux`] tells calls apart on one shared UDP port, [`single_port::SinglePort`]
 //! serves that port (`[media] webrtc_single_port`), and [`shell`] is a thin tokio driver for one
 //! leg (one task, sleep until the next deadline), used by the tests and the micro-benchmark.

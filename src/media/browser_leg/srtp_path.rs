@@ -25,6 +25,7 @@ use rtc::shared::marshal::{Marshal, Unmarshal};
 use rtc::shared::util::is_rtcp;
 use rtc::srtp::context::Context;
 
+use crate::media::rtp::{RtpError, RtpHeader, RTP_HEADER_LEN};
 use crate::media::webrtc_leg::{report_about, InboundRtp, ReceiverReport};
 
 /// How often reports go out (rtc's report interceptors' default, which this replaces).
@@ -33,8 +34,16 @@ pub(super) const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Seconds from the NTP epoch (1900) to the Unix epoch.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
-/// RFC 3550's RTP header without CSRCs or extensions: what we send.
-const RTP_HEADER_LEN: usize = 12;
+/// Why a packet of ours could not be protected.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ProtectError {
+    /// The header could not be written (a payload type over 127).
+    #[error("RTP header: {0}")]
+    Rtp(#[from] RtpError),
+    /// The SRTP context refused it (e.g. its packet limit reached).
+    #[error("SRTP: {0}")]
+    Srtp(#[from] rtc::shared::error::Error),
+}
 
 /// What one protected datagram from the browser turned out to be.
 #[derive(Debug)]
@@ -218,14 +227,16 @@ impl SrtpPath {
         marker: bool,
         payload: &[u8],
         clock_rate: Option<u32>,
-    ) -> Result<BytesMut, rtc::shared::error::Error> {
-        self.plain.clear();
-        self.plain
-            .extend_from_slice(&[0x80, (u8::from(marker) << 7) | (payload_type & 0x7f)]);
-        self.plain.extend_from_slice(&seq.to_be_bytes());
-        self.plain.extend_from_slice(&timestamp.to_be_bytes());
-        self.plain.extend_from_slice(&self.ssrc.to_be_bytes());
-        self.plain.extend_from_slice(payload);
+    ) -> Result<BytesMut, ProtectError> {
+        self.plain.resize(RTP_HEADER_LEN + payload.len(), 0);
+        RtpHeader {
+            marker,
+            payload_type,
+            sequence: seq,
+            timestamp,
+            ssrc: self.ssrc,
+        }
+        .write(payload, &mut self.plain)?;
         let header = rtc::rtp::Header {
             version: 2,
             marker,
@@ -250,7 +261,6 @@ impl SrtpPath {
             sent.last_sent = now;
             sent.clock_rate = rate;
         }
-        debug_assert_eq!(self.plain.len(), RTP_HEADER_LEN + payload.len());
         Ok(protected)
     }
 
