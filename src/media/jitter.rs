@@ -8,7 +8,7 @@
 //!
 //! Memory: the payloads live in one contiguous arena shared by the slots, sized for the codec's
 //! byte rate rather than `slots` × the largest payload (a 32-slot buffer of 1500-byte slots was
-//! 48 KB, two per call; a G.711 arena is 5 KB, an Opus one 10 KB). Payloads are written one after
+//! 48 KB, two per call; a G.711 arena is 5 KB, an Opus one 4 KB). Payloads are written one after
 //! the other, wrapping at the end; a burst that fills it overwrites the oldest written packets,
 //! which are counted as trimmed, as the playout trim would have dropped them anyway.
 //!
@@ -42,10 +42,12 @@ pub struct JitterConfig {
 /// Arena of a G.711 buffer (8 kHz clock): a full window of 20 ms packets (32 × 160 bytes), so
 /// a 20 ms G.711 stream is never cut short of what the slots allow; 60 ms packets fit ten.
 const G711_ARENA: usize = 32 * 160;
-/// Arena of an Opus buffer: eight frames at the 1275-byte maximum (RFC 6716 §3.4, 510 kb/s),
-/// more than the 80 ms maximum delay plus a frame and the space lost wrapping at the end; voice
-/// at the browsers' 32–64 kb/s (80–160-byte frames) fills the whole window of slots.
-const OPUS_ARENA: usize = 8 * 1275;
+/// Arena of an Opus buffer: eight 400-byte frames (160 kb/s), the 80 ms maximum delay plus a
+/// burst of as much again and the space lost wrapping at the end, for five times the 32 kb/s the
+/// bridge asks browsers for (`maxaveragebitrate`); voice at 32–64 kb/s (80–160-byte frames) fills
+/// the whole window of slots. A browser sending the 1275-byte maximum (RFC 6716 §3.4, 510 kb/s)
+/// still plays, with three frames held. Was eight maximum frames (10 KB per call, 4 here).
+const OPUS_ARENA: usize = 4096;
 
 impl JitterConfig {
     /// The defaults for a 20 ms audio stream at `clock_rate`: 20–80 ms, 32 slots, payloads up to
@@ -746,8 +748,8 @@ mod tests {
     }
 
     #[test]
-    fn opus_at_the_largest_frame_size_plays_intact_while_the_arena_wraps() {
-        // 1275-byte frames (510 kb/s) arriving in bursts of four every 80 ms, last first: the
+    fn opus_at_five_times_the_asked_bitrate_plays_intact_while_the_arena_wraps() {
+        // 400-byte frames (160 kb/s) arriving in bursts of four every 80 ms, last first: the
         // delay grows to its 80 ms maximum, and the arena holds all of it.
         let mut jb = buf();
         let mut out = [0u8; 1500];
@@ -766,14 +768,14 @@ mod tests {
                     7,
                     seq,
                     u32::from(seq) * FRAME,
-                    &numbered(seq, 1275),
+                    &numbered(seq, 400),
                     arrival(seq),
                 );
             }
             pending.retain(|&seq| arrival(seq) > tick);
             jb.set_now(tick);
             if let Popped::Packet { len, seq, .. } = jb.pop(&mut out) {
-                assert_eq!(&out[..len], &numbered(seq, 1275)[..], "packet {seq}");
+                assert_eq!(&out[..len], &numbered(seq, 400)[..], "packet {seq}");
                 played.push(seq);
             }
         }
@@ -784,6 +786,32 @@ mod tests {
             played[50..].windows(2).all(|w| w[1] == w[0] + 1),
             "{played:?}"
         );
+    }
+
+    #[test]
+    fn opus_at_the_largest_frame_size_still_plays_in_order() {
+        // A browser ignoring the asked bitrate: 1275-byte frames (510 kb/s), one every 20 ms
+        // with a few milliseconds of jitter. The arena holds three of them: enough to play.
+        let mut jb = buf();
+        let mut out = [0u8; 1500];
+        let mut played = Vec::new();
+        for seq in 0..200u16 {
+            let arrival = 20 * u64::from(seq) + u64::from(seq % 3) * 2;
+            jb.push(
+                7,
+                seq,
+                u32::from(seq) * FRAME,
+                &numbered(seq, 1275),
+                arrival,
+            );
+            jb.set_now(arrival + 5);
+            if let Popped::Packet { len, seq, .. } = jb.pop(&mut out) {
+                assert_eq!(&out[..len], &numbered(seq, 1275)[..], "packet {seq}");
+                played.push(seq);
+            }
+        }
+        assert!(played.len() >= 195, "{:?}", jb.stats());
+        assert!(played.windows(2).all(|w| w[1] == w[0] + 1), "{played:?}");
     }
 
     #[test]

@@ -479,12 +479,13 @@ pub(crate) fn start(start: CallStart) -> SipCall {
 }
 
 /// The call layer's answer to a re-INVITE/UPDATE (by CSeq): an SDP, or `None` for the last one;
-/// with the session-timer part of our answer.
-type ReofferAnswer = (u32, Method, Option<String>, UasAnswer);
+/// with the session-timer part of our answer. Boxed: a channel's first block holds 32 items up
+/// front in every call, and this one is used only on a re-offer.
+type ReofferAnswer = Box<(u32, Method, Option<String>, UasAnswer)>;
 
 /// How our session refresh ended: the final status (None: no response or not sent) and the
-/// 2xx's session-timer headers.
-type RefreshOutcome = (Option<u16>, TimerHeaders);
+/// 2xx's session-timer headers. Boxed, as [`ReofferAnswer`].
+type RefreshOutcome = Box<(Option<u16>, TimerHeaders)>;
 
 struct Driver {
     ua: Arc<UaInner>,
@@ -580,11 +581,15 @@ impl Driver {
                     Some(tx) => Box::pin(self.on_request(*tx)).await,
                     None => requests = None,
                 },
-                Some((cseq, method, sdp, timer)) = answers.recv() => {
+                Some(answer) = answers.recv() => {
+                    let (cseq, method, sdp, timer) = *answer;
                     Box::pin(self.send_reoffer_answer(cseq, method, sdp, timer)).await
                 }
                 Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
-                Some((code, headers)) = refreshes.recv() => self.refresh_done(code, headers),
+                Some(outcome) = refreshes.recv() => {
+                    let (code, headers) = *outcome;
+                    self.refresh_done(code, headers)
+                }
                 _ = sleep_until(self.timer.deadline()) => self.on_timer(),
                 _ = sleep_until(self.silence_deadline) => {
                     self.silence_deadline = None;
@@ -976,7 +981,7 @@ impl Driver {
                 // no answer from the call layer: the SDP we last sent
                 _ => shared.sdp().map(|s| bump_origin_version(&s)),
             };
-            let _ = answers.send((cseq, method, chosen, timer));
+            let _ = answers.send(Box::new((cseq, method, chosen, timer)));
         });
     }
 
@@ -1087,7 +1092,7 @@ impl Driver {
                         (Some(408), TimerHeaders::default())
                     }
                 };
-                let _ = results.send(outcome);
+                let _ = results.send(Box::new(outcome));
             }
             .in_current_span(),
         );

@@ -40,6 +40,9 @@ const READ_BURST: usize = 32;
 /// Receive buffer: larger than any RTP packet, so a datagram that fills it was truncated.
 const DATAGRAM: usize = 1500;
 
+/// Bytes read of an RTCP datagram (its content is not used, see `MediaTask::rtcp_buf`).
+const RTCP_READ: usize = 64;
+
 /// How often a socket read on the tick is drained at the latest (the frame period).
 const TICK_READ: Duration = Duration::from_millis(20);
 
@@ -131,7 +134,9 @@ pub struct MediaTask {
     /// Events the core produced during one step, delivered after it.
     pending: Vec<MediaEvent>,
     buf: Box<[u8; DATAGRAM]>,
-    rtcp_buf: Box<[u8; DATAGRAM]>,
+    /// Only an RTCP datagram's source is used (a sign of life from the phone): the rest of a
+    /// datagram longer than this is discarded by the kernel.
+    rtcp_buf: [u8; RTCP_READ],
     browser_buf: Box<[u8; DATAGRAM]>,
     /// Dropped after the sockets (field order): the ports go back to the range.
     _lease: PortLease,
@@ -200,7 +205,7 @@ impl MediaTask {
             events,
             pending: Vec::with_capacity(4),
             buf: Box::new([0; DATAGRAM]),
-            rtcp_buf: Box::new([0; DATAGRAM]),
+            rtcp_buf: [0; RTCP_READ],
             browser_buf: Box::new([0; DATAGRAM]),
             _lease: sockets.lease,
         }
