@@ -133,6 +133,8 @@ pub struct BrowserLeg {
     /// Whether the stack may hold datagrams to send (after any input to it): asking it walks
     /// every handler and the interceptor chain, so it is not asked after media alone.
     writes_due: bool,
+    /// The stack's set-up queues were given back (see [`BrowserLeg::handle_timeout`]).
+    queues_shrunk: bool,
     /// Whether reads may wait inside the handlers (after a timer or an event sweep):
     /// `handle_read` itself pushes a datagram through every handler, so after it the media
     /// queue is popped without another sweep.
@@ -280,6 +282,7 @@ impl BrowserLeg {
             timeout: None,
             events_due: true,
             writes_due: true,
+            queues_shrunk: false,
             reads_due: true,
         })
     }
@@ -543,6 +546,12 @@ impl BrowserLeg {
         let report = self.srtp.as_mut().and_then(|s| s.poll_report(now));
         if let Some(payload) = report {
             self.queue_media(payload);
+            // The first report comes a second after the takeover: set-up is over and its
+            // events drained, and the stack's queues stay empty from now on (about 10 KB).
+            if !self.queues_shrunk {
+                self.pc.shrink_idle_queues();
+                self.queues_shrunk = true;
+            }
         }
     }
 

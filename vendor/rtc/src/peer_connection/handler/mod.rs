@@ -203,6 +203,47 @@ impl RTCPeerConnection {
         Some((ctx.local_srtp_context.take()?, ctx.remote_srtp_context.take()?))
     }
 
+    /// srbridge patch: gives back the capacity of the pipeline's queues that are empty. Each
+    /// handler's read, write and event queues grow while ICE and DTLS set up (a few events of
+    /// some hundred bytes each) and then sit empty for the rest of the call, media no longer
+    /// passing through them once the SRTP contexts are taken: about 10 KB per connection.
+    /// Queues still holding something keep it; those that fill again grow again.
+    pub fn shrink_idle_queues(&mut self) {
+        macro_rules! shrink_empty {
+            ($($queue:expr),* $(,)?) => {
+                $(if $queue.is_empty() {
+                    $queue.shrink_to_fit();
+                })*
+            };
+        }
+        let ctx = &mut self.pipeline_context;
+        macro_rules! shrink_handler {
+            ($($handler:ident),*) => {
+                $(shrink_empty!(
+                    ctx.$handler.read_outs,
+                    ctx.$handler.write_outs,
+                    ctx.$handler.event_outs,
+                );)*
+            };
+        }
+        shrink_handler!(
+            demuxer_handler_context,
+            ice_handler_context,
+            dtls_handler_context,
+            sctp_handler_context,
+            datachannel_handler_context,
+            srtp_handler_context,
+            interceptor_handler_context,
+            endpoint_handler_context
+        );
+        shrink_empty!(
+            ctx.media_read_outs,
+            ctx.data_read_outs,
+            ctx.write_outs,
+            ctx.event_outs,
+        );
+    }
+
     /// srbridge patch: the selected ICE candidate pair as the addresses media goes between
     /// (our socket's address, the peer's), as `handle_write` stamps its transmits; `None`
     /// until ICE selects a pair.
