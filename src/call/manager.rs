@@ -940,58 +940,65 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
         self.sync_phase();
     }
 
-    async fn run(mut self, first: Vec<Action>, leg: Option<SipLeg>) {
-        if leg.is_some() {
-            self.leg = leg;
-        }
-        self.apply_sync(first);
-        while let Some(next) = self.pending.pop() {
-            self.handle(next);
-        }
-        self.sync_phase();
-        let mut input = self.input.take();
-        let mut media_events = self.media_events.take();
-        while self.call.phase() != Phase::Ended {
-            let timer = self.timer;
-            tokio::select! {
-                event = next_leg_event(&mut self.leg) => self.on_sip(event),
-                msg = recv_opt(&mut input) => match msg {
-                    Some(CallInput::Machine(event)) => self.feed(event),
-                    Some(CallInput::Media(payload)) => {
-                        if let Some(media) = self.media.as_mut() {
-                            // Boxed: setting up the browser leg is a large future, and inline it
-                            // would stay part of this task's memory for the whole call.
-                            Box::pin(media.browser_message(payload)).await;
+    fn run(
+        mut self,
+        first: Vec<Action>,
+        leg: Option<SipLeg>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        // Not an `async fn`: that keeps its arguments twice in the future (rust-lang/rust#62958).
+        async move {
+            if leg.is_some() {
+                self.leg = leg;
+            }
+            self.apply_sync(first);
+            while let Some(next) = self.pending.pop() {
+                self.handle(next);
+            }
+            self.sync_phase();
+            let mut input = self.input.take();
+            let mut media_events = self.media_events.take();
+            while self.call.phase() != Phase::Ended {
+                let timer = self.timer;
+                tokio::select! {
+                    event = next_leg_event(&mut self.leg) => self.on_sip(event),
+                    msg = recv_opt(&mut input) => match msg {
+                        Some(CallInput::Machine(event)) => self.feed(event),
+                        Some(CallInput::Media(payload)) => {
+                            if let Some(media) = self.media.as_mut() {
+                                // Boxed: setting up the browser leg is a large future, and inline it
+                                // would stay part of this task's memory for the whole call.
+                                Box::pin(media.browser_message(payload)).await;
+                            }
                         }
+                        None => input = None,
+                    },
+                    event = recv_opt(&mut media_events) => match event {
+                        Some(MediaEvent::ToBrowser(payload)) => {
+                            let uid = self.call.uid().to_string();
+                            self.browser().media(&uid, &self.call_id, payload);
+                        }
+                        Some(MediaEvent::SipDtmf(digit)) => {
+                            self.send_leg(SipLegCommand::Dtmf(digit));
+                        }
+                        Some(MediaEvent::Failed(why)) => {
+                            tracing::warn!(error = %why, "media failed");
+                            self.feed(Event::MediaFailed);
+                        }
+                        None => media_events = None,
+                    },
+                    _ = sleep_opt(timer) => {
+                        self.timer = None;
+                        self.feed(Event::RingTimeout);
                     }
-                    None => input = None,
-                },
-                event = recv_opt(&mut media_events) => match event {
-                    Some(MediaEvent::ToBrowser(payload)) => {
-                        let uid = self.call.uid().to_string();
-                        self.browser().media(&uid, &self.call_id, payload);
-                    }
-                    Some(MediaEvent::SipDtmf(digit)) => {
-                        self.send_leg(SipLegCommand::Dtmf(digit));
-                    }
-                    Some(MediaEvent::Failed(why)) => {
-                        tracing::warn!(error = %why, "media failed");
-                        self.feed(Event::MediaFailed);
-                    }
-                    None => media_events = None,
-                },
-                _ = sleep_opt(timer) => {
-                    self.timer = None;
-                    self.feed(Event::RingTimeout);
                 }
             }
+            if let Some(media) = self.media.as_mut() {
+                media.close();
+            }
+            self.manager.forget(&self.call_id);
+            // Dropping the leg tells the SIP adapter nothing more will be asked of the dialog.
+            drop(self.leg.take());
         }
-        if let Some(media) = self.media.as_mut() {
-            media.close();
-        }
-        self.manager.forget(&self.call_id);
-        // Dropping the leg tells the SIP adapter nothing more will be asked of the dialog.
-        drop(self.leg.take());
     }
 
     fn on_sip(&mut self, event: Option<SipLegEvent>) {

@@ -533,7 +533,7 @@ impl Driver {
     /// The driver's loop. Its rare steps (a dialog state, an in-dialog request, a failover, the
     /// close) are boxed futures: inline, the largest of them would be part of the task's memory
     /// for the whole call.
-    async fn run(
+    fn run(
         mut self,
         states: DialogStateReceiver,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
@@ -541,101 +541,104 @@ impl Driver {
         mut answers: mpsc::UnboundedReceiver<ReofferAnswer>,
         mut refreshes: mpsc::UnboundedReceiver<RefreshOutcome>,
         stop: CancellationToken,
-    ) {
-        let mut failed = false;
-        let mut requests = requests;
-        let mut states = states;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => {
-                    Box::pin(self.cleanup_after_drop()).await;
-                    break;
-                }
-                state = states.recv() => {
-                    let Some(state) = state else { break };
-                    if let DialogState::Terminated(_, reason) = state {
-                        if let Some(handle) = invite.take() {
-                            // the INVITE's final response says why
-                            if let Ok(r) = tokio::time::timeout(Duration::from_secs(5), handle).await {
-                                if let Some(failure) = invite_failure(r) {
-                                    if let Some(next) = Box::pin(self.fail_over(&failure)).await {
-                                        (states, invite, requests) = next;
-                                        continue;
-                                    }
-                                    self.report_failure(failure);
-                                    failed = true;
-                                }
-                            }
-                        }
-                        self.terminated(reason, failed);
+    ) -> impl Future<Output = ()> + Send {
+        // Not an `async fn`: that keeps its arguments twice in the future (rust-lang/rust#62958).
+        async move {
+            let mut failed = false;
+            let mut requests = requests;
+            let mut states = states;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {
+                        Box::pin(self.cleanup_after_drop()).await;
                         break;
                     }
-                    if !matches!(state, DialogState::Calling(_)) {
-                        // the PBX answered something: it is alive, Timer B decides from here
+                    state = states.recv() => {
+                        let Some(state) = state else { break };
+                        if let DialogState::Terminated(_, reason) = state {
+                            if let Some(handle) = invite.take() {
+                                // the INVITE's final response says why
+                                if let Ok(r) = tokio::time::timeout(Duration::from_secs(5), handle).await {
+                                    if let Some(failure) = invite_failure(r) {
+                                        if let Some(next) = Box::pin(self.fail_over(&failure)).await {
+                                            (states, invite, requests) = next;
+                                            continue;
+                                        }
+                                        self.report_failure(failure);
+                                        failed = true;
+                                    }
+                                }
+                            }
+                            self.terminated(reason, failed);
+                            break;
+                        }
+                        if !matches!(state, DialogState::Calling(_)) {
+                            // the PBX answered something: it is alive, Timer B decides from here
+                            self.silence_deadline = None;
+                        }
+                        Box::pin(self.on_state(state)).await;
+                    }
+                    tx = recv_some(&mut requests) => match tx {
+                        Some(tx) => Box::pin(self.on_request(*tx)).await,
+                        None => requests = None,
+                    },
+                    Some(answer) = answers.recv() => {
+                        let (cseq, method, sdp, timer) = *answer;
+                        Box::pin(self.send_reoffer_answer(cseq, method, sdp, timer)).await
+                    }
+                    Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
+                    Some(outcome) = refreshes.recv() => {
+                        let (code, headers) = *outcome;
+                        self.refresh_done(code, headers)
+                    }
+                    _ = sleep_until(self.timer.deadline()) => self.on_timer(),
+                    _ = sleep_until(self.silence_deadline) => {
                         self.silence_deadline = None;
-                    }
-                    Box::pin(self.on_state(state)).await;
-                }
-                tx = recv_some(&mut requests) => match tx {
-                    Some(tx) => Box::pin(self.on_request(*tx)).await,
-                    None => requests = None,
-                },
-                Some(answer) = answers.recv() => {
-                    let (cseq, method, sdp, timer) = *answer;
-                    Box::pin(self.send_reoffer_answer(cseq, method, sdp, timer)).await
-                }
-                Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
-                Some(outcome) = refreshes.recv() => {
-                    let (code, headers) = *outcome;
-                    self.refresh_done(code, headers)
-                }
-                _ = sleep_until(self.timer.deadline()) => self.on_timer(),
-                _ = sleep_until(self.silence_deadline) => {
-                    self.silence_deadline = None;
-                    let failure = InviteFailed {
-                        code: 408,
-                        reason: "Request Timeout (the PBX sent nothing, not even 100 Trying)".into(),
-                        failure: InviteFailure::Status(408),
-                    };
-                    info!(reason = %failure.reason, "giving this PBX up");
-                    // the unanswered INVITE stops here; no CANCEL before a provisional (RFC 3261 §9.1)
-                    if let Some(handle) = invite.take() {
-                        handle.abort();
-                    }
-                    if let Some(next) = Box::pin(self.fail_over(&failure)).await {
-                        (states, invite, requests) = next;
-                        continue;
-                    }
-                    self.report_failure(failure);
-                    self.emit(SipCallEvent::Terminated);
-                    break;
-                }
-                r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
-                    invite = None;
-                    if let Some(failure) = invite_failure(r) {
+                        let failure = InviteFailed {
+                            code: 408,
+                            reason: "Request Timeout (the PBX sent nothing, not even 100 Trying)".into(),
+                            failure: InviteFailure::Status(408),
+                        };
+                        info!(reason = %failure.reason, "giving this PBX up");
+                        // the unanswered INVITE stops here; no CANCEL before a provisional (RFC 3261 §9.1)
+                        if let Some(handle) = invite.take() {
+                            handle.abort();
+                        }
                         if let Some(next) = Box::pin(self.fail_over(&failure)).await {
                             (states, invite, requests) = next;
                             continue;
                         }
-                        // failed without a Terminated state (timeout, transport error)
                         self.report_failure(failure);
                         self.emit(SipCallEvent::Terminated);
                         break;
                     }
+                    r = async { invite.as_mut().expect("guarded").await }, if invite.is_some() => {
+                        invite = None;
+                        if let Some(failure) = invite_failure(r) {
+                            if let Some(next) = Box::pin(self.fail_over(&failure)).await {
+                                (states, invite, requests) = next;
+                                continue;
+                            }
+                            // failed without a Terminated state (timeout, transport error)
+                            self.report_failure(failure);
+                            self.emit(SipCallEvent::Terminated);
+                            break;
+                        }
+                    }
                 }
             }
+            Box::pin(self.close(states, requests)).await;
+            let rest = std::mem::take(&mut self.in_flight);
+            if !rest.is_empty() {
+                // the last answers (200 to the BYE, 487s) still go out
+                tokio::spawn(rest.for_each(|_| async {}));
+            }
+            let id = self.dialog.id();
+            self.ua.dialogs.remove_dialog(&id);
+            self.ua.call_ended();
+            debug!("call driver done");
         }
-        Box::pin(self.close(states, requests)).await;
-        let rest = std::mem::take(&mut self.in_flight);
-        if !rest.is_empty() {
-            // the last answers (200 to the BYE, 487s) still go out
-            tokio::spawn(rest.for_each(|_| async {}));
-        }
-        let id = self.dialog.id();
-        self.ua.dialogs.remove_dialog(&id);
-        self.ua.call_ended();
-        debug!("call driver done");
     }
 
     /// The dialog is over: nothing more enters it, and every request still waiting for our
