@@ -940,6 +940,8 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
         self.sync_phase();
     }
 
+    // An `async fn` would keep its arguments twice (see the comment in the body).
+    #[allow(clippy::manual_async_fn)]
     fn run(
         mut self,
         first: Vec<Action>,

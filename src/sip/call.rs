@@ -533,6 +533,8 @@ impl Driver {
     /// The driver's loop. Its rare steps (a dialog state, an in-dialog request, a failover, the
     /// close) are boxed futures: inline, the largest of them would be part of the task's memory
     /// for the whole call.
+    // An `async fn` would keep its arguments twice (see the comment in the body).
+    #[allow(clippy::manual_async_fn)]
     fn run(
         mut self,
         states: DialogStateReceiver,

@@ -234,6 +234,8 @@ impl MediaTask {
     }
 
     /// Runs until the call layer sends [`Control::Close`] or drops its end.
+    // An `async fn` would keep its arguments twice (see the comment in the body).
+    #[allow(clippy::manual_async_fn)]
     pub fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
         // Not an `async fn`: that keeps its argument twice in the future, once as the argument
         // and once as the local it is moved into (rust-lang/rust#62958), 2.8 KB per call.
