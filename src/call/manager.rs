@@ -940,14 +940,14 @@ impl<B: BrowserSide, S: SipSide, M: MediaFactory> CallTask<B, S, M> {
         self.sync_phase();
     }
 
-    // An `async fn` would keep its arguments twice (see the comment in the body).
+    // Not an `async fn`: that keeps its arguments twice in the future, once as arguments and
+    // once as the locals they are moved into (rust-lang/rust#62958): 0.6–2.8 KB per call.
     #[allow(clippy::manual_async_fn)]
     fn run(
         mut self,
         first: Vec<Action>,
         leg: Option<SipLeg>,
     ) -> impl std::future::Future<Output = ()> + Send {
-        // Not an `async fn`: that keeps its arguments twice in the future (rust-lang/rust#62958).
         async move {
             if leg.is_some() {
                 self.leg = leg;
