@@ -27,7 +27,7 @@ use audiopus::coder::Decoder;
 use audiopus::{Channels, SampleRate};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use srbridge::config::{Codec, OpusFec, OpusSettings};
+use srbridge::config::{Codec, OpusFec, OpusMode, OpusSettings};
 use srbridge::media::g711;
 use srbridge::media::opus::{OpusEncoder, MAX_OPUS_PACKET};
 use srbridge::media::pipeline::{
@@ -269,6 +269,7 @@ struct Setting {
     fec: OpusFec,
     bitrate: u32,
     bitrate_lossy: u32,
+    mode: OpusMode,
 }
 
 const SETTINGS: &[Setting] = &[
@@ -277,42 +278,70 @@ const SETTINGS: &[Setting] = &[
         fec: OpusFec::Off,
         bitrate: 24_000,
         bitrate_lossy: 24_000,
+        mode: OpusMode::Silk,
     },
     Setting {
         name: "FEC off @32",
         fec: OpusFec::Off,
         bitrate: 32_000,
         bitrate_lossy: 32_000,
+        mode: OpusMode::Silk,
     },
     Setting {
         name: "FEC on @24",
         fec: OpusFec::On,
         bitrate: 24_000,
         bitrate_lossy: 24_000,
+        mode: OpusMode::Silk,
     },
     Setting {
         name: "FEC on @32",
         fec: OpusFec::On,
         bitrate: 32_000,
         bitrate_lossy: 32_000,
+        mode: OpusMode::Silk,
     },
     Setting {
         name: "auto 24/32",
         fec: OpusFec::Auto,
         bitrate: 24_000,
         bitrate_lossy: 32_000,
+        mode: OpusMode::Silk,
     },
     Setting {
         name: "auto 32/32",
         fec: OpusFec::Auto,
         bitrate: 32_000,
         bitrate_lossy: 32_000,
+        mode: OpusMode::Silk,
     },
     Setting {
         name: "auto 32/40",
         fec: OpusFec::Auto,
         bitrate: 32_000,
         bitrate_lossy: 40_000,
+        mode: OpusMode::Silk,
+    },
+    Setting {
+        name: "CELT, auto 32/40",
+        fec: OpusFec::Auto,
+        bitrate: 32_000,
+        bitrate_lossy: 40_000,
+        mode: OpusMode::Celt,
+    },
+    Setting {
+        name: "CELT, auto 24/40",
+        fec: OpusFec::Auto,
+        bitrate: 24_000,
+        bitrate_lossy: 40_000,
+        mode: OpusMode::Celt,
+    },
+    Setting {
+        name: "CELT, FEC off @32",
+        fec: OpusFec::Off,
+        bitrate: 32_000,
+        bitrate_lossy: 32_000,
+        mode: OpusMode::Celt,
     },
 ];
 
@@ -346,6 +375,12 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let runs = if quick { 1 } else { 5 };
     let complexities: &[u8] = if quick { &[5] } else { &[0, 3, 5, 8, 10] };
+    // `--only TEXT`: the settings whose name holds TEXT (e.g. `--only CELT`).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/audio-quality");
     std::fs::create_dir_all(&dir).expect("output dir");
     let (reference, speech) = make_speech(&dir);
@@ -358,7 +393,10 @@ fn main() {
 
     println!("| setting | complexity | PESQ 0 % | PESQ 3 % | encoder CPU ms per call-second, min / median, 0 % | 3 % | FEC frames at 3 % |");
     println!("|---|---|---|---|---|---|---|");
-    for setting in SETTINGS {
+    for setting in SETTINGS
+        .iter()
+        .filter(|s| only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+    {
         for &complexity in complexities {
             let settings = OpusSettings {
                 complexity,
@@ -366,6 +404,8 @@ fn main() {
                 bitrate: setting.bitrate,
                 bitrate_lossy: setting.bitrate_lossy,
                 fec: setting.fec,
+                mode: setting.mode,
+                mode_busy: setting.mode,
             };
             let mut row = json!({"setting": setting.name, "complexity": complexity});
             let mut cells = Vec::new();

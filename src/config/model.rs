@@ -631,6 +631,26 @@ impl fmt::Display for OpusFec {
     }
 }
 
+/// Which of Opus's two coders the encoder toward browsers uses (`media.opus_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpusMode {
+    /// SILK, the linear-prediction speech coder libopus picks for narrowband voice: the best
+    /// speech per bit, and the only one with in-band FEC.
+    Silk,
+    /// CELT, the transform coder (libopus's `MODE_CELT_ONLY`): a fraction of SILK's encoder CPU
+    /// and 4 ms less delay, no in-band FEC (the policy goes back to SILK while FEC is on).
+    Celt,
+}
+
+impl fmt::Display for OpusMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpusMode::Silk => "silk",
+            OpusMode::Celt => "celt",
+        })
+    }
+}
+
 /// The Opus encoder toward browsers (`[media] opus_*`); defaults chosen by the PESQ/CPU table
 /// in docs/audio.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -645,6 +665,10 @@ pub struct OpusSettings {
     pub bitrate_lossy: u32,
     /// FEC policy.
     pub fec: OpusFec,
+    /// The coder on a clean path.
+    pub mode: OpusMode,
+    /// The coder while the bridge is short of CPU.
+    pub mode_busy: OpusMode,
 }
 
 impl Default for OpusSettings {
@@ -655,6 +679,8 @@ impl Default for OpusSettings {
             bitrate: 32_000,
             bitrate_lossy: 40_000,
             fec: OpusFec::Auto,
+            mode: OpusMode::Silk,
+            mode_busy: OpusMode::Celt,
         }
     }
 }

@@ -171,8 +171,14 @@ impl Display for Config {
             f,
             "opus",
             format!(
-                "complexity {} ({} when busy), {} b/s clean, {} b/s lossy, FEC {}",
-                opus.complexity, opus.complexity_busy, opus.bitrate, opus.bitrate_lossy, opus.fec
+                "{} at complexity {} ({} at {} when busy), {} b/s clean, {} b/s lossy, FEC {}",
+                opus.mode,
+                opus.complexity,
+                opus.mode_busy,
+                opus.complexity_busy,
+                opus.bitrate,
+                opus.bitrate_lossy,
+                opus.fec
             ),
         )?;
         row(

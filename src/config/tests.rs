@@ -1196,6 +1196,8 @@ fn media_opus_settings_load_and_default() {
             bitrate: 20_000,
             bitrate_lossy: 28_000,
             fec: OpusFec::Off,
+            mode: OpusMode::Silk,
+            mode_busy: OpusMode::Celt,
         }
     );
     // A clean bitrate above the default lossy one lifts the lossy default with it.
@@ -1217,6 +1219,24 @@ fn media_busy_cpu_percent_and_opus_complexity_busy() {
         toml_with("[media]\nopus_complexity = 2\nopus_complexity_busy = 8\n").expect("valid");
     assert_eq!(config.media.opus.complexity_busy, 2);
     assert!(config.to_string().contains("busy_cpu_percent"));
+}
+
+#[test]
+fn media_opus_mode_is_silk_and_celt_when_busy_unless_set() {
+    let config = toml_with("").expect("valid");
+    assert_eq!(
+        (config.media.opus.mode, config.media.opus.mode_busy),
+        (OpusMode::Silk, OpusMode::Celt)
+    );
+    let config =
+        toml_with("[media]\nopus_mode = \"CELT\"\nopus_mode_busy = \"silk\"\n").expect("valid");
+    assert_eq!(
+        (config.media.opus.mode, config.media.opus.mode_busy),
+        (OpusMode::Celt, OpusMode::Silk)
+    );
+    assert!(config
+        .to_string()
+        .contains("celt at complexity 5 (silk at 0 when busy)"));
 }
 
 #[test]
@@ -1290,6 +1310,13 @@ fn media_bad_opus_settings() {
             "\"sometimes\" is not auto, on or off",
         ),
         ("opus_fec = true", 5, "opus_fec", ""),
+        (
+            "opus_mode = \"hybrid\"",
+            5,
+            "opus_mode",
+            "\"hybrid\" is not silk or celt",
+        ),
+        ("opus_mode_busy = 1", 5, "opus_mode_busy", ""),
         (
             "opus_complexity_busy = 11",
             5,

@@ -1136,7 +1136,7 @@ fn media(s: &Sec) -> Result<MediaConfig> {
 const OPUS_BITRATE_RANGE: (i64, i64) = (6_000, 64_000);
 
 /// `[media] opus_complexity`, `opus_complexity_busy`, `opus_bitrate`, `opus_bitrate_lossy`,
-/// `opus_fec`.
+/// `opus_fec`, `opus_mode`, `opus_mode_busy`.
 fn opus_settings(s: &Sec) -> Result<OpusSettings> {
     let d = OpusSettings::default();
     let (lo, hi) = OPUS_BITRATE_RANGE;
@@ -1172,12 +1172,22 @@ fn opus_settings(s: &Sec) -> Result<OpusSettings> {
             _ => Err(format!("{t:?} is not auto, on or off")),
         })?
         .map_or(d.fec, |v| v.value);
+    let mode = |key: &'static str, default: OpusMode| {
+        s.parsed(key, |t| match t.to_ascii_lowercase().as_str() {
+            "silk" => Ok(OpusMode::Silk),
+            "celt" => Ok(OpusMode::Celt),
+            _ => Err(format!("{t:?} is not silk or celt")),
+        })
+        .map(|v| v.map_or(default, |v| v.value))
+    };
     Ok(OpusSettings {
         complexity,
         complexity_busy,
         bitrate,
         bitrate_lossy,
         fec,
+        mode: mode("opus_mode", d.mode)?,
+        mode_busy: mode("opus_mode_busy", d.mode_busy)?,
     })
 }
 

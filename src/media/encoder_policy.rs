@@ -9,7 +9,7 @@
 //! loss, as soon as a report shows loss; it goes off again only after the loss has stayed low for
 //! a while (hysteresis), so a path near the threshold does not flap. Figures: docs/audio.md.
 
-use crate::config::{OpusFec, OpusSettings};
+use crate::config::{OpusFec, OpusMode, OpusSettings};
 use crate::media::opus::OpusEncoderConfig;
 
 /// Smoothed loss at or above which FEC comes on (`auto`).
@@ -120,16 +120,19 @@ impl EncoderPolicy {
             OpusFec::Auto if self.lossy => (true, s.bitrate_lossy, self.loss_percent().max(1)),
             OpusFec::Auto => (false, s.bitrate, 0),
         };
-        let complexity = if self.busy {
-            s.complexity_busy.min(s.complexity)
+        let (complexity, mode) = if self.busy {
+            (s.complexity_busy.min(s.complexity), s.mode_busy)
         } else {
-            s.complexity
+            (s.complexity, s.mode)
         };
+        // In-band FEC is SILK's: while it is on, SILK carries the stream whatever the mode.
+        let mode = if fec { OpusMode::Silk } else { mode };
         OpusEncoderConfig {
             bitrate_bps: bitrate.min(i32::MAX as u32) as i32,
             complexity: complexity.min(10),
             packet_loss_percent: loss,
             fec,
+            mode,
         }
     }
 }
@@ -145,6 +148,8 @@ mod tests {
             bitrate: 24_000,
             bitrate_lossy: 32_000,
             fec,
+            mode: OpusMode::Silk,
+            mode_busy: OpusMode::Celt,
         }
     }
 
@@ -166,6 +171,7 @@ mod tests {
             complexity: 4,
             packet_loss_percent: 0,
             fec: false,
+            mode: OpusMode::Silk,
         };
         assert_eq!(p.settings(), clean);
         feed(&mut p, 0.0, 20, 0, 5000);
@@ -266,24 +272,49 @@ mod tests {
         let mut p = EncoderPolicy::new(settings(OpusFec::Auto));
         let busy = p.set_busy(true).expect("complexity changes");
         assert_eq!(
-            (busy.complexity, busy.fec, busy.bitrate_bps),
-            (1, false, 24_000)
+            (busy.complexity, busy.fec, busy.bitrate_bps, busy.mode),
+            (1, false, 24_000, OpusMode::Celt)
         );
         assert_eq!(p.set_busy(true), None, "no change, no new settings");
-        // Loss while busy: FEC comes on at the lossy bitrate, still cheap.
+        // Loss while busy: FEC comes on at the lossy bitrate, still cheap, and FEC is SILK's.
         let lossy = p.on_loss_report(0.05, 0).expect("FEC on");
         assert_eq!(
-            (lossy.complexity, lossy.fec, lossy.bitrate_bps),
-            (1, true, 32_000)
+            (lossy.complexity, lossy.fec, lossy.bitrate_bps, lossy.mode),
+            (1, true, 32_000, OpusMode::Silk)
         );
         let calm = p.set_busy(false).expect("complexity back");
-        assert_eq!((calm.complexity, calm.fec), (4, true));
+        assert_eq!(
+            (calm.complexity, calm.fec, calm.mode),
+            (4, true, OpusMode::Silk)
+        );
         // A busy complexity above the normal one is never used.
         let mut odd = EncoderPolicy::new(OpusSettings {
             complexity_busy: 9,
             ..settings(OpusFec::Off)
         });
-        assert_eq!(odd.set_busy(true), None);
-        assert_eq!(odd.settings().complexity, 4);
+        assert_eq!(
+            odd.set_busy(true).map(|s| (s.complexity, s.mode)),
+            Some((4, OpusMode::Celt))
+        );
+    }
+
+    #[test]
+    fn celt_carries_a_clean_path_and_silk_a_lossy_one() {
+        let mut p = EncoderPolicy::new(OpusSettings {
+            mode: OpusMode::Celt,
+            ..settings(OpusFec::Auto)
+        });
+        assert_eq!(
+            (p.settings().mode, p.settings().fec),
+            (OpusMode::Celt, false)
+        );
+        let lossy = p.on_loss_report(0.05, 0).expect("FEC on");
+        assert_eq!((lossy.mode, lossy.fec), (OpusMode::Silk, true));
+        // FEC always on: always SILK, CELT configured or not.
+        let on = EncoderPolicy::new(OpusSettings {
+            mode: OpusMode::Celt,
+            ..settings(OpusFec::On)
+        });
+        assert_eq!(on.settings().mode, OpusMode::Silk);
     }
 }

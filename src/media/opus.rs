@@ -8,6 +8,8 @@
 use audiopus::coder::{Decoder, Encoder, GenericCtl};
 use audiopus::{Application, Bitrate, Channels, SampleRate, Signal};
 
+pub use crate::config::OpusMode;
+
 /// PCM sample rate on the telephone side.
 pub const PCM_RATE: u32 = 8000;
 /// Samples in one 20 ms frame at [`PCM_RATE`].
@@ -21,6 +23,12 @@ pub const OPUS_TICKS_PER_SAMPLE: u32 = OPUS_RTP_CLOCK / PCM_RATE;
 pub const MAX_PACKET_SAMPLES: usize = 960;
 /// A buffer this large holds any encoded Opus packet (RFC 6716 §3.4 bounds a frame at 1275 bytes).
 pub const MAX_OPUS_PACKET: usize = 1500;
+
+/// libopus's `OPUS_SET_FORCE_MODE` request and its `MODE_CELT_ONLY` value (`opus_private.h`:
+/// not in the public header, but the request libopus's own tools use to pick a coder; every
+/// libopus since 1.0 takes it). `OPUS_AUTO` gives the choice back to libopus.
+const OPUS_SET_FORCE_MODE_REQUEST: i32 = 11002;
+const MODE_CELT_ONLY: i32 = 1002;
 
 /// Why an Opus call failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,8 +122,10 @@ pub struct OpusEncoderConfig {
     /// Expected loss percentage: how much in-band FEC redundancy to spend (and how robust to
     /// make the prediction).
     pub packet_loss_percent: u8,
-    /// In-band FEC (LBRR) on.
+    /// In-band FEC (LBRR) on. SILK's: with [`OpusMode::Celt`] it has no effect.
     pub fec: bool,
+    /// The coder.
+    pub mode: OpusMode,
 }
 
 impl Default for OpusEncoderConfig {
@@ -125,6 +135,7 @@ impl Default for OpusEncoderConfig {
             complexity: 5,
             packet_loss_percent: 10,
             fec: true,
+            mode: OpusMode::Silk,
         }
     }
 }
@@ -161,6 +172,12 @@ impl OpusEncoder {
         self.inner.set_inband_fec(config.fec)?;
         self.inner
             .set_packet_loss_perc(config.packet_loss_percent.min(100))?;
+        let force_mode = match config.mode {
+            OpusMode::Silk => audiopus::ffi::OPUS_AUTO,
+            OpusMode::Celt => MODE_CELT_ONLY,
+        };
+        self.inner
+            .set_encoder_ctl_request(OPUS_SET_FORCE_MODE_REQUEST, force_mode)?;
         Ok(())
     }
 
@@ -246,6 +263,84 @@ mod tests {
                 ratio_db.abs() < 2.0,
                 "{freq} Hz level changed by {ratio_db:.1} dB"
             );
+        }
+    }
+
+    /// The coder a packet was made by, from its TOC byte (RFC 6716 §3.1: configurations 0–11
+    /// are SILK, 12–15 hybrid, 16–31 CELT).
+    fn coder_of(packet: &[u8]) -> &'static str {
+        match packet[0] >> 3 {
+            0..=11 => "silk",
+            12..=15 => "hybrid",
+            _ => "celt",
+        }
+    }
+
+    #[test]
+    fn each_mode_codes_with_its_coder_and_a_browser_hears_the_tone() {
+        for (mode, coder) in [(OpusMode::Silk, "silk"), (OpusMode::Celt, "celt")] {
+            let config = OpusEncoderConfig {
+                bitrate_bps: 32_000,
+                complexity: 0,
+                packet_loss_percent: 0,
+                fec: false,
+                mode,
+            };
+            let mut enc = OpusEncoder::new(config).unwrap();
+            // A browser decodes at 48 kHz.
+            let mut browser = Decoder::new(SampleRate::Hz48000, Channels::Mono).unwrap();
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            let mut out = [0u8; MAX_OPUS_PACKET];
+            let mut heard = Vec::new();
+            let mut frame = [0i16; 960];
+            for f in 0..50 {
+                sine(1000.0, 0.5, f * FRAME_SAMPLES, &mut pcm);
+                let n = enc.encode(&pcm, &mut out).unwrap();
+                assert_eq!(coder_of(&out[..n]), coder, "{mode} frame {f}");
+                let got = browser
+                    .decode(Some(&out[..n]), &mut frame[..], false)
+                    .unwrap();
+                heard.extend(frame[..got].iter().step_by(6));
+            }
+            let steady = &heard[1600..];
+            let hz = zero_crossing_hz(steady);
+            assert!(
+                (hz - 1000.0).abs() < 30.0,
+                "{mode}: 1000 Hz came out as {hz}"
+            );
+            let ratio_db = 20.0 * (rms(steady) / (0.5 * 32767.0 / 2f64.sqrt())).log10();
+            assert!(
+                ratio_db.abs() < 2.0,
+                "{mode}: level changed by {ratio_db:.1} dB"
+            );
+        }
+        // And the mode changes in flight, both ways: SILK → CELT after one transition frame
+        // (libopus ends SILK with a frame carrying redundant CELT), CELT → SILK at once.
+        let mut enc = OpusEncoder::new(OpusEncoderConfig::default()).unwrap();
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let mut out = [0u8; MAX_OPUS_PACKET];
+        for (f, mode) in [OpusMode::Silk, OpusMode::Celt, OpusMode::Silk]
+            .into_iter()
+            .enumerate()
+        {
+            enc.apply(OpusEncoderConfig {
+                mode,
+                fec: false,
+                ..OpusEncoderConfig::default()
+            })
+            .unwrap();
+            for k in 0..5 {
+                sine(440.0, 0.5, (f * 5 + k) * FRAME_SAMPLES, &mut pcm);
+                let n = enc.encode(&pcm, &mut out).unwrap();
+                let transition = mode == OpusMode::Celt && k == 0;
+                if !transition {
+                    assert_eq!(
+                        coder_of(&out[..n]),
+                        mode.to_string(),
+                        "switch {f}, frame {k}"
+                    );
+                }
+            }
         }
     }
 

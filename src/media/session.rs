@@ -115,7 +115,7 @@ impl SessionFactory {
         })
     }
 
-    /// Calls' Opus encoders take `opus_complexity_busy` while `busy` says the bridge is short
+    /// Calls' Opus encoders take `opus_mode_busy` and `opus_complexity_busy` while `busy` says the bridge is short
     /// of CPU.
     pub fn with_busy_signal(mut self, busy: BusySignal) -> Self {
         self.busy = busy;

@@ -1,5 +1,6 @@
 //! Is the bridge short of CPU? When it is, the Opus encoders toward browsers take a cheaper
-//! complexity (`[media] opus_complexity_busy`) instead of every call's frames running late.
+//! coder and complexity (`[media] opus_mode_busy`, `opus_complexity_busy`) instead of every
+//! call's frames running late.
 //!
 //! Opus encoding is about half of a transcoded call's CPU, and complexity 0 costs half of
 //! complexity 5 for 0.02 PESQ on a clean path (docs/audio.md). A bridge that runs out of CPU
@@ -8,7 +9,11 @@
 //! CPU time and the wall time about once a second, it says when the bridge becomes busy (two
 //! samples in a row at or above `busy_cpu_percent` of the cores it may run on) and when it is
 //! not any more (five in a row [`CALM_MARGIN`] points below), so a load near the threshold does
-//! not flap. [`BusySignal`] carries the verdict to every call's media task (one relaxed atomic
+//! not flap. "Below" counts what going back would cost: the cheap encoder itself lowers the
+//! load (CELT at complexity 0 takes a transcoded call from ~7 to ~3.6 ms of CPU per second), so
+//! the rule measures the drop the switch made ([`SETTLE`] samples after it) and calls the bridge
+//! calm only when the load times that drop is below the mark; otherwise 150 calls would swing
+//! between an overloaded normal encoder and a half-idle cheap one every few seconds. [`BusySignal`] carries the verdict to every call's media task (one relaxed atomic
 //! load per call per second); [`watch_cpu`] is the thin tokio shell.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +31,11 @@ const BUSY_AFTER: u32 = 2;
 const CALM_AFTER: u32 = 5;
 /// Percentage points below the threshold that count as calm.
 const CALM_MARGIN: f64 = 15.0;
+/// Samples after the switch to busy before its saving is measured: every call's media task
+/// reads the signal once a second, so the second sample is the first wholly at the busy cost.
+const SETTLE: u32 = 2;
+/// The largest saving believed (a drop beyond it is calls ending, not the cheaper encoder).
+const MAX_SAVING: f64 = 4.0;
 
 /// Whether the bridge is short of CPU, shared by the sampler and every call's media task.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +83,12 @@ pub struct CpuLoad {
     busy: bool,
     run: u32,
     percent: Option<f64>,
+    /// The load that made the bridge busy, until the saving is measured.
+    busy_from: Option<f64>,
+    /// Samples since the switch to busy (up to [`SETTLE`]).
+    settled: u32,
+    /// Load before the switch over load after it (≥ 1): what going back would multiply by.
+    saving: f64,
 }
 
 impl CpuLoad {
@@ -85,6 +101,9 @@ impl CpuLoad {
             busy: false,
             run: 0,
             percent: None,
+            busy_from: None,
+            settled: 0,
+            saving: 1.0,
         }
     }
 
@@ -112,7 +131,17 @@ impl CpuLoad {
             });
         }
         let leaning = if self.busy {
-            percent < self.threshold - CALM_MARGIN
+            if self.settled < SETTLE {
+                self.settled += 1;
+                if self.settled == SETTLE {
+                    if let Some(from) = self.busy_from.take() {
+                        self.saving = (from / percent.max(1.0)).clamp(1.0, MAX_SAVING);
+                    }
+                }
+                false
+            } else {
+                percent * self.saving < self.threshold - CALM_MARGIN
+            }
         } else {
             percent >= self.threshold
         };
@@ -123,6 +152,11 @@ impl CpuLoad {
         }
         self.run = 0;
         self.busy = !self.busy;
+        if self.busy {
+            self.busy_from = Some(percent);
+            self.settled = 0;
+            self.saving = 1.0;
+        }
         Some(if self.busy {
             LoadChange::Busy { percent }
         } else {
@@ -147,6 +181,12 @@ impl CpuLoad {
     /// CPU use in the last sample, percent of the usable cores.
     pub fn percent(&self) -> Option<f64> {
         self.percent
+    }
+
+    /// While busy: how much more the load would be at the normal cost (load before the switch
+    /// over load after it, once measured; 1 before).
+    pub fn saving(&self) -> f64 {
+        self.saving
     }
 }
 
@@ -191,12 +231,13 @@ pub async fn watch_cpu(config: ConfigWatch, signal: BusySignal, metrics: Arc<Met
                 cpu_percent = percent.round(),
                 cores,
                 threshold_percent,
-                "CPU busy: new Opus frames toward browsers take opus_complexity_busy until it calms"
+                "CPU busy: new Opus frames toward browsers take opus_mode_busy at opus_complexity_busy until it calms"
             ),
             Some(LoadChange::Calm { percent }) => tracing::info!(
                 cpu_percent = percent.round(),
+                busy_saving = format!("{:.2}", load.saving()),
                 cores,
-                "CPU calm again: Opus encoders back to opus_complexity"
+                "CPU calm again (at the normal encoder it would be cpu_percent × busy_saving): Opus encoders back to opus_mode at opus_complexity"
             ),
             None => continue,
         }
@@ -239,15 +280,49 @@ mod tests {
     #[test]
     fn busy_after_two_seconds_over_the_threshold_calm_after_five_well_below() {
         let mut load = CpuLoad::new(85, 1);
+        // The switch saves nothing here (95 → 94): the load itself then falls.
         let changes = run(
             &mut load,
             1.0,
-            &[50.0, 90.0, 95.0, 80.0, 72.0, 60.0, 60.0, 60.0, 60.0, 60.0],
+            &[
+                50.0, 90.0, 95.0, 94.0, 94.0, 80.0, 72.0, 60.0, 60.0, 60.0, 60.0, 60.0,
+            ],
         );
         // Busy at the second sample over 85 %; 80 and 72 are not calm (≥ 70); five at 60 are.
-        assert_eq!(busy_at(&changes), vec![(2, true), (9, false)]);
+        assert_eq!(busy_at(&changes), vec![(2, true), (11, false)]);
         assert!(!load.is_busy());
         assert!((load.percent().unwrap() - 60.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn the_cheap_encoders_own_saving_does_not_count_as_calm() {
+        // 150 calls: 100 % at the normal cost, 52 % at the busy one (the switch halves it).
+        let mut load = CpuLoad::new(85, 1);
+        let mut percents = vec![100.0, 100.0, 70.0];
+        percents.extend([52.0; 30]);
+        let changes = run(&mut load, 1.0, &percents);
+        assert_eq!(busy_at(&changes), vec![(1, true)], "{changes:?}");
+        assert!((load.saving() - 100.0 / 52.0).abs() < 0.01);
+        // Calls end: at 30 % (58 % at the normal cost) five samples in a row make it calm.
+        let mut load = CpuLoad::new(85, 1);
+        let mut percents = vec![100.0, 100.0, 70.0, 52.0, 52.0, 40.0];
+        percents.extend([30.0; 5]);
+        let changes = run(&mut load, 1.0, &percents);
+        assert_eq!(
+            busy_at(&changes),
+            vec![(1, true), (10, false)],
+            "{changes:?}"
+        );
+        // A drop too large to be the encoder (calls ended at the switch) is believed only 4×.
+        let mut load = CpuLoad::new(85, 1);
+        let mut percents = vec![100.0, 100.0, 50.0, 10.0];
+        percents.extend([16.0; 5]);
+        let changes = run(&mut load, 1.0, &percents);
+        assert_eq!(
+            busy_at(&changes),
+            vec![(1, true), (8, false)],
+            "{changes:?}"
+        );
     }
 
     #[test]

@@ -508,7 +508,7 @@ impl Metrics {
         let cpu_busy = gauge(
             r,
             "srbridge_cpu_busy",
-            "1 while the bridge is short of CPU (Opus toward browsers at opus_complexity_busy).",
+            "1 while the bridge is short of CPU (Opus toward browsers in opus_mode_busy at opus_complexity_busy).",
         );
         // counters are registered without `_total`: the encoder appends it
         let calls_started = direction_counters(r, "srbridge_calls_started", "Calls started.");

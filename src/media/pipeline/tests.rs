@@ -420,6 +420,7 @@ fn loss_the_browser_reports_turns_fec_on_with_more_bits_and_a_clean_path_has_non
         bitrate: 16_000,
         bitrate_lossy: 32_000,
         fec: OpusFec::Auto,
+        ..OpusSettings::default()
     })
     .unwrap();
     let (mut pcm, mut codes, mut buf) = ([0i16; FRAME], [0u8; FRAME], [0u8; 200]);

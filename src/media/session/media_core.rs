@@ -163,7 +163,7 @@ impl MediaCore {
     }
 
     /// Follows `busy` (`ops::cpu_load`): while the bridge is short of CPU the Opus encoder
-    /// toward the browser takes `opus_complexity_busy`.
+    /// toward the browser takes `opus_mode_busy` at `opus_complexity_busy`.
     pub fn with_busy_signal(mut self, busy: BusySignal) -> Self {
         self.busy = busy;
         self
