@@ -63,6 +63,7 @@ async fn web_to_sip_call_checking(
     let ok = alice.invite(call_id, "1001", "").await;
     assert_eq!(ok["type"], "ok", "{ok}");
     let alice = Arc::new(alice);
+    let codecs_opus = codecs.first() == Some(&LegCodec::Opus);
     let mut peer = BrowserPeer::offer(Arc::clone(&alice), call_id, codecs).await;
     alice
         .wait_local_state(call_id, "ACCEPTED_BY_REMOTE", T)
@@ -75,9 +76,23 @@ async fn web_to_sip_call_checking(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     peer.take_received();
+    peer.take_opus_coders();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let heard = peer.take_received();
     assert_tone(&heard, 8000, 440.0, 15.0, -20.0);
+    if codecs_opus {
+        // Calm: SILK (`opus_mode`); short of CPU: CELT (`opus_mode_busy`), all of it.
+        let [silk, hybrid, celt] = peer.take_opus_coders();
+        let (wanted, others) = if busy {
+            (celt, silk + hybrid)
+        } else {
+            (silk, hybrid + celt)
+        };
+        assert!(
+            wanted > 100 && others == 0,
+            "3 s of Opus, busy={busy}: SILK {silk}, hybrid {hybrid}, CELT {celt}"
+        );
+    }
     end_call(&alice, "1001");
     phone.wait_for("CALL_CLOSED", T).await;
     peer.close().await;
@@ -218,8 +233,8 @@ async fn wait_busy(rig: &Rig) {
 }
 
 /// `busy_cpu_percent = 1`: any call makes the bridge count as short of CPU. It says so in
-/// `/metrics` (and its Opus encoders take `opus_complexity_busy`, unit-tested in the media
-/// core), and the call keeps its audio both ways.
+/// `/metrics` (and its Opus encoders take `opus_mode_busy`, CELT, at `opus_complexity_busy`:
+/// the tone the browser hears is CELT, the policy unit-tested in the media core), and the call keeps its audio both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_short_of_cpu_says_so_and_its_calls_keep_their_audio() {
     let rig = rig_with("busy_cpu_percent = 1\n").await;

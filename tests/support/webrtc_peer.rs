@@ -31,6 +31,8 @@ pub struct BrowserPeer {
     pub negotiated: NegotiatedCodecs,
     /// What the bridge sent, decoded to 8 kHz mono.
     pub received: Arc<Mutex<Vec<f32>>>,
+    /// Opus packets received, by coder (TOC configuration, RFC 6716 §3.1): `[SILK, hybrid, CELT]`.
+    pub opus_coders: Arc<Mutex<[usize; 3]>>,
     /// `dtmf` digits the bridge reported.
     pub dtmf: Arc<Mutex<Vec<String>>>,
     /// `error` messages the bridge sent.
@@ -151,15 +153,26 @@ impl BrowserPeer {
             }));
         }
         let received = Arc::new(Mutex::new(Vec::new()));
+        let opus_coders = Arc::new(Mutex::new([0; 3]));
         {
             let received = Arc::clone(&received);
+            let opus_coders = Arc::clone(&opus_coders);
             let mut rtp = channels.rtp;
             tasks.push(tokio::spawn(async move {
                 let mut opus = OpusDecoder::new().unwrap();
                 let mut pcm = [0i16; MAX_PACKET_SAMPLES];
                 while let Some(p) = rtp.recv().await {
                     let n = match negotiated.codec(p.payload_type) {
-                        Some(LegCodec::Opus) => opus.decode(&p.payload, &mut pcm).unwrap_or(0),
+                        Some(LegCodec::Opus) => {
+                            if let Some(toc) = p.payload.first() {
+                                opus_coders.lock().unwrap()[match toc >> 3 {
+                                    0..=11 => 0,
+                                    12..=15 => 1,
+                                    _ => 2,
+                                }] += 1;
+                            }
+                            opus.decode(&p.payload, &mut pcm).unwrap_or(0)
+                        }
                         Some(LegCodec::Pcmu) => g711::ulaw_decode(&p.payload, &mut pcm),
                         Some(LegCodec::Pcma) => g711::alaw_decode(&p.payload, &mut pcm),
                         _ => 0,
@@ -183,6 +196,7 @@ impl BrowserPeer {
             leg,
             negotiated,
             received,
+            opus_coders,
             dtmf,
             errors,
             bridge_candidates,
@@ -221,6 +235,11 @@ impl BrowserPeer {
         for k in keys.chars() {
             let _ = self.digits.send(k);
         }
+    }
+
+    /// Clears and returns the Opus packets received so far by coder: `[SILK, hybrid, CELT]`.
+    pub fn take_opus_coders(&self) -> [usize; 3] {
+        std::mem::take(&mut *self.opus_coders.lock().unwrap())
     }
 
     /// Clears and returns the audio received so far.
