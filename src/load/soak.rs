@@ -78,6 +78,11 @@ pub struct SoakReport {
     pub failures: Vec<String>,
     pub elapsed_s: f64,
     pub calls_per_sec: f64,
+    /// The bridge's CPU (`--bridge-pid`) from the first login to the last hang-up, ms per
+    /// finished call: a whole call's cost (login, set-up, `hold_s` of media, hang-up).
+    pub cpu_ms_per_call: Option<f64>,
+    /// The same, as a share of one core over that time.
+    pub cpu_percent: Option<f64>,
     /// invite → call up (accepted and media connected), ms.
     pub setup_ms: Option<Percentiles>,
     /// invite → `ACCEPTED_BY_REMOTE`, ms.
@@ -102,8 +107,14 @@ impl SoakReport {
         let b = &self.baseline;
         let p = &self.peak;
         let a = &self.after;
+        let cpu = match (self.cpu_ms_per_call, self.cpu_percent) {
+            (Some(ms), Some(pct)) => {
+                format!("; bridge {ms:.2} ms CPU per call, {pct:.1} % of a core")
+            }
+            _ => String::new(),
+        };
         let mut out = format!(
-            "soak: {} of {} calls completed, {} failed, {} at a time, {:.1} s each, {:.1} calls/s; setup p50/p99 {} ms, accepted p50/p99 {} ms\n",
+            "soak: {} of {} calls completed, {} failed, {} at a time, {:.1} s each, {:.1} calls/s; setup p50/p99 {} ms, accepted p50/p99 {} ms{cpu}\n",
             self.completed,
             self.calls,
             self.failed,
@@ -285,6 +296,7 @@ pub async fn run_soak(
     drop(done_tx);
 
     let started = Instant::now();
+    let cpu_from = args.bridge_pid.and_then(|pid| procfs::sample(pid).ok());
     let mut peak = baseline;
     let (mut completed, mut failed) = (0usize, 0usize);
     let mut failures = BTreeSet::new();
@@ -325,6 +337,14 @@ pub async fn run_soak(
         let _ = w.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_to = args.bridge_pid.and_then(|pid| procfs::sample(pid).ok());
+    let (cpu_ms_per_call, cpu_percent) = match (&cpu_from, &cpu_to) {
+        (Some(from), Some(to)) => (
+            Some(procfs::cpu_seconds(from, to) * 1000.0 / (completed + failed).max(1) as f64),
+            Some(procfs::cpu_percent(from, to)),
+        ),
+        _ => (None, None),
+    };
     eprintln!(
         "[soak] {completed} completed, {failed} failed in {elapsed:.1} s; settling {:?}",
         args.soak_settle
@@ -340,6 +360,8 @@ pub async fn run_soak(
         failures: failures.into_iter().collect(),
         elapsed_s: elapsed,
         calls_per_sec: (completed + failed) as f64 / elapsed.max(0.001),
+        cpu_ms_per_call,
+        cpu_percent,
         setup_ms: Percentiles::of(&setups),
         accepted_ms: Percentiles::of(&accepted),
         baseline,
