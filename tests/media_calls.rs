@@ -233,8 +233,9 @@ async fn wait_busy(rig: &Rig) {
 }
 
 /// `busy_cpu_percent = 1`: any call makes the bridge count as short of CPU. It says so in
-/// `/metrics` (and its Opus encoders take `opus_mode_busy`, CELT, at `opus_complexity_busy`:
-/// the tone the browser hears is CELT, the policy unit-tested in the media core), and the call keeps its audio both ways.
+/// `/metrics`, its Opus encoders take `opus_mode_busy` (CELT) at `opus_complexity_busy` (the
+/// browser hears CELT; the policy is unit-tested in the media core), and the call keeps its
+/// audio both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_short_of_cpu_says_so_and_its_calls_keep_their_audio() {
     let rig = rig_with("busy_cpu_percent = 1\n").await;

@@ -25,8 +25,9 @@ pub const MAX_PACKET_SAMPLES: usize = 960;
 pub const MAX_OPUS_PACKET: usize = 1500;
 
 /// libopus's `OPUS_SET_FORCE_MODE` request and its `MODE_CELT_ONLY` value (`opus_private.h`:
-/// not in the public header, but the request libopus's own tools use to pick a coder; every
-/// libopus since 1.0 takes it). `OPUS_AUTO` gives the choice back to libopus.
+/// not in the public header, but the request libopus's own tools use to pick a coder; Debian's
+/// libopus 1.3.1 here). `OPUS_AUTO` gives the choice back to libopus. Sent only when the mode
+/// changes, so a bridge that never asks for CELT never uses it.
 const OPUS_SET_FORCE_MODE_REQUEST: i32 = 11002;
 const MODE_CELT_ONLY: i32 = 1002;
 
@@ -144,6 +145,8 @@ impl Default for OpusEncoderConfig {
 /// DTX off (a continuous stream keeps timestamps and the browser's jitter buffer simple).
 pub struct OpusEncoder {
     inner: Encoder,
+    /// The coder last asked of libopus (a new encoder chooses itself: SILK for narrowband voice).
+    mode: OpusMode,
 }
 
 impl std::fmt::Debug for OpusEncoder {
@@ -158,7 +161,10 @@ impl OpusEncoder {
         let mut inner = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip)?;
         inner.set_signal(Signal::Voice)?;
         inner.set_encoder_ctl_request(audiopus::ffi::OPUS_SET_DTX_REQUEST, 0)?;
-        let mut encoder = Self { inner };
+        let mut encoder = Self {
+            inner,
+            mode: OpusMode::Silk,
+        };
         encoder.apply(config)?;
         Ok(encoder)
     }
@@ -172,12 +178,15 @@ impl OpusEncoder {
         self.inner.set_inband_fec(config.fec)?;
         self.inner
             .set_packet_loss_perc(config.packet_loss_percent.min(100))?;
-        let force_mode = match config.mode {
-            OpusMode::Silk => audiopus::ffi::OPUS_AUTO,
-            OpusMode::Celt => MODE_CELT_ONLY,
-        };
-        self.inner
-            .set_encoder_ctl_request(OPUS_SET_FORCE_MODE_REQUEST, force_mode)?;
+        if config.mode != self.mode {
+            let force_mode = match config.mode {
+                OpusMode::Silk => audiopus::ffi::OPUS_AUTO,
+                OpusMode::Celt => MODE_CELT_ONLY,
+            };
+            self.inner
+                .set_encoder_ctl_request(OPUS_SET_FORCE_MODE_REQUEST, force_mode)?;
+            self.mode = config.mode;
+        }
         Ok(())
     }
 

@@ -2,19 +2,20 @@
 //! coder and complexity (`[media] opus_mode_busy`, `opus_complexity_busy`) instead of every
 //! call's frames running late.
 //!
-//! Opus encoding is about half of a transcoded call's CPU, and complexity 0 costs half of
-//! complexity 5 for 0.02 PESQ on a clean path (docs/audio.md). A bridge that runs out of CPU
+//! Opus encoding is about half of a transcoded call's CPU, and CELT at complexity 0 costs a
+//! fifth of SILK at 5 (−0.14 PESQ on a clean path; docs/audio.md). A bridge that runs out of CPU
 //! makes every call late by whole frames (the jitter buffers then insert and trim audio): much
 //! worse than a slightly cheaper encoder. [`CpuLoad`] is the sans-IO rule: fed the process's
 //! CPU time and the wall time about once a second, it says when the bridge becomes busy (two
 //! samples in a row at or above `busy_cpu_percent` of the cores it may run on) and when it is
 //! not any more (five in a row [`CALM_MARGIN`] points below), so a load near the threshold does
 //! not flap. "Below" counts what going back would cost: the cheap encoder itself lowers the
-//! load (CELT at complexity 0 takes a transcoded call from ~7 to ~3.6 ms of CPU per second), so
-//! the rule measures the drop the switch made ([`SETTLE`] samples after it) and calls the bridge
-//! calm only when the load times that drop is below the mark; otherwise 150 calls would swing
-//! between an overloaded normal encoder and a half-idle cheap one every few seconds. [`BusySignal`] carries the verdict to every call's media task (one relaxed atomic
-//! load per call per second); [`watch_cpu`] is the thin tokio shell.
+//! load (a transcoded call ~7 → ~3.6 ms of CPU per second), so the rule measures the drop the
+//! switch made ([`SETTLE`] samples after it) and calls the bridge calm only when the load times
+//! that drop is below the mark; otherwise 150 calls would swing between an overloaded normal
+//! encoder and a half-idle cheap one every few seconds. [`BusySignal`] carries the verdict to
+//! every call's media task (one relaxed atomic load per call per second); [`watch_cpu`] is the
+//! thin tokio shell.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
