@@ -178,6 +178,27 @@ async fn in_r_uri_mode_dialling_0alice_keeps_the_number_in_the_request_uri() {
     assert!(logs.contains("RPID=\n"), "no Remote-Party-ID: {logs}");
 }
 
+/// The answering SIPp of these tests (`uas_answer.xml`) takes a BYE that overtook the ACK, as
+/// RFC 3261 lets a UAS see it: Kamailio's workers forward a caller's back-to-back ACK and BYE in
+/// parallel, and a UAS that wanted the ACK first failed such a run now and then.
+#[tokio::test]
+async fn the_answering_sipp_takes_a_bye_that_overtook_the_ack() {
+    let mut uas = Sipp::new("uas_answer.xml")
+        .service("1000")
+        .local_port(ports::free_port())
+        .calls(1)
+        .timeout(SHORT)
+        .spawn(None);
+    let uas_addr: std::net::SocketAddr = ([127, 0, 0, 1], uas.local_port()).into();
+    let uac = Sipp::new("uac_bye_before_ack.xml")
+        .service("1000")
+        .timeout(SHORT)
+        .run(Some(uas_addr))
+        .await;
+    uac.assert_success();
+    uas.wait(SHORT).await.assert_success();
+}
+
 #[tokio::test]
 async fn call_to_offline_or_unknown_number_fails() {
     let pbx = Pbx::start().await;
