@@ -747,16 +747,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn opus_at_five_times_the_asked_bitrate_plays_intact_while_the_arena_wraps() {
-        // 400-byte frames (160 kb/s) arriving in bursts of four every 80 ms, last first: the
-        // delay grows to its 80 ms maximum, and the arena holds all of it.
+    /// Frames `0..count` of `size` bytes pushed at `arrival(seq)` (those arriving together, the
+    /// later one first), a pop every 20 ms until `until_ms`, each popped frame checked intact.
+    /// Returns the sequence numbers played, in order, and the buffer's stats.
+    fn play_arriving(
+        count: u16,
+        size: usize,
+        arrival: impl Fn(u16) -> u64,
+        until_ms: u64,
+    ) -> (Vec<u16>, JitterStats) {
         let mut jb = buf();
         let mut out = [0u8; 1500];
-        let arrival = |n: u16| 80 * u64::from(n / 4) + 65;
-        let mut pending: Vec<u16> = (0..300).collect();
+        let mut pending: Vec<u16> = (0..count).collect();
         let mut played = Vec::new();
-        for tick in (10..6000u64).step_by(20) {
+        for tick in (10..until_ms).step_by(20) {
             let mut due: Vec<u16> = pending
                 .iter()
                 .copied()
@@ -768,18 +772,25 @@ mod tests {
                     7,
                     seq,
                     u32::from(seq) * FRAME,
-                    &numbered(seq, 400),
+                    &numbered(seq, size),
                     arrival(seq),
                 );
             }
             pending.retain(|&seq| arrival(seq) > tick);
             jb.set_now(tick);
             if let Popped::Packet { len, seq, .. } = jb.pop(&mut out) {
-                assert_eq!(&out[..len], &numbered(seq, 400)[..], "packet {seq}");
+                assert_eq!(&out[..len], &numbered(seq, size)[..], "packet {seq}");
                 played.push(seq);
             }
         }
-        let stats = jb.stats();
+        (played, jb.stats())
+    }
+
+    #[test]
+    fn opus_at_five_times_the_asked_bitrate_plays_intact_while_the_arena_wraps() {
+        // 400-byte frames (160 kb/s) arriving in bursts of four every 80 ms, last first: the
+        // delay grows to its 80 ms maximum, and the arena holds all of it.
+        let (played, stats) = play_arriving(300, 400, |n| 80 * u64::from(n / 4) + 65, 6000);
         assert_eq!(stats.trimmed, 0, "{stats:?}");
         assert!(played.len() >= 290, "{stats:?}");
         assert!(
@@ -794,35 +805,7 @@ mod tests {
         // every 40 ms, the later one first. The arena holds three of them; a pair waiting beside
         // the frame in play must fit for every frame to play intact, none given up for room (an
         // arena of one such frame fails this).
-        let mut jb = buf();
-        let mut out = [0u8; 1500];
-        let arrival = |n: u16| 40 * u64::from(n / 2) + 25;
-        let mut pending: Vec<u16> = (0..200).collect();
-        let mut played = Vec::new();
-        for tick in (10..4200u64).step_by(20) {
-            let mut due: Vec<u16> = pending
-                .iter()
-                .copied()
-                .filter(|&seq| arrival(seq) <= tick)
-                .collect();
-            due.sort_by_key(|&seq| std::cmp::Reverse(seq));
-            for seq in due {
-                jb.push(
-                    7,
-                    seq,
-                    u32::from(seq) * FRAME,
-                    &numbered(seq, 1275),
-                    arrival(seq),
-                );
-            }
-            pending.retain(|&seq| arrival(seq) > tick);
-            jb.set_now(tick);
-            if let Popped::Packet { len, seq, .. } = jb.pop(&mut out) {
-                assert_eq!(&out[..len], &numbered(seq, 1275)[..], "packet {seq}");
-                played.push(seq);
-            }
-        }
-        let stats = jb.stats();
+        let (played, stats) = play_arriving(200, 1275, |n| 40 * u64::from(n / 2) + 25, 4200);
         assert_eq!(stats.trimmed, 0, "{stats:?}");
         assert!(played.len() >= 195, "{stats:?}");
         assert!(played.windows(2).all(|w| w[1] == w[0] + 1), "{played:?}");
