@@ -84,8 +84,8 @@ pub struct CpuLoad {
     busy: bool,
     run: u32,
     percent: Option<f64>,
-    /// The load that made the bridge busy, until the saving is measured.
-    busy_from: Option<f64>,
+    /// The load that made the bridge busy.
+    busy_from: f64,
     /// Samples since the switch to busy (up to [`SETTLE`]).
     settled: u32,
     /// Load before the switch over load after it (≥ 1): what going back would multiply by.
@@ -102,7 +102,7 @@ impl CpuLoad {
             busy: false,
             run: 0,
             percent: None,
-            busy_from: None,
+            busy_from: 0.0,
             settled: 0,
             saving: 1.0,
         }
@@ -135,9 +135,7 @@ impl CpuLoad {
             if self.settled < SETTLE {
                 self.settled += 1;
                 if self.settled == SETTLE {
-                    if let Some(from) = self.busy_from.take() {
-                        self.saving = (from / percent.max(1.0)).clamp(1.0, MAX_SAVING);
-                    }
+                    self.saving = (self.busy_from / percent.max(1.0)).clamp(1.0, MAX_SAVING);
                 }
                 false
             } else {
@@ -154,7 +152,7 @@ impl CpuLoad {
         self.run = 0;
         self.busy = !self.busy;
         if self.busy {
-            self.busy_from = Some(percent);
+            self.busy_from = percent;
             self.settled = 0;
             self.saving = 1.0;
         }
@@ -295,34 +293,41 @@ mod tests {
         assert!((load.percent().unwrap() - 60.0).abs() < 0.01);
     }
 
+    /// A bridge at threshold 85 on one core fed `start`, then `then` percent `times` times:
+    /// where its verdict changes, and the saving it measured.
+    fn busy_with_saving(start: &[f64], then: f64, times: usize) -> (Vec<(usize, bool)>, f64) {
+        let mut load = CpuLoad::new(85, 1);
+        let mut percents = start.to_vec();
+        percents.extend(std::iter::repeat_n(then, times));
+        (busy_at(&run(&mut load, 1.0, &percents)), load.saving())
+    }
+
     #[test]
     fn the_cheap_encoders_own_saving_does_not_count_as_calm() {
-        // 150 calls: 100 % at the normal cost, 52 % at the busy one (the switch halves it).
-        let mut load = CpuLoad::new(85, 1);
-        let mut percents = vec![100.0, 100.0, 70.0];
-        percents.extend([52.0; 30]);
-        let changes = run(&mut load, 1.0, &percents);
-        assert_eq!(busy_at(&changes), vec![(1, true)], "{changes:?}");
-        assert!((load.saving() - 100.0 / 52.0).abs() < 0.01);
+        let near = |(changes, saving): (Vec<(usize, bool)>, f64),
+                    expected: &[(usize, bool)],
+                    want: f64| {
+            assert_eq!(changes, expected);
+            assert!((saving - want).abs() < 0.01, "saving {saving}, not {want}");
+        };
+        // 150 calls: 100 % at the normal cost, 52 % at the busy one (the switch halves it):
+        // busy for good.
+        near(
+            busy_with_saving(&[100.0, 100.0, 70.0], 52.0, 30),
+            &[(1, true)],
+            100.0 / 52.0,
+        );
         // Calls end: at 30 % (58 % at the normal cost) five samples in a row make it calm.
-        let mut load = CpuLoad::new(85, 1);
-        let mut percents = vec![100.0, 100.0, 70.0, 52.0, 52.0, 40.0];
-        percents.extend([30.0; 5]);
-        let changes = run(&mut load, 1.0, &percents);
-        assert_eq!(
-            busy_at(&changes),
-            vec![(1, true), (10, false)],
-            "{changes:?}"
+        near(
+            busy_with_saving(&[100.0, 100.0, 70.0, 52.0, 52.0, 40.0], 30.0, 5),
+            &[(1, true), (10, false)],
+            100.0 / 52.0,
         );
         // A drop too large to be the encoder (calls ended at the switch) is believed only 4×.
-        let mut load = CpuLoad::new(85, 1);
-        let mut percents = vec![100.0, 100.0, 50.0, 10.0];
-        percents.extend([16.0; 5]);
-        let changes = run(&mut load, 1.0, &percents);
-        assert_eq!(
-            busy_at(&changes),
-            vec![(1, true), (8, false)],
-            "{changes:?}"
+        near(
+            busy_with_saving(&[100.0, 100.0, 50.0, 10.0], 16.0, 5),
+            &[(1, true), (8, false)],
+            MAX_SAVING,
         );
     }
 
