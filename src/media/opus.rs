@@ -31,6 +31,17 @@ pub const MAX_OPUS_PACKET: usize = 1500;
 const OPUS_SET_FORCE_MODE_REQUEST: i32 = 11002;
 const MODE_CELT_ONLY: i32 = 1002;
 
+/// The coder that made an Opus packet, from its TOC byte (RFC 6716 §3.1: configurations 0–11
+/// are SILK, 12–15 hybrid, 16–31 CELT), named as [`OpusMode`] prints: "silk", "hybrid" or
+/// "celt"; `None` for an empty packet.
+pub fn packet_coder(packet: &[u8]) -> Option<&'static str> {
+    Some(match packet.first()? >> 3 {
+        0..=11 => "silk",
+        12..=15 => "hybrid",
+        _ => "celt",
+    })
+}
+
 /// Why an Opus call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpusError {
@@ -275,16 +286,6 @@ mod tests {
         }
     }
 
-    /// The coder a packet was made by, from its TOC byte (RFC 6716 §3.1: configurations 0–11
-    /// are SILK, 12–15 hybrid, 16–31 CELT).
-    fn coder_of(packet: &[u8]) -> &'static str {
-        match packet[0] >> 3 {
-            0..=11 => "silk",
-            12..=15 => "hybrid",
-            _ => "celt",
-        }
-    }
-
     #[test]
     fn each_mode_codes_with_its_coder_and_a_browser_hears_the_tone() {
         for (mode, coder) in [(OpusMode::Silk, "silk"), (OpusMode::Celt, "celt")] {
@@ -305,7 +306,7 @@ mod tests {
             for f in 0..50 {
                 sine(1000.0, 0.5, f * FRAME_SAMPLES, &mut pcm);
                 let n = enc.encode(&pcm, &mut out).unwrap();
-                assert_eq!(coder_of(&out[..n]), coder, "{mode} frame {f}");
+                assert_eq!(packet_coder(&out[..n]), Some(coder), "{mode} frame {f}");
                 let got = browser
                     .decode(Some(&out[..n]), &mut frame[..], false)
                     .unwrap();
@@ -344,8 +345,8 @@ mod tests {
                 let transition = mode == OpusMode::Celt && k == 0;
                 if !transition {
                     assert_eq!(
-                        coder_of(&out[..n]),
-                        mode.to_string(),
+                        packet_coder(&out[..n]).map(str::to_owned),
+                        Some(mode.to_string()),
                         "switch {f}, frame {k}"
                     );
                 }

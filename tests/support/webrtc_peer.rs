@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use srbridge::media::g711;
 use srbridge::media::opus::{
-    OpusDecoder, OpusEncoder, OpusEncoderConfig, FRAME_SAMPLES, MAX_OPUS_PACKET,
+    packet_coder, OpusDecoder, OpusEncoder, OpusEncoderConfig, FRAME_SAMPLES, MAX_OPUS_PACKET,
     MAX_PACKET_SAMPLES, PCM_RATE,
 };
 use srbridge::media::rtp::{dtmf_event, DtmfEvent};
@@ -164,12 +164,14 @@ impl BrowserPeer {
                 while let Some(p) = rtp.recv().await {
                     let n = match negotiated.codec(p.payload_type) {
                         Some(LegCodec::Opus) => {
-                            if let Some(toc) = p.payload.first() {
-                                opus_coders.lock().unwrap()[match toc >> 3 {
-                                    0..=11 => 0,
-                                    12..=15 => 1,
-                                    _ => 2,
-                                }] += 1;
+                            let slot = match packet_coder(&p.payload) {
+                                Some("silk") => Some(0),
+                                Some("hybrid") => Some(1),
+                                Some(_) => Some(2),
+                                None => None,
+                            };
+                            if let Some(slot) = slot {
+                                opus_coders.lock().unwrap()[slot] += 1;
                             }
                             opus.decode(&p.payload, &mut pcm).unwrap_or(0)
                         }
