@@ -12,10 +12,10 @@
 //! not flap. "Below" counts what going back would cost: the cheap encoder itself lowers the
 //! load (a transcoded call ~7 → ~3.6 ms of CPU per second), so the rule measures the drop the
 //! switch made ([`SETTLE`] samples after it) and calls the bridge calm only when the load times
-//! that drop is below the mark; otherwise 150 calls would swing between an overloaded normal
-//! encoder and a half-idle cheap one every few seconds. [`BusySignal`] carries the verdict to
-//! every call's media task (one relaxed atomic load per call per second); [`watch_cpu`] is the
-//! thin tokio shell.
+//! that drop is below the mark; by the plain rule 150 calls at 56 % on the cheap encoder would
+//! count as calm and go back to an overloaded normal one (arithmetic, not measured).
+//! [`BusySignal`] carries the verdict to every call's media task (one relaxed atomic load per
+//! call per second); [`watch_cpu`] is the thin tokio shell.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
