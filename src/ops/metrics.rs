@@ -136,6 +136,11 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.0.count.load(Relaxed)
     }
+
+    /// The observations added up.
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.0.sum_ns.load(Relaxed))
+    }
 }
 
 impl TypedMetric for Histogram {

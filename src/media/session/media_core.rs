@@ -336,15 +336,9 @@ impl MediaCore {
     /// Does what is due at `now`: the frames (catching up after a stall, so the sample count
     /// follows wall time), the metrics, the RTP-timeout check.
     pub fn on_timeout(&mut self, now: Instant, io: &mut impl MediaIo) {
-        // The first frame's transcoding is timed from `now`, a frame caught up after it from a
-        // reading of its own (the sends in between are not transcoding).
-        let mut started = now;
         while let Some(at) = self.schedule.frame.filter(|&at| at <= now) {
-            self.frame(started, io);
+            self.frame(now, io);
             self.schedule.frame = Some(at + TICK);
-            if self.schedule.frame.is_some_and(|next| next <= now) {
-                started = Instant::now();
-            }
         }
         if self.schedule.publish <= now {
             self.publish(now);
@@ -356,17 +350,18 @@ impl MediaCore {
         }
     }
 
-    /// One 20 ms frame each way, `started` being a clock reading taken just before. Both
-    /// directions are transcoded first, back to back, so two clock readings time them; then
-    /// what they made goes out.
-    /// The jitter buffers are told that time, so playout starts with a margin.
-    fn frame(&mut self, started: Instant, io: &mut impl MediaIo) {
-        let now_ms = self.ms_since_start(started);
+    /// One 20 ms frame each way at `now`, which the jitter buffers are told, so playout starts
+    /// with a margin. Both directions are transcoded first, back to back, timed by clock
+    /// readings of their own (`now` came before the shell read the sockets: that is not
+    /// transcoding); then what they made goes out.
+    fn frame(&mut self, now: Instant, io: &mut impl MediaIo) {
+        let now_ms = self.ms_since_start(now);
         let Some(p) = &mut self.pipeline else {
             return;
         };
         p.up.set_now(now_ms);
         p.down.set_now(now_ms);
+        let started = Instant::now();
         let up = p.up.tick();
         let up_done = Instant::now();
         let transcode = &self.metrics.transcode;

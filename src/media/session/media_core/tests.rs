@@ -212,6 +212,29 @@ fn each_frame_is_timed_once_a_direction_and_the_phone_side_only_once_answered() 
 }
 
 #[test]
+fn a_frame_is_timed_from_its_transcoding_not_from_the_ticks_clock_reading() {
+    // The shell reads the clock, then drains the sockets, then calls `on_timeout`: a tick whose
+    // reading is 200 ms old (a slow drain, a stall) is not 200 ms of transcoding.
+    let Some(t0) = Instant::now().checked_sub(Duration::from_millis(400)) else {
+        return;
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut core = core_counting_into(t0, true, 0, Arc::clone(&metrics));
+    let mut io = Recorder {
+        ready: true,
+        ..Recorder::default()
+    };
+    core.on_timeout(t0 + 200 * MS, &mut io);
+    let transcode = &metrics.transcode;
+    assert_eq!(transcode.web_to_sip.count(), 11);
+    let spent = transcode.web_to_sip.sum() + transcode.sip_to_web.sum();
+    assert!(
+        spent < Duration::from_millis(50),
+        "22 frames of PCMU timed at {spent:?}"
+    );
+}
+
+#[test]
 fn without_a_pipeline_only_the_metrics_and_the_watch_wake_the_task() {
     let t0 = Instant::now();
     let mut core = MediaCore::new(
