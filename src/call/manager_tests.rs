@@ -652,9 +652,7 @@ async fn stream_events(sub: &mut crate::events::Subscription, n: usize) -> Vec<s
             .expect("an event")
             .expect("bus alive");
         match delivery {
-            crate::events::Delivery::Event(e) => {
-                out.push(serde_json::from_str(&e.to_json()).unwrap())
-            }
+            crate::events::Delivery::Event(e) => out.push(serde_json::from_str(&e.json).unwrap()),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -3,6 +3,7 @@
 //! Every event is one JSON object: the [`Envelope`]'s `id`, `version`, `time` and the event's
 //! `type` with its own fields flattened beside them, so a consumer reads one flat object.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -195,6 +196,27 @@ impl Envelope {
         // Only strings, numbers and options: serialization cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// The form consumers get: serialized once, here.
+    pub fn published(&self) -> Published {
+        Published {
+            id: self.id,
+            kind: self.event.kind(),
+            json: Arc::from(self.to_json()),
+        }
+    }
+}
+
+/// One event as the bus delivers it (SSE, webhook): its number, its `type`, and its JSON text,
+/// the [`Envelope`] serialized once when it was published, shared by every consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The envelope's `id` (also the SSE `id`).
+    pub id: u64,
+    /// The event's `type` (also the SSE `event`).
+    pub kind: &'static str,
+    /// The envelope as JSON (one line).
+    pub json: Arc<str>,
 }
 
 /// `2026-12-03T08:41:00.123Z`, without a date-time dependency (days to civil date after

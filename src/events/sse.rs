@@ -60,10 +60,10 @@ pub fn stream(
 /// One delivery as an SSE message.
 pub fn message(delivery: &Delivery) -> SseEvent {
     match delivery {
-        Delivery::Event(envelope) => SseEvent::default()
-            .id(envelope.id.to_string())
-            .event(envelope.event.kind())
-            .data(envelope.to_json()),
+        Delivery::Event(event) => SseEvent::default()
+            .id(event.id.to_string())
+            .event(event.kind)
+            .data(&*event.json),
         Delivery::Lagged(missed) => SseEvent::default().event("lagged").data(
             json!({
                 "type": "lagged",

@@ -4,12 +4,10 @@
 //! (the count travels in every batch), so a dead receiver costs memory once, never a call.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use super::event::{Envelope, SCHEMA_VERSION};
+use super::event::{Published, SCHEMA_VERSION};
 
 /// Limits and timings of the webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,24 +44,28 @@ pub struct Batch {
     /// Events dropped so far (queue full, or the webhook fell behind the bus), since start.
     pub dropped: u64,
     /// The events, oldest first.
-    pub events: Vec<Arc<Envelope>>,
+    pub events: Vec<Published>,
 }
 
 impl Batch {
-    /// The JSON body.
+    /// The JSON body: `{"version":…,"dropped":…,"events":[…]}`, the events as published.
     pub fn body(&self) -> String {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            version: u32,
-            dropped: u64,
-            events: Vec<&'a Envelope>,
+        let texts: usize = self.events.iter().map(|e| e.json.len() + 1).sum();
+        let mut body = String::with_capacity(64 + texts);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            body,
+            "{{\"version\":{},\"dropped\":{},\"events\":[",
+            self.version, self.dropped
+        );
+        for (i, event) in self.events.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&event.json);
         }
-        let body = Body {
-            version: self.version,
-            dropped: self.dropped,
-            events: self.events.iter().map(|e| e.as_ref()).collect(),
-        };
-        serde_json::to_string(&body).unwrap_or_default()
+        body.push_str("]}");
+        body
     }
 }
 
@@ -71,8 +73,8 @@ impl Batch {
 #[derive(Debug)]
 pub struct WebhookQueue {
     settings: WebhookSettings,
-    pending: VecDeque<Arc<Envelope>>,
-    in_flight: Vec<Arc<Envelope>>,
+    pending: VecDeque<Published>,
+    in_flight: Vec<Published>,
     sending: bool,
     dropped: u64,
     failures: u32,
@@ -98,7 +100,7 @@ impl WebhookQueue {
     }
 
     /// Queues an event, dropping the oldest waiting one if full.
-    pub fn push(&mut self, event: Arc<Envelope>) {
+    pub fn push(&mut self, event: Published) {
         self.pending.push_back(event);
         self.trim();
     }
@@ -202,17 +204,18 @@ impl WebhookQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Event;
+    use crate::events::{Envelope, Event};
     use std::time::UNIX_EPOCH;
 
-    fn event(id: u64) -> Arc<Envelope> {
-        Arc::new(Envelope::new(
+    fn event(id: u64) -> Published {
+        Envelope::new(
             id,
             Event::UserLogin {
                 web_user: format!("u{id}"),
             },
             UNIX_EPOCH,
-        ))
+        )
+        .published()
     }
 
     fn settings(capacity: usize, batch: usize) -> WebhookSettings {
@@ -324,13 +327,18 @@ mod tests {
 
     #[test]
     fn the_body_is_versioned_json() {
-        let mut q = WebhookQueue::new(settings(10, 10));
-        q.push(event(1));
+        let mut q = WebhookQueue::new(settings(2, 10));
+        for id in 1..=3 {
+            q.push(event(id));
+        }
         let body = q.next_batch(Instant::now()).unwrap().body();
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["version"], SCHEMA_VERSION);
-        assert_eq!(json["dropped"], 0);
-        assert_eq!(json["events"][0]["type"], "user.login");
-        assert_eq!(json["events"][0]["id"], 1);
+        assert_eq!(json["dropped"], 1);
+        let events = json["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0]["type"], "user.login");
+        assert_eq!((&events[0]["id"], &events[1]["id"]), (&2.into(), &3.into()));
+        assert_eq!(events[1]["web_user"], "u3");
     }
 }
