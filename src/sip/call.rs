@@ -558,6 +558,7 @@ impl Driver {
                     }
                     state = states.recv() => {
                         let Some(state) = state else { break };
+                        let state = *state;
                         if let DialogState::Terminated(_, reason) = state {
                             if let Some(handle) = invite.take() {
                                 // the INVITE's final response says why
@@ -655,7 +656,7 @@ impl Driver {
             reply_on(handle, StatusCode::RequestTerminated);
         }
         while let Ok(state) = states.try_recv() {
-            match state {
+            match *state {
                 DialogState::Updated(_, _, handle) => {
                     reply_on(handle, StatusCode::RequestTerminated)
                 }

@@ -872,10 +872,10 @@ impl InviteDialog {
                 Method::Invite => return self.handle_invite(tx).await,
                 Method::PRack => return self.handle_prack(tx).await,
                 Method::Ack => {
-                    self.inner.tu_sender.send(TransactionEvent::Received(
-                        Box::new(tx.original.clone().into()),
+                    self.inner.tu_sender.send(TransactionEvent::Received(Box::new((
+                        tx.original.clone().into(),
                         tx.connection.clone(),
-                    ))?;
+                    ))))?;
                     return Ok(());
                 }
                 // Accept BYE even in WaitAck state — remote may tear down call

@@ -721,10 +721,10 @@ impl ServerInviteDialog {
             crate::sip::Method::Invite => return self.handle_invite(tx).await,
             crate::sip::Method::PRack => return self.handle_prack(tx).await,
             crate::sip::Method::Ack => {
-                self.inner.tu_sender.send(TransactionEvent::Received(
-                    Box::new(tx.original.clone().into()),
+                self.inner.tu_sender.send(TransactionEvent::Received(Box::new((
+                    tx.original.clone().into(),
                     tx.connection.clone(),
-                ))?;
+                ))))?;
                 Ok(())
             }
             // Accept BYE even in WaitAck state — remote may tear down call
