@@ -16,7 +16,9 @@
 #                         "soak" (not in the default): SOAK_CALLS [10000] short web→SIP relayed calls
 #                         back to back, SOAK_CONCURRENCY [50] at a time, each held SOAK_HOLD [1s],
 #                         started at most SOAK_RATE [200]/s; the bridge's RSS, fds, threads and tokio
-#                         tasks at baseline, peak and SOAK_SETTLE [40s] after (srbridge only);
+#                         tasks at baseline, peak and SOAK_SETTLE [70s] after (srbridge only; the
+#                         last calls' SIP transactions stay 32 s, Timer D/M/J, and their memory
+#                         with them);
 #                         SOAK_ROUNDS [1] soaks in a row on the same bridge: growth that stops after
 #                         the first round is retention (caches, allocator), growth each round a leak
 #   BRIDGE_CPU [1]        core the bridge is pinned to; everything else runs on TOOL_CPUS [0]
@@ -46,7 +48,7 @@ SOAK_CALLS="${SOAK_CALLS:-10000}"
 SOAK_CONCURRENCY="${SOAK_CONCURRENCY:-50}"
 SOAK_HOLD="${SOAK_HOLD:-1s}"
 SOAK_RATE="${SOAK_RATE:-200}"
-SOAK_SETTLE="${SOAK_SETTLE:-40s}"
+SOAK_SETTLE="${SOAK_SETTLE:-70s}"
 SOAK_ROUNDS="${SOAK_ROUNDS:-1}"
 BRIDGE_CPU="${BRIDGE_CPU:-1}"
 TOOL_CPUS="${TOOL_CPUS:-0}"
