@@ -35,15 +35,14 @@ struct BusInner {
     sender: broadcast::Sender<Published>,
 }
 
-/// The kept events: a ring of slots, oldest first from `oldest`, `kept` of them in use.
+/// The kept events, oldest first: always `capacity` slots, those not used yet numbered 0.
 struct History {
     next_id: u64,
-    slots: Vec<Kept>,
-    oldest: usize,
-    kept: usize,
+    slots: VecDeque<Kept>,
 }
 
 struct Kept {
+    /// The event's id; 0 for a slot not used yet (ids start at 1).
     id: u64,
     kind: &'static str,
     /// The envelope's JSON (serde_json writes UTF-8).
@@ -61,29 +60,22 @@ impl Kept {
 }
 
 impl History {
-    /// Keeps `envelope`, in place of the oldest when full; the slot it went to.
-    fn keep(&mut self, envelope: &Envelope) -> &Kept {
-        let capacity = self.slots.len();
-        let at = if self.kept < capacity {
-            self.kept += 1;
-            (self.oldest + self.kept - 1) % capacity
-        } else {
-            let at = self.oldest;
-            self.oldest = (self.oldest + 1) % capacity;
-            at
-        };
-        let slot = &mut self.slots[at];
+    /// Keeps `envelope` in the oldest slot (its buffer reused), now the newest; that slot
+    /// (`None` only for a bus without slots, which `with_capacity` never makes).
+    fn keep(&mut self, envelope: &Envelope) -> Option<&Kept> {
+        self.slots.rotate_left(1);
+        let slot = self.slots.back_mut()?;
         slot.id = envelope.id;
         slot.kind = envelope.event.kind();
         slot.json.clear();
         // Only strings, numbers and options, into a Vec: serialization cannot fail.
         let _ = serde_json::to_writer(&mut slot.json, envelope);
-        slot
+        Some(slot)
     }
 
     /// The kept events, oldest first.
     fn iter(&self) -> impl Iterator<Item = &Kept> {
-        (0..self.kept).map(|k| &self.slots[(self.oldest + k) % self.slots.len()])
+        self.slots.iter().filter(|k| k.id > 0)
     }
 }
 
@@ -137,12 +129,7 @@ impl EventBus {
             .collect();
         EventBus {
             inner: Arc::new(BusInner {
-                history: Mutex::new(History {
-                    next_id: 1,
-                    slots,
-                    oldest: 0,
-                    kept: 0,
-                }),
+                history: Mutex::new(History { next_id: 1, slots }),
                 sender,
             }),
         }
@@ -165,7 +152,7 @@ impl EventBus {
         tracing::trace!(id, kind = envelope.event.kind(), "event");
         let kept = history.keep(&envelope);
         // No consumer is not an error: the history still has it.
-        if self.inner.sender.receiver_count() > 0 {
+        if let Some(kept) = kept.filter(|_| self.inner.sender.receiver_count() > 0) {
             let _ = self.inner.sender.send(kept.published());
         }
         id

@@ -196,15 +196,6 @@ impl Envelope {
         // Only strings, numbers and options: serialization cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
-
-    /// The form consumers get: serialized once, here.
-    pub fn published(&self) -> Published {
-        Published {
-            id: self.id,
-            kind: self.event.kind(),
-            json: Arc::from(self.to_json()),
-        }
-    }
 }
 
 /// One event as the bus delivers it (SSE, webhook): its number, its `type`, and its JSON text,

@@ -207,15 +207,20 @@ mod tests {
     use crate::events::{Envelope, Event};
     use std::time::UNIX_EPOCH;
 
+    /// Event `id` as the bus delivers it: the envelope's JSON.
     fn event(id: u64) -> Published {
-        Envelope::new(
+        let envelope = Envelope::new(
             id,
             Event::UserLogin {
                 web_user: format!("u{id}"),
             },
             UNIX_EPOCH,
-        )
-        .published()
+        );
+        Published {
+            id,
+            kind: envelope.event.kind(),
+            json: envelope.to_json().into(),
+        }
     }
 
     fn settings(capacity: usize, batch: usize) -> WebhookSettings {
