@@ -20,6 +20,8 @@ use self::ng::{Codecs, Reply};
 const RETRANSMIT_AFTER: Duration = Duration::from_millis(500);
 /// Sends of one request before giving up.
 const ATTEMPTS: u32 = 6;
+/// How long `ping` waits for rtpengine to start answering.
+const STARTUP: Duration = Duration::from_secs(15);
 
 /// Where rtpengine's `ng` port is.
 #[derive(Debug, Clone, Copy)]
@@ -69,9 +71,17 @@ impl NgClient {
         ))
     }
 
-    /// Fails unless rtpengine answers `ping` with `pong`.
+    /// Fails unless rtpengine answers `ping` with `pong`, allowing a just-started rtpengine
+    /// [`STARTUP`] to open its port (one request's tries, 3 s, were too few on a busy CI host).
     pub async fn ping(&self) -> anyhow::Result<()> {
-        let reply = self.request(&ng::ping()).await?;
+        let started = tokio::time::Instant::now();
+        let reply = loop {
+            match self.request(&ng::ping()).await {
+                Err(e) if started.elapsed() >= STARTUP => return Err(e),
+                Err(_) => continue,
+                Ok(reply) => break reply,
+            }
+        };
         if reply.result != "pong" {
             bail!(
                 "rtpengine at {} answered ping with {}",
