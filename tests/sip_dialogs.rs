@@ -578,3 +578,29 @@ async fn the_bridge_refreshes_with_a_reinvite_carrying_its_sdp_when_the_peer_has
         .count();
     assert_eq!(reinvites, 2, "two re-INVITE refreshes from the bridge");
 }
+
+/// A forking proxy's second 200 for our INVITE (another branch answered too) is ACKed and ended
+/// with a BYE while the call goes on with the first; the call then hangs up normally. The drain
+/// that watches the answered INVITE for Timer M holds the dialog only weakly (vendor/rsipstack),
+/// so this is what shows it still reaches the dialog while the call lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_second_200_is_acked_and_ended_with_bye_while_the_call_goes_on() {
+    let (ua, _calls, _token) = start(&config("")).await;
+    let (mut call, mut uas) = call_sipp_uas(&ua, "uas_forked_2xx.xml", 0, "uac", SHORT).await;
+    let deadline = Instant::now() + SHORT;
+    while !uas.logs_so_far().contains("forked branch ended with BYE") {
+        assert!(
+            Instant::now() < deadline,
+            "the forked branch was not ended: {}",
+            uas.messages_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    call.bye().await.expect("BYE for the kept branch");
+    while let Ok(Some(event)) = tokio::time::timeout(SHORT, call.next_event()).await {
+        if matches!(event, SipCallEvent::Terminated) {
+            break;
+        }
+    }
+    uas.wait(SHORT).await.assert_success();
+}

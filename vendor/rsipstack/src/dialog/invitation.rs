@@ -713,17 +713,8 @@ impl DialogLayer {
                         // forked 2xx are observed; abandoning the transaction
                         // here would leave it (and its timers) in the
                         // endpoint's table and silently stop the re-ACKs.
-                        if let Some(mut tx) = guard.invite_tx.take() {
-                            let dlg = dialog.clone();
-                            let confirmed_tag = new_dialog_id.remote_tag.clone();
-                            crate::platform::spawn(async move {
-                                let mut seen_forks: Vec<String> = Vec::new();
-                                while let Some(msg) = tx.receive().await {
-                                    dlg.end_forked_branch(&msg, &confirmed_tag, &mut seen_forks)
-                                        .await;
-                                }
-                                debug!(id = %new_dialog_id, "accepted transaction drained (Timer M expired)");
-                            });
+                        if let Some(tx) = guard.invite_tx.take() {
+                            crate::platform::spawn(drain_accepted(tx, &dialog, new_dialog_id));
                         }
                     }
                     _ => {}
@@ -789,7 +780,7 @@ impl DialogLayer {
                 .expect("transaction should be available");
             let r = dialog_clone.process_invite(invite_tx).boxed().await;
             guard.dialog = None;
-            let mut tx = guard
+            let tx = guard
                 .invite_tx
                 .take()
                 .expect("transaction should be available");
@@ -819,18 +810,7 @@ impl DialogLayer {
                         // until Timer M ends it (re-ACKs retransmitted 2xx,
                         // observes forked 2xx, and detaches it from the
                         // endpoint's table). See do_invite for the rationale.
-                        let confirmed_id = new_id.clone();
-                        let confirmed_tag = new_id.remote_tag.clone();
-                        let forked_dlg = dialog_clone.clone();
-                        crate::platform::spawn(async move {
-                            let mut seen_forks: Vec<String> = Vec::new();
-                            while let Some(msg) = tx.receive().await {
-                                forked_dlg
-                                    .end_forked_branch(&msg, &confirmed_tag, &mut seen_forks)
-                                    .await;
-                            }
-                            debug!(id = %confirmed_id, "accepted transaction drained (Timer M expired)");
-                        });
+                        crate::platform::spawn(drain_accepted(tx, &dialog_clone, new_id.clone()));
                     }
                 }
                 Err(e) => debug!(%id0, error = %e, "async invite failed"),
@@ -892,5 +872,43 @@ impl DialogLayer {
         }
         let dialog = InviteDialog::from_inner(Arc::new(dlg_inner));
         Ok((dialog, tx))
+    }
+}
+
+/// srbridge: one drain for do_invite and do_invite_async (each had its own copy).
+///
+/// RFC 6026 §7.2: receives on an Accepted INVITE client transaction until Timer M
+/// ends it, so retransmitted 2xx keep being re-ACKed (by the transaction) and
+/// forked 2xx are ended with a BYE.
+///
+/// Holds the dialog weakly: the transaction outlives the call by up to 64*T1,
+/// and keeping the whole dialog (its requests, route set and channels) that long
+/// costs more than the transaction itself at a high call rate. A fork whose 2xx
+/// arrives after the dialog is gone is still ACKed, but not BYE'd: nothing is
+/// left to build the BYE from.
+fn drain_accepted(
+    mut tx: Transaction,
+    dialog: &InviteDialog,
+    confirmed: DialogId,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let dialog = std::sync::Arc::downgrade(&dialog.inner);
+    async move {
+        let mut seen_forks: Vec<String> = Vec::new();
+        while let Some(msg) = tx.receive().await {
+            match dialog.upgrade() {
+                // srbridge: boxed. Ending a fork (building and sending a BYE) is rare, and its
+                // future inline would make every call's drain task kilobytes larger.
+                Some(inner) => {
+                    let dialog = InviteDialog::from_inner(inner);
+                    let tag = &confirmed.remote_tag;
+                    Box::pin(dialog.end_forked_branch(&msg, tag, &mut seen_forks)).await
+                }
+                None => debug!(
+                    id = %confirmed,
+                    "2xx after the dialog ended: ACKed by the transaction, no BYE"
+                ),
+            }
+        }
+        debug!(id = %confirmed, "accepted transaction drained (Timer M expired)");
     }
 }
