@@ -31,6 +31,13 @@ use crate::media::webrtc_leg::{report_about, InboundRtp, ReceiverReport};
 /// How often reports go out (rtc's report interceptors' default, which this replaces).
 pub(super) const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The longest SRTP authentication tag (AES-GCM's 16 bytes; HMAC-SHA1's 10).
+const MAX_SRTP_TAG: usize = 16;
+
+/// Room in [`SrtpPath`]'s packet buffer: a tick's few packets each way (an Opus frame is about
+/// 100 bytes protected, PCMU 200); more in flight at once only means an allocation.
+const PACKETS_CAPACITY: usize = 2048;
+
 /// Seconds from the NTP epoch (1900) to the Unix epoch.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
@@ -66,6 +73,10 @@ pub(super) struct SrtpPath {
     ssrc: u32,
     /// Header and payload of the packet being protected (reused).
     plain: Vec<u8>,
+    /// Where packets are protected and unprotected: each is split off as its own handle on
+    /// this one allocation, which comes back (is reused) once the handles of the tick's
+    /// packets are dropped, so a packet costs no allocation (vendor/rtc-srtp).
+    packets: BytesMut,
     sent: Option<SentStream>,
     received: Option<ReceivedStream>,
     /// The browser's last sender report: its NTP time's middle 32 bits and when it came.
@@ -107,6 +118,7 @@ impl SrtpPath {
             remote,
             ssrc,
             plain: Vec::with_capacity(1500),
+            packets: BytesMut::with_capacity(PACKETS_CAPACITY),
             sent: None,
             received: None,
             last_sender_report: None,
@@ -137,11 +149,16 @@ impl SrtpPath {
             self.rejected += 1;
             return Unprotected::Rejected;
         };
-        let Ok(plain) = self.remote.decrypt_rtp_with_header(datagram, &header) else {
+        self.packets.reserve(datagram.len());
+        if self
+            .remote
+            .decrypt_rtp_with_header_into(datagram, &header, &mut self.packets)
+            .is_err()
+        {
             self.rejected += 1;
             return Unprotected::Rejected;
-        };
-        let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut plain.freeze()) else {
+        }
+        let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut self.packets.split().freeze()) else {
             self.rejected += 1;
             return Unprotected::Rejected;
         };
@@ -246,7 +263,10 @@ impl SrtpPath {
             ssrc: self.ssrc,
             ..Default::default()
         };
-        let protected = self.local.encrypt_rtp_with_header(&self.plain, &header)?;
+        self.packets.reserve(self.plain.len() + MAX_SRTP_TAG);
+        self.local
+            .encrypt_rtp_with_header_into(&self.plain, &header, &mut self.packets)?;
+        let protected = self.packets.split();
         let sent = self.sent.get_or_insert(SentStream {
             packets: 0,
             octets: 0,
