@@ -31,9 +31,6 @@ use crate::media::webrtc_leg::{report_about, InboundRtp, ReceiverReport};
 /// How often reports go out (rtc's report interceptors' default, which this replaces).
 pub(super) const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The longest SRTP authentication tag (AES-GCM's 16 bytes; HMAC-SHA1's 10).
-const MAX_SRTP_TAG: usize = 16;
-
 /// Room in [`SrtpPath`]'s packet buffer: a tick's few packets each way (an Opus frame is about
 /// 100 bytes protected, PCMU 200); more in flight at once only means an allocation.
 const PACKETS_CAPACITY: usize = 2048;
@@ -149,7 +146,6 @@ impl SrtpPath {
             self.rejected += 1;
             return Unprotected::Rejected;
         };
-        self.packets.reserve(datagram.len());
         if self
             .remote
             .decrypt_rtp_with_header_into(datagram, &header, &mut self.packets)
@@ -263,7 +259,6 @@ impl SrtpPath {
             ssrc: self.ssrc,
             ..Default::default()
         };
-        self.packets.reserve(self.plain.len() + MAX_SRTP_TAG);
         self.local
             .encrypt_rtp_with_header_into(&self.plain, &header, &mut self.packets)?;
         let protected = self.packets.split();
