@@ -16,6 +16,7 @@ mod browser_transport;
 mod media_core;
 mod media_socket;
 mod owned_browser;
+mod tick_phase;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use actor::{Attach, Browser, Control, LegSockets, MediaTask};
 use browser::BrowserLink;
 use media_core::{MediaCore, Timeouts};
 use owned_browser::OwnedBrowserLeg;
+use tick_phase::TickPhases;
 
 /// Creates each call's media from the configuration in force when the call starts.
 pub struct SessionFactory {
@@ -60,6 +62,8 @@ pub struct SessionFactory {
     metrics: Arc<Metrics>,
     /// Whether the bridge is short of CPU (`ops::cpu_load`): each call's Opus encoder follows.
     busy: BusySignal,
+    /// Spreads the calls' 20 ms ticks over the period (`tick_phase`).
+    tick_phases: Arc<TickPhases>,
 }
 
 impl SessionFactory {
@@ -112,6 +116,7 @@ impl SessionFactory {
             config,
             metrics,
             busy: BusySignal::new(),
+            tick_phases: TickPhases::new(Instant::now()),
         })
     }
 
@@ -221,7 +226,8 @@ impl MediaFactory for SessionFactory {
             Instant::now(),
             Arc::clone(&self.metrics),
         )
-        .with_busy_signal(self.busy.clone());
+        .with_busy_signal(self.busy.clone())
+        .with_tick_phases(Arc::clone(&self.tick_phases));
         let sockets = LegSockets {
             socket,
             rtcp,

@@ -22,6 +22,8 @@ use crate::ops::cpu_load::BusySignal;
 use crate::ops::metrics::{Ending, ErrorKind, Metrics};
 use crate::ops::Direction as OpsDirection;
 
+use super::tick_phase::{TickPhase, TickPhases};
+
 /// The pipeline's tick: one 20 ms frame per direction.
 pub const TICK: Duration = Duration::from_millis(20);
 
@@ -56,6 +58,8 @@ struct Pipeline {
     /// Packets lost as last published, per direction.
     lost_up: u64,
     lost_down: u64,
+    /// The millisecond of the period this call's frames are taken at, held while it runs.
+    _phase: Option<TickPhase>,
 }
 
 /// When each periodic duty is next due; the media task sleeps until the earliest.
@@ -111,6 +115,8 @@ pub struct MediaCore {
     /// told.
     busy: BusySignal,
     busy_applied: bool,
+    /// Shared by every call's media: which phase of the period this call's frames take.
+    phases: Option<Arc<TickPhases>>,
 }
 
 /// What the RTP-timeout watch needs to know at start.
@@ -159,7 +165,16 @@ impl MediaCore {
             metrics,
             busy: BusySignal::new(),
             busy_applied: false,
+            phases: None,
         }
+    }
+
+    /// Takes its frames at the phase of the 20 ms period `phases` gives it, so that calls set
+    /// up together do not all tick at once (`tick_phase`); without it, from the moment the
+    /// browser leg is attached.
+    pub fn with_tick_phases(mut self, phases: Arc<TickPhases>) -> Self {
+        self.phases = Some(phases);
+        self
     }
 
     /// Follows `busy` (`ops::cpu_load`): while the bridge is short of CPU the Opus encoder
@@ -196,6 +211,8 @@ impl MediaCore {
             down.set_sip(params);
         }
         self.busy_applied = self.busy.is_busy();
+        let phase = self.phases.as_ref().map(TickPhases::lease);
+        let first_tick = phase.as_ref().map_or(now, |p| p.first_tick(now));
         if let Err(e) = down.set_busy(self.busy_applied) {
             tracing::warn!(call_id = %self.call_id, error = %e, "Opus encoder complexity not changed");
         }
@@ -207,8 +224,9 @@ impl MediaCore {
             ready: false,
             lost_up: 0,
             lost_down: 0,
+            _phase: phase,
         });
-        self.schedule.frame = Some(now);
+        self.schedule.frame = Some(first_tick);
     }
 
     /// A browser key for the SIP side (RFC 4733 events, or INFO with `dtmf_mode = "info"`).

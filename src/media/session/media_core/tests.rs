@@ -188,6 +188,59 @@ fn one_frame_each_way_every_20_ms_and_missed_frames_caught_up_after_a_stall() {
 }
 
 #[test]
+fn calls_attached_at_one_instant_take_their_frames_at_different_milliseconds() {
+    let t0 = Instant::now();
+    let phases = TickPhases::new(t0);
+    let browser = BrowserParams {
+        codec: BrowserCodec::G711(Codec::Pcmu),
+        payload_type: 0,
+        dtmf_pts: [None, Some(126)],
+    };
+    let attach = |phases: &Arc<TickPhases>| {
+        let counters = Arc::new(PipelineCounters::default());
+        let mut core = MediaCore::new(
+            "call-1",
+            SipRtpCore::default(),
+            Arc::clone(&counters),
+            Timeouts {
+                rtp: Duration::ZERO,
+                hold: Duration::ZERO,
+            },
+            true,
+            t0,
+            Arc::new(Metrics::new()),
+        )
+        .with_tick_phases(Arc::clone(phases));
+        core.set_sip(phone(), pcmu(), false);
+        let up = Uplink::new(browser, Arc::clone(&counters)).unwrap();
+        let down = Downlink::new(browser, counters).unwrap();
+        core.attach(up, down, None, t0);
+        core
+    };
+    // Twenty calls set up together: each millisecond of the 20 ms period gets one.
+    let mut cores: Vec<MediaCore> = (0..20).map(|_| attach(&phases)).collect();
+    let mut firsts: Vec<Duration> = cores.iter().map(|c| c.next_deadline() - t0).collect();
+    firsts.sort();
+    assert_eq!(firsts, (0..20).map(|ms| ms * MS).collect::<Vec<_>>());
+    // A call keeps its phase: one frame each 20 ms from its first.
+    let mut io = Recorder {
+        ready: true,
+        ..Recorder::default()
+    };
+    let third = &mut cores[3];
+    let first = third.next_deadline();
+    third.on_timeout(first, &mut io);
+    assert_eq!(
+        (io.to_sip.len(), third.next_deadline()),
+        (1, first + 20 * MS)
+    );
+    // It ends; the next call set up takes the millisecond it left.
+    drop(cores.remove(3));
+    let next = attach(&phases);
+    assert_eq!(next.next_deadline(), first);
+}
+
+#[test]
 fn each_frame_is_timed_once_a_direction_and_the_phone_side_only_once_answered() {
     let t0 = Instant::now();
     let metrics = Arc::new(Metrics::new());
