@@ -78,11 +78,12 @@ fn core_counting_into(
         metrics,
         browser,
         BusySignal::new(),
+        None,
     )
 }
 
 /// A core whose SIP side is negotiated (PCMU) and whose browser leg talks `browser`, the
-/// pipeline attached at `t0`, following `busy`.
+/// pipeline attached at `t0`, following `busy` (and ticking at a phase of `phases`, if any).
 fn attached_core(
     t0: Instant,
     answered: bool,
@@ -90,6 +91,7 @@ fn attached_core(
     metrics: Arc<Metrics>,
     browser: BrowserParams,
     busy: BusySignal,
+    phases: Option<&Arc<TickPhases>>,
 ) -> MediaCore {
     let counters = Arc::new(PipelineCounters::default());
     let mut core = MediaCore::new(
@@ -105,6 +107,9 @@ fn attached_core(
         metrics,
     )
     .with_busy_signal(busy);
+    if let Some(phases) = phases {
+        core = core.with_tick_phases(Arc::clone(phases));
+    }
     core.set_sip(phone(), pcmu(), false);
     let up = Uplink::new(browser, Arc::clone(&counters)).unwrap();
     let down = Downlink::new(browser, counters).unwrap();
@@ -197,25 +202,16 @@ fn calls_attached_at_one_instant_take_their_frames_at_different_milliseconds() {
         dtmf_pts: [None, Some(126)],
     };
     let attach = |phases: &Arc<TickPhases>| {
-        let counters = Arc::new(PipelineCounters::default());
-        let mut core = MediaCore::new(
-            "call-1",
-            SipRtpCore::default(),
-            Arc::clone(&counters),
-            Timeouts {
-                rtp: Duration::ZERO,
-                hold: Duration::ZERO,
-            },
-            true,
+        let metrics = Arc::new(Metrics::new());
+        attached_core(
             t0,
-            Arc::new(Metrics::new()),
+            true,
+            0,
+            metrics,
+            browser,
+            BusySignal::new(),
+            Some(phases),
         )
-        .with_tick_phases(Arc::clone(phases));
-        core.set_sip(phone(), pcmu(), false);
-        let up = Uplink::new(browser, Arc::clone(&counters)).unwrap();
-        let down = Downlink::new(browser, counters).unwrap();
-        core.attach(up, down, None, t0);
-        core
     };
     // Twenty calls set up together: each millisecond of the 20 ms period gets one.
     let mut cores: Vec<MediaCore> = (0..20).map(|_| attach(&phases)).collect();
@@ -560,7 +556,15 @@ fn the_opus_encoder_follows_the_bridges_cpu_within_a_second() {
         dtmf_pts: [None, Some(126)],
     };
     let opus_core = |busy: &BusySignal| {
-        attached_core(t0, true, 0, Arc::new(Metrics::new()), opus, busy.clone())
+        attached_core(
+            t0,
+            true,
+            0,
+            Arc::new(Metrics::new()),
+            opus,
+            busy.clone(),
+            None,
+        )
     };
     let mut core = opus_core(&busy);
     let normal = crate::config::OpusSettings::default();
