@@ -20,10 +20,8 @@
 //! waiting on the other core or the scheduler is not counted. The box is shared: compare runs
 //! taken side by side, never a figure alone.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
@@ -32,22 +30,9 @@ use srbridge::media::browser_leg::stun::build_binding_request;
 use srbridge::media::browser_leg::{BrowserLeg, BrowserLegEvent, IceCredentials};
 use srbridge::media::webrtc_leg::{LegChannels, LegEvent, LegState, WebRtcLeg, WebRtcSettings};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::allocations;
 
 /// Process CPU time (user + system) so far.
 fn cpu_time() -> Duration {
@@ -209,11 +194,11 @@ fn core_in_memory(c: &mut Criterion) {
     for _ in 0..100 {
         pair.one_packet();
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..1000 {
         pair.one_packet();
     }
-    let per_packet = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1000.0;
+    let per_packet = (allocations() - before) as f64 / 1000.0;
     println!("core: {per_packet:.1} heap allocations per packet (protect + unprotect, both ends)");
     c.bench_function("core/in-memory: one packet a→b", |bench| {
         bench.iter_custom(|iters| {

@@ -59,7 +59,7 @@ struct Pipeline {
     lost_up: u64,
     lost_down: u64,
     /// The millisecond of the period this call's frames are taken at, held while it runs.
-    _phase: Option<TickPhase>,
+    _phase: TickPhase,
 }
 
 /// When each periodic duty is next due; the media task sleeps until the earliest.
@@ -115,8 +115,9 @@ pub struct MediaCore {
     /// told.
     busy: BusySignal,
     busy_applied: bool,
-    /// Shared by every call's media: which phase of the period this call's frames take.
-    phases: Option<Arc<TickPhases>>,
+    /// Which phase of the period this call's frames take: shared by every call's media
+    /// ([`MediaCore::with_tick_phases`]); a core's own until then.
+    phases: Arc<TickPhases>,
 }
 
 /// What the RTP-timeout watch needs to know at start.
@@ -165,15 +166,15 @@ impl MediaCore {
             metrics,
             busy: BusySignal::new(),
             busy_applied: false,
-            phases: None,
+            phases: TickPhases::new(now),
         }
     }
 
     /// Takes its frames at the phase of the 20 ms period `phases` gives it, so that calls set
-    /// up together do not all tick at once (`tick_phase`); without it, from the moment the
-    /// browser leg is attached.
+    /// up together do not all tick at once (`tick_phase`). Without it the core has phases of
+    /// its own, counted from its creation.
     pub fn with_tick_phases(mut self, phases: Arc<TickPhases>) -> Self {
-        self.phases = Some(phases);
+        self.phases = phases;
         self
     }
 
@@ -211,8 +212,8 @@ impl MediaCore {
             down.set_sip(params);
         }
         self.busy_applied = self.busy.is_busy();
-        let phase = self.phases.as_ref().map(TickPhases::lease);
-        let first_tick = phase.as_ref().map_or(now, |p| p.first_tick(now));
+        let phase = self.phases.lease();
+        let first_tick = phase.first_tick(now);
         if let Err(e) = down.set_busy(self.busy_applied) {
             tracing::warn!(call_id = %self.call_id, error = %e, "Opus encoder complexity not changed");
         }

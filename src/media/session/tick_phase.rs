@@ -4,12 +4,13 @@
 //! leg answered. Calls set up at a steady rate (a dialler, a load test at 50 calls/s, a PBX
 //! passing on a burst) then tick at nearly the same instant: on a busy core their frames are
 //! made one after another in one burst, and the order changes from tick to tick, so a call's
-//! packets leave up to the whole burst early or late (150 transcoded calls at 74–79 % of a core:
-//! jitter p99 at the browsers 7.1–8.4 ms). [`TickPhases`] gives each call the millisecond of
+//! packets leave up to the whole burst early or late (150 transcoded calls at 75–87 % of a core:
+//! jitter p99 at the browsers 6.7–30.6 ms). [`TickPhases`] gives each call the millisecond of
 //! the period the fewest calls hold, as a [`TickPhase`] held for the call's life; the work of a
-//! tick is then spread over the period (the same 150 calls: 2.5–3.1 ms).
-//! Nothing is added to the audio's delay: the jitter buffers play out on whatever phase the
-//! tick has, and packets are read just before it.
+//! tick is then spread over the period (the same 150 calls: 3.1–4.7 ms, once 20; README
+//! "Performance", stop 18). The audio's delay does not change on average: where a tick falls
+//! against the packets' arrival was arbitrary before too (the browser's and the phone's
+//! clocks); only the first frame may wait up to 19 ms more.
 //!
 //! Sans-IO: times are passed in; the counts are atomics shared by every call's media task, read
 //! and changed only when a call's pipeline starts and ends.
